@@ -1,0 +1,55 @@
+// Package admin serves a gateway's operator endpoints over HTTP: health,
+// readiness, Prometheus metrics, JSON debug views and pprof.
+package admin
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/pprof"
+
+	"github.com/ewgate/ewgate/metrics"
+)
+
+// Config says what the admin server exposes.
+type Config struct {
+	// Metrics is written at /metrics.
+	Metrics *metrics.Registry
+	// Ready backs /readyz: 200 when it returns true, else 503.
+	Ready func() bool
+	// Debug maps names to JSON views served at /debug/<name>; each
+	// function is called per request.
+	Debug map[string]func() any
+}
+
+// Handler returns the admin HTTP handler.
+func Handler(cfg Config) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if cfg.Ready == nil || !cfg.Ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", metrics.ContentType)
+		cfg.Metrics.WriteTo(w)
+	})
+	for name, view := range cfg.Debug {
+		mux.HandleFunc("GET /debug/"+name, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "  ")
+			enc.Encode(view())
+		})
+	}
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}

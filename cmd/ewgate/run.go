@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/ewgate/ewgate/admin"
+	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/gateway"
+	"github.com/ewgate/ewgate/metrics"
+	"github.com/ewgate/ewgate/sni"
+)
+
+// runGateway implements "ewgate run".
+func runGateway(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	s, err := parseSettings(args, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, s.LogLevel, s.LogFormat)
+	if err != nil {
+		return err
+	}
+	n, err := startNode(ctx, s, log)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return n.stop()
+}
+
+// node is a running gateway with its config watcher and admin server.
+type node struct {
+	s       settings
+	log     *slog.Logger
+	gw      *gateway.Gateway
+	reg     *metrics.Registry
+	admin   *http.Server
+	adminLn net.Listener
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when the watcher has stopped
+}
+
+// startNode loads the config, binds the listeners and the admin server, and
+// starts watching the config files. A config that does not load is an
+// error: a gateway never starts with nothing to serve.
+func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error) {
+	reg := new(metrics.Registry)
+	gw := gateway.New(gateway.Config{
+		BindAddress:    s.BindAddress,
+		ALPN:           s.ALPN,
+		AnyALPN:        s.AnyALPN,
+		Peek:           sni.Peeker{MaxBytes: s.HelloMaxBytes, Timeout: time.Duration(s.HelloTimeout)},
+		DialTimeout:    time.Duration(s.DialTimeout),
+		IdleTimeout:    idleTimeout(s.IdleTimeout),
+		MaxConnections: s.MaxConns,
+		Logger:         log,
+		Metrics:        gateway.NewMetrics(reg),
+	})
+	reloads := reg.CounterVec("ewgate_config_reloads_total", "Config loads, by result.", "result")
+	reloadOK, reloadFailed := reloads.With("ok"), reloads.With("failed")
+	spec := discovery.Node{Network: s.Network, Labels: s.NodeLabels, AnyTLSMode: s.AnyTLSMode}
+	w := &discovery.Watcher{
+		Paths:  s.Files,
+		Logger: log,
+		Apply: func(c *discovery.Catalog) error {
+			v, err := c.View(spec)
+			if err != nil {
+				return err
+			}
+			return gw.Apply(v)
+		},
+		Result: func(err error) {
+			if err != nil {
+				reloadFailed.Inc()
+			} else {
+				reloadOK.Inc()
+			}
+		},
+	}
+	if err := w.Load(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	n := &node{s: s, log: log, gw: gw, reg: reg, cancel: cancel, done: make(chan struct{})}
+	if s.AdminAddress != "" {
+		ln, err := net.Listen("tcp", s.AdminAddress)
+		if err != nil {
+			cancel()
+			gw.Shutdown(ctx)
+			return nil, fmt.Errorf("admin listener: %w", err)
+		}
+		n.adminLn = ln
+		n.admin = &http.Server{
+			Handler: admin.Handler(admin.Config{
+				Metrics: reg,
+				Ready:   gw.Ready,
+				Debug:   map[string]func() any{"config": func() any { return gw.Debug() }},
+			}),
+			ReadHeaderTimeout: 10 * time.Second,
+		}
+		go n.admin.Serve(ln)
+		log.Info("admin listening", "address", ln.Addr().String())
+	}
+	go func() {
+		defer close(n.done)
+		if err := w.Run(ctx); err != nil {
+			log.Error("config watcher stopped", "err", err)
+		}
+	}()
+	log.Info("gateway ready", "network", s.Network, "listeners", listenerList(gw))
+	return n, nil
+}
+
+// stop drains the gateway within the drain timeout and stops the rest.
+func (n *node) stop() error {
+	n.log.Info("draining", "active", n.gw.Active(), "timeout", time.Duration(n.s.DrainTimeout))
+	n.cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(n.s.DrainTimeout))
+	defer cancel()
+	err := n.gw.Shutdown(ctx)
+	if n.admin != nil {
+		n.admin.Close()
+	}
+	<-n.done
+	if err != nil {
+		n.log.Warn("drain timeout: open connections were closed", "err", err)
+	} else {
+		n.log.Info("drained")
+	}
+	return nil
+}
+
+func listenerList(gw *gateway.Gateway) string {
+	var parts []string
+	for _, a := range gw.Addrs() {
+		parts = append(parts, a.String())
+	}
+	return strings.Join(parts, ",")
+}
+
+// idleTimeout maps the flag's 0 ("never") to the gateway's "disabled".
+func idleTimeout(d duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return time.Duration(d)
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, errors.New("--log-format: want text or json")
+}

@@ -1,0 +1,200 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/ewgate/ewgate/sni"
+)
+
+// settings are a node's settings, from --config and flags; flags win.
+// JSON names are the keys of the --config YAML file.
+type settings struct {
+	Files         []string          `json:"files"`
+	Network       string            `json:"network"`
+	NodeLabels    map[string]string `json:"nodeLabels"`
+	BindAddress   string            `json:"bindAddress"`
+	AdminAddress  string            `json:"adminAddress"`
+	DrainTimeout  duration          `json:"drainTimeout"`
+	LogLevel      string            `json:"logLevel"`
+	LogFormat     string            `json:"logFormat"`
+	ALPN          []string          `json:"alpn"`
+	AnyALPN       bool              `json:"anyALPN"`
+	AnyTLSMode    bool              `json:"anyTLSMode"`
+	MaxConns      int               `json:"maxConnections"`
+	IdleTimeout   duration          `json:"idleTimeout"`
+	DialTimeout   duration          `json:"dialTimeout"`
+	HelloTimeout  duration          `json:"helloTimeout"`
+	HelloMaxBytes int               `json:"helloMaxBytes"`
+}
+
+func defaultSettings() settings {
+	return settings{
+		BindAddress:   "0.0.0.0",
+		AdminAddress:  "127.0.0.1:15000",
+		DrainTimeout:  duration(30 * time.Second),
+		LogLevel:      "info",
+		LogFormat:     "text",
+		MaxConns:      10000,
+		IdleTimeout:   duration(time.Hour),
+		DialTimeout:   duration(5 * time.Second),
+		HelloTimeout:  duration(sni.DefaultTimeout),
+		HelloMaxBytes: sni.DefaultMaxBytes,
+	}
+}
+
+const runUsage = `Usage: ewgate run -f PATH [-f PATH ...] --network NAME [flags]
+
+Runs a gateway: it listens on bind-address:<port> for each AUTO_PASSTHROUGH
+server of each Istio Gateway whose selector matches the node labels, and
+forwards each mTLS connection, by its Istio SNI, to an eligible endpoint of
+its own network. Config files are watched and reloaded on change.
+
+Flags:
+`
+
+// flags binds s to a new flag set. Parsing twice, once before and once
+// after loading --config, lets flags override the file.
+func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, runUsage); fs.PrintDefaults() }
+	fs.Var(&listFlag{list: &s.Files}, "f", "Istio resource `file or directory` (repeatable; directories: *.yaml, *.yml, *.json)")
+	fs.StringVar(config, "config", "", "node settings YAML `file` (keys as in docs/configuration.md); flags win")
+	fs.StringVar(&s.Network, "network", s.Network, "this node's network `name` (required)")
+	fs.Var(labelsFlag{&s.NodeLabels}, "node-labels", "node labels `k=v,...` matched by Gateway selectors")
+	fs.StringVar(&s.BindAddress, "bind-address", s.BindAddress, "`IP` the gateway listeners bind")
+	fs.StringVar(&s.AdminAddress, "admin-address", s.AdminAddress, "admin HTTP `address` (empty: off)")
+	fs.Var(&s.DrainTimeout, "drain-timeout", "on SIGTERM, how long open connections may finish")
+	fs.StringVar(&s.LogLevel, "log-level", s.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&s.LogFormat, "log-format", s.LogFormat, "text or json")
+	fs.Var(&listFlag{list: &s.ALPN, comma: true}, "alpn", "ALPN `protocols` a client must offer one of (default Istio's five)")
+	fs.BoolVar(&s.AnyALPN, "any-alpn", s.AnyALPN, "do not check the client's ALPN (Istio always does)")
+	fs.BoolVar(&s.AnyTLSMode, "any-tls-mode", s.AnyTLSMode, "route to endpoints without the security.istio.io/tlsMode=istio label")
+	fs.IntVar(&s.MaxConns, "max-connections", s.MaxConns, "concurrent client connections; more are refused")
+	fs.Var(&s.IdleTimeout, "idle-timeout", "close connections idle this long both ways (0: never)")
+	fs.Var(&s.DialTimeout, "dial-timeout", "timeout of each endpoint connect")
+	fs.Var(&s.HelloTimeout, "hello-timeout", "deadline for a client's whole ClientHello")
+	fs.IntVar(&s.HelloMaxBytes, "hello-max-bytes", s.HelloMaxBytes, "largest ClientHello read, record headers included")
+	return fs
+}
+
+// parseSettings reads flags and --config into settings.
+func parseSettings(args []string, stderr io.Writer) (settings, error) {
+	s := defaultSettings()
+	var config string
+	if err := s.flags(io.Discard, &config).Parse(args); err != nil {
+		// Report with usage from the real parse below.
+		return s, s.flags(stderr, &config).Parse(args)
+	}
+	if config != "" {
+		data, err := os.ReadFile(config)
+		if err != nil {
+			return s, fmt.Errorf("--config: %w", err)
+		}
+		if err := yaml.UnmarshalStrict(data, &s); err != nil {
+			return s, fmt.Errorf("--config %s: %w", config, err)
+		}
+	}
+	fs := s.flags(stderr, &config)
+	if err := fs.Parse(args); err != nil {
+		return s, err
+	}
+	if fs.NArg() > 0 {
+		return s, fmt.Errorf("run: unexpected arguments %q", fs.Args())
+	}
+	if s.Network == "" {
+		return s, errors.New("run: --network is required")
+	}
+	if len(s.Files) == 0 {
+		return s, errors.New("run: at least one -f PATH is required")
+	}
+	return s, nil
+}
+
+// listFlag is a repeatable string flag. Its first Set replaces the list, so
+// flags replace a list from --config instead of appending to it.
+type listFlag struct {
+	list  *[]string
+	comma bool // split values at commas
+	set   bool
+}
+
+func (f *listFlag) String() string {
+	if f.list == nil {
+		return ""
+	}
+	return strings.Join(*f.list, ",")
+}
+
+func (f *listFlag) Set(v string) error {
+	if !f.set {
+		*f.list, f.set = nil, true
+	}
+	if f.comma {
+		*f.list = append(*f.list, strings.Split(v, ",")...)
+	} else {
+		*f.list = append(*f.list, v)
+	}
+	return nil
+}
+
+// labelsFlag parses "k=v,k2=v2".
+type labelsFlag struct{ m *map[string]string }
+
+func (f labelsFlag) String() string {
+	if f.m == nil {
+		return ""
+	}
+	var parts []string
+	for k, v := range *f.m {
+		parts = append(parts, k+"="+v)
+	}
+	return strings.Join(parts, ",")
+}
+
+func (f labelsFlag) Set(v string) error {
+	m := make(map[string]string)
+	for _, kv := range strings.Split(v, ",") {
+		if kv == "" {
+			continue
+		}
+		k, val, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("label %q: want key=value", kv)
+		}
+		m[k] = val
+	}
+	*f.m = m
+	return nil
+}
+
+// duration is a time.Duration that reads "30s" from flags and YAML.
+type duration time.Duration
+
+func (d *duration) String() string { return time.Duration(*d).String() }
+
+func (d *duration) Set(v string) error {
+	x, err := time.ParseDuration(v)
+	if err != nil {
+		return err
+	}
+	*d = duration(x)
+	return nil
+}
+
+func (d *duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration: want a string like \"30s\": %w", err)
+	}
+	return d.Set(s)
+}

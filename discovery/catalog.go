@@ -1,0 +1,277 @@
+// Package discovery holds the gateway's catalog: the services, ports, subsets
+// and endpoints it may route to, the Gateway servers it must listen for, and
+// the sources that fill them (Istio YAML files today).
+//
+// A Catalog is immutable once built: a reload builds a new one and swaps it
+// in, so readers never lock.
+package discovery
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Istio's labels and defaults the catalog relies on.
+const (
+	// TLSModeLabel marks endpoints that terminate Istio mTLS themselves.
+	TLSModeLabel = "security.istio.io/tlsMode"
+	// TLSModeIstio is the TLSModeLabel value of mTLS-capable endpoints.
+	TLSModeIstio = "istio"
+	// DefaultNamespace is the namespace of a resource whose metadata names none,
+	// as with kubectl.
+	DefaultNamespace = "default"
+)
+
+// Catalog is a consistent set of gateways and services, typically everything
+// loaded from one set of files. The zero value is an empty catalog.
+type Catalog struct {
+	// Gateways are the Istio Gateway resources, in load order.
+	Gateways []*Gateway
+	// Services are the ServiceEntry resources with their endpoints resolved
+	// (inline endpoints and WorkloadEntries chosen by workloadSelector) and
+	// their DestinationRule subsets attached, in load order.
+	Services []*Service
+}
+
+// Source names where a resource was defined, for error messages and
+// /debug/config.
+type Source struct {
+	File      string // file the resource came from
+	Kind      string // Istio kind, e.g. "Gateway"
+	Namespace string
+	Name      string
+}
+
+// String returns "file: Kind namespace/name".
+func (s Source) String() string {
+	return fmt.Sprintf("%s: %s %s/%s", s.File, s.Kind, s.Namespace, s.Name)
+}
+
+// Gateway is one Istio Gateway resource.
+type Gateway struct {
+	Source Source
+	// Selector is matched against the node's labels; an empty selector
+	// matches every node, as in Istio.
+	Selector map[string]string
+	Servers  []Server
+}
+
+// Selects reports whether the gateway applies to a node with the given labels.
+func (g *Gateway) Selects(nodeLabels map[string]string) bool {
+	return labelsMatch(g.Selector, nodeLabels)
+}
+
+// TLSMode is a server's tls.mode, using Istio's enum names.
+type TLSMode string
+
+// The tls modes the gateway honours.
+const (
+	AutoPassthrough TLSMode = "AUTO_PASSTHROUGH"
+)
+
+// Server is one entry of a Gateway's servers list.
+type Server struct {
+	Port     uint32
+	PortName string
+	Protocol string
+	Hosts    []HostPattern
+	Mode     TLSMode
+}
+
+// Service is one ServiceEntry host with its ports, subsets and endpoints. A
+// ServiceEntry listing several hosts yields one Service per host.
+type Service struct {
+	Source Source
+	// Host is the fully qualified service name, lower case.
+	Host string
+	// Namespace is the namespace of the ServiceEntry.
+	Namespace string
+	// ExportTo is the ServiceEntry's exportTo list; empty means "*".
+	ExportTo  []string
+	Ports     []Port
+	Subsets   []Subset
+	Endpoints []Endpoint
+}
+
+// Port is a service port.
+type Port struct {
+	Number     uint32
+	Name       string
+	Protocol   string
+	TargetPort uint32 // 0: the endpoint's port of the same name, else Number
+}
+
+// Subset is a named DestinationRule subset of a service.
+type Subset struct {
+	Name   string
+	Labels map[string]string
+}
+
+// Endpoint is one workload instance of a service.
+type Endpoint struct {
+	// Address is an IP address or a DNS name, never with a port.
+	Address string
+	// Ports maps service port names to the endpoint's port for them.
+	Ports    map[string]uint32
+	Labels   map[string]string
+	Network  string
+	Locality string
+	// Weight is the endpoint's load balancing weight; 0 means 1.
+	Weight         uint32
+	ServiceAccount string
+}
+
+// Port returns the service port with the given number.
+func (s *Service) Port(number uint32) (Port, bool) {
+	for _, p := range s.Ports {
+		if p.Number == number {
+			return p, true
+		}
+	}
+	return Port{}, false
+}
+
+// Subset returns the named subset.
+func (s *Service) Subset(name string) (Subset, bool) {
+	for _, ss := range s.Subsets {
+		if ss.Name == name {
+			return ss, true
+		}
+	}
+	return Subset{}, false
+}
+
+// ExportedTo reports whether the service is visible from namespace ns under
+// Istio's exportTo rules: "*" everywhere, "." its own namespace, "~" nowhere,
+// otherwise the listed namespaces. An empty list means "*".
+func (s *Service) ExportedTo(ns string) bool {
+	if len(s.ExportTo) == 0 {
+		return true
+	}
+	for _, e := range s.ExportTo {
+		switch e {
+		case "*":
+			return true
+		case ".":
+			if ns == s.Namespace {
+				return true
+			}
+		case "~":
+		default:
+			if e == ns {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// TargetPort returns the port on endpoint e that serves service port p: the
+// endpoint's own port for p's name, else p's target port, else p's number, as
+// Istio resolves it.
+func (e *Endpoint) TargetPort(p Port) uint32 {
+	if n, ok := e.Ports[p.Name]; ok && n != 0 {
+		return n
+	}
+	if p.TargetPort != 0 {
+		return p.TargetPort
+	}
+	return p.Number
+}
+
+// labelsMatch reports whether every selector label is present in labels.
+func labelsMatch(selector, labels map[string]string) bool {
+	for k, v := range selector {
+		if got, ok := labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// HostPattern is a Gateway server host: an optional namespace part and a host
+// that may start with a "*" wildcard label.
+type HostPattern struct {
+	// Namespace is "*" for any namespace, "." for the Gateway's own, or a
+	// namespace name. It is "*" when the host was written without "ns/".
+	Namespace string
+	// Host is a DNS name, "*" or "*.suffix", lower case.
+	Host string
+}
+
+// ParseHostPattern parses Istio's "[namespace/]host" server host syntax.
+func ParseHostPattern(s string) (HostPattern, error) {
+	ns, host := "*", s
+	if i := strings.IndexByte(s, '/'); i >= 0 {
+		ns, host = s[:i], s[i+1:]
+		if ns == "" {
+			return HostPattern{}, fmt.Errorf("host %q: empty namespace before '/'", s)
+		}
+	}
+	if ns != "*" && ns != "." {
+		if err := checkLabel(ns); err != nil {
+			return HostPattern{}, fmt.Errorf("host %q: namespace: %w", s, err)
+		}
+	}
+	host = strings.ToLower(host)
+	switch {
+	case host == "":
+		return HostPattern{}, fmt.Errorf("host %q: empty host", s)
+	case host == "*":
+	case strings.HasPrefix(host, "*."):
+		if strings.Contains(host[2:], "*") || len(host) == 2 {
+			return HostPattern{}, fmt.Errorf("host %q: a wildcard may only be the whole first label", s)
+		}
+		if err := checkDNSName(host[2:]); err != nil {
+			return HostPattern{}, fmt.Errorf("host %q: %w", s, err)
+		}
+	case strings.Contains(host, "*"):
+		return HostPattern{}, fmt.Errorf("host %q: a wildcard may only be the whole first label", s)
+	default:
+		if err := checkDNSName(host); err != nil {
+			return HostPattern{}, fmt.Errorf("host %q: %w", s, err)
+		}
+	}
+	return HostPattern{Namespace: ns, Host: host}, nil
+}
+
+// Matches reports whether the pattern admits a service with host h in
+// namespace svcNS, for a Gateway in namespace gwNS. Unlike Istio, which
+// ignores the namespace part of AUTO_PASSTHROUGH hosts, the namespace is
+// enforced: "bookinfo/*.local" admits only services of namespace bookinfo.
+func (p HostPattern) Matches(h, svcNS, gwNS string) bool {
+	switch p.Namespace {
+	case "*":
+	case ".":
+		if svcNS != gwNS {
+			return false
+		}
+	default:
+		if svcNS != p.Namespace {
+			return false
+		}
+	}
+	switch {
+	case p.Host == "*":
+		return true
+	case p.Host[0] == '*':
+		// "*.local" admits "a.local" but not "local".
+		return len(h) > len(p.Host)-1 && strings.HasSuffix(h, p.Host[1:])
+	default:
+		return h == p.Host
+	}
+}
+
+// String returns the pattern in Istio's "namespace/host" syntax.
+func (p HostPattern) String() string { return p.Namespace + "/" + p.Host }
+
+// sortedKeys returns m's keys in order, for deterministic output.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

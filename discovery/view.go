@@ -1,0 +1,189 @@
+package discovery
+
+import (
+	"cmp"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+
+	"github.com/ewgate/ewgate/sni"
+)
+
+// Node describes the gateway a View is built for.
+type Node struct {
+	// Network is the node's network; endpoints of other networks are never
+	// dialed directly. Endpoints with no network belong to every network.
+	Network string
+	// Labels are matched by Gateway selectors.
+	Labels map[string]string
+	// AnyTLSMode admits endpoints without the security.istio.io/tlsMode=istio
+	// label. Istio never does: such endpoints cannot terminate the client's
+	// mTLS.
+	AnyTLSMode bool
+}
+
+// Listener is a port the node serves for one Gateway server.
+type Listener struct {
+	Port    uint32
+	Server  Server
+	Gateway *Gateway
+}
+
+// Target is an endpoint address to dial, with its load-balancing weight.
+type Target struct {
+	// Address is "host:port", from the catalog.
+	Address  string
+	Weight   uint32
+	Locality string
+}
+
+// Route is the set of local targets for one routing key.
+type Route struct {
+	Key     sni.Key
+	Service *Service
+	Targets []Target
+}
+
+// Reason says why a key does not route; its value is a stable metric label.
+type Reason string
+
+// Reasons a routing key is refused.
+const (
+	UnknownService Reason = "unknown_service"
+	HostNotExposed Reason = "host_not_exposed"
+	NotExported    Reason = "not_exported"
+	UnknownPort    Reason = "unknown_port"
+	UnknownSubset  Reason = "unknown_subset"
+)
+
+// RouteError reports a routing key the view refuses.
+type RouteError struct {
+	Key    sni.Key
+	Reason Reason
+}
+
+func (e *RouteError) Error() string {
+	return fmt.Sprintf("route %s: %s", e.Key, e.Reason)
+}
+
+// View is what one node serves: its listeners and, for each service, port
+// and subset, the eligible endpoints of its own network. It is immutable.
+type View struct {
+	Node      Node
+	Listeners []*Listener
+	services  map[string]*serviceView
+	routes    []*Route
+}
+
+type serviceView struct {
+	svc *Service
+	// exposed[i] reports whether Listeners[i] may route to the service.
+	exposed []bool
+	routes  map[portSubset]*Route
+}
+
+type portSubset struct {
+	port   uint16
+	subset string
+}
+
+// View builds the node's view of the catalog. It fails when Gateways that
+// select the node claim the same port.
+func (c *Catalog) View(n Node) (*View, error) {
+	v := &View{Node: n, services: make(map[string]*serviceView, len(c.Services))}
+	byPort := make(map[uint32]*Listener)
+	for _, g := range c.Gateways {
+		if !g.Selects(n.Labels) {
+			continue
+		}
+		for _, s := range g.Servers {
+			if prev, ok := byPort[s.Port]; ok {
+				return nil, fmt.Errorf("%v: port %d is already served by %v", g.Source, s.Port, prev.Gateway.Source)
+			}
+			l := &Listener{Port: s.Port, Server: s, Gateway: g}
+			byPort[s.Port] = l
+			v.Listeners = append(v.Listeners, l)
+		}
+	}
+	slices.SortFunc(v.Listeners, func(a, b *Listener) int { return cmp.Compare(a.Port, b.Port) })
+	for _, svc := range c.Services {
+		sv := &serviceView{svc: svc, routes: make(map[portSubset]*Route)}
+		for _, l := range v.Listeners {
+			sv.exposed = append(sv.exposed, exposes(l, svc))
+		}
+		for _, p := range svc.Ports {
+			sv.add(v, n, p, Subset{})
+			for _, ss := range svc.Subsets {
+				sv.add(v, n, p, ss)
+			}
+		}
+		v.services[svc.Host] = sv
+	}
+	return v, nil
+}
+
+func (sv *serviceView) add(v *View, n Node, p Port, ss Subset) {
+	r := &Route{Key: sni.Key{Host: sv.svc.Host, Port: uint16(p.Number), Subset: ss.Name}, Service: sv.svc}
+	for _, ep := range sv.svc.Endpoints {
+		if ep.Network != "" && ep.Network != n.Network {
+			continue
+		}
+		if !n.AnyTLSMode && ep.Labels[TLSModeLabel] != TLSModeIstio {
+			continue
+		}
+		if !labelsMatch(ss.Labels, ep.Labels) {
+			continue
+		}
+		r.Targets = append(r.Targets, Target{
+			Address:  net.JoinHostPort(ep.Address, strconv.FormatUint(uint64(ep.TargetPort(p)), 10)),
+			Weight:   max(ep.Weight, 1),
+			Locality: ep.Locality,
+		})
+	}
+	sv.routes[portSubset{r.Key.Port, r.Key.Subset}] = r
+	v.routes = append(v.routes, r)
+}
+
+// exposes reports whether listener l may route to svc: one of its server's
+// hosts must admit the service and the service must be exported to the
+// Gateway's namespace.
+func exposes(l *Listener, svc *Service) bool {
+	gwNS := l.Gateway.Source.Namespace
+	if !svc.ExportedTo(gwNS) {
+		return false
+	}
+	for _, h := range l.Server.Hosts {
+		if h.Matches(svc.Host, svc.Namespace, gwNS) {
+			return true
+		}
+	}
+	return false
+}
+
+// Route returns the route for key on the listener with index li in
+// Listeners, or a *RouteError saying why there is none. A route may have no
+// targets: the service exists but has no eligible endpoint here.
+func (v *View) Route(li int, key sni.Key) (*Route, error) {
+	sv, ok := v.services[key.Host]
+	if !ok {
+		return nil, &RouteError{Key: key, Reason: UnknownService}
+	}
+	if !sv.exposed[li] {
+		if !sv.svc.ExportedTo(v.Listeners[li].Gateway.Source.Namespace) {
+			return nil, &RouteError{Key: key, Reason: NotExported}
+		}
+		return nil, &RouteError{Key: key, Reason: HostNotExposed}
+	}
+	r, ok := sv.routes[portSubset{key.Port, key.Subset}]
+	if !ok {
+		if _, ok := sv.svc.Port(uint32(key.Port)); !ok {
+			return nil, &RouteError{Key: key, Reason: UnknownPort}
+		}
+		return nil, &RouteError{Key: key, Reason: UnknownSubset}
+	}
+	return r, nil
+}
+
+// Routes returns every route of the view, in catalog order.
+func (v *View) Routes() []*Route { return v.routes }

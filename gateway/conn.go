@@ -1,0 +1,144 @@
+package gateway
+
+import (
+	"errors"
+	"net"
+	"slices"
+	"time"
+
+	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/sni"
+)
+
+// Reasons a connection is refused, beyond the peek errors of package sni
+// and the routing reasons of package discovery. Values are metric labels.
+const (
+	RejectNoSNI        = "no_sni"
+	RejectBadSNI       = "bad_sni"
+	RejectALPN         = "alpn"
+	RejectNoEndpoints  = "no_endpoints"
+	RejectUnavailable  = "upstream_unavailable"
+	RejectOverLimit    = "over_limit"
+	RejectNoListener   = "no_listener"
+	rejectPeekPrefix   = "hello_"
+	maxPooledHelloSize = 16 << 10
+)
+
+// TLS alerts sent to refused clients whose hello was read, so that they
+// fail with a clear error ("tls: unrecognized name") instead of a bare
+// reset. Alerts before the ServerHello are plaintext, so no key is needed.
+const (
+	alertHandshakeFailure = 40
+	alertInternalError    = 80
+	alertUnrecognizedName = 112
+	alertNoALPN           = 120
+)
+
+// handle serves one accepted client connection to its end.
+func (g *Gateway) handle(port uint32, c *net.TCPConn) {
+	defer func() {
+		g.track(c, false)
+		g.active.Add(-1)
+		g.m.Active.Add(-1)
+		g.wg.Done()
+	}()
+	bp := g.bufs.Get().(*[]byte)
+	start := time.Now()
+	hello, err := g.cfg.Peek.Peek(c, *bp)
+	g.m.PeekSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		g.bufs.Put(bp)
+		g.refuse(c, rejectPeekPrefix+sni.Reason(err), 0, "err", err)
+		return
+	}
+	up, u := g.route(port, c, hello)
+	if cap(hello.Raw) <= maxPooledHelloSize {
+		*bp = hello.Raw[:cap(hello.Raw)]
+	}
+	if up == nil {
+		g.bufs.Put(bp)
+		return
+	}
+	_, err = up.Write(hello.Raw)
+	g.bufs.Put(bp)
+	if err != nil {
+		g.m.ConnectErrors.Inc()
+		g.refuse(c, RejectUnavailable, alertInternalError, "endpoint", u.addr, "err", err)
+		up.Close()
+		u.active.Add(-1)
+		return
+	}
+	g.m.Forwarded.Inc()
+	g.forward(c, up)
+	u.active.Add(-1)
+}
+
+// route resolves the hello to an endpoint and connects to it. On failure it
+// refuses the client itself and returns nil.
+func (g *Gateway) route(port uint32, c *net.TCPConn, hello sni.Hello) (*net.TCPConn, *upstream) {
+	if !g.cfg.AnyALPN && !slices.ContainsFunc(hello.ALPN, func(p string) bool { return slices.Contains(g.cfg.ALPN, p) }) {
+		g.refuse(c, RejectALPN, alertNoALPN, "sni", hello.ServerName, "alpn", hello.ALPN)
+		return nil, nil
+	}
+	if hello.ServerName == "" {
+		g.refuse(c, RejectNoSNI, alertUnrecognizedName)
+		return nil, nil
+	}
+	key, err := sni.ParseName(hello.ServerName)
+	if err != nil {
+		g.refuse(c, RejectBadSNI, alertUnrecognizedName, "sni", hello.ServerName, "err", err)
+		return nil, nil
+	}
+	t := g.table.Load()
+	li, ok := t.listener[port]
+	if !ok {
+		// The port left the config while this connection was peeking.
+		g.refuse(c, RejectNoListener, alertUnrecognizedName, "sni", hello.ServerName)
+		return nil, nil
+	}
+	r, err := t.view.Route(li, key)
+	if err != nil {
+		var re *discovery.RouteError
+		errors.As(err, &re)
+		g.refuse(c, string(re.Reason), alertUnrecognizedName, "sni", hello.ServerName)
+		return nil, nil
+	}
+	cl := t.clusters[r]
+	if len(cl.members) == 0 {
+		g.refuse(c, RejectNoEndpoints, alertHandshakeFailure, "sni", hello.ServerName, "network", t.view.Node.Network)
+		return nil, nil
+	}
+	var triedBuf [8]int
+	tried := triedBuf[:0]
+	for range g.cfg.DialAttempts {
+		i := cl.pick(tried, time.Now().UnixNano())
+		if i < 0 {
+			break
+		}
+		tried = append(tried, i)
+		u := cl.members[i]
+		u.active.Add(1)
+		conn, err := g.dialer.Dial("tcp", u.addr)
+		g.result(u, err)
+		if err == nil {
+			return conn.(*net.TCPConn), u
+		}
+		u.active.Add(-1)
+		g.m.ConnectErrors.Inc()
+		g.rlog.warn("connect", "endpoint connect failed", "endpoint", u.addr, "sni", hello.ServerName, "err", err)
+	}
+	g.refuse(c, RejectUnavailable, alertInternalError, "sni", hello.ServerName, "tried", len(tried))
+	return nil, nil
+}
+
+// refuse closes a client connection that will not be forwarded, after a TLS
+// alert if alert is not 0, and counts and logs it under reason.
+func (g *Gateway) refuse(c *net.TCPConn, reason string, alert byte, logArgs ...any) {
+	g.m.reject(reason)
+	if alert != 0 {
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		c.Write([]byte{21, 3, 3, 0, 2, 2, alert}) // fatal alert record
+	}
+	g.rlog.warn(reason, "connection refused", append([]any{"reason", reason, "client", c.RemoteAddr().String()}, logArgs...)...)
+	c.Close()
+}

@@ -1,0 +1,332 @@
+// Package gateway is ewgate's data plane: it listens on the ports of the
+// Gateway servers that select its node, reads each connection's TLS
+// ClientHello without terminating it, routes the Istio SNI to an eligible
+// endpoint of its own network and splices the raw bytes both ways.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/sni"
+)
+
+// IstioALPN lists the ALPN protocols Istio's AUTO_PASSTHROUGH requires one of
+// (its rule since CVE-2021-31921).
+var IstioALPN = []string{"istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2"}
+
+// Config configures a Gateway. Zero fields take the documented defaults.
+type Config struct {
+	// BindAddress is the IP the listeners bind; default all addresses.
+	BindAddress string
+	// ALPN lists the protocols a client must offer one of; default IstioALPN.
+	ALPN []string
+	// AnyALPN turns the ALPN check off.
+	AnyALPN bool
+	// Peek bounds the ClientHello read: default 64 KiB and 5 s.
+	Peek sni.Peeker
+	// DialTimeout bounds each upstream connect; default 5s.
+	DialTimeout time.Duration
+	// DialAttempts is how many endpoints are tried per connection; default 3.
+	DialAttempts int
+	// EjectAfter consecutive connect failures eject an endpoint; default 3.
+	EjectAfter int
+	// EjectFor is how long an ejected endpoint is skipped; default 30s.
+	EjectFor time.Duration
+	// IdleTimeout closes a connection on which no byte moved either way for
+	// that long (detected within twice that); default 1h, like Envoy's
+	// tcp_proxy. Negative disables it.
+	IdleTimeout time.Duration
+	// MaxConnections caps concurrent client connections; default 10000.
+	// Connections over the cap are closed at once and counted.
+	MaxConnections int
+	// Logger receives logs; nil discards them.
+	Logger *slog.Logger
+	// Metrics receives counters; nil keeps them unexported.
+	Metrics *Metrics
+}
+
+func (c *Config) setDefaults() {
+	if c.ALPN == nil {
+		c.ALPN = IstioALPN
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 5 * time.Second
+	}
+	if c.DialAttempts <= 0 {
+		c.DialAttempts = 3
+	}
+	if c.EjectAfter <= 0 {
+		c.EjectAfter = 3
+	}
+	if c.EjectFor <= 0 {
+		c.EjectFor = 30 * time.Second
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = time.Hour
+	}
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = 10000
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Metrics == nil {
+		c.Metrics = NewMetrics(nil)
+	}
+}
+
+// Gateway is the data plane. Build it with New, give it a view with Apply,
+// and stop it with Shutdown.
+type Gateway struct {
+	cfg    Config
+	log    *slog.Logger
+	m      *Metrics
+	dialer net.Dialer
+	rlog   rateLog
+	bufs   sync.Pool // *[]byte ClientHello buffers
+
+	table    atomic.Pointer[table]
+	active   atomic.Int64
+	draining atomic.Bool
+
+	mu        sync.Mutex
+	listeners map[uint32]*listener
+	upstreams map[string]*upstream
+	conns     map[*net.TCPConn]struct{}
+	wg        sync.WaitGroup // accept loops and connections
+}
+
+// listener is one bound port.
+type listener struct {
+	port uint32
+	ln   *net.TCPListener
+}
+
+// New returns a Gateway with no listeners.
+func New(cfg Config) *Gateway {
+	cfg.setDefaults()
+	g := &Gateway{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		m:         cfg.Metrics,
+		listeners: make(map[uint32]*listener),
+		upstreams: make(map[string]*upstream),
+		conns:     make(map[*net.TCPConn]struct{}),
+	}
+	g.dialer = net.Dialer{Timeout: cfg.DialTimeout}
+	g.rlog.log = cfg.Logger
+	g.bufs.New = func() any {
+		// Big enough for Go's and browsers' hellos (1.5-2 KB) in one read;
+		// Peek grows it for larger ones.
+		b := make([]byte, 4096)
+		return &b
+	}
+	return g
+}
+
+// Apply makes v the gateway's routing: it binds listeners for new ports,
+// closes those no longer served and swaps the routing table. Established
+// connections are untouched. If a port cannot be bound, nothing changes and
+// the error names the port.
+func (g *Gateway) Apply(v *discovery.View) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.draining.Load() {
+		return errors.New("gateway is draining")
+	}
+	want := make(map[uint32]bool)
+	var added []*listener
+	for _, l := range v.Listeners {
+		want[l.Port] = true
+		if _, ok := g.listeners[l.Port]; ok {
+			continue
+		}
+		addr := net.JoinHostPort(g.cfg.BindAddress, strconv.Itoa(int(l.Port)))
+		ln, err := listen(addr)
+		if err != nil {
+			for _, a := range added {
+				a.ln.Close()
+			}
+			return fmt.Errorf("listener for %v port %d: %w", l.Gateway.Source, l.Port, err)
+		}
+		added = append(added, &listener{port: l.Port, ln: ln})
+	}
+	g.table.Store(g.buildTable(v))
+	for _, l := range added {
+		g.listeners[l.port] = l
+		g.wg.Add(1)
+		go g.serve(l)
+		g.log.Info("listening", "address", l.ln.Addr().String())
+	}
+	for port, l := range g.listeners {
+		if !want[port] {
+			l.ln.Close()
+			delete(g.listeners, port)
+			g.log.Info("listener closed", "address", l.ln.Addr().String())
+		}
+	}
+	return nil
+}
+
+// listen binds a TCP listener without MPTCP, whose extra subflows the
+// splice fast path cannot use.
+func listen(addr string) (*net.TCPListener, error) {
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return ln.(*net.TCPListener), nil
+}
+
+// Addrs returns the bound listener addresses by port.
+func (g *Gateway) Addrs() map[uint32]net.Addr {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make(map[uint32]net.Addr, len(g.listeners))
+	for p, l := range g.listeners {
+		out[p] = l.ln.Addr()
+	}
+	return out
+}
+
+// Ready reports whether a view is applied and every listener is bound.
+func (g *Gateway) Ready() bool {
+	t := g.table.Load()
+	if t == nil || g.draining.Load() {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, l := range t.view.Listeners {
+		if _, ok := g.listeners[l.Port]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// Active returns the number of open client connections.
+func (g *Gateway) Active() int64 { return g.active.Load() }
+
+// Shutdown drains the gateway: it stops accepting at once, lets open
+// connections finish until ctx is done, then closes the rest. It returns
+// ctx's error if connections had to be cut.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	g.mu.Lock()
+	g.draining.Store(true)
+	for port, l := range g.listeners {
+		l.ln.Close()
+		delete(g.listeners, port)
+	}
+	g.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		g.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	g.mu.Lock()
+	for c := range g.conns {
+		c.Close()
+	}
+	g.mu.Unlock()
+	<-done
+	return fmt.Errorf("drain cut %s: %w", "open connections", ctx.Err())
+}
+
+func (g *Gateway) serve(l *listener) {
+	defer g.wg.Done()
+	var backoff time.Duration
+	for {
+		c, err := l.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of fds or similar: back off instead of spinning.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			g.log.Warn("accept failed", "port", l.port, "err", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		g.m.Accepted.Inc()
+		if n := g.active.Add(1); n > int64(g.cfg.MaxConnections) {
+			g.active.Add(-1)
+			g.m.reject(RejectOverLimit)
+			g.rlog.warn(RejectOverLimit, "connection refused: over the connection limit", "limit", g.cfg.MaxConnections, "client", c.RemoteAddr().String())
+			c.SetLinger(0)
+			c.Close()
+			continue
+		}
+		g.m.Active.Add(1)
+		g.track(c, true)
+		g.wg.Add(1)
+		go g.handle(l.port, c)
+	}
+}
+
+func (g *Gateway) track(c *net.TCPConn, add bool) {
+	g.mu.Lock()
+	if add {
+		g.conns[c] = struct{}{}
+	} else {
+		delete(g.conns, c)
+	}
+	g.mu.Unlock()
+}
+
+// table is an immutable routing snapshot.
+type table struct {
+	view      *discovery.View
+	listener  map[uint32]int // port -> index in view.Listeners
+	clusters  map[*discovery.Route]*cluster
+	upstreams []*upstream
+}
+
+// buildTable compiles v, reusing the upstream state (active connections,
+// ejections) of endpoints that stay. Called with g.mu held.
+func (g *Gateway) buildTable(v *discovery.View) *table {
+	t := &table{view: v, listener: make(map[uint32]int), clusters: make(map[*discovery.Route]*cluster)}
+	for i, l := range v.Listeners {
+		t.listener[l.Port] = i
+	}
+	keep := make(map[string]*upstream)
+	for _, r := range v.Routes() {
+		cl := &cluster{route: r}
+		for _, tg := range r.Targets {
+			u, ok := keep[tg.Address]
+			if !ok {
+				if u, ok = g.upstreams[tg.Address]; !ok {
+					u = &upstream{addr: tg.Address}
+				}
+				keep[tg.Address] = u
+			}
+			cl.add(u, tg.Weight)
+		}
+		t.clusters[r] = cl
+	}
+	g.upstreams = keep
+	for _, u := range keep {
+		t.upstreams = append(t.upstreams, u)
+	}
+	slices.SortFunc(t.upstreams, func(a, b *upstream) int { return strings.Compare(a.addr, b.addr) })
+	return t
+}

@@ -1,0 +1,454 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ewgate/ewgate/sni"
+)
+
+const echoSNI = "outbound_.9080_._.echo.demo.svc.cluster.local"
+
+func TestForwardByteExact(t *testing.T) {
+	m := newMesh(t)
+	b := m.backend("v1")
+	m.start(echoYAML(freePort(t), b))
+	c, err := m.dial(echoSNI, "istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exchange(t, c, 8<<20)
+	c.Close()
+	eventually(t, 5*time.Second, "connection to finish", func() bool { return m.gw.Active() == 0 })
+	if got := m.gw.m.Forwarded.Value(); got != 1 {
+		t.Errorf("forwarded = %d, want 1", got)
+	}
+	if up, down := m.gw.m.BytesUp.Value(), m.gw.m.BytesDown.Value(); up < 8<<20 || down < 8<<20 {
+		t.Errorf("byte counters up=%d down=%d, want >= 8 MiB each", up, down)
+	}
+}
+
+func TestClientIdentityReachesBackend(t *testing.T) {
+	m := newMesh(t)
+	b := m.backend("v1")
+	m.start(echoYAML(freePort(t), b))
+	c, err := m.dial(echoSNI, "istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	name, peer := greeting(t, c)
+	if name != "v1" || peer != "spiffe://cluster.local/ns/demo/sa/client" {
+		t.Fatalf("backend %q saw peer %q; want v1 and the client's own SPIFFE ID", name, peer)
+	}
+	if id, _ := peerName(c); id != "spiffe://cluster.local/ns/demo/sa/v1" {
+		t.Fatalf("client saw server %q, want the backend's SVID: the gateway must not terminate TLS", id)
+	}
+}
+
+func peerName(c *tls.Conn) (string, error) {
+	certs := c.ConnectionState().PeerCertificates
+	if len(certs) == 0 || len(certs[0].URIs) == 0 {
+		return "", errors.New("no peer URI")
+	}
+	return certs[0].URIs[0].String(), nil
+}
+
+func TestSubsetRouting(t *testing.T) {
+	m := newMesh(t)
+	v1, v2 := m.backend("v1"), m.backend("v2")
+	m.start(echoYAML(freePort(t), v1, v2))
+	for _, subset := range []string{"v1", "v2"} {
+		for range 5 {
+			c, err := m.dial(sni.Key{Host: "echo.demo.svc.cluster.local", Port: 9080, Subset: subset}.SNI(), "istio")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if name, _ := greeting(t, c); name != subset {
+				t.Errorf("subset %s routed to %s", subset, name)
+			}
+			c.Close()
+		}
+	}
+	// Without a subset, load spreads over both.
+	seen := map[string]bool{}
+	for i := 0; i < 40 && len(seen) < 2; i++ {
+		c, err := m.dial(echoSNI, "istio")
+		if err != nil {
+			t.Fatal(err)
+		}
+		name, _ := greeting(t, c)
+		seen[name] = true
+		c.Close()
+	}
+	if len(seen) != 2 {
+		t.Errorf("40 connections without subset reached only %v", seen)
+	}
+}
+
+func TestRefusedWithoutDial(t *testing.T) {
+	m := newMesh(t)
+	b := m.backend("v1")
+	port := freePort(t)
+	m.start(echoYAML(port, b) + `---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: private, namespace: demo}
+spec:
+  hosts: [private.demo.svc.cluster.local]
+  exportTo: ["."]
+  ports: [{number: 9080, name: tcp}]
+  endpoints:
+  - {address: 127.0.0.1, ports: {tcp: ` + b.addr()[strings.LastIndex(b.addr(), ":")+1:] + `}, labels: {security.istio.io/tlsMode: istio}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: plain, namespace: demo}
+spec:
+  hosts: [plain.demo.svc.cluster.local]
+  ports: [{number: 9080, name: tcp}]
+  endpoints:
+  - {address: 127.0.0.1, ports: {tcp: ` + b.addr()[strings.LastIndex(b.addr(), ":")+1:] + `}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: other, namespace: demo}
+spec:
+  hosts: [other.example.com]
+  ports: [{number: 9080, name: tcp}]
+  endpoints:
+  - {address: 127.0.0.1, ports: {tcp: ` + b.addr()[strings.LastIndex(b.addr(), ":")+1:] + `}, labels: {security.istio.io/tlsMode: istio}}
+`)
+	tests := []struct {
+		name, sni string
+		alpn      []string
+		reason    string
+		alert     string
+	}{
+		{"unknown service", "outbound_.9080_._.nope.demo.svc.cluster.local", []string{"istio"}, "unknown_service", "unrecognized name"},
+		{"unknown port", "outbound_.9999_._.echo.demo.svc.cluster.local", []string{"istio"}, "unknown_port", "unrecognized name"},
+		{"unknown subset", "outbound_.9080_.v9_.echo.demo.svc.cluster.local", []string{"istio"}, "unknown_subset", "unrecognized name"},
+		{"exportTo hides it from the gateway namespace", "outbound_.9080_._.private.demo.svc.cluster.local", []string{"istio"}, "not_exported", "unrecognized name"},
+		{"host outside the server's hosts", "outbound_.9080_._.other.example.com", []string{"istio"}, "host_not_exposed", "unrecognized name"},
+		{"endpoints without tlsMode istio", "outbound_.9080_._.plain.demo.svc.cluster.local", []string{"istio"}, "no_endpoints", "handshake failure"},
+		{"IP literal host", "outbound_.9080_._.127.0.0.1", []string{"istio"}, "bad_sni", "unrecognized name"},
+		{"not an Istio name", "echo.demo.svc.cluster.local", []string{"istio"}, "bad_sni", "unrecognized name"},
+		{"no SNI", "", []string{"istio"}, "no_sni", "unrecognized name"},
+		{"no Istio ALPN", echoSNI, []string{"h2", "http/1.1"}, "alpn", "no application protocol"},
+		{"no ALPN", echoSNI, nil, "alpn", "no application protocol"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := m.gw.m.Rejected(tt.reason)
+			c, err := m.dial(tt.sni, tt.alpn...)
+			if err == nil {
+				c.Close()
+				t.Fatal("handshake succeeded; want refusal")
+			}
+			if !strings.Contains(err.Error(), tt.alert) {
+				t.Errorf("client error %q, want TLS alert %q", err, tt.alert)
+			}
+			eventually(t, 5*time.Second, "reject counter", func() bool { return m.gw.m.Rejected(tt.reason) == before+1 })
+		})
+	}
+	if n := b.accepted.Load(); n != 0 {
+		t.Fatalf("backend accepted %d connections; refusals must not dial", n)
+	}
+}
+
+func TestHelloSplitAcrossSegmentsAndRecords(t *testing.T) {
+	m := newMesh(t)
+	b := m.backend("v1")
+	m.start(echoYAML(freePort(t), b))
+	tests := []struct {
+		name string
+		wrap func(net.Conn) net.Conn
+	}{
+		{"1-byte TCP writes", func(c net.Conn) net.Conn { return &trickleConn{Conn: c, n: 1} }},
+		{"7-byte TLS records", func(c net.Conn) net.Conn { return &refragConn{Conn: c, size: 7} }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := m.dialVia(tt.wrap, echoSNI, "istio")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			exchange(t, c, 64<<10)
+		})
+	}
+}
+
+// trickleConn writes its first message n bytes per TCP segment.
+type trickleConn struct {
+	net.Conn
+	n    int
+	done bool
+}
+
+func (c *trickleConn) Write(p []byte) (int, error) {
+	if c.done {
+		return c.Conn.Write(p)
+	}
+	c.done = true
+	for i := 0; i < len(p); i += c.n {
+		if _, err := c.Conn.Write(p[i:min(i+c.n, len(p))]); err != nil {
+			return i, err
+		}
+	}
+	return len(p), nil
+}
+
+// refragConn rewrites the first TLS record it writes (the ClientHello) into
+// records carrying size bytes of the handshake message each.
+type refragConn struct {
+	net.Conn
+	size int
+	done bool
+}
+
+func (c *refragConn) Write(p []byte) (int, error) {
+	if c.done || len(p) < 5 || p[0] != 22 {
+		return c.Conn.Write(p)
+	}
+	c.done = true
+	n := int(p[3])<<8 | int(p[4])
+	msg, rest := p[5:5+n], p[5+n:]
+	var out []byte
+	for i := 0; i < len(msg); i += c.size {
+		frag := msg[i:min(i+c.size, len(msg))]
+		out = append(out, 22, p[1], p[2], byte(len(frag)>>8), byte(len(frag)))
+		out = append(out, frag...)
+	}
+	out = append(out, rest...)
+	if _, err := c.Conn.Write(out); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func TestBadClients(t *testing.T) {
+	m := newMesh(t)
+	b := m.backend("v1")
+	m.cfg.Peek = sni.Peeker{Timeout: 300 * time.Millisecond}
+	m.start(echoYAML(freePort(t), b))
+	tests := []struct {
+		name   string
+		send   []byte
+		reason string
+	}{
+		{"slowloris", []byte{22, 3, 1, 2, 0, 1, 0}, "hello_timeout"},
+		{"garbage", []byte("\x00\x01garbage\xff"), "hello_not_tls"},
+		{"1 MiB of plaintext HTTP", []byte("GET / HTTP/1.1\r\nHost: x\r\n" + strings.Repeat("X-Pad: y\r\n", 100<<10)), "hello_not_tls"},
+		{"SSLv2 hello", []byte{0x80, 0x2e, 0x01, 0x00, 0x02}, "hello_sslv2"},
+		{"truncated", []byte{22, 3, 1, 0, 200, 1, 0, 0, 196}, "hello_truncated"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := m.gw.m.Rejected(tt.reason)
+			c, err := net.Dial("tcp", m.addr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			go func() {
+				c.Write(tt.send)
+				if tt.reason == "hello_truncated" {
+					c.(*net.TCPConn).CloseWrite()
+				}
+			}()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) {
+				t.Fatalf("want the gateway to close the connection, got %v", err)
+			}
+			eventually(t, 5*time.Second, "reject counter "+tt.reason, func() bool { return m.gw.m.Rejected(tt.reason) == before+1 })
+		})
+	}
+	if n := b.accepted.Load(); n != 0 {
+		t.Fatalf("backend accepted %d connections", n)
+	}
+}
+
+func isReset(err error) bool {
+	return err != nil && (strings.Contains(err.Error(), "reset") || strings.Contains(err.Error(), "broken pipe"))
+}
+
+func TestReloadKeepsOpenConnections(t *testing.T) {
+	m := newMesh(t)
+	v1, v2 := m.backend("v1"), m.backend("v2")
+	port := freePort(t)
+	m.start(echoYAML(port, v1))
+	open, err := m.dial(echoSNI, "istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	if name, _ := greeting(t, open); name != "v1" {
+		t.Fatalf("before reload: routed to %s", name)
+	}
+	m.apply(echoYAML(port, v2))
+	c, err := m.dial(echoSNI, "istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if name, _ := greeting(t, c); name != "v2" {
+		t.Fatalf("after reload: routed to %s, want v2", name)
+	}
+	c.Close()
+	// The connection opened before the reload still works both ways.
+	if _, err := open.Write([]byte("still here\n")); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := readLine(open); err != nil || line != "still here" {
+		t.Fatalf("old connection after reload: %q, %v", line, err)
+	}
+}
+
+func TestDrain(t *testing.T) {
+	m := newMesh(t)
+	b := m.backend("v1")
+	m.start(echoYAML(freePort(t), b))
+	addr := m.addr()
+	c, err := m.dial(echoSNI, "istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	greeting(t, c)
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shut <- m.gw.Shutdown(ctx)
+	}()
+	eventually(t, 5*time.Second, "listener to close", func() bool {
+		probe, err := net.Dial("tcp", addr)
+		if err == nil {
+			probe.Close()
+		}
+		return err != nil
+	})
+	if m.gw.Ready() {
+		t.Error("draining gateway reports ready")
+	}
+	// The open connection keeps working while draining.
+	c.Write([]byte("draining\n"))
+	if line, err := readLine(c); err != nil || line != "draining" {
+		t.Fatalf("open connection during drain: %q, %v", line, err)
+	}
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned %v with a connection open", err)
+	default:
+	}
+	c.Close()
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown after the last connection closed: %v", err)
+	}
+}
+
+func TestDrainTimeoutCutsConnections(t *testing.T) {
+	m := newMesh(t)
+	b := m.backend("v1")
+	m.start(echoYAML(freePort(t), b))
+	c, err := m.dial(echoSNI, "istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	greeting(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := m.gw.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want deadline exceeded", err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) && !strings.Contains(err.Error(), "EOF") {
+		t.Fatalf("cut connection: %v", err)
+	}
+}
+
+func TestRetryAndEjectDeadEndpoint(t *testing.T) {
+	m := newMesh(t)
+	live := m.backend("v1")
+	dead := m.backend("v2")
+	dead.ln.Close() // its port now refuses connections
+	m.cfg.EjectAfter = 2
+	m.start(echoYAML(freePort(t), live, dead))
+	for range 20 {
+		c, err := m.dial(echoSNI, "istio")
+		if err != nil {
+			t.Fatalf("connection failed although a live endpoint exists: %v", err)
+		}
+		if name, _ := greeting(t, c); name != "v1" {
+			t.Fatalf("routed to %s", name)
+		}
+		c.Close()
+	}
+	d := m.gw.Debug()
+	var ejected bool
+	for _, r := range d.Routes {
+		for _, e := range r.Endpoints {
+			if e.Address == dead.addr() && e.Ejected {
+				ejected = true
+			}
+		}
+	}
+	if !ejected || m.gw.m.Ejections.Value() == 0 {
+		t.Fatalf("dead endpoint not ejected: %+v", d.Routes)
+	}
+}
+
+func TestAllEndpointsDown(t *testing.T) {
+	m := newMesh(t)
+	dead := m.backend("v1")
+	dead.ln.Close()
+	m.start(echoYAML(freePort(t), dead))
+	_, err := m.dial(echoSNI, "istio")
+	if err == nil || !strings.Contains(err.Error(), "internal error") {
+		t.Fatalf("dial = %v, want a TLS internal error alert", err)
+	}
+	eventually(t, 5*time.Second, "reject counter", func() bool { return m.gw.m.Rejected(RejectUnavailable) == 1 })
+}
+
+func TestIdleTimeout(t *testing.T) {
+	m := newMesh(t)
+	b := m.backend("v1")
+	m.cfg.IdleTimeout = 200 * time.Millisecond
+	m.start(echoYAML(freePort(t), b))
+	c, err := m.dial(echoSNI, "istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	greeting(t, c)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) {
+		t.Fatalf("idle connection: %v, want closed by the gateway", err)
+	}
+	if got := m.gw.m.IdleClosed.Value(); got != 1 {
+		t.Fatalf("idle closes = %d, want 1", got)
+	}
+}
+
+func TestConnectionLimit(t *testing.T) {
+	m := newMesh(t)
+	b := m.backend("v1")
+	m.cfg.MaxConnections = 1
+	m.start(echoYAML(freePort(t), b))
+	c, err := m.dial(echoSNI, "istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	greeting(t, c)
+	if _, err := m.dial(echoSNI, "istio"); err == nil {
+		t.Fatal("second connection accepted over a limit of 1")
+	}
+	eventually(t, 5*time.Second, "over_limit count", func() bool { return m.gw.m.Rejected(RejectOverLimit) == 1 })
+}

@@ -1,0 +1,277 @@
+package sni
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+)
+
+const (
+	// DefaultMaxBytes is the default for [Peeker.MaxBytes]. It is four times
+	// the largest ClientHello a single TLS record can hold, and the most
+	// crypto/tls itself accepts, so it leaves ample room for post-quantum key
+	// shares and hellos split into many records.
+	DefaultMaxBytes = 64 << 10
+
+	// DefaultTimeout is the default for [Peeker.Timeout].
+	DefaultTimeout = 5 * time.Second
+)
+
+const (
+	recordHeaderLen     = 5
+	handshakeHeaderLen  = 4
+	recordTypeHandshake = 22
+	maxPlaintext        = 1 << 14 // RFC 8446 section 5.1
+
+	// initialBufSize is the buffer Peek allocates when the caller gives it
+	// none: enough for the hellos of Go (about 1.5 KiB) and browsers (up to
+	// about 2 KiB) in one read.
+	initialBufSize = 4 << 10
+
+	// maxEmptyReads bounds the reads in a row that may return no data and
+	// no error, which io.Reader discourages but allows, so a broken
+	// connection cannot make Peek spin.
+	maxEmptyReads = 100
+)
+
+// Peeker reads TLS ClientHellos from connections without terminating TLS.
+// The zero value, and a nil *Peeker, use the defaults. A Peeker may be used by
+// several goroutines at once as long as its fields are not changed.
+type Peeker struct {
+	// MaxBytes caps the bytes Peek reads, record headers included; a
+	// ClientHello that does not fit gets ErrTooLarge. Zero or less means
+	// DefaultMaxBytes.
+	MaxBytes int
+
+	// Timeout bounds the time Peek waits for the whole ClientHello. Peek
+	// sets the connection's read deadline to now plus Timeout and clears it
+	// (sets the zero time) before returning, whether it succeeds or fails.
+	// Zero means DefaultTimeout; less than zero means Peek leaves the read
+	// deadline alone, and the caller must bound the wait some other way.
+	Timeout time.Duration
+}
+
+func (p *Peeker) maxBytes() int {
+	if p == nil || p.MaxBytes <= 0 {
+		return DefaultMaxBytes
+	}
+	return p.MaxBytes
+}
+
+func (p *Peeker) timeout() time.Duration {
+	if p == nil || p.Timeout == 0 {
+		return DefaultTimeout
+	}
+	return p.Timeout
+}
+
+// Peek reads from conn until it holds a complete ClientHello and returns the
+// server name and ALPN protocols it offers, with every byte read in
+// Hello.Raw. The ClientHello may arrive in any number of reads and span any
+// number of TLS handshake records.
+//
+// Peek reads into buf, which the caller may reuse once it is done with
+// Hello.Raw (for example from a sync.Pool). Peek uses all of buf's capacity,
+// reading as much as conn has ready each time but never more than MaxBytes in
+// all, and allocates a bigger buffer only if buf is too small for the hello.
+// With a big enough buf, the only allocations are the string holding the
+// server name and protocol names, and the ALPN slice; a hello split across
+// records costs one more, to reassemble it.
+//
+// The error, if any, wraps one of ErrNotTLS, ErrSSLv2, ErrNotClientHello,
+// ErrMalformed, ErrTruncated, ErrTooLarge or ErrTimeout. Peek gives up as soon
+// as the bytes read prove the connection cannot carry an acceptable
+// ClientHello: a connection of non-TLS bytes fails after its first read. On
+// error Hello.Raw still holds the bytes read, for logging or for handing the
+// connection to another protocol.
+func (p *Peeker) Peek(conn net.Conn, buf []byte) (Hello, error) {
+	limit := p.maxBytes()
+	if t := p.timeout(); t > 0 {
+		err := conn.SetReadDeadline(time.Now().Add(t))
+		switch {
+		case err == nil:
+			// Clear it even on failure: the caller may still write an
+			// alert, or hand the connection to someone else.
+			defer conn.SetReadDeadline(time.Time{})
+		case !errors.Is(err, os.ErrNoDeadline):
+			return Hello{}, fmt.Errorf("%w: setting read deadline: %w", ErrTruncated, err)
+		}
+	}
+
+	buf = buf[:cap(buf)]
+	if len(buf) > limit {
+		buf = buf[:limit]
+	}
+	var (
+		n     int
+		a     assembler
+		empty int
+	)
+	for {
+		if n == len(buf) {
+			if n >= limit {
+				return Hello{Raw: buf[:n]}, fmt.Errorf("%w: no complete ClientHello in %d bytes", ErrTooLarge, n)
+			}
+			buf = grow(buf, a.need, limit)
+		}
+		m, rerr := conn.Read(buf[n:])
+		n += m
+		// Look at the data before the error: a client may send its last
+		// bytes and close at once.
+		msg, err := a.advance(buf[:n], limit)
+		if err != nil {
+			return Hello{Raw: buf[:n]}, err
+		}
+		if msg != nil {
+			h, err := ParseClientHello(msg)
+			h.Raw = buf[:n]
+			return h, err
+		}
+		if rerr != nil {
+			return Hello{Raw: buf[:n]}, readError(rerr, n)
+		}
+		if m > 0 {
+			empty = 0
+		} else if empty++; empty >= maxEmptyReads {
+			return Hello{Raw: buf[:n]}, fmt.Errorf("%w after %d bytes: %w", ErrTruncated, n, io.ErrNoProgress)
+		}
+	}
+}
+
+// grow returns a copy of the full buffer buf with room for need bytes if
+// that is known, else twice as many, but never more than limit.
+func grow(buf []byte, need, limit int) []byte {
+	b := make([]byte, min(max(2*len(buf), initialBufSize, need), limit))
+	copy(b, buf)
+	return b
+}
+
+// readError maps an error from reading the connection to the package's
+// errors, keeping the original in the chain.
+func readError(err error, n int) error {
+	var ne net.Error
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
+		return fmt.Errorf("%w after %d bytes: %w", ErrTimeout, n, err)
+	}
+	return fmt.Errorf("%w after %d bytes: %w", ErrTruncated, n, err)
+}
+
+// assembler reassembles a ClientHello from the TLS records at the start of a
+// connection as they arrive. It checks each byte as soon as it is read, so
+// that hopeless connections are dropped without waiting for more data.
+type assembler struct {
+	off    int    // offset of the first record not yet consumed
+	msgLen int    // length of the handshake message, header included; 0 until known
+	need   int    // fewest bytes of records that can carry the message; 0 until known
+	msg    []byte // the message's bytes from consumed records, when it spans records
+}
+
+// advance examines raw, all the bytes read so far, and returns the complete
+// ClientHello message once raw contains it. The message aliases raw when a
+// single record carries it.
+func (a *assembler) advance(raw []byte, limit int) ([]byte, error) {
+	for {
+		rest := raw[a.off:]
+		if err := a.checkRecordHeader(rest); err != nil {
+			return nil, err
+		}
+		if len(rest) < recordHeaderLen {
+			return nil, nil
+		}
+		n := int(rest[3])<<8 | int(rest[4])
+		frag := rest[recordHeaderLen:]
+		complete := len(frag) >= n
+		if complete {
+			frag = frag[:n]
+		}
+		if err := a.checkHandshakeHeader(frag, limit); err != nil {
+			return nil, err
+		}
+		if !complete {
+			return nil, nil
+		}
+		a.off += recordHeaderLen + n
+
+		// Most hellos fit in their first record: parse them in place.
+		if a.msg == nil && a.msgLen > 0 && len(frag) >= a.msgLen {
+			return frag[:a.msgLen], nil
+		}
+		if a.msgLen > 0 && cap(a.msg) < a.msgLen {
+			// checkHandshakeHeader has bounded msgLen by limit, so a
+			// client cannot make this allocation larger than the cap.
+			a.msg = append(make([]byte, 0, a.msgLen), a.msg...)
+		}
+		a.msg = append(a.msg, frag...)
+		if a.msgLen > 0 && len(a.msg) >= a.msgLen {
+			return a.msg[:a.msgLen], nil
+		}
+	}
+}
+
+// checkRecordHeader checks as much of a record header as h holds. The first
+// record decides whether the connection speaks TLS at all; a later record
+// that is not a handshake record interrupts the ClientHello, which TLS
+// forbids.
+func (a *assembler) checkRecordHeader(h []byte) error {
+	first := a.off == 0
+	if len(h) >= 1 && h[0] != recordTypeHandshake {
+		switch {
+		case !first:
+			return fmt.Errorf("%w: record of type %d before the ClientHello ended", ErrMalformed, h[0])
+		case h[0]&0x80 == 0:
+			return fmt.Errorf("%w: first byte 0x%02x", ErrNotTLS, h[0])
+		case len(h) < 3:
+			return nil // the third byte tells an SSLv2 hello from noise
+		case h[2] == typeClientHello:
+			return ErrSSLv2
+		default:
+			return fmt.Errorf("%w: first byte 0x%02x", ErrNotTLS, h[0])
+		}
+	}
+	if len(h) >= 2 && h[1] != 3 {
+		if first {
+			return fmt.Errorf("%w: record version 0x%02x%02x", ErrNotTLS, h[1], h[min(2, len(h)-1)])
+		}
+		return fmt.Errorf("%w: record version 0x%02x%02x", ErrMalformed, h[1], h[min(2, len(h)-1)])
+	}
+	if len(h) >= recordHeaderLen {
+		if n := int(h[3])<<8 | int(h[4]); n == 0 || n > maxPlaintext {
+			return fmt.Errorf("%w: record length %d", ErrMalformed, n)
+		}
+	}
+	return nil
+}
+
+// checkHandshakeHeader checks as much of the handshake message header as the
+// consumed records and frag, the current record's fragment so far, hold.
+// Once the header is complete it fixes msgLen and need, and fails at once if
+// the message cannot fit in limit bytes.
+func (a *assembler) checkHandshakeHeader(frag []byte, limit int) error {
+	if a.msgLen > 0 {
+		return nil
+	}
+	var h [handshakeHeaderLen]byte
+	k := copy(h[:], a.msg)
+	k += copy(h[k:], frag)
+	if k == 0 {
+		return nil
+	}
+	if h[0] != typeClientHello {
+		return fmt.Errorf("%w: handshake type %d", ErrNotClientHello, h[0])
+	}
+	if k < handshakeHeaderLen {
+		return nil
+	}
+	msgLen := handshakeHeaderLen + (int(h[1])<<16 | int(h[2])<<8 | int(h[3]))
+	records := (msgLen + maxPlaintext - 1) / maxPlaintext
+	need := msgLen + records*recordHeaderLen
+	if need > limit {
+		return fmt.Errorf("%w: ClientHello of %d bytes needs at least %d bytes of records, limit is %d",
+			ErrTooLarge, msgLen, need, limit)
+	}
+	a.msgLen, a.need = msgLen, need
+	return nil
+}
