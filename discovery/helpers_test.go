@@ -120,7 +120,7 @@ func endpointAddresses(s *Service) []string {
 func equal[T comparable](t *testing.T, what string, got, want []T) {
 	t.Helper()
 	if !slices.Equal(got, want) {
-		t.Errorf("%s = %q, want %q", what, got, want)
+		t.Errorf("%s = %+v, want %+v", what, got, want)
 	}
 }
 

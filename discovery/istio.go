@@ -164,11 +164,12 @@ func (l *loader) addFile(file string, data []byte) {
 }
 
 func (l *loader) addDocument(file, where string, d *document) {
+	if d.Kind == "" || d.APIVersion == "" {
+		l.errs = append(l.errs, fmt.Errorf("%s: missing apiVersion or kind", where))
+		return
+	}
 	group, version, _ := strings.Cut(d.APIVersion, "/")
 	if group != istioGroup {
-		if d.Kind == "" || d.APIVersion == "" {
-			l.errs = append(l.errs, fmt.Errorf("%s: missing apiVersion or kind", where))
-		}
 		return
 	}
 	if !slices.Contains(istioVersions, version) {

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -23,7 +22,9 @@ func TestForwardByteExact(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exchange(t, c, 8<<20)
+	if err := c.Exchange(8 << 20); err != nil {
+		t.Fatal(err)
+	}
 	c.Close()
 	eventually(t, 5*time.Second, "connection to finish", func() bool { return m.gw.Active() == 0 })
 	if got := m.gw.m.Forwarded.Value(); got != 1 {
@@ -43,21 +44,12 @@ func TestClientIdentityReachesBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	name, peer := greeting(t, c)
-	if name != "v1" || peer != "spiffe://cluster.local/ns/demo/sa/client" {
-		t.Fatalf("backend %q saw peer %q; want v1 and the client's own SPIFFE ID", name, peer)
+	if c.Server != "v1" || c.SeenAs != "spiffe://cluster.local/ns/demo/sa/client" {
+		t.Fatalf("backend %q saw peer %q; want v1 and the client's own SPIFFE ID", c.Server, c.SeenAs)
 	}
-	if id, _ := peerName(c); id != "spiffe://cluster.local/ns/demo/sa/v1" {
-		t.Fatalf("client saw server %q, want the backend's SVID: the gateway must not terminate TLS", id)
+	if c.ServerID != "spiffe://cluster.local/ns/demo/sa/v1" {
+		t.Fatalf("client saw server %q, want the backend's SVID: the gateway must not terminate TLS", c.ServerID)
 	}
-}
-
-func peerName(c *tls.Conn) (string, error) {
-	certs := c.ConnectionState().PeerCertificates
-	if len(certs) == 0 || len(certs[0].URIs) == 0 {
-		return "", errors.New("no peer URI")
-	}
-	return certs[0].URIs[0].String(), nil
 }
 
 func TestSubsetRouting(t *testing.T) {
@@ -70,7 +62,7 @@ func TestSubsetRouting(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if name, _ := greeting(t, c); name != subset {
+			if name := c.Server; name != subset {
 				t.Errorf("subset %s routed to %s", subset, name)
 			}
 			c.Close()
@@ -83,8 +75,7 @@ func TestSubsetRouting(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		name, _ := greeting(t, c)
-		seen[name] = true
+		seen[c.Server] = true
 		c.Close()
 	}
 	if len(seen) != 2 {
@@ -105,7 +96,7 @@ spec:
   exportTo: ["."]
   ports: [{number: 9080, name: tcp}]
   endpoints:
-  - {address: 127.0.0.1, ports: {tcp: ` + b.addr()[strings.LastIndex(b.addr(), ":")+1:] + `}, labels: {security.istio.io/tlsMode: istio}}
+  - {address: 127.0.0.1, ports: {tcp: ` + b.Addr()[strings.LastIndex(b.Addr(), ":")+1:] + `}, labels: {security.istio.io/tlsMode: istio}}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -114,7 +105,7 @@ spec:
   hosts: [plain.demo.svc.cluster.local]
   ports: [{number: 9080, name: tcp}]
   endpoints:
-  - {address: 127.0.0.1, ports: {tcp: ` + b.addr()[strings.LastIndex(b.addr(), ":")+1:] + `}}
+  - {address: 127.0.0.1, ports: {tcp: ` + b.Addr()[strings.LastIndex(b.Addr(), ":")+1:] + `}}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -123,7 +114,7 @@ spec:
   hosts: [other.example.com]
   ports: [{number: 9080, name: tcp}]
   endpoints:
-  - {address: 127.0.0.1, ports: {tcp: ` + b.addr()[strings.LastIndex(b.addr(), ":")+1:] + `}, labels: {security.istio.io/tlsMode: istio}}
+  - {address: 127.0.0.1, ports: {tcp: ` + b.Addr()[strings.LastIndex(b.Addr(), ":")+1:] + `}, labels: {security.istio.io/tlsMode: istio}}
 `)
 	tests := []struct {
 		name, sni string
@@ -157,7 +148,7 @@ spec:
 			eventually(t, 5*time.Second, "reject counter", func() bool { return m.gw.m.Rejected(tt.reason) == before+1 })
 		})
 	}
-	if n := b.accepted.Load(); n != 0 {
+	if n := b.Accepted(); n != 0 {
 		t.Fatalf("backend accepted %d connections; refusals must not dial", n)
 	}
 }
@@ -180,7 +171,9 @@ func TestHelloSplitAcrossSegmentsAndRecords(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			exchange(t, c, 64<<10)
+			if err := c.Exchange(64 << 10); err != nil {
+				t.Fatal(err)
+			}
 		})
 	}
 }
@@ -270,7 +263,7 @@ func TestBadClients(t *testing.T) {
 			eventually(t, 5*time.Second, "reject counter "+tt.reason, func() bool { return m.gw.m.Rejected(tt.reason) == before+1 })
 		})
 	}
-	if n := b.accepted.Load(); n != 0 {
+	if n := b.Accepted(); n != 0 {
 		t.Fatalf("backend accepted %d connections", n)
 	}
 }
@@ -289,7 +282,7 @@ func TestReloadKeepsOpenConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer open.Close()
-	if name, _ := greeting(t, open); name != "v1" {
+	if name := open.Server; name != "v1" {
 		t.Fatalf("before reload: routed to %s", name)
 	}
 	m.apply(echoYAML(port, v2))
@@ -297,7 +290,7 @@ func TestReloadKeepsOpenConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if name, _ := greeting(t, c); name != "v2" {
+	if name := c.Server; name != "v2" {
 		t.Fatalf("after reload: routed to %s, want v2", name)
 	}
 	c.Close()
@@ -305,7 +298,7 @@ func TestReloadKeepsOpenConnections(t *testing.T) {
 	if _, err := open.Write([]byte("still here\n")); err != nil {
 		t.Fatal(err)
 	}
-	if line, err := readLine(open); err != nil || line != "still here" {
+	if line, err := open.ReadLine(); err != nil || line != "still here" {
 		t.Fatalf("old connection after reload: %q, %v", line, err)
 	}
 }
@@ -319,7 +312,6 @@ func TestDrain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	greeting(t, c)
 	shut := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -338,7 +330,7 @@ func TestDrain(t *testing.T) {
 	}
 	// The open connection keeps working while draining.
 	c.Write([]byte("draining\n"))
-	if line, err := readLine(c); err != nil || line != "draining" {
+	if line, err := c.ReadLine(); err != nil || line != "draining" {
 		t.Fatalf("open connection during drain: %q, %v", line, err)
 	}
 	select {
@@ -361,7 +353,6 @@ func TestDrainTimeoutCutsConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	greeting(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if err := m.gw.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
@@ -377,7 +368,7 @@ func TestRetryAndEjectDeadEndpoint(t *testing.T) {
 	m := newMesh(t)
 	live := m.backend("v1")
 	dead := m.backend("v2")
-	dead.ln.Close() // its port now refuses connections
+	dead.Close() // its port now refuses connections
 	m.cfg.EjectAfter = 2
 	m.start(echoYAML(freePort(t), live, dead))
 	for range 20 {
@@ -385,7 +376,7 @@ func TestRetryAndEjectDeadEndpoint(t *testing.T) {
 		if err != nil {
 			t.Fatalf("connection failed although a live endpoint exists: %v", err)
 		}
-		if name, _ := greeting(t, c); name != "v1" {
+		if name := c.Server; name != "v1" {
 			t.Fatalf("routed to %s", name)
 		}
 		c.Close()
@@ -394,7 +385,7 @@ func TestRetryAndEjectDeadEndpoint(t *testing.T) {
 	var ejected bool
 	for _, r := range d.Routes {
 		for _, e := range r.Endpoints {
-			if e.Address == dead.addr() && e.Ejected {
+			if e.Address == dead.Addr() && e.Ejected {
 				ejected = true
 			}
 		}
@@ -407,7 +398,7 @@ func TestRetryAndEjectDeadEndpoint(t *testing.T) {
 func TestAllEndpointsDown(t *testing.T) {
 	m := newMesh(t)
 	dead := m.backend("v1")
-	dead.ln.Close()
+	dead.Close()
 	m.start(echoYAML(freePort(t), dead))
 	_, err := m.dial(echoSNI, "istio")
 	if err == nil || !strings.Contains(err.Error(), "internal error") {
@@ -426,7 +417,6 @@ func TestIdleTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	greeting(t, c)
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) {
 		t.Fatalf("idle connection: %v, want closed by the gateway", err)
@@ -446,7 +436,6 @@ func TestConnectionLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	greeting(t, c)
 	if _, err := m.dial(echoSNI, "istio"); err == nil {
 		t.Fatal("second connection accepted over a limit of 1")
 	}

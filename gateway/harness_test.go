@@ -2,18 +2,12 @@ package gateway
 
 import (
 	"context"
-	"bufio"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/tls"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
 	"runtime"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +15,7 @@ import (
 
 	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/workload"
 )
 
 // mesh is a test world: a dev CA, mTLS backends that identify themselves
@@ -51,52 +46,17 @@ func (m *mesh) source(id string) identity.Source {
 	return src
 }
 
-// backend is an mTLS server that writes its name and the client's SPIFFE ID
-// on a line, then echoes until the client half-closes, then half-closes.
-type backend struct {
-	name     string
-	ln       net.Listener
-	accepted atomic.Int64 // TCP connections accepted, handshake or not
-}
-
-func (m *mesh) backend(name string) *backend {
+// backend starts an echo server named name (also its endpoint's version
+// label) with its own SVID.
+func (m *mesh) backend(name string) *workload.EchoServer {
 	m.t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	b, err := workload.NewEchoServer(name, "127.0.0.1:0", m.source("spiffe://cluster.local/ns/demo/sa/"+name), nil)
 	if err != nil {
 		m.t.Fatal(err)
 	}
-	cfg := identity.ServerTLSConfig(m.source("spiffe://cluster.local/ns/demo/sa/"+name), nil)
-	cfg.NextProtos = []string{"istio"}
-	b := &backend{name: name, ln: ln}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			b.accepted.Add(1)
-			go b.serve(tls.Server(c, cfg))
-		}
-	}()
-	m.t.Cleanup(func() { ln.Close(); <-done })
+	m.t.Cleanup(func() { b.Close() })
 	return b
 }
-
-func (b *backend) serve(c *tls.Conn) {
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := c.Handshake(); err != nil {
-		return
-	}
-	peer, _ := identity.PeerID(c.ConnectionState())
-	fmt.Fprintf(c, "%s %s\n", b.name, peer)
-	io.Copy(c, c)
-	c.CloseWrite()
-}
-
-func (b *backend) addr() string { return b.ln.Addr().String() }
 
 // start builds the catalog from YAML and runs a gateway on 127.0.0.1.
 func (m *mesh) start(yaml string) {
@@ -138,87 +98,20 @@ func (m *mesh) addr() string {
 	return ""
 }
 
-// dial connects a client with the given SNI and ALPN through the gateway
-// and completes the mTLS handshake with the backend.
-func (m *mesh) dial(sniName string, alpn ...string) (*tls.Conn, error) {
-	return m.dialVia(nil, sniName, alpn...)
+// dial connects a sidecar-like client through the gateway and reads the
+// backend's greeting.
+func (m *mesh) dial(serverName string, alpn ...string) (*workload.Conn, error) {
+	return m.dialVia(nil, serverName, alpn...)
 }
 
-func (m *mesh) dialVia(wrap func(net.Conn) net.Conn, sniName string, alpn ...string) (*tls.Conn, error) {
-	raw, err := net.Dial("tcp", m.addr())
-	if err != nil {
-		return nil, err
+func (m *mesh) dialVia(wrap func(net.Conn) net.Conn, serverName string, alpn ...string) (*workload.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl := workload.Client{Source: m.source("spiffe://cluster.local/ns/demo/sa/client"), ALPN: alpn, Wrap: wrap}
+	if alpn == nil {
+		cl.ALPN = []string{}
 	}
-	cfg := identity.ClientTLSConfig(m.source("spiffe://cluster.local/ns/demo/sa/client"), nil)
-	cfg.ServerName = sniName
-	cfg.NextProtos = alpn
-	var c net.Conn = raw
-	if wrap != nil {
-		c = wrap(raw)
-	}
-	tc := tls.Client(c, cfg)
-	tc.SetDeadline(time.Now().Add(10 * time.Second))
-	if err := tc.Handshake(); err != nil {
-		raw.Close()
-		return nil, err
-	}
-	tc.SetDeadline(time.Time{})
-	return tc, nil
-}
-
-// greeting reads the backend's first line: its name and the client ID it saw.
-func greeting(t *testing.T, c *tls.Conn) (name, peer string) {
-	t.Helper()
-	line, err := bufio.NewReader(io.LimitReader(c, 200)).ReadString('\n')
-	if err != nil {
-		t.Fatalf("read greeting: %v", err)
-	}
-	name, peer, _ = strings.Cut(strings.TrimSpace(line), " ")
-	return name, peer
-}
-
-// readLine reads one line byte by byte, so no byte after it is consumed.
-func readLine(c net.Conn) (string, error) {
-	var sb strings.Builder
-	b := make([]byte, 1)
-	for {
-		if _, err := c.Read(b); err != nil {
-			return sb.String(), err
-		}
-		if b[0] == '\n' {
-			return sb.String(), nil
-		}
-		sb.WriteByte(b[0])
-	}
-}
-
-// exchange sends n random bytes, half-closes, reads the echo to EOF and
-// reports whether both directions were byte-exact.
-func exchange(t *testing.T, c *tls.Conn, n int) {
-	t.Helper()
-	if _, err := readLine(c); err != nil {
-		t.Fatalf("greeting: %v", err)
-	}
-	sent := sha256.New()
-	errc := make(chan error, 1)
-	go func() {
-		_, err := io.CopyN(io.MultiWriter(c, sent), rand.Reader, int64(n))
-		if err == nil {
-			err = c.CloseWrite()
-		}
-		errc <- err
-	}()
-	got := sha256.New()
-	m, err := io.Copy(got, c)
-	if err != nil {
-		t.Fatalf("read echo: %v", err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatalf("send: %v", err)
-	}
-	if m != int64(n) || string(got.Sum(nil)) != string(sent.Sum(nil)) {
-		t.Fatalf("echo mismatch: got %d bytes sha256 %x, sent %d sha256 %x", m, got.Sum(nil), n, sent.Sum(nil))
-	}
+	return cl.DialName(ctx, m.addr(), serverName)
 }
 
 type testWriter struct{ t *testing.T }
@@ -289,11 +182,11 @@ spec:
 
 // echoYAML is a ServiceEntry "echo.demo.svc.cluster.local" port 9080 with
 // subsets v1 and v2 and one endpoint per backend, labelled by its name.
-func echoYAML(port int, backends ...*backend) string {
+func echoYAML(port int, backends ...*workload.EchoServer) string {
 	var eps strings.Builder
 	for _, b := range backends {
-		host, p, _ := net.SplitHostPort(b.addr())
-		fmt.Fprintf(&eps, "  - address: %s\n    ports: {tcp: %s}\n    network: net-a\n    labels: {version: %s, security.istio.io/tlsMode: istio}\n", host, p, b.name)
+		host, p, _ := net.SplitHostPort(b.Addr())
+		fmt.Fprintf(&eps, "  - address: %s\n    ports: {tcp: %s}\n    network: net-a\n    labels: {version: %s, security.istio.io/tlsMode: istio}\n", host, p, b.Name())
 	}
 	return fmt.Sprintf(gatewayYAML, port) + `---
 apiVersion: networking.istio.io/v1

@@ -94,9 +94,11 @@ func TestServerAuthorization(t *testing.T) {
 		client: func(t *testing.T) tls.Certificate { return issued(t, local, peerID, IssueOptions{}) },
 		wantID: peerID,
 	}, {
-		name:    "unknown trust domain",
-		policy:  Policy{TrustDomains: []string{"evil.example", "cluster.local"}},
-		client:  func(t *testing.T) tls.Certificate { return issued(t, evil, "spiffe://evil.example/ns/x/sa/y", IssueOptions{}) },
+		name:   "unknown trust domain",
+		policy: Policy{TrustDomains: []string{"evil.example", "cluster.local"}},
+		client: func(t *testing.T) tls.Certificate {
+			return issued(t, evil, "spiffe://evil.example/ns/x/sa/y", IssueOptions{})
+		},
 		reason:  ReasonUnknownTrustDomain,
 		wantErr: `unknown trust domain "evil.example": no trust bundle configured`,
 	}, {
@@ -107,9 +109,11 @@ func TestServerAuthorization(t *testing.T) {
 		reason:  ReasonNotAllowed,
 		wantErr: `trust domain "remote.example" is not allowed: the default policy allows only the own trust domain "cluster.local"`,
 	}, {
-		name:    "ID outside the policy",
-		policy:  Policy{IDPrefixes: []string{"spiffe://cluster.local/ns/istio-system"}, IDs: []string{gatewayID}},
-		client:  func(t *testing.T) tls.Certificate { return issued(t, local, "spiffe://cluster.local/ns/istio-system-x/sa/y", IssueOptions{}) },
+		name:   "ID outside the policy",
+		policy: Policy{IDPrefixes: []string{"spiffe://cluster.local/ns/istio-system"}, IDs: []string{gatewayID}},
+		client: func(t *testing.T) tls.Certificate {
+			return issued(t, local, "spiffe://cluster.local/ns/istio-system-x/sa/y", IssueOptions{})
+		},
 		reason:  ReasonNotAllowed,
 		wantErr: "peer spiffe://cluster.local/ns/istio-system-x/sa/y: not_allowed: ID is not allowed by the policy",
 	}, {

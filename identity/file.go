@@ -82,6 +82,7 @@ type FileSource struct {
 	log     *slog.Logger
 	state   atomic.Pointer[fileState]
 	watcher *fsnotify.Watcher
+	failed  []byte // files of the last failed load; used by watch only
 
 	done      chan struct{}
 	wg        sync.WaitGroup
@@ -207,18 +208,21 @@ func (s *FileSource) watch() {
 // state, makes them current.
 func (s *FileSource) reload() {
 	files, err := s.cfg.read()
-	if err == nil && bytes.Equal(bytes.Join(files, []byte{0}), s.state.Load().raw) {
-		return
+	raw := bytes.Join(files, []byte{0})
+	if err == nil && (bytes.Equal(raw, s.state.Load().raw) || bytes.Equal(raw, s.failed)) {
+		return // nothing new: unchanged, or the same bad files again
 	}
 	var st *fileState
 	if err == nil {
 		st, err = parseFiles(s.cfg, files)
 	}
 	if err != nil {
+		s.failed = raw
 		s.log.Error("SVID files changed but do not load; keeping the last good SVID and bundles",
 			"cert", s.cfg.CertFile, "key", s.cfg.KeyFile, "err", err)
 		return
 	}
+	s.failed = nil
 	s.state.Store(st)
 	s.logLoaded("reloaded SVID from files", st)
 }

@@ -19,7 +19,7 @@ func parseCertificatesPEM(data []byte) ([]*x509.Certificate, error) {
 		var block *pem.Block
 		block, rest = pem.Decode(rest)
 		if block == nil {
-			if len(bytes.TrimSpace(rest)) != 0 {
+			if len(certs) > 0 && len(bytes.TrimSpace(rest)) != 0 {
 				return nil, errors.New("trailing data that is not PEM")
 			}
 			break
@@ -75,7 +75,7 @@ func parsePrivateKeyPEM(data []byte) (crypto.Signer, error) {
 func checkKeyMatches(key crypto.Signer, cert *x509.Certificate) error {
 	pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
 	if !ok || !pub.Equal(cert.PublicKey) {
-		return errors.New("private key does not match the certificate's public key")
+		return fmt.Errorf("private key does not match the public key of certificate serial %s", cert.SerialNumber.Text(16))
 	}
 	return nil
 }

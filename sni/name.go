@@ -19,7 +19,8 @@ const (
 // Key is an Istio routing key: the service a client wants and, optionally,
 // the DestinationRule subset of its endpoints. Istio spells it as an SNI
 // name, outbound_.<port>_.<subset>_.<host>, or as a cluster name,
-// outbound|<port>|<subset>|<host>.
+// outbound|<port>|<subset>|<host>. Keys are comparable and may be used as map
+// keys.
 type Key struct {
 	// Host is the service's fully qualified DNS name, in lower case.
 	Host string
@@ -48,7 +49,8 @@ type Key struct {
 // form, including those like "10.1" or "0x0a000001" that some resolvers read
 // as one: a client must never choose the address the gateway dials.
 //
-// Errors wrap [ErrBadName] and say which part is wrong.
+// ParseName allocates only to fold an upper-case host to lower case. Errors
+// wrap [ErrBadName] and say which part is wrong.
 func ParseName(s string) (Key, error) {
 	var port, subset, host string
 	var ok bool

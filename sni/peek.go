@@ -11,9 +11,9 @@ import (
 
 const (
 	// DefaultMaxBytes is the default for [Peeker.MaxBytes]. It is four times
-	// the largest ClientHello a single TLS record can hold, and the most
-	// crypto/tls itself accepts, so it leaves ample room for post-quantum key
-	// shares and hellos split into many records.
+	// what one TLS record can hold and about the largest ClientHello that
+	// crypto/tls accepts, so it leaves ample room for post-quantum key
+	// shares and for hellos split into many small records.
 	DefaultMaxBytes = 64 << 10
 
 	// DefaultTimeout is the default for [Peeker.Timeout].
@@ -93,8 +93,9 @@ func (p *Peeker) Peek(conn net.Conn, buf []byte) (Hello, error) {
 		err := conn.SetReadDeadline(time.Now().Add(t))
 		switch {
 		case err == nil:
-			// Clear it even on failure: the caller may still write an
-			// alert, or hand the connection to someone else.
+			// Clear it whatever the outcome: left behind, it would cut
+			// short whatever the caller does with the connection next,
+			// such as the forwarding copy.
 			defer conn.SetReadDeadline(time.Time{})
 		case !errors.Is(err, os.ErrNoDeadline):
 			return Hello{}, fmt.Errorf("%w: setting read deadline: %w", ErrTruncated, err)

@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/sni"
+	"github.com/ewgate/ewgate/workload"
+)
+
+// world is a loopback mesh for process tests: a dev CA, echo servers and
+// a config directory for an ewgate process.
+type world struct {
+	t      *testing.T
+	ca     *identity.DevCA
+	dir    string
+	port   int // gateway port
+	admin  string
+	echoes map[string]*workload.EchoServer
+}
+
+func newWorld(t *testing.T, versions ...string) *world {
+	t.Helper()
+	ca, err := identity.NewDevCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &world{t: t, ca: ca, dir: t.TempDir(), echoes: make(map[string]*workload.EchoServer)}
+	for _, v := range versions {
+		e, err := workload.NewEchoServer("echo-"+v, "127.0.0.1:0", w.source("echo-"+v), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		w.echoes[v] = e
+	}
+	if w.port, err = freeLoopbackPort(); err != nil {
+		t.Fatal(err)
+	}
+	adminPort, err := freeLoopbackPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.admin = fmt.Sprintf("127.0.0.1:%d", adminPort)
+	return w
+}
+
+func (w *world) source(sa string) identity.Source {
+	w.t.Helper()
+	src, err := w.ca.NewSource(spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/"+sa), identity.IssueOptions{})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return src
+}
+
+// writeConfig writes the demo's Istio YAML with the given versions as
+// endpoints, replacing the file atomically as Kubernetes does.
+func (w *world) writeConfig(versions ...string) {
+	w.t.Helper()
+	var es []*workload.EchoServer
+	for _, v := range versions {
+		es = append(es, w.echoes[v])
+	}
+	w.writeFile("mesh.yaml", demoConfig(w.port, es))
+}
+
+func (w *world) writeFile(name, content string) {
+	w.t.Helper()
+	tmp := filepath.Join(w.dir, ".tmp-"+name)
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		w.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(w.dir, name)); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+func (w *world) gwAddr() string { return fmt.Sprintf("127.0.0.1:%d", w.port) }
+
+// run starts "ewgate run" on the config directory and waits until ready.
+func (w *world) run(extra ...string) *proc {
+	w.t.Helper()
+	args := append([]string{"run", "-f", w.dir, "--network", "network-a",
+		"--node-labels", "istio=eastwestgateway", "--bind-address", "127.0.0.1",
+		"--admin-address", w.admin, "--log-level", "debug"}, extra...)
+	p := startEwgate(w.t, args...)
+	eventually(w.t, 30*time.Second, "/readyz", func() bool {
+		code, _, _ := httpGet("http://" + w.admin + "/readyz")
+		return code == 200
+	})
+	return p
+}
+
+func (w *world) dial(subset string) (*workload.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl := workload.Client{Source: w.source("sleep")}
+	return cl.Dial(ctx, w.gwAddr(), sni.Key{Host: "echo.demo.svc.cluster.local", Port: 9080, Subset: subset})
+}
+
+func TestRunForwardsReloadsAndDrains(t *testing.T) {
+	w := newWorld(t, "v1", "v2")
+	w.writeConfig("v1")
+	p := w.run("--drain-timeout", "30s")
+
+	c, err := w.dial("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Server != "echo-v1" || c.SeenAs != "spiffe://cluster.local/ns/demo/sa/sleep" {
+		t.Fatalf("reached %s seen as %s", c.Server, c.SeenAs)
+	}
+	if err := c.Exchange(4 << 20); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+
+	// A connection open across the reload keeps working.
+	open, err := w.dial("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	w.writeConfig("v2")
+	eventually(t, 10*time.Second, "reload to route to v2", func() bool {
+		c, err := w.dial("")
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return c.Server == "echo-v2"
+	})
+	if got := metric(t, w.admin, `ewgate_config_reloads_total{result="ok"}`); got != 2 {
+		t.Errorf("reloads ok = %d, want 2", got)
+	}
+
+	// A broken config is refused and the last good one stays.
+	w.writeFile("mesh.yaml", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: broken}\nspec: {servers: [{port: {number: 1, protocol: TLS}, hosts: ['*'], tls: {mode: SIMPLE}}]}\n")
+	eventually(t, 10*time.Second, "failed reload to be counted", func() bool {
+		return metric(t, w.admin, `ewgate_config_reloads_total{result="failed"}`) == 1
+	})
+	if !strings.Contains(p.output(), "spec.servers[0].tls.mode: SIMPLE is not supported") {
+		t.Errorf("log does not name the bad field:\n%s", p.output())
+	}
+	c, err = w.dial("")
+	if err != nil {
+		t.Fatalf("routing after a rejected config: %v", err)
+	}
+	if c.Server != "echo-v2" {
+		t.Errorf("after a rejected config: routed to %s", c.Server)
+	}
+	c.Close()
+
+	if _, err := open.Write([]byte("across reloads\n")); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := open.ReadLine(); err != nil || line != "across reloads" {
+		t.Fatalf("connection open across reloads: %q, %v", line, err)
+	}
+
+	// SIGTERM drains: no new connections, the open one finishes.
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	eventually(t, 10*time.Second, "listener to close", func() bool {
+		c, err := net.Dial("tcp", w.gwAddr())
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	if _, err := open.Write([]byte("while draining\n")); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := open.ReadLine(); err != nil || line != "while draining" {
+		t.Fatalf("open connection while draining: %q, %v", line, err)
+	}
+	select {
+	case <-p.exited:
+		t.Fatal("ewgate exited with a connection still open")
+	default:
+	}
+	open.Close()
+	if err := p.wait(30 * time.Second); err != nil {
+		t.Fatalf("ewgate exit: %v", err)
+	}
+	if !strings.Contains(p.output(), "msg=drained") {
+		t.Errorf("no drained log:\n%s", p.output())
+	}
+}
+
+func TestRunRefusesBadConfig(t *testing.T) {
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{"unsupported tls mode",
+			"apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: istio-system}\nspec:\n  servers:\n  - port: {number: 15443, protocol: TLS}\n    hosts: ['*.local']\n    tls: {mode: MUTUAL}\n",
+			"Gateway istio-system/gw: spec.servers[0].tls.mode: MUTUAL is not supported"},
+		{"broken YAML", "apiVersion: [", "invalid YAML"},
+		{"unknown field",
+			"apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se}\nspec: {hostz: [a.b]}\n",
+			"ServiceEntry default/se: spec:"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			f := filepath.Join(dir, "bad.yaml")
+			os.WriteFile(f, []byte(tt.yaml), 0o644)
+			out, err := runEwgate(t, "run", "-f", f, "--network", "n", "--admin-address", "")
+			if err == nil {
+				t.Fatal("ewgate run accepted a bad config")
+			}
+			if !strings.Contains(out, f) || !strings.Contains(out, tt.want) {
+				t.Fatalf("error does not name file and field (%q):\n%s", tt.want, out)
+			}
+		})
+	}
+}
+
+func TestSNICommand(t *testing.T) {
+	tests := []struct {
+		args    []string
+		want    string
+		wantErr bool
+	}{
+		{[]string{"sni", "decode", "outbound_.9080_.v1_.reviews.bookinfo.svc.cluster.local"}, "cluster: outbound|9080|v1|reviews.bookinfo.svc.cluster.local", false},
+		{[]string{"sni", "decode", "outbound|9080||reviews.bookinfo.svc.cluster.local"}, "sni:     outbound_.9080_._.reviews.bookinfo.svc.cluster.local", false},
+		{[]string{"sni", "encode", "--host", "reviews.bookinfo.svc.cluster.local", "--port", "9080", "--subset", "v2"}, "outbound_.9080_.v2_.reviews.bookinfo.svc.cluster.local\noutbound|9080|v2|reviews.bookinfo.svc.cluster.local", false},
+		{[]string{"sni", "decode", "outbound_.0_._.reviews"}, "port", true},
+		{[]string{"sni", "encode", "--host", "10.0.0.1", "--port", "80"}, "IP", true},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			out, err := runEwgate(t, tt.args...)
+			if (err != nil) != tt.wantErr || !strings.Contains(out, tt.want) {
+				t.Fatalf("err=%v, output:\n%s\nwant %q", err, out, tt.want)
+			}
+		})
+	}
+}
+
+func TestDemoOnce(t *testing.T) {
+	out, err := runEwgate(t, "demo", "--once")
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out)
+	}
+	for _, want := range []string{"ok  ", "echo-v1, which saw the client as spiffe://cluster.local/ns/demo/sa/sleep", "refused", "ewgate_connections_forwarded_total 3"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -1,0 +1,206 @@
+package discovery
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseHostPattern(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    HostPattern
+		wantErr string
+	}{
+		{in: "*", want: HostPattern{"*", "*"}},
+		{in: "*.local", want: HostPattern{"*", "*.local"}},
+		{in: "*.LOCAL", want: HostPattern{"*", "*.local"}},
+		{in: "reviews.bookinfo.svc.cluster.local", want: HostPattern{"*", "reviews.bookinfo.svc.cluster.local"}},
+		{in: "*/x.ns.svc.cluster.local", want: HostPattern{"*", "x.ns.svc.cluster.local"}},
+		{in: "./*", want: HostPattern{".", "*"}},
+		{in: "bookinfo/*.local", want: HostPattern{"bookinfo", "*.local"}},
+		{in: "", wantErr: "empty host"},
+		{in: "ns/", wantErr: "empty host"},
+		{in: "/x", wantErr: "empty namespace"},
+		{in: "/", wantErr: "empty namespace"},
+		{in: "*foo.local", wantErr: "wildcard"},
+		{in: "a.*.local", wantErr: "wildcard"},
+		{in: "*.*.local", wantErr: "wildcard"},
+		{in: "**", wantErr: "wildcard"},
+		{in: "*.", wantErr: "wildcard"},
+		{in: "*..local", wantErr: `label ""`},
+		{in: "a..local", wantErr: `label ""`},
+		{in: "a/b/c", wantErr: `host "a/b/c"`},
+		{in: "foo bar", wantErr: `host "foo bar"`},
+		{in: "Bad_NS/x.local", wantErr: "namespace"},
+		{in: "~/x.local", wantErr: "namespace"},
+		{in: "10.0.0.1", wantErr: "IP address"},
+	}
+	for _, tt := range tests {
+		got, err := ParseHostPattern(tt.in)
+		if tt.wantErr != "" {
+			if err == nil {
+				t.Errorf("ParseHostPattern(%q) = %+v, want error containing %q", tt.in, got, tt.wantErr)
+			} else if !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), `"`+tt.in+`"`) {
+				t.Errorf("ParseHostPattern(%q) error %q, want it to quote the input and contain %q", tt.in, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("ParseHostPattern(%q) = %+v, %v; want %+v", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+func TestHostPatternMatches(t *testing.T) {
+	const gwNS = "istio-system"
+	tests := []struct {
+		pattern string
+		host    string
+		svcNS   string
+		want    bool
+	}{
+		{"*", "reviews.bookinfo.svc.cluster.local", "bookinfo", true},
+		{"*", "api.example.com", "ext", true},
+		{"*.local", "reviews.bookinfo.svc.cluster.local", "bookinfo", true},
+		{"*.local", "a.local", "bookinfo", true},
+		{"*.local", "local", "bookinfo", false},
+		{"*.local", ".local", "bookinfo", false},
+		{"*.local", "notlocal", "bookinfo", false},
+		{"*.local", "a.local.com", "bookinfo", false},
+		{"*.local", "api.example.com", "ext", false},
+		{"*.svc.cluster.local", "reviews.bookinfo.svc.cluster.local", "bookinfo", true},
+		{"*.svc.cluster.local", "svc.cluster.local", "bookinfo", false},
+		{"*/x.ns.svc.cluster.local", "x.ns.svc.cluster.local", "ns", true},
+		{"*/x.ns.svc.cluster.local", "x.ns.svc.cluster.local", "other", true},
+		{"*/x.ns.svc.cluster.local", "y.ns.svc.cluster.local", "ns", false},
+		{"*/x.ns.svc.cluster.local", "a.x.ns.svc.cluster.local", "ns", false},
+		{"./*", "a.local", gwNS, true},
+		{"./*", "a.local", "bookinfo", false},
+		{"./*.local", "a.local", gwNS, true},
+		{"bookinfo/*.local", "reviews.bookinfo.svc.cluster.local", "bookinfo", true},
+		// Stricter than Istio, deliberately: the namespace is enforced.
+		{"bookinfo/*.local", "reviews.other.svc.cluster.local", "other", false},
+		{"bookinfo/*.local", "reviews.bookinfo.svc.cluster.local", "other", false},
+		{"bookinfo/*", "api.example.com", "bookinfo", true},
+		{"bookinfo/*", "api.example.com", "ext", false},
+		{"reviews.bookinfo.svc.cluster.local", "reviews.bookinfo.svc.cluster.local", "bookinfo", true},
+		{"reviews.bookinfo.svc.cluster.local", "reviews.bookinfo.svc.cluster.loca", "bookinfo", false},
+		{"reviews.bookinfo.svc.cluster.local", "v1.reviews.bookinfo.svc.cluster.local", "bookinfo", false},
+	}
+	for _, tt := range tests {
+		p, err := ParseHostPattern(tt.pattern)
+		if err != nil {
+			t.Fatalf("ParseHostPattern(%q): %v", tt.pattern, err)
+		}
+		if got := p.Matches(tt.host, tt.svcNS, gwNS); got != tt.want {
+			t.Errorf("%q.Matches(%q, ns %q, gateway ns %q) = %v, want %v", tt.pattern, tt.host, tt.svcNS, gwNS, got, tt.want)
+		}
+	}
+}
+
+func TestHostPatternString(t *testing.T) {
+	for in, want := range map[string]string{"*.local": "*/*.local", "./*": "./*", "bookinfo/a.local": "bookinfo/a.local"} {
+		p, err := ParseHostPattern(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p.String(); got != want {
+			t.Errorf("ParseHostPattern(%q).String() = %q, want %q", in, got, want)
+		}
+		if q, err := ParseHostPattern(p.String()); err != nil || q != p {
+			t.Errorf("round trip of %q = %+v, %v", in, q, err)
+		}
+	}
+}
+
+func TestServiceExportedTo(t *testing.T) {
+	tests := []struct {
+		exportTo []string
+		from     string
+		want     bool
+	}{
+		{nil, "bookinfo", true},
+		{nil, "istio-system", true},
+		{[]string{}, "istio-system", true},
+		{[]string{"*"}, "istio-system", true},
+		{[]string{"."}, "bookinfo", true},
+		{[]string{"."}, "istio-system", false},
+		{[]string{"~"}, "bookinfo", false},
+		{[]string{"~"}, "istio-system", false},
+		{[]string{"istio-system"}, "istio-system", true},
+		{[]string{"istio-system"}, "bookinfo", false},
+		{[]string{"a", "istio-system"}, "istio-system", true},
+		{[]string{".", "istio-system"}, "bookinfo", true},
+		{[]string{".", "istio-system"}, "istio-system", true},
+		{[]string{".", "istio-system"}, "other", false},
+		{[]string{"a", "*"}, "other", true},
+		{[]string{"Istio-System"}, "istio-system", false},
+	}
+	for _, tt := range tests {
+		s := &Service{Host: "reviews.bookinfo.svc.cluster.local", Namespace: "bookinfo", ExportTo: tt.exportTo}
+		if got := s.ExportedTo(tt.from); got != tt.want {
+			t.Errorf("exportTo %q: ExportedTo(%q) = %v, want %v", tt.exportTo, tt.from, got, tt.want)
+		}
+	}
+}
+
+func TestEndpointTargetPort(t *testing.T) {
+	tests := []struct {
+		name  string
+		ports map[string]uint32
+		port  Port
+		want  uint32
+	}{
+		{"number", nil, Port{Number: 9080, Name: "http"}, 9080},
+		{"targetPort", nil, Port{Number: 9080, Name: "http", TargetPort: 8080}, 8080},
+		{"endpoint port by name beats targetPort", map[string]uint32{"http": 19080}, Port{Number: 9080, Name: "http", TargetPort: 8080}, 19080},
+		{"endpoint port by name beats number", map[string]uint32{"http": 19080}, Port{Number: 9080, Name: "http"}, 19080},
+		{"other names are ignored", map[string]uint32{"grpc": 19090}, Port{Number: 9080, Name: "http", TargetPort: 8080}, 8080},
+		{"zero endpoint port is ignored", map[string]uint32{"http": 0}, Port{Number: 9080, Name: "http"}, 9080},
+		{"unnamed port", map[string]uint32{"http": 19080}, Port{Number: 9080}, 9080},
+	}
+	for _, tt := range tests {
+		e := &Endpoint{Address: "10.0.0.1", Ports: tt.ports}
+		if got := e.TargetPort(tt.port); got != tt.want {
+			t.Errorf("%s: TargetPort = %d, want %d", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestGatewaySelects(t *testing.T) {
+	node := map[string]string{"istio": "eastwestgateway", "topology.istio.io/network": "net-a"}
+	tests := []struct {
+		selector map[string]string
+		labels   map[string]string
+		want     bool
+	}{
+		{nil, node, true},
+		{nil, nil, true},
+		{map[string]string{}, nil, true},
+		{map[string]string{"istio": "eastwestgateway"}, node, true},
+		{map[string]string{"istio": "eastwestgateway", "topology.istio.io/network": "net-a"}, node, true},
+		{map[string]string{"istio": "eastwestgateway", "topology.istio.io/network": "net-b"}, node, false},
+		{map[string]string{"istio": "ingressgateway"}, node, false},
+		{map[string]string{"app": ""}, node, false},
+		{map[string]string{"istio": "eastwestgateway"}, nil, false},
+	}
+	for _, tt := range tests {
+		g := &Gateway{Selector: tt.selector}
+		if got := g.Selects(tt.labels); got != tt.want {
+			t.Errorf("selector %v, labels %v: Selects = %v, want %v", tt.selector, tt.labels, got, tt.want)
+		}
+	}
+}
+
+func TestServiceSubsetLookup(t *testing.T) {
+	s := &Service{Subsets: []Subset{{Name: "v1", Labels: map[string]string{"version": "v1"}}, {Name: "v2"}}}
+	if ss, ok := s.Subset("v1"); !ok || ss.Labels["version"] != "v1" {
+		t.Errorf("Subset(v1) = %+v, %v", ss, ok)
+	}
+	if _, ok := s.Subset("v3"); ok {
+		t.Error("Subset(v3) found")
+	}
+	if _, ok := s.Subset(""); ok {
+		t.Error(`Subset("") found`)
+	}
+}
