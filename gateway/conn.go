@@ -35,9 +35,10 @@ const (
 )
 
 // handle serves one accepted client connection to its end.
-func (g *Gateway) handle(port uint32, c *net.TCPConn) {
+func (g *Gateway) handle(port uint32, f *flow) {
+	c := f.client
 	defer func() {
-		g.track(c, false)
+		g.track(f, false)
 		g.active.Add(-1)
 		g.m.Active.Add(-1)
 		g.wg.Done()
@@ -68,8 +69,13 @@ func (g *Gateway) handle(port uint32, c *net.TCPConn) {
 		u.active.Add(-1)
 		return
 	}
+	f.up.Store(up)
+	if g.cutting.Load() {
+		// Shutdown may have looked for the upstream before it was set.
+		up.Close()
+	}
 	g.m.Forwarded.Inc()
-	g.forward(c, up)
+	f.forward(up)
 	u.active.Add(-1)
 }
 

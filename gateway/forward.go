@@ -7,79 +7,108 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // errIdle ends a connection on which nothing moved for the idle timeout.
 var errIdle = errors.New("idle timeout")
 
-// forward copies bytes both ways between client and upstream until both
-// directions end, then closes both. Each direction is an io.Copy between
-// two *net.TCPConn, which the runtime turns into splice(2): bytes never
-// enter user space. A direction that reads EOF half-closes its destination;
-// an error in either direction resets both connections, so a reset on one
-// side is seen as a reset on the other.
-func (g *Gateway) forward(client, up *net.TCPConn) {
-	f := flow{g: g}
+// flow is one client connection and, once dialed, its upstream.
+type flow struct {
+	g      *Gateway
+	client *net.TCPConn
+	up     atomic.Pointer[net.TCPConn]
+	ended  atomic.Bool // both directions must stop
+	failed atomic.Bool // ended by an error: reset both sides
+	toUp   direction   // client to upstream
+	toDown direction   // upstream to client
+}
+
+// direction is one half of a flow. Its fields are reused for every chunk
+// so that forwarding allocates nothing.
+type direction struct {
+	idle  atomic.Bool // saw a whole idle period without bytes, or ended
+	src   syscall.RawConn
+	ready func(fd uintptr) bool // d.poll, bound once
+	avail int                   // bytes readable, set by poll
+	err   error                 // socket error, set by poll
+	lr    io.LimitedReader
+	peek  [1]byte
+}
+
+// forward copies bytes both ways between the client and upstream until
+// both directions end, then closes both. Each direction is an io.Copy from
+// one *net.TCPConn to the other, which the runtime turns into splice(2):
+// bytes never enter user space. A direction that reads EOF half-closes its
+// destination; an error in either direction resets both connections, so a
+// reset on one side is seen as a reset on the other.
+func (f *flow) forward(up *net.TCPConn) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		f.pipe(client, up, &f.downIdle, &f.upIdle, g.m.BytesDown)
+		f.pipe(f.client, up, &f.toDown, &f.toUp, f.g.m.BytesDown)
 	}()
-	f.pipe(up, client, &f.upIdle, &f.downIdle, g.m.BytesUp)
+	f.pipe(up, f.client, &f.toUp, &f.toDown, f.g.m.BytesUp)
 	wg.Wait()
 	if f.failed.Load() {
-		client.SetLinger(0)
+		f.client.SetLinger(0)
 		up.SetLinger(0)
 	}
-	client.Close()
+	f.client.Close()
 	up.Close()
-}
-
-// flow is the shared state of a connection's two directions.
-type flow struct {
-	g                *Gateway
-	upIdle, downIdle atomic.Bool // direction saw a full idle period, or ended
-	ended            atomic.Bool // abort ran: both directions stop
-	failed           atomic.Bool // ended by an error: reset both sides
 }
 
 type counter interface{ Add(uint64) }
 
-// pipe copies src to dst. With an idle timeout it copies in segments bounded
-// by deadlines: a segment that moved bytes starts the next; one that moved
-// nothing marks this direction idle, and the connection ends when the other
+// pipe copies src to dst. With an idle timeout, deadlines bound the wait:
+// a period in which bytes moved arms the next one; a period without bytes
+// marks this direction idle, and the connection ends once the other
 // direction is idle too.
-func (f *flow) pipe(dst, src *net.TCPConn, mine, other *atomic.Bool, bytes counter) {
+func (f *flow) pipe(dst, src *net.TCPConn, d, other *direction, bytes counter) {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		f.abort(dst, src, err)
+		return
+	}
+	d.src, d.ready = rc, d.poll
 	idle := f.g.cfg.IdleTimeout
-	for {
+	var moved int64 // since the deadline was armed
+	arm := func() {
 		if idle > 0 {
-			d := time.Now().Add(idle)
-			src.SetReadDeadline(d)
-			dst.SetWriteDeadline(d)
+			t := time.Now().Add(idle)
+			src.SetReadDeadline(t)
+			dst.SetWriteDeadline(t)
 		}
-		n, err := io.Copy(dst, src)
+		moved = 0
+	}
+	arm()
+	for {
+		n, eof, err := d.copyAvailable(dst, src)
+		moved += n
 		bytes.Add(uint64(n))
 		if f.ended.Load() {
 			return
 		}
 		switch {
-		case err == nil:
-			mine.Store(true)
+		case eof:
+			d.idle.Store(true)
 			dst.CloseWrite()
 			return
+		case err == nil:
+			d.idle.Store(false)
 		case idle > 0 && errors.Is(err, os.ErrDeadlineExceeded):
-			if n > 0 {
-				mine.Store(false)
-				continue
+			if moved == 0 {
+				d.idle.Store(true)
+				if other.idle.Load() {
+					f.abort(dst, src, errIdle)
+					return
+				}
 			}
-			mine.Store(true)
-			if !other.Load() {
-				continue
-			}
-			f.abort(dst, src, errIdle)
-			return
+			arm()
 		default:
 			f.abort(dst, src, err)
 			return
@@ -87,8 +116,44 @@ func (f *flow) pipe(dst, src *net.TCPConn, mine, other *atomic.Bool, bytes count
 	}
 }
 
-// abort ends both directions at once: closing unblocks the other
-// direction's copy.
+// copyAvailable waits until src is readable, then splices what is there to
+// dst. While it waits it holds no splice pipe: an idle connection costs
+// its two sockets and nothing else, where a plain io.Copy would keep a pipe
+// (two more descriptors and kernel buffers) per direction.
+func (d *direction) copyAvailable(dst, src *net.TCPConn) (n int64, eof bool, err error) {
+	if err := d.src.Read(d.ready); err != nil {
+		return 0, false, err
+	}
+	if d.err != nil {
+		return 0, false, os.NewSyscallError("recv", d.err)
+	}
+	if d.avail == 0 {
+		return 0, true, nil
+	}
+	d.lr.R, d.lr.N = src, int64(d.avail)
+	n, err = io.Copy(dst, &d.lr)
+	return n, false, err
+}
+
+// poll is the RawConn.Read callback: it reports false (keep waiting) until
+// the socket has data, EOF or an error, and records which.
+func (d *direction) poll(fd uintptr) bool {
+	n, _, err := unix.Recvfrom(int(fd), d.peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return false
+	case err != nil:
+		d.err = err
+	case n == 0:
+		d.avail = 0
+	default:
+		d.avail, d.err = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	}
+	return true
+}
+
+// abort ends both directions at once: deadlines in the past unblock the
+// other direction's wait without closing the sockets under it.
 func (f *flow) abort(dst, src *net.TCPConn, err error) {
 	if !f.ended.CompareAndSwap(false, true) {
 		return
@@ -98,8 +163,15 @@ func (f *flow) abort(dst, src *net.TCPConn, err error) {
 	} else {
 		f.failed.Store(true)
 	}
-	// Unblock the other direction without closing the fds under it.
 	past := time.Unix(1, 0)
 	dst.SetDeadline(past)
 	src.SetDeadline(past)
+}
+
+// cut closes the flow's sockets at once, for a drain that ran out of time.
+func (f *flow) cut() {
+	f.client.Close()
+	if up := f.up.Load(); up != nil {
+		up.Close()
+	}
 }

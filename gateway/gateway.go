@@ -99,11 +99,12 @@ type Gateway struct {
 	table    atomic.Pointer[table]
 	active   atomic.Int64
 	draining atomic.Bool
+	cutting  atomic.Bool // drain timed out: flows must close
 
 	mu        sync.Mutex
 	listeners map[uint32]*listener
 	upstreams map[string]*upstream
-	conns     map[*net.TCPConn]struct{}
+	flows     map[*flow]struct{}
 	wg        sync.WaitGroup // accept loops and connections
 }
 
@@ -122,7 +123,7 @@ func New(cfg Config) *Gateway {
 		m:         cfg.Metrics,
 		listeners: make(map[uint32]*listener),
 		upstreams: make(map[string]*upstream),
-		conns:     make(map[*net.TCPConn]struct{}),
+		flows:     make(map[*flow]struct{}),
 	}
 	g.dialer = net.Dialer{Timeout: cfg.DialTimeout}
 	g.rlog.log = cfg.Logger
@@ -242,9 +243,10 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
+	g.cutting.Store(true)
 	g.mu.Lock()
-	for c := range g.conns {
-		c.Close()
+	for f := range g.flows {
+		f.cut()
 	}
 	g.mu.Unlock()
 	<-done
@@ -277,18 +279,19 @@ func (g *Gateway) serve(l *listener) {
 			continue
 		}
 		g.m.Active.Add(1)
-		g.track(c, true)
+		f := &flow{g: g, client: c}
+		g.track(f, true)
 		g.wg.Add(1)
-		go g.handle(l.port, c)
+		go g.handle(l.port, f)
 	}
 }
 
-func (g *Gateway) track(c *net.TCPConn, add bool) {
+func (g *Gateway) track(f *flow, add bool) {
 	g.mu.Lock()
 	if add {
-		g.conns[c] = struct{}{}
+		g.flows[f] = struct{}{}
 	} else {
-		delete(g.conns, c)
+		delete(g.flows, f)
 	}
 	g.mu.Unlock()
 }

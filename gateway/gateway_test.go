@@ -441,3 +441,28 @@ func TestConnectionLimit(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, "over_limit count", func() bool { return m.gw.m.Rejected(RejectOverLimit) == 1 })
 }
+
+// A drain that times out must cut every flow, including one whose client
+// half-closed while its endpoint stays silent: nothing would wake it.
+func TestDrainTimeoutCutsHalfClosedFlows(t *testing.T) {
+	checkLeaks(t)
+	hello := recordHello(t, echoSNI)
+	be := newRawBackend(t, len(hello), nil)
+	gw, addr := benchGateway(t, be.ln.Addr().String())
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write(hello)
+	c.(*net.TCPConn).CloseWrite()
+	eventually(t, 5*time.Second, "connection to reach the backend", func() bool { return be.count() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := gw.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want deadline exceeded", err)
+	}
+	if gw.Active() != 0 {
+		t.Fatalf("%d connections still active after a cut drain", gw.Active())
+	}
+}

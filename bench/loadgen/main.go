@@ -1,0 +1,86 @@
+// Command loadgen drives the comparison of ewgate with HAProxy and nginx
+// (bench/compare.sh). It plays both ends of a proxied connection:
+//
+//	loadgen sink -listen ADDR          the backend every proxy routes to
+//	loadgen idle -addr A -pid P -n N   memory and fds per idle connection
+//	loadgen throughput -addr A         one connection, bulk up and down
+//	loadgen rr -addr A -c C -d T       1 KiB ping-pong on C connections
+//	loadgen connect -addr A -c C -d T  a new connection per operation
+//	loadgen header MODE                the markdown header of MODE's rows
+//	loadgen freeport                   print a free loopback TCP port
+//
+// Every client connection starts with a real crypto/tls ClientHello carrying
+// an Istio SNI and ALPN "istio", recorded once and replayed; the sink reads
+// it and acknowledges with one byte, which proves the proxy routed it.
+// Client modes print one markdown table row on stdout.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: loadgen sink|idle|throughput|rr|connect|header|freeport [flags]")
+		os.Exit(2)
+	}
+	err := run(os.Args[1], os.Args[2:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "loadgen %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}
+
+func run(mode string, args []string) error {
+	switch mode {
+	case "sink":
+		return runSink(args)
+	case "idle":
+		return runIdle(args)
+	case "throughput":
+		return runThroughput(args)
+	case "rr":
+		return runRR(args)
+	case "connect":
+		return runConnect(args)
+	case "header":
+		return printHeader(args)
+	case "freeport":
+		return freePort()
+	default:
+		return fmt.Errorf("unknown mode %q", mode)
+	}
+}
+
+// printHeader prints the table header of a client mode.
+func printHeader(args []string) error {
+	headers := map[string]string{
+		"idle":       idleHeader,
+		"throughput": throughputHeader,
+		"rr":         rrHeader,
+		"connect":    connectHeader,
+	}
+	if len(args) != 1 || headers[args[0]] == "" {
+		return fmt.Errorf("usage: loadgen header idle|throughput|rr|connect")
+	}
+	fmt.Println(headers[args[0]])
+	return nil
+}
+
+// freePort prints a TCP port that is free on 127.0.0.1 right now.
+func freePort() error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	fmt.Println(ln.Addr().(*net.TCPAddr).Port)
+	return nil
+}

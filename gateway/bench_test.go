@@ -1,0 +1,262 @@
+package gateway
+
+import (
+	"context"
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ewgate/ewgate/discovery"
+)
+
+// recordHello returns the bytes of a real Go ClientHello for sni.
+func recordHello(b testing.TB, sni string) []byte {
+	b.Helper()
+	var rec recorder
+	c := tls.Client(&rec, &tls.Config{ServerName: sni, NextProtos: []string{"istio"}})
+	c.Handshake() // fails once the recorder refuses to read
+	if rec.Len() == 0 {
+		b.Fatal("no hello recorded")
+	}
+	return rec.Bytes()
+}
+
+type recorder struct {
+	bytes.Buffer
+	net.Conn
+}
+
+func (r *recorder) Write(p []byte) (int, error) { return r.Buffer.Write(p) }
+func (r *recorder) Read([]byte) (int, error)    { return 0, errors.New("recorder: no reads") }
+func (r *recorder) Close() error                { return nil }
+
+// rawBackend is a plain TCP endpoint for benchmarks: it reads the replayed
+// hello, then runs serve on the connection.
+type rawBackend struct {
+	ln    net.Listener
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func newRawBackend(b testing.TB, helloLen int, serve func(net.Conn)) *rawBackend {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	rb := &rawBackend{ln: ln}
+	rb.wg.Add(1)
+	go func() {
+		defer rb.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			rb.mu.Lock()
+			rb.conns = append(rb.conns, c)
+			rb.mu.Unlock()
+			if serve == nil {
+				continue // hold: no goroutine per connection
+			}
+			rb.wg.Add(1)
+			go func() {
+				defer rb.wg.Done()
+				defer c.Close()
+				if _, err := io.CopyN(io.Discard, c, int64(helloLen)); err != nil {
+					return
+				}
+				serve(c)
+			}()
+		}
+	}()
+	b.Cleanup(func() {
+		ln.Close()
+		rb.mu.Lock()
+		for _, c := range rb.conns {
+			c.Close()
+		}
+		rb.mu.Unlock()
+		rb.wg.Wait()
+	})
+	return rb
+}
+
+func (rb *rawBackend) count() int {
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	return len(rb.conns)
+}
+
+// benchGateway runs a gateway routing echo.demo port 9080 to addr and
+// returns it and its listener address.
+func benchGateway(b testing.TB, addr string) (*Gateway, string) {
+	b.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	yaml := fmt.Sprintf(gatewayYAML, freePort(b)) + fmt.Sprintf(`---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: demo}
+spec:
+  hosts: [echo.demo.svc.cluster.local]
+  ports: [{number: 9080, name: tcp}]
+  endpoints: [{address: %s, ports: {tcp: %s}, labels: {security.istio.io/tlsMode: istio}}]
+`, host, port)
+	c, err := discovery.Parse("bench.yaml", []byte(yaml), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	v, err := c.View(discovery.Node{Network: "net-a", Labels: map[string]string{"istio": "eastwestgateway"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	gw := New(Config{BindAddress: "127.0.0.1", MaxConnections: 100000})
+	if err := gw.Apply(v); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		// Benchmarks leave connections open: cut them at once.
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		gw.Shutdown(ctx)
+	})
+	for _, a := range gw.Addrs() {
+		return gw, a.String()
+	}
+	b.Fatal("no listener")
+	return nil, ""
+}
+
+// BenchmarkIdleConnections opens b.N proxied connections and leaves them
+// idle, then reports what each costs the gateway: file descriptors beyond
+// the two sockets of the client and backend ends, and Go stack and heap.
+// Run with -benchtime=1000x for 1000 connections.
+func BenchmarkIdleConnections(b *testing.B) {
+	hello := recordHello(b, echoSNI)
+	be := newRawBackend(b, len(hello), nil)
+	_, gwAddr := benchGateway(b, be.ln.Addr().String())
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	fds0 := openFDs()
+	clients := make([]net.Conn, 0, b.N)
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	b.ResetTimer()
+	for range b.N {
+		c, err := net.Dial("tcp", gwAddr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Write(hello); err != nil {
+			b.Fatal(err)
+		}
+		clients = append(clients, c)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for be.count() < b.N {
+		if time.Now().After(deadline) {
+			b.Fatalf("only %d of %d connections reached the backend", be.count(), b.N)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	b.StopTimer()
+	// Let the gateway's goroutines park, and stacks shrink, as they would
+	// on a long-lived idle connection.
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	n := float64(b.N)
+	b.ReportMetric(float64(openFDs()-fds0)/n-2, "gateway-fds/conn")
+	b.ReportMetric(float64(after.StackInuse-before.StackInuse)/n, "stack-B/conn")
+	b.ReportMetric(float64(after.HeapInuse-before.HeapInuse)/n, "heap-B/conn")
+}
+
+// BenchmarkRoundTrip measures a 1 KiB request and its echo over one
+// established proxied connection.
+func BenchmarkRoundTrip(b *testing.B) {
+	hello := recordHello(b, echoSNI)
+	be := newRawBackend(b, len(hello), func(c net.Conn) { io.Copy(c, c) })
+	_, gwAddr := benchGateway(b, be.ln.Addr().String())
+	c, err := net.Dial("tcp", gwAddr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	c.Write(hello)
+	msg := make([]byte, 1024)
+	buf := make([]byte, 1024)
+	b.SetBytes(int64(len(msg)))
+	b.ResetTimer()
+	for range b.N {
+		if _, err := c.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkThroughput streams 4 MiB per op one way through the gateway.
+func BenchmarkThroughput(b *testing.B) {
+	hello := recordHello(b, echoSNI)
+	done := make(chan int64, 1)
+	be := newRawBackend(b, len(hello), func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		done <- n
+	})
+	_, gwAddr := benchGateway(b, be.ln.Addr().String())
+	c, err := net.Dial("tcp", gwAddr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c.Write(hello)
+	chunk := make([]byte, 4<<20)
+	b.SetBytes(int64(len(chunk)))
+	b.ResetTimer()
+	for range b.N {
+		if _, err := c.Write(chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c.(*net.TCPConn).CloseWrite()
+	if n := <-done; n != int64(b.N)*int64(len(chunk)) {
+		b.Fatalf("backend got %d bytes, want %d", n, int64(b.N)*int64(len(chunk)))
+	}
+	b.StopTimer()
+	c.Close()
+}
+
+// BenchmarkConnect measures a whole proxied connection: connect, hello,
+// route, dial, one byte back, close.
+func BenchmarkConnect(b *testing.B) {
+	hello := recordHello(b, echoSNI)
+	be := newRawBackend(b, len(hello), func(c net.Conn) { c.Write([]byte{1}) })
+	_, gwAddr := benchGateway(b, be.ln.Addr().String())
+	buf := make([]byte, 1)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		c, err := net.Dial("tcp", gwAddr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Write(hello)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+	}
+}
+
