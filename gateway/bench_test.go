@@ -1,8 +1,8 @@
 package gateway
 
 import (
-	"context"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -259,4 +259,3 @@ func BenchmarkConnect(b *testing.B) {
 		c.Close()
 	}
 }
-
