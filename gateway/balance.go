@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"errors"
+	"syscall"
 	"math/rand/v2"
 	"slices"
 	"sync/atomic"
@@ -114,6 +116,12 @@ func (g *Gateway) result(u *upstream, err error) {
 		u.failures.Store(0)
 		return
 	}
+	if localDialError(err) {
+		// Out of descriptors, memory or ephemeral ports says nothing
+		// about the endpoint: ejecting it would turn a local shortage
+		// into an outage.
+		return
+	}
 	if u.failures.Add(1) >= int64(g.cfg.EjectAfter) {
 		until := time.Now().Add(g.cfg.EjectFor).UnixNano()
 		if u.ejectedUntil.Swap(until) <= time.Now().UnixNano() {
@@ -122,4 +130,15 @@ func (g *Gateway) result(u *upstream, err error) {
 		}
 		u.failures.Store(0)
 	}
+}
+
+// localDialError reports whether a connect failed for want of a local
+// resource rather than because of the endpoint.
+func localDialError(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.EADDRNOTAVAIL} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }

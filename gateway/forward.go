@@ -31,12 +31,13 @@ type flow struct {
 // so that forwarding allocates nothing.
 type direction struct {
 	idle  atomic.Bool // saw a whole idle period without bytes, or ended
+	pool  *sync.Pool  // of *[]byte chunk buffers, shared by the gateway
 	src   syscall.RawConn
 	ready func(fd uintptr) bool // d.poll, bound once
-	avail int                   // bytes readable, set by poll
-	err   error                 // socket error, set by poll
+	buf   *[]byte               // chunk read by poll
+	n     int                   // bytes in buf; 0 at EOF
+	err   error                 // socket error seen by poll
 	lr    io.LimitedReader
-	peek  [1]byte
 }
 
 // forward copies bytes both ways between the client and upstream until
@@ -74,7 +75,7 @@ func (f *flow) pipe(dst, src *net.TCPConn, d, other *direction, bytes counter) {
 		f.abort(dst, src, err)
 		return
 	}
-	d.src, d.ready = rc, d.poll
+	d.src, d.ready, d.pool = rc, d.poll, &f.g.chunks
 	idle := f.g.cfg.IdleTimeout
 	var moved int64 // since the deadline was armed
 	arm := func() {
@@ -116,39 +117,58 @@ func (f *flow) pipe(dst, src *net.TCPConn, d, other *direction, bytes counter) {
 	}
 }
 
-// copyAvailable waits until src is readable, then splices what is there to
-// dst. While it waits it holds no splice pipe: an idle connection costs
-// its two sockets and nothing else, where a plain io.Copy would keep a pipe
-// (two more descriptors and kernel buffers) per direction.
+// copyAvailable waits until src is readable and moves what is there to
+// dst. A chunk that fits a buffer is read and written (two system calls, as
+// small messages want); a full buffer means a stream, whose backlog is then
+// spliced without entering user space. While it waits it holds no buffer and
+// no splice pipe: an idle connection costs its two sockets and its
+// goroutines, where a plain io.Copy would keep a pipe (two more descriptors
+// and kernel buffers) per direction.
 func (d *direction) copyAvailable(dst, src *net.TCPConn) (n int64, eof bool, err error) {
 	if err := d.src.Read(d.ready); err != nil {
 		return 0, false, err
 	}
-	if d.err != nil {
-		return 0, false, os.NewSyscallError("recv", d.err)
-	}
-	if d.avail == 0 {
+	bp, got, rerr := d.buf, d.n, d.err
+	d.buf = nil
+	if rerr != nil || got == 0 {
+		d.pool.Put(bp)
+		if rerr != nil {
+			return 0, false, os.NewSyscallError("read", rerr)
+		}
 		return 0, true, nil
 	}
-	d.lr.R, d.lr.N = src, int64(d.avail)
-	n, err = io.Copy(dst, &d.lr)
-	return n, false, err
+	_, err = dst.Write((*bp)[:got])
+	d.pool.Put(bp)
+	if err != nil {
+		return 0, false, err
+	}
+	n = int64(got)
+	if got < len(*bp) {
+		return n, false, nil
+	}
+	var avail int
+	d.src.Control(func(fd uintptr) {
+		avail, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	})
+	if avail == 0 {
+		return n, false, nil
+	}
+	d.lr.R, d.lr.N = src, int64(avail)
+	m, err := io.Copy(dst, &d.lr)
+	return n + m, false, err
 }
 
-// poll is the RawConn.Read callback: it reports false (keep waiting) until
-// the socket has data, EOF or an error, and records which.
+// poll is the RawConn.Read callback: it reads a chunk into a pooled buffer,
+// reporting false (keep waiting, buffer returned) until the socket has
+// data, EOF or an error.
 func (d *direction) poll(fd uintptr) bool {
-	n, _, err := unix.Recvfrom(int(fd), d.peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-	switch {
-	case err == unix.EAGAIN || err == unix.EINTR:
+	bp := d.pool.Get().(*[]byte)
+	n, err := unix.Read(int(fd), *bp)
+	if err == unix.EAGAIN || err == unix.EINTR {
+		d.pool.Put(bp)
 		return false
-	case err != nil:
-		d.err = err
-	case n == 0:
-		d.avail = 0
-	default:
-		d.avail, d.err = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
 	}
+	d.buf, d.n, d.err = bp, max(n, 0), err
 	return true
 }
 

@@ -95,6 +95,7 @@ type Gateway struct {
 	dialer net.Dialer
 	rlog   rateLog
 	bufs   sync.Pool // *[]byte ClientHello buffers
+	chunks sync.Pool // *[]byte forwarding buffers, held only while a chunk moves
 
 	table    atomic.Pointer[table]
 	active   atomic.Int64
@@ -133,8 +134,16 @@ func New(cfg Config) *Gateway {
 		b := make([]byte, 4096)
 		return &b
 	}
+	g.chunks.New = func() any {
+		b := make([]byte, chunkSize)
+		return &b
+	}
 	return g
 }
+
+// chunkSize is the forwarding buffer: messages up to this size are copied
+// through it, larger backlogs are spliced.
+const chunkSize = 16 << 10
 
 // Apply makes v the gateway's routing: it binds listeners for new ports,
 // closes those no longer served and swaps the routing table. Established
