@@ -2,10 +2,10 @@ package gateway
 
 import (
 	"errors"
-	"syscall"
 	"math/rand/v2"
 	"slices"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ewgate/ewgate/discovery"
