@@ -44,6 +44,7 @@ type node struct {
 	reg     *metrics.Registry
 	admin   *http.Server
 	adminLn net.Listener
+	id      identitySource // nil without an identity
 	cancel  context.CancelFunc
 	done    chan struct{} // closed when the watcher has stopped
 }
@@ -90,12 +91,27 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	n := &node{s: s, log: log, gw: gw, reg: reg, cancel: cancel, done: make(chan struct{})}
+	// abort undoes a start that failed half way.
+	abort := func(err error) (*node, error) {
+		cancel()
+		gw.Shutdown(ctx)
+		if n.id != nil {
+			n.id.Close()
+		}
+		return nil, err
+	}
+	id, err := loadIdentity(ctx, s, log)
+	if err != nil {
+		return abort(err)
+	}
+	if id != nil {
+		n.id = id
+		watchIdentity(ctx, id, reg, s, log)
+	}
 	if s.AdminAddress != "" {
 		ln, err := net.Listen("tcp", s.AdminAddress)
 		if err != nil {
-			cancel()
-			gw.Shutdown(ctx)
-			return nil, fmt.Errorf("admin listener: %w", err)
+			return abort(fmt.Errorf("admin listener: %w", err))
 		}
 		n.adminLn = ln
 		n.admin = &http.Server{
@@ -130,6 +146,9 @@ func (n *node) stop() error {
 		n.admin.Close()
 	}
 	<-n.done
+	if n.id != nil {
+		n.id.Close()
+	}
 	if err != nil {
 		n.log.Warn("drain timeout: open connections were closed", "err", err)
 	} else {

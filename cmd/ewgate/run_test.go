@@ -259,3 +259,22 @@ func TestDemoOnce(t *testing.T) {
 		}
 	}
 }
+
+func TestRunIdentity(t *testing.T) {
+	w := newWorld(t, "v1")
+	w.writeConfig("v1")
+	certs := w.svidFiles("eastwest")
+	w.run("--svid-cert", filepath.Join(certs, "cert.pem"), "--svid-key", filepath.Join(certs, "key.pem"),
+		"--trust-bundle", "cluster.local="+filepath.Join(certs, "bundle.pem"))
+	if got := metric(t, w.admin, "ewgate_svid_remaining_seconds"); got <= 0 || got > 24*3600 {
+		t.Fatalf("ewgate_svid_remaining_seconds = %d, want within the SVID's 24h", got)
+	}
+
+	// Nothing answers on the socket: a clear error within the timeout.
+	sock := "unix://" + filepath.Join(t.TempDir(), "agent.sock")
+	out, err := runEwgate(t, "run", "-f", w.dir, "--network", "n", "--admin-address", "", "--bind-address", "127.0.0.1",
+		"--spiffe-socket", sock, "--spiffe-timeout", "200ms")
+	if err == nil || !strings.Contains(out, "no SPIFFE Workload API answered") {
+		t.Fatalf("err=%v, output:\n%s", err, out)
+	}
+}

@@ -12,6 +12,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/sni"
 )
 
@@ -34,6 +35,13 @@ type settings struct {
 	DialTimeout   duration          `json:"dialTimeout"`
 	HelloTimeout  duration          `json:"helloTimeout"`
 	HelloMaxBytes int               `json:"helloMaxBytes"`
+
+	SPIFFESocket      string   `json:"spiffeSocket"`
+	SPIFFETimeout     duration `json:"spiffeTimeout"`
+	SVIDCert          string   `json:"svidCert"`
+	SVIDKey           string   `json:"svidKey"`
+	TrustBundles      []string `json:"trustBundles"`
+	SVIDExpiryWarning duration `json:"svidExpiryWarning"`
 }
 
 func defaultSettings() settings {
@@ -48,6 +56,7 @@ func defaultSettings() settings {
 		DialTimeout:   duration(5 * time.Second),
 		HelloTimeout:  duration(sni.DefaultTimeout),
 		HelloMaxBytes: sni.DefaultMaxBytes,
+		SPIFFETimeout: duration(identity.DefaultStartTimeout),
 	}
 }
 
@@ -84,6 +93,12 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.Var(&s.DialTimeout, "dial-timeout", "timeout of each endpoint connect")
 	fs.Var(&s.HelloTimeout, "hello-timeout", "deadline for a client's whole ClientHello")
 	fs.IntVar(&s.HelloMaxBytes, "hello-max-bytes", s.HelloMaxBytes, "largest ClientHello read, record headers included")
+	fs.StringVar(&s.SPIFFESocket, "spiffe-socket", s.SPIFFESocket, "SPIFFE Workload API `address` (unix:///path); default $SPIFFE_ENDPOINT_SOCKET")
+	fs.Var(&s.SPIFFETimeout, "spiffe-timeout", "how long to wait for the first SVID from the Workload API")
+	fs.StringVar(&s.SVIDCert, "svid-cert", s.SVIDCert, "SVID certificate chain PEM `file` (reloaded on change)")
+	fs.StringVar(&s.SVIDKey, "svid-key", s.SVIDKey, "SVID private key PEM `file`")
+	fs.Var(&listFlag{list: &s.TrustBundles}, "trust-bundle", "trust bundle PEM, `[TRUST_DOMAIN=]PATH` (repeatable; no domain: the SVID's own)")
+	fs.Var(&s.SVIDExpiryWarning, "svid-expiry-warning", "warn when the SVID has less validity left (0: a third of its lifetime)")
 	return fs
 }
 

@@ -1,0 +1,238 @@
+package peer
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Gossip profiles: memberlist's timing presets.
+const (
+	// ProfileLAN suits gateways in one region (memberlist.DefaultLANConfig):
+	// 1 s probes, 30 s push/pull. It is the default.
+	ProfileLAN = "lan"
+	// ProfileWAN suits gateways across regions (memberlist.DefaultWANConfig):
+	// 5 s probes, 60 s push/pull, more patient failure detection.
+	ProfileWAN = "wan"
+	// ProfileLocal suits one machine (memberlist.DefaultLocalConfig): fast
+	// probes and timeouts, for tests and demos.
+	ProfileLocal = "local"
+)
+
+// Defaults applied by [Start] to zero [Config] fields.
+const (
+	DefaultBindAddr            = "0.0.0.0"
+	DefaultDeadNodeReclaimTime = 10 * time.Second
+	DefaultJoinBackoff         = time.Second
+	DefaultJoinBackoffMax      = 30 * time.Second
+	// DefaultMaxStateBytes bounds a received push/pull state and a received
+	// reliably sent entry, after decompression. It stays under memberlist's
+	// own 20 MiB cap on push/pull user state.
+	DefaultMaxStateBytes = 16 << 20
+)
+
+// ErrNoKeys is returned by [Start] when no gossip key is configured and
+// plaintext gossip was not allowed with Config.Insecure.
+var ErrNoKeys = errors.New("peer: gossip keys required (set Insecure to gossip in plaintext)")
+
+// Config configures one gateway's gossip node. The zero value of every
+// field but Network and Keys is usable; [Start] applies the documented
+// defaults and rejects an invalid Config with an error naming the field.
+type Config struct {
+	// Name is the node's unique name in the cluster. Default: the hostname.
+	Name string
+	// Network is the network this gateway serves. Required.
+	Network string
+
+	// BindAddr and BindPort are where gossip listens, UDP and TCP on one
+	// port. Default 0.0.0.0; port 0 picks a free port.
+	BindAddr string
+	BindPort int
+	// AdvertiseAddr and AdvertisePort are what other nodes dial. Default:
+	// the bind address (a private IP of the host when bound to 0.0.0.0) and
+	// the bound port.
+	AdvertiseAddr string
+	AdvertisePort int
+
+	// Join lists host:port seeds. Joining runs in the background and is
+	// retried with exponential backoff (JoinBackoff up to JoinBackoffMax,
+	// with jitter) until one join succeeds, so a gateway that starts first
+	// does not fail. See [Node.WaitJoined].
+	Join           []string
+	JoinBackoff    time.Duration // default DefaultJoinBackoff
+	JoinBackoffMax time.Duration // default DefaultJoinBackoffMax
+
+	// Keys are AES keys (16, 24 or 32 bytes) for gossip encryption and
+	// authentication; the first is the primary used to send, all are tried
+	// to receive. Required unless Insecure. See [LoadKeyring] and
+	// [Node.SetKeys].
+	Keys [][]byte
+	// Insecure allows gossip in plaintext when Keys is empty. Anyone who
+	// can reach the gossip port can then join and inject catalog entries:
+	// demos only.
+	Insecure bool
+	// MeshID becomes memberlist's label: nodes with different MeshIDs
+	// ignore each other's packets. It does not authenticate. At most 255
+	// bytes.
+	MeshID string
+	// Profile selects memberlist's timings: ProfileLAN (default),
+	// ProfileWAN or ProfileLocal.
+	Profile string
+
+	// PassthroughAddr (host:port) is where other networks dial this
+	// gateway's AUTO_PASSTHROUGH listener. Advertised in the node meta.
+	PassthroughAddr string
+	// TunnelAddr (host:port) is this gateway's tunnel listener; empty if it
+	// has none. Advertised in the node meta.
+	TunnelAddr string
+	// SPIFFEID is this gateway's identity, advertised in the node meta.
+	SPIFFEID string
+
+	// DeadNodeReclaimTime lets a node that restarts under the same name on
+	// a new address rejoin once its old incarnation has been dead this long.
+	// Default DefaultDeadNodeReclaimTime; negative disables reclaiming.
+	DeadNodeReclaimTime time.Duration
+
+	// MaxStateBytes bounds received push/pull state and reliably sent
+	// entries (after decompression) and the entry a Publish may produce.
+	// Default DefaultMaxStateBytes.
+	MaxStateBytes int
+
+	// Logger receives the node's and memberlist's logs. Default: discard.
+	Logger *slog.Logger
+}
+
+// withDefaults returns a copy of c with defaults applied, or an error
+// naming the first invalid field.
+func (c Config) withDefaults() (Config, error) {
+	if c.Name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return c, fmt.Errorf("peer: Config.Name empty and no hostname: %w", err)
+		}
+		c.Name = h
+	}
+	if c.Network == "" {
+		return c, errors.New("peer: Config.Network is required")
+	}
+	if c.BindAddr == "" {
+		c.BindAddr = DefaultBindAddr
+	}
+	if c.BindPort < 0 || c.BindPort > 65535 {
+		return c, fmt.Errorf("peer: Config.BindPort %d out of range", c.BindPort)
+	}
+	if c.AdvertisePort < 0 || c.AdvertisePort > 65535 {
+		return c, fmt.Errorf("peer: Config.AdvertisePort %d out of range", c.AdvertisePort)
+	}
+	if len(c.Keys) == 0 && !c.Insecure {
+		return c, ErrNoKeys
+	}
+	for i, k := range c.Keys {
+		if err := memberlist.ValidateKey(k); err != nil {
+			return c, fmt.Errorf("peer: Config.Keys[%d]: %w", i, err)
+		}
+	}
+	if len(c.MeshID) > memberlist.LabelMaxSize {
+		return c, fmt.Errorf("peer: Config.MeshID longer than %d bytes", memberlist.LabelMaxSize)
+	}
+	switch c.Profile {
+	case "":
+		c.Profile = ProfileLAN
+	case ProfileLAN, ProfileWAN, ProfileLocal:
+	default:
+		return c, fmt.Errorf("peer: Config.Profile %q: want %q, %q or %q", c.Profile, ProfileLAN, ProfileWAN, ProfileLocal)
+	}
+	for _, f := range []struct{ name, addr string }{
+		{"PassthroughAddr", c.PassthroughAddr},
+		{"TunnelAddr", c.TunnelAddr},
+	} {
+		if f.addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(f.addr); err != nil {
+			return c, fmt.Errorf("peer: Config.%s: %w", f.name, err)
+		}
+	}
+	if c.DeadNodeReclaimTime == 0 {
+		c.DeadNodeReclaimTime = DefaultDeadNodeReclaimTime
+	}
+	if c.JoinBackoff <= 0 {
+		c.JoinBackoff = DefaultJoinBackoff
+	}
+	if c.JoinBackoffMax <= 0 {
+		c.JoinBackoffMax = DefaultJoinBackoffMax
+	}
+	c.JoinBackoffMax = max(c.JoinBackoffMax, c.JoinBackoff)
+	if c.MaxStateBytes <= 0 {
+		c.MaxStateBytes = DefaultMaxStateBytes
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}
+
+// memberlistConfig returns memberlist's preset for the profile.
+func memberlistConfig(profile string) *memberlist.Config {
+	switch profile {
+	case ProfileWAN:
+		return memberlist.DefaultWANConfig()
+	case ProfileLocal:
+		return memberlist.DefaultLocalConfig()
+	default:
+		return memberlist.DefaultLANConfig()
+	}
+}
+
+// LoadKeyring reads a keyring file: one base64 (standard encoding) AES key
+// of 16, 24 or 32 bytes per line, the first being the primary. Blank lines
+// and lines starting with # are ignored; surrounding spaces are trimmed.
+// Errors name the file and line. A file without keys or with a repeated
+// key is an error.
+func LoadKeyring(path string) ([][]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("peer: keyring: %w", err)
+	}
+	return parseKeyring(path, data)
+}
+
+func parseKeyring(path string, data []byte) ([][]byte, error) {
+	var keys [][]byte
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for line := 1; sc.Scan(); line++ {
+		s := strings.TrimSpace(sc.Text())
+		if s == "" || strings.HasPrefix(s, "#") {
+			continue
+		}
+		k, err := base64.StdEncoding.DecodeString(s)
+		if err != nil {
+			return nil, fmt.Errorf("peer: keyring %s:%d: not base64: %w", path, line, err)
+		}
+		if err := memberlist.ValidateKey(k); err != nil {
+			return nil, fmt.Errorf("peer: keyring %s:%d: %w", path, line, err)
+		}
+		for _, prev := range keys {
+			if bytes.Equal(prev, k) {
+				return nil, fmt.Errorf("peer: keyring %s:%d: duplicate key", path, line)
+			}
+		}
+		keys = append(keys, k)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("peer: keyring %s: %w", path, err)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("peer: keyring %s: no keys", path)
+	}
+	return keys, nil
+}

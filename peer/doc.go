@@ -1,0 +1,45 @@
+// Package peer gossips between ewgate gateways with hashicorp/memberlist:
+// membership, failure detection, node metadata and the per-network catalog
+// summaries that let one network route to another.
+//
+// Every gateway runs one [Node]. A node advertises [Meta] (its network, the
+// passthrough and tunnel addresses other networks dial, its SPIFFE ID) and
+// publishes a [Summary] of its own network: per service host, port and
+// subset, the number of healthy endpoints per locality. Endpoint addresses
+// never appear in a summary, so they never leave their network.
+//
+// # Propagation
+//
+// Each origin node's summary is one versioned entry. A [Version] is an
+// (epoch, sequence) pair: the epoch is taken from the wall clock at [Start]
+// (and raised above any earlier incarnation of the same name the node hears
+// of), the sequence grows with each [Node.Publish]. A receiver keeps the
+// newest version per origin, so old news never overwrites new, whatever
+// order messages arrive in.
+//
+// A change small enough for a gossip packet is broadcast through memberlist's
+// TransmitLimitedQueue and relayed by every node that finds it new (epidemic
+// dissemination). A larger change is sent over TCP (SendReliable) to every
+// live member, because memberlist silently never sends a broadcast that does
+// not fit into a packet. The full state (every live origin's entry) also
+// travels in memberlist's periodic push/pull, compressed with DEFLATE and
+// cached until something changes; it repairs anything a broadcast missed.
+//
+// # Liveness
+//
+// [Node.Summaries] returns only the entries of live members (alive or
+// suspect) and of the node itself. When a gateway leaves or is declared
+// dead its summary is withdrawn; when the last gateway of a network goes,
+// nothing of that network remains.
+//
+// # Security
+//
+// Gossip is encrypted and authenticated with memberlist's AES-GCM keyring:
+// a node without one of the cluster's keys can neither join nor inject
+// entries. Plaintext gossip must be asked for with [Config.Insecure].
+// [Config.MeshID] becomes memberlist's label, which keeps two meshes on one
+// network apart but authenticates nothing.
+//
+// Nothing received from the network can make a node panic: malformed meta,
+// state or messages are counted in [Stats].Rejected, logged and ignored.
+package peer

@@ -1,0 +1,319 @@
+package peer
+
+import (
+	"bytes"
+	"compress/flate"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+)
+
+// ProtocolVersion is the version of this package's wire formats (node
+// meta, messages, push/pull state). It is advertised in [Meta].Version.
+const ProtocolVersion uint8 = 1
+
+// Message header: wire version, kind, flags; then the body.
+const (
+	kindEntry byte = 1 // one origin's entry: broadcast or reliable send
+	kindState byte = 2 // every live origin's entry: push/pull
+
+	flagDeflate byte = 1 << 0 // body is DEFLATE-compressed
+
+	headerLen = 3
+)
+
+// Errors of the wire decoders; rejection reasons are derived from them.
+var (
+	errMalformed = errors.New("malformed")
+	errTooLarge  = errors.New("too large")
+)
+
+// Meta is a node's memberlist metadata: what other networks need to reach
+// and authenticate its gateway. Encoded, it must fit memberlist's 512-byte
+// meta limit; [Start] checks.
+type Meta struct {
+	Network         string
+	PassthroughAddr string
+	TunnelAddr      string
+	SPIFFEID        string
+	// Version is the sender's ProtocolVersion. Nodes with Version 0 are
+	// refused; fields a later version appends are ignored.
+	Version uint8
+}
+
+// encode returns m in wire form: version byte, then four length-prefixed
+// strings.
+func (m Meta) encode() []byte {
+	var w writer
+	w.b = append(w.b, m.Version)
+	w.str(m.Network)
+	w.str(m.PassthroughAddr)
+	w.str(m.TunnelAddr)
+	w.str(m.SPIFFEID)
+	return w.b
+}
+
+// decodeMeta parses meta received from the network.
+func decodeMeta(b []byte) (Meta, error) {
+	if len(b) == 0 {
+		return Meta{}, fmt.Errorf("meta: empty: %w", errMalformed)
+	}
+	m := Meta{Version: b[0]}
+	if m.Version == 0 {
+		return Meta{}, fmt.Errorf("meta: version 0: %w", errMalformed)
+	}
+	r := reader{b: b[1:]}
+	m.Network = r.str()
+	m.PassthroughAddr = r.str()
+	m.TunnelAddr = r.str()
+	m.SPIFFEID = r.str()
+	if r.err != nil {
+		return Meta{}, fmt.Errorf("meta: %w", r.err)
+	}
+	if m.Network == "" {
+		return Meta{}, fmt.Errorf("meta: no network: %w", errMalformed)
+	}
+	// Trailing bytes are fields of a later version.
+	return m, nil
+}
+
+// encodeEntry returns the wire body of one origin's entry.
+func encodeEntry(origin string, v Version, s *Summary) []byte {
+	var w writer
+	w.str(origin)
+	w.uvarint(v.Epoch)
+	w.uvarint(v.Seq)
+	w.str(s.Network)
+	w.uvarint(uint64(len(s.Services)))
+	for _, svc := range s.Services {
+		w.str(svc.Host)
+		w.uvarint(uint64(len(svc.Ports)))
+		for _, p := range svc.Ports {
+			w.uvarint(uint64(p.Port))
+			w.uvarint(uint64(len(p.Subsets)))
+			for _, ss := range p.Subsets {
+				w.str(ss.Name)
+				w.uvarint(uint64(len(ss.Healthy)))
+				for _, lc := range ss.Healthy {
+					w.str(lc.Locality)
+					w.uvarint(uint64(lc.Count))
+				}
+			}
+		}
+	}
+	return w.b
+}
+
+// decodeEntry parses an entry body. It validates every count against the
+// bytes left, so garbage cannot make it allocate more than len(b) elements,
+// and requires the summary to be canonical.
+func decodeEntry(b []byte) (*entry, error) {
+	r := reader{b: b}
+	e := &entry{origin: r.str()}
+	e.version.Epoch = r.uvarint()
+	e.version.Seq = r.uvarint()
+	s := &e.summary
+	s.Network = r.str()
+	for n := r.count(); n > 0 && r.err == nil; n-- {
+		svc := ServiceSummary{Host: r.str()}
+		for n := r.count(); n > 0 && r.err == nil; n-- {
+			p := PortSummary{Port: uint16(r.bounded(math.MaxUint16))}
+			for n := r.count(); n > 0 && r.err == nil; n-- {
+				ss := SubsetSummary{Name: r.str()}
+				for n := r.count(); n > 0 && r.err == nil; n-- {
+					ss.Healthy = append(ss.Healthy, LocalityCount{Locality: r.str(), Count: uint32(r.bounded(math.MaxUint32))})
+				}
+				p.Subsets = append(p.Subsets, ss)
+			}
+			svc.Ports = append(svc.Ports, p)
+		}
+		s.Services = append(s.Services, svc)
+	}
+	if r.err != nil {
+		return nil, fmt.Errorf("entry: %w", r.err)
+	}
+	if len(r.b) != 0 {
+		return nil, fmt.Errorf("entry: %d trailing bytes: %w", len(r.b), errMalformed)
+	}
+	if e.origin == "" {
+		return nil, fmt.Errorf("entry: no origin: %w", errMalformed)
+	}
+	if s.Network == "" {
+		return nil, fmt.Errorf("entry from %q: no network: %w", e.origin, errMalformed)
+	}
+	if err := s.checkCanonical(); err != nil {
+		return nil, fmt.Errorf("entry from %q: %v: %w", e.origin, err, errMalformed)
+	}
+	e.wire = b
+	return e, nil
+}
+
+// encodeMessage frames body as a message of the given kind, compressing it
+// when that makes it smaller.
+func encodeMessage(kind byte, body []byte) []byte {
+	hdr := []byte{ProtocolVersion, kind, 0}
+	if len(body) > 256 {
+		if z := deflate(body); len(z) < len(body) {
+			hdr[2] = flagDeflate
+			return append(hdr, z...)
+		}
+	}
+	return append(hdr, body...)
+}
+
+// decodeMessage checks a message's header and returns its kind and
+// decompressed body, which may not exceed limit bytes.
+func decodeMessage(b []byte, limit int) (kind byte, body []byte, err error) {
+	if len(b) < headerLen {
+		return 0, nil, fmt.Errorf("message: short header: %w", errMalformed)
+	}
+	if b[0] != ProtocolVersion {
+		return 0, nil, fmt.Errorf("message: wire version %d: %w", b[0], errMalformed)
+	}
+	kind, flags, body := b[1], b[2], b[headerLen:]
+	if kind != kindEntry && kind != kindState {
+		return 0, nil, fmt.Errorf("message: kind %d: %w", kind, errMalformed)
+	}
+	if flags&^flagDeflate != 0 {
+		return 0, nil, fmt.Errorf("message: flags %#x: %w", flags, errMalformed)
+	}
+	if len(body) > limit {
+		return 0, nil, fmt.Errorf("message: %d bytes over limit %d: %w", len(body), limit, errTooLarge)
+	}
+	if flags&flagDeflate != 0 {
+		if body, err = inflate(body, limit); err != nil {
+			return 0, nil, fmt.Errorf("message: %w", err)
+		}
+	}
+	return kind, body, nil
+}
+
+// encodeState returns the push/pull body: a count, then each entry's wire
+// body, length-prefixed.
+func encodeState(wires [][]byte) []byte {
+	n := binary.MaxVarintLen64
+	for _, b := range wires {
+		n += binary.MaxVarintLen64 + len(b)
+	}
+	w := writer{b: make([]byte, 0, n)}
+	w.uvarint(uint64(len(wires)))
+	for _, b := range wires {
+		w.bytes(b)
+	}
+	return w.b
+}
+
+// decodeState parses a push/pull body; any malformed entry rejects it all.
+func decodeState(b []byte) ([]*entry, error) {
+	r := reader{b: b}
+	var entries []*entry
+	for n := r.count(); n > 0 && r.err == nil; n-- {
+		eb := r.bytes()
+		if r.err != nil {
+			break
+		}
+		e, err := decodeEntry(eb)
+		if err != nil {
+			return nil, fmt.Errorf("state entry %d: %w", len(entries), err)
+		}
+		entries = append(entries, e)
+	}
+	if r.err != nil {
+		return nil, fmt.Errorf("state: %w", r.err)
+	}
+	if len(r.b) != 0 {
+		return nil, fmt.Errorf("state: %d trailing bytes: %w", len(r.b), errMalformed)
+	}
+	return entries, nil
+}
+
+func deflate(b []byte) []byte {
+	var buf bytes.Buffer
+	zw, _ := flate.NewWriter(&buf, flate.DefaultCompression) // error only for a bad level
+	zw.Write(b)                                              // writes to a bytes.Buffer do not fail
+	zw.Close()
+	return buf.Bytes()
+}
+
+// inflate decompresses b, refusing output over limit bytes.
+func inflate(b []byte, limit int) ([]byte, error) {
+	zr := flate.NewReader(bytes.NewReader(b))
+	defer zr.Close()
+	out, err := io.ReadAll(io.LimitReader(zr, int64(limit)+1))
+	if err != nil {
+		return nil, fmt.Errorf("inflate: %v: %w", err, errMalformed)
+	}
+	if len(out) > limit {
+		return nil, fmt.Errorf("inflated over limit %d: %w", limit, errTooLarge)
+	}
+	return out, nil
+}
+
+// writer appends the wire primitives: uvarints and length-prefixed bytes.
+type writer struct{ b []byte }
+
+func (w *writer) uvarint(v uint64) { w.b = binary.AppendUvarint(w.b, v) }
+func (w *writer) str(s string)     { w.uvarint(uint64(len(s))); w.b = append(w.b, s...) }
+func (w *writer) bytes(b []byte)   { w.uvarint(uint64(len(b))); w.b = append(w.b, b...) }
+
+// reader consumes the wire primitives. After the first error every method
+// returns a zero value and err keeps that error.
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) fail(what string) {
+	if r.err == nil {
+		r.err = fmt.Errorf("bad %s: %w", what, errMalformed)
+	}
+	r.b = nil
+}
+
+func (r *reader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.fail("varint")
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+// bounded reads a uvarint that must not exceed limit.
+func (r *reader) bounded(limit uint64) uint64 {
+	v := r.uvarint()
+	if v > limit {
+		r.fail("number")
+		return 0
+	}
+	return v
+}
+
+// count reads an element count. Every element takes at least one byte, so
+// a count over the bytes left is malformed; this bounds allocations.
+func (r *reader) count() int {
+	v := r.uvarint()
+	if v > uint64(len(r.b)) {
+		r.fail("count")
+		return 0
+	}
+	return int(v)
+}
+
+func (r *reader) bytes() []byte {
+	n := r.count()
+	if r.err != nil {
+		return nil
+	}
+	b := r.b[:n:n]
+	r.b = r.b[n:]
+	return b
+}
+
+func (r *reader) str() string { return string(r.bytes()) }
