@@ -8,7 +8,6 @@ package discovery
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 )
 
@@ -265,13 +264,3 @@ func (p HostPattern) Matches(h, svcNS, gwNS string) bool {
 
 // String returns the pattern in Istio's "namespace/host" syntax.
 func (p HostPattern) String() string { return p.Namespace + "/" + p.Host }
-
-// sortedKeys returns m's keys in order, for deterministic output.
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
-}

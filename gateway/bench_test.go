@@ -9,11 +9,13 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/workload"
 )
 
 // recordHello returns the bytes of a real Go ClientHello for sni.
@@ -100,15 +102,8 @@ func (rb *rawBackend) count() int {
 func benchGateway(b testing.TB, addr string) (*Gateway, string) {
 	b.Helper()
 	host, port, _ := net.SplitHostPort(addr)
-	yaml := fmt.Sprintf(gatewayYAML, freePort(b)) + fmt.Sprintf(`---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: echo, namespace: demo}
-spec:
-  hosts: [echo.demo.svc.cluster.local]
-  ports: [{number: 9080, name: tcp}]
-  endpoints: [{address: %s, ports: {tcp: %s}, labels: {security.istio.io/tlsMode: istio}}]
-`, host, port)
+	yaml := strings.Replace(workload.IstioConfig("net-a", freePort(b)), "  endpoints:\n",
+		fmt.Sprintf("  endpoints: [{address: %s, ports: {tcp-echo: %s}, labels: {security.istio.io/tlsMode: istio}}]\n", host, port), 1)
 	c, err := discovery.Parse("bench.yaml", []byte(yaml), nil)
 	if err != nil {
 		b.Fatal(err)

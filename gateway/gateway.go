@@ -259,7 +259,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	}
 	g.mu.Unlock()
 	<-done
-	return fmt.Errorf("drain cut %s: %w", "open connections", ctx.Err())
+	return fmt.Errorf("drain cut open connections: %w", ctx.Err())
 }
 
 func (g *Gateway) serve(l *listener) {

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -168,46 +167,10 @@ func openFDs() int {
 	return len(ents)
 }
 
-const gatewayYAML = `
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: cross-network-gateway, namespace: istio-system}
-spec:
-  selector: {istio: eastwestgateway}
-  servers:
-  - port: {number: %d, name: tls, protocol: TLS}
-    tls: {mode: AUTO_PASSTHROUGH}
-    hosts: ["*.local"]
-`
-
-// echoYAML is a ServiceEntry "echo.demo.svc.cluster.local" port 9080 with
-// subsets v1 and v2 and one endpoint per backend, labelled by its name.
+// echoYAML is workload.IstioConfig for network net-a: backends named v1
+// and v2 are the endpoints of subsets v1 and v2.
 func echoYAML(port int, backends ...*workload.EchoServer) string {
-	var eps strings.Builder
-	for _, b := range backends {
-		host, p, _ := net.SplitHostPort(b.Addr())
-		fmt.Fprintf(&eps, "  - address: %s\n    ports: {tcp: %s}\n    network: net-a\n    labels: {version: %s, security.istio.io/tlsMode: istio}\n", host, p, b.Name())
-	}
-	return fmt.Sprintf(gatewayYAML, port) + `---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: echo, namespace: demo}
-spec:
-  hosts: [echo.demo.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 9080, name: tcp, protocol: TCP}]
-  endpoints:
-` + eps.String() + `---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: echo, namespace: demo}
-spec:
-  host: echo.demo.svc.cluster.local
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
-`
+	return workload.IstioConfig("net-a", port, backends...)
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"log/slog"
 	"sync"
 	"time"
@@ -22,7 +23,7 @@ type rateState struct {
 const rateLogInterval = time.Second
 
 func (r *rateLog) warn(key, msg string, args ...any) {
-	if !r.log.Enabled(nil, slog.LevelWarn) {
+	if !r.log.Enabled(context.Background(), slog.LevelWarn) {
 		return
 	}
 	now := time.Now()

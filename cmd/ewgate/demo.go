@@ -83,7 +83,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	cfgFile := filepath.Join(dir, "mesh.yaml")
-	if err := os.WriteFile(cfgFile, []byte(demoConfig(port, echoes)), 0o644); err != nil {
+	if err := os.WriteFile(cfgFile, []byte(workload.IstioConfig("network-a", port, echoes...)), 0o644); err != nil {
 		return err
 	}
 	s := defaultSettings()
@@ -118,7 +118,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 	fmt.Fprintf(stdout, "\ntraffic: client -> gateway %s -> endpoint (the gateway routes by SNI and never terminates TLS)\n", gwAddr)
 	cl := workload.Client{Source: clientSrc}
-	host := "echo.demo.svc.cluster.local"
+	host := workload.EchoHost
 	var failed []string
 	call := func(name, serverName string, alpn []string, wantServer string) {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -177,48 +177,6 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "\nrunning: try  curl %s/debug/config  (Ctrl-C to stop)\n", adminURL)
 	<-ctx.Done()
 	return nil
-}
-
-// demoConfig is the Istio YAML of the demo: an east-west Gateway on port,
-// the echo ServiceEntry with one endpoint per server (labelled version vN)
-// and a DestinationRule with subsets v1 and v2.
-func demoConfig(port int, echoes []*workload.EchoServer) string {
-	var eps strings.Builder
-	for _, e := range echoes {
-		host, p, _ := net.SplitHostPort(e.Addr())
-		fmt.Fprintf(&eps, "  - address: %s\n    ports: {tcp-echo: %s}\n    network: network-a\n    labels: {app: echo, version: %s, security.istio.io/tlsMode: istio}\n",
-			host, p, strings.TrimPrefix(e.Name(), "echo-"))
-	}
-	return fmt.Sprintf(`# Written by "ewgate demo". Istio's own resources, read as Istio reads them.
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: cross-network-gateway, namespace: istio-system}
-spec:
-  selector: {istio: eastwestgateway}
-  servers:
-  - port: {number: %d, name: tls, protocol: TLS}
-    tls: {mode: AUTO_PASSTHROUGH}
-    hosts: ["*.local"]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: echo, namespace: demo}
-spec:
-  hosts: [echo.demo.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 9080, name: tcp-echo, protocol: TCP}]
-  endpoints:
-%s---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: echo, namespace: demo}
-spec:
-  host: echo.demo.svc.cluster.local
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
-`, port, eps.String())
 }
 
 // freeLoopbackPort returns a port that was free on 127.0.0.1 a moment ago.

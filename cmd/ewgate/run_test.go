@@ -72,7 +72,7 @@ func (w *world) writeConfig(versions ...string) {
 	for _, v := range versions {
 		es = append(es, w.echoes[v])
 	}
-	w.writeFile("mesh.yaml", demoConfig(w.port, es))
+	w.writeFile("mesh.yaml", workload.IstioConfig("network-a", w.port, es...))
 }
 
 func (w *world) writeFile(name, content string) {
