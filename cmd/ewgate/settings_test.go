@@ -1,0 +1,96 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseSettings(t *testing.T) {
+	dir := t.TempDir()
+	config := filepath.Join(dir, "node.yaml")
+	os.WriteFile(config, []byte(`
+network: from-file
+nodeLabels: {istio: eastwestgateway, zone: a}
+files: [/etc/a, /etc/b]
+bindAddress: 10.0.0.1
+drainTimeout: 45s
+alpn: [istio]
+`), 0o644)
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("network: x\nnetwrok: y\n"), 0o644)
+
+	tests := []struct {
+		name    string
+		args    []string
+		check   func(s settings) bool
+		wantErr string
+	}{
+		{"flags only", []string{"-f", "a.yaml", "-f", "dir", "--network", "n1", "--node-labels", "istio=eastwestgateway,x=y"},
+			func(s settings) bool {
+				return reflect.DeepEqual(s.Files, []string{"a.yaml", "dir"}) && s.Network == "n1" &&
+					reflect.DeepEqual(s.NodeLabels, map[string]string{"istio": "eastwestgateway", "x": "y"}) &&
+					s.AdminAddress == "127.0.0.1:15000" && s.BindAddress == "0.0.0.0" && time.Duration(s.DrainTimeout) == 30*time.Second
+			}, ""},
+		{"config file", []string{"--config", config},
+			func(s settings) bool {
+				return s.Network == "from-file" && reflect.DeepEqual(s.Files, []string{"/etc/a", "/etc/b"}) &&
+					s.BindAddress == "10.0.0.1" && time.Duration(s.DrainTimeout) == 45*time.Second &&
+					s.NodeLabels["zone"] == "a" && reflect.DeepEqual(s.ALPN, []string{"istio"})
+			}, ""},
+		{"flags win over the file, lists are replaced", []string{"--network", "from-flag", "--config", config, "-f", "/only", "--drain-timeout", "1s"},
+			func(s settings) bool {
+				return s.Network == "from-flag" && reflect.DeepEqual(s.Files, []string{"/only"}) &&
+					time.Duration(s.DrainTimeout) == time.Second && s.BindAddress == "10.0.0.1"
+			}, ""},
+		{"unknown key in the file", []string{"--config", bad}, nil, `unknown field "netwrok"`},
+		{"missing network", []string{"-f", "x"}, nil, "--network is required"},
+		{"missing files", []string{"--network", "n"}, nil, "-f PATH is required"},
+		{"bad duration", []string{"-f", "x", "--network", "n", "--idle-timeout", "soon"}, nil, "invalid value"},
+		{"bad labels", []string{"-f", "x", "--network", "n", "--node-labels", "novalue"}, nil, "want key=value"},
+		{"stray argument", []string{"-f", "x", "--network", "n", "extra"}, nil, "unexpected arguments"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := parseSettings(tt.args, io.Discard)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.check(s) {
+				t.Fatalf("settings: %+v", s)
+			}
+		})
+	}
+}
+
+func TestHelpEverywhere(t *testing.T) {
+	for _, args := range [][]string{
+		{"--help"}, {"run", "--help"}, {"demo", "--help"}, {"sni", "--help"}, {"sni", "encode", "--help"},
+		{"ca", "--help"}, {"ca", "init", "--help"}, {"ca", "issue", "--help"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			var out bytes.Buffer
+			err := dispatch(context.Background(), args, &out, &out)
+			if err != nil && !errors.Is(err, flag.ErrHelp) {
+				t.Fatalf("err = %v", err)
+			}
+			if !strings.Contains(out.String(), "Usage") {
+				t.Fatalf("no usage text:\n%s", out.String())
+			}
+		})
+	}
+}
