@@ -1,0 +1,144 @@
+package discovery
+
+import (
+	"cmp"
+	"maps"
+	"slices"
+
+	"github.com/ewgate/ewgate/sni"
+)
+
+// RemoteGateway is a live gateway as gossip reports it: where other
+// networks reach it, and its summary of its own network. Resolve trusts the
+// caller to pass live gateways only.
+type RemoteGateway struct {
+	Node            string
+	Network         string
+	PassthroughAddr string // host:port other networks dial
+	Summary         Summary
+}
+
+// Via says how a resolved target is reached.
+type Via string
+
+// Ways to reach a target.
+const (
+	ViaDirect  Via = "direct"  // an endpoint of the client's own network
+	ViaGateway Via = "gateway" // the east-west gateway of the endpoint's network
+)
+
+// ResolvedTarget is one address a client should dial, with its weight.
+type ResolvedTarget struct {
+	Address  string
+	Weight   uint32
+	Network  string
+	Locality string
+	Via      Via
+	Gateway  string // the gateway's node name when Via is ViaGateway
+}
+
+// Resolution is the answer to Resolve.
+type Resolution struct {
+	Key sni.Key
+	// SNI is the server name to send: the same for endpoints and gateways,
+	// since gateways route by it.
+	SNI     string
+	Targets []ResolvedTarget
+}
+
+// Resolve says what a client in network from should dial to reach key.
+//
+// If from is this view's network, the view's eligible endpoints are
+// returned directly, with their weights, less those healthy reports false
+// for (nil: all healthy). Every other network is reached through its live
+// gateways: Istio's split horizon, with two corrections. Only healthy
+// endpoints count (Istio counts unhealthy remote endpoints too; its PR 40568
+// was never merged), and weights are kept per locality: a network's healthy
+// count in each locality is spread over the gateways that serve the key, one
+// target per gateway and locality, so locality-aware clients keep exact
+// weights (Istio folds them into one per gateway and loses zones: its issue
+// 56355). When gateways of one network disagree (one has not yet seen a
+// change), the largest count wins. Networks with no healthy endpoint are
+// left out, and so is network from, whose endpoints its own clients reach
+// directly.
+//
+// It returns a *RouteError with UnknownService when neither this view nor
+// any gateway knows the key's service, port and subset.
+func (v *View) Resolve(key sni.Key, from string, gateways []RemoteGateway, healthy func(addr string) bool) (*Resolution, error) {
+	res := &Resolution{Key: key, SNI: key.SNI()}
+	known := false
+	if sv, ok := v.services[key.Host]; ok {
+		if r, ok := sv.routes[portSubset{key.Port, key.Subset}]; ok {
+			known = true
+			if from == v.Node.Network {
+				for _, t := range r.Targets {
+					if healthy == nil || healthy(t.Address) {
+						res.Targets = append(res.Targets, ResolvedTarget{Address: t.Address, Weight: t.Weight,
+							Network: v.Node.Network, Locality: t.Locality, Via: ViaDirect})
+					}
+				}
+			}
+		}
+	}
+	byNetwork := make(map[string][]*RemoteGateway)
+	for i := range gateways {
+		g := &gateways[i]
+		if _, ok := g.Summary.healthy(key.Host, key.Port, key.Subset); !ok {
+			continue // this gateway does not serve the key
+		}
+		known = true
+		if g.Network == from || (g.Network == v.Node.Network && from == v.Node.Network) {
+			continue
+		}
+		byNetwork[g.Network] = append(byNetwork[g.Network], g)
+	}
+	if !known {
+		return nil, &RouteError{Key: key, Reason: UnknownService}
+	}
+	for _, network := range slices.Sorted(maps.Keys(byNetwork)) {
+		res.Targets = append(res.Targets, splitHorizon(key, network, byNetwork[network])...)
+	}
+	return res, nil
+}
+
+// splitHorizon spreads a network's healthy endpoint counts, per locality,
+// over the gateways that serve the key.
+func splitHorizon(key sni.Key, network string, gws []*RemoteGateway) []ResolvedTarget {
+	slices.SortFunc(gws, func(a, b *RemoteGateway) int { return cmp.Compare(a.Node, b.Node) })
+	counts := make(map[string]uint32)
+	for _, g := range gws {
+		h, _ := g.Summary.healthy(key.Host, key.Port, key.Subset)
+		for _, lc := range h {
+			counts[lc.Locality] = max(counts[lc.Locality], lc.Count)
+		}
+	}
+	var out []ResolvedTarget
+	k := uint32(len(gws))
+	for li, loc := range slices.Sorted(maps.Keys(counts)) {
+		c := counts[loc]
+		for i, g := range gws {
+			// Spread the remainder, rotating by locality so that no
+			// gateway always gets the extra endpoint.
+			w := c / k
+			if (uint32(i)+uint32(li))%k < c%k {
+				w++
+			}
+			if w == 0 {
+				continue
+			}
+			out = append(out, ResolvedTarget{Address: g.PassthroughAddr, Weight: w, Network: network,
+				Locality: loc, Via: ViaGateway, Gateway: g.Node})
+		}
+	}
+	return out
+}
+
+func mapsKeys[V any](m map[string]V) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,145 @@
+package discovery
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/ewgate/ewgate/sni"
+)
+
+// resolveView is network-a's view of reviews.bookinfo with two v1
+// endpoints (zone-1, zone-2, weights 1 and 3) and one v2 endpoint.
+func resolveView(t *testing.T) *View {
+	t.Helper()
+	c := mustParse(t, ewGateway("gw"),
+		serviceEntry("bookinfo", "reviews", "reviews.bookinfo.svc.cluster.local", `[
+  {address: 10.0.0.1, network: network-a, locality: r/zone-1, labels: {version: v1, security.istio.io/tlsMode: istio}},
+  {address: 10.0.0.2, network: network-a, locality: r/zone-2, weight: 3, labels: {version: v1, security.istio.io/tlsMode: istio}},
+  {address: 10.0.0.3, network: network-a, locality: r/zone-1, labels: {version: v2, security.istio.io/tlsMode: istio}}]`),
+		doc("DestinationRule", "bookinfo", "reviews", `{host: reviews, subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]}`))
+	v, err := c.View(Node{Network: "network-a", Labels: map[string]string{"istio": "eastwestgateway"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// gw is a remote gateway whose summary has reviews port 9080 with the given
+// per-locality counts for subset "" and v1 ("loc=n,loc=n").
+func gw(node, network, counts string) RemoteGateway {
+	var lcs []LocalityCount
+	for _, part := range strings.Split(counts, ",") {
+		if part == "" {
+			continue
+		}
+		var n uint32
+		loc, num, _ := strings.Cut(part, "=")
+		fmt.Sscan(num, &n)
+		lcs = append(lcs, LocalityCount{Locality: loc, Count: n})
+	}
+	return RemoteGateway{Node: node, Network: network, PassthroughAddr: node + ":15443", Summary: Summary{
+		Network: network,
+		Services: []ServiceSummary{{Host: "reviews.bookinfo.svc.cluster.local", Ports: []PortSummary{{Port: 9080,
+			Subsets: []SubsetSummary{{Name: "", Healthy: lcs}, {Name: "v1", Healthy: lcs}}}}}},
+	}}
+}
+
+func TestResolve(t *testing.T) {
+	v := resolveView(t)
+	v1 := sni.Key{Host: "reviews.bookinfo.svc.cluster.local", Port: 9080, Subset: "v1"}
+	all := sni.Key{Host: "reviews.bookinfo.svc.cluster.local", Port: 9080}
+	tests := []struct {
+		name     string
+		key      sni.Key
+		from     string
+		gateways []RemoteGateway
+		down     []string // unhealthy local addresses
+		want     []string // "via address network locality weight"
+	}{
+		{name: "local client gets local endpoints with their weights", key: v1, from: "network-a",
+			want: []string{"direct 10.0.0.1:9080 network-a r/zone-1 1", "direct 10.0.0.2:9080 network-a r/zone-2 3"}},
+		{name: "unhealthy local endpoints are left out", key: v1, from: "network-a", down: []string{"10.0.0.2:9080"},
+			want: []string{"direct 10.0.0.1:9080 network-a r/zone-1 1"}},
+		{name: "remote network split over its two gateways", key: v1, from: "network-a",
+			gateways: []RemoteGateway{gw("b1", "network-b", "z=6"), gw("b2", "network-b", "z=6")},
+			want: []string{"direct 10.0.0.1:9080 network-a r/zone-1 1", "direct 10.0.0.2:9080 network-a r/zone-2 3",
+				"gateway b1:15443 network-b z 3", "gateway b2:15443 network-b z 3"}},
+		{name: "a dead gateway (not passed) leaves its share to the live one", key: all, from: "network-c",
+			gateways: []RemoteGateway{gw("b2", "network-b", "z=6")},
+			want:     []string{"gateway b2:15443 network-b z 6"}},
+		{name: "odd counts keep their total", key: all, from: "network-c",
+			gateways: []RemoteGateway{gw("b1", "network-b", "z=5"), gw("b2", "network-b", "z=5")},
+			want:     []string{"gateway b1:15443 network-b z 3", "gateway b2:15443 network-b z 2"}},
+		{name: "localities keep their own weights", key: all, from: "network-c",
+			gateways: []RemoteGateway{gw("b1", "network-b", "r/z1=3,r/z2=1"), gw("b2", "network-b", "r/z1=3,r/z2=1")},
+			want: []string{"gateway b1:15443 network-b r/z1 2", "gateway b2:15443 network-b r/z1 1",
+				"gateway b2:15443 network-b r/z2 1"}},
+		{name: "a network with no healthy endpoint is left out", key: all, from: "network-a",
+			gateways: []RemoteGateway{gw("b1", "network-b", ""), gw("c1", "network-c", "z=2")},
+			want: []string{"direct 10.0.0.1:9080 network-a r/zone-1 1", "direct 10.0.0.2:9080 network-a r/zone-2 3",
+				"direct 10.0.0.3:9080 network-a r/zone-1 1", "gateway c1:15443 network-c z 2"}},
+		{name: "gateways that disagree: the larger count wins", key: all, from: "network-c",
+			gateways: []RemoteGateway{gw("b1", "network-b", "z=2"), gw("b2", "network-b", "z=4")},
+			want:     []string{"gateway b1:15443 network-b z 2", "gateway b2:15443 network-b z 2"}},
+		{name: "a client's own network is never reached through its gateways", key: all, from: "network-b",
+			gateways: []RemoteGateway{gw("b1", "network-b", "z=2"), gw("a1", "network-a", "r/zone-1=2,r/zone-2=1")},
+			want:     []string{"gateway a1:15443 network-a r/zone-1 2", "gateway a1:15443 network-a r/zone-2 1"}},
+		{name: "a service known only remotely", key: sni.Key{Host: "reviews.bookinfo.svc.cluster.local", Port: 9080, Subset: "v1"}, from: "network-c",
+			gateways: []RemoteGateway{gw("b1", "network-b", "z=1")},
+			want:     []string{"gateway b1:15443 network-b z 1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			healthy := func(addr string) bool { return !slices.Contains(tt.down, addr) }
+			res, err := v.Resolve(tt.key, tt.from, tt.gateways, healthy)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.SNI != tt.key.SNI() {
+				t.Errorf("SNI %q, want %q", res.SNI, tt.key.SNI())
+			}
+			var got []string
+			for _, r := range res.Targets {
+				got = append(got, fmt.Sprintf("%s %s %s %s %d", r.Via, r.Address, r.Network, r.Locality, r.Weight))
+			}
+			equal(t, "targets", got, tt.want)
+		})
+	}
+}
+
+func TestResolveUnknown(t *testing.T) {
+	v := resolveView(t)
+	for _, key := range []sni.Key{
+		{Host: "nope.bookinfo.svc.cluster.local", Port: 9080},
+		{Host: "reviews.bookinfo.svc.cluster.local", Port: 1},
+		{Host: "reviews.bookinfo.svc.cluster.local", Port: 9080, Subset: "v9"},
+	} {
+		_, err := v.Resolve(key, "network-a", []RemoteGateway{gw("b1", "network-b", "z=1")}, nil)
+		var re *RouteError
+		if !errors.As(err, &re) || re.Reason != UnknownService {
+			t.Errorf("Resolve(%v) = %v, want unknown_service", key, err)
+		}
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	v := resolveView(t)
+	s := Summarize(v, func(addr string) bool { return addr != "10.0.0.2:9080" })
+	got := fmt.Sprint(s)
+	want := "{network-a [{reviews.bookinfo.svc.cluster.local [{9080 [{ [{r/zone-1 2}]} {v1 [{r/zone-1 1}]} {v2 [{r/zone-1 1}]}]}]}]}"
+	if got != want {
+		t.Fatalf("summary\n got %s\nwant %s", got, want)
+	}
+	if strings.Contains(got, "10.0.0") {
+		t.Fatal("a summary must never carry endpoint addresses")
+	}
+	// A service no listener exposes is not summarized.
+	c := mustParse(t, serviceEntry("bookinfo", "hidden", "hidden.example.com", `[{address: 10.0.0.9, labels: {security.istio.io/tlsMode: istio}}]`), ewGateway("gw"))
+	hv, _ := c.View(Node{Network: "network-a", Labels: map[string]string{"istio": "eastwestgateway"}})
+	if s := Summarize(hv, nil); len(s.Services) != 0 {
+		t.Fatalf("unexposed service summarized: %+v", s)
+	}
+}
