@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"errors"
+	"io"
 	"net"
 	"slices"
 	"time"
@@ -20,6 +21,7 @@ const (
 	RejectUnavailable  = "upstream_unavailable"
 	RejectOverLimit    = "over_limit"
 	RejectNoListener   = "no_listener"
+	RejectNoData       = "no_data"
 	rejectPeekPrefix   = "hello_"
 	maxPooledHelloSize = 16 << 10
 )
@@ -49,6 +51,13 @@ func (g *Gateway) handle(port uint32, f *flow) {
 	g.m.PeekSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		g.bufs.Put(bp)
+		if len(hello.Raw) == 0 && errors.Is(err, io.EOF) {
+			// Connect and close without a byte: a load balancer's TCP
+			// health check, not an attack. Counted, not logged.
+			g.m.reject(RejectNoData)
+			c.Close()
+			return
+		}
 		g.refuse(c, rejectPeekPrefix+sni.Reason(err), 0, "err", err)
 		return
 	}

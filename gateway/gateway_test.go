@@ -241,6 +241,7 @@ func TestBadClients(t *testing.T) {
 		{"1 MiB of plaintext HTTP", []byte("GET / HTTP/1.1\r\nHost: x\r\n" + strings.Repeat("X-Pad: y\r\n", 100<<10)), "hello_not_tls"},
 		{"SSLv2 hello", []byte{0x80, 0x2e, 0x01, 0x00, 0x02}, "hello_sslv2"},
 		{"truncated", []byte{22, 3, 1, 0, 200, 1, 0, 0, 196}, "hello_truncated"},
+		{"health check: connect and close", nil, "no_data"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -252,7 +253,7 @@ func TestBadClients(t *testing.T) {
 			defer c.Close()
 			go func() {
 				c.Write(tt.send)
-				if tt.reason == "hello_truncated" {
+				if tt.reason == "hello_truncated" || tt.reason == "no_data" {
 					c.(*net.TCPConn).CloseWrite()
 				}
 			}()
