@@ -36,14 +36,16 @@ const (
 	alertNoALPN           = 120
 )
 
-// handle serves one accepted client connection to its end.
+// handle routes one accepted client connection and starts forwarding it;
+// the flow releases itself when forwarding ends. A connection that is not
+// forwarded is released here.
 func (g *Gateway) handle(port uint32, f *flow) {
 	c := f.client
+	forwarding := false
 	defer func() {
-		g.track(f, false)
-		g.active.Add(-1)
-		g.m.Active.Add(-1)
-		g.wg.Done()
+		if !forwarding {
+			g.release(f)
+		}
 	}()
 	bp := g.bufs.Get().(*[]byte)
 	start := time.Now()
@@ -84,8 +86,20 @@ func (g *Gateway) handle(port uint32, f *flow) {
 		up.Close()
 	}
 	g.m.Forwarded.Inc()
+	f.upstream = u
+	forwarding = true
 	f.forward(up)
-	u.active.Add(-1)
+}
+
+// release forgets a flow whose sockets are closed.
+func (g *Gateway) release(f *flow) {
+	if f.upstream != nil {
+		f.upstream.active.Add(-1)
+	}
+	g.track(f, false)
+	g.active.Add(-1)
+	g.m.Active.Add(-1)
+	g.wg.Done()
 }
 
 // route resolves the hello to an endpoint and connects to it. On failure it

@@ -21,6 +21,9 @@ type flow struct {
 	g      *Gateway
 	client *net.TCPConn
 	up     atomic.Pointer[net.TCPConn]
+	// upstream is the endpoint's shared state, set before forwarding.
+	upstream *upstream
+	running  atomic.Int32 // directions still copying
 	ended  atomic.Bool // both directions must stop
 	failed atomic.Bool // ended by an error: reset both sides
 	toUp   direction   // client to upstream
@@ -40,27 +43,31 @@ type direction struct {
 	lr    io.LimitedReader
 }
 
-// forward copies bytes both ways between the client and upstream until
-// both directions end, then closes both. Each direction is an io.Copy from
-// one *net.TCPConn to the other, which the runtime turns into splice(2):
-// bytes never enter user space. A direction that reads EOF half-closes its
+// forward copies bytes both ways between the client and upstream, one
+// goroutine per direction, and returns at once; the direction that ends
+// last closes both sockets and releases the flow. Fresh goroutines start
+// with small stacks, where the caller's grew while dialing: an idle
+// connection costs less. A direction that reads EOF half-closes its
 // destination; an error in either direction resets both connections, so a
 // reset on one side is seen as a reset on the other.
 func (f *flow) forward(up *net.TCPConn) {
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		f.pipe(f.client, up, &f.toDown, &f.toUp, f.g.m.BytesDown)
-	}()
-	f.pipe(up, f.client, &f.toUp, &f.toDown, f.g.m.BytesUp)
-	wg.Wait()
-	if f.failed.Load() {
-		f.client.SetLinger(0)
-		up.SetLinger(0)
+	f.running.Store(2)
+	go f.run(f.client, up, &f.toDown, &f.toUp, f.g.m.BytesDown)
+	go f.run(up, f.client, &f.toUp, &f.toDown, f.g.m.BytesUp)
+}
+
+func (f *flow) run(dst, src *net.TCPConn, d, other *direction, bytes counter) {
+	f.pipe(dst, src, d, other, bytes)
+	if f.running.Add(-1) > 0 {
+		return
 	}
-	f.client.Close()
-	up.Close()
+	if f.failed.Load() {
+		dst.SetLinger(0)
+		src.SetLinger(0)
+	}
+	dst.Close()
+	src.Close()
+	f.g.release(f)
 }
 
 type counter interface{ Add(uint64) }
