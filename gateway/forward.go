@@ -24,10 +24,10 @@ type flow struct {
 	// upstream is the endpoint's shared state, set before forwarding.
 	upstream *upstream
 	running  atomic.Int32 // directions still copying
-	ended  atomic.Bool // both directions must stop
-	failed atomic.Bool // ended by an error: reset both sides
-	toUp   direction   // client to upstream
-	toDown direction   // upstream to client
+	ended    atomic.Bool  // both directions must stop
+	failed   atomic.Bool  // ended by an error: reset both sides
+	toUp     direction    // client to upstream
+	toDown   direction    // upstream to client
 }
 
 // direction is one half of a flow. Its fields are reused for every chunk
