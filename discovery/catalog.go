@@ -8,6 +8,7 @@ package discovery
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -264,3 +265,35 @@ func (p HostPattern) Matches(h, svcNS, gwNS string) bool {
 
 // String returns the pattern in Istio's "namespace/host" syntax.
 func (p HostPattern) String() string { return p.Namespace + "/" + p.Host }
+
+// WithEndpoints returns a catalog like c in which the services named by
+// extra's keys (service hosts) also have extra's endpoints, as registered
+// through the API by agents that feed a gateway without files. c is not
+// modified. Hosts c does not define are returned, sorted, for the caller
+// to report: an endpoint never creates a service.
+func (c *Catalog) WithEndpoints(extra map[string][]Endpoint) (*Catalog, []string) {
+	if len(extra) == 0 {
+		return c, nil
+	}
+	out := &Catalog{Gateways: c.Gateways, Services: make([]*Service, len(c.Services))}
+	used := make(map[string]bool, len(extra))
+	for i, svc := range c.Services {
+		eps, ok := extra[svc.Host]
+		if !ok {
+			out.Services[i] = svc
+			continue
+		}
+		used[svc.Host] = true
+		cp := *svc
+		cp.Endpoints = append(slices.Clip(svc.Endpoints), eps...)
+		out.Services[i] = &cp
+	}
+	var unknown []string
+	for h := range extra {
+		if !used[h] {
+			unknown = append(unknown, h)
+		}
+	}
+	slices.Sort(unknown)
+	return out, unknown
+}

@@ -204,3 +204,23 @@ func TestServiceSubsetLookup(t *testing.T) {
 		t.Error(`Subset("") found`)
 	}
 }
+
+func TestCatalogWithEndpoints(t *testing.T) {
+	c := mustParse(t, ewGateway("gw"),
+		serviceEntry("bookinfo", "reviews", "reviews.bookinfo.svc.cluster.local", `[{address: 10.0.0.1, labels: {security.istio.io/tlsMode: istio}}]`),
+		serviceEntry("bookinfo", "ratings", "ratings.bookinfo.svc.cluster.local", ""))
+	reg := map[string][]Endpoint{
+		"reviews.bookinfo.svc.cluster.local": {{Address: "10.0.0.2", Labels: map[string]string{TLSModeLabel: TLSModeIstio}}},
+		"nope.bookinfo.svc.cluster.local":    {{Address: "10.0.0.3"}},
+	}
+	got, unknown := c.WithEndpoints(reg)
+	equal(t, "unknown hosts", unknown, []string{"nope.bookinfo.svc.cluster.local"})
+	equal(t, "merged endpoints", endpointAddresses(service(t, got, "reviews.bookinfo.svc.cluster.local")), []string{"10.0.0.1", "10.0.0.2"})
+	equal(t, "original untouched", endpointAddresses(service(t, c, "reviews.bookinfo.svc.cluster.local")), []string{"10.0.0.1"})
+	if service(t, got, "ratings.bookinfo.svc.cluster.local") != service(t, c, "ratings.bookinfo.svc.cluster.local") {
+		t.Error("services without registered endpoints should be shared, not copied")
+	}
+	if same, _ := c.WithEndpoints(nil); same != c {
+		t.Error("no endpoints: want the same catalog")
+	}
+}

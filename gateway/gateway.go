@@ -342,3 +342,14 @@ func (g *Gateway) buildTable(v *discovery.View) *table {
 	slices.SortFunc(t.upstreams, func(a, b *upstream) int { return strings.Compare(a.addr, b.addr) })
 	return t
 }
+
+// Healthy reports whether the endpoint at addr is known and not ejected,
+// for summaries and resolution.
+func (g *Gateway) Healthy(addr string) bool {
+	t := g.table.Load()
+	if t == nil {
+		return false
+	}
+	i, ok := slices.BinarySearchFunc(t.upstreams, addr, func(u *upstream, a string) int { return strings.Compare(u.addr, a) })
+	return ok && !t.upstreams[i].ejected(time.Now().UnixNano())
+}

@@ -7,6 +7,7 @@
 //	ewgate demo                                 run a self-contained demo on loopback
 //	ewgate ca init|issue [flags]                development SPIFFE CA
 //	ewgate sni decode NAME | encode [flags]     Istio SNI names
+//	ewgate ctl resolve|members|networks         ask a running gateway
 package main
 
 import (
@@ -27,6 +28,7 @@ Usage:
   ewgate demo [flags]                         run a self-contained demo on loopback
   ewgate ca init|issue [flags]                development SPIFFE certificate authority
   ewgate sni decode NAME | encode [flags]     decode or build Istio SNI names
+  ewgate ctl [--api ADDR] resolve|members|networks   ask a running gateway
 
 Run "ewgate COMMAND --help" for a command's flags.
 `
@@ -60,6 +62,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runCA(ctx, rest, stdout, stderr)
 	case "sni":
 		return runSNI(rest, stdout, stderr)
+	case "ctl":
+		return runCtl(ctx, rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

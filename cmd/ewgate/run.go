@@ -9,9 +9,11 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ewgate/ewgate/admin"
+	"github.com/ewgate/ewgate/api"
 	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/gateway"
 	"github.com/ewgate/ewgate/metrics"
@@ -46,7 +48,16 @@ type node struct {
 	adminLn net.Listener
 	id      identitySource // nil without an identity
 	cancel  context.CancelFunc
-	done    chan struct{} // closed when the watcher has stopped
+	wg      sync.WaitGroup // background goroutines, stopped by cancel
+}
+
+// bg runs f in a goroutine that stop waits for.
+func (n *node) bg(f func()) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
 }
 
 // startNode loads the config, binds the listeners and the admin server, and
@@ -68,16 +79,15 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	reloads := reg.CounterVec("ewgate_config_reloads_total", "Config loads, by result.", "result")
 	reloadOK, reloadFailed := reloads.With("ok"), reloads.With("failed")
 	spec := discovery.Node{Network: s.Network, Labels: s.NodeLabels, AnyTLSMode: s.AnyTLSMode}
+	var leases *api.Leases
+	if s.APISocket != "" {
+		leases = api.NewLeases(api.LeaseConfig{Logger: log})
+	}
+	cs := newCatalogState(spec, gw, leases, log)
 	w := &discovery.Watcher{
 		Paths:  s.Files,
 		Logger: log,
-		Apply: func(c *discovery.Catalog) error {
-			v, err := c.View(spec)
-			if err != nil {
-				return err
-			}
-			return gw.Apply(v)
-		},
+		Apply:  cs.applyFiles,
 		Result: func(err error) {
 			if err != nil {
 				reloadFailed.Inc()
@@ -90,7 +100,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	n := &node{s: s, log: log, gw: gw, reg: reg, cancel: cancel, done: make(chan struct{})}
+	n := &node{s: s, log: log, gw: gw, reg: reg, cancel: cancel}
 	// abort undoes a start that failed half way.
 	abort := func(err error) (*node, error) {
 		cancel()
@@ -125,12 +135,22 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		go n.admin.Serve(ln)
 		log.Info("admin listening", "address", ln.Addr().String())
 	}
-	go func() {
-		defer close(n.done)
+	if s.APISocket != "" {
+		srv := api.NewServer(api.ServerConfig{Resolver: cs, Registry: leases, Network: s.Network, Logger: log})
+		n.bg(func() { leases.Run(ctx) })
+		n.bg(func() { cs.watchLeases(ctx) })
+		n.bg(func() {
+			if err := srv.ServeUnix(ctx, s.APISocket); err != nil {
+				log.Error("API server stopped", "err", err)
+			}
+		})
+		log.Info("API listening", "socket", s.APISocket)
+	}
+	n.bg(func() {
 		if err := w.Run(ctx); err != nil {
 			log.Error("config watcher stopped", "err", err)
 		}
-	}()
+	})
 	log.Info("gateway ready", "network", s.Network, "listeners", listenerList(gw))
 	return n, nil
 }
@@ -145,7 +165,7 @@ func (n *node) stop() error {
 	if n.admin != nil {
 		n.admin.Close()
 	}
-	<-n.done
+	n.wg.Wait()
 	if n.id != nil {
 		n.id.Close()
 	}

@@ -13,6 +13,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/ewgate/ewgate/api"
+	ewgatev1 "github.com/ewgate/ewgate/api/ewgate/v1"
 	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/sni"
 	"github.com/ewgate/ewgate/workload"
@@ -277,4 +279,57 @@ func TestRunIdentity(t *testing.T) {
 	if err == nil || !strings.Contains(out, "no SPIFFE Workload API answered") {
 		t.Fatalf("err=%v, output:\n%s", err, out)
 	}
+}
+
+func TestRunAPIResolveAndRegister(t *testing.T) {
+	w := newWorld(t, "v1", "v2")
+	w.writeConfig("v1")
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	w.run("--api-socket", sock)
+
+	out, err := runEwgate(t, "ctl", "--api", sock, "resolve", "outbound_.9080_.v1_.echo.demo.svc.cluster.local")
+	if err != nil || !strings.Contains(out, "direct  "+w.echoes["v1"].Addr()) {
+		t.Fatalf("ctl resolve: %v\n%s", err, out)
+	}
+	if _, err := w.dial("v2"); err == nil || !strings.Contains(err.Error(), "handshake failure") {
+		t.Fatalf("subset v2 before registration: %v, want no endpoints", err)
+	}
+
+	// An agent registers the v2 server without touching the files.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client, closer, err := api.Dial(ctx, sock, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	host, port, _ := net.SplitHostPort(w.echoes["v2"].Addr())
+	var p uint32
+	fmt.Sscan(port, &p)
+	_, err = client.RegisterEndpoints(ctx, &ewgatev1.RegisterEndpointsRequest{
+		Registrar: "agent-1", LeaseSeconds: 60,
+		Endpoints: []*ewgatev1.Endpoint{{ServiceHost: workload.EchoHost, Address: host,
+			Ports: map[string]uint32{"tcp-echo": p}, Labels: map[string]string{"version": "v2", "security.istio.io/tlsMode": "istio"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "registered endpoint to serve subset v2", func() bool {
+		c, err := w.dial("v2")
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return c.Server == "echo-v2"
+	})
+	if _, err := client.DeregisterEndpoints(ctx, &ewgatev1.DeregisterEndpointsRequest{Registrar: "agent-1"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "deregistered endpoint to leave", func() bool {
+		c, err := w.dial("v2")
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
 }

@@ -42,6 +42,8 @@ type settings struct {
 	SVIDKey           string   `json:"svidKey"`
 	TrustBundles      []string `json:"trustBundles"`
 	SVIDExpiryWarning duration `json:"svidExpiryWarning"`
+
+	APISocket string `json:"apiSocket"`
 }
 
 func defaultSettings() settings {
@@ -98,6 +100,7 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.StringVar(&s.SVIDCert, "svid-cert", s.SVIDCert, "SVID certificate chain PEM `file` (reloaded on change)")
 	fs.StringVar(&s.SVIDKey, "svid-key", s.SVIDKey, "SVID private key PEM `file`")
 	fs.Var(&listFlag{list: &s.TrustBundles}, "trust-bundle", "trust bundle PEM, `[TRUST_DOMAIN=]PATH` (repeatable; no domain: the SVID's own)")
+	fs.StringVar(&s.APISocket, "api-socket", s.APISocket, "serve the gRPC API (resolve, endpoint registration) on this unix socket `path`; empty: off")
 	fs.Var(&s.SVIDExpiryWarning, "svid-expiry-warning", "warn when the SVID has less validity left (0: a third of its lifetime)")
 	return fs
 }

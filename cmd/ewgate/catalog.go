@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ewgate/ewgate/api"
+	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/gateway"
+	"github.com/ewgate/ewgate/sni"
+)
+
+// catalogState joins the node's two sources, the config files and the
+// endpoints registered through the API, into the view the gateway serves
+// and the resolver answers from.
+type catalogState struct {
+	spec   discovery.Node
+	gw     *gateway.Gateway
+	leases *api.Leases
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	files   *discovery.Catalog // last good config files
+	view    atomic.Pointer[discovery.View]
+	changed chan struct{} // buffer 1: coalesced change notification
+}
+
+func newCatalogState(spec discovery.Node, gw *gateway.Gateway, leases *api.Leases, log *slog.Logger) *catalogState {
+	return &catalogState{spec: spec, gw: gw, leases: leases, log: log, changed: make(chan struct{}, 1)}
+}
+
+// applyFiles makes c the config in force, if it and the registered
+// endpoints build a view the gateway can serve; else the last good config
+// stays.
+func (cs *catalogState) applyFiles(c *discovery.Catalog) error {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if err := cs.rebuildLocked(c); err != nil {
+		return err
+	}
+	cs.files = c
+	return nil
+}
+
+// rebuildLocked builds and applies the view of files plus the registered
+// endpoints.
+func (cs *catalogState) rebuildLocked(files *discovery.Catalog) error {
+	c := files
+	if cs.leases != nil {
+		extra := make(map[string][]discovery.Endpoint)
+		for _, r := range cs.leases.Snapshot() {
+			extra[r.ServiceHost] = append(extra[r.ServiceHost], r.Endpoint)
+		}
+		var unknown []string
+		c, unknown = files.WithEndpoints(extra)
+		if len(unknown) > 0 {
+			cs.log.Warn("registered endpoints for services no config defines are ignored", "hosts", unknown)
+		}
+	}
+	v, err := c.View(cs.spec)
+	if err != nil {
+		return err
+	}
+	if err := cs.gw.Apply(v); err != nil {
+		return err
+	}
+	cs.view.Store(v)
+	select {
+	case cs.changed <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// watchLeases rebuilds the view whenever registrations change, until ctx
+// is done.
+func (cs *catalogState) watchLeases(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-cs.leases.Changed():
+			cs.mu.Lock()
+			if cs.files != nil {
+				if err := cs.rebuildLocked(cs.files); err != nil {
+					cs.log.Error("registered endpoints not applied", "err", err)
+				}
+			}
+			cs.mu.Unlock()
+		}
+	}
+}
+
+// Resolve implements api.Resolver from the node's own view. Other
+// networks join the answer once gossip is wired in.
+func (cs *catalogState) Resolve(key sni.Key, from string) (*discovery.Resolution, error) {
+	v := cs.view.Load()
+	if v == nil {
+		return nil, &discovery.RouteError{Key: key, Reason: discovery.UnknownService}
+	}
+	return v.Resolve(key, from, nil, cs.gw.Healthy)
+}
+
+// Changed implements api.Resolver.
+func (cs *catalogState) Changed() <-chan struct{} { return cs.changed }
