@@ -21,14 +21,30 @@ type catalogState struct {
 	leases *api.Leases
 	log    *slog.Logger
 
-	mu      sync.Mutex
-	files   *discovery.Catalog // last good config files
-	view    atomic.Pointer[discovery.View]
-	changed chan struct{} // buffer 1: coalesced change notification
+	// remote returns the live gateways of all networks; nil without gossip.
+	remote func() []discovery.RemoteGateway
+
+	mu          sync.Mutex
+	files       *discovery.Catalog // last good config files
+	view        atomic.Pointer[discovery.View]
+	changed     chan struct{} // buffer 1: resolution may have changed (the API's)
+	viewChanged chan struct{} // buffer 1: the view changed (gossip's)
 }
 
 func newCatalogState(spec discovery.Node, gw *gateway.Gateway, leases *api.Leases, log *slog.Logger) *catalogState {
-	return &catalogState{spec: spec, gw: gw, leases: leases, log: log, changed: make(chan struct{}, 1)}
+	return &catalogState{spec: spec, gw: gw, leases: leases, log: log,
+		changed: make(chan struct{}, 1), viewChanged: make(chan struct{}, 1)}
+}
+
+// notify tells resolution watchers that answers may have changed.
+func (cs *catalogState) notify() { wake(cs.changed) }
+
+// wake is a non-blocking send on a coalescing channel of buffer 1.
+func wake(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
 }
 
 // applyFiles makes c the config in force, if it and the registered
@@ -67,10 +83,8 @@ func (cs *catalogState) rebuildLocked(files *discovery.Catalog) error {
 		return err
 	}
 	cs.view.Store(v)
-	select {
-	case cs.changed <- struct{}{}:
-	default:
-	}
+	wake(cs.viewChanged)
+	cs.notify()
 	return nil
 }
 
@@ -93,14 +107,18 @@ func (cs *catalogState) watchLeases(ctx context.Context) {
 	}
 }
 
-// Resolve implements api.Resolver from the node's own view. Other
-// networks join the answer once gossip is wired in.
+// Resolve implements api.Resolver: this network from the node's own view,
+// the others from gossip.
 func (cs *catalogState) Resolve(key sni.Key, from string) (*discovery.Resolution, error) {
 	v := cs.view.Load()
 	if v == nil {
 		return nil, &discovery.RouteError{Key: key, Reason: discovery.UnknownService}
 	}
-	return v.Resolve(key, from, nil, cs.gw.Healthy)
+	var remote []discovery.RemoteGateway
+	if cs.remote != nil {
+		remote = cs.remote()
+	}
+	return v.Resolve(key, from, remote, cs.gw.Healthy)
 }
 
 // Changed implements api.Resolver.

@@ -47,6 +47,7 @@ type node struct {
 	admin   *http.Server
 	adminLn net.Listener
 	id      identitySource // nil without an identity
+	gossip  *gossip        // nil without gossip
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup // background goroutines, stopped by cancel
 }
@@ -108,6 +109,9 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		if n.id != nil {
 			n.id.Close()
 		}
+		if n.gossip != nil {
+			n.gossip.node.Shutdown()
+		}
 		return nil, err
 	}
 	id, err := loadIdentity(ctx, s, log)
@@ -117,6 +121,21 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	if id != nil {
 		n.id = id
 		watchIdentity(ctx, id, reg, s, log)
+	}
+	g, err := startGossip(ctx, s, cs, log)
+	if err != nil {
+		return abort(err)
+	}
+	var membership api.Membership
+	debug := map[string]func() any{"config": func() any { return gw.Debug() }}
+	if g != nil {
+		n.gossip = g
+		cs.remote = g.remoteGateways
+		membership = g
+		g.register(reg)
+		debug["members"] = func() any { return g.Members() }
+		debug["networks"] = func() any { return g.Networks() }
+		n.bg(func() { g.run(ctx, s.GossipKeyFile) })
 	}
 	if s.AdminAddress != "" {
 		ln, err := net.Listen("tcp", s.AdminAddress)
@@ -128,7 +147,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 			Handler: admin.Handler(admin.Config{
 				Metrics: reg,
 				Ready:   gw.Ready,
-				Debug:   map[string]func() any{"config": func() any { return gw.Debug() }},
+				Debug:   debug,
 			}),
 			ReadHeaderTimeout: 10 * time.Second,
 		}
@@ -136,7 +155,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		log.Info("admin listening", "address", ln.Addr().String())
 	}
 	if s.APISocket != "" {
-		srv := api.NewServer(api.ServerConfig{Resolver: cs, Registry: leases, Network: s.Network, Logger: log})
+		srv := api.NewServer(api.ServerConfig{Resolver: cs, Membership: membership, Registry: leases, Network: s.Network, Logger: log})
 		n.bg(func() { leases.Run(ctx) })
 		n.bg(func() { cs.watchLeases(ctx) })
 		n.bg(func() {
@@ -157,6 +176,11 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 
 // stop drains the gateway within the drain timeout and stops the rest.
 func (n *node) stop() error {
+	if n.gossip != nil {
+		// Leave first, so that other networks stop sending new
+		// connections here while the open ones drain.
+		n.gossip.stop()
+	}
 	n.log.Info("draining", "active", n.gw.Active(), "timeout", time.Duration(n.s.DrainTimeout))
 	n.cancel()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(n.s.DrainTimeout))

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,12 +24,13 @@ import (
 // world is a loopback mesh for process tests: a dev CA, echo servers and
 // a config directory for an ewgate process.
 type world struct {
-	t      *testing.T
-	ca     *identity.DevCA
-	dir    string
-	port   int // gateway port
-	admin  string
-	echoes map[string]*workload.EchoServer
+	t       *testing.T
+	ca      *identity.DevCA
+	dir     string
+	port    int // gateway port
+	admin   string
+	network string
+	echoes  map[string]*workload.EchoServer
 }
 
 func newWorld(t *testing.T, versions ...string) *world {
@@ -37,7 +39,7 @@ func newWorld(t *testing.T, versions ...string) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &world{t: t, ca: ca, dir: t.TempDir(), echoes: make(map[string]*workload.EchoServer)}
+	w := &world{t: t, ca: ca, dir: t.TempDir(), network: "network-a", echoes: make(map[string]*workload.EchoServer)}
 	for _, v := range versions {
 		e, err := workload.NewEchoServer("echo-"+v, "127.0.0.1:0", w.source("echo-"+v), nil)
 		if err != nil {
@@ -74,7 +76,7 @@ func (w *world) writeConfig(versions ...string) {
 	for _, v := range versions {
 		es = append(es, w.echoes[v])
 	}
-	w.writeFile("mesh.yaml", workload.IstioConfig("network-a", w.port, es...))
+	w.writeFile("mesh.yaml", workload.IstioConfig(w.network, w.port, es...))
 }
 
 func (w *world) writeFile(name, content string) {
@@ -93,7 +95,7 @@ func (w *world) gwAddr() string { return fmt.Sprintf("127.0.0.1:%d", w.port) }
 // run starts "ewgate run" on the config directory and waits until ready.
 func (w *world) run(extra ...string) *proc {
 	w.t.Helper()
-	args := append([]string{"run", "-f", w.dir, "--network", "network-a",
+	args := append([]string{"run", "-f", w.dir, "--network", w.network,
 		"--node-labels", "istio=eastwestgateway", "--bind-address", "127.0.0.1",
 		"--admin-address", w.admin, "--log-level", "debug"}, extra...)
 	p := startEwgate(w.t, args...)
@@ -288,7 +290,7 @@ func TestRunAPIResolveAndRegister(t *testing.T) {
 	w.run("--api-socket", sock)
 
 	out, err := runEwgate(t, "ctl", "--api", sock, "resolve", "outbound_.9080_.v1_.echo.demo.svc.cluster.local")
-	if err != nil || !strings.Contains(out, "direct  "+w.echoes["v1"].Addr()) {
+	if err != nil || !hasRow(out, "direct", w.echoes["v1"].Addr()) {
 		t.Fatalf("ctl resolve: %v\n%s", err, out)
 	}
 	if _, err := w.dial("v2"); err == nil || !strings.Contains(err.Error(), "handshake failure") {
@@ -332,4 +334,76 @@ func TestRunAPIResolveAndRegister(t *testing.T) {
 		}
 		return err != nil
 	})
+}
+
+func TestRunGossipResolvesAcrossNetworks(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "gossip.key")
+	os.WriteFile(key, []byte("# shared by the gateways of this mesh\nq0Yh4n8ZbC3Tj9v6Xk2LmA==\n"), 0o600)
+	gossipAddr := func() string {
+		p, err := freeLoopbackPort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("127.0.0.1:%d", p)
+	}
+	gossipArgs := func(w *world, name, addr string, join ...string) []string {
+		args := []string{"--node-name", name, "--gossip-address", addr, "--gossip-key-file", key, "--gossip-profile", "local",
+			"--mesh-id", "test-mesh", "--passthrough-advertise", w.gwAddr(), "--api-socket", filepath.Join(w.dir, "..", name+".sock")}
+		if len(join) > 0 {
+			args = append(args, "--join", strings.Join(join, ","))
+		}
+		return args
+	}
+	wa := newWorld(t, "v1")
+	wa.writeConfig("v1")
+	wb := newWorld(t, "v2")
+	wb.network = "network-b"
+	wb.writeConfig("v2")
+	addrA, addrB := gossipAddr(), gossipAddr()
+	wa.run(gossipArgs(wa, "gw-a", addrA)...)
+	pb := wb.run(gossipArgs(wb, "gw-b", addrB, addrA)...)
+	sockA := filepath.Join(wa.dir, "..", "gw-a.sock")
+
+	resolve := func(from string) string {
+		out, _ := runEwgate(t, "ctl", "--api", sockA, "resolve", "outbound_.9080_._.echo.demo.svc.cluster.local", "--from-network", from)
+		return out
+	}
+	eventually(t, 30*time.Second, "network-b to appear in network-a's answers", func() bool {
+		return hasRow(resolve("network-a"), "gateway", wb.gwAddr(), "1", "network-b")
+	})
+	out := resolve("network-a")
+	if !hasRow(out, "direct", wa.echoes["v1"].Addr()) {
+		t.Fatalf("network-a's own endpoint missing:\n%s", out)
+	}
+	// A client elsewhere reaches both networks through their gateways.
+	out = resolve("network-c")
+	for _, want := range []string{wa.gwAddr(), wb.gwAddr()} {
+		if !hasRow(out, "gateway", want) {
+			t.Fatalf("from network-c: missing %q:\n%s", want, out)
+		}
+	}
+	if members, _ := runEwgate(t, "ctl", "--api", sockA, "members"); !hasRow(members, "gw-b", "network-b", "alive") {
+		t.Fatalf("members:\n%s", members)
+	}
+	if got := metric(t, wa.admin, "ewgate_gossip_networks"); got != 2 {
+		t.Errorf("ewgate_gossip_networks = %d, want 2", got)
+	}
+
+	// Network-b's only gateway dies: network-b leaves the answers.
+	pb.cmd.Process.Kill()
+	eventually(t, 60*time.Second, "network-b to leave after its gateway died", func() bool {
+		return !strings.Contains(resolve("network-c"), "network-b")
+	})
+}
+
+// hasRow reports whether a line of a table printed by ctl starts with the
+// given columns.
+func hasRow(out string, cols ...string) bool {
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= len(cols) && slices.Equal(f[:len(cols)], cols) {
+			return true
+		}
+	}
+	return false
 }

@@ -44,6 +44,16 @@ type settings struct {
 	SVIDExpiryWarning duration `json:"svidExpiryWarning"`
 
 	APISocket string `json:"apiSocket"`
+
+	NodeName             string   `json:"nodeName"`
+	GossipAddress        string   `json:"gossipAddress"`
+	GossipAdvertise      string   `json:"gossipAdvertise"`
+	Join                 []string `json:"join"`
+	GossipKeyFile        string   `json:"gossipKeyFile"`
+	InsecureGossip       bool     `json:"insecureGossip"`
+	MeshID               string   `json:"meshID"`
+	GossipProfile        string   `json:"gossipProfile"`
+	PassthroughAdvertise string   `json:"passthroughAdvertise"`
 }
 
 func defaultSettings() settings {
@@ -59,6 +69,7 @@ func defaultSettings() settings {
 		HelloTimeout:  duration(sni.DefaultTimeout),
 		HelloMaxBytes: sni.DefaultMaxBytes,
 		SPIFFETimeout: duration(identity.DefaultStartTimeout),
+		GossipProfile: "lan",
 	}
 }
 
@@ -101,6 +112,15 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.StringVar(&s.SVIDKey, "svid-key", s.SVIDKey, "SVID private key PEM `file`")
 	fs.Var(&listFlag{list: &s.TrustBundles}, "trust-bundle", "trust bundle PEM, `[TRUST_DOMAIN=]PATH` (repeatable; no domain: the SVID's own)")
 	fs.StringVar(&s.APISocket, "api-socket", s.APISocket, "serve the gRPC API (resolve, endpoint registration) on this unix socket `path`; empty: off")
+	fs.StringVar(&s.NodeName, "node-name", s.NodeName, "this gateway's unique `name` in gossip (default: the host name)")
+	fs.StringVar(&s.GossipAddress, "gossip-address", s.GossipAddress, "gossip with other gateways on this `ip:port` (UDP and TCP); empty: no gossip")
+	fs.StringVar(&s.GossipAdvertise, "gossip-advertise", s.GossipAdvertise, "gossip `ip:port` other gateways reach this one at (default: the bound one)")
+	fs.Var(&listFlag{list: &s.Join, comma: true}, "join", "gossip seeds `host:port,...`, retried in the background")
+	fs.StringVar(&s.GossipKeyFile, "gossip-key-file", s.GossipKeyFile, "keyring `file`: one base64 AES key per line, the first is primary; edits rotate keys")
+	fs.BoolVar(&s.InsecureGossip, "insecure-gossip", s.InsecureGossip, "allow gossip without encryption or authentication (demos only)")
+	fs.StringVar(&s.MeshID, "mesh-id", s.MeshID, "mesh `name`: gateways of other meshes on the same network are ignored")
+	fs.StringVar(&s.GossipProfile, "gossip-profile", s.GossipProfile, "failure detector timing: lan, wan or local")
+	fs.StringVar(&s.PassthroughAdvertise, "passthrough-advertise", s.PassthroughAdvertise, "`ip:port` other networks dial to reach this gateway's AUTO_PASSTHROUGH listener (required with gossip)")
 	fs.Var(&s.SVIDExpiryWarning, "svid-expiry-warning", "warn when the SVID has less validity left (0: a third of its lifetime)")
 	return fs
 }

@@ -1,0 +1,260 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ewgate/ewgate/api"
+	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/metrics"
+	"github.com/ewgate/ewgate/peer"
+)
+
+// gossip connects the node's catalog to the other gateways: it publishes
+// the summary of this network, feeds remote gateways to resolution and
+// answers the API's membership questions.
+type gossip struct {
+	node *peer.Node
+	cs   *catalogState
+	log  *slog.Logger
+}
+
+// startGossip starts the gossip node described by s, or returns nil when
+// --gossip-address is not set.
+func startGossip(ctx context.Context, s settings, cs *catalogState, log *slog.Logger) (*gossip, error) {
+	if s.GossipAddress == "" {
+		return nil, nil
+	}
+	host, port, err := splitHostPort(s.GossipAddress)
+	if err != nil {
+		return nil, fmt.Errorf("--gossip-address: %w", err)
+	}
+	cfg := peer.Config{
+		Name:            s.NodeName,
+		Network:         s.Network,
+		BindAddr:        host,
+		BindPort:        port,
+		Join:            s.Join,
+		Insecure:        s.InsecureGossip,
+		MeshID:          s.MeshID,
+		Profile:         s.GossipProfile,
+		PassthroughAddr: s.PassthroughAdvertise,
+		Logger:          log,
+	}
+	if s.GossipAdvertise != "" {
+		if cfg.AdvertiseAddr, cfg.AdvertisePort, err = splitHostPort(s.GossipAdvertise); err != nil {
+			return nil, fmt.Errorf("--gossip-advertise: %w", err)
+		}
+	}
+	if s.GossipKeyFile != "" {
+		if cfg.Keys, err = peer.LoadKeyring(s.GossipKeyFile); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.PassthroughAddr == "" {
+		return nil, errors.New("--passthrough-advertise is required with gossip: the address other networks dial to reach this gateway")
+	}
+	node, err := peer.Start(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("gossip: %w", err)
+	}
+	return &gossip{node: node, cs: cs, log: log}, nil
+}
+
+// run publishes this network's summary whenever the view or endpoint
+// health changes, forwards gossip changes to resolution watchers, and
+// applies keyring edits, until ctx is done.
+func (g *gossip) run(ctx context.Context, keyFile string) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var keys []byte
+	if keyFile != "" {
+		keys, _ = os.ReadFile(keyFile)
+	}
+	publish := func() {
+		v := g.cs.view.Load()
+		if v == nil {
+			return
+		}
+		if err := g.node.Publish(toPeerSummary(discovery.Summarize(v, g.cs.gw.Healthy))); err != nil {
+			g.log.Error("gossip: summary not published", "err", err)
+		}
+	}
+	publish()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-g.cs.viewChanged:
+			publish()
+		case <-g.node.Changed():
+			g.cs.notify()
+		case <-tick.C:
+			// Ejections change health without changing the view; an
+			// unchanged summary is not sent again.
+			publish()
+			if keyFile != "" {
+				keys = g.reloadKeys(keyFile, keys)
+			}
+		}
+	}
+}
+
+// reloadKeys rotates the gossip keys when the keyring file changed.
+func (g *gossip) reloadKeys(path string, last []byte) []byte {
+	data, err := os.ReadFile(path)
+	if err != nil || bytes.Equal(data, last) {
+		return last
+	}
+	keys, err := peer.LoadKeyring(path)
+	if err == nil {
+		err = g.node.SetKeys(keys)
+	}
+	if err != nil {
+		g.log.Error("gossip: keyring not applied; the previous keys stay", "err", err)
+		return data
+	}
+	g.log.Info("gossip: keyring applied", "keys", len(keys))
+	return data
+}
+
+// stop leaves the cluster so that others withdraw this gateway at once.
+func (g *gossip) stop() {
+	if err := g.node.Leave(5 * time.Second); err != nil {
+		g.log.Warn("gossip: leave", "err", err)
+	}
+	g.node.Shutdown()
+}
+
+// remoteGateways returns the live gateways as resolution needs them.
+func (g *gossip) remoteGateways() []discovery.RemoteGateway {
+	var out []discovery.RemoteGateway
+	for _, ns := range g.node.Summaries() {
+		out = append(out, discovery.RemoteGateway{
+			Node:            ns.Node,
+			Network:         ns.Meta.Network,
+			PassthroughAddr: ns.Meta.PassthroughAddr,
+			Summary:         fromPeerSummary(ns.Summary),
+		})
+	}
+	return out
+}
+
+// Members implements api.Membership.
+func (g *gossip) Members() []api.Member {
+	var out []api.Member
+	for _, m := range g.node.Members() {
+		state := api.MemberAlive
+		switch m.State {
+		case peer.StateDead:
+			state = api.MemberDead
+		case peer.StateLeft:
+			state = api.MemberLeft
+		}
+		out = append(out, api.Member{Name: m.Name, Network: m.Meta.Network, PassthroughAddress: m.Meta.PassthroughAddr,
+			TunnelAddress: m.Meta.TunnelAddr, SPIFFEID: m.Meta.SPIFFEID, State: state})
+	}
+	return out
+}
+
+// Networks implements api.Membership: each network with live gateways,
+// and how many services they offer.
+func (g *gossip) Networks() []api.Network {
+	gateways := make(map[string]int)
+	services := make(map[string]map[string]bool)
+	for _, ns := range g.node.Summaries() {
+		nw := ns.Meta.Network
+		gateways[nw]++
+		if services[nw] == nil {
+			services[nw] = make(map[string]bool)
+		}
+		for _, s := range ns.Summary.Services {
+			services[nw][s.Host] = true
+		}
+	}
+	var out []api.Network
+	for nw, n := range gateways {
+		out = append(out, api.Network{Name: nw, Gateways: n, Services: len(services[nw])})
+	}
+	slices.SortFunc(out, func(a, b api.Network) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// register exports gossip figures as metrics.
+func (g *gossip) register(reg *metrics.Registry) {
+	stat := func(f func(peer.Stats) float64) func() float64 {
+		return func() float64 { return f(g.node.Stats()) }
+	}
+	reg.GaugeFunc("ewgate_gossip_members_alive", "Gossip members alive (this node included).", stat(func(s peer.Stats) float64 { return float64(s.Alive) }))
+	reg.GaugeFunc("ewgate_gossip_members_dead", "Gossip members declared dead, kept for a while.", stat(func(s peer.Stats) float64 { return float64(s.Dead) }))
+	reg.GaugeFunc("ewgate_gossip_members_left", "Gossip members that left, kept for a while.", stat(func(s peer.Stats) float64 { return float64(s.Left) }))
+	reg.GaugeFunc("ewgate_gossip_catalog_services", "Service entries across the live gateways' summaries.", stat(func(s peer.Stats) float64 { return float64(s.Services) }))
+	reg.GaugeFunc("ewgate_gossip_networks", "Networks with a live gateway.", stat(func(s peer.Stats) float64 { return float64(s.Networks) }))
+	reg.GaugeFunc("ewgate_gossip_bytes_in_total", "Gossip bytes received.", stat(func(s peer.Stats) float64 { return float64(s.BytesIn) }))
+	reg.GaugeFunc("ewgate_gossip_bytes_out_total", "Gossip bytes sent.", stat(func(s peer.Stats) float64 { return float64(s.BytesOut) }))
+	reg.GaugeFunc("ewgate_gossip_push_pulls_total", "Remote catalog states merged.", stat(func(s peer.Stats) float64 { return float64(s.PushPulls) }))
+	reg.GaugeFunc("ewgate_gossip_last_push_pull_seconds", "Time to merge the last remote catalog state.", stat(func(s peer.Stats) float64 { return s.LastPushPull.Seconds() }))
+}
+
+func splitHostPort(s string) (string, int, error) {
+	host, p, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("port %q: want 0-65535", p)
+	}
+	return host, port, nil
+}
+
+// toPeerSummary and fromPeerSummary copy between the catalog's summary and
+// the gossip wire's, which have the same shape.
+func toPeerSummary(s discovery.Summary) peer.Summary {
+	out := peer.Summary{Network: s.Network}
+	for _, svc := range s.Services {
+		ps := peer.ServiceSummary{Host: svc.Host}
+		for _, p := range svc.Ports {
+			pp := peer.PortSummary{Port: p.Port}
+			for _, sub := range p.Subsets {
+				sp := peer.SubsetSummary{Name: sub.Name}
+				for _, lc := range sub.Healthy {
+					sp.Healthy = append(sp.Healthy, peer.LocalityCount{Locality: lc.Locality, Count: lc.Count})
+				}
+				pp.Subsets = append(pp.Subsets, sp)
+			}
+			ps.Ports = append(ps.Ports, pp)
+		}
+		out.Services = append(out.Services, ps)
+	}
+	return out
+}
+
+func fromPeerSummary(s peer.Summary) discovery.Summary {
+	out := discovery.Summary{Network: s.Network}
+	for _, svc := range s.Services {
+		ds := discovery.ServiceSummary{Host: svc.Host}
+		for _, p := range svc.Ports {
+			dp := discovery.PortSummary{Port: p.Port}
+			for _, sub := range p.Subsets {
+				dsub := discovery.SubsetSummary{Name: sub.Name}
+				for _, lc := range sub.Healthy {
+					dsub.Healthy = append(dsub.Healthy, discovery.LocalityCount{Locality: lc.Locality, Count: lc.Count})
+				}
+				dp.Subsets = append(dp.Subsets, dsub)
+			}
+			ds.Ports = append(ds.Ports, dp)
+		}
+		out.Services = append(out.Services, ds)
+	}
+	return out
+}
