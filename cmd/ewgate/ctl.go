@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,11 +14,13 @@ import (
 
 	"github.com/ewgate/ewgate/api"
 	ewgatev1 "github.com/ewgate/ewgate/api/ewgate/v1"
+	"github.com/ewgate/ewgate/identity"
 )
 
-const ctlUsage = `Usage: ewgate ctl [--api ADDR] COMMAND
+const ctlUsage = `Usage: ewgate ctl [--api ADDR] [--svid-cert F --svid-key F --trust-bundle F] COMMAND
 
-Asks a running gateway, over its gRPC API (ewgate run --api-socket PATH).
+Asks a running gateway over its gRPC API: its unix socket (ewgate run
+--api-socket PATH), or its TCP address with SPIFFE mTLS (--api-address).
 
 Commands:
   resolve NAME [--from-network N]   what a client in network N should dial for
@@ -36,6 +39,9 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.Usage = func() { fmt.Fprint(stderr, ctlUsage); fs.PrintDefaults() }
 	addr := fs.String("api", os.Getenv("EWGATE_API"), "gateway API `address`: unix:///path or a socket path (default $EWGATE_API)")
 	timeout := fs.Duration("timeout", 10*time.Second, "deadline of the call")
+	cert := fs.String("svid-cert", "", "SVID certificate `file`, for an API address served with mTLS")
+	key := fs.String("svid-key", "", "SVID key `file`")
+	bundle := fs.String("trust-bundle", "", "trust bundle `file` of the gateway's trust domain")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -48,7 +54,17 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	client, closer, err := api.Dial(ctx, *addr, nil)
+	var tlsCfg *tls.Config
+	if *cert != "" {
+		src, err := identity.NewFileSource(ctx, identity.FileConfig{CertFile: *cert, KeyFile: *key,
+			Bundles: []identity.BundleFile{{Path: *bundle}}})
+		if err != nil {
+			return fmt.Errorf("ctl: %w", err)
+		}
+		defer src.Close()
+		tlsCfg = identity.ClientTLSConfig(src, nil)
+	}
+	client, closer, err := api.Dial(ctx, *addr, tlsCfg)
 	if err != nil {
 		return fmt.Errorf("ctl: %w", err)
 	}

@@ -28,9 +28,9 @@ type gossip struct {
 	log  *slog.Logger
 }
 
-// startGossip starts the gossip node described by s, or returns nil when
-// --gossip-address is not set.
-func startGossip(ctx context.Context, s settings, cs *catalogState, log *slog.Logger) (*gossip, error) {
+// startGossip starts the gossip node described by s, announcing spiffeID
+// (may be empty), or returns nil when --gossip-address is not set.
+func startGossip(ctx context.Context, s settings, spiffeID string, cs *catalogState, log *slog.Logger) (*gossip, error) {
 	if s.GossipAddress == "" {
 		return nil, nil
 	}
@@ -48,6 +48,7 @@ func startGossip(ctx context.Context, s settings, cs *catalogState, log *slog.Lo
 		MeshID:          s.MeshID,
 		Profile:         s.GossipProfile,
 		PassthroughAddr: s.PassthroughAdvertise,
+		SPIFFEID:        spiffeID,
 		Logger:          log,
 	}
 	if s.GossipAdvertise != "" {

@@ -16,6 +16,7 @@ import (
 	"github.com/ewgate/ewgate/api"
 	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/gateway"
+	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/metrics"
 	"github.com/ewgate/ewgate/sni"
 )
@@ -80,8 +81,9 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	reloads := reg.CounterVec("ewgate_config_reloads_total", "Config loads, by result.", "result")
 	reloadOK, reloadFailed := reloads.With("ok"), reloads.With("failed")
 	spec := discovery.Node{Network: s.Network, Labels: s.NodeLabels, AnyTLSMode: s.AnyTLSMode}
+	serveAPI := s.APISocket != "" || s.APIAddress != ""
 	var leases *api.Leases
-	if s.APISocket != "" {
+	if serveAPI {
 		leases = api.NewLeases(api.LeaseConfig{Logger: log})
 	}
 	cs := newCatalogState(spec, gw, leases, log)
@@ -122,7 +124,13 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		n.id = id
 		watchIdentity(ctx, id, reg, s, log)
 	}
-	g, err := startGossip(ctx, s, cs, log)
+	var spiffeID string
+	if n.id != nil {
+		if svid, err := n.id.GetX509SVID(); err == nil {
+			spiffeID = svid.ID.String()
+		}
+	}
+	g, err := startGossip(ctx, s, spiffeID, cs, log)
 	if err != nil {
 		return abort(err)
 	}
@@ -154,16 +162,10 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		go n.admin.Serve(ln)
 		log.Info("admin listening", "address", ln.Addr().String())
 	}
-	if s.APISocket != "" {
-		srv := api.NewServer(api.ServerConfig{Resolver: cs, Membership: membership, Registry: leases, Network: s.Network, Logger: log})
-		n.bg(func() { leases.Run(ctx) })
-		n.bg(func() { cs.watchLeases(ctx) })
-		n.bg(func() {
-			if err := srv.ServeUnix(ctx, s.APISocket); err != nil {
-				log.Error("API server stopped", "err", err)
-			}
-		})
-		log.Info("API listening", "socket", s.APISocket)
+	if serveAPI {
+		if err := n.serveAPI(ctx, cs, membership, leases); err != nil {
+			return abort(err)
+		}
 	}
 	n.bg(func() {
 		if err := w.Run(ctx); err != nil {
@@ -172,6 +174,45 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	})
 	log.Info("gateway ready", "network", s.Network, "listeners", listenerList(gw))
 	return n, nil
+}
+
+// serveAPI serves the gRPC API on the unix socket and, with SPIFFE mTLS,
+// on the TCP address the settings name.
+func (n *node) serveAPI(ctx context.Context, cs *catalogState, membership api.Membership, leases *api.Leases) error {
+	srv := api.NewServer(api.ServerConfig{Resolver: cs, Membership: membership, Registry: leases, Network: n.s.Network, Logger: n.log})
+	var tlsLn net.Listener
+	if n.s.APIAddress != "" {
+		if n.id == nil {
+			return errors.New("--api-address needs this node's SPIFFE identity (--spiffe-socket or --svid-cert, --svid-key, --trust-bundle): remote callers are authenticated by mTLS")
+		}
+		var err error
+		if tlsLn, err = net.Listen("tcp", n.s.APIAddress); err != nil {
+			return fmt.Errorf("API listener: %w", err)
+		}
+	}
+	n.bg(func() { leases.Run(ctx) })
+	n.bg(func() { cs.watchLeases(ctx) })
+	if n.s.APISocket != "" {
+		n.bg(func() {
+			if err := srv.ServeUnix(ctx, n.s.APISocket); err != nil {
+				n.log.Error("API server stopped", "socket", n.s.APISocket, "err", err)
+			}
+		})
+		n.log.Info("API listening", "socket", n.s.APISocket)
+	}
+	if tlsLn != nil {
+		az, err := identity.NewAuthorizer(identity.Policy{}, n.log)
+		if err != nil {
+			return err
+		}
+		n.bg(func() {
+			if err := srv.ServeTLS(ctx, tlsLn, identity.ServerTLSConfig(n.id, az)); err != nil {
+				n.log.Error("API server stopped", "address", tlsLn.Addr().String(), "err", err)
+			}
+		})
+		n.log.Info("API listening with SPIFFE mTLS", "address", tlsLn.Addr().String())
+	}
+	return nil
 }
 
 // stop drains the gateway within the drain timeout and stops the rest.

@@ -407,3 +407,32 @@ func hasRow(out string, cols ...string) bool {
 	}
 	return false
 }
+
+func TestRunAPIOverMTLS(t *testing.T) {
+	w := newWorld(t, "v1")
+	w.writeConfig("v1")
+	gwID := w.svidFiles("eastwest")
+	apiPort, err := freeLoopbackPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiAddr := fmt.Sprintf("127.0.0.1:%d", apiPort)
+	w.run("--svid-cert", filepath.Join(gwID, "cert.pem"), "--svid-key", filepath.Join(gwID, "key.pem"),
+		"--trust-bundle", filepath.Join(gwID, "bundle.pem"), "--api-address", apiAddr)
+
+	ctlArgs := func(dir string) []string {
+		return []string{"ctl", "--api", apiAddr, "--svid-cert", filepath.Join(dir, "cert.pem"), "--svid-key", filepath.Join(dir, "key.pem"),
+			"--trust-bundle", filepath.Join(dir, "bundle.pem"), "resolve", "outbound_.9080_._.echo.demo.svc.cluster.local"}
+	}
+	out, err := runEwgate(t, ctlArgs(w.svidFiles("operator"))...)
+	if err != nil || !hasRow(out, "direct", w.echoes["v1"].Addr()) {
+		t.Fatalf("ctl over mTLS: %v\n%s", err, out)
+	}
+
+	// A caller whose SVID another CA signed is refused.
+	other := newWorld(t)
+	out, err = runEwgate(t, ctlArgs(other.svidFiles("intruder"))...)
+	if err == nil {
+		t.Fatalf("a caller signed by another CA got an answer:\n%s", out)
+	}
+}

@@ -43,7 +43,8 @@ type settings struct {
 	TrustBundles      []string `json:"trustBundles"`
 	SVIDExpiryWarning duration `json:"svidExpiryWarning"`
 
-	APISocket string `json:"apiSocket"`
+	APISocket  string `json:"apiSocket"`
+	APIAddress string `json:"apiAddress"`
 
 	NodeName             string   `json:"nodeName"`
 	GossipAddress        string   `json:"gossipAddress"`
@@ -112,6 +113,7 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.StringVar(&s.SVIDKey, "svid-key", s.SVIDKey, "SVID private key PEM `file`")
 	fs.Var(&listFlag{list: &s.TrustBundles}, "trust-bundle", "trust bundle PEM, `[TRUST_DOMAIN=]PATH` (repeatable; no domain: the SVID's own)")
 	fs.StringVar(&s.APISocket, "api-socket", s.APISocket, "serve the gRPC API (resolve, endpoint registration) on this unix socket `path`; empty: off")
+	fs.StringVar(&s.APIAddress, "api-address", s.APIAddress, "also serve the gRPC API on this `ip:port` to remote callers, with SPIFFE mTLS (needs an identity)")
 	fs.StringVar(&s.NodeName, "node-name", s.NodeName, "this gateway's unique `name` in gossip (default: the host name)")
 	fs.StringVar(&s.GossipAddress, "gossip-address", s.GossipAddress, "gossip with other gateways on this `ip:port` (UDP and TCP); empty: no gossip")
 	fs.StringVar(&s.GossipAdvertise, "gossip-advertise", s.GossipAdvertise, "gossip `ip:port` other gateways reach this one at (default: the bound one)")
