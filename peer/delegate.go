@@ -36,18 +36,28 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return d.metaBytes
 }
 
-// NotifyMsg receives one entry, broadcast or sent reliably. A new entry
-// small enough for a packet is relayed so it spreads epidemically.
+// NotifyMsg receives one entry, broadcast or sent reliably, or a node's
+// goodbye. A new one small enough for a packet is relayed so it spreads
+// epidemically.
 func (d *delegate) NotifyMsg(buf []byte) {
 	n := d.node()
 	msg := bytes.Clone(buf) // memberlist reuses buf
 	kind, body, err := decodeMessage(msg, n.cfg.MaxStateBytes)
-	if err == nil && kind != kindEntry {
-		err = fmt.Errorf("message kind %d, want entry: %w", kind, errMalformed)
-	}
 	var e *entry
-	if err == nil {
+	switch {
+	case err != nil:
+	case kind == kindEntry:
 		e, err = decodeEntry(body)
+	case kind == kindBye:
+		var b bye
+		if b, err = decodeBye(body); err == nil {
+			if n.applyBye(b) && len(msg) <= n.maxBroadcast {
+				n.queue.QueueBroadcast(&entryBroadcast{origin: b.origin, msg: msg})
+			}
+			return
+		}
+	default:
+		err = fmt.Errorf("message kind %d, want entry or bye: %w", kind, errMalformed)
 	}
 	if err != nil {
 		if errors.Is(err, errTooLarge) {
@@ -149,7 +159,6 @@ func (d *delegate) handOff(kind memberlist.NodeEventType, nd *memberlist.Node) {
 		name: nd.Name,
 		addr: addrPort(nd.Addr, nd.Port),
 		meta: bytes.Clone(nd.Meta),
-		left: nd.State == memberlist.StateLeft,
 	}
 	d.evMu.Lock()
 	d.evs = append(d.evs, ev)

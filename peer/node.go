@@ -31,6 +31,10 @@ const (
 	retention = 5 * time.Minute
 	// reliableFanout bounds concurrent reliable sends of one large entry.
 	reliableFanout = 8
+	// minRetransmitMult is the least RetransmitMult of the catalog queue.
+	minRetransmitMult = 4
+	// sentinelSize exceeds any gossip packet (UDP datagrams are < 64 KiB).
+	sentinelSize = 64 << 10
 )
 
 // State is a member's state as this node sees it.
@@ -143,10 +147,11 @@ type Node struct {
 }
 
 type member struct {
-	addr  netip.AddrPort
-	state State
-	meta  Meta
-	since time.Time
+	addr    netip.AddrPort
+	state   State
+	meta    Meta
+	since   time.Time
+	leaving bool // said goodbye: its death is a departure
 }
 
 type event struct {
@@ -154,7 +159,6 @@ type event struct {
 	name string
 	addr netip.AddrPort
 	meta []byte
-	left bool // for NodeLeave: left gracefully rather than dead
 }
 
 const numReasons = 6
@@ -261,7 +265,11 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	tr := newCountingTransport(nt, &n.c.bytesIn, &n.c.bytesOut)
 	mc.Transport = tr
 
-	n.queue = &memberlist.TransmitLimitedQueue{NumNodes: n.numNodes, RetransmitMult: mc.RetransmitMult}
+	// Catalog changes are rare and matter: each is retransmitted at least
+	// as often as the LAN profile would (4 * log10(N+1) times), even in
+	// the local profile, whose 2 lets an epidemic die out in small clusters.
+	n.queue = &memberlist.TransmitLimitedQueue{NumNodes: n.numNodes, RetransmitMult: max(mc.RetransmitMult, minRetransmitMult)}
+	n.queue.QueueBroadcast(&queueSentinel{msg: make([]byte, sentinelSize)})
 	n.maxBroadcast = mc.UDPBufferSize - 2 /* compound header */ - 3 /* per-message overhead */
 	if cfg.MeshID != "" {
 		n.maxBroadcast -= 2 + len(cfg.MeshID)
@@ -361,6 +369,11 @@ func (n *Node) joinLoop(seeds []string) {
 		k, err := n.ml.Join(seeds)
 		if k > 0 {
 			n.log.Info("joined gossip cluster", "contacted", k)
+			// The seeds got our entry by push/pull; the others get it by
+			// gossip rather than waiting for their next push/pull.
+			n.mu.Lock()
+			n.disseminateLocked(n.store.get(n.cfg.Name))
+			n.mu.Unlock()
 			close(n.joined)
 			return
 		}
@@ -418,6 +431,7 @@ func (n *Node) Publish(s Summary) error {
 	}
 	n.store.merge(e)
 	n.gen++
+	n.log.Debug("summary published", "version", v, "services", len(s.Services))
 	n.disseminateLocked(e)
 	n.notify()
 	return nil
@@ -498,6 +512,7 @@ func (n *Node) applyEntries(entries []*entry) []bool {
 			continue
 		}
 		if n.store.merge(e) == mergeAccepted {
+			n.log.Debug("summary accepted", "origin", e.origin, "version", e.version, "services", len(e.summary.Services))
 			accepted[i], changed = true, true
 			n.c.accepted.Add(1)
 		} else {
@@ -678,8 +693,9 @@ func (n *Node) SetKeys(keys [][]byte) error {
 	return nil
 }
 
-// Leave tells the cluster this node is leaving, waiting up to timeout for
-// the message to go out, so others withdraw its summary at once instead of
+// Leave tells the cluster this node is leaving (a goodbye gossiped first,
+// so others record it as left rather than dead, then memberlist's leave),
+// waiting up to timeout in all for the messages to go out, so others withdraw its summary at once instead of
 // after failure detection. The node keeps running until Shutdown.
 func (n *Node) Leave(timeout time.Duration) error {
 	n.lifeMu.Lock()
@@ -687,10 +703,49 @@ func (n *Node) Leave(timeout time.Duration) error {
 	if n.closed {
 		return ErrClosed
 	}
-	if err := n.ml.Leave(timeout); err != nil {
+	deadline := time.Now().Add(timeout)
+	if n.live.Load() > 1 {
+		n.mu.Lock()
+		cur := n.store.get(n.cfg.Name)
+		n.mu.Unlock()
+		sent := make(chan struct{}, 1)
+		n.queue.QueueBroadcast(&entryBroadcast{
+			origin: cur.origin,
+			msg:    encodeMessage(kindBye, encodeBye(bye{origin: cur.origin, version: cur.version})),
+			sent:   sent,
+		})
+		t := time.NewTimer(timeout)
+		select {
+		case <-sent:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	if err := n.ml.Leave(max(time.Until(deadline), time.Millisecond)); err != nil {
 		return fmt.Errorf("peer: leave: %w", err)
 	}
 	return nil
+}
+
+// applyBye records a member's goodbye and reports whether it was news.
+func (n *Node) applyBye(b bye) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	m := n.members[b.origin]
+	if b.origin == n.cfg.Name || m == nil || m.leaving {
+		return false
+	}
+	if e := n.store.get(b.origin); e != nil && b.version.Compare(e.version) < 0 {
+		n.c.stale.Add(1) // from an earlier incarnation
+		return false
+	}
+	m.leaving = true
+	if m.state == StateDead {
+		m.state = StateLeft
+		n.gen++
+		n.notify()
+	}
+	return true
 }
 
 // Shutdown stops gossiping, closes the port and waits for the node's
@@ -758,7 +813,7 @@ func (n *Node) applyEvents() {
 		m.addr, m.since = ev.addr, now
 		switch ev.kind {
 		case memberlist.NodeJoin, memberlist.NodeUpdate:
-			m.state = StateAlive
+			m.state, m.leaving = StateAlive, false
 			meta, err := decodeMeta(ev.meta)
 			if err != nil { // NotifyAlive refuses such nodes; keep the last good meta
 				n.reject(rMetaMalformed, fmt.Errorf("member %q: %w", ev.name, err))
@@ -767,8 +822,10 @@ func (n *Node) applyEvents() {
 			m.meta = meta
 			n.log.Debug("member up", "member", ev.name, "network", meta.Network, "addr", ev.addr)
 		case memberlist.NodeLeave:
+			// memberlist v0.7.0 does not say whether a node left or
+			// died (the Node it passes has no state): a goodbye does.
 			m.state = StateDead
-			if ev.left {
+			if m.leaving {
 				m.state = StateLeft
 			}
 			n.log.Info("member down", "member", ev.name, "state", m.state, "network", m.meta.Network)
@@ -808,17 +865,42 @@ func (n *Node) prune(now time.Time) {
 type entryBroadcast struct {
 	origin string
 	msg    []byte
+	sent   chan<- struct{} // if not nil, signalled when fully transmitted
 }
 
 var _ memberlist.NamedBroadcast = (*entryBroadcast)(nil)
 
 func (b *entryBroadcast) Name() string    { return "summary:" + b.origin }
 func (b *entryBroadcast) Message() []byte { return b.msg }
-func (b *entryBroadcast) Finished()       {}
+func (b *entryBroadcast) Finished() {
+	if b.sent != nil {
+		select {
+		case b.sent <- struct{}{}:
+		default:
+		}
+	}
+}
 func (b *entryBroadcast) Invalidates(other memberlist.Broadcast) bool {
 	o, ok := other.(*entryBroadcast)
 	return ok && o.origin == b.origin
 }
+
+// queueSentinel keeps the broadcast queue from ever being empty, working
+// around a memberlist v0.7.0 bug: TransmitLimitedQueue resets its id
+// generator whenever it becomes empty, even while the item being queued
+// (or re-queued after a transmit) holds an id already; a later item with
+// the same id, length and transmit count then silently replaces it in the
+// queue's btree. Catalog entries of one shape all have the same length, so
+// whole publishes vanished. The sentinel is larger than any gossip packet:
+// it is never sent, never finished.
+type queueSentinel struct{ msg []byte }
+
+var _ memberlist.UniqueBroadcast = (*queueSentinel)(nil)
+
+func (s *queueSentinel) Invalidates(memberlist.Broadcast) bool { return false }
+func (s *queueSentinel) Message() []byte                       { return s.msg }
+func (s *queueSentinel) Finished()                             {}
+func (s *queueSentinel) UniqueBroadcast()                      {}
 
 func addrPort(ip net.IP, port uint16) netip.AddrPort {
 	a, _ := netip.AddrFromSlice(ip)

@@ -12,31 +12,37 @@ import (
 // countingTransport wraps memberlist's NetTransport to count every gossip
 // byte in and out, UDP and TCP, memberlist's own traffic included.
 type countingTransport struct {
-	inner    *memberlist.NetTransport
-	in, out  *atomic.Uint64
-	packetCh chan *memberlist.Packet
-	streamCh chan net.Conn
-	done     chan struct{}
-	stopOnce sync.Once
-	wg       sync.WaitGroup
+	inner     *memberlist.NetTransport
+	in, out   *atomic.Uint64
+	packetCh  chan *memberlist.Packet
+	streamCh  chan net.Conn
+	done      chan struct{} // closed first by Shutdown: drop what arrives
+	innerDone chan struct{} // closed when inner has shut down: stop draining
+	stopOnce  sync.Once
+	wg        sync.WaitGroup
 }
 
 var _ memberlist.NodeAwareTransport = (*countingTransport)(nil)
 
 func newCountingTransport(inner *memberlist.NetTransport, in, out *atomic.Uint64) *countingTransport {
 	t := &countingTransport{
-		inner:    inner,
-		in:       in,
-		out:      out,
-		packetCh: make(chan *memberlist.Packet),
-		streamCh: make(chan net.Conn),
-		done:     make(chan struct{}),
+		inner:     inner,
+		in:        in,
+		out:       out,
+		packetCh:  make(chan *memberlist.Packet),
+		streamCh:  make(chan net.Conn),
+		done:      make(chan struct{}),
+		innerDone: make(chan struct{}),
 	}
 	t.wg.Add(2)
 	go t.forwardPackets()
 	go t.forwardStreams()
 	return t
 }
+
+// The forwarders keep draining the inner transport until it has shut
+// down, or its listeners would block forever handing over a packet or a
+// connection nobody takes.
 
 func (t *countingTransport) forwardPackets() {
 	defer t.wg.Done()
@@ -46,10 +52,9 @@ func (t *countingTransport) forwardPackets() {
 			t.in.Add(uint64(len(p.Buf)))
 			select {
 			case t.packetCh <- p:
-			case <-t.done:
-				return
+			case <-t.done: // shutting down: drop
 			}
-		case <-t.done:
+		case <-t.innerDone:
 			return
 		}
 	}
@@ -62,11 +67,10 @@ func (t *countingTransport) forwardStreams() {
 		case c := <-t.inner.StreamCh():
 			select {
 			case t.streamCh <- &countingConn{Conn: c, t: t}:
-			case <-t.done:
+			case <-t.done: // shutting down: refuse
 				c.Close()
-				return
 			}
-		case <-t.done:
+		case <-t.innerDone:
 			return
 		}
 	}
@@ -104,9 +108,13 @@ func (t *countingTransport) StreamCh() <-chan net.Conn { return t.streamCh }
 
 // Shutdown stops the forwarders and the inner transport and waits for both.
 func (t *countingTransport) Shutdown() error {
-	t.stopOnce.Do(func() { close(t.done) })
-	err := t.inner.Shutdown()
-	t.wg.Wait()
+	var err error
+	t.stopOnce.Do(func() {
+		close(t.done)
+		err = t.inner.Shutdown()
+		close(t.innerDone)
+		t.wg.Wait()
+	})
 	return err
 }
 

@@ -18,6 +18,7 @@ const ProtocolVersion uint8 = 1
 const (
 	kindEntry byte = 1 // one origin's entry: broadcast or reliable send
 	kindState byte = 2 // every live origin's entry: push/pull
+	kindBye   byte = 3 // an origin leaves
 
 	flagDeflate byte = 1 << 0 // body is DEFLATE-compressed
 
@@ -173,7 +174,7 @@ func decodeMessage(b []byte, limit int) (kind byte, body []byte, err error) {
 		return 0, nil, fmt.Errorf("message: wire version %d: %w", b[0], errMalformed)
 	}
 	kind, flags, body := b[1], b[2], b[headerLen:]
-	if kind != kindEntry && kind != kindState {
+	if kind != kindEntry && kind != kindState && kind != kindBye {
 		return 0, nil, fmt.Errorf("message: kind %d: %w", kind, errMalformed)
 	}
 	if flags&^flagDeflate != 0 {
@@ -317,3 +318,31 @@ func (r *reader) bytes() []byte {
 }
 
 func (r *reader) str() string { return string(r.bytes()) }
+
+// bye is a node's goodbye, sent by Leave.
+type bye struct {
+	origin  string
+	version Version // the leaving node's entry version
+}
+
+func encodeBye(b bye) []byte {
+	var w writer
+	w.str(b.origin)
+	w.uvarint(b.version.Epoch)
+	w.uvarint(b.version.Seq)
+	return w.b
+}
+
+func decodeBye(body []byte) (bye, error) {
+	r := reader{b: body}
+	b := bye{origin: r.str(), version: Version{Epoch: r.uvarint(), Seq: r.uvarint()}}
+	switch {
+	case r.err != nil:
+		return bye{}, fmt.Errorf("bye: %w", r.err)
+	case len(r.b) != 0:
+		return bye{}, fmt.Errorf("bye: %d trailing bytes: %w", len(r.b), errMalformed)
+	case b.origin == "":
+		return bye{}, fmt.Errorf("bye: no origin: %w", errMalformed)
+	}
+	return b, nil
+}

@@ -1,0 +1,306 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/memberlist"
+)
+
+func TestStoreMergeKeepsNewest(t *testing.T) {
+	v := func(epoch, seq uint64) Version { return Version{Epoch: epoch, Seq: seq} }
+	tests := []struct {
+		name     string
+		held     *Version
+		incoming Version
+		want     mergeResult
+	}{
+		{"first entry", nil, v(1, 0), mergeAccepted},
+		{"newer seq", &Version{1, 1}, v(1, 2), mergeAccepted},
+		{"same version", &Version{1, 1}, v(1, 1), mergeStale},
+		{"older seq", &Version{1, 5}, v(1, 4), mergeStale},
+		{"newer epoch beats higher seq", &Version{1, 9}, v(2, 0), mergeAccepted},
+		{"older epoch loses despite higher seq", &Version{2, 0}, v(1, 9), mergeStale},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newStore()
+			if tt.held != nil {
+				s.merge(&entry{origin: "n", version: *tt.held})
+			}
+			if got := s.merge(&entry{origin: "n", version: tt.incoming}); got != tt.want {
+				t.Errorf("merge = %v, want %v", got, tt.want)
+			}
+			want := tt.incoming
+			if tt.want == mergeStale {
+				want = *tt.held
+			}
+			if got := s.get("n").version; got != want {
+				t.Errorf("held %v, want %v", got, want)
+			}
+		})
+	}
+
+	t.Run("any order ends at the newest", func(t *testing.T) {
+		versions := []Version{v(1, 0), v(1, 1), v(1, 2), v(2, 0), v(2, 1), v(3, 0)}
+		rng := rand.New(rand.NewPCG(1, 2))
+		for range 100 {
+			s := newStore()
+			for _, i := range rng.Perm(len(versions)) {
+				s.merge(&entry{origin: "n", version: versions[i]})
+			}
+			if got := s.get("n").version; got != v(3, 0) {
+				t.Fatalf("held %v after shuffled merges", got)
+			}
+		}
+	})
+}
+
+func TestWireRoundTrip(t *testing.T) {
+	m := Meta{Network: "net-a", PassthroughAddr: "10.0.0.1:15443", TunnelAddr: "10.0.0.1:15008", SPIFFEID: "spiffe://td/ns/x/sa/y", Version: ProtocolVersion}
+	got, err := decodeMeta(m.encode())
+	if err != nil || got != m {
+		t.Errorf("meta round trip = %+v, %v", got, err)
+	}
+	if got, err := decodeMeta(append(m.encode(), 0xff, 0x01)); err != nil || got != m {
+		t.Errorf("meta with a later version's trailing fields = %+v, %v", got, err)
+	}
+
+	s := bigSummary("net-a", 500)
+	v := Version{Epoch: 42, Seq: 7}
+	kind, body, err := decodeMessage(encodeMessage(kindEntry, encodeEntry("a1", v, &s)), DefaultMaxStateBytes)
+	if err != nil || kind != kindEntry {
+		t.Fatalf("decodeMessage: kind %d, %v", kind, err)
+	}
+	e, err := decodeEntry(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.origin != "a1" || e.version != v || !reflect.DeepEqual(e.summary, s) {
+		t.Errorf("entry round trip differs")
+	}
+	entries, err := decodeState(encodeState([][]byte{e.wire, encodeEntry("b1", v, &Summary{Network: "b"})}))
+	if err != nil || len(entries) != 2 || entries[1].origin != "b1" {
+		t.Errorf("state round trip: %d entries, %v", len(entries), err)
+	}
+}
+
+// testNode starts an unjoined node for feeding its delegate directly.
+func testNode(t *testing.T, modify func(*Config)) *Node {
+	t.Helper()
+	cfg := testConfig("self", "a")
+	if modify != nil {
+		modify(&cfg)
+	}
+	return startNode(t, cfg)
+}
+
+func TestDelegateRejectsGarbage(t *testing.T) {
+	checkGoroutines(t)
+	n := testNode(t, func(c *Config) { c.MaxStateBytes = 4096 })
+	d := (*delegate)(n)
+	valid := encodeEntry("peer", Version{1, 1}, &Summary{Network: "b"})
+	unsorted := Summary{Network: "b", Services: []ServiceSummary{{Host: "z"}, {Host: "a"}}}
+	bomb := encodeMessage(kindState, make([]byte, 1<<20)) // 1 MiB of zeros, compressed small
+	hdr := func(kind, flags byte, body []byte) []byte {
+		return append([]byte{ProtocolVersion, kind, flags}, body...)
+	}
+
+	tests := []struct {
+		name   string
+		msg    []byte // to NotifyMsg
+		state  []byte // to MergeRemoteState
+		reason string
+	}{
+		{"empty message", []byte{}, nil, RejectMessageMalformed},
+		{"short header", []byte{1, 1}, nil, RejectMessageMalformed},
+		{"unknown wire version", hdr(kindEntry, 0, valid)[0:0:0], nil, RejectMessageMalformed},
+		{"unknown kind", hdr(9, 0, valid), nil, RejectMessageMalformed},
+		{"unknown flag", hdr(kindEntry, 0x80, valid), nil, RejectMessageMalformed},
+		{"state as message", hdr(kindState, 0, encodeState(nil)), nil, RejectMessageMalformed},
+		{"truncated entry", hdr(kindEntry, 0, valid[:len(valid)-1]), nil, RejectMessageMalformed},
+		{"trailing bytes", hdr(kindEntry, 0, append(bytes.Clone(valid), 0)), nil, RejectMessageMalformed},
+		{"huge count", hdr(kindEntry, 0, []byte{1, 'p', 1, 1, 1, 'b', 0xff, 0xff, 0xff, 0xff, 0x0f}), nil, RejectMessageMalformed},
+		{"non-canonical summary", hdr(kindEntry, 0, encodeEntry("peer", Version{1, 2}, &unsorted)), nil, RejectMessageMalformed},
+		{"bad deflate", hdr(kindEntry, flagDeflate, []byte{0xff, 0xfe, 0xfd}), nil, RejectMessageMalformed},
+		{"bye without origin", hdr(kindBye, 0, []byte{0, 1, 1}), nil, RejectMessageMalformed},
+		{"oversize message", hdr(kindEntry, 0, make([]byte, 5000)), nil, RejectMessageTooLarge},
+		{"empty state", nil, []byte{}, RejectStateMalformed},
+		{"entry as state", nil, hdr(kindEntry, 0, valid), RejectStateMalformed},
+		{"state with bad entry", nil, hdr(kindState, 0, encodeState([][]byte{valid, {1, 2, 3}})), RejectStateMalformed},
+		{"state count over bytes", nil, hdr(kindState, 0, []byte{0x7f}), RejectStateMalformed},
+		{"decompression bomb", nil, bomb, RejectStateTooLarge},
+	}
+	// A corrupted header version, since hdr always writes the right one.
+	tests[2].msg = hdr(kindEntry, 0, valid)
+	tests[2].msg[0] = 99
+
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := n.Stats().Rejected[tt.reason]
+			if tt.msg != nil {
+				d.NotifyMsg(tt.msg)
+			} else {
+				d.MergeRemoteState(tt.state, false)
+			}
+			if got := n.Stats().Rejected[tt.reason]; got != before+1 {
+				t.Errorf("Rejected[%s] = %d, want %d", tt.reason, got, before+1)
+			}
+			if got := len(n.store.entries); got != 1 {
+				t.Errorf("store holds %d entries after garbage", got)
+			}
+		})
+	}
+
+	t.Run("bad meta", func(t *testing.T) {
+		for _, meta := range [][]byte{nil, {0}, {1}, {1, 0, 0, 0, 0}, {1, 200, 'x'}} {
+			if err := d.NotifyAlive(&memberlist.Node{Name: "x", Meta: meta}); err == nil {
+				t.Errorf("NotifyAlive accepted meta %v", meta)
+			}
+		}
+		if got := n.Stats().Rejected[RejectMetaMalformed]; got != 5 {
+			t.Errorf("Rejected[meta] = %d, want 5", got)
+		}
+	})
+
+	t.Run("random bytes never panic", func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(3, 4))
+		for range 2000 {
+			b := make([]byte, rng.IntN(64))
+			for i := range b {
+				b[i] = byte(rng.UintN(256))
+			}
+			if len(b) > 1 && rng.IntN(2) == 0 {
+				b[0], b[1] = ProtocolVersion, byte(1+rng.IntN(3))
+			}
+			d.NotifyMsg(b)
+			d.MergeRemoteState(b, false)
+			decodeMeta(b)
+		}
+	})
+}
+
+func TestPublish(t *testing.T) {
+	checkGoroutines(t)
+	n := testNode(t, nil)
+	d := (*delegate)(n)
+	version := func() Version { s, _ := summaryFrom(n, "self"); return s.Version }
+
+	s0 := d.LocalState(false)
+	if s1 := d.LocalState(true); &s0[0] != &s1[0] || n.Stats().StateBuilds != 1 {
+		t.Errorf("LocalState not cached: %d builds", n.Stats().StateBuilds)
+	}
+
+	v0 := version()
+	if err := n.Publish(summaryOf("", 2, "b.ns", "a.ns")); err != nil {
+		t.Fatal(err)
+	}
+	v1 := version()
+	if v1.Compare(v0) <= 0 {
+		t.Errorf("version %v not above %v", v1, v0)
+	}
+	if s, _ := summaryFrom(n, "self"); s.Summary.Network != "a" || s.Summary.Services[0].Host != "a.ns" {
+		t.Errorf("published summary not filled in and sorted: %+v", s.Summary)
+	}
+	if err := n.Publish(summaryOf("a", 2, "a.ns", "b.ns")); err != nil || version() != v1 {
+		t.Errorf("identical publish changed the version: %v, %v", version(), err)
+	}
+	if s2 := d.LocalState(false); bytes.Equal(s2, s0) || n.Stats().StateBuilds != 2 {
+		t.Errorf("LocalState not rebuilt after a change")
+	}
+
+	for name, s := range map[string]Summary{
+		"other network":  summaryOf("b", 1, "x"),
+		"empty host":     summaryOf("a", 1, ""),
+		"duplicate host": summaryOf("a", 1, "x", "x"),
+		"port 0":         {Services: []ServiceSummary{{Host: "x", Ports: []PortSummary{{Port: 0}}}}},
+	} {
+		if err := n.Publish(s); err == nil {
+			t.Errorf("%s: Publish accepted it", name)
+		}
+	}
+
+	t.Run("earlier incarnation superseded", func(t *testing.T) {
+		cur := version()
+		old := Version{Epoch: cur.Epoch + 1000, Seq: 3} // a previous run, clock ahead
+		d.MergeRemoteState(encodeMessage(kindState, encodeState([][]byte{encodeEntry("self", old, &Summary{Network: "a"})})), false)
+		s, _ := summaryFrom(n, "self")
+		if s.Version.Compare(old) <= 0 || len(s.Summary.Services) != 2 {
+			t.Errorf("after an earlier incarnation's entry: %v with %d services", s.Version, len(s.Summary.Services))
+		}
+	})
+
+	n.Shutdown()
+	if err := n.Publish(summaryOf("a", 1, "y")); err != ErrClosed {
+		t.Errorf("Publish after Shutdown = %v", err)
+	}
+	if err := n.Leave(0); err != ErrClosed {
+		t.Errorf("Leave after Shutdown = %v", err)
+	}
+}
+
+func TestSetKeysOnPlaintextNode(t *testing.T) {
+	checkGoroutines(t)
+	n := testNode(t, func(c *Config) { c.Keys, c.Insecure = nil, true })
+	if err := n.SetKeys([][]byte{testKey(1)}); err == nil {
+		t.Error("SetKeys turned encryption on")
+	}
+}
+
+func TestLoadKeyring(t *testing.T) {
+	k16 := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 16))
+	k32 := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{2}, 32))
+	tests := []struct {
+		name    string
+		file    string
+		want    int    // keys
+		wantErr string // substring
+	}{
+		{"one key", k32 + "\n", 1, ""},
+		{"primary first, comments, blanks", "# rotated 2026-01\n\n  " + k16 + "  \n# old\n" + k32 + "\n", 2, ""},
+		{"no trailing newline", k32, 1, ""},
+		{"empty", "", 0, "no keys"},
+		{"only comments", "# nothing\n\n", 0, "no keys"},
+		{"not base64", "not*base64\n", 0, ":1: not base64"},
+		{"wrong length", base64.StdEncoding.EncodeToString([]byte("short")) + "\n", 0, ":1:"},
+		{"duplicate", k32 + "\n" + k32 + "\n", 0, ":2: duplicate"},
+	}
+	dir := t.TempDir()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(tt.name, " ", "_"))
+			if err := os.WriteFile(path, []byte(tt.file), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			keys, err := LoadKeyring(path)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || len(keys) != tt.want {
+				t.Fatalf("got %d keys, %v", len(keys), err)
+			}
+		})
+	}
+	if _, err := LoadKeyring(filepath.Join(dir, "missing")); err == nil {
+		t.Error("missing file: no error")
+	}
+	// The primary is the first key in the file.
+	path := filepath.Join(dir, "order")
+	os.WriteFile(path, []byte(k16+"\n"+k32+"\n"), 0o600)
+	if keys, _ := LoadKeyring(path); len(keys) != 2 || len(keys[0]) != 16 {
+		t.Errorf("primary not first")
+	}
+	if _, err := Start(context.Background(), Config{Network: "a", Keys: [][]byte{}}); err != ErrNoKeys {
+		t.Errorf("Start without keys = %v", err)
+	}
+}
