@@ -124,10 +124,12 @@ func (f *fakeResolver) lastFrom() string {
 type fakeMembership struct {
 	members  []Member
 	networks []Network
+	catalog  []CatalogEntry
 }
 
-func (f *fakeMembership) Members() []Member   { return append([]Member(nil), f.members...) }
-func (f *fakeMembership) Networks() []Network { return append([]Network(nil), f.networks...) }
+func (f *fakeMembership) Members() []Member       { return append([]Member(nil), f.members...) }
+func (f *fakeMembership) Networks() []Network     { return append([]Network(nil), f.networks...) }
+func (f *fakeMembership) Catalog() []CatalogEntry { return append([]CatalogEntry(nil), f.catalog...) }
 
 // fakeClock is a Clock that moves only when told to.
 type fakeClock struct {

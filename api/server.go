@@ -46,6 +46,8 @@ type Membership interface {
 	Members() []Member
 	// Networks returns the networks known.
 	Networks() []Network
+	// Catalog returns what each network offers, in any order.
+	Catalog() []CatalogEntry
 }
 
 // Registry keeps endpoints that agents register through the API. [Leases]
@@ -87,6 +89,17 @@ type Network struct {
 	Services int // service hosts offered
 }
 
+// CatalogEntry is one service port and subset a network offers, as its
+// gateways report it.
+type CatalogEntry struct {
+	Network  string
+	Host     string
+	Port     uint16
+	Subset   string // "" for all endpoints of the port
+	Healthy  []discovery.LocalityCount
+	Gateways []string // reporting gateways' node names
+}
+
 // Defaults of [ServerConfig].
 const (
 	DefaultDrainTimeout = 5 * time.Second
@@ -99,7 +112,7 @@ const (
 type ServerConfig struct {
 	// Resolver answers Resolve and WatchResolve.
 	Resolver Resolver
-	// Membership answers ListMembers and ListNetworks.
+	// Membership answers ListMembers, ListNetworks and ListCatalog.
 	Membership Membership
 	// Registry takes RegisterEndpoints and DeregisterEndpoints.
 	Registry Registry

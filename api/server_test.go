@@ -142,6 +142,11 @@ func TestListMembersAndNetworks(t *testing.T) {
 			{Name: "gw-a2", Network: "net-a", State: "confused"},
 		},
 		networks: []Network{{Name: "net-b", Gateways: 0, Services: 3}, {Name: "net-a", Gateways: 2, Services: 5}},
+		catalog: []CatalogEntry{
+			{Network: "net-b", Host: "reviews.bookinfo.svc.cluster.local", Port: 9080, Subset: "v1",
+				Healthy: []discovery.LocalityCount{{Locality: "r/z", Count: 2}}, Gateways: []string{"gw-b1"}},
+			{Network: "net-a", Host: "reviews.bookinfo.svc.cluster.local", Port: 9080, Gateways: []string{"gw-a1", "gw-a2"}},
+		},
 	}
 	s := serveUnix(t, ServerConfig{Membership: m})
 	c := dial(t, s.target)
@@ -164,6 +169,16 @@ func TestListMembersAndNetworks(t *testing.T) {
 	}
 	wantProto(t, networks, &ewgatev1.ListNetworksResponse{Networks: []*ewgatev1.Network{
 		{Name: "net-a", Gateways: 2, Services: 5}, {Name: "net-b", Services: 3},
+	}})
+
+	catalog, err := c.ListCatalog(ctx, &ewgatev1.ListCatalogRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantProto(t, catalog, &ewgatev1.ListCatalogResponse{Entries: []*ewgatev1.CatalogEntry{
+		{Network: "net-a", Host: "reviews.bookinfo.svc.cluster.local", Port: 9080, Gateways: []string{"gw-a1", "gw-a2"}},
+		{Network: "net-b", Host: "reviews.bookinfo.svc.cluster.local", Port: 9080, Subset: "v1",
+			Healthy: []*ewgatev1.LocalityCount{{Locality: "r/z", Count: 2}}, Gateways: []string{"gw-b1"}},
 	}})
 }
 

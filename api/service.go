@@ -159,6 +159,27 @@ func (s *service) ListNetworks(context.Context, *ewgatev1.ListNetworksRequest) (
 	return resp, nil
 }
 
+// ListCatalog implements GatewayService.ListCatalog.
+func (s *service) ListCatalog(context.Context, *ewgatev1.ListCatalogRequest) (*ewgatev1.ListCatalogResponse, error) {
+	m := s.srv.cfg.Membership
+	if m == nil {
+		return nil, status.Error(codes.Unimplemented, "this gateway has no gossip membership")
+	}
+	entries := m.Catalog()
+	slices.SortFunc(entries, func(a, b CatalogEntry) int {
+		return cmp.Or(cmp.Compare(a.Network, b.Network), cmp.Compare(a.Host, b.Host), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Subset, b.Subset))
+	})
+	resp := &ewgatev1.ListCatalogResponse{Entries: make([]*ewgatev1.CatalogEntry, len(entries))}
+	for i, e := range entries {
+		pe := &ewgatev1.CatalogEntry{Network: e.Network, Host: e.Host, Port: uint32(e.Port), Subset: e.Subset, Gateways: e.Gateways}
+		for _, lc := range e.Healthy {
+			pe.Healthy = append(pe.Healthy, &ewgatev1.LocalityCount{Locality: lc.Locality, Count: lc.Count})
+		}
+		resp.Entries[i] = pe
+	}
+	return resp, nil
+}
+
 // RegisterEndpoints implements GatewayService.RegisterEndpoints.
 func (s *service) RegisterEndpoints(_ context.Context, req *ewgatev1.RegisterEndpointsRequest) (*ewgatev1.RegisterEndpointsResponse, error) {
 	reg, err := s.registry()

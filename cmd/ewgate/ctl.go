@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -28,6 +29,8 @@ Commands:
                                     the gateway's own network)
   members                           the gateways gossip knows
   networks                          the networks gossip knows
+  catalog                           what each network offers: healthy
+                                    endpoints per service port and subset
 
 Flags:
 `
@@ -118,6 +121,20 @@ func runCtl(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprintln(tw, "NETWORK\tGATEWAYS\tSERVICES")
 		for _, nw := range resp.GetNetworks() {
 			fmt.Fprintf(tw, "%s\t%d\t%d\n", nw.GetName(), nw.GetGateways(), nw.GetServices())
+		}
+	case "catalog":
+		resp, err := client.ListCatalog(ctx, &ewgatev1.ListCatalogRequest{})
+		if err != nil {
+			return fmt.Errorf("ctl catalog: %w", err)
+		}
+		fmt.Fprintln(tw, "NETWORK\tSERVICE\tPORT\tSUBSET\tHEALTHY\tGATEWAYS")
+		for _, e := range resp.GetEntries() {
+			var healthy []string
+			for _, lc := range e.GetHealthy() {
+				healthy = append(healthy, fmt.Sprintf("%s=%d", cmp.Or(lc.GetLocality(), "-"), lc.GetCount()))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", e.GetNetwork(), e.GetHost(), e.GetPort(), cmp.Or(e.GetSubset(), "-"),
+				cmp.Or(strings.Join(healthy, ","), "0"), strings.Join(e.GetGateways(), ","))
 		}
 	default:
 		fs.Usage()

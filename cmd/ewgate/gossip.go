@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"slices"
@@ -187,6 +188,47 @@ func (g *gossip) Networks() []api.Network {
 		out = append(out, api.Network{Name: nw, Gateways: n, Services: len(services[nw])})
 	}
 	slices.SortFunc(out, func(a, b api.Network) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Catalog implements api.Membership: each network's service ports and
+// subsets as its live gateways report them, counts merged as resolution
+// merges them (the larger wins).
+func (g *gossip) Catalog() []api.CatalogEntry {
+	type key struct {
+		network, host string
+		port          uint16
+		subset        string
+	}
+	entries := make(map[key]*api.CatalogEntry)
+	counts := make(map[key]map[string]uint32)
+	for _, ns := range g.node.Summaries() {
+		for _, svc := range ns.Summary.Services {
+			for _, p := range svc.Ports {
+				for _, sub := range p.Subsets {
+					k := key{ns.Meta.Network, svc.Host, p.Port, sub.Name}
+					e, ok := entries[k]
+					if !ok {
+						e = &api.CatalogEntry{Network: k.network, Host: k.host, Port: k.port, Subset: k.subset}
+						entries[k] = e
+						counts[k] = make(map[string]uint32)
+					}
+					e.Gateways = append(e.Gateways, ns.Node)
+					for _, lc := range sub.Healthy {
+						counts[k][lc.Locality] = max(counts[k][lc.Locality], lc.Count)
+					}
+				}
+			}
+		}
+	}
+	out := make([]api.CatalogEntry, 0, len(entries))
+	for k, e := range entries {
+		for _, loc := range slices.Sorted(maps.Keys(counts[k])) {
+			e.Healthy = append(e.Healthy, discovery.LocalityCount{Locality: loc, Count: counts[k][loc]})
+		}
+		slices.Sort(e.Gateways)
+		out = append(out, *e)
+	}
 	return out
 }
 

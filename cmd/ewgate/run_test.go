@@ -385,6 +385,10 @@ func TestRunGossipResolvesAcrossNetworks(t *testing.T) {
 	if members, _ := runEwgate(t, "ctl", "--api", sockA, "members"); !hasRow(members, "gw-b", "network-b", "alive") {
 		t.Fatalf("members:\n%s", members)
 	}
+	if catalog, _ := runEwgate(t, "ctl", "--api", sockA, "catalog"); !hasRow(catalog, "network-b", workload.EchoHost, "9080", "v2", "-=1", "gw-b") ||
+		!hasRow(catalog, "network-a", workload.EchoHost, "9080", "v2", "0", "gw-a") {
+		t.Fatalf("catalog:\n%s", catalog)
+	}
 	if got := metric(t, wa.admin, "ewgate_gossip_networks"); got != 2 {
 		t.Errorf("ewgate_gossip_networks = %d, want 2", got)
 	}

@@ -888,6 +888,235 @@ func (x *ListNetworksResponse) GetNetworks() []*Network {
 	return nil
 }
 
+// ListCatalogRequest asks for the shared catalog.
+type ListCatalogRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCatalogRequest) Reset() {
+	*x = ListCatalogRequest{}
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCatalogRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCatalogRequest) ProtoMessage() {}
+
+func (x *ListCatalogRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCatalogRequest.ProtoReflect.Descriptor instead.
+func (*ListCatalogRequest) Descriptor() ([]byte, []int) {
+	return file_ewgate_v1_ewgate_proto_rawDescGZIP(), []int{11}
+}
+
+// ListCatalogResponse is the shared catalog.
+type ListCatalogResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The entries, sorted by network, host, port and subset.
+	Entries       []*CatalogEntry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCatalogResponse) Reset() {
+	*x = ListCatalogResponse{}
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCatalogResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCatalogResponse) ProtoMessage() {}
+
+func (x *ListCatalogResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCatalogResponse.ProtoReflect.Descriptor instead.
+func (*ListCatalogResponse) Descriptor() ([]byte, []int) {
+	return file_ewgate_v1_ewgate_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListCatalogResponse) GetEntries() []*CatalogEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+// CatalogEntry is one service port and subset that a network offers.
+type CatalogEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The network.
+	Network string `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"`
+	// The service host.
+	Host string `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	// The service port.
+	Port uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	// The DestinationRule subset; empty for all endpoints of the port.
+	Subset string `protobuf:"bytes,4,opt,name=subset,proto3" json:"subset,omitempty"`
+	// Healthy endpoints per locality.
+	Healthy []*LocalityCount `protobuf:"bytes,5,rep,name=healthy,proto3" json:"healthy,omitempty"`
+	// The gateways that report it, by node name.
+	Gateways      []string `protobuf:"bytes,6,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CatalogEntry) Reset() {
+	*x = CatalogEntry{}
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CatalogEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CatalogEntry) ProtoMessage() {}
+
+func (x *CatalogEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CatalogEntry.ProtoReflect.Descriptor instead.
+func (*CatalogEntry) Descriptor() ([]byte, []int) {
+	return file_ewgate_v1_ewgate_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CatalogEntry) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *CatalogEntry) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *CatalogEntry) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *CatalogEntry) GetSubset() string {
+	if x != nil {
+		return x.Subset
+	}
+	return ""
+}
+
+func (x *CatalogEntry) GetHealthy() []*LocalityCount {
+	if x != nil {
+		return x.Healthy
+	}
+	return nil
+}
+
+func (x *CatalogEntry) GetGateways() []string {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
+}
+
+// LocalityCount is a number of healthy endpoints in one locality.
+type LocalityCount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The locality, region/zone/subzone; empty when unknown.
+	Locality string `protobuf:"bytes,1,opt,name=locality,proto3" json:"locality,omitempty"`
+	// The number of healthy endpoints.
+	Count         uint32 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocalityCount) Reset() {
+	*x = LocalityCount{}
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalityCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalityCount) ProtoMessage() {}
+
+func (x *LocalityCount) ProtoReflect() protoreflect.Message {
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalityCount.ProtoReflect.Descriptor instead.
+func (*LocalityCount) Descriptor() ([]byte, []int) {
+	return file_ewgate_v1_ewgate_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *LocalityCount) GetLocality() string {
+	if x != nil {
+		return x.Locality
+	}
+	return ""
+}
+
+func (x *LocalityCount) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
 // Network is one network of the mesh.
 type Network struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -903,7 +1132,7 @@ type Network struct {
 
 func (x *Network) Reset() {
 	*x = Network{}
-	mi := &file_ewgate_v1_ewgate_proto_msgTypes[11]
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +1144,7 @@ func (x *Network) String() string {
 func (*Network) ProtoMessage() {}
 
 func (x *Network) ProtoReflect() protoreflect.Message {
-	mi := &file_ewgate_v1_ewgate_proto_msgTypes[11]
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +1157,7 @@ func (x *Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Network.ProtoReflect.Descriptor instead.
 func (*Network) Descriptor() ([]byte, []int) {
-	return file_ewgate_v1_ewgate_proto_rawDescGZIP(), []int{11}
+	return file_ewgate_v1_ewgate_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Network) GetName() string {
@@ -971,7 +1200,7 @@ type RegisterEndpointsRequest struct {
 
 func (x *RegisterEndpointsRequest) Reset() {
 	*x = RegisterEndpointsRequest{}
-	mi := &file_ewgate_v1_ewgate_proto_msgTypes[12]
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1212,7 @@ func (x *RegisterEndpointsRequest) String() string {
 func (*RegisterEndpointsRequest) ProtoMessage() {}
 
 func (x *RegisterEndpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ewgate_v1_ewgate_proto_msgTypes[12]
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1225,7 @@ func (x *RegisterEndpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterEndpointsRequest.ProtoReflect.Descriptor instead.
 func (*RegisterEndpointsRequest) Descriptor() ([]byte, []int) {
-	return file_ewgate_v1_ewgate_proto_rawDescGZIP(), []int{12}
+	return file_ewgate_v1_ewgate_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RegisterEndpointsRequest) GetRegistrar() string {
@@ -1046,7 +1275,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_ewgate_v1_ewgate_proto_msgTypes[13]
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1287,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_ewgate_v1_ewgate_proto_msgTypes[13]
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1300,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_ewgate_v1_ewgate_proto_rawDescGZIP(), []int{13}
+	return file_ewgate_v1_ewgate_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Endpoint) GetServiceHost() string {
@@ -1141,7 +1370,7 @@ type RegisterEndpointsResponse struct {
 
 func (x *RegisterEndpointsResponse) Reset() {
 	*x = RegisterEndpointsResponse{}
-	mi := &file_ewgate_v1_ewgate_proto_msgTypes[14]
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +1382,7 @@ func (x *RegisterEndpointsResponse) String() string {
 func (*RegisterEndpointsResponse) ProtoMessage() {}
 
 func (x *RegisterEndpointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ewgate_v1_ewgate_proto_msgTypes[14]
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +1395,7 @@ func (x *RegisterEndpointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterEndpointsResponse.ProtoReflect.Descriptor instead.
 func (*RegisterEndpointsResponse) Descriptor() ([]byte, []int) {
-	return file_ewgate_v1_ewgate_proto_rawDescGZIP(), []int{14}
+	return file_ewgate_v1_ewgate_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RegisterEndpointsResponse) GetLeaseSeconds() uint32 {
@@ -1187,7 +1416,7 @@ type DeregisterEndpointsRequest struct {
 
 func (x *DeregisterEndpointsRequest) Reset() {
 	*x = DeregisterEndpointsRequest{}
-	mi := &file_ewgate_v1_ewgate_proto_msgTypes[15]
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1428,7 @@ func (x *DeregisterEndpointsRequest) String() string {
 func (*DeregisterEndpointsRequest) ProtoMessage() {}
 
 func (x *DeregisterEndpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ewgate_v1_ewgate_proto_msgTypes[15]
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1441,7 @@ func (x *DeregisterEndpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterEndpointsRequest.ProtoReflect.Descriptor instead.
 func (*DeregisterEndpointsRequest) Descriptor() ([]byte, []int) {
-	return file_ewgate_v1_ewgate_proto_rawDescGZIP(), []int{15}
+	return file_ewgate_v1_ewgate_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeregisterEndpointsRequest) GetRegistrar() string {
@@ -1231,7 +1460,7 @@ type DeregisterEndpointsResponse struct {
 
 func (x *DeregisterEndpointsResponse) Reset() {
 	*x = DeregisterEndpointsResponse{}
-	mi := &file_ewgate_v1_ewgate_proto_msgTypes[16]
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1243,7 +1472,7 @@ func (x *DeregisterEndpointsResponse) String() string {
 func (*DeregisterEndpointsResponse) ProtoMessage() {}
 
 func (x *DeregisterEndpointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ewgate_v1_ewgate_proto_msgTypes[16]
+	mi := &file_ewgate_v1_ewgate_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1256,7 +1485,7 @@ func (x *DeregisterEndpointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterEndpointsResponse.ProtoReflect.Descriptor instead.
 func (*DeregisterEndpointsResponse) Descriptor() ([]byte, []int) {
-	return file_ewgate_v1_ewgate_proto_rawDescGZIP(), []int{16}
+	return file_ewgate_v1_ewgate_proto_rawDescGZIP(), []int{20}
 }
 
 var File_ewgate_v1_ewgate_proto protoreflect.FileDescriptor
@@ -1307,7 +1536,20 @@ const file_ewgate_v1_ewgate_proto_rawDesc = "" +
 	"\x05state\x18\x06 \x01(\x0e2\x16.ewgate.v1.MemberStateR\x05state\"\x15\n" +
 	"\x13ListNetworksRequest\"F\n" +
 	"\x14ListNetworksResponse\x12.\n" +
-	"\bnetworks\x18\x01 \x03(\v2\x12.ewgate.v1.NetworkR\bnetworks\"U\n" +
+	"\bnetworks\x18\x01 \x03(\v2\x12.ewgate.v1.NetworkR\bnetworks\"\x14\n" +
+	"\x12ListCatalogRequest\"H\n" +
+	"\x13ListCatalogResponse\x121\n" +
+	"\aentries\x18\x01 \x03(\v2\x17.ewgate.v1.CatalogEntryR\aentries\"\xb8\x01\n" +
+	"\fCatalogEntry\x12\x18\n" +
+	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x12\n" +
+	"\x04host\x18\x02 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\x12\x16\n" +
+	"\x06subset\x18\x04 \x01(\tR\x06subset\x122\n" +
+	"\ahealthy\x18\x05 \x03(\v2\x18.ewgate.v1.LocalityCountR\ahealthy\x12\x1a\n" +
+	"\bgateways\x18\x06 \x03(\tR\bgateways\"A\n" +
+	"\rLocalityCount\x12\x1a\n" +
+	"\blocality\x18\x01 \x01(\tR\blocality\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\rR\x05count\"U\n" +
 	"\aNetwork\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bgateways\x18\x02 \x01(\rR\bgateways\x12\x1a\n" +
@@ -1347,12 +1589,13 @@ const file_ewgate_v1_ewgate_proto_rawDesc = "" +
 	"\x12MEMBER_STATE_ALIVE\x10\x01\x12\x18\n" +
 	"\x14MEMBER_STATE_SUSPECT\x10\x02\x12\x15\n" +
 	"\x11MEMBER_STATE_DEAD\x10\x03\x12\x15\n" +
-	"\x11MEMBER_STATE_LEFT\x10\x042\x8a\x04\n" +
+	"\x11MEMBER_STATE_LEFT\x10\x042\xd8\x04\n" +
 	"\x0eGatewayService\x12@\n" +
 	"\aResolve\x12\x19.ewgate.v1.ResolveRequest\x1a\x1a.ewgate.v1.ResolveResponse\x12Q\n" +
 	"\fWatchResolve\x12\x1e.ewgate.v1.WatchResolveRequest\x1a\x1f.ewgate.v1.WatchResolveResponse0\x01\x12L\n" +
 	"\vListMembers\x12\x1d.ewgate.v1.ListMembersRequest\x1a\x1e.ewgate.v1.ListMembersResponse\x12O\n" +
-	"\fListNetworks\x12\x1e.ewgate.v1.ListNetworksRequest\x1a\x1f.ewgate.v1.ListNetworksResponse\x12^\n" +
+	"\fListNetworks\x12\x1e.ewgate.v1.ListNetworksRequest\x1a\x1f.ewgate.v1.ListNetworksResponse\x12L\n" +
+	"\vListCatalog\x12\x1d.ewgate.v1.ListCatalogRequest\x1a\x1e.ewgate.v1.ListCatalogResponse\x12^\n" +
 	"\x11RegisterEndpoints\x12#.ewgate.v1.RegisterEndpointsRequest\x1a$.ewgate.v1.RegisterEndpointsResponse\x12d\n" +
 	"\x13DeregisterEndpoints\x12%.ewgate.v1.DeregisterEndpointsRequest\x1a&.ewgate.v1.DeregisterEndpointsResponseB1Z/github.com/ewgate/ewgate/api/ewgate/v1;ewgatev1b\x06proto3"
 
@@ -1369,7 +1612,7 @@ func file_ewgate_v1_ewgate_proto_rawDescGZIP() []byte {
 }
 
 var file_ewgate_v1_ewgate_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ewgate_v1_ewgate_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_ewgate_v1_ewgate_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_ewgate_v1_ewgate_proto_goTypes = []any{
 	(Via)(0),                            // 0: ewgate.v1.Via
 	(MemberState)(0),                    // 1: ewgate.v1.MemberState
@@ -1384,14 +1627,18 @@ var file_ewgate_v1_ewgate_proto_goTypes = []any{
 	(*Member)(nil),                      // 10: ewgate.v1.Member
 	(*ListNetworksRequest)(nil),         // 11: ewgate.v1.ListNetworksRequest
 	(*ListNetworksResponse)(nil),        // 12: ewgate.v1.ListNetworksResponse
-	(*Network)(nil),                     // 13: ewgate.v1.Network
-	(*RegisterEndpointsRequest)(nil),    // 14: ewgate.v1.RegisterEndpointsRequest
-	(*Endpoint)(nil),                    // 15: ewgate.v1.Endpoint
-	(*RegisterEndpointsResponse)(nil),   // 16: ewgate.v1.RegisterEndpointsResponse
-	(*DeregisterEndpointsRequest)(nil),  // 17: ewgate.v1.DeregisterEndpointsRequest
-	(*DeregisterEndpointsResponse)(nil), // 18: ewgate.v1.DeregisterEndpointsResponse
-	nil,                                 // 19: ewgate.v1.Endpoint.PortsEntry
-	nil,                                 // 20: ewgate.v1.Endpoint.LabelsEntry
+	(*ListCatalogRequest)(nil),          // 13: ewgate.v1.ListCatalogRequest
+	(*ListCatalogResponse)(nil),         // 14: ewgate.v1.ListCatalogResponse
+	(*CatalogEntry)(nil),                // 15: ewgate.v1.CatalogEntry
+	(*LocalityCount)(nil),               // 16: ewgate.v1.LocalityCount
+	(*Network)(nil),                     // 17: ewgate.v1.Network
+	(*RegisterEndpointsRequest)(nil),    // 18: ewgate.v1.RegisterEndpointsRequest
+	(*Endpoint)(nil),                    // 19: ewgate.v1.Endpoint
+	(*RegisterEndpointsResponse)(nil),   // 20: ewgate.v1.RegisterEndpointsResponse
+	(*DeregisterEndpointsRequest)(nil),  // 21: ewgate.v1.DeregisterEndpointsRequest
+	(*DeregisterEndpointsResponse)(nil), // 22: ewgate.v1.DeregisterEndpointsResponse
+	nil,                                 // 23: ewgate.v1.Endpoint.PortsEntry
+	nil,                                 // 24: ewgate.v1.Endpoint.LabelsEntry
 }
 var file_ewgate_v1_ewgate_proto_depIdxs = []int32{
 	2,  // 0: ewgate.v1.ResolveRequest.service:type_name -> ewgate.v1.ServiceKey
@@ -1403,27 +1650,31 @@ var file_ewgate_v1_ewgate_proto_depIdxs = []int32{
 	0,  // 6: ewgate.v1.Target.via:type_name -> ewgate.v1.Via
 	10, // 7: ewgate.v1.ListMembersResponse.members:type_name -> ewgate.v1.Member
 	1,  // 8: ewgate.v1.Member.state:type_name -> ewgate.v1.MemberState
-	13, // 9: ewgate.v1.ListNetworksResponse.networks:type_name -> ewgate.v1.Network
-	15, // 10: ewgate.v1.RegisterEndpointsRequest.endpoints:type_name -> ewgate.v1.Endpoint
-	19, // 11: ewgate.v1.Endpoint.ports:type_name -> ewgate.v1.Endpoint.PortsEntry
-	20, // 12: ewgate.v1.Endpoint.labels:type_name -> ewgate.v1.Endpoint.LabelsEntry
-	3,  // 13: ewgate.v1.GatewayService.Resolve:input_type -> ewgate.v1.ResolveRequest
-	5,  // 14: ewgate.v1.GatewayService.WatchResolve:input_type -> ewgate.v1.WatchResolveRequest
-	8,  // 15: ewgate.v1.GatewayService.ListMembers:input_type -> ewgate.v1.ListMembersRequest
-	11, // 16: ewgate.v1.GatewayService.ListNetworks:input_type -> ewgate.v1.ListNetworksRequest
-	14, // 17: ewgate.v1.GatewayService.RegisterEndpoints:input_type -> ewgate.v1.RegisterEndpointsRequest
-	17, // 18: ewgate.v1.GatewayService.DeregisterEndpoints:input_type -> ewgate.v1.DeregisterEndpointsRequest
-	4,  // 19: ewgate.v1.GatewayService.Resolve:output_type -> ewgate.v1.ResolveResponse
-	6,  // 20: ewgate.v1.GatewayService.WatchResolve:output_type -> ewgate.v1.WatchResolveResponse
-	9,  // 21: ewgate.v1.GatewayService.ListMembers:output_type -> ewgate.v1.ListMembersResponse
-	12, // 22: ewgate.v1.GatewayService.ListNetworks:output_type -> ewgate.v1.ListNetworksResponse
-	16, // 23: ewgate.v1.GatewayService.RegisterEndpoints:output_type -> ewgate.v1.RegisterEndpointsResponse
-	18, // 24: ewgate.v1.GatewayService.DeregisterEndpoints:output_type -> ewgate.v1.DeregisterEndpointsResponse
-	19, // [19:25] is the sub-list for method output_type
-	13, // [13:19] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	17, // 9: ewgate.v1.ListNetworksResponse.networks:type_name -> ewgate.v1.Network
+	15, // 10: ewgate.v1.ListCatalogResponse.entries:type_name -> ewgate.v1.CatalogEntry
+	16, // 11: ewgate.v1.CatalogEntry.healthy:type_name -> ewgate.v1.LocalityCount
+	19, // 12: ewgate.v1.RegisterEndpointsRequest.endpoints:type_name -> ewgate.v1.Endpoint
+	23, // 13: ewgate.v1.Endpoint.ports:type_name -> ewgate.v1.Endpoint.PortsEntry
+	24, // 14: ewgate.v1.Endpoint.labels:type_name -> ewgate.v1.Endpoint.LabelsEntry
+	3,  // 15: ewgate.v1.GatewayService.Resolve:input_type -> ewgate.v1.ResolveRequest
+	5,  // 16: ewgate.v1.GatewayService.WatchResolve:input_type -> ewgate.v1.WatchResolveRequest
+	8,  // 17: ewgate.v1.GatewayService.ListMembers:input_type -> ewgate.v1.ListMembersRequest
+	11, // 18: ewgate.v1.GatewayService.ListNetworks:input_type -> ewgate.v1.ListNetworksRequest
+	13, // 19: ewgate.v1.GatewayService.ListCatalog:input_type -> ewgate.v1.ListCatalogRequest
+	18, // 20: ewgate.v1.GatewayService.RegisterEndpoints:input_type -> ewgate.v1.RegisterEndpointsRequest
+	21, // 21: ewgate.v1.GatewayService.DeregisterEndpoints:input_type -> ewgate.v1.DeregisterEndpointsRequest
+	4,  // 22: ewgate.v1.GatewayService.Resolve:output_type -> ewgate.v1.ResolveResponse
+	6,  // 23: ewgate.v1.GatewayService.WatchResolve:output_type -> ewgate.v1.WatchResolveResponse
+	9,  // 24: ewgate.v1.GatewayService.ListMembers:output_type -> ewgate.v1.ListMembersResponse
+	12, // 25: ewgate.v1.GatewayService.ListNetworks:output_type -> ewgate.v1.ListNetworksResponse
+	14, // 26: ewgate.v1.GatewayService.ListCatalog:output_type -> ewgate.v1.ListCatalogResponse
+	20, // 27: ewgate.v1.GatewayService.RegisterEndpoints:output_type -> ewgate.v1.RegisterEndpointsResponse
+	22, // 28: ewgate.v1.GatewayService.DeregisterEndpoints:output_type -> ewgate.v1.DeregisterEndpointsResponse
+	22, // [22:29] is the sub-list for method output_type
+	15, // [15:22] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_ewgate_v1_ewgate_proto_init() }
@@ -1445,7 +1696,7 @@ func file_ewgate_v1_ewgate_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ewgate_v1_ewgate_proto_rawDesc), len(file_ewgate_v1_ewgate_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   19,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

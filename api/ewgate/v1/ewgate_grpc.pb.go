@@ -29,6 +29,7 @@ const (
 	GatewayService_WatchResolve_FullMethodName        = "/ewgate.v1.GatewayService/WatchResolve"
 	GatewayService_ListMembers_FullMethodName         = "/ewgate.v1.GatewayService/ListMembers"
 	GatewayService_ListNetworks_FullMethodName        = "/ewgate.v1.GatewayService/ListNetworks"
+	GatewayService_ListCatalog_FullMethodName         = "/ewgate.v1.GatewayService/ListCatalog"
 	GatewayService_RegisterEndpoints_FullMethodName   = "/ewgate.v1.GatewayService/RegisterEndpoints"
 	GatewayService_DeregisterEndpoints_FullMethodName = "/ewgate.v1.GatewayService/DeregisterEndpoints"
 )
@@ -56,6 +57,9 @@ type GatewayServiceClient interface {
 	ListMembers(ctx context.Context, in *ListMembersRequest, opts ...grpc.CallOption) (*ListMembersResponse, error)
 	// ListNetworks lists the networks this gateway knows, sorted by name.
 	ListNetworks(ctx context.Context, in *ListNetworksRequest, opts ...grpc.CallOption) (*ListNetworksResponse, error)
+	// ListCatalog returns what every network offers, as its live gateways
+	// report it through gossip: healthy endpoint counts, never addresses.
+	ListCatalog(ctx context.Context, in *ListCatalogRequest, opts ...grpc.CallOption) (*ListCatalogResponse, error)
 	// RegisterEndpoints replaces the endpoints of a registrar and renews its
 	// lease. A registrar keeps its endpoints by calling it again before the
 	// lease runs out (every lease_seconds/3 is a good rhythm); when the lease
@@ -124,6 +128,16 @@ func (c *gatewayServiceClient) ListNetworks(ctx context.Context, in *ListNetwork
 	return out, nil
 }
 
+func (c *gatewayServiceClient) ListCatalog(ctx context.Context, in *ListCatalogRequest, opts ...grpc.CallOption) (*ListCatalogResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCatalogResponse)
+	err := c.cc.Invoke(ctx, GatewayService_ListCatalog_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *gatewayServiceClient) RegisterEndpoints(ctx context.Context, in *RegisterEndpointsRequest, opts ...grpc.CallOption) (*RegisterEndpointsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RegisterEndpointsResponse)
@@ -167,6 +181,9 @@ type GatewayServiceServer interface {
 	ListMembers(context.Context, *ListMembersRequest) (*ListMembersResponse, error)
 	// ListNetworks lists the networks this gateway knows, sorted by name.
 	ListNetworks(context.Context, *ListNetworksRequest) (*ListNetworksResponse, error)
+	// ListCatalog returns what every network offers, as its live gateways
+	// report it through gossip: healthy endpoint counts, never addresses.
+	ListCatalog(context.Context, *ListCatalogRequest) (*ListCatalogResponse, error)
 	// RegisterEndpoints replaces the endpoints of a registrar and renews its
 	// lease. A registrar keeps its endpoints by calling it again before the
 	// lease runs out (every lease_seconds/3 is a good rhythm); when the lease
@@ -197,6 +214,9 @@ func (UnimplementedGatewayServiceServer) ListMembers(context.Context, *ListMembe
 }
 func (UnimplementedGatewayServiceServer) ListNetworks(context.Context, *ListNetworksRequest) (*ListNetworksResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListNetworks not implemented")
+}
+func (UnimplementedGatewayServiceServer) ListCatalog(context.Context, *ListCatalogRequest) (*ListCatalogResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCatalog not implemented")
 }
 func (UnimplementedGatewayServiceServer) RegisterEndpoints(context.Context, *RegisterEndpointsRequest) (*RegisterEndpointsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RegisterEndpoints not implemented")
@@ -290,6 +310,24 @@ func _GatewayService_ListNetworks_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_ListCatalog_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCatalogRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).ListCatalog(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_ListCatalog_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).ListCatalog(ctx, req.(*ListCatalogRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _GatewayService_RegisterEndpoints_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RegisterEndpointsRequest)
 	if err := dec(in); err != nil {
@@ -344,6 +382,10 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListNetworks",
 			Handler:    _GatewayService_ListNetworks_Handler,
+		},
+		{
+			MethodName: "ListCatalog",
+			Handler:    _GatewayService_ListCatalog_Handler,
 		},
 		{
 			MethodName: "RegisterEndpoints",
