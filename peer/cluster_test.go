@@ -90,7 +90,7 @@ func TestClusterLifecycle(t *testing.T) {
 		if err := a1.Publish(want); err != nil {
 			t.Fatal(err)
 		}
-		if err := want.canonicalize(); err != nil {
+		if err := canonicalize(&want); err != nil {
 			t.Fatal(err)
 		}
 		waitFor(t, "change visible in other networks", func() error {
@@ -318,7 +318,7 @@ func TestRestartSameNameRejoins(t *testing.T) {
 	if err := b1.Publish(want); err != nil {
 		t.Fatal(err)
 	}
-	if err := want.canonicalize(); err != nil {
+	if err := canonicalize(&want); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "new incarnation's summary on a1", func() error {

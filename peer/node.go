@@ -405,13 +405,13 @@ func (n *Node) numNodes() int { return int(n.live.Load()) }
 // host, port 0, duplicate host, port, subset or locality) or one whose
 // encoding exceeds Config.MaxStateBytes.
 func (n *Node) Publish(s Summary) error {
-	s = s.Clone()
+	s = cloneSummary(s)
 	if s.Network == "" {
 		s.Network = n.cfg.Network
 	} else if s.Network != n.cfg.Network {
 		return fmt.Errorf("peer: publish: summary of network %q on a node of network %q", s.Network, n.cfg.Network)
 	}
-	if err := s.canonicalize(); err != nil {
+	if err := canonicalize(&s); err != nil {
 		return fmt.Errorf("peer: publish: %w", err)
 	}
 

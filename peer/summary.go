@@ -4,49 +4,21 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"github.com/ewgate/ewgate/discovery"
 	"slices"
 )
 
-// Summary is what one gateway tells the others about its own network: the
-// healthy endpoint count of every exported service port and subset, per
-// locality. It never holds endpoint addresses.
-//
-// [Node.Publish] stores a summary in canonical form: services sorted by
-// Host, ports by Port, subsets by Name, localities by Locality, with no
-// duplicates; received summaries must be canonical too.
-type Summary struct {
-	// Network is the publishing gateway's network; Publish fills it in
-	// when empty.
-	Network  string
-	Services []ServiceSummary
-}
-
-// ServiceSummary is one service host of a Summary.
-type ServiceSummary struct {
-	Host  string // service FQDN, e.g. reviews.bookinfo.svc.cluster.local
-	Ports []PortSummary
-}
-
-// PortSummary is one service port (not target port) of a service.
-type PortSummary struct {
-	Port    uint16
-	Subsets []SubsetSummary
-}
-
-// SubsetSummary counts the healthy eligible endpoints of one subset.
-type SubsetSummary struct {
-	// Name is the DestinationRule subset; "" stands for all endpoints of
-	// the port.
-	Name    string
-	Healthy []LocalityCount
-}
-
-// LocalityCount is a number of healthy endpoints in one locality
-// (region/zone/subzone, "" if unknown).
-type LocalityCount struct {
-	Locality string
-	Count    uint32
-}
+// The summary types are the catalog's own: a gateway gossips exactly what
+// discovery.Summarize computes, in the canonical order it defines
+// (services by Host, ports by Port, subsets by Name, localities by
+// Locality, no duplicates). Received summaries must be canonical too.
+type (
+	Summary        = discovery.Summary
+	ServiceSummary = discovery.ServiceSummary
+	PortSummary    = discovery.PortSummary
+	SubsetSummary  = discovery.SubsetSummary
+	LocalityCount  = discovery.LocalityCount
+)
 
 // Version orders the summaries one origin node publishes: a receiver keeps
 // the entry with the greatest Version. Comparison is by Epoch, then Seq.
@@ -76,8 +48,8 @@ type NodeSummary struct {
 	Summary Summary
 }
 
-// Clone returns a deep copy of s.
-func (s Summary) Clone() Summary {
+// cloneSummary returns a deep copy of s.
+func cloneSummary(s Summary) Summary {
 	c := Summary{Network: s.Network, Services: make([]ServiceSummary, len(s.Services))}
 	for i, svc := range s.Services {
 		ports := make([]PortSummary, len(svc.Ports))
@@ -95,7 +67,7 @@ func (s Summary) Clone() Summary {
 
 // canonicalize sorts s in place into canonical order and reports the
 // first problem: an empty host, port 0 or a duplicate key.
-func (s *Summary) canonicalize() error {
+func canonicalize(s *Summary) error {
 	slices.SortFunc(s.Services, func(a, b ServiceSummary) int { return cmp.Compare(a.Host, b.Host) })
 	for i := range s.Services {
 		svc := &s.Services[i]
@@ -108,12 +80,12 @@ func (s *Summary) canonicalize() error {
 			}
 		}
 	}
-	return s.checkCanonical()
+	return checkCanonical(s)
 }
 
 // checkCanonical reports whether s is sorted without duplicates and
 // without empty hosts or zero ports.
-func (s *Summary) checkCanonical() error {
+func checkCanonical(s *Summary) error {
 	for i, svc := range s.Services {
 		if svc.Host == "" {
 			return errors.New("service with empty host")

@@ -144,7 +144,7 @@ func decodeEntry(b []byte) (*entry, error) {
 	if s.Network == "" {
 		return nil, fmt.Errorf("entry from %q: no network: %w", e.origin, errMalformed)
 	}
-	if err := s.checkCanonical(); err != nil {
+	if err := checkCanonical(s); err != nil {
 		return nil, fmt.Errorf("entry from %q: %v: %w", e.origin, err, errMalformed)
 	}
 	e.wire = b

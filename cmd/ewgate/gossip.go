@@ -87,7 +87,7 @@ func (g *gossip) run(ctx context.Context, keyFile string) {
 		if v == nil {
 			return
 		}
-		if err := g.node.Publish(toPeerSummary(discovery.Summarize(v, g.cs.gw.Healthy))); err != nil {
+		if err := g.node.Publish(discovery.Summarize(v, g.cs.gw.Healthy)); err != nil {
 			g.log.Error("gossip: summary not published", "err", err)
 		}
 	}
@@ -145,7 +145,7 @@ func (g *gossip) remoteGateways() []discovery.RemoteGateway {
 			Node:            ns.Node,
 			Network:         ns.Meta.Network,
 			PassthroughAddr: ns.Meta.PassthroughAddr,
-			Summary:         fromPeerSummary(ns.Summary),
+			Summary:         ns.Summary,
 		})
 	}
 	return out
@@ -258,46 +258,4 @@ func splitHostPort(s string) (string, int, error) {
 		return "", 0, fmt.Errorf("port %q: want 0-65535", p)
 	}
 	return host, port, nil
-}
-
-// toPeerSummary and fromPeerSummary copy between the catalog's summary and
-// the gossip wire's, which have the same shape.
-func toPeerSummary(s discovery.Summary) peer.Summary {
-	out := peer.Summary{Network: s.Network}
-	for _, svc := range s.Services {
-		ps := peer.ServiceSummary{Host: svc.Host}
-		for _, p := range svc.Ports {
-			pp := peer.PortSummary{Port: p.Port}
-			for _, sub := range p.Subsets {
-				sp := peer.SubsetSummary{Name: sub.Name}
-				for _, lc := range sub.Healthy {
-					sp.Healthy = append(sp.Healthy, peer.LocalityCount{Locality: lc.Locality, Count: lc.Count})
-				}
-				pp.Subsets = append(pp.Subsets, sp)
-			}
-			ps.Ports = append(ps.Ports, pp)
-		}
-		out.Services = append(out.Services, ps)
-	}
-	return out
-}
-
-func fromPeerSummary(s peer.Summary) discovery.Summary {
-	out := discovery.Summary{Network: s.Network}
-	for _, svc := range s.Services {
-		ds := discovery.ServiceSummary{Host: svc.Host}
-		for _, p := range svc.Ports {
-			dp := discovery.PortSummary{Port: p.Port}
-			for _, sub := range p.Subsets {
-				dsub := discovery.SubsetSummary{Name: sub.Name}
-				for _, lc := range sub.Healthy {
-					dsub.Healthy = append(dsub.Healthy, discovery.LocalityCount{Locality: lc.Locality, Count: lc.Count})
-				}
-				dp.Subsets = append(dp.Subsets, dsub)
-			}
-			ds.Ports = append(ds.Ports, dp)
-		}
-		out.Services = append(out.Services, ds)
-	}
-	return out
 }
