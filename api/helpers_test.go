@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -45,26 +44,6 @@ func receive[T any](t *testing.T, what string, c <-chan T) T {
 		t.Fatalf("timed out waiting for %s", what)
 		panic("unreachable")
 	}
-}
-
-// checkGoroutines fails the test if goroutines started during it are still
-// running once its cleanups have run. Call it first so that its cleanup
-// runs last. Tests using it must not run in parallel.
-func checkGoroutines(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(waitTimeout)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Errorf("goroutine leak: %d goroutines, %d before the test\n%s", runtime.NumGoroutine(), before, buf)
-				return
-			}
-			time.Sleep(2 * time.Millisecond) // poll interval
-		}
-	})
 }
 
 // fakeResolver is a Resolver test double: a table of answers the test

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 	"strings"
 	"testing"
 	"time"
@@ -47,7 +48,7 @@ func registrars(eps []RegisteredEndpoint) []string {
 }
 
 func TestRegisterRenewExpireDeregister(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	clock := newFakeClock()
 	leases := NewLeases(LeaseConfig{Clock: clock})
 	runLeases(t, leases)
@@ -144,7 +145,7 @@ func TestLeaseExpiresWithoutSweep(t *testing.T) {
 }
 
 func TestRegisterLimits(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	leases := NewLeases(LeaseConfig{Clock: newFakeClock(), MaxRegistrars: 1, MaxEndpoints: 2})
 	s := serveUnix(t, ServerConfig{Registry: leases})
 	c := dial(t, s.target)
@@ -173,7 +174,7 @@ func TestRegisterLimits(t *testing.T) {
 }
 
 func TestRegisterValidation(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	leases := NewLeases(LeaseConfig{Clock: newFakeClock()})
 	s := serveUnix(t, ServerConfig{Registry: leases})
 	c := dial(t, s.target)

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 	"net"
 	"os"
 	"path/filepath"
@@ -47,7 +48,7 @@ func wantProto(t *testing.T, got, want proto.Message) {
 }
 
 func TestResolve(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	res := newFakeResolver()
 	res.set(reviews, reviewsTargets...)
 	s := serveUnix(t, ServerConfig{Resolver: res, Network: "net-a"})
@@ -102,7 +103,7 @@ func TestResolve(t *testing.T) {
 }
 
 func TestResolveNeedsNetwork(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	s := serveUnix(t, ServerConfig{Resolver: newFakeResolver()}) // no Network
 	c := dial(t, s.target)
 	_, err := c.Resolve(context.Background(), &ewgatev1.ResolveRequest{Target: &ewgatev1.ResolveRequest_Sni{Sni: reviews.SNI()}})
@@ -110,7 +111,7 @@ func TestResolveNeedsNetwork(t *testing.T) {
 }
 
 func TestResolverErrorIsInternal(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	res := newFakeResolver()
 	res.err = fmt.Errorf("catalog: %w", os.ErrClosed)
 	s := serveUnix(t, ServerConfig{Resolver: res, Network: "net-a"})
@@ -120,7 +121,7 @@ func TestResolverErrorIsInternal(t *testing.T) {
 }
 
 func TestUnconfiguredRPCsAreUnimplemented(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	s := serveUnix(t, ServerConfig{})
 	c := dial(t, s.target)
 	ctx := context.Background()
@@ -133,7 +134,7 @@ func TestUnconfiguredRPCsAreUnimplemented(t *testing.T) {
 }
 
 func TestListMembersAndNetworks(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	m := &fakeMembership{
 		members: []Member{
 			{Name: "gw-b1", Network: "net-b", PassthroughAddress: "192.0.2.10:15443", TunnelAddress: "192.0.2.10:15008",
@@ -183,7 +184,7 @@ func TestListMembersAndNetworks(t *testing.T) {
 }
 
 func TestHealthAndReflection(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	s := serveUnix(t, ServerConfig{})
 	conn, err := grpc.NewClient(s.target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -235,7 +236,7 @@ func TestHealthAndReflection(t *testing.T) {
 }
 
 func TestServeUnixReplacesStaleSocket(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	path := filepath.Join(t.TempDir(), "api.sock")
 	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
@@ -279,7 +280,7 @@ func (l stubListener) Addr() net.Addr { return l.addr }
 func (l stubListener) Close() error   { return nil }
 
 func TestPlaintextOnlyLocal(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	srv := NewServer(ServerConfig{})
 	for _, addr := range []net.Addr{
 		&net.TCPAddr{IP: net.IPv4zero, Port: 9090},
@@ -299,7 +300,7 @@ func TestPlaintextOnlyLocal(t *testing.T) {
 }
 
 func TestServeLoopbackTCP(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	res := newFakeResolver()
 	res.set(reviews, reviewsTargets...)
 	srv := NewServer(ServerConfig{Resolver: res, Network: "net-a"})

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 	"net"
 	"testing"
 
@@ -34,7 +35,7 @@ func newSource(t *testing.T, ca *identity.DevCA, id string) *identity.MemorySour
 // TestServeTLS serves the API with SPIFFE mTLS on loopback: a caller of
 // the gateway's trust domain gets in, one of another trust domain does not.
 func TestServeTLS(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	mesh := newCA(t, "ewgate.test")
 	serverAuthz, err := identity.NewAuthorizer(identity.Policy{}, nil) // own trust domain only
 	if err != nil {

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 	"net"
 	"testing"
 	"time"
@@ -45,7 +46,7 @@ func gatewayTarget(version int) discovery.ResolvedTarget {
 }
 
 func TestWatchResolveSendsUpdates(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	res := newFakeResolver()
 	s := serveUnix(t, ServerConfig{Resolver: res})
 	c := dial(t, s.target)
@@ -83,7 +84,7 @@ func TestWatchResolveSendsUpdates(t *testing.T) {
 }
 
 func TestWatchResolveRejectsBadQuery(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	s := serveUnix(t, ServerConfig{Resolver: newFakeResolver(), Network: "net-a"})
 	c := dial(t, s.target)
 	stream, err := c.WatchResolve(context.Background(), &ewgatev1.WatchResolveRequest{
@@ -103,7 +104,7 @@ func TestWatchResolveRejectsBadQuery(t *testing.T) {
 // 100 times: when it reads again, it gets a few answers the transport had
 // buffered and then the latest, not 100.
 func TestWatchResolveCoalesces(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	res := newFakeResolver()
 	s := serveUnix(t, ServerConfig{Resolver: res})
 
@@ -158,7 +159,7 @@ func TestWatchResolveCoalesces(t *testing.T) {
 }
 
 func TestWatchResolveEndsOnClientCancel(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	res := newFakeResolver()
 	res.set(reviews, reviewsTargets...)
 	s := serveUnix(t, ServerConfig{Resolver: res})
@@ -185,7 +186,7 @@ func TestWatchResolveEndsOnClientCancel(t *testing.T) {
 }
 
 func TestWatchResolveEndsOnServerStop(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	res := newFakeResolver()
 	res.set(reviews, reviewsTargets...)
 	// A drain timeout longer than the test: watches must end by
@@ -213,7 +214,7 @@ func TestWatchResolveEndsOnServerStop(t *testing.T) {
 }
 
 func TestWatchResolveLimit(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	res := newFakeResolver()
 	res.set(reviews, reviewsTargets...)
 	s := serveUnix(t, ServerConfig{Resolver: res, MaxWatchers: 1})

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 	"io"
 	"net"
 	"runtime"
@@ -145,7 +146,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	fds0 := openFDs()
+	fds0 := leakcheck.OpenFDs()
 	clients := make([]net.Conn, 0, b.N)
 	defer func() {
 		for _, c := range clients {
@@ -177,7 +178,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	n := float64(b.N)
-	b.ReportMetric(float64(openFDs()-fds0)/n-2, "gateway-fds/conn")
+	b.ReportMetric(float64(leakcheck.OpenFDs()-fds0)/n-2, "gateway-fds/conn")
 	b.ReportMetric(float64(after.StackInuse-before.StackInuse)/n, "stack-B/conn")
 	b.ReportMetric(float64(after.HeapInuse-before.HeapInuse)/n, "heap-B/conn")
 }

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 	"io"
 	"net"
 	"strings"
@@ -446,7 +447,7 @@ func TestConnectionLimit(t *testing.T) {
 // A drain that times out must cut every flow, including one whose client
 // half-closed while its endpoint stays silent: nothing would wake it.
 func TestDrainTimeoutCutsHalfClosedFlows(t *testing.T) {
-	checkLeaks(t)
+	leakcheck.Check(t)
 	hello := recordHello(t, echoSNI)
 	be := newRawBackend(t, len(hello), nil)
 	gw, addr := benchGateway(t, be.ln.Addr().String())

@@ -2,9 +2,9 @@ package gateway
 
 import (
 	"context"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 	"log/slog"
 	"net"
-	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -28,7 +28,7 @@ type mesh struct {
 
 func newMesh(t *testing.T) *mesh {
 	t.Helper()
-	checkLeaks(t)
+	leakcheck.Check(t)
 	ca, err := identity.NewDevCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
 	if err != nil {
 		t.Fatal(err)
@@ -131,40 +131,6 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// checkLeaks fails the test if goroutines or file descriptors opened during
-// it are still there (after polling) when it ends.
-func checkLeaks(t *testing.T) {
-	g0, f0 := runtime.NumGoroutine(), openFDs()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			// Go pools splice pipes in a sync.Pool and closes them from a
-			// finalizer: collect twice so pooled pipes do not count.
-			runtime.GC()
-			runtime.GC()
-			g, f := runtime.NumGoroutine(), openFDs()
-			if g <= g0 && f <= f0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Errorf("leak: goroutines %d -> %d, fds %d -> %d\n%s", g0, g, f0, f, buf)
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-}
-
-func openFDs() int {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return 0
-	}
-	return len(ents)
 }
 
 // echoYAML is workload.IstioConfig for network net-a: backends named v1

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 	"net/url"
 	"strings"
 	"testing"
@@ -59,7 +60,7 @@ func mustURL(t *testing.T, s string) *url.URL {
 // to a server over real TLS and checks what the server accepts, the error
 // of each rejection, the counters and the log.
 func TestServerAuthorization(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	local := mustCA(t, "cluster.local")
 	remote := mustCA(t, "remote.example")
 	evil := mustCA(t, "evil.example")
@@ -237,7 +238,7 @@ func TestServerAuthorization(t *testing.T) {
 // TestClientAuthorization checks that the dialing end verifies and
 // authorizes the server.
 func TestClientAuthorization(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	local := mustCA(t, "cluster.local")
 	evil := mustCA(t, "evil.example")
 	client := mustSource(t, local, peerID, IssueOptions{})
@@ -290,7 +291,7 @@ func TestClientAuthorization(t *testing.T) {
 // from the same source, only peers of the new one do, and a connection
 // established before keeps working.
 func TestRootRotation(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	oldCA := mustCA(t, "cluster.local")
 	newCA := mustCA(t, "cluster.local")
 

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"crypto/x509"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -103,7 +104,7 @@ func TestDevCAIssueErrors(t *testing.T) {
 // TestDevCAFiles writes a CA and an SVID to files, checks them with the real
 // openssl and with a crypto/tls mTLS handshake through a FileSource.
 func TestDevCAFiles(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	caDir, svidDir := filepath.Join(t.TempDir(), "ca"), filepath.Join(t.TempDir(), "svid")
 	if err := mustCA(t, "cluster.local").WriteFiles(caDir); err != nil {
 		t.Fatal(err)

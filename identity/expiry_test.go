@@ -3,6 +3,7 @@ package identity
 import (
 	"context"
 	"errors"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 	"testing"
 	"time"
 )
@@ -62,7 +63,7 @@ func TestExpiryWarner(t *testing.T) {
 // TestWatchExpiry runs the watcher on a nearly expired SVID until its
 // context is cancelled.
 func TestWatchExpiry(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	ca := mustCA(t, "cluster.local")
 	src := mustSource(t, ca, gatewayID, IssueOptions{NotBefore: time.Now().Add(-50 * time.Minute), TTL: time.Hour})
 	expiry, err := Expiry(src)

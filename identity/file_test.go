@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -112,7 +113,7 @@ func TestFileSourceReload(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkGoroutines(t)
+			leakcheck.Check(t)
 			w := tt.writer(t.TempDir())
 			bundlePEM := encodeCertificatesPEM([]*x509.Certificate{ca.Certificate()})
 			issue := func() *x509svid.SVID {
@@ -212,7 +213,7 @@ func TestFileSourceReload(t *testing.T) {
 }
 
 func TestNewFileSourceErrors(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	dir := t.TempDir()
 	ca := mustCA(t, "cluster.local")
 	svid, err := ca.Issue(mustID(t, gatewayID), IssueOptions{})

@@ -36,26 +36,6 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// checkGoroutines fails the test if goroutines started during it are still
-// running once its cleanups have run. Call it first so that its cleanup
-// runs last. Tests using it must not run in parallel.
-func checkGoroutines(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(waitTimeout)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Errorf("goroutine leak: %d goroutines, %d before the test\n%s", runtime.NumGoroutine(), before, buf)
-				return
-			}
-			time.Sleep(2 * time.Millisecond) // poll interval
-		}
-	})
-}
-
 // logRecorder is a slog.Handler that keeps every record's message and
 // attributes as one line, for assertions.
 type logRecorder struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 	"net"
 	"path/filepath"
 	"strings"
@@ -119,7 +120,7 @@ func (a *fakeAgent) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.Serve
 // Workload API server, pushes a rotated SVID, and shows the next handshake
 // uses it while a connection opened before keeps working.
 func TestWorkloadAPISourceRotation(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	local := mustCA(t, "cluster.local")
 	remote := mustCA(t, "remote.example")
 	agent, path := startAgent(t)
@@ -185,7 +186,7 @@ func TestWorkloadAPISourceRotation(t *testing.T) {
 
 // TestWorkloadAPISourceAddress checks the accepted address forms.
 func TestWorkloadAPISourceAddress(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	ca := mustCA(t, "cluster.local")
 	agent, path := startAgent(t)
 	svid, err := ca.Issue(mustID(t, gatewayID), IssueOptions{})
@@ -225,7 +226,7 @@ func TestWorkloadAPISourceAddress(t *testing.T) {
 // TestWorkloadAPISourceStartErrors checks the errors when nothing answers
 // or no address is configured.
 func TestWorkloadAPISourceStartErrors(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	missing := filepath.Join(t.TempDir(), "nothing.sock")
 	tests := []struct {
 		name     string
@@ -271,7 +272,7 @@ func TestWorkloadAPISourceStartErrors(t *testing.T) {
 // TestFakeAgentRequiresSecurityHeader shows that the test server enforces
 // the Workload API's security header like SPIRE does.
 func TestFakeAgentRequiresSecurityHeader(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	_, path := startAgent(t)
 	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 	"reflect"
 	"slices"
 	"strings"
@@ -48,7 +49,7 @@ func waitConverged(t *testing.T, nodes []*Node, want int) {
 }
 
 func TestClusterLifecycle(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	names := []string{"a1", "a2", "b1", "b2", "c1", "c2"}
 	nodes := cluster(t, names...)
 	byName := make(map[string]*Node)
@@ -165,7 +166,7 @@ func TestIntruderCannotJoin(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkGoroutines(t)
+			leakcheck.Check(t)
 			nodes := cluster(t, "a1", "b1")
 			cfg := testConfig("x1", "x")
 			cfg.Join = []string{nodes[0].Addr().String(), nodes[1].Addr().String()}
@@ -217,7 +218,7 @@ func TestStartRejectsBadConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			checkGoroutines(t)
+			leakcheck.Check(t)
 			cfg := testConfig("n1", "a")
 			tt.modify(&cfg)
 			ctx := tt.ctx
@@ -254,7 +255,7 @@ func bigSummary(network string, n int) Summary {
 }
 
 func TestLargeCatalogSyncs(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	nodes := cluster(t, "a1", "b1")
 	const services = 10_000
 	want := bigSummary("a", services)
@@ -286,7 +287,7 @@ func TestLargeCatalogSyncs(t *testing.T) {
 }
 
 func TestRestartSameNameRejoins(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	nodes := cluster(t, "a1", "b1")
 	a1, b1 := nodes[0], nodes[1]
 	if err := b1.Publish(summaryOf("b", 1, "old.ns.svc.cluster.local")); err != nil {
@@ -336,7 +337,7 @@ func TestRestartSameNameRejoins(t *testing.T) {
 }
 
 func TestKeyRotationKeepsCluster(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	nodes := cluster(t, "a1", "b1", "c1")
 	oldKey, newKey := testKey(1), testKey(2)
 	for _, round := range [][][]byte{{oldKey, newKey}, {newKey, oldKey}, {newKey}} {

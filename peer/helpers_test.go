@@ -7,7 +7,6 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 )
@@ -87,29 +86,6 @@ func waitWithin(t testing.TB, timeout time.Duration, what string, cond func() er
 		}
 		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
 	}
-}
-
-// checkGoroutines fails the test if, after every later cleanup (node
-// shutdowns) ran, the goroutine count does not come back to what it was.
-// Call it first in a test.
-func checkGoroutines(t *testing.T) {
-	t.Helper()
-	base := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(waitTimeout)
-		for {
-			n := runtime.NumGoroutine()
-			if n <= base {
-				return
-			}
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Fatalf("goroutines: %d after shutdown, %d before\n%s", n, base, buf)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
 }
 
 // summaryOf returns a small summary with one service per name.

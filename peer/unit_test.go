@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -103,7 +104,7 @@ func testNode(t *testing.T, modify func(*Config)) *Node {
 }
 
 func TestDelegateRejectsGarbage(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	n := testNode(t, func(c *Config) { c.MaxStateBytes = 4096 })
 	d := (*delegate)(n)
 	valid := encodeEntry("peer", Version{1, 1}, &Summary{Network: "b"})
@@ -188,7 +189,7 @@ func TestDelegateRejectsGarbage(t *testing.T) {
 }
 
 func TestPublish(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	n := testNode(t, nil)
 	d := (*delegate)(n)
 	version := func() Version { s, _ := summaryFrom(n, "self"); return s.Version }
@@ -247,7 +248,7 @@ func TestPublish(t *testing.T) {
 }
 
 func TestSetKeysOnPlaintextNode(t *testing.T) {
-	checkGoroutines(t)
+	leakcheck.Check(t)
 	n := testNode(t, func(c *Config) { c.Keys, c.Insecure = nil, true })
 	if err := n.SetKeys([][]byte{testKey(1)}); err == nil {
 		t.Error("SetKeys turned encryption on")
