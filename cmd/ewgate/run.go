@@ -108,11 +108,15 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	abort := func(err error) (*node, error) {
 		cancel()
 		gw.Shutdown(ctx)
-		if n.id != nil {
-			n.id.Close()
+		if n.admin != nil {
+			n.admin.Close()
 		}
+		n.wg.Wait()
 		if n.gossip != nil {
 			n.gossip.node.Shutdown()
+		}
+		if n.id != nil {
+			n.id.Close()
 		}
 		return nil, err
 	}

@@ -440,3 +440,15 @@ func TestRunAPIOverMTLS(t *testing.T) {
 		t.Fatalf("a caller signed by another CA got an answer:\n%s", out)
 	}
 }
+
+func TestRunAPIAddressNeedsIdentity(t *testing.T) {
+	w := newWorld(t, "v1")
+	w.writeConfig("v1")
+	out, err := runEwgate(t, "run", "-f", w.dir, "--network", "network-a", "--node-labels", "istio=eastwestgateway",
+		"--bind-address", "127.0.0.1", "--admin-address", w.admin, "--api-address", "127.0.0.1:0")
+	if err == nil || !strings.Contains(out, "--api-address needs this node's SPIFFE identity") {
+		t.Fatalf("err=%v, output:\n%s", err, out)
+	}
+	// The failed start released its ports: a new gateway can take them.
+	w.run()
+}
