@@ -1,0 +1,26 @@
+// Package tunnel carries TCP connections between gateways of different
+// networks over QUIC, authenticated both ways with SPIFFE mTLS.
+//
+// Each gateway runs one [Endpoint]: one UDP socket (one quic.Transport)
+// that accepts tunnel links from peer gateways and dials links to them,
+// with ALPN [ALPN]. There is one QUIC connection per peer address, shared
+// by every forwarded connection to that peer; each forwarded TCP connection
+// is one bidirectional QUIC stream, a [Stream], which behaves like a
+// net.Conn with TCP half-close and resets.
+//
+// Every stream starts with a [Header] naming the routing key the client
+// asked for. The accepting Endpoint reads it and passes it, with the
+// stream, to its [Handler]; the stream's PeerID is the dialing gateway's
+// verified SPIFFE ID.
+//
+// A link is authorized twice on the accepting side: the peer's certificate
+// by an identity.Authorizer during the TLS handshake, then its SPIFFE ID by
+// the optional [Config.Allow] hook (the gateway checks for a live gossip
+// member). Because a TLS 1.3 client finishes its handshake before the server
+// has checked the client's certificate, the accepting side sends a one-byte
+// ready signal on a unidirectional stream once it has accepted the peer,
+// and the dialing side waits for it before it uses a new link. A refused
+// gateway therefore gets a clear error wrapping [ErrRejected] from its
+// first [Endpoint.Dial] rather than a stream that fails later. This costs
+// one extra half round trip per link, none per stream.
+package tunnel

@@ -1,0 +1,129 @@
+package tunnel
+
+import (
+	"maps"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// Handshake failure reasons counted in [PeerStats.HandshakeFailures] and
+// [Stats.InboundRejections]. Values from identity.Reason (for example
+// "untrusted", "not_allowed") are used as they are for certificate
+// rejections decided by this gateway's Authorizer.
+const (
+	// ReasonRejectedByPeer: the peer refused our certificate.
+	ReasonRejectedByPeer = "rejected_by_peer"
+	// ReasonNotMember: the accepting gateway's Allow hook refused the ID.
+	ReasonNotMember = "not_member"
+	// ReasonTimeout: the handshake did not finish in time.
+	ReasonTimeout = "timeout"
+	// ReasonOther: any other failure (address, network, protocol).
+	ReasonOther = "other"
+)
+
+// Direction says which side opened a link.
+type Direction string
+
+// Link directions.
+const (
+	Outbound Direction = "outbound" // this gateway dialed
+	Inbound  Direction = "inbound"  // the peer dialed
+)
+
+// PeerStats is a snapshot of one peer link's counters. Counters are
+// cumulative over the links to that peer; RTT and Connected describe the
+// current link.
+type PeerStats struct {
+	// Direction says who dialed.
+	Direction Direction
+	// Addr is the peer's tunnel address: as dialed for outbound peers, as
+	// seen for inbound ones.
+	Addr string
+	// PeerID is the peer's SPIFFE ID once a handshake succeeded.
+	PeerID string
+	// Connected reports whether a QUIC connection is currently up.
+	Connected bool
+	// StreamsOpen is the number of streams open now.
+	StreamsOpen int64
+	// StreamsTotal counts streams ever opened.
+	StreamsTotal uint64
+	// BytesSent and BytesReceived count stream payload bytes.
+	BytesSent, BytesReceived uint64
+	// HandshakeFailures counts failed outbound connection attempts by
+	// reason (Reason* constants or identity.Reason values).
+	HandshakeFailures map[string]uint64
+	// Dials counts successful outbound connections (1 + redials).
+	Dials uint64
+	// RTT is the smoothed round-trip time of the current connection, or 0.
+	RTT time.Duration
+}
+
+// Stats is a snapshot of an [Endpoint]'s counters.
+type Stats struct {
+	// Peers lists outbound peers ever dialed and inbound peers currently
+	// connected, in no particular order.
+	Peers []PeerStats
+	// InboundRejections counts refused inbound handshakes by reason.
+	InboundRejections map[string]uint64
+}
+
+// peerStats holds one peer's live counters.
+type peerStats struct {
+	dir  Direction
+	addr string
+
+	streamsOpen   atomic.Int64
+	streamsTotal  atomic.Uint64
+	bytesSent     atomic.Uint64
+	bytesReceived atomic.Uint64
+
+	mu       sync.Mutex
+	peerID   string
+	dials    uint64
+	failures map[string]uint64
+	conn     *quic.Conn // current connection, nil before the first
+}
+
+func (p *peerStats) failed(reason string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.failures == nil {
+		p.failures = make(map[string]uint64)
+	}
+	p.failures[reason]++
+}
+
+func (p *peerStats) connected(peerID string, conn *quic.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.peerID = peerID
+	p.dials++
+	p.conn = conn
+}
+
+func (p *peerStats) snapshot() PeerStats {
+	s := PeerStats{
+		Direction:     p.dir,
+		Addr:          p.addr,
+		StreamsOpen:   p.streamsOpen.Load(),
+		StreamsTotal:  p.streamsTotal.Load(),
+		BytesSent:     p.bytesSent.Load(),
+		BytesReceived: p.bytesReceived.Load(),
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s.PeerID = p.peerID
+	s.Dials = p.dials
+	s.HandshakeFailures = maps.Clone(p.failures)
+	if s.HandshakeFailures == nil {
+		s.HandshakeFailures = map[string]uint64{}
+	}
+	if p.conn != nil && p.conn.Context().Err() == nil {
+		s.Connected = true
+		s.RTT = p.conn.ConnectionStats().SmoothedRTT
+	}
+	return s
+}
