@@ -21,15 +21,18 @@ import (
 	"github.com/ewgate/ewgate/sni"
 )
 
-// IstioALPN lists the ALPN protocols Istio's AUTO_PASSTHROUGH requires one of
-// (its rule since CVE-2021-31921).
-var IstioALPN = []string{"istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2"}
+// IstioALPN returns the ALPN protocols Istio's AUTO_PASSTHROUGH requires
+// one of (its rule since CVE-2021-31921), in a new slice.
+func IstioALPN() []string {
+	return []string{"istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2"}
+}
 
 // Config configures a Gateway. Zero fields take the documented defaults.
 type Config struct {
 	// BindAddress is the IP the listeners bind; default all addresses.
 	BindAddress string
-	// ALPN lists the protocols a client must offer one of; default IstioALPN.
+	// ALPN lists the protocols a client must offer one of; default
+	// IstioALPN().
 	ALPN []string
 	// AnyALPN turns the ALPN check off.
 	AnyALPN bool
@@ -58,7 +61,7 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	if c.ALPN == nil {
-		c.ALPN = IstioALPN
+		c.ALPN = IstioALPN()
 	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 5 * time.Second
