@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"github.com/ewgate/ewgate/internal/leakcheck"
+	"github.com/ewgate/ewgate/workload"
 	"io"
 	"net"
 	"strings"
@@ -162,8 +163,8 @@ func TestHelloSplitAcrossSegmentsAndRecords(t *testing.T) {
 		name string
 		wrap func(net.Conn) net.Conn
 	}{
-		{"1-byte TCP writes", func(c net.Conn) net.Conn { return &trickleConn{Conn: c, n: 1} }},
-		{"7-byte TLS records", func(c net.Conn) net.Conn { return &refragConn{Conn: c, size: 7} }},
+		{"1-byte TCP writes", workload.Trickle(1)},
+		{"7-byte TLS records", workload.Refragment(7)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -177,54 +178,6 @@ func TestHelloSplitAcrossSegmentsAndRecords(t *testing.T) {
 			}
 		})
 	}
-}
-
-// trickleConn writes its first message n bytes per TCP segment.
-type trickleConn struct {
-	net.Conn
-	n    int
-	done bool
-}
-
-func (c *trickleConn) Write(p []byte) (int, error) {
-	if c.done {
-		return c.Conn.Write(p)
-	}
-	c.done = true
-	for i := 0; i < len(p); i += c.n {
-		if _, err := c.Conn.Write(p[i:min(i+c.n, len(p))]); err != nil {
-			return i, err
-		}
-	}
-	return len(p), nil
-}
-
-// refragConn rewrites the first TLS record it writes (the ClientHello) into
-// records carrying size bytes of the handshake message each.
-type refragConn struct {
-	net.Conn
-	size int
-	done bool
-}
-
-func (c *refragConn) Write(p []byte) (int, error) {
-	if c.done || len(p) < 5 || p[0] != 22 {
-		return c.Conn.Write(p)
-	}
-	c.done = true
-	n := int(p[3])<<8 | int(p[4])
-	msg, rest := p[5:5+n], p[5+n:]
-	var out []byte
-	for i := 0; i < len(msg); i += c.size {
-		frag := msg[i:min(i+c.size, len(msg))]
-		out = append(out, 22, p[1], p[2], byte(len(frag)>>8), byte(len(frag)))
-		out = append(out, frag...)
-	}
-	out = append(out, rest...)
-	if _, err := c.Conn.Write(out); err != nil {
-		return 0, err
-	}
-	return len(p), nil
 }
 
 func TestBadClients(t *testing.T) {

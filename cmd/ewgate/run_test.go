@@ -452,3 +452,55 @@ func TestRunAPIAddressNeedsIdentity(t *testing.T) {
 	// The failed start released its ports: a new gateway can take them.
 	w.run()
 }
+
+// Hellos split into 1-byte TCP segments and into many TLS records, and
+// clients that stall or send garbage, against the real process.
+func TestRunAwkwardClients(t *testing.T) {
+	w := newWorld(t, "v1")
+	w.writeConfig("v1")
+	w.run("--hello-timeout", "300ms")
+	for name, wrap := range map[string]func(net.Conn) net.Conn{
+		"1-byte TCP segments": workload.Trickle(1),
+		"7-byte TLS records":  workload.Refragment(7),
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			cl := workload.Client{Source: w.source("sleep"), Wrap: wrap}
+			c, err := cl.Dial(ctx, w.gwAddr(), sni.Key{Host: workload.EchoHost, Port: workload.EchoPort})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.Exchange(1 << 20); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	for _, tt := range []struct {
+		name, reason string
+		send         []byte
+	}{
+		{"slowloris", "hello_timeout", []byte{22, 3, 1, 2, 0, 1}},
+		{"garbage", "hello_not_tls", []byte("\x00garbage")},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			series := `ewgate_connections_rejected_total{reason="` + tt.reason + `"}`
+			before := metric(t, w.admin, series)
+			c, err := net.Dial("tcp", w.gwAddr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write(tt.send)
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Read(make([]byte, 1)); err == nil {
+				t.Fatal("the gateway answered instead of closing")
+			}
+			eventually(t, 5*time.Second, series, func() bool { return metric(t, w.admin, series) == before+1 })
+		})
+	}
+	if n := w.echoes["v1"].Accepted(); n != 2 {
+		t.Errorf("backend accepted %d connections, want only the 2 good ones", n)
+	}
+}
