@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -63,9 +64,21 @@ func (g *Gateway) handle(port uint32, f *flow) {
 		g.refuse(c, rejectPeekPrefix+sni.Reason(err), 0, "err", err)
 		return
 	}
-	up, u := g.route(port, c, hello)
+	up, u, remote := g.route(port, c, hello)
 	if cap(hello.Raw) <= maxPooledHelloSize {
 		*bp = hello.Raw[:cap(hello.Raw)]
+	}
+	if remote != nil {
+		_, err := remote.Write(hello.Raw)
+		g.bufs.Put(bp)
+		if err != nil {
+			g.refuse(c, RejectUnavailable, alertInternalError, "via", "tunnel", "err", err)
+			remote.Close()
+			return
+		}
+		g.m.Forwarded.Inc()
+		relay(c, remote, g.m)
+		return
 	}
 	if up == nil {
 		g.bufs.Put(bp)
@@ -102,41 +115,64 @@ func (g *Gateway) release(f *flow) {
 	g.wg.Done()
 }
 
-// route resolves the hello to an endpoint and connects to it. On failure it
-// refuses the client itself and returns nil.
-func (g *Gateway) route(port uint32, c *net.TCPConn, hello sni.Hello) (*net.TCPConn, *upstream) {
+// route resolves the hello to an endpoint of this network and connects to
+// it, or, when this network has no eligible endpoint and a RemoteDialer is
+// configured, opens a link through another network's gateway (remote is
+// then set). On failure it refuses the client itself and returns nils.
+func (g *Gateway) route(port uint32, c *net.TCPConn, hello sni.Hello) (up *net.TCPConn, u *upstream, remote HalfConn) {
 	if !g.cfg.AnyALPN && !slices.ContainsFunc(hello.ALPN, func(p string) bool { return slices.Contains(g.cfg.ALPN, p) }) {
 		g.refuse(c, RejectALPN, alertNoALPN, "sni", hello.ServerName, "alpn", hello.ALPN)
-		return nil, nil
+		return nil, nil, nil
 	}
 	if hello.ServerName == "" {
 		g.refuse(c, RejectNoSNI, alertUnrecognizedName)
-		return nil, nil
+		return nil, nil, nil
 	}
 	key, err := sni.ParseName(hello.ServerName)
 	if err != nil {
 		g.refuse(c, RejectBadSNI, alertUnrecognizedName, "sni", hello.ServerName, "err", err)
-		return nil, nil
+		return nil, nil, nil
 	}
 	t := g.table.Load()
 	li, ok := t.listener[port]
 	if !ok {
 		// The port left the config while this connection was peeking.
 		g.refuse(c, RejectNoListener, alertUnrecognizedName, "sni", hello.ServerName)
-		return nil, nil
+		return nil, nil, nil
 	}
 	r, err := t.view.Route(li, key)
 	if err != nil {
 		var re *discovery.RouteError
 		errors.As(err, &re)
 		g.refuse(c, string(re.Reason), alertUnrecognizedName, "sni", hello.ServerName)
-		return nil, nil
+		return nil, nil, nil
 	}
 	cl := t.clusters[r]
 	if len(cl.members) == 0 {
+		if rd := g.remote.Load(); rd != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), g.cfg.DialTimeout)
+			defer cancel()
+			remote, err := rd.DialRemote(ctx, key, c.RemoteAddr())
+			if err == nil {
+				return nil, nil, remote
+			}
+			g.m.ConnectErrors.Inc()
+			g.refuse(c, RejectUnavailable, alertInternalError, "sni", hello.ServerName, "via", "tunnel", "err", err)
+			return nil, nil, nil
+		}
 		g.refuse(c, RejectNoEndpoints, alertHandshakeFailure, "sni", hello.ServerName, "network", t.view.Node.Network)
-		return nil, nil
+		return nil, nil, nil
 	}
+	up, u, tried := g.dialCluster(cl, hello.ServerName)
+	if up == nil {
+		g.refuse(c, RejectUnavailable, alertInternalError, "sni", hello.ServerName, "tried", tried)
+	}
+	return up, u, nil
+}
+
+// dialCluster connects to one of cl's endpoints, trying up to
+// DialAttempts of them. It returns nil and the number tried on failure.
+func (g *Gateway) dialCluster(cl *cluster, serverName string) (*net.TCPConn, *upstream, int) {
 	var triedBuf [8]int
 	tried := triedBuf[:0]
 	for range g.cfg.DialAttempts {
@@ -150,14 +186,13 @@ func (g *Gateway) route(port uint32, c *net.TCPConn, hello sni.Hello) (*net.TCPC
 		conn, err := g.dialer.Dial("tcp", u.addr)
 		g.result(u, err)
 		if err == nil {
-			return conn.(*net.TCPConn), u
+			return conn.(*net.TCPConn), u, len(tried)
 		}
 		u.active.Add(-1)
 		g.m.ConnectErrors.Inc()
-		g.rlog.warn("connect", "endpoint connect failed", "endpoint", u.addr, "sni", hello.ServerName, "err", err)
+		g.rlog.warn("connect", "endpoint connect failed", "endpoint", u.addr, "sni", serverName, "err", err)
 	}
-	g.refuse(c, RejectUnavailable, alertInternalError, "sni", hello.ServerName, "tried", len(tried))
-	return nil, nil
+	return nil, nil, len(tried)
 }
 
 // refuse closes a client connection that will not be forwarded, after a TLS

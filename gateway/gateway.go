@@ -104,12 +104,14 @@ type Gateway struct {
 	active   atomic.Int64
 	draining atomic.Bool
 	cutting  atomic.Bool // drain timed out: flows must close
+	remote   atomic.Pointer[remoteDialer]
 
 	mu        sync.Mutex
 	listeners map[uint32]*listener
 	upstreams map[string]*upstream
 	flows     map[*flow]struct{}
-	wg        sync.WaitGroup // accept loops and connections
+	tunneled  map[HalfConn]struct{} // streams other gateways carried here
+	wg        sync.WaitGroup        // accept loops and connections
 }
 
 // listener is one bound port.
@@ -128,6 +130,7 @@ func New(cfg Config) *Gateway {
 		listeners: make(map[uint32]*listener),
 		upstreams: make(map[string]*upstream),
 		flows:     make(map[*flow]struct{}),
+		tunneled:  make(map[HalfConn]struct{}),
 	}
 	g.dialer = net.Dialer{Timeout: cfg.DialTimeout}
 	g.rlog.log = cfg.Logger
@@ -259,6 +262,9 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.mu.Lock()
 	for f := range g.flows {
 		f.cut()
+	}
+	for c := range g.tunneled {
+		c.Close()
 	}
 	g.mu.Unlock()
 	<-done

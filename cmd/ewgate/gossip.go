@@ -32,6 +32,10 @@ type gossip struct {
 // startGossip starts the gossip node described by s, announcing spiffeID
 // (may be empty), or returns nil when --gossip-address is not set.
 func startGossip(ctx context.Context, s settings, spiffeID string, cs *catalogState, log *slog.Logger) (*gossip, error) {
+	tunnelAddr := s.TunnelAdvertise
+	if tunnelAddr == "" {
+		tunnelAddr = s.TunnelAddress
+	}
 	if s.GossipAddress == "" {
 		return nil, nil
 	}
@@ -50,6 +54,7 @@ func startGossip(ctx context.Context, s settings, spiffeID string, cs *catalogSt
 		Profile:         s.GossipProfile,
 		PassthroughAddr: s.PassthroughAdvertise,
 		SPIFFEID:        spiffeID,
+		TunnelAddr:      tunnelAddr,
 		Logger:          log,
 	}
 	if s.GossipAdvertise != "" {
@@ -147,6 +152,28 @@ func (g *gossip) remoteGateways() []discovery.RemoteGateway {
 			PassthroughAddr: ns.Meta.PassthroughAddr,
 			Summary:         ns.Summary,
 		})
+	}
+	return out
+}
+
+// isLiveMember reports whether a live gossip member presents spiffeID:
+// tunnels accept only gateways that are part of the mesh now.
+func (g *gossip) isLiveMember(spiffeID string) bool {
+	for _, m := range g.node.Members() {
+		if m.State == peer.StateAlive && m.Meta.SPIFFEID == spiffeID && m.Name != g.node.Name() {
+			return true
+		}
+	}
+	return false
+}
+
+// tunnelAddrs maps live members' node names to their tunnel addresses.
+func (g *gossip) tunnelAddrs() map[string]string {
+	out := make(map[string]string)
+	for _, m := range g.node.Members() {
+		if m.State == peer.StateAlive && m.Meta.TunnelAddr != "" {
+			out[m.Name] = m.Meta.TunnelAddr
+		}
 	}
 	return out
 }

@@ -49,6 +49,7 @@ type node struct {
 	adminLn net.Listener
 	id      identitySource // nil without an identity
 	gossip  *gossip        // nil without gossip
+	tunnels *tunnels       // nil without tunnels
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup // background goroutines, stopped by cancel
 }
@@ -112,6 +113,9 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 			n.admin.Close()
 		}
 		n.wg.Wait()
+		if n.tunnels != nil {
+			n.tunnels.close()
+		}
 		if n.gossip != nil {
 			n.gossip.node.Shutdown()
 		}
@@ -148,6 +152,14 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		debug["members"] = func() any { return g.Members() }
 		debug["networks"] = func() any { return g.Networks() }
 		n.bg(func() { g.run(ctx, s.GossipKeyFile) })
+	}
+	if s.TunnelAddress != "" {
+		tn, err := startTunnels(s, n.id, gw, cs, g, log)
+		if err != nil {
+			return abort(err)
+		}
+		n.tunnels = tn
+		gw.SetRemote(tn)
 	}
 	if s.AdminAddress != "" {
 		ln, err := net.Listen("tcp", s.AdminAddress)
@@ -231,6 +243,9 @@ func (n *node) stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(n.s.DrainTimeout))
 	defer cancel()
 	err := n.gw.Shutdown(ctx)
+	if n.tunnels != nil {
+		n.tunnels.close()
+	}
 	if n.admin != nil {
 		n.admin.Close()
 	}

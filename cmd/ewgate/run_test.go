@@ -39,7 +39,15 @@ func newWorld(t *testing.T, versions ...string) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &world{t: t, ca: ca, dir: t.TempDir(), network: "network-a", echoes: make(map[string]*workload.EchoServer)}
+	return newWorldCA(t, ca, "network-a", versions...)
+}
+
+// newWorldCA is newWorld in network with a given CA, so that several
+// networks share one trust domain.
+func newWorldCA(t *testing.T, ca *identity.DevCA, network string, versions ...string) *world {
+	t.Helper()
+	var err error
+	w := &world{t: t, ca: ca, dir: t.TempDir(), network: network, echoes: make(map[string]*workload.EchoServer)}
 	for _, v := range versions {
 		e, err := workload.NewEchoServer("echo-"+v, "127.0.0.1:0", w.source("echo-"+v), nil)
 		if err != nil {
@@ -502,5 +510,51 @@ func TestRunAwkwardClients(t *testing.T) {
 	}
 	if n := w.echoes["v1"].Accepted(); n != 2 {
 		t.Errorf("backend accepted %d connections, want only the 2 good ones", n)
+	}
+}
+
+// "Local" mode: the client reaches only its own network's gateway, which
+// carries the connection through a QUIC tunnel to the network that has the
+// service. The client's TLS session reaches the endpoint untouched.
+func TestRunTunnelsLocalMode(t *testing.T) {
+	wa := newWorld(t)
+	wa.writeConfig() // the service exists in network-a, with no endpoint here
+	wb := newWorldCA(t, wa.ca, "network-b", "v1")
+	wb.writeConfig("v1")
+	key := filepath.Join(t.TempDir(), "gossip.key")
+	os.WriteFile(key, []byte("q0Yh4n8ZbC3Tj9v6Xk2LmA==\n"), 0o600)
+	addr := func() string {
+		p, err := freeLoopbackPort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("127.0.0.1:%d", p)
+	}
+	gossipA := addr()
+	args := func(w *world, name, gossip string, join ...string) []string {
+		id := w.svidFiles("gw-" + name)
+		a := []string{"--node-name", name, "--gossip-address", gossip, "--gossip-key-file", key, "--gossip-profile", "local",
+			"--passthrough-advertise", w.gwAddr(), "--tunnel-address", addr(),
+			"--svid-cert", filepath.Join(id, "cert.pem"), "--svid-key", filepath.Join(id, "key.pem"), "--trust-bundle", filepath.Join(id, "bundle.pem")}
+		if len(join) > 0 {
+			a = append(a, "--join", strings.Join(join, ","))
+		}
+		return a
+	}
+	wa.run(args(wa, "a", gossipA)...)
+	wb.run(args(wb, "b", addr(), gossipA)...)
+
+	var c *workload.Conn
+	eventually(t, 30*time.Second, "a connection through network-a's gateway to reach network-b", func() bool {
+		var err error
+		c, err = wa.dial("v1")
+		return err == nil
+	})
+	defer c.Close()
+	if c.Server != "echo-v1" || c.SeenAs != "spiffe://cluster.local/ns/demo/sa/sleep" || c.ServerID != "spiffe://cluster.local/ns/demo/sa/echo-v1" {
+		t.Fatalf("reached %s (%s), seen as %s: the client's TLS must reach the endpoint untouched", c.Server, c.ServerID, c.SeenAs)
+	}
+	if err := c.Exchange(4 << 20); err != nil {
+		t.Fatal(err)
 	}
 }

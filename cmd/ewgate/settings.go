@@ -55,6 +55,8 @@ type settings struct {
 	MeshID               string   `json:"meshID"`
 	GossipProfile        string   `json:"gossipProfile"`
 	PassthroughAdvertise string   `json:"passthroughAdvertise"`
+	TunnelAddress        string   `json:"tunnelAddress"`
+	TunnelAdvertise      string   `json:"tunnelAdvertise"`
 }
 
 func defaultSettings() settings {
@@ -123,6 +125,8 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.StringVar(&s.MeshID, "mesh-id", s.MeshID, "mesh `name`: gateways of other meshes on the same network are ignored")
 	fs.StringVar(&s.GossipProfile, "gossip-profile", s.GossipProfile, "failure detector timing: lan, wan or local")
 	fs.StringVar(&s.PassthroughAdvertise, "passthrough-advertise", s.PassthroughAdvertise, "`ip:port` other networks dial to reach this gateway's AUTO_PASSTHROUGH listener (required with gossip)")
+	fs.StringVar(&s.TunnelAddress, "tunnel-address", s.TunnelAddress, "accept and open QUIC tunnels to other networks' gateways on this UDP `ip:port` (needs an identity and gossip)")
+	fs.StringVar(&s.TunnelAdvertise, "tunnel-advertise", s.TunnelAdvertise, "tunnel `ip:port` other gateways dial (default: --tunnel-address)")
 	fs.Var(&s.SVIDExpiryWarning, "svid-expiry-warning", "warn when the SVID has less validity left (0: a third of its lifetime)")
 	return fs
 }

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+
+	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/gateway"
+	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/sni"
+	"github.com/ewgate/ewgate/tunnel"
+)
+
+// tunnels joins the gateway to the other networks' gateways over QUIC:
+// it carries connections this network cannot serve to a gateway of a
+// network that can, and serves those other gateways carry here.
+type tunnels struct {
+	ep  *tunnel.Endpoint
+	cs  *catalogState
+	g   *gossip
+	log *slog.Logger
+}
+
+// startTunnels listens for tunnels on s.TunnelAddress. Links are
+// authenticated with the node's SVID, and a peer must also be a live gossip
+// member with the SPIFFE ID it presents.
+func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, cs *catalogState, g *gossip, log *slog.Logger) (*tunnels, error) {
+	if id == nil || g == nil {
+		return nil, errors.New("--tunnel-address needs an identity (--spiffe-socket or --svid-cert...) and gossip (--gossip-address): links are mTLS between live members")
+	}
+	t := &tunnels{cs: cs, g: g, log: log}
+	ep, err := tunnel.New(s.TunnelAddress, tunnel.Config{
+		Source: id,
+		Allow:  g.isLiveMember,
+		Handler: func(ctx context.Context, h tunnel.Header, st *tunnel.Stream) {
+			if h.Hops > 0 {
+				// Multi-hop is not configured: a connection crosses at most
+				// one tunnel.
+				log.Warn("tunnel: stream refused: too many hops", "key", h.Key.SNI(), "hops", h.Hops, "peer", st.PeerID())
+				return
+			}
+			if err := gw.ServeTunnel(h.Key, st); err != nil {
+				log.Warn("tunnel: stream refused", "key", h.Key.SNI(), "client", h.ClientAddr, "peer", st.PeerID(), "err", err)
+			}
+		},
+		Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	t.ep = ep
+	log.Info("tunnels listening", "address", ep.Addr().String())
+	return t, nil
+}
+
+// DialRemote implements gateway.RemoteDialer: it picks, by weight, live
+// gateways of other networks that have healthy endpoints for key and opens
+// a stream to the first that answers.
+func (t *tunnels) DialRemote(ctx context.Context, key sni.Key, client net.Addr) (gateway.HalfConn, error) {
+	v := t.cs.view.Load()
+	if v == nil {
+		return nil, errors.New("no config")
+	}
+	res, err := v.Resolve(key, v.Node.Network, t.g.remoteGateways(), nil)
+	if err != nil {
+		return nil, err
+	}
+	addrs := t.g.tunnelAddrs()
+	var candidates []discovery.ResolvedTarget
+	for _, tg := range res.Targets {
+		if tg.Via == discovery.ViaGateway && addrs[tg.Gateway] != "" {
+			candidates = append(candidates, tg)
+		}
+	}
+	if len(candidates) == 0 {
+		return nil, fmt.Errorf("no live gateway of another network has healthy endpoints for %s", key)
+	}
+	var errs []error
+	for range min(3, len(candidates)) {
+		i := pickWeighted(candidates)
+		tg := candidates[i]
+		candidates = append(candidates[:i], candidates[i+1:]...)
+		st, err := t.ep.Dial(ctx, addrs[tg.Gateway], tunnel.Header{Key: key, ClientAddr: client.String()})
+		if err == nil {
+			return st, nil
+		}
+		errs = append(errs, fmt.Errorf("gateway %s of %s: %w", tg.Gateway, tg.Network, err))
+	}
+	return nil, errors.Join(errs...)
+}
+
+// pickWeighted returns the index of a target chosen with probability
+// proportional to its weight.
+func pickWeighted(ts []discovery.ResolvedTarget) int {
+	var total uint64
+	for _, t := range ts {
+		total += uint64(t.Weight)
+	}
+	if total == 0 {
+		return 0
+	}
+	r := rand.Uint64N(total)
+	for i, t := range ts {
+		if r < uint64(t.Weight) {
+			return i
+		}
+		r -= uint64(t.Weight)
+	}
+	return len(ts) - 1
+}
+
+func (t *tunnels) close() { t.ep.Close() }

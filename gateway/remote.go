@@ -1,0 +1,125 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+
+	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/sni"
+)
+
+// HalfConn is a connection whose sending side can be closed alone, as
+// TCP connections and tunnel streams can.
+type HalfConn interface {
+	net.Conn
+	CloseWrite() error
+}
+
+// RemoteDialer carries connections to other networks: it opens a
+// connection for key through a live gateway of a network that has healthy
+// endpoints for it (a tunnel), or fails. The gateway writes the client's
+// ClientHello to it first.
+type RemoteDialer interface {
+	DialRemote(ctx context.Context, key sni.Key, client net.Addr) (HalfConn, error)
+}
+
+// remoteDialer boxes a RemoteDialer for an atomic pointer.
+type remoteDialer struct{ RemoteDialer }
+
+// SetRemote makes r carry connections whose key has no eligible endpoint
+// in this network to another network's gateway ("local" mode: clients
+// reach only their own network's gateway). It may be called while the
+// gateway serves; nil turns it off.
+func (g *Gateway) SetRemote(r RemoteDialer) {
+	if r == nil {
+		g.remote.Store(nil)
+		return
+	}
+	g.remote.Store(&remoteDialer{r})
+}
+
+// ServeTunnel routes a connection that another network's gateway carried
+// here, for key, to an eligible endpoint of this network, as if the client
+// had connected to this gateway's first AUTO_PASSTHROUGH listener: the
+// same host, exportTo, port and subset rules apply. It never forwards to
+// another network. It copies bytes both ways until both directions end and
+// closes conn.
+func (g *Gateway) ServeTunnel(key sni.Key, conn HalfConn) error {
+	defer conn.Close()
+	g.mu.Lock()
+	if g.draining.Load() {
+		g.mu.Unlock()
+		return errors.New("gateway is draining")
+	}
+	g.wg.Add(1)
+	g.tunneled[conn] = struct{}{}
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		delete(g.tunneled, conn)
+		g.mu.Unlock()
+		g.wg.Done()
+	}()
+	t := g.table.Load()
+	if t == nil || len(t.view.Listeners) == 0 {
+		g.m.reject(RejectNoListener)
+		return errors.New("tunnel: this gateway serves no AUTO_PASSTHROUGH listener")
+	}
+	r, err := t.view.Route(0, key)
+	if err != nil {
+		var re *discovery.RouteError
+		errors.As(err, &re)
+		g.m.reject(string(re.Reason))
+		return fmt.Errorf("tunnel: %w", err)
+	}
+	cl := t.clusters[r]
+	if len(cl.members) == 0 {
+		g.m.reject(RejectNoEndpoints)
+		return fmt.Errorf("tunnel: %s: no eligible endpoint in network %s", key, t.view.Node.Network)
+	}
+	up, u, tried := g.dialCluster(cl, key.SNI())
+	if up == nil {
+		g.m.reject(RejectUnavailable)
+		return fmt.Errorf("tunnel: %s: %d endpoints failed to connect", key, tried)
+	}
+	defer u.active.Add(-1)
+	g.m.Forwarded.Inc()
+	relay(conn, up, g.m)
+	return nil
+}
+
+// relay copies bytes both ways between the client side a and the upstream
+// side b through user space (one of them is not a socket splice can use),
+// half-closing each destination at its source's EOF; an error in either
+// direction closes both at once.
+func relay(a, b HalfConn, m *Metrics) {
+	var once sync.Once
+	abort := func() {
+		once.Do(func() {
+			a.Close()
+			b.Close()
+		})
+	}
+	copyHalf := func(dst, src HalfConn, bytes interface{ Add(uint64) }) {
+		n, err := io.Copy(dst, src)
+		bytes.Add(uint64(n))
+		if err != nil {
+			abort()
+			return
+		}
+		dst.CloseWrite()
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		copyHalf(a, b, m.BytesDown)
+	}()
+	copyHalf(b, a, m.BytesUp)
+	wg.Wait()
+	abort()
+}
