@@ -160,6 +160,8 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		}
 		n.tunnels = tn
 		gw.SetRemote(tn)
+		tn.register(reg)
+		debug["tunnels"] = func() any { return tn.ep.Stats() }
 	}
 	if s.AdminAddress != "" {
 		ln, err := net.Listen("tcp", s.AdminAddress)

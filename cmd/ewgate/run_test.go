@@ -557,4 +557,10 @@ func TestRunTunnelsLocalMode(t *testing.T) {
 	if err := c.Exchange(4 << 20); err != nil {
 		t.Fatal(err)
 	}
+	if got := metric(t, wa.admin, "ewgate_tunnel_streams_total"); got < 1 {
+		t.Errorf("ewgate_tunnel_streams_total = %d on the dialing gateway", got)
+	}
+	if code, body, _ := httpGet("http://" + wb.admin + "/debug/tunnels"); code != 200 || !strings.Contains(body, "spiffe://cluster.local/ns/demo/sa/gw-a") {
+		t.Errorf("/debug/tunnels on network-b: %d\n%s", code, body)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/gateway"
 	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/metrics"
 	"github.com/ewgate/ewgate/sni"
 	"github.com/ewgate/ewgate/tunnel"
 )
@@ -114,3 +115,34 @@ func pickWeighted(ts []discovery.ResolvedTarget) int {
 }
 
 func (t *tunnels) close() { t.ep.Close() }
+
+// register exports tunnel totals as metrics; per-peer figures are in
+// /debug/tunnels.
+func (t *tunnels) register(reg *metrics.Registry) {
+	sum := func(f func(p tunnel.PeerStats) float64) func() float64 {
+		return func() float64 {
+			var total float64
+			for _, p := range t.ep.Stats().Peers {
+				total += f(p)
+			}
+			return total
+		}
+	}
+	reg.GaugeFunc("ewgate_tunnel_peers_connected", "Tunnel links up, both directions.", sum(func(p tunnel.PeerStats) float64 {
+		if p.Connected {
+			return 1
+		}
+		return 0
+	}))
+	reg.GaugeFunc("ewgate_tunnel_streams_open", "Tunnel streams open.", sum(func(p tunnel.PeerStats) float64 { return float64(p.StreamsOpen) }))
+	reg.GaugeFunc("ewgate_tunnel_streams_total", "Tunnel streams opened since start.", sum(func(p tunnel.PeerStats) float64 { return float64(p.StreamsTotal) }))
+	reg.GaugeFunc("ewgate_tunnel_bytes_sent_total", "Bytes sent on tunnel streams.", sum(func(p tunnel.PeerStats) float64 { return float64(p.BytesSent) }))
+	reg.GaugeFunc("ewgate_tunnel_bytes_received_total", "Bytes received on tunnel streams.", sum(func(p tunnel.PeerStats) float64 { return float64(p.BytesReceived) }))
+	reg.GaugeFunc("ewgate_tunnel_handshake_failures_total", "Tunnel handshakes that failed, all reasons.", sum(func(p tunnel.PeerStats) float64 {
+		var n uint64
+		for _, c := range p.HandshakeFailures {
+			n += c
+		}
+		return float64(n)
+	}))
+}
