@@ -57,7 +57,9 @@ type Resolution struct {
 // count in each locality is spread over the gateways that serve the key, one
 // target per gateway and locality, so locality-aware clients keep exact
 // weights (Istio folds them into one per gateway and loses zones: its issue
-// 56355). When gateways of one network disagree (one has not yet seen a
+// 56355). As in Istio, every weight is multiplied by the least common
+// multiple of the networks' gateway counts, so that the spreading divides
+// exactly: only ratios between weights mean anything. When gateways of one network disagree (one has not yet seen a
 // change), the largest count wins. Networks with no healthy endpoint are
 // left out, and so is network from, whose endpoints its own clients reach
 // directly.
@@ -95,15 +97,26 @@ func (v *View) Resolve(key sni.Key, from string, gateways []RemoteGateway, healt
 	if !known {
 		return nil, &RouteError{Key: key, Reason: UnknownService}
 	}
+	// Scale every weight by the least common multiple of the networks'
+	// gateway counts, as Istio does, so that spreading a count over a
+	// network's gateways divides exactly and no gateway gets weight 0.
+	scale := uint32(1)
+	for _, gws := range byNetwork {
+		scale = lcm(scale, uint32(len(gws)))
+	}
+	for i := range res.Targets {
+		res.Targets[i].Weight *= scale
+	}
 	for _, network := range slices.Sorted(maps.Keys(byNetwork)) {
-		res.Targets = append(res.Targets, splitHorizon(key, network, byNetwork[network])...)
+		res.Targets = append(res.Targets, splitHorizon(key, network, byNetwork[network], scale)...)
 	}
 	return res, nil
 }
 
 // splitHorizon spreads a network's healthy endpoint counts, per locality,
-// over the gateways that serve the key.
-func splitHorizon(key sni.Key, network string, gws []*RemoteGateway) []ResolvedTarget {
+// over the gateways that serve the key; scale is a multiple of their
+// number.
+func splitHorizon(key sni.Key, network string, gws []*RemoteGateway, scale uint32) []ResolvedTarget {
 	slices.SortFunc(gws, func(a, b *RemoteGateway) int { return cmp.Compare(a.Node, b.Node) })
 	counts := make(map[string]uint32)
 	for _, g := range gws {
@@ -113,32 +126,24 @@ func splitHorizon(key sni.Key, network string, gws []*RemoteGateway) []ResolvedT
 		}
 	}
 	var out []ResolvedTarget
-	k := uint32(len(gws))
-	for li, loc := range slices.Sorted(maps.Keys(counts)) {
-		c := counts[loc]
-		for i, g := range gws {
-			// Spread the remainder, rotating by locality so that no
-			// gateway always gets the extra endpoint.
-			w := c / k
-			if (uint32(i)+uint32(li))%k < c%k {
-				w++
-			}
-			if w == 0 {
-				continue
-			}
-			out = append(out, ResolvedTarget{Address: g.PassthroughAddr, Weight: w, Network: network,
+	per := scale / uint32(len(gws))
+	for _, loc := range slices.Sorted(maps.Keys(counts)) {
+		if counts[loc] == 0 {
+			continue
+		}
+		for _, g := range gws {
+			out = append(out, ResolvedTarget{Address: g.PassthroughAddr, Weight: counts[loc] * per, Network: network,
 				Locality: loc, Via: ViaGateway, Gateway: g.Node})
 		}
 	}
 	return out
 }
 
-func mapsKeys[V any](m map[string]V) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
+func gcd(a, b uint32) uint32 {
+	for b != 0 {
+		a, b = b, a%b
 	}
+	return a
 }
+
+func lcm(a, b uint32) uint32 { return a / gcd(a, b) * b }

@@ -150,7 +150,8 @@ func (g *Gateway) route(port uint32, c *net.TCPConn, hello sni.Hello) (up *net.T
 	cl := t.clusters[r]
 	if len(cl.members) == 0 {
 		if rd := g.remote.Load(); rd != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), g.cfg.DialTimeout)
+			// The dialer bounds each gateway it tries; this bounds them all.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(g.cfg.DialAttempts)*g.cfg.DialTimeout)
 			defer cancel()
 			remote, err := rd.DialRemote(ctx, key, c.RemoteAddr())
 			if err == nil {

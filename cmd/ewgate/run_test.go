@@ -513,6 +513,43 @@ func TestRunAwkwardClients(t *testing.T) {
 	}
 }
 
+// tunnelArgs returns the flags of a gateway named name that gossips on
+// gossip (joining join) and tunnels, with an SVID of w's CA.
+func tunnelArgs(t *testing.T, w *world, key, name, gossip string, join ...string) []string {
+	t.Helper()
+	tunnelPort, err := freeLoopbackPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := w.svidFiles("gw-" + name)
+	a := []string{"--node-name", name, "--gossip-address", gossip, "--gossip-key-file", key, "--gossip-profile", "local",
+		"--passthrough-advertise", w.gwAddr(), "--tunnel-address", fmt.Sprintf("127.0.0.1:%d", tunnelPort),
+		"--svid-cert", filepath.Join(id, "cert.pem"), "--svid-key", filepath.Join(id, "key.pem"), "--trust-bundle", filepath.Join(id, "bundle.pem")}
+	if len(join) > 0 {
+		a = append(a, "--join", strings.Join(join, ","))
+	}
+	return a
+}
+
+// gossipKeyFile writes a gossip keyring with one key.
+func gossipKeyFile(t *testing.T) string {
+	t.Helper()
+	key := filepath.Join(t.TempDir(), "gossip.key")
+	if err := os.WriteFile(key, []byte("q0Yh4n8ZbC3Tj9v6Xk2LmA==\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+func loopbackAddr(t *testing.T) string {
+	t.Helper()
+	p, err := freeLoopbackPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", p)
+}
+
 // "Local" mode: the client reaches only its own network's gateway, which
 // carries the connection through a QUIC tunnel to the network that has the
 // service. The client's TLS session reaches the endpoint untouched.
@@ -521,28 +558,10 @@ func TestRunTunnelsLocalMode(t *testing.T) {
 	wa.writeConfig() // the service exists in network-a, with no endpoint here
 	wb := newWorldCA(t, wa.ca, "network-b", "v1")
 	wb.writeConfig("v1")
-	key := filepath.Join(t.TempDir(), "gossip.key")
-	os.WriteFile(key, []byte("q0Yh4n8ZbC3Tj9v6Xk2LmA==\n"), 0o600)
-	addr := func() string {
-		p, err := freeLoopbackPort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return fmt.Sprintf("127.0.0.1:%d", p)
-	}
-	gossipA := addr()
-	args := func(w *world, name, gossip string, join ...string) []string {
-		id := w.svidFiles("gw-" + name)
-		a := []string{"--node-name", name, "--gossip-address", gossip, "--gossip-key-file", key, "--gossip-profile", "local",
-			"--passthrough-advertise", w.gwAddr(), "--tunnel-address", addr(),
-			"--svid-cert", filepath.Join(id, "cert.pem"), "--svid-key", filepath.Join(id, "key.pem"), "--trust-bundle", filepath.Join(id, "bundle.pem")}
-		if len(join) > 0 {
-			a = append(a, "--join", strings.Join(join, ","))
-		}
-		return a
-	}
-	wa.run(args(wa, "a", gossipA)...)
-	wb.run(args(wb, "b", addr(), gossipA)...)
+	key := gossipKeyFile(t)
+	gossipA := loopbackAddr(t)
+	wa.run(tunnelArgs(t, wa, key, "a", gossipA)...)
+	wb.run(tunnelArgs(t, wb, key, "b", loopbackAddr(t), gossipA)...)
 
 	var c *workload.Conn
 	eventually(t, 30*time.Second, "a connection through network-a's gateway to reach network-b", func() bool {
@@ -563,4 +582,43 @@ func TestRunTunnelsLocalMode(t *testing.T) {
 	if code, body, _ := httpGet("http://" + wb.admin + "/debug/tunnels"); code != 200 || !strings.Contains(body, "spiffe://cluster.local/ns/demo/sa/gw-a") {
 		t.Errorf("/debug/tunnels on network-b: %d\n%s", code, body)
 	}
+}
+
+// One of network-b's two gateways dies: once gossip declares it dead, new
+// connections from network-a go through the other.
+func TestRunTunnelsFailover(t *testing.T) {
+	wa := newWorld(t)
+	wa.writeConfig()
+	wb1 := newWorldCA(t, wa.ca, "network-b", "v1")
+	wb1.writeConfig("v1")
+	wb2 := newWorldCA(t, wa.ca, "network-b", "v1")
+	wb2.writeConfig("v1")
+	key := gossipKeyFile(t)
+	gossipA := loopbackAddr(t)
+	wa.run(tunnelArgs(t, wa, key, "a", gossipA)...)
+	pb1 := wb1.run(tunnelArgs(t, wb1, key, "b1", loopbackAddr(t), gossipA)...)
+	wb2.run(tunnelArgs(t, wb2, key, "b2", loopbackAddr(t), gossipA)...)
+	eventually(t, 30*time.Second, "both of network-b's gateways to carry connections", func() bool {
+		if c, err := wa.dial("v1"); err == nil {
+			c.Close()
+		}
+		return metric(t, wb1.admin, "ewgate_connections_forwarded_total") > 0 && metric(t, wb2.admin, "ewgate_connections_forwarded_total") > 0
+	})
+	pb1.cmd.Process.Kill()
+	// After failure detection every new connection succeeds, through b2.
+	ok := 0
+	eventually(t, 60*time.Second, "10 connections in a row after b1 died", func() bool {
+		c, err := wa.dial("v1")
+		if err != nil {
+			ok = 0
+			return false
+		}
+		defer c.Close()
+		if err := c.Exchange(64 << 10); err != nil {
+			ok = 0
+			return false
+		}
+		ok++
+		return ok >= 10
+	})
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"time"
 
 	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/gateway"
@@ -20,10 +21,11 @@ import (
 // it carries connections this network cannot serve to a gateway of a
 // network that can, and serves those other gateways carry here.
 type tunnels struct {
-	ep  *tunnel.Endpoint
-	cs  *catalogState
-	g   *gossip
-	log *slog.Logger
+	ep          *tunnel.Endpoint
+	cs          *catalogState
+	g           *gossip
+	dialTimeout time.Duration // per peer gateway tried
+	log         *slog.Logger
 }
 
 // startTunnels listens for tunnels on s.TunnelAddress. Links are
@@ -33,7 +35,7 @@ func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, cs *catal
 	if id == nil || g == nil {
 		return nil, errors.New("--tunnel-address needs an identity (--spiffe-socket or --svid-cert...) and gossip (--gossip-address): links are mTLS between live members")
 	}
-	t := &tunnels{cs: cs, g: g, log: log}
+	t := &tunnels{cs: cs, g: g, dialTimeout: time.Duration(s.DialTimeout), log: log}
 	ep, err := tunnel.New(s.TunnelAddress, tunnel.Config{
 		Source: id,
 		Allow:  g.isLiveMember,
@@ -85,7 +87,9 @@ func (t *tunnels) DialRemote(ctx context.Context, key sni.Key, client net.Addr) 
 		i := pickWeighted(candidates)
 		tg := candidates[i]
 		candidates = append(candidates[:i], candidates[i+1:]...)
-		st, err := t.ep.Dial(ctx, addrs[tg.Gateway], tunnel.Header{Key: key, ClientAddr: client.String()})
+		actx, cancel := context.WithTimeout(ctx, t.dialTimeout)
+		st, err := t.ep.Dial(actx, addrs[tg.Gateway], tunnel.Header{Key: key, ClientAddr: client.String()})
+		cancel()
 		if err == nil {
 			return st, nil
 		}
