@@ -24,13 +24,13 @@ import (
 // not a timing assertion.
 const testTimeout = 60 * time.Second
 
-func testContext(t *testing.T) context.Context {
+func testContext(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
 	t.Cleanup(cancel)
 	return ctx
 }
 
-func newCA(t *testing.T, td string) *identity.DevCA {
+func newCA(t testing.TB, td string) *identity.DevCA {
 	t.Helper()
 	ca, err := identity.NewDevCA(spiffeid.RequireTrustDomainFromString(td))
 	if err != nil {
@@ -39,7 +39,7 @@ func newCA(t *testing.T, td string) *identity.DevCA {
 	return ca
 }
 
-func newSource(t *testing.T, ca *identity.DevCA, path string) *identity.MemorySource {
+func newSource(t testing.TB, ca *identity.DevCA, path string) *identity.MemorySource {
 	t.Helper()
 	src, err := ca.NewSource(spiffeid.RequireFromPath(ca.TrustDomain(), path), identity.IssueOptions{})
 	if err != nil {
@@ -50,7 +50,7 @@ func newSource(t *testing.T, ca *identity.DevCA, path string) *identity.MemorySo
 
 // newEndpoint starts an Endpoint on a loopback port and closes it when the
 // test ends.
-func newEndpoint(t *testing.T, addr string, cfg Config) *Endpoint {
+func newEndpoint(t testing.TB, addr string, cfg Config) *Endpoint {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = newTestLogger(t)
@@ -108,7 +108,7 @@ type pair struct {
 
 // newPair starts a server gateway (spiffe://a.test/gw/server) running
 // handler and a dial-only client gateway (spiffe://a.test/gw/client).
-func newPair(t *testing.T, handler Handler) *pair {
+func newPair(t testing.TB, handler Handler) *pair {
 	t.Helper()
 	p := &pair{caA: newCA(t, "a.test")}
 	p.serverConfig = Config{Source: newSource(t, p.caA, "/gw/server"), Handler: handler}

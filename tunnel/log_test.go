@@ -7,11 +7,11 @@ import (
 
 // newTestLogger logs to the test's output, so that link events show up
 // with a failing test.
-func newTestLogger(t *testing.T) *slog.Logger {
+func newTestLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(p))
