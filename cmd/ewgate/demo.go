@@ -22,14 +22,25 @@ import (
 
 const demoUsage = `Usage: ewgate demo [--once]
 
-Runs a self-contained mesh on loopback, without root: a development CA, two
-versions of an mTLS echo service, an ewgate gateway configured from Istio
-YAML, and a sidecar-like client. The client calls the service through the
-gateway with Istio SNIs and prints what happened; then the demo keeps
+Runs a self-contained two-network mesh on loopback, without root: a
+development CA, an mTLS echo service (version v1 in network-a, v2 in
+network-b), one ewgate gateway per network configured from Istio YAML,
+gossiping with each other and linked by a QUIC tunnel, and a sidecar-like
+client. The client calls the service with Istio SNIs in "remote" mode (it
+dials the other network's gateway) and in "local" mode (it dials its own
+gateway, which tunnels), and the demo prints what happened; then it keeps
 running (admin URLs printed) until Ctrl-C, or exits with --once.
 
 Flags:
 `
+
+// demoNetwork is one network of the demo: its echo server and gateway.
+type demoNetwork struct {
+	name, version string
+	echo          *workload.EchoServer
+	gwAddr        string
+	node          *node
+}
 
 // runDemo implements "ewgate demo".
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -56,116 +67,107 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	svid := func(sa string) (identity.Source, spiffeid.ID, error) {
+	issue := func(sa string) (*identity.MemorySource, spiffeid.ID, error) {
 		id := spiffeid.RequireFromPath(td, "/ns/demo/sa/"+sa)
 		src, err := ca.NewSource(id, identity.IssueOptions{})
 		return src, id, err
 	}
-	var echoes []*workload.EchoServer
-	defer func() {
-		for _, e := range echoes {
-			e.Close()
-		}
-	}()
-	for _, v := range []string{"v1", "v2"} {
-		src, _, err := svid("echo-" + v)
+	nets := []*demoNetwork{{name: "network-a", version: "v1"}, {name: "network-b", version: "v2"}}
+	var seed string // gossip address of the first gateway
+	for _, nw := range nets {
+		src, _, err := issue("echo-" + nw.version)
 		if err != nil {
 			return err
 		}
-		e, err := workload.NewEchoServer("echo-"+v, "127.0.0.1:0", src, nil)
+		if nw.echo, err = workload.NewEchoServer("echo-"+nw.version, "127.0.0.1:0", src, nil); err != nil {
+			return err
+		}
+		defer nw.echo.Close()
+		s, err := demoGateway(dir, ca, nw, seed)
 		if err != nil {
 			return err
 		}
-		echoes = append(echoes, e)
+		if nw.node, err = startNode(ctx, s, log); err != nil {
+			return err
+		}
+		defer nw.node.stop()
+		if seed == "" {
+			seed = s.GossipAddress
+		}
 	}
-	port, err := freeLoopbackPort()
-	if err != nil {
-		return err
+	// Wait until each gateway knows the other's network.
+	deadline := time.Now().Add(30 * time.Second)
+	for _, nw := range nets {
+		for len(nw.node.gossip.node.Summaries()) < len(nets) {
+			if time.Now().After(deadline) {
+				return errors.New("demo: the gateways did not find each other within 30s")
+			}
+			time.Sleep(20 * time.Millisecond) // polling, bounded by the deadline
+		}
 	}
-	cfgFile := filepath.Join(dir, "mesh.yaml")
-	if err := os.WriteFile(cfgFile, []byte(workload.IstioConfig("network-a", port, echoes...)), 0o644); err != nil {
-		return err
-	}
-	s := defaultSettings()
-	s.Files = []string{cfgFile}
-	s.Network = "network-a"
-	s.NodeLabels = map[string]string{"istio": "eastwestgateway"}
-	s.BindAddress = "127.0.0.1"
-	s.AdminAddress = "127.0.0.1:0"
-	s.DrainTimeout = duration(time.Second)
-	n, err := startNode(ctx, s, log)
-	if err != nil {
-		return err
-	}
-	defer n.stop()
-	gwAddr := fmt.Sprintf("127.0.0.1:%d", port)
-	adminURL := "http://" + n.adminLn.Addr().String()
 
-	clientSrc, clientID, err := svid("sleep")
+	clientSrc, clientID, err := issue("sleep")
 	if err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "ewgate demo: one network (%s) on loopback\n\n", s.Network)
-	fmt.Fprintf(tw, "  config\t%s\t(Istio Gateway, ServiceEntry, DestinationRule)\n", cfgFile)
-	fmt.Fprintf(tw, "  gateway\t%s\tAUTO_PASSTHROUGH for *.local\n", gwAddr)
-	fmt.Fprintf(tw, "  admin\t%s\t/metrics /debug/config /readyz\n", adminURL)
-	for _, e := range echoes {
-		fmt.Fprintf(tw, "  %s\t%s\tspiffe://cluster.local/ns/demo/sa/%s\n", e.Name(), e.Addr(), e.Name())
+	fmt.Fprintf(tw, "ewgate demo: two networks on loopback, one gateway each, gossiping and linked by a QUIC tunnel\n\n")
+	for _, nw := range nets {
+		fmt.Fprintf(tw, "  %s\tgateway %s\tadmin http://%s\t%s at %s\n", nw.name, nw.gwAddr, nw.node.adminLn.Addr(), nw.echo.Name(), nw.echo.Addr())
 	}
-	fmt.Fprintf(tw, "  client\t\t%s\n", clientID)
+	fmt.Fprintf(tw, "  client\t%s\t\t(a sidecar in network-a)\n", clientID)
+	fmt.Fprintf(tw, "  config\t%s\t\t(Istio Gateway, ServiceEntry, DestinationRule per network)\n", dir)
 	tw.Flush()
 
-	fmt.Fprintf(stdout, "\ntraffic: client -> gateway %s -> endpoint (the gateway routes by SNI and never terminates TLS)\n", gwAddr)
-	cl := workload.Client{Source: clientSrc}
-	host := workload.EchoHost
+	fmt.Fprintf(stdout, "\ntraffic (gateways route by SNI and never terminate TLS: each echo server reports the client's own SPIFFE ID):\n")
 	var failed []string
-	call := func(name, serverName string, alpn []string, wantServer string) {
+	call := func(how, gwAddr string, key sni.Key, alpn []string, wantServer string) {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		c := cl
-		c.ALPN = alpn
-		conn, err := c.DialName(cctx, gwAddr, serverName)
+		cl := workload.Client{Source: clientSrc, ALPN: alpn}
+		name := key.SNI()
+		conn, err := cl.DialName(cctx, gwAddr, name)
 		switch {
 		case wantServer == "" && err != nil:
-			fmt.Fprintf(tw, "  refused\t%s\t%v (as expected)\n", name, err)
-		case wantServer == "" && err == nil:
+			fmt.Fprintf(tw, "  refused\t%s\t%s\t%v (as expected)\n", how, name, err)
+		case wantServer == "":
 			conn.Close()
-			fmt.Fprintf(tw, "  FAIL\t%s\treached %s; want refused\n", name, conn.Server)
-			failed = append(failed, name)
+			fmt.Fprintf(tw, "  FAIL\t%s\t%s\treached %s; want refused\n", how, name, conn.Server)
+			failed = append(failed, how)
 		case err != nil:
-			fmt.Fprintf(tw, "  FAIL\t%s\t%v\n", name, err)
-			failed = append(failed, name)
+			fmt.Fprintf(tw, "  FAIL\t%s\t%s\t%v\n", how, name, err)
+			failed = append(failed, how)
 		default:
 			defer conn.Close()
 			xerr := conn.Exchange(1 << 20)
-			ok := xerr == nil && strings.HasPrefix(conn.Server, wantServer) && conn.SeenAs == clientID.String()
-			verdict := "ok"
-			if !ok {
-				verdict = "FAIL"
-				failed = append(failed, name)
+			verdict, detail := "ok", fmt.Sprintf("%s saw %s; 1 MiB echoed byte-exact", conn.Server, conn.SeenAs)
+			if xerr != nil || conn.Server != wantServer || conn.SeenAs != clientID.String() {
+				verdict, detail = "FAIL", fmt.Sprintf("%s saw %s: %v", conn.Server, conn.SeenAs, xerr)
+				failed = append(failed, how)
 			}
-			detail := fmt.Sprintf("-> %s, which saw the client as %s; 1 MiB echoed byte-exact", conn.Server, conn.SeenAs)
-			if xerr != nil {
-				detail = fmt.Sprintf("-> %s: %v", conn.Server, xerr)
-			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\n", verdict, name, detail)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", verdict, how, name, detail)
 		}
 	}
-	call(sni.Key{Host: host, Port: 9080, Subset: "v1"}.SNI(), sni.Key{Host: host, Port: 9080, Subset: "v1"}.SNI(), nil, "echo-v1")
-	call(sni.Key{Host: host, Port: 9080, Subset: "v2"}.SNI(), sni.Key{Host: host, Port: 9080, Subset: "v2"}.SNI(), nil, "echo-v2")
-	call(sni.Key{Host: host, Port: 9080}.SNI(), sni.Key{Host: host, Port: 9080}.SNI(), nil, "echo-")
-	call("unknown service", sni.Key{Host: "nope.demo.svc.cluster.local", Port: 9080}.SNI(), nil, "")
-	call("IP address as host", "outbound_.9080_._.127.0.0.1", nil, "")
-	call("no Istio ALPN (h2 only)", sni.Key{Host: host, Port: 9080}.SNI(), []string{"h2"}, "")
+	a, b := nets[0], nets[1]
+	key := func(subset string) sni.Key {
+		return sni.Key{Host: workload.EchoHost, Port: workload.EchoPort, Subset: subset}
+	}
+	call("network-a's own endpoint, via A", a.gwAddr, key("v1"), nil, "echo-v1")
+	call("remote mode: dial B's gateway", b.gwAddr, key("v2"), nil, "echo-v2")
+	call("local mode: A tunnels to B", a.gwAddr, key("v2"), nil, "echo-v2")
+	call("unknown service", a.gwAddr, sni.Key{Host: "nope.demo.svc.cluster.local", Port: 9080}, nil, "")
+	call("no Istio ALPN (h2 only)", a.gwAddr, key("v1"), []string{"h2"}, "")
 	tw.Flush()
 
-	fmt.Fprintf(stdout, "\nmetrics (%s/metrics):\n", adminURL)
-	var sb strings.Builder
-	n.reg.WriteTo(&sb)
-	for _, line := range strings.Split(sb.String(), "\n") {
-		if strings.HasPrefix(line, "ewgate_connections_") && !strings.HasSuffix(line, " 0") {
-			fmt.Fprintf(stdout, "  %s\n", line)
+	for _, nw := range nets {
+		fmt.Fprintf(stdout, "\nmetrics of %s's gateway (http://%s/metrics):\n", nw.name, nw.node.adminLn.Addr())
+		var sb strings.Builder
+		nw.node.reg.WriteTo(&sb)
+		for _, line := range strings.Split(sb.String(), "\n") {
+			if (strings.HasPrefix(line, "ewgate_connections_") || strings.HasPrefix(line, "ewgate_tunnel_streams_total") ||
+				strings.HasPrefix(line, "ewgate_gossip_networks")) && !strings.HasSuffix(line, " 0") {
+				fmt.Fprintf(stdout, "  %s\n", line)
+			}
 		}
 	}
 	if len(failed) > 0 {
@@ -174,9 +176,55 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *once {
 		return nil
 	}
-	fmt.Fprintf(stdout, "\nrunning: try  curl %s/debug/config  (Ctrl-C to stop)\n", adminURL)
+	fmt.Fprintf(stdout, "\nrunning: try  curl http://%s/debug/config  or  /debug/members  (Ctrl-C to stop)\n", a.node.adminLn.Addr())
 	<-ctx.Done()
 	return nil
+}
+
+// demoGateway writes network nw's config and its gateway's SVID under dir
+// and returns the gateway's settings; seed is a gossip address to join.
+func demoGateway(dir string, ca *identity.DevCA, nw *demoNetwork, seed string) (settings, error) {
+	ports := make([]int, 3) // passthrough, gossip, tunnel
+	for i := range ports {
+		p, err := freeLoopbackPort()
+		if err != nil {
+			return settings{}, err
+		}
+		ports[i] = p
+	}
+	ndir := filepath.Join(dir, nw.name)
+	cfgFile := filepath.Join(ndir, "mesh.yaml")
+	svid, err := ca.Issue(spiffeid.RequireFromPath(ca.TrustDomain(), "/ns/istio-system/sa/eastwest-"+nw.name), identity.IssueOptions{})
+	if err != nil {
+		return settings{}, err
+	}
+	if err := identity.WriteSVIDFiles(filepath.Join(ndir, "svid"), svid, ca.Bundle()); err != nil {
+		return settings{}, err
+	}
+	if err := os.WriteFile(cfgFile, []byte(workload.IstioConfig(nw.name, ports[0], nw.echo)), 0o644); err != nil {
+		return settings{}, err
+	}
+	nw.gwAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
+	s := defaultSettings()
+	s.Files = []string{cfgFile}
+	s.Network = nw.name
+	s.NodeName = "gw-" + nw.name
+	s.NodeLabels = map[string]string{"istio": "eastwestgateway"}
+	s.BindAddress = "127.0.0.1"
+	s.AdminAddress = "127.0.0.1:0"
+	s.DrainTimeout = duration(time.Second)
+	s.SVIDCert = filepath.Join(ndir, "svid", identity.FileCert)
+	s.SVIDKey = filepath.Join(ndir, "svid", identity.FileKey)
+	s.TrustBundles = []string{filepath.Join(ndir, "svid", identity.FileBundle)}
+	s.GossipAddress = fmt.Sprintf("127.0.0.1:%d", ports[1])
+	s.GossipProfile = "local"
+	s.InsecureGossip = true // a demo on one host; real meshes use --gossip-key-file
+	s.PassthroughAdvertise = nw.gwAddr
+	s.TunnelAddress = fmt.Sprintf("127.0.0.1:%d", ports[2])
+	if seed != "" {
+		s.Join = []string{seed}
+	}
+	return s, nil
 }
 
 // freeLoopbackPort returns a port that was free on 127.0.0.1 a moment ago.

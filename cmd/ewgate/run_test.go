@@ -265,7 +265,13 @@ func TestDemoOnce(t *testing.T) {
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out)
 	}
-	for _, want := range []string{"ok  ", "echo-v1, which saw the client as spiffe://cluster.local/ns/demo/sa/sleep", "refused", "ewgate_connections_forwarded_total 3"} {
+	for _, want := range []string{
+		"ok       local mode: A tunnels to B",
+		"echo-v2 saw spiffe://cluster.local/ns/demo/sa/sleep; 1 MiB echoed byte-exact",
+		"ok       remote mode: dial B's gateway",
+		"refused  unknown service",
+		"ewgate_tunnel_streams_total 1",
+	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
