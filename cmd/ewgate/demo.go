@@ -95,12 +95,13 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			seed = s.GossipAddress
 		}
 	}
-	// Wait until each gateway knows the other's network.
+	// Wait until each gateway has the other's summary of its network (a
+	// member may be known before its first summary arrives).
 	deadline := time.Now().Add(30 * time.Second)
 	for _, nw := range nets {
-		for len(nw.node.gossip.node.Summaries()) < len(nets) {
+		for !knowsAll(nw.node, len(nets)) {
 			if time.Now().After(deadline) {
-				return errors.New("demo: the gateways did not find each other within 30s")
+				return errors.New("demo: the gateways did not learn each other's networks within 30s")
 			}
 			time.Sleep(20 * time.Millisecond) // polling, bounded by the deadline
 		}
@@ -179,6 +180,18 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "\nrunning: try  curl http://%s/debug/config  or  /debug/members  (Ctrl-C to stop)\n", a.node.adminLn.Addr())
 	<-ctx.Done()
 	return nil
+}
+
+// knowsAll reports whether n holds a non-empty summary from each of the
+// demo's networks.
+func knowsAll(n *node, networks int) bool {
+	seen := 0
+	for _, ns := range n.gossip.node.Summaries() {
+		if len(ns.Summary.Services) > 0 {
+			seen++
+		}
+	}
+	return seen >= networks
 }
 
 // demoGateway writes network nw's config and its gateway's SVID under dir
