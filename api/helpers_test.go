@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"github.com/ewgate/ewgate/internal/await"
 	"net"
 	"os"
 	"path/filepath"
@@ -21,18 +22,6 @@ import (
 
 // waitTimeout bounds every wait of these tests; reaching it is a failure.
 const waitTimeout = 10 * time.Second
-
-// eventually polls cond until it holds, failing the test after waitTimeout.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond) // poll interval, not synchronisation
-	}
-}
 
 // receive waits for a value on c, failing the test after waitTimeout.
 func receive[T any](t *testing.T, what string, c <-chan T) T {
@@ -194,7 +183,7 @@ func serveUnix(t *testing.T, cfg ServerConfig) served {
 		}
 	})
 	// The socket accepts connections once the file has its final mode.
-	eventually(t, "the socket", func() bool {
+	await.True(t, waitTimeout, "the socket", func() bool {
 		fi, err := os.Stat(path)
 		return err == nil && fi.Mode().Perm() == DefaultSocketMode
 	})

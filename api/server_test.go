@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"github.com/ewgate/ewgate/internal/await"
 	"github.com/ewgate/ewgate/internal/leakcheck"
 	"net"
 	"os"
@@ -249,7 +250,7 @@ func TestServeUnixReplacesStaleSocket(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.ServeUnix(ctx, path) }()
-	eventually(t, "the new socket", func() bool {
+	await.True(t, waitTimeout, "the new socket", func() bool {
 		_, closer, err := Dial(ctx, path, nil)
 		if err == nil {
 			closer.Close()

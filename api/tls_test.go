@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"github.com/ewgate/ewgate/internal/await"
 	"github.com/ewgate/ewgate/internal/leakcheck"
 	"net"
 	"testing"
@@ -73,7 +74,7 @@ func TestServeTLS(t *testing.T) {
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("Dial from another trust domain: %v, want Unavailable", err)
 	}
-	eventually(t, "the server to count the rejection", func() bool {
+	await.True(t, waitTimeout, "the server to count the rejection", func() bool {
 		return serverAuthz.Stats().Rejected[identity.ReasonUnknownTrustDomain] == 1
 	})
 

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"github.com/ewgate/ewgate/internal/await"
 	"github.com/ewgate/ewgate/internal/leakcheck"
 	"net"
 	"testing"
@@ -180,7 +181,7 @@ func TestWatchResolveEndsOnClientCancel(t *testing.T) {
 			t.Errorf("Recv after cancel: %v, want Canceled", err)
 		}
 	}
-	eventually(t, "watchers to end", func() bool { return s.srv.Watchers() == 0 })
+	await.True(t, waitTimeout, "watchers to end", func() bool { return s.srv.Watchers() == 0 })
 	// checkGoroutines verifies that nothing else is left once the server
 	// and the connection are closed.
 }

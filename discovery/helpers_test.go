@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 )
 
 // doc returns one Istio resource as YAML; ns "" leaves metadata.namespace out
@@ -145,16 +144,4 @@ func (b *logBuffer) String() string {
 func newLogger() (*slog.Logger, *logBuffer) {
 	b := new(logBuffer)
 	return slog.New(slog.NewTextHandler(b, nil)), b
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond) // poll interval, not synchronisation
-	}
 }

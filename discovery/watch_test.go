@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"context"
+	"github.com/ewgate/ewgate/internal/await"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -128,7 +129,7 @@ func waitWatching(t *testing.T, r *recorder, w *Watcher, dir string) {
 	probe := filepath.Join(dir, "probe.yaml")
 	n := 0
 	var written time.Time
-	eventually(t, waitFor, "Run to watch "+dir, func() bool {
+	await.True(t, waitFor, "Run to watch "+dir, func() bool {
 		if hasGateway(r.lastGood(), "probe-"+strconv.Itoa(n)) {
 			return true
 		}
@@ -203,11 +204,11 @@ func TestWatcherRun(t *testing.T) {
 
 	// A new file in the directory.
 	writeFile(t, filepath.Join(dir, "extra.yaml"), ewGatewayOn("extra", 15000))
-	eventually(t, waitFor, "the new file to apply", func() bool { return hasGateway(r.lastGood(), "extra") })
+	await.True(t, waitFor, "the new file to apply", func() bool { return hasGateway(r.lastGood(), "extra") })
 
 	// An existing file replaced by rename.
 	replaceFile(t, gw, ewGateway("renamed"))
-	eventually(t, waitFor, "the replaced file to apply", func() bool {
+	await.True(t, waitFor, "the replaced file to apply", func() bool {
 		c := r.lastGood()
 		return hasGateway(c, "renamed") && !hasGateway(c, "ew") && hasGateway(c, "extra")
 	})
@@ -216,7 +217,7 @@ func TestWatcherRun(t *testing.T) {
 	// A change that does not load: reported, not applied.
 	bad := filepath.Join(dir, "bad.yaml")
 	writeFile(t, bad, doc("Gateway", "istio-system", "bad", `{servers: [{port: {number: 1, protocol: TLS}, hosts: ["*"], tls: {mode: SIMPLE}}]}`))
-	eventually(t, waitFor, "the invalid file to be reported", func() bool {
+	await.True(t, waitFor, "the invalid file to be reported", func() bool {
 		err, ok := r.lastResult()
 		return ok && err != nil && strings.Contains(err.Error(), bad)
 	})
@@ -241,7 +242,7 @@ func TestWatcherRun(t *testing.T) {
 	}
 	conflict := filepath.Join(dir, "conflict.yaml")
 	writeFile(t, conflict, ewGateway("conflict"))
-	eventually(t, waitFor, "Apply's error to be reported", func() bool {
+	await.True(t, waitFor, "Apply's error to be reported", func() bool {
 		err, ok := r.lastResult()
 		return ok && err != nil && strings.Contains(err.Error(), "already served")
 	})
@@ -251,7 +252,7 @@ func TestWatcherRun(t *testing.T) {
 
 	// Fixing it applies again.
 	writeFile(t, conflict, ewGatewayOn("conflict", 15001))
-	eventually(t, waitFor, "the fix to apply", func() bool { return hasGateway(r.lastGood(), "conflict") })
+	await.True(t, waitFor, "the fix to apply", func() bool { return hasGateway(r.lastGood(), "conflict") })
 
 	cancel()
 	select {
@@ -260,7 +261,7 @@ func TestWatcherRun(t *testing.T) {
 		t.Fatal("Run did not return after cancel")
 	}
 	// fsnotify's goroutines are gone too.
-	eventually(t, waitFor, "goroutines to end", func() bool { return runtime.NumGoroutine() <= goroutines })
+	await.True(t, waitFor, "goroutines to end", func() bool { return runtime.NumGoroutine() <= goroutines })
 }
 
 func TestWatcherRunWatchesFile(t *testing.T) {
@@ -279,9 +280,9 @@ func TestWatcherRunWatchesFile(t *testing.T) {
 	waitWatching(t, r, w, dir)
 
 	replaceFile(t, gw, ewGateway("renamed"))
-	eventually(t, waitFor, "the replaced file to apply", func() bool { return hasGateway(r.lastGood(), "renamed") })
+	await.True(t, waitFor, "the replaced file to apply", func() bool { return hasGateway(r.lastGood(), "renamed") })
 	writeFile(t, gw, ewGateway("rewritten"))
-	eventually(t, waitFor, "the rewritten file to apply", func() bool { return hasGateway(r.lastGood(), "rewritten") })
+	await.True(t, waitFor, "the rewritten file to apply", func() bool { return hasGateway(r.lastGood(), "rewritten") })
 }
 
 // Regression: Load did not remember what it read, and Run only compared with
@@ -299,7 +300,7 @@ func TestWatcherChangeBetweenLoadAndRun(t *testing.T) {
 	}
 	writeFile(t, gw, ewGateway("after"))
 	startRun(t, w)
-	eventually(t, waitFor, "the change made before Run to apply", func() bool { return hasGateway(r.lastGood(), "after") })
+	await.True(t, waitFor, "the change made before Run to apply", func() bool { return hasGateway(r.lastGood(), "after") })
 }
 
 func TestWatcherReloadOnlyOnChange(t *testing.T) {

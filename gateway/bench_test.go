@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/ewgate/ewgate/internal/await"
 	"github.com/ewgate/ewgate/internal/leakcheck"
 	"io"
 	"net"
@@ -164,13 +165,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 		}
 		clients = append(clients, c)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for be.count() < b.N {
-		if time.Now().After(deadline) {
-			b.Fatalf("only %d of %d connections reached the backend", be.count(), b.N)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	await.True(b, 30*time.Second, "every connection to reach the backend", func() bool { return be.count() >= b.N })
 	b.StopTimer()
 	// Let the gateway's goroutines park, and stacks shrink, as they would
 	// on a long-lived idle connection.

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"github.com/ewgate/ewgate/internal/await"
 	"github.com/ewgate/ewgate/internal/leakcheck"
 	"github.com/ewgate/ewgate/workload"
 	"io"
@@ -28,7 +29,7 @@ func TestForwardByteExact(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	eventually(t, 5*time.Second, "connection to finish", func() bool { return m.gw.Active() == 0 })
+	await.True(t, 5*time.Second, "connection to finish", func() bool { return m.gw.Active() == 0 })
 	if got := m.gw.m.Forwarded.Value(); got != 1 {
 		t.Errorf("forwarded = %d, want 1", got)
 	}
@@ -147,7 +148,7 @@ spec:
 			if !strings.Contains(err.Error(), tt.alert) {
 				t.Errorf("client error %q, want TLS alert %q", err, tt.alert)
 			}
-			eventually(t, 5*time.Second, "reject counter", func() bool { return m.gw.m.Rejected(tt.reason) == before+1 })
+			await.True(t, 5*time.Second, "reject counter", func() bool { return m.gw.m.Rejected(tt.reason) == before+1 })
 		})
 	}
 	if n := b.Accepted(); n != 0 {
@@ -215,7 +216,7 @@ func TestBadClients(t *testing.T) {
 			if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) {
 				t.Fatalf("want the gateway to close the connection, got %v", err)
 			}
-			eventually(t, 5*time.Second, "reject counter "+tt.reason, func() bool { return m.gw.m.Rejected(tt.reason) == before+1 })
+			await.True(t, 5*time.Second, "reject counter "+tt.reason, func() bool { return m.gw.m.Rejected(tt.reason) == before+1 })
 		})
 	}
 	if n := b.Accepted(); n != 0 {
@@ -273,7 +274,7 @@ func TestDrain(t *testing.T) {
 		defer cancel()
 		shut <- m.gw.Shutdown(ctx)
 	}()
-	eventually(t, 5*time.Second, "listener to close", func() bool {
+	await.True(t, 5*time.Second, "listener to close", func() bool {
 		probe, err := net.Dial("tcp", addr)
 		if err == nil {
 			probe.Close()
@@ -359,7 +360,7 @@ func TestAllEndpointsDown(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "internal error") {
 		t.Fatalf("dial = %v, want a TLS internal error alert", err)
 	}
-	eventually(t, 5*time.Second, "reject counter", func() bool { return m.gw.m.Rejected(RejectUnavailable) == 1 })
+	await.True(t, 5*time.Second, "reject counter", func() bool { return m.gw.m.Rejected(RejectUnavailable) == 1 })
 }
 
 func TestIdleTimeout(t *testing.T) {
@@ -394,7 +395,7 @@ func TestConnectionLimit(t *testing.T) {
 	if _, err := m.dial(echoSNI, "istio"); err == nil {
 		t.Fatal("second connection accepted over a limit of 1")
 	}
-	eventually(t, 5*time.Second, "over_limit count", func() bool { return m.gw.m.Rejected(RejectOverLimit) == 1 })
+	await.True(t, 5*time.Second, "over_limit count", func() bool { return m.gw.m.Rejected(RejectOverLimit) == 1 })
 }
 
 // A drain that times out must cut every flow, including one whose client
@@ -411,7 +412,7 @@ func TestDrainTimeoutCutsHalfClosedFlows(t *testing.T) {
 	defer c.Close()
 	c.Write(hello)
 	c.(*net.TCPConn).CloseWrite()
-	eventually(t, 5*time.Second, "connection to reach the backend", func() bool { return be.count() == 1 })
+	await.True(t, 5*time.Second, "connection to reach the backend", func() bool { return be.count() == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if err := gw.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {

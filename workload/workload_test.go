@@ -2,7 +2,7 @@ package workload
 
 import (
 	"context"
-	"runtime"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +14,7 @@ import (
 )
 
 func TestEchoDirect(t *testing.T) {
-	g0 := runtime.NumGoroutine()
+	leakcheck.Check(t)
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
 	ca, err := identity.NewDevCA(td)
 	if err != nil {
@@ -61,13 +61,6 @@ func TestEchoDirect(t *testing.T) {
 		t.Errorf("accepted %d connections, want 2", srv.Accepted())
 	}
 	srv.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > g0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("goroutines %d -> %d after Close", g0, runtime.NumGoroutine())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func TestIstioConfig(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
+	"github.com/ewgate/ewgate/internal/await"
 	"io"
 	"net"
 	"net/http"
@@ -61,7 +62,7 @@ func TestOpenSSLClient(t *testing.T) {
 	}
 	defer cmd.Process.Kill()
 	io.WriteString(stdin, "hello from openssl\n")
-	eventually(t, 20*time.Second, "openssl to see the echo", func() bool {
+	await.True(t, 20*time.Second, "openssl to see the echo", func() bool {
 		return strings.Contains(out.String(), "hello from openssl")
 	})
 	stdin.Close()

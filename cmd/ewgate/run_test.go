@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/ewgate/ewgate/internal/await"
 	"net"
 	"os"
 	"path/filepath"
@@ -107,7 +108,7 @@ func (w *world) run(extra ...string) *proc {
 		"--node-labels", "istio=eastwestgateway", "--bind-address", "127.0.0.1",
 		"--admin-address", w.admin, "--log-level", "debug"}, extra...)
 	p := startEwgate(w.t, args...)
-	eventually(w.t, 30*time.Second, "/readyz", func() bool {
+	await.True(w.t, 30*time.Second, "/readyz", func() bool {
 		code, _, _ := httpGet("http://" + w.admin + "/readyz")
 		return code == 200
 	})
@@ -145,7 +146,7 @@ func TestRunForwardsReloadsAndDrains(t *testing.T) {
 	}
 	defer open.Close()
 	w.writeConfig("v2")
-	eventually(t, 10*time.Second, "reload to route to v2", func() bool {
+	await.True(t, 10*time.Second, "reload to route to v2", func() bool {
 		c, err := w.dial("")
 		if err != nil {
 			return false
@@ -159,7 +160,7 @@ func TestRunForwardsReloadsAndDrains(t *testing.T) {
 
 	// A broken config is refused and the last good one stays.
 	w.writeFile("mesh.yaml", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: broken}\nspec: {servers: [{port: {number: 1, protocol: TLS}, hosts: ['*'], tls: {mode: SIMPLE}}]}\n")
-	eventually(t, 10*time.Second, "failed reload to be counted", func() bool {
+	await.True(t, 10*time.Second, "failed reload to be counted", func() bool {
 		return metric(t, w.admin, `ewgate_config_reloads_total{result="failed"}`) == 1
 	})
 	if !strings.Contains(p.output(), "spec.servers[0].tls.mode: SIMPLE is not supported") {
@@ -183,7 +184,7 @@ func TestRunForwardsReloadsAndDrains(t *testing.T) {
 
 	// SIGTERM drains: no new connections, the open one finishes.
 	p.cmd.Process.Signal(syscall.SIGTERM)
-	eventually(t, 10*time.Second, "listener to close", func() bool {
+	await.True(t, 10*time.Second, "listener to close", func() bool {
 		c, err := net.Dial("tcp", w.gwAddr())
 		if err == nil {
 			c.Close()
@@ -330,7 +331,7 @@ func TestRunAPIResolveAndRegister(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "registered endpoint to serve subset v2", func() bool {
+	await.True(t, 10*time.Second, "registered endpoint to serve subset v2", func() bool {
 		c, err := w.dial("v2")
 		if err != nil {
 			return false
@@ -341,7 +342,7 @@ func TestRunAPIResolveAndRegister(t *testing.T) {
 	if _, err := client.DeregisterEndpoints(ctx, &ewgatev1.DeregisterEndpointsRequest{Registrar: "agent-1"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "deregistered endpoint to leave", func() bool {
+	await.True(t, 10*time.Second, "deregistered endpoint to leave", func() bool {
 		c, err := w.dial("v2")
 		if err == nil {
 			c.Close()
@@ -382,7 +383,7 @@ func TestRunGossipResolvesAcrossNetworks(t *testing.T) {
 		out, _ := runEwgate(t, "ctl", "--api", sockA, "resolve", "outbound_.9080_._.echo.demo.svc.cluster.local", "--from-network", from)
 		return out
 	}
-	eventually(t, 30*time.Second, "network-b to appear in network-a's answers", func() bool {
+	await.True(t, 30*time.Second, "network-b to appear in network-a's answers", func() bool {
 		return hasRow(resolve("network-a"), "gateway", wb.gwAddr(), "1", "network-b")
 	})
 	out := resolve("network-a")
@@ -409,7 +410,7 @@ func TestRunGossipResolvesAcrossNetworks(t *testing.T) {
 
 	// Network-b's only gateway dies: network-b leaves the answers.
 	pb.cmd.Process.Kill()
-	eventually(t, 60*time.Second, "network-b to leave after its gateway died", func() bool {
+	await.True(t, 60*time.Second, "network-b to leave after its gateway died", func() bool {
 		return !strings.Contains(resolve("network-c"), "network-b")
 	})
 }
@@ -511,7 +512,7 @@ func TestRunAwkwardClients(t *testing.T) {
 			if _, err := c.Read(make([]byte, 1)); err == nil {
 				t.Fatal("the gateway answered instead of closing")
 			}
-			eventually(t, 5*time.Second, series, func() bool { return metric(t, w.admin, series) == before+1 })
+			await.True(t, 5*time.Second, series, func() bool { return metric(t, w.admin, series) == before+1 })
 		})
 	}
 	if n := w.echoes["v1"].Accepted(); n != 2 {
@@ -570,7 +571,7 @@ func TestRunTunnelsLocalMode(t *testing.T) {
 	wb.run(tunnelArgs(t, wb, key, "b", loopbackAddr(t), gossipA)...)
 
 	var c *workload.Conn
-	eventually(t, 30*time.Second, "a connection through network-a's gateway to reach network-b", func() bool {
+	await.True(t, 30*time.Second, "a connection through network-a's gateway to reach network-b", func() bool {
 		var err error
 		c, err = wa.dial("v1")
 		return err == nil
@@ -604,7 +605,7 @@ func TestRunTunnelsFailover(t *testing.T) {
 	wa.run(tunnelArgs(t, wa, key, "a", gossipA)...)
 	pb1 := wb1.run(tunnelArgs(t, wb1, key, "b1", loopbackAddr(t), gossipA)...)
 	wb2.run(tunnelArgs(t, wb2, key, "b2", loopbackAddr(t), gossipA)...)
-	eventually(t, 30*time.Second, "both of network-b's gateways to carry connections", func() bool {
+	await.True(t, 30*time.Second, "both of network-b's gateways to carry connections", func() bool {
 		if c, err := wa.dial("v1"); err == nil {
 			c.Close()
 		}
@@ -613,7 +614,7 @@ func TestRunTunnelsFailover(t *testing.T) {
 	pb1.cmd.Process.Kill()
 	// After failure detection every new connection succeeds, through b2.
 	ok := 0
-	eventually(t, 60*time.Second, "10 connections in a row after b1 died", func() bool {
+	await.True(t, 60*time.Second, "10 connections in a row after b1 died", func() bool {
 		c, err := wa.dial("v1")
 		if err != nil {
 			ok = 0
