@@ -125,6 +125,13 @@ func (r *Registry) GaugeFunc(name, help string, f func() float64) {
 	fam.series[""] = f
 }
 
+// CounterFunc registers a counter whose value is read from f at scrape
+// time, for counts another component keeps; f must never decrease.
+func (r *Registry) CounterFunc(name, help string, f func() float64) {
+	fam := r.family(name, help, "counter", "")
+	fam.series[""] = f
+}
+
 func (f *family) write(w *bufio.Writer) {
 	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", f.name, f.help, f.name, f.typ)
 	f.mu.Lock()

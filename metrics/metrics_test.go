@@ -12,6 +12,7 @@ func TestExposition(t *testing.T) {
 	v := r.CounterVec("y_total", "Things by kind.", "kind")
 	g := r.Gauge("z", "Level.")
 	r.GaugeFunc("f", "Computed.", func() float64 { return 1.5 })
+	r.CounterFunc("cf_total", "Counted elsewhere.", func() float64 { return 9 })
 	h := r.Histogram("h_seconds", "Durations.", []float64{0.1, 1})
 	c.Add(3)
 	v.With("b").Inc()
@@ -38,6 +39,9 @@ z -2
 # HELP f Computed.
 # TYPE f gauge
 f 1.5
+# HELP cf_total Counted elsewhere.
+# TYPE cf_total counter
+cf_total 9
 # HELP h_seconds Durations.
 # TYPE h_seconds histogram
 h_seconds_bucket{le="0.1"} 2

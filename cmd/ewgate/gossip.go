@@ -269,9 +269,9 @@ func (g *gossip) register(reg *metrics.Registry) {
 	reg.GaugeFunc("ewgate_gossip_members_left", "Gossip members that left, kept for a while.", stat(func(s peer.Stats) float64 { return float64(s.Left) }))
 	reg.GaugeFunc("ewgate_gossip_catalog_services", "Service entries across the live gateways' summaries.", stat(func(s peer.Stats) float64 { return float64(s.Services) }))
 	reg.GaugeFunc("ewgate_gossip_networks", "Networks with a live gateway.", stat(func(s peer.Stats) float64 { return float64(s.Networks) }))
-	reg.GaugeFunc("ewgate_gossip_bytes_in_total", "Gossip bytes received.", stat(func(s peer.Stats) float64 { return float64(s.BytesIn) }))
-	reg.GaugeFunc("ewgate_gossip_bytes_out_total", "Gossip bytes sent.", stat(func(s peer.Stats) float64 { return float64(s.BytesOut) }))
-	reg.GaugeFunc("ewgate_gossip_push_pulls_total", "Remote catalog states merged.", stat(func(s peer.Stats) float64 { return float64(s.PushPulls) }))
+	reg.CounterFunc("ewgate_gossip_bytes_in_total", "Gossip bytes received.", stat(func(s peer.Stats) float64 { return float64(s.BytesIn) }))
+	reg.CounterFunc("ewgate_gossip_bytes_out_total", "Gossip bytes sent.", stat(func(s peer.Stats) float64 { return float64(s.BytesOut) }))
+	reg.CounterFunc("ewgate_gossip_push_pulls_total", "Remote catalog states merged.", stat(func(s peer.Stats) float64 { return float64(s.PushPulls) }))
 	reg.GaugeFunc("ewgate_gossip_last_push_pull_seconds", "Time to merge the last remote catalog state.", stat(func(s peer.Stats) float64 { return s.LastPushPull.Seconds() }))
 }
 

@@ -139,10 +139,10 @@ func (t *tunnels) register(reg *metrics.Registry) {
 		return 0
 	}))
 	reg.GaugeFunc("ewgate_tunnel_streams_open", "Tunnel streams open.", sum(func(p tunnel.PeerStats) float64 { return float64(p.StreamsOpen) }))
-	reg.GaugeFunc("ewgate_tunnel_streams_total", "Tunnel streams opened since start.", sum(func(p tunnel.PeerStats) float64 { return float64(p.StreamsTotal) }))
-	reg.GaugeFunc("ewgate_tunnel_bytes_sent_total", "Bytes sent on tunnel streams.", sum(func(p tunnel.PeerStats) float64 { return float64(p.BytesSent) }))
-	reg.GaugeFunc("ewgate_tunnel_bytes_received_total", "Bytes received on tunnel streams.", sum(func(p tunnel.PeerStats) float64 { return float64(p.BytesReceived) }))
-	reg.GaugeFunc("ewgate_tunnel_handshake_failures_total", "Tunnel handshakes that failed, all reasons.", sum(func(p tunnel.PeerStats) float64 {
+	reg.CounterFunc("ewgate_tunnel_streams_total", "Tunnel streams opened since start.", sum(func(p tunnel.PeerStats) float64 { return float64(p.StreamsTotal) }))
+	reg.CounterFunc("ewgate_tunnel_bytes_sent_total", "Bytes sent on tunnel streams.", sum(func(p tunnel.PeerStats) float64 { return float64(p.BytesSent) }))
+	reg.CounterFunc("ewgate_tunnel_bytes_received_total", "Bytes received on tunnel streams.", sum(func(p tunnel.PeerStats) float64 { return float64(p.BytesReceived) }))
+	reg.CounterFunc("ewgate_tunnel_handshake_failures_total", "Tunnel handshakes that failed, all reasons.", sum(func(p tunnel.PeerStats) float64 {
 		var n uint64
 		for _, c := range p.HandshakeFailures {
 			n += c
