@@ -75,7 +75,11 @@ func runMain(m *testing.M) int {
 			fmt.Fprintln(os.Stderr, "e2e:", err)
 			return 1
 		}
-		defer os.RemoveAll(runDir)
+		if os.Getenv("E2E_KEEP") == "" {
+			defer os.RemoveAll(runDir)
+		} else {
+			defer fmt.Fprintf(os.Stderr, "e2e: E2E_KEEP set: logs, configs and captures kept in %s\n", runDir)
+		}
 		ewgateBin = filepath.Join(runDir, "ewgate")
 		build := exec.Command("go", "build", "-o", ewgateBin, "github.com/ewgate/ewgate/cmd/ewgate")
 		if out, err := build.CombinedOutput(); err != nil {
@@ -525,7 +529,9 @@ func (tp *topology) newGateway(t *testing.T, s gatewaySpec, ca *identity.DevCA, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := identity.WriteSVIDFiles(svidDir, svid, ca.Bundle()); err != nil {
+	// Every gateway trusts the mesh's CA: gw-x-otherca accepts B's
+	// gateways, and they must refuse it.
+	if err := identity.WriteSVIDFiles(svidDir, svid, tp.ca.Bundle()); err != nil {
 		t.Fatal(err)
 	}
 	cfg := tp.gwConfig[s.network[len("network-"):]]
