@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // cluster starts one node per name (network = the name's first letter),
@@ -214,6 +215,7 @@ func TestStartRejectsBadConfig(t *testing.T) {
 		{"meta too large", nil, func(c *Config) { c.SPIFFEID = "spiffe://td/" + strings.Repeat("x", 600) }, nil, "512-byte limit"},
 		{"bad passthrough", nil, func(c *Config) { c.PassthroughAddr = "no-port" }, nil, "PassthroughAddr"},
 		{"long mesh id", nil, func(c *Config) { c.MeshID = strings.Repeat("m", 300) }, nil, "MeshID"},
+		{"negative reconnect timeout", nil, func(c *Config) { c.ReconnectTimeout = -time.Second }, nil, "ReconnectTimeout"},
 		{"canceled", canceled, func(c *Config) {}, context.Canceled, ""},
 	}
 	for _, tt := range tests {

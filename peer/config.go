@@ -34,6 +34,13 @@ const (
 	DefaultDeadNodeReclaimTime = 10 * time.Second
 	DefaultJoinBackoff         = time.Second
 	DefaultJoinBackoffMax      = 30 * time.Second
+	// DefaultReconnectInterval is how often a node tries to rejoin failed
+	// members (and its seeds while alone), plus up to 20% jitter.
+	DefaultReconnectInterval = 10 * time.Second
+	// DefaultReconnectTimeout is how long a failed member is retried before
+	// it is forgotten: Serf's default, long enough to outlast a WAN outage
+	// repaired the next day.
+	DefaultReconnectTimeout = 24 * time.Hour
 	// DefaultMaxStateBytes bounds a received push/pull state and a received
 	// reliably sent entry, after decompression. It stays under memberlist's
 	// own 20 MiB cap on push/pull user state.
@@ -97,6 +104,22 @@ type Config struct {
 	// SPIFFEID is this gateway's identity, advertised in the node meta.
 	SPIFFEID string
 
+	// ReconnectInterval is how often the node tries to rejoin members that
+	// failed (were declared dead without leaving gracefully), so that the
+	// two sides of a network partition find each other again once it heals:
+	// memberlist itself stops contacting a dead node soon after declaring it
+	// dead. Each round joins up to three failed members at random and, when
+	// no other member is live and the first join to Join succeeded, the
+	// seeds in Join, so that a node whose peers all restarted on the same
+	// addresses finds them. Up to 20% jitter is added. Default
+	// DefaultReconnectInterval; negative disables reconnecting. It stops on
+	// Leave and Shutdown.
+	ReconnectInterval time.Duration
+	// ReconnectTimeout is how long a failed member is retried before it is
+	// forgotten (at most 256 are remembered; the first failed goes first).
+	// Default DefaultReconnectTimeout.
+	ReconnectTimeout time.Duration
+
 	// DeadNodeReclaimTime lets a node that restarts under the same name on
 	// a new address rejoin once its old incarnation has been dead this long.
 	// Default DefaultDeadNodeReclaimTime; negative disables reclaiming.
@@ -109,6 +132,10 @@ type Config struct {
 
 	// Logger receives the node's and memberlist's logs. Default: discard.
 	Logger *slog.Logger
+
+	// tuneMemberlist, if set, adjusts memberlist's configuration before it starts.
+	// Tests only (they shorten GossipToTheDeadTime).
+	tuneMemberlist func(*memberlist.Config)
 }
 
 // withDefaults returns a copy of c with defaults applied, or an error
@@ -172,6 +199,15 @@ func (c Config) withDefaults() (Config, error) {
 		c.JoinBackoffMax = DefaultJoinBackoffMax
 	}
 	c.JoinBackoffMax = max(c.JoinBackoffMax, c.JoinBackoff)
+	if c.ReconnectInterval == 0 {
+		c.ReconnectInterval = DefaultReconnectInterval
+	}
+	if c.ReconnectTimeout < 0 {
+		return c, fmt.Errorf("peer: Config.ReconnectTimeout %v is negative", c.ReconnectTimeout)
+	}
+	if c.ReconnectTimeout == 0 {
+		c.ReconnectTimeout = DefaultReconnectTimeout
+	}
 	if c.MaxStateBytes <= 0 {
 		c.MaxStateBytes = DefaultMaxStateBytes
 	}

@@ -32,6 +32,24 @@
 // dead its summary is withdrawn; when the last gateway of a network goes,
 // nothing of that network remains.
 //
+// # Partitions and reconnect
+//
+// Once memberlist has declared a node dead it stops contacting it (after
+// GossipToTheDeadTime: 15 s to 60 s by profile), so the two sides of a
+// network partition that lasted longer than failure detection would stay
+// apart after it heals. Like Serf's reconnect, a node remembers the members
+// that failed (declared dead without a goodbye; not those that left) with
+// their gossip address, and every [Config.ReconnectInterval] (default
+// [DefaultReconnectInterval], with jitter) joins up to three of them at
+// random: one join that gets through exchanges both sides' views and the
+// rest spreads by gossip. A member comes off that list when it is alive
+// again (or another node holds its address), when it leaves, or after
+// [Config.ReconnectTimeout] (default [DefaultReconnectTimeout]). While a
+// node sees no other live member it also rejoins its [Config.Join] seeds,
+// so a gateway whose peers all restarted on the same addresses finds them.
+// Leave and Shutdown stop it; [Stats] counts pending members, attempts and
+// successes.
+//
 // # Security
 //
 // Gossip is encrypted and authenticated with memberlist's AES-GCM keyring:

@@ -104,6 +104,14 @@ type Stats struct {
 	Stale            uint64        // remote entries not newer than held, ignored
 	JoinAttempts     uint64
 	JoinFailures     uint64
+	// ReconnectPending is the number of failed members (declared dead, not
+	// left) remembered for reconnecting: see Config.ReconnectInterval.
+	ReconnectPending int
+	// ReconnectAttempts counts reconnect joins tried, one per address: to
+	// failed members, and to the seeds while the node is alone.
+	ReconnectAttempts uint64
+	// ReconnectSuccesses counts reconnect joins that reached another node.
+	ReconnectSuccesses uint64
 	// Rejected counts input from the network that was ignored, by reason
 	// (the Reject* constants).
 	Rejected map[string]uint64
@@ -118,16 +126,20 @@ type Node struct {
 	metaBytes    []byte
 	keyring      *memberlist.Keyring // nil when gossiping in plaintext
 	ml           *memberlist.Memberlist
+	tr           *countingTransport
 	live         atomic.Int64 // live members, this node included
 	queue        *memberlist.TransmitLimitedQueue
 	maxBroadcast int // largest message that fits an otherwise empty gossip packet
 
-	changed      chan struct{} // buffer 1: coalescing change notification
-	evKick       chan struct{} // buffer 1: events pending
-	reliableKick chan struct{} // buffer 1: a large entry waits for sending
-	joined       chan struct{} // closed when a join succeeded
-	done         chan struct{} // closed by Shutdown
-	wg           sync.WaitGroup
+	changed       chan struct{} // buffer 1: coalescing change notification
+	evKick        chan struct{} // buffer 1: events pending
+	reliableKick  chan struct{} // buffer 1: a large entry waits for sending
+	joined        chan struct{} // closed when a join succeeded
+	stop          chan struct{} // closed by Leave or Shutdown: stop joining
+	stopOnce      sync.Once
+	reconnectDone chan struct{} // closed when the reconnect loop returned
+	done          chan struct{} // closed by Shutdown
+	wg            sync.WaitGroup
 
 	evMu sync.Mutex
 	evs  []event
@@ -139,6 +151,7 @@ type Node struct {
 	stateCache      []byte
 	stateGen        uint64
 	pendingReliable []byte
+	reconnects      *reconnectSet
 
 	lifeMu sync.Mutex
 	closed bool
@@ -186,6 +199,8 @@ type counters struct {
 	reliableSends, reliableKO atomic.Uint64
 	accepted, stale           atomic.Uint64
 	joinAttempts, joinKO      atomic.Uint64
+	reconnectAttempts         atomic.Uint64
+	reconnects                atomic.Uint64
 	rejected                  [numReasons]atomic.Uint64
 	lastRejectLog             [numReasons]atomic.Int64
 }
@@ -217,17 +232,20 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 
 	n := &Node{
-		cfg:          cfg,
-		log:          cfg.Logger.With("node", cfg.Name),
-		meta:         meta,
-		metaBytes:    metaBytes,
-		changed:      make(chan struct{}, 1),
-		evKick:       make(chan struct{}, 1),
-		reliableKick: make(chan struct{}, 1),
-		joined:       make(chan struct{}),
-		done:         make(chan struct{}),
-		store:        newStore(),
-		members:      make(map[string]*member),
+		cfg:           cfg,
+		log:           cfg.Logger.With("node", cfg.Name),
+		meta:          meta,
+		metaBytes:     metaBytes,
+		changed:       make(chan struct{}, 1),
+		evKick:        make(chan struct{}, 1),
+		reliableKick:  make(chan struct{}, 1),
+		joined:        make(chan struct{}),
+		stop:          make(chan struct{}),
+		reconnectDone: make(chan struct{}),
+		done:          make(chan struct{}),
+		store:         newStore(),
+		members:       make(map[string]*member),
+		reconnects:    newReconnectSet(maxReconnectMembers),
 	}
 
 	mc := memberlistConfig(cfg.Profile)
@@ -264,6 +282,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	tr := newCountingTransport(nt, &n.c.bytesIn, &n.c.bytesOut)
 	mc.Transport = tr
+	n.tr = tr
+	if cfg.tuneMemberlist != nil {
+		cfg.tuneMemberlist(mc)
+	}
 
 	// Catalog changes are rare and matter: each is retransmitted at least
 	// as often as the LAN profile would (4 * log10(N+1) times), even in
@@ -309,6 +331,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		go n.joinLoop(slices.Clone(cfg.Join))
 	} else {
 		close(n.joined)
+	}
+	if cfg.ReconnectInterval > 0 {
+		n.wg.Add(1)
+		go n.reconnectLoop()
 	}
 	n.log.Info("gossip started", "addr", n.Addr(), "network", cfg.Network, "encrypted", n.keyring != nil, "mesh_id", cfg.MeshID, "profile", cfg.Profile)
 	return n, nil
@@ -365,6 +391,11 @@ func (n *Node) joinLoop(seeds []string) {
 	defer n.wg.Done()
 	backoff := n.cfg.JoinBackoff
 	for {
+		select {
+		case <-n.stop: // left or shut down
+			return
+		default:
+		}
 		n.c.joinAttempts.Add(1)
 		k, err := n.ml.Join(seeds)
 		if k > 0 {
@@ -383,7 +414,7 @@ func (n *Node) joinLoop(seeds []string) {
 		t := time.NewTimer(backoff + rand.N(backoff/5+1))
 		select {
 		case <-t.C:
-		case <-n.done:
+		case <-n.stop:
 			t.Stop()
 			return
 		}
@@ -630,6 +661,9 @@ func (n *Node) Stats() Stats {
 		JoinAttempts:     n.c.joinAttempts.Load(),
 		JoinFailures:     n.c.joinKO.Load(),
 		Rejected:         make(map[string]uint64, numReasons),
+
+		ReconnectAttempts:  n.c.reconnectAttempts.Load(),
+		ReconnectSuccesses: n.c.reconnects.Load(),
 	}
 	for i := range numReasons {
 		s.Rejected[reasonName(i)] = n.c.rejected[i].Load()
@@ -653,6 +687,7 @@ func (n *Node) Stats() Stats {
 		networks[e.summary.Network] = true
 	}
 	s.Networks = len(networks)
+	s.ReconnectPending = n.reconnects.len()
 	return s
 }
 
@@ -695,14 +730,16 @@ func (n *Node) SetKeys(keys [][]byte) error {
 
 // Leave tells the cluster this node is leaving (a goodbye gossiped first,
 // so others record it as left rather than dead, then memberlist's leave),
-// waiting up to timeout in all for the messages to go out, so others withdraw its summary at once instead of
-// after failure detection. The node keeps running until Shutdown.
+// waiting up to timeout in all for the messages to go out, so others
+// withdraw its summary at once instead of after failure detection. The node
+// keeps running until Shutdown but stops joining and reconnecting.
 func (n *Node) Leave(timeout time.Duration) error {
 	n.lifeMu.Lock()
 	defer n.lifeMu.Unlock()
 	if n.closed {
 		return ErrClosed
 	}
+	n.stopJoining()
 	deadline := time.Now().Add(timeout)
 	if n.live.Load() > 1 {
 		n.mu.Lock()
@@ -740,6 +777,7 @@ func (n *Node) applyBye(b bye) bool {
 		return false
 	}
 	m.leaving = true
+	n.reconnects.left(b.origin)
 	if m.state == StateDead {
 		m.state = StateLeft
 		n.gen++
@@ -760,6 +798,7 @@ func (n *Node) Shutdown() error {
 	n.mu.Lock()
 	n.closed = true
 	n.mu.Unlock()
+	n.stopJoining()
 	close(n.done)
 	err := n.ml.Shutdown()
 	n.wg.Wait()
@@ -768,6 +807,9 @@ func (n *Node) Shutdown() error {
 	}
 	return nil
 }
+
+// stopJoining stops the join and reconnect loops; joins in flight finish.
+func (n *Node) stopJoining() { n.stopOnce.Do(func() { close(n.stop) }) }
 
 // isClosed reports whether Shutdown ran; n.mu must be held.
 func (n *Node) isClosed() bool { return n.closed }
@@ -814,6 +856,7 @@ func (n *Node) applyEvents() {
 		switch ev.kind {
 		case memberlist.NodeJoin, memberlist.NodeUpdate:
 			m.state, m.leaving = StateAlive, false
+			n.reconnects.alive(ev.name, ev.addr)
 			meta, err := decodeMeta(ev.meta)
 			if err != nil { // NotifyAlive refuses such nodes; keep the last good meta
 				n.reject(rMetaMalformed, fmt.Errorf("member %q: %w", ev.name, err))
@@ -827,6 +870,9 @@ func (n *Node) applyEvents() {
 			m.state = StateDead
 			if m.leaving {
 				m.state = StateLeft
+				n.reconnects.left(ev.name)
+			} else {
+				n.reconnects.failed(ev.name, ev.addr, now)
 			}
 			n.log.Info("member down", "member", ev.name, "state", m.state, "network", m.meta.Network)
 		}

@@ -1,6 +1,8 @@
 package peer
 
 import (
+	"context"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -9,11 +11,22 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
+// errBlocked is what a dial to an address blocked by a test's cut returns.
+var errBlocked = errors.New("peer: address blocked (test partition)")
+
 // countingTransport wraps memberlist's NetTransport to count every gossip
-// byte in and out, UDP and TCP, memberlist's own traffic included.
+// byte in and out, UDP and TCP, memberlist's own traffic included. Its
+// dials are cancelled by Shutdown, so a join to an unreachable address
+// (a reconnect during a partition) does not hold up Shutdown for
+// memberlist's TCPTimeout.
 type countingTransport struct {
-	inner     *memberlist.NetTransport
-	in, out   *atomic.Uint64
+	inner   *memberlist.NetTransport
+	in, out *atomic.Uint64
+	dialCtx context.Context
+	cancel  context.CancelFunc
+	// block, set by tests only, emulates a network cut: packets to
+	// addresses it reports are dropped and dials to them fail.
+	block     atomic.Pointer[func(addr string) bool]
 	packetCh  chan *memberlist.Packet
 	streamCh  chan net.Conn
 	done      chan struct{} // closed first by Shutdown: drop what arrives
@@ -25,8 +38,11 @@ type countingTransport struct {
 var _ memberlist.NodeAwareTransport = (*countingTransport)(nil)
 
 func newCountingTransport(inner *memberlist.NetTransport, in, out *atomic.Uint64) *countingTransport {
+	ctx, cancel := context.WithCancel(context.Background())
 	t := &countingTransport{
 		inner:     inner,
+		dialCtx:   ctx,
+		cancel:    cancel,
 		in:        in,
 		out:       out,
 		packetCh:  make(chan *memberlist.Packet),
@@ -80,20 +96,48 @@ func (t *countingTransport) FinalAdvertiseAddr(ip string, port int) (net.IP, int
 	return t.inner.FinalAdvertiseAddr(ip, port)
 }
 
+// setBlock installs (nil: lifts) a test's network cut: outgoing packets
+// to addresses f reports are dropped, dials to them fail. Only outgoing
+// traffic is filtered (a TCP peer's source port says nothing of its gossip
+// address), so a cut is symmetric when both sides install one.
+func (t *countingTransport) setBlock(f func(addr string) bool) {
+	if f == nil {
+		t.block.Store(nil)
+		return
+	}
+	t.block.Store(&f)
+}
+
+func (t *countingTransport) blocked(addr string) bool {
+	f := t.block.Load()
+	return f != nil && (*f)(addr)
+}
+
 func (t *countingTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+	if t.blocked(addr) {
+		return time.Now(), nil // lost on the way, as on a cut link
+	}
 	t.out.Add(uint64(len(b)))
 	return t.inner.WriteTo(b, addr)
 }
 
 func (t *countingTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+	if t.blocked(a.Addr) {
+		return time.Now(), nil
+	}
 	t.out.Add(uint64(len(b)))
 	return t.inner.WriteToAddress(b, a)
 }
 
 func (t *countingTransport) PacketCh() <-chan *memberlist.Packet { return t.packetCh }
 
+// DialTimeout dials as NetTransport does, but cancelled by Shutdown.
 func (t *countingTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
-	c, err := t.inner.DialTimeout(addr, timeout)
+	if t.blocked(addr) {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errBlocked}
+	}
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.DialContext(t.dialCtx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -110,6 +154,7 @@ func (t *countingTransport) StreamCh() <-chan net.Conn { return t.streamCh }
 func (t *countingTransport) Shutdown() error {
 	var err error
 	t.stopOnce.Do(func() {
+		t.cancel()
 		close(t.done)
 		err = t.inner.Shutdown()
 		close(t.innerDone)
