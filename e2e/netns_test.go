@@ -266,6 +266,14 @@ func removeLeftovers() error {
 			errs = append(errs, fmt.Errorf("leftover of an earlier run: %w", err))
 		}
 	}
+	// Their per-run directories (runPrefix in os.TempDir()).
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), prefix+"*"))
+	for _, d := range dirs {
+		pidStr, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(d), prefix), "-")
+		if pid, err := strconv.Atoi(pidStr); err == nil && pid != os.Getpid() && !testProcessAlive(pid) {
+			os.RemoveAll(d)
+		}
+	}
 	return errors.Join(errs...)
 }
 

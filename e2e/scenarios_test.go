@@ -50,6 +50,32 @@ func TestMultiNetwork(t *testing.T) {
 	t.Run("WrongGossipKey", func(t *testing.T) { testWrongGossipKey(t, tp) })
 	t.Run("UnauthorizedSVID", func(t *testing.T) { testUnauthorizedSVID(t, tp) })
 	t.Run("WANCutOfC", func(t *testing.T) { testWANCut(t, tp) })
+	t.Run("BlockUDPHelper", func(t *testing.T) { testBlockUDPHelper(t, tp) })
+}
+
+// blockUDP is for a later TCP-fallback scenario; this checks only that its
+// rules load into a gateway's namespace and go away again, without
+// touching traffic.
+func testBlockUDPHelper(t *testing.T, tp *topology) {
+	g := tp.gw["a"]
+	restore, err := blockUDP(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := func() (string, error) {
+		out, err := g.ns.command("nft", "list", "table", "inet", "ewe2e_block_udp").CombinedOutput()
+		return string(out), err
+	}
+	out, err := list()
+	if err != nil || !strings.Contains(out, fmt.Sprintf("udp dport %d drop", tunnelPort)) {
+		t.Fatalf("nft rules in %s: %v\n%s", g.ns.name, err, out)
+	}
+	if err := restore(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := list(); err == nil {
+		t.Fatalf("the table is still there after restore:\n%s", out)
+	}
 }
 
 // The harness proves the networks are apart before trusting anything
