@@ -401,15 +401,25 @@ func newTopology(t *testing.T) *topology {
 	}
 
 	// A sidecar of network A asks its gateway's API (mTLS, on the LAN).
-	tlsCfg := identity.ClientTLSConfig(tp.client.Source, nil)
-	conn, err := grpc.NewClient("passthrough:///"+net.JoinHostPort(tp.gw["a"].lanIP, strconv.Itoa(apiPort)),
-		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)), grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-			return tp.wl["a"].dial(ctx, addr)
-		}))
+	tp.api, tp.apiConn, err = tp.apiClient(tp.wl["a"], tp.gw["a"])
 	must(err)
-	tp.api, tp.apiConn = ewgatev1.NewGatewayServiceClient(conn), conn
 	tp.awaitNetworks(t, 60*time.Second, map[string]uint32{"network-b": 2, "network-c": 1})
 	return tp
+}
+
+// apiClient connects from namespace from to g's gRPC API on its LAN
+// address, with the client's SVID (SPIFFE mTLS). The gRPC dialer creates
+// every connection inside from. (api.Dial takes no dial options, so the
+// client is built here with grpc.NewClient.)
+func (tp *topology) apiClient(from *netns, g *gateway) (ewgatev1.GatewayServiceClient, io.Closer, error) {
+	tlsCfg := identity.ClientTLSConfig(tp.client.Source, nil)
+	conn, err := grpc.NewClient("passthrough:///"+net.JoinHostPort(g.lanIP, strconv.Itoa(apiPort)),
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return from.dial(ctx, addr) }))
+	if err != nil {
+		return nil, nil, fmt.Errorf("API of %s: %w", g.name, err)
+	}
+	return ewgatev1.NewGatewayServiceClient(conn), conn, nil
 }
 
 // lanIP returns the address host of network n's LAN.
@@ -508,6 +518,16 @@ func (tp *topology) echo(t *testing.T, n, name string, port int) {
 	tp.echoes = append(tp.echoes, e)
 }
 
+// echoByName returns the echo server called name.
+func (tp *topology) echoByName(name string) *workload.EchoServer {
+	for _, e := range tp.echoes {
+		if e.Name() == name {
+			return e
+		}
+	}
+	panic("e2e: no echo server " + name)
+}
+
 // newGateway creates (does not start) the gateway of spec s, with an SVID
 // from ca and the gossip keyring keyFile.
 func (tp *topology) newGateway(t *testing.T, s gatewaySpec, ca *identity.DevCA, keyFile string) *gateway {
@@ -538,7 +558,7 @@ func (tp *topology) newGateway(t *testing.T, s gatewaySpec, ca *identity.DevCA, 
 	wan := func(port int) string { return net.JoinHostPort(s.wanIP, strconv.Itoa(port)) }
 	args := []string{"run", "-f", cfg, "--network", s.network, "--node-labels", "istio=eastwestgateway",
 		"--node-name", "gw-" + s.key, "--bind-address", "0.0.0.0", "--admin-address", adminAddr,
-		"--drain-timeout", "1s", "--log-level", "debug",
+		"--drain-timeout", "1s", "--log-level", logLevel(),
 		"--svid-cert", filepath.Join(svidDir, identity.FileCert), "--svid-key", filepath.Join(svidDir, identity.FileKey),
 		"--trust-bundle", filepath.Join(svidDir, identity.FileBundle),
 		"--gossip-address", wan(gossipPort), "--gossip-key-file", keyFile, "--gossip-profile", gossipProfile(),
@@ -558,6 +578,15 @@ func (tp *topology) newGateway(t *testing.T, s gatewaySpec, ca *identity.DevCA, 
 		logPath: filepath.Join(runDir, "gw-"+s.key+".log"),
 		http:    &http.Client{Transport: &http.Transport{DialContext: ns.dialContext, DisableKeepAlives: true}},
 	}
+}
+
+// logLevel is the gateways' --log-level: "info" unless E2E_LOG_LEVEL says
+// otherwise ("debug" adds memberlist's chatter).
+func logLevel() string {
+	if l := os.Getenv("E2E_LOG_LEVEL"); l != "" {
+		return l
+	}
+	return "info"
 }
 
 // gossipProfile is the --gossip-profile of every gateway: "local" unless
@@ -606,12 +635,30 @@ func (tp *topology) members(ctx context.Context) (map[string]ewgatev1.MemberStat
 	return m, nil
 }
 
-// alive reports whether A's gateway sees member name alive.
-func (tp *topology) alive(name string) bool {
+// alive reports whether A's gateway sees member name alive; an error
+// means it could not tell.
+func (tp *topology) alive(name string) (bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	m, err := tp.members(ctx)
-	return err == nil && m[name] == ewgatev1.MemberState_MEMBER_STATE_ALIVE
+	if err != nil {
+		return false, fmt.Errorf("ListMembers on gw-a: %w", err)
+	}
+	return m[name] == ewgatev1.MemberState_MEMBER_STATE_ALIVE, nil
+}
+
+// awaitAlive waits until A's gateway sees member name alive (want) or not
+// alive (!want); failed queries count as neither.
+func (tp *topology) awaitAlive(t testing.TB, d time.Duration, name string, want bool) {
+	t.Helper()
+	what := fmt.Sprintf("%s to be alive in gw-a's view", name)
+	if !want {
+		what = fmt.Sprintf("%s to leave gw-a's view", name)
+	}
+	await.True(t, d, what, func() bool {
+		ok, err := tp.alive(name)
+		return err == nil && ok == want
+	})
 }
 
 // networks returns A's gateway's catalog: network -> gateways, for

@@ -102,14 +102,20 @@ func (c *capture) stop() ([]byte, error) {
 	return os.ReadFile(c.path)
 }
 
-// udpFlow is one UDP packet's endpoints seen in a capture.
-type udpFlow struct {
+// flow is one IPv4 TCP or UDP packet's endpoints seen in a capture.
+type flow struct {
+	proto    string // "tcp" or "udp"
 	src, dst netip.AddrPort
 }
 
-// pcapUDP lists the IPv4 UDP packets of an Ethernet pcap file (the
-// classic format tcpdump -w writes).
-func pcapUDP(b []byte) ([]udpFlow, int, error) {
+// String formats a flow for messages.
+func (f flow) String() string {
+	return f.proto + " " + f.src.String() + " > " + f.dst.String()
+}
+
+// pcapFlows lists the IPv4 TCP and UDP packets of an Ethernet pcap file
+// (the classic format tcpdump -w writes) and counts all its packets.
+func pcapFlows(b []byte) ([]flow, int, error) {
 	if len(b) < 24 {
 		return nil, 0, errors.New("pcap shorter than its header")
 	}
@@ -125,7 +131,7 @@ func pcapUDP(b []byte) ([]udpFlow, int, error) {
 	if lt := bo.Uint32(b[20:]); lt != 1 {
 		return nil, 0, fmt.Errorf("pcap link type %d, want Ethernet (1)", lt)
 	}
-	var flows []udpFlow
+	var flows []flow
 	packets := 0
 	for off := 24; off+16 <= len(b); {
 		incl := int(bo.Uint32(b[off+8:]))
@@ -141,21 +147,17 @@ func pcapUDP(b []byte) ([]udpFlow, int, error) {
 		}
 		ip := pkt[14:]
 		ihl := int(ip[0]&0x0f) * 4
-		if ip[9] != 17 || len(ip) < ihl+8 {
+		proto := map[byte]string{6: "tcp", 17: "udp"}[ip[9]]
+		if proto == "" || len(ip) < ihl+4 {
 			continue
 		}
 		src, _ := netip.AddrFromSlice(ip[12:16])
 		dst, _ := netip.AddrFromSlice(ip[16:20])
-		udp := ip[ihl:]
-		flows = append(flows, udpFlow{
-			netip.AddrPortFrom(src, binary.BigEndian.Uint16(udp[0:])),
-			netip.AddrPortFrom(dst, binary.BigEndian.Uint16(udp[2:])),
+		l4 := ip[ihl:]
+		flows = append(flows, flow{proto,
+			netip.AddrPortFrom(src, binary.BigEndian.Uint16(l4[0:])),
+			netip.AddrPortFrom(dst, binary.BigEndian.Uint16(l4[2:])),
 		})
 	}
 	return flows, packets, nil
-}
-
-// String formats a flow for messages.
-func (f udpFlow) String() string {
-	return f.src.String() + " > " + f.dst.String()
 }
