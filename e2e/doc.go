@@ -33,4 +33,21 @@
 // tunnels, serves admin on 127.0.0.1:15000 inside its namespace and the
 // mTLS gRPC API on LAN:15020. Workloads run in the test process: their
 // sockets are created on an OS thread that has entered the namespace.
+//
+// TestMultiNetwork builds this once (about a second) and runs, in order:
+// isolation, local mode, remote mode, subset routing, no plaintext on the
+// WAN (tcpdump), one of B's gateways SIGKILLed and restarted under its
+// name (with a long-lived connection through the other one), both of B's
+// gateways killed and restarted, a wrong gossip key, an SVID of another
+// CA, and C's WAN link cut and restored. Each subtest undoes its fault.
+// Measured times are logged as "e2e-figure:" lines (go test -v).
+//
+// Environment: E2E_GOSSIP_PROFILE (default "local") sets the gateways'
+// --gossip-profile; E2E_LOG_LEVEL (default "info") their --log-level;
+// E2E_KEEP=1 keeps the run directory (gateway logs, configs, SVIDs, the
+// WAN capture). Gateway logs are printed when a test fails.
+//
+// Cleanup: namespaces and processes are removed at the end, on SIGINT and
+// SIGTERM, and, for a run that was killed outright, by the next run (names
+// whose pid no longer runs a test binary).
 package e2e
