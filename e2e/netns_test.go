@@ -122,7 +122,8 @@ func (n *netns) do(fn func() error) error {
 	return <-errc
 }
 
-// listen opens a TCP listener on addr inside the namespace.
+// listen opens a TCP listener on addr inside the namespace (for servers
+// that take a net.Listener; workload.NewEchoServer binds itself, inside do).
 func (n *netns) listen(addr string) (net.Listener, error) {
 	var ln net.Listener
 	err := n.do(func() (err error) {

@@ -28,6 +28,7 @@ func figure(t *testing.T, what string, d time.Duration) {
 	t.Logf("e2e-figure: %s: %v (gossip profile %s)", what, d.Round(10*time.Millisecond), gossipProfile())
 }
 
+// keyB is the key of network B's echo service with subset.
 func keyB(subset string) sni.Key { return sni.Key{Host: hostB, Port: echoPort, Subset: subset} }
 
 // TestMultiNetwork runs every scenario on one shared topology (doc.go).

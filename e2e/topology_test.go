@@ -60,6 +60,8 @@ const (
 // The client's SPIFFE ID, which the echo servers must see.
 const clientID = "spiffe://cluster.local/ns/demo/sa/sleep"
 
+// TestMain builds ewgate once, removes leftovers of crashed runs, and
+// tears everything down at the end or on SIGINT/SIGTERM.
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
 }
@@ -270,7 +272,7 @@ func (g *gateway) logTail(n int64) string {
 	return string(b)
 }
 
-// passthrough returns the gateway's AUTO_PASSTHROUGH address on the LAN.
+// lanPassthrough returns the gateway's AUTO_PASSTHROUGH address on the LAN.
 func (g *gateway) lanPassthrough() string {
 	return net.JoinHostPort(g.lanIP, strconv.Itoa(passthroughPort))
 }
