@@ -23,4 +23,13 @@
 // gateway therefore gets a clear error wrapping [ErrRejected] from its
 // first [Endpoint.Dial] rather than a stream that fails later. This costs
 // one extra half round trip per link, none per stream.
+//
+// Where UDP is blocked, links run over TCP + TLS 1.3 on the same port
+// number instead, with the same certificates, ALPN and stream header;
+// yamux multiplexes the streams and a status byte after the handshake
+// plays the part of the ready signal. [Config.Transport] picks QUIC, TCP,
+// or (the default) auto: QUIC first, TCP when QUIC has not connected
+// within [Config.FallbackAfter], and back to QUIC once a background probe
+// every [Config.QUICRetryInterval] succeeds. A link that moves keeps its
+// open streams on the old transport until they end.
 package tunnel

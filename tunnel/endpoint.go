@@ -19,14 +19,15 @@ import (
 // ALPN is the TLS application protocol of gateway tunnels.
 const ALPN = "ewgate-tunnel/1"
 
-// Connection close codes sent in CONNECTION_CLOSE frames.
+// Connection close codes sent in CONNECTION_CLOSE frames (QUIC) and
+// GO_AWAY frames (the TCP fallback).
 const (
-	// codeShutdown: the endpoint is closing.
-	codeShutdown quic.ApplicationErrorCode = 0
+	// codeShutdown: the endpoint is closing, or the link is not needed.
+	codeShutdown = 0
 	// codeNotMember: the Allow hook refused the peer.
-	codeNotMember quic.ApplicationErrorCode = 0x10
+	codeNotMember = 0x10
 	// codeInternal: the accepting side failed to set the link up.
-	codeInternal quic.ApplicationErrorCode = 0x11
+	codeInternal = 0x11
 )
 
 // Errors wrapped by Dial.
@@ -67,13 +68,29 @@ type Config struct {
 	// Logger receives link events. nil discards them.
 	Logger *slog.Logger
 
+	// Transport says how links are dialed. Default TransportAuto. An
+	// Endpoint with a Handler accepts both transports whatever this says.
+	Transport Transport
+	// FallbackAfter is how long, with TransportAuto, a QUIC link may take
+	// to come up before the TCP fallback is tried. Default 2s.
+	FallbackAfter time.Duration
+	// QUICRetryInterval is how often, with TransportAuto, a link on the TCP
+	// fallback tries QUIC again. Default 30s.
+	QUICRetryInterval time.Duration
+	// StatelessResetKey, if set, makes the endpoint answer packets of
+	// connections it does not know with QUIC stateless resets, so that
+	// peers of a gateway that restarted with the same key notice at once
+	// that their links are gone instead of waiting for MaxIdleTimeout.
+	// It must stay the same across restarts and be secret.
+	StatelessResetKey *[32]byte
+
 	// KeepAlivePeriod is the interval of keep-alive packets. Default 10s.
 	KeepAlivePeriod time.Duration
 	// MaxIdleTimeout closes a link that has heard nothing for this long.
 	// Default 30s.
 	MaxIdleTimeout time.Duration
 	// HandshakeTimeout bounds setting up a link, including the peer's
-	// authorization. Default 10s.
+	// authorization and a fallback to TCP. Default 10s.
 	HandshakeTimeout time.Duration
 	// HeaderTimeout bounds reading a stream header. Default 10s.
 	HeaderTimeout time.Duration
@@ -81,10 +98,11 @@ type Config struct {
 	// open on one link. Default 10000.
 	MaxIncomingStreams int64
 	// MaxStreamReceiveWindow is the largest per-stream flow-control window
-	// (auto-tuned from 512 KiB). Default 8 MiB.
+	// (auto-tuned from 512 KiB, 256 KiB on TCP). Default 8 MiB.
 	MaxStreamReceiveWindow uint64
 	// MaxConnectionReceiveWindow is the largest per-link flow-control window
-	// (auto-tuned from 1.5 times the initial stream window). Default 64 MiB.
+	// of QUIC links (auto-tuned from 1.5 times the initial stream window).
+	// Default 64 MiB. TCP's own window bounds TCP links.
 	MaxConnectionReceiveWindow uint64
 }
 
@@ -98,6 +116,11 @@ func (c Config) withDefaults() Config {
 	def(&c.MaxIdleTimeout, 30*time.Second)
 	def(&c.HandshakeTimeout, 10*time.Second)
 	def(&c.HeaderTimeout, 10*time.Second)
+	def(&c.FallbackAfter, 2*time.Second)
+	def(&c.QUICRetryInterval, 30*time.Second)
+	if c.Transport == "" {
+		c.Transport = TransportAuto
+	}
 	if c.MaxIncomingStreams <= 0 {
 		c.MaxIncomingStreams = 10000
 	}
@@ -133,9 +156,11 @@ func (c Config) quicConfig(streams, uniStreams int64) *quic.Config {
 }
 
 // Endpoint is a gateway's end of its tunnels: one UDP socket (one
-// quic.Transport) that accepts links from peer gateways and dials links to
-// them. Outbound links are pooled: one QUIC connection per peer address,
-// shared by all streams to that peer and redialed when it dies.
+// quic.Transport) that accepts QUIC links from peer gateways and dials
+// links to them, and, for accepting, a TCP listener on the same port
+// number for the TCP + TLS 1.3 fallback. Outbound links are pooled: one
+// link per peer address, shared by all streams to that peer and redialed
+// when it dies.
 //
 // A new link is usable only once the accepting side has authorized this
 // gateway (its certificate and its Allow hook) and said so; streams on an
@@ -145,8 +170,10 @@ type Endpoint struct {
 	log       *slog.Logger
 	pc        net.PacketConn
 	tr        *quic.Transport
-	ln        *quic.Listener
+	ln        *quic.Listener // nil when dial-only
+	tcpLn     net.Listener   // nil when dial-only
 	clientTLS *tls.Config
+	serverTLS *tls.Config
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -156,80 +183,120 @@ type Endpoint struct {
 	closed   bool
 	links    map[string]*link      // outbound, by dialed address
 	outPeers map[string]*peerStats // outbound, by dialed address
-	inConns  map[*quic.Conn]*peerStats
+	inConns  map[conn]*peerStats
 	inReject map[string]uint64
 }
 
 // link is one outbound connection, possibly still being set up.
 type link struct {
 	ready  chan struct{} // closed when setup finished; then conn or err is set
-	conn   *quic.Conn
+	conn   conn
 	peerID string
 	err    error
 	stats  *peerStats
+
+	// For a link on the TCP fallback, guarded by Endpoint.mu: whether a
+	// QUIC attempt is running, and when the next may start.
+	probing   bool
+	nextProbe time.Time
 }
 
 // New opens a UDP socket on addr (host:port; port 0 picks one) and returns
-// an Endpoint using it. If cfg.Handler is set, it accepts tunnel links at
-// once. Close releases everything.
+// an Endpoint using it. If cfg.Handler is set, it also listens on TCP on
+// the same port number and accepts tunnel links at once. Close releases
+// everything.
 func New(addr string, cfg Config) (*Endpoint, error) {
 	if cfg.Source == nil {
 		return nil, errors.New("tunnel: Config.Source is nil")
 	}
-	cfg = cfg.withDefaults()
-	udpAddr, err := net.ResolveUDPAddr("udp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("tunnel: resolving %q: %w", addr, err)
+	if _, err := ParseTransport(string(cfg.Transport)); err != nil {
+		return nil, err
 	}
-	pc, err := net.ListenUDP("udp", udpAddr)
+	cfg = cfg.withDefaults()
+	pc, tcpLn, err := listen(addr, cfg.Handler != nil)
 	if err != nil {
-		return nil, fmt.Errorf("tunnel: listening on %q: %w", addr, err)
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &Endpoint{
 		cfg:      cfg,
 		log:      cfg.Logger.With("component", "tunnel"),
 		pc:       pc,
-		tr:       &quic.Transport{Conn: pc},
+		tr:       &quic.Transport{Conn: pc, StatelessResetKey: (*quic.StatelessResetKey)(cfg.StatelessResetKey)},
+		tcpLn:    tcpLn,
 		ctx:      ctx,
 		cancel:   cancel,
 		links:    make(map[string]*link),
 		outPeers: make(map[string]*peerStats),
-		inConns:  make(map[*quic.Conn]*peerStats),
+		inConns:  make(map[conn]*peerStats),
 		inReject: make(map[string]uint64),
 	}
 	e.clientTLS = identity.ClientTLSConfig(cfg.Source, cfg.Authorizer)
 	e.clientTLS.NextProtos = []string{ALPN}
-	if cfg.Handler != nil {
-		tlsConf := identity.ServerTLSConfig(cfg.Source, cfg.Authorizer)
-		tlsConf.NextProtos = []string{ALPN}
-		verify := tlsConf.VerifyConnection
-		tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
-			err := verify(cs)
-			if err != nil {
-				e.countInboundReject(rejectReason(err))
-			}
-			return err
-		}
-		ln, err := e.tr.Listen(tlsConf, cfg.quicConfig(cfg.MaxIncomingStreams, -1))
-		if err != nil {
-			cancel()
-			_ = e.tr.Close()
-			_ = pc.Close()
-			return nil, fmt.Errorf("tunnel: listening on %s: %w", pc.LocalAddr(), err)
-		}
-		e.ln = ln
-		e.wg.Add(1)
-		go e.acceptLinks()
+	e.clientTLS.MinVersion = tls.VersionTLS13
+	if cfg.Handler == nil {
+		return e, nil
 	}
+	e.serverTLS = identity.ServerTLSConfig(cfg.Source, cfg.Authorizer)
+	e.serverTLS.NextProtos = []string{ALPN}
+	e.serverTLS.MinVersion = tls.VersionTLS13
+	verify := e.serverTLS.VerifyConnection
+	e.serverTLS.VerifyConnection = func(cs tls.ConnectionState) error {
+		err := verify(cs)
+		if err != nil {
+			e.countInboundReject(rejectReason(err))
+		}
+		return err
+	}
+	ln, err := e.tr.Listen(e.serverTLS, cfg.quicConfig(cfg.MaxIncomingStreams, -1))
+	if err != nil {
+		cancel()
+		_ = e.tr.Close()
+		_ = pc.Close()
+		_ = tcpLn.Close()
+		return nil, fmt.Errorf("tunnel: listening on %s: %w", pc.LocalAddr(), err)
+	}
+	e.ln = ln
+	e.wg.Add(2)
+	go e.acceptQUIC()
+	go e.acceptTCP()
 	return e, nil
 }
 
-// Addr returns the local UDP address, to advertise to peers.
+// listen opens the UDP socket and, if withTCP, a TCP listener on the same
+// port number. Port 0 picks a port free for both.
+func listen(addr string, withTCP bool) (*net.UDPConn, net.Listener, error) {
+	udpAddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tunnel: resolving %q: %w", addr, err)
+	}
+	for attempt := 0; ; attempt++ {
+		pc, err := net.ListenUDP("udp", udpAddr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("tunnel: listening on %q: %w", addr, err)
+		}
+		if !withTCP {
+			return pc, nil, nil
+		}
+		local := pc.LocalAddr().(*net.UDPAddr)
+		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: local.IP, Port: local.Port, Zone: local.Zone})
+		if err == nil {
+			return pc, ln, nil
+		}
+		_ = pc.Close()
+		// A port picked for UDP may be taken on TCP: pick another.
+		if udpAddr.Port != 0 || attempt == 10 {
+			return nil, nil, fmt.Errorf("tunnel: listening on TCP %s for the fallback: %w", local, err)
+		}
+	}
+}
+
+// Addr returns the local UDP address, to advertise to peers. An Endpoint
+// with a Handler accepts the TCP fallback on the same address.
 func (e *Endpoint) Addr() net.Addr { return e.pc.LocalAddr() }
 
 // Close closes every link (telling peers), stops accepting, waits for the
-// Endpoint's goroutines and handlers to return, and closes the socket.
+// Endpoint's goroutines and handlers to return, and closes the sockets.
 // Streams fail once their link is closed. It is idempotent.
 func (e *Endpoint) Close() error {
 	e.mu.Lock()
@@ -238,7 +305,7 @@ func (e *Endpoint) Close() error {
 		return nil
 	}
 	e.closed = true
-	var conns []*quic.Conn
+	var conns []conn
 	for c := range e.inConns {
 		conns = append(conns, c)
 	}
@@ -246,6 +313,7 @@ func (e *Endpoint) Close() error {
 	e.cancel()
 	if e.ln != nil {
 		_ = e.ln.Close()
+		_ = e.tcpLn.Close()
 	}
 	// Outbound links still being set up see the canceled context; links
 	// that are up are closed here. e.links no longer changes once closed
@@ -263,7 +331,7 @@ func (e *Endpoint) Close() error {
 		}
 	}
 	for _, c := range conns {
-		_ = c.CloseWithError(codeShutdown, "gateway tunnel endpoint closing")
+		c.close(codeShutdown, "gateway tunnel endpoint closing")
 	}
 	e.wg.Wait()
 	err := e.tr.Close()
@@ -271,6 +339,24 @@ func (e *Endpoint) Close() error {
 		err = cerr
 	}
 	return err
+}
+
+// CloseLink closes the outbound link to addr if one is up: its streams
+// fail and the next Dial sets up a new link. The gateway calls it when the
+// peer leaves gossip membership, which notices a dead peer sooner than the
+// link's idle timeout. It reports whether a link was closed.
+func (e *Endpoint) CloseLink(addr, why string) bool {
+	e.mu.Lock()
+	l := e.links[addr]
+	if l == nil || l.conn == nil {
+		e.mu.Unlock()
+		return false
+	}
+	delete(e.links, addr)
+	e.mu.Unlock()
+	e.log.Info("closing tunnel link", "peer", addr, "peer_id", l.peerID, "why", why)
+	l.conn.close(codeShutdown, why)
+	return true
 }
 
 // Stats returns a snapshot of the per-peer counters.
@@ -318,22 +404,21 @@ func (e *Endpoint) Dial(ctx context.Context, addr string, h Header) (*Stream, er
 		if err != nil {
 			return nil, err
 		}
-		qs, err := l.conn.OpenStreamSync(ctx)
+		rs, err := l.conn.openStream(ctx)
 		if err == nil {
-			if _, err = qs.Write(hdr); err != nil {
-				qs.CancelRead(codeCanceled)
-				qs.CancelWrite(codeCanceled)
+			if _, err = rs.Write(hdr); err != nil {
+				rs.abort(codeCanceled)
+				rs.release()
 			}
 		}
 		if err == nil {
-			return newStream(qs, l.conn, l.stats, l.peerID), nil
+			return newStream(rs, l.conn, l.stats, l.peerID), nil
 		}
-		// quic-go's connection errors all wrap net.ErrClosed; stream
-		// and context errors do not.
-		if ctx.Err() != nil || !errors.Is(err, net.ErrClosed) || attempt > 0 {
-			return nil, fmt.Errorf("tunnel: opening stream to %s: %w", addr, connError(err))
+		dead := !alive(l.conn) || errors.Is(err, net.ErrClosed)
+		if ctx.Err() != nil || !dead || attempt > 0 {
+			return nil, fmt.Errorf("tunnel: opening stream to %s: %w", addr, err)
 		}
-		e.log.Info("link to peer died, redialing", "peer", addr, "peer_id", l.peerID, "err", connError(err))
+		e.log.Info("link to peer died, redialing", "peer", addr, "peer_id", l.peerID, "err", err)
 		e.mu.Lock()
 		if e.links[addr] == l {
 			delete(e.links, addr)
@@ -353,7 +438,7 @@ func (e *Endpoint) link(ctx context.Context, addr string) (*link, error) {
 	if l != nil {
 		select {
 		case <-l.ready:
-			if l.err != nil || l.conn.Context().Err() != nil {
+			if l.err != nil || !alive(l.conn) {
 				delete(e.links, addr)
 				l = nil
 			}
@@ -381,16 +466,16 @@ func (e *Endpoint) link(ctx context.Context, addr string) (*link, error) {
 	if l.err != nil {
 		return nil, l.err
 	}
+	e.maybeProbeQUIC(addr, l)
 	return l, nil
 }
 
-// setUp dials addr and waits for the peer's ready signal, then publishes
-// the result in l. A failed link is removed from the pool so that the next
-// Dial retries.
+// setUp dials addr and publishes the result in l. A failed link is removed
+// from the pool so that the next Dial retries.
 func (e *Endpoint) setUp(addr string, l *link) {
 	defer e.wg.Done()
 	defer close(l.ready)
-	conn, peerID, err := e.dial(addr)
+	c, peerID, err := e.dial(addr)
 	if err != nil {
 		reason := failureReason(err)
 		l.stats.failed(reason)
@@ -403,50 +488,160 @@ func (e *Endpoint) setUp(addr string, l *link) {
 		e.mu.Unlock()
 		return
 	}
-	l.conn, l.peerID = conn, peerID
-	l.stats.connected(peerID, conn)
-	e.log.Info("tunnel link up", "peer", addr, "peer_id", peerID)
+	l.conn, l.peerID = c, peerID
+	fallback := e.cfg.Transport == TransportAuto && c.transport() == TransportTCP
+	if fallback {
+		e.mu.Lock()
+		l.nextProbe = time.Now().Add(e.cfg.QUICRetryInterval)
+		e.mu.Unlock()
+	}
+	l.stats.connected(peerID, c, fallback)
+	e.log.Info("tunnel link up", "peer", addr, "peer_id", peerID, "transport", c.transport())
 }
 
-// dial sets up one connection: QUIC and TLS handshakes, then the accepting
-// side's ready signal, which it sends only after authorizing us.
-func (e *Endpoint) dial(addr string) (*quic.Conn, string, error) {
+// dial sets up one link over the configured transport; with TransportAuto
+// it tries QUIC for FallbackAfter, then TCP. A peer's refusal is final:
+// it is not a transport problem.
+func (e *Endpoint) dial(addr string) (conn, string, error) {
 	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.HandshakeTimeout)
 	defer cancel()
-	udpAddr, err := net.ResolveUDPAddr("udp", addr)
-	if err != nil {
-		return nil, "", fmt.Errorf("resolving: %w", err)
+	if e.cfg.Transport != TransportAuto {
+		return e.dialOver(ctx, addr, e.cfg.Transport)
 	}
-	conn, err := e.tr.Dial(ctx, udpAddr, e.clientTLS, e.cfg.quicConfig(-1, 1))
-	if err != nil {
-		return nil, "", connError(err)
+	qctx, qcancel := context.WithTimeout(ctx, e.cfg.FallbackAfter)
+	c, id, err := e.dialOver(qctx, addr, TransportQUIC)
+	qcancel()
+	if err == nil || errors.Is(err, ErrRejected) || ctx.Err() != nil {
+		return c, id, err
 	}
-	id, err := identity.PeerID(conn.ConnectionState().TLS)
-	if err == nil {
-		err = awaitReady(ctx, conn)
+	e.log.Info("QUIC tunnel link failed, falling back to TCP", "peer", addr, "err", err)
+	c, id, terr := e.dialOver(ctx, addr, TransportTCP)
+	if terr != nil {
+		return nil, "", fmt.Errorf("over TCP: %w (over QUIC: %w)", terr, err)
 	}
-	if err != nil {
-		_ = conn.CloseWithError(codeInternal, "link setup failed")
-		return nil, "", err
-	}
-	return conn, id.String(), nil
+	return c, id, nil
 }
 
-// readyByte is the content of the ready signal: a unidirectional stream the
-// accepting side opens after it has authorized the dialer.
+// dialOver sets up a link over one transport and returns it with the
+// peer's SPIFFE ID once the peer has authorized us.
+func (e *Endpoint) dialOver(ctx context.Context, addr string, t Transport) (conn, string, error) {
+	var c conn
+	var err error
+	if t == TransportTCP {
+		c, err = e.dialTCP(ctx, addr)
+	} else {
+		c, err = e.dialQUIC(ctx, addr)
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	id, err := identity.PeerID(c.tlsState())
+	if err != nil {
+		c.close(codeInternal, "link setup failed")
+		return nil, "", err
+	}
+	return c, id.String(), nil
+}
+
+// dialQUIC sets up a QUIC link: QUIC and TLS handshakes, then the
+// accepting side's ready signal, which it sends only after authorizing us.
+func (e *Endpoint) dialQUIC(ctx context.Context, addr string) (conn, error) {
+	udpAddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("resolving: %w", err)
+	}
+	qc, err := e.tr.Dial(ctx, udpAddr, e.clientTLS, e.cfg.quicConfig(-1, 1))
+	if err != nil {
+		return nil, quicError(err)
+	}
+	if err := awaitReady(ctx, qc); err != nil {
+		_ = qc.CloseWithError(codeInternal, "link setup failed")
+		return nil, err
+	}
+	return &quicConn{Conn: qc}, nil
+}
+
+// maybeProbeQUIC starts, for a link on the TCP fallback, an attempt to set
+// up QUIC again if one is due. When it succeeds, new streams use the QUIC
+// link and the TCP link closes once its streams are done.
+func (e *Endpoint) maybeProbeQUIC(addr string, l *link) {
+	if e.cfg.Transport != TransportAuto || l.conn.transport() != TransportTCP {
+		return
+	}
+	now := time.Now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed || l.probing || now.Before(l.nextProbe) || e.links[addr] != l {
+		return
+	}
+	l.probing = true
+	l.nextProbe = now.Add(e.cfg.QUICRetryInterval)
+	e.wg.Add(1)
+	go e.probeQUIC(addr, l)
+}
+
+func (e *Endpoint) probeQUIC(addr string, old *link) {
+	defer e.wg.Done()
+	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.HandshakeTimeout)
+	c, peerID, err := e.dialOver(ctx, addr, TransportQUIC)
+	cancel()
+	e.mu.Lock()
+	old.probing = false
+	if err != nil {
+		e.mu.Unlock()
+		e.log.Debug("QUIC still unavailable, staying on TCP", "peer", addr, "err", err)
+		return
+	}
+	if e.closed || e.links[addr] != old {
+		e.mu.Unlock()
+		c.close(codeShutdown, "link not needed")
+		return
+	}
+	l := &link{ready: make(chan struct{}), conn: c, peerID: peerID, stats: old.stats}
+	close(l.ready)
+	e.links[addr] = l
+	e.wg.Add(1)
+	e.mu.Unlock()
+	l.stats.connected(peerID, c, false)
+	e.log.Info("tunnel link back on QUIC", "peer", addr, "peer_id", peerID)
+	go e.retire(old.conn)
+}
+
+// retire closes a replaced link once its streams are done, or when the
+// Endpoint closes.
+func (e *Endpoint) retire(c conn) {
+	defer e.wg.Done()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for c.streams() > 0 {
+		select {
+		case <-tick.C:
+		case <-c.done():
+			return
+		case <-e.ctx.Done():
+			c.close(codeShutdown, "gateway tunnel endpoint closing")
+			return
+		}
+	}
+	c.close(codeShutdown, "link replaced")
+}
+
+// readyByte is the content of the ready signal the accepting side sends
+// after it has authorized the dialer: on QUIC, alone on a unidirectional
+// stream; on TCP, as the status byte.
 const readyByte = 1
 
 // awaitReady waits for the ready signal. In TLS 1.3 the client finishes
 // its handshake before the server has checked the client's certificate,
 // so a completed Dial does not mean the peer accepted us; this does.
-func awaitReady(ctx context.Context, conn *quic.Conn) error {
-	rs, err := conn.AcceptUniStream(ctx)
+func awaitReady(ctx context.Context, qc *quic.Conn) error {
+	rs, err := qc.AcceptUniStream(ctx)
 	if err != nil {
-		return connError(err)
+		return quicError(err)
 	}
 	var b [1]byte
 	if _, err := io.ReadFull(rs, b[:]); err != nil {
-		return connError(err)
+		return quicError(err)
 	}
 	if b[0] != readyByte {
 		return fmt.Errorf("tunnel: unexpected ready signal %#x", b[0])
@@ -454,74 +649,39 @@ func awaitReady(ctx context.Context, conn *quic.Conn) error {
 	return nil
 }
 
-// acceptLinks accepts inbound links until the listener closes.
-func (e *Endpoint) acceptLinks() {
+// acceptQUIC accepts inbound QUIC links until the listener closes.
+func (e *Endpoint) acceptQUIC() {
 	defer e.wg.Done()
 	for {
-		conn, err := e.ln.Accept(e.ctx)
+		qc, err := e.ln.Accept(e.ctx)
 		if err != nil {
 			return
 		}
-		e.mu.Lock()
-		if e.closed {
-			e.mu.Unlock()
-			_ = conn.CloseWithError(codeShutdown, "gateway tunnel endpoint closing")
-			return
-		}
-		stats := &peerStats{dir: Inbound, addr: conn.RemoteAddr().String()}
-		e.inConns[conn] = stats
 		e.wg.Add(1)
-		e.mu.Unlock()
-		go e.serveLink(conn, stats)
+		go e.serveQUIC(qc)
 	}
 }
 
-// serveLink authorizes an inbound link, sends the ready signal and serves
-// its streams until it closes.
-func (e *Endpoint) serveLink(conn *quic.Conn, stats *peerStats) {
+// serveQUIC authorizes an inbound QUIC link, sends the ready signal and
+// serves the link's streams.
+func (e *Endpoint) serveQUIC(qc *quic.Conn) {
 	defer e.wg.Done()
-	defer func() {
-		e.mu.Lock()
-		delete(e.inConns, conn)
-		e.mu.Unlock()
-	}()
-	log := e.log.With("peer", conn.RemoteAddr().String())
-	id, err := identity.PeerID(conn.ConnectionState().TLS)
-	if err != nil { // cannot happen after ServerTLSConfig's verification
-		log.Error("inbound link without SPIFFE ID", "err", err)
-		_ = conn.CloseWithError(codeInternal, "no SPIFFE ID")
+	log := e.log.With("peer", qc.RemoteAddr().String(), "transport", TransportQUIC)
+	peerID, err := e.admit(qc.ConnectionState().TLS, log)
+	if err != nil {
+		_ = qc.CloseWithError(quic.ApplicationErrorCode(refusalCode(err)), err.Error())
 		return
 	}
-	peerID := id.String()
-	log = log.With("peer_id", peerID)
-	if e.cfg.Allow != nil && !e.cfg.Allow(peerID) {
-		e.countInboundReject(ReasonNotMember)
-		log.Warn("rejected inbound link", "reason", ReasonNotMember)
-		_ = conn.CloseWithError(codeNotMember, "peer "+peerID+" is not a live gateway member")
-		return
-	}
-	if err := sendReady(conn); err != nil {
+	if err := sendReady(qc); err != nil {
 		log.Warn("inbound link failed", "err", err)
-		_ = conn.CloseWithError(codeInternal, "link setup failed")
+		_ = qc.CloseWithError(codeInternal, "link setup failed")
 		return
 	}
-	stats.connected(peerID, conn)
-	log.Info("tunnel link accepted")
-
-	ctx := conn.Context()
-	for {
-		qs, err := conn.AcceptStream(ctx)
-		if err != nil {
-			log.Info("tunnel link closed", "err", connError(err))
-			return
-		}
-		e.wg.Add(1)
-		go e.serveStream(ctx, log, newStream(qs, conn, stats, peerID))
-	}
+	e.serveConn(&quicConn{Conn: qc}, peerID, log.With("peer_id", peerID))
 }
 
-func sendReady(conn *quic.Conn) error {
-	ss, err := conn.OpenUniStream()
+func sendReady(qc *quic.Conn) error {
+	ss, err := qc.OpenUniStream()
 	if err != nil {
 		return fmt.Errorf("opening ready stream: %w", err)
 	}
@@ -529,6 +689,68 @@ func sendReady(conn *quic.Conn) error {
 		return fmt.Errorf("writing ready signal: %w", err)
 	}
 	return ss.Close()
+}
+
+// errRefused is wrapped by admit's errors when the Allow hook said no.
+var errRefused = errors.New("not a live gateway member")
+
+// admit authorizes an inbound link whose TLS handshake succeeded: it
+// returns the peer's SPIFFE ID, or an error whose text is sent to the peer.
+func (e *Endpoint) admit(state tls.ConnectionState, log *slog.Logger) (string, error) {
+	id, err := identity.PeerID(state)
+	if err != nil { // cannot happen after ServerTLSConfig's verification
+		log.Error("inbound link without SPIFFE ID", "err", err)
+		return "", fmt.Errorf("no SPIFFE ID: %w", err)
+	}
+	peerID := id.String()
+	if e.cfg.Allow != nil && !e.cfg.Allow(peerID) {
+		e.countInboundReject(ReasonNotMember)
+		log.Warn("rejected inbound link", "peer_id", peerID, "reason", ReasonNotMember)
+		return "", fmt.Errorf("peer %s is %w", peerID, errRefused)
+	}
+	return peerID, nil
+}
+
+// refusalCode is the close code for an admit error.
+func refusalCode(err error) uint64 {
+	if errors.Is(err, errRefused) {
+		return codeNotMember
+	}
+	return codeInternal
+}
+
+// serveConn serves the streams of an authorized inbound link until it
+// closes.
+func (e *Endpoint) serveConn(c conn, peerID string, log *slog.Logger) {
+	stats := &peerStats{dir: Inbound, addr: c.RemoteAddr().String()}
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		c.close(codeShutdown, "gateway tunnel endpoint closing")
+		return
+	}
+	e.inConns[c] = stats
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		delete(e.inConns, c)
+		e.mu.Unlock()
+	}()
+	stats.connected(peerID, c, false)
+	log.Info("tunnel link accepted")
+
+	// Handlers' context ends with the link: accepting fails only then.
+	ctx, cancel := context.WithCancel(e.ctx)
+	defer cancel()
+	for {
+		rs, err := c.acceptStream(ctx)
+		if err != nil {
+			log.Info("tunnel link closed", "err", err)
+			return
+		}
+		e.wg.Add(1)
+		go e.serveStream(ctx, log, newStream(rs, c, stats, peerID))
+	}
 }
 
 // serveStream reads the header of an accepted stream and runs the handler.
@@ -539,27 +761,11 @@ func (e *Endpoint) serveStream(ctx context.Context, log *slog.Logger, s *Stream)
 	h, err := ReadHeader(s)
 	if err != nil {
 		log.Warn("bad tunnel stream", "err", err)
-		s.qs.CancelRead(codeBadHeader)
-		s.qs.CancelWrite(codeBadHeader)
+		s.rs.abort(codeBadHeader)
 		return
 	}
 	_ = s.SetReadDeadline(time.Time{})
 	e.cfg.Handler(ctx, h, s)
-}
-
-// connError explains connection-level failures: a peer that refused our
-// certificate or ID gives an error wrapping ErrRejected.
-func connError(err error) error {
-	var te *quic.TransportError
-	if errors.As(err, &te) && te.Remote && te.ErrorCode.IsCryptoError() {
-		return fmt.Errorf("%w: it refused our certificate (TLS alert %d): %w",
-			ErrRejected, uint8(te.ErrorCode-0x100), err)
-	}
-	var ae *quic.ApplicationError
-	if errors.As(err, &ae) && ae.Remote && ae.ErrorCode == codeNotMember {
-		return fmt.Errorf("%w: %w: %s", ErrRejected, errNotMember, ae.ErrorMessage)
-	}
-	return err
 }
 
 // failureReason classifies a failed outbound link setup.

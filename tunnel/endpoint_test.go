@@ -107,15 +107,23 @@ type pair struct {
 }
 
 // newPair starts a server gateway (spiffe://a.test/gw/server) running
-// handler and a dial-only client gateway (spiffe://a.test/gw/client).
-func newPair(t testing.TB, handler Handler) *pair {
+// handler and a dial-only client gateway (spiffe://a.test/gw/client)
+// dialing over tr.
+func newPair(t testing.TB, tr Transport, handler Handler) *pair {
 	t.Helper()
 	p := &pair{caA: newCA(t, "a.test")}
 	p.serverConfig = Config{Source: newSource(t, p.caA, "/gw/server"), Handler: handler}
 	p.server = newEndpoint(t, "127.0.0.1:0", p.serverConfig)
-	p.client = newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, p.caA, "/gw/client")})
+	p.client = newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, p.caA, "/gw/client"), Transport: tr})
 	p.clientID, p.serverID = "spiffe://a.test/gw/client", "spiffe://a.test/gw/server"
 	return p
+}
+
+// forTransports runs f as a subtest for each transport a link can use.
+func forTransports(t *testing.T, f func(t *testing.T, tr Transport)) {
+	for _, tr := range []Transport{TransportQUIC, TransportTCP} {
+		t.Run(string(tr), func(t *testing.T) { f(t, tr) })
+	}
 }
 
 func (p *pair) addr() string { return p.server.Addr().String() }
@@ -127,104 +135,108 @@ func key(host string) Header {
 // TestStreamHalfClose carries several MB each way, byte-exact, with each
 // side half-closing first in turn, and checks what the handler sees.
 func TestStreamHalfClose(t *testing.T) {
-	leakcheck.Check(t)
-	ctx := testContext(t)
-	const size = 6 << 20
+	forTransports(t, func(t *testing.T, tr Transport) {
+		leakcheck.Check(t)
+		ctx := testContext(t)
+		const size = 6 << 20
 
-	type seen struct {
-		h      Header
-		peerID string
-		got    [32]byte
-	}
-	seenc := make(chan seen, 2)
-	p := newPair(t, func(ctx context.Context, h Header, s *Stream) {
-		switch h.Key.Host {
-		case "client-first.test":
-			// Read everything (the client closes first), then answer.
-			got := digest(t, s)
-			seenc <- seen{h, s.PeerID(), got}
-			if err := sendAndClose(s, 2, size); err != nil {
-				t.Errorf("server send: %v", err)
+		type seen struct {
+			h      Header
+			peerID string
+			got    [32]byte
+		}
+		seenc := make(chan seen, 2)
+		p := newPair(t, tr, func(ctx context.Context, h Header, s *Stream) {
+			switch h.Key.Host {
+			case "client-first.test":
+				// Read everything (the client closes first), then answer.
+				got := digest(t, s)
+				seenc <- seen{h, s.PeerID(), got}
+				if err := sendAndClose(s, 2, size); err != nil {
+					t.Errorf("server send: %v", err)
+				}
+			case "server-first.test":
+				// Send everything and half-close, then read the upload.
+				if err := sendAndClose(s, 3, size); err != nil {
+					t.Errorf("server send: %v", err)
+				}
+				seenc <- seen{h, s.PeerID(), digest(t, s)}
 			}
-		case "server-first.test":
-			// Send everything and half-close, then read the upload.
-			if err := sendAndClose(s, 3, size); err != nil {
-				t.Errorf("server send: %v", err)
-			}
-			seenc <- seen{h, s.PeerID(), digest(t, s)}
+		})
+
+		// Client half-closes first; the server still answers afterwards.
+		s, err := p.client.Dial(ctx, p.addr(), key("client-first.test"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sendAndClose(s, 1, size); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := digest(t, s), digest(t, data(2, size)); got != want {
+			t.Error("client-first: server's bytes differ")
+		}
+		sv := <-seenc
+		if sv.got != digest(t, data(1, size)) {
+			t.Error("client-first: client's bytes differ at the server")
+		}
+		if want := key("client-first.test"); sv.h != want {
+			t.Errorf("handler header %+v, want %+v", sv.h, want)
+		}
+		if sv.peerID != p.clientID {
+			t.Errorf("handler PeerID %q, want %q", sv.peerID, p.clientID)
+		}
+		if s.PeerID() != p.serverID {
+			t.Errorf("client PeerID %q, want %q", s.PeerID(), p.serverID)
+		}
+		_ = s.Close()
+
+		// Server half-closes first; the client can still send afterwards.
+		s, err = p.client.Dial(ctx, p.addr(), key("server-first.test"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := digest(t, s), digest(t, data(3, size)); got != want {
+			t.Error("server-first: server's bytes differ")
+		}
+		if err := sendAndClose(s, 4, size); err != nil {
+			t.Fatal(err)
+		}
+		if sv := <-seenc; sv.got != digest(t, data(4, size)) {
+			t.Error("server-first: client's bytes differ at the server")
+		}
+		_ = s.Close()
+
+		st := peerStats1(t, p.client.Stats(), Outbound)
+		if st.StreamsTotal != 2 || st.Dials != 1 || st.BytesSent < 2*size || st.BytesReceived < 2*size || !st.Connected || st.RTT <= 0 {
+			t.Errorf("client stats %+v", st)
 		}
 	})
-
-	// Client half-closes first; the server still answers afterwards.
-	s, err := p.client.Dial(ctx, p.addr(), key("client-first.test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sendAndClose(s, 1, size); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := digest(t, s), digest(t, data(2, size)); got != want {
-		t.Error("client-first: server's bytes differ")
-	}
-	sv := <-seenc
-	if sv.got != digest(t, data(1, size)) {
-		t.Error("client-first: client's bytes differ at the server")
-	}
-	if want := key("client-first.test"); sv.h != want {
-		t.Errorf("handler header %+v, want %+v", sv.h, want)
-	}
-	if sv.peerID != p.clientID {
-		t.Errorf("handler PeerID %q, want %q", sv.peerID, p.clientID)
-	}
-	if s.PeerID() != p.serverID {
-		t.Errorf("client PeerID %q, want %q", s.PeerID(), p.serverID)
-	}
-	_ = s.Close()
-
-	// Server half-closes first; the client can still send afterwards.
-	s, err = p.client.Dial(ctx, p.addr(), key("server-first.test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := digest(t, s), digest(t, data(3, size)); got != want {
-		t.Error("server-first: server's bytes differ")
-	}
-	if err := sendAndClose(s, 4, size); err != nil {
-		t.Fatal(err)
-	}
-	if sv := <-seenc; sv.got != digest(t, data(4, size)) {
-		t.Error("server-first: client's bytes differ at the server")
-	}
-	_ = s.Close()
-
-	st := peerStats1(t, p.client.Stats(), Outbound)
-	if st.StreamsTotal != 2 || st.Dials != 1 || st.BytesSent < 2*size || st.BytesReceived < 2*size || !st.Connected || st.RTT <= 0 {
-		t.Errorf("client stats %+v", st)
-	}
 }
 
 // TestReset checks that an abort on one side is an ErrReset on the other.
 func TestReset(t *testing.T) {
-	leakcheck.Check(t)
-	ctx := testContext(t)
-	p := newPair(t, func(_ context.Context, _ Header, s *Stream) {
-		var b [1]byte
-		if _, err := io.ReadFull(s, b[:]); err != nil {
-			t.Errorf("server read: %v", err)
+	forTransports(t, func(t *testing.T, tr Transport) {
+		leakcheck.Check(t)
+		ctx := testContext(t)
+		p := newPair(t, tr, func(_ context.Context, _ Header, s *Stream) {
+			var b [1]byte
+			if _, err := io.ReadFull(s, b[:]); err != nil {
+				t.Errorf("server read: %v", err)
+			}
+			s.Abort()
+		})
+		s, err := p.client.Dial(ctx, p.addr(), key("reset.test"))
+		if err != nil {
+			t.Fatal(err)
 		}
-		s.Abort()
+		defer s.Close()
+		if _, err := s.Write([]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadAll(s); !errors.Is(err, ErrReset) {
+			t.Errorf("read after peer's Abort: %v, want ErrReset", err)
+		}
 	})
-	s, err := p.client.Dial(ctx, p.addr(), key("reset.test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if _, err := s.Write([]byte{1}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadAll(s); !errors.Is(err, ErrReset) {
-		t.Errorf("read after peer's Abort: %v, want ErrReset", err)
-	}
 }
 
 func peerStats1(t *testing.T, st Stats, dir Direction) PeerStats {
@@ -245,175 +257,183 @@ func peerStats1(t *testing.T, st Stats, dir Direction) PeerStats {
 // QUIC dial (TLS 1.3), but the server refuses its certificate; Dial must
 // fail with ErrRejected and count the reason on both sides.
 func TestUnauthorizedClient(t *testing.T) {
-	leakcheck.Check(t)
-	ctx := testContext(t)
-	p := newPair(t, func(context.Context, Header, *Stream) { t.Error("handler ran for a rejected peer") })
-	caB := newCA(t, "b.test")
-	srcB := newSource(t, caB, "/gw/intruder")
-	// The intruder trusts the server, so only the server can refuse.
-	srcB.SetBundles(caB.Bundle(), p.caA.Bundle())
-	az, err := identity.NewAuthorizer(identity.Policy{TrustDomains: []string{"a.test"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	intruder := newEndpoint(t, "127.0.0.1:0", Config{Source: srcB, Authorizer: az})
+	forTransports(t, func(t *testing.T, tr Transport) {
+		leakcheck.Check(t)
+		ctx := testContext(t)
+		p := newPair(t, tr, func(context.Context, Header, *Stream) { t.Error("handler ran for a rejected peer") })
+		caB := newCA(t, "b.test")
+		srcB := newSource(t, caB, "/gw/intruder")
+		// The intruder trusts the server, so only the server can refuse.
+		srcB.SetBundles(caB.Bundle(), p.caA.Bundle())
+		az, err := identity.NewAuthorizer(identity.Policy{TrustDomains: []string{"a.test"}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		intruder := newEndpoint(t, "127.0.0.1:0", Config{Source: srcB, Authorizer: az, Transport: tr})
 
-	_, err = intruder.Dial(ctx, p.addr(), key("x.test"))
-	if !errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), "refused our certificate") {
-		t.Fatalf("Dial error %v, want ErrRejected for our certificate", err)
-	}
-	t.Logf("Dial error: %v", err)
-	if st := peerStats1(t, intruder.Stats(), Outbound); st.HandshakeFailures[ReasonRejectedByPeer] != 1 || st.Connected {
-		t.Errorf("intruder stats %+v", st)
-	}
-	if n := p.server.Stats().InboundRejections[string(identity.ReasonUnknownTrustDomain)]; n != 1 {
-		t.Errorf("server InboundRejections %v", p.server.Stats().InboundRejections)
-	}
+		_, err = intruder.Dial(ctx, p.addr(), key("x.test"))
+		if !errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), "refused our certificate") {
+			t.Fatalf("Dial error %v, want ErrRejected for our certificate", err)
+		}
+		t.Logf("Dial error: %v", err)
+		if st := peerStats1(t, intruder.Stats(), Outbound); st.HandshakeFailures[ReasonRejectedByPeer] != 1 || st.Connected {
+			t.Errorf("intruder stats %+v", st)
+		}
+		if n := p.server.Stats().InboundRejections[string(identity.ReasonUnknownTrustDomain)]; n != 1 {
+			t.Errorf("server InboundRejections %v", p.server.Stats().InboundRejections)
+		}
+	})
 }
 
 // TestAllowHook: a peer that passes the certificate policy but not the
 // Allow hook is refused with a clear reason.
 func TestAllowHook(t *testing.T) {
-	leakcheck.Check(t)
-	ctx := testContext(t)
-	ca := newCA(t, "a.test")
-	var asked sync.Map
-	server := newEndpoint(t, "127.0.0.1:0", Config{
-		Source:  newSource(t, ca, "/gw/server"),
-		Handler: echo,
-		Allow: func(id string) bool {
-			asked.Store(id, true)
-			return id == "spiffe://a.test/gw/member"
-		},
-	})
-	stranger := newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, ca, "/gw/stranger")})
-	_, err := stranger.Dial(ctx, server.Addr().String(), key("x.test"))
-	if !errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), "spiffe://a.test/gw/stranger is not a live gateway member") {
-		t.Fatalf("Dial error %v, want ErrRejected naming the non-member", err)
-	}
-	if st := peerStats1(t, stranger.Stats(), Outbound); st.HandshakeFailures[ReasonNotMember] != 1 {
-		t.Errorf("stranger stats %+v", st)
-	}
-	if n := server.Stats().InboundRejections[ReasonNotMember]; n != 1 {
-		t.Errorf("server InboundRejections %v", server.Stats().InboundRejections)
-	}
+	forTransports(t, func(t *testing.T, tr Transport) {
+		leakcheck.Check(t)
+		ctx := testContext(t)
+		ca := newCA(t, "a.test")
+		var asked sync.Map
+		server := newEndpoint(t, "127.0.0.1:0", Config{
+			Source:  newSource(t, ca, "/gw/server"),
+			Handler: echo,
+			Allow: func(id string) bool {
+				asked.Store(id, true)
+				return id == "spiffe://a.test/gw/member"
+			},
+		})
+		stranger := newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, ca, "/gw/stranger"), Transport: tr})
+		_, err := stranger.Dial(ctx, server.Addr().String(), key("x.test"))
+		if !errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), "spiffe://a.test/gw/stranger is not a live gateway member") {
+			t.Fatalf("Dial error %v, want ErrRejected naming the non-member", err)
+		}
+		if st := peerStats1(t, stranger.Stats(), Outbound); st.HandshakeFailures[ReasonNotMember] != 1 {
+			t.Errorf("stranger stats %+v", st)
+		}
+		if n := server.Stats().InboundRejections[ReasonNotMember]; n != 1 {
+			t.Errorf("server InboundRejections %v", server.Stats().InboundRejections)
+		}
 
-	member := newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, ca, "/gw/member")})
-	s, err := member.Dial(ctx, server.Addr().String(), key("x.test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if err := sendAndClose(s, 9, 1000); err != nil {
-		t.Fatal(err)
-	}
-	if digest(t, s) != digest(t, data(9, 1000)) {
-		t.Error("echo differs")
-	}
+		member := newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, ca, "/gw/member"), Transport: tr})
+		s, err := member.Dial(ctx, server.Addr().String(), key("x.test"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if err := sendAndClose(s, 9, 1000); err != nil {
+			t.Fatal(err)
+		}
+		if digest(t, s) != digest(t, data(9, 1000)) {
+			t.Error("echo differs")
+		}
+	})
 }
 
 // TestConcurrentStreams runs 1,000 concurrent streams over one link.
 func TestConcurrentStreams(t *testing.T) {
-	leakcheck.Check(t)
-	ctx := testContext(t)
-	p := newPair(t, echo)
-	const streams, size = 1000, 32 << 10
-	var wg sync.WaitGroup
-	errs := make(chan error, streams)
-	for i := range streams {
-		wg.Go(func() {
-			s, err := p.client.Dial(ctx, p.addr(), key(fmt.Sprintf("s%d.test", i)))
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer s.Close()
-			var werr error
-			var wgw sync.WaitGroup
-			wgw.Go(func() { werr = sendAndClose(s, uint64(i), size) })
-			got, err := io.ReadAll(s)
-			wgw.Wait()
-			want, _ := io.ReadAll(data(uint64(i), size))
-			switch {
-			case werr != nil:
-				errs <- fmt.Errorf("stream %d write: %w", i, werr)
-			case err != nil:
-				errs <- fmt.Errorf("stream %d read: %w", i, err)
-			case !bytes.Equal(got, want):
-				errs <- fmt.Errorf("stream %d: %d bytes differ from the %d sent", i, len(got), len(want))
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	st := peerStats1(t, p.client.Stats(), Outbound)
-	if st.Dials != 1 || st.StreamsTotal != streams || st.StreamsOpen != 0 {
-		t.Errorf("client stats %+v, want 1 dial, %d streams, none open", st, streams)
-	}
-	if in := peerStats1(t, p.server.Stats(), Inbound); in.StreamsTotal != streams {
-		t.Errorf("server stats %+v", in)
-	}
+	forTransports(t, func(t *testing.T, tr Transport) {
+		leakcheck.Check(t)
+		ctx := testContext(t)
+		p := newPair(t, tr, echo)
+		const streams, size = 1000, 32 << 10
+		var wg sync.WaitGroup
+		errs := make(chan error, streams)
+		for i := range streams {
+			wg.Go(func() {
+				s, err := p.client.Dial(ctx, p.addr(), key(fmt.Sprintf("s%d.test", i)))
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer s.Close()
+				var werr error
+				var wgw sync.WaitGroup
+				wgw.Go(func() { werr = sendAndClose(s, uint64(i), size) })
+				got, err := io.ReadAll(s)
+				wgw.Wait()
+				want, _ := io.ReadAll(data(uint64(i), size))
+				switch {
+				case werr != nil:
+					errs <- fmt.Errorf("stream %d write: %w", i, werr)
+				case err != nil:
+					errs <- fmt.Errorf("stream %d read: %w", i, err)
+				case !bytes.Equal(got, want):
+					errs <- fmt.Errorf("stream %d: %d bytes differ from the %d sent", i, len(got), len(want))
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		st := peerStats1(t, p.client.Stats(), Outbound)
+		if st.Dials != 1 || st.StreamsTotal != streams || st.StreamsOpen != 0 {
+			t.Errorf("client stats %+v, want 1 dial, %d streams, none open", st, streams)
+		}
+		if in := peerStats1(t, p.server.Stats(), Inbound); in.StreamsTotal != streams {
+			t.Errorf("server stats %+v", in)
+		}
+	})
 }
 
 // TestPoolRedial: streams share one link; after the server restarts on the
 // same address, the next Dial sets up a new link.
 func TestPoolRedial(t *testing.T) {
-	leakcheck.Check(t)
-	ctx := testContext(t)
-	p := newPair(t, echo)
-	addr := p.addr()
-	roundTrip := func(s *Stream, seed uint64) {
-		t.Helper()
-		if err := sendAndClose(s, seed, 100); err != nil {
+	forTransports(t, func(t *testing.T, tr Transport) {
+		leakcheck.Check(t)
+		ctx := testContext(t)
+		p := newPair(t, tr, echo)
+		addr := p.addr()
+		roundTrip := func(s *Stream, seed uint64) {
+			t.Helper()
+			if err := sendAndClose(s, seed, 100); err != nil {
+				t.Fatal(err)
+			}
+			if digest(t, s) != digest(t, data(seed, 100)) {
+				t.Error("echo differs")
+			}
+			_ = s.Close()
+		}
+		for i := range 10 {
+			s, err := p.client.Dial(ctx, addr, key("pool.test"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			roundTrip(s, uint64(i))
+		}
+		if st := peerStats1(t, p.client.Stats(), Outbound); st.Dials != 1 || st.StreamsTotal != 10 {
+			t.Fatalf("client stats %+v, want 10 streams on 1 link", st)
+		}
+
+		// A stream left open sees the link close when the server goes away.
+		held, err := p.client.Dial(ctx, addr, key("held.test"))
+		if err != nil {
 			t.Fatal(err)
 		}
-		if digest(t, s) != digest(t, data(seed, 100)) {
-			t.Error("echo differs")
+		defer held.Close()
+		if _, err := held.Write([]byte("x")); err != nil {
+			t.Fatal(err)
 		}
-		_ = s.Close()
-	}
-	for i := range 10 {
+		if err := p.server.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadAll(held); err == nil {
+			t.Fatal("stream survived its server")
+		}
+		if st := peerStats1(t, p.client.Stats(), Outbound); st.Connected {
+			t.Errorf("client stats %+v, want disconnected", st)
+		}
+
+		newEndpoint(t, addr, p.serverConfig)
 		s, err := p.client.Dial(ctx, addr, key("pool.test"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		roundTrip(s, uint64(i))
-	}
-	if st := peerStats1(t, p.client.Stats(), Outbound); st.Dials != 1 || st.StreamsTotal != 10 {
-		t.Fatalf("client stats %+v, want 10 streams on 1 link", st)
-	}
-
-	// A stream left open sees the link close when the server goes away.
-	held, err := p.client.Dial(ctx, addr, key("held.test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	if _, err := held.Write([]byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.server.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadAll(held); err == nil {
-		t.Fatal("stream survived its server")
-	}
-	if st := peerStats1(t, p.client.Stats(), Outbound); st.Connected {
-		t.Errorf("client stats %+v, want disconnected", st)
-	}
-
-	newEndpoint(t, addr, p.serverConfig)
-	s, err := p.client.Dial(ctx, addr, key("pool.test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	roundTrip(s, 99)
-	if st := peerStats1(t, p.client.Stats(), Outbound); st.Dials != 2 || !st.Connected {
-		t.Errorf("client stats %+v, want 2 dials", st)
-	}
+		roundTrip(s, 99)
+		if st := peerStats1(t, p.client.Stats(), Outbound); st.Dials != 2 || !st.Connected {
+			t.Errorf("client stats %+v, want 2 dials", st)
+		}
+	})
 }
 
 // TestDialClosedEndpoint: Dial on a closed Endpoint fails at once.
@@ -435,42 +455,46 @@ func TestDialClosedEndpoint(t *testing.T) {
 // TestUntrustedServer: the dialing side refuses a server it cannot verify
 // and counts the identity reason; that is not a rejection by the peer.
 func TestUntrustedServer(t *testing.T) {
-	leakcheck.Check(t)
-	ctx := testContext(t)
-	caB := newCA(t, "b.test")
-	server := newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, caB, "/gw/server"), Handler: echo})
-	client := newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, newCA(t, "a.test"), "/gw/client")})
-	_, err := client.Dial(ctx, server.Addr().String(), key("x.test"))
-	var rej *identity.RejectError
-	if !errors.As(err, &rej) || rej.Reason != identity.ReasonUnknownTrustDomain || errors.Is(err, ErrRejected) {
-		t.Fatalf("Dial error %v, want our own unknown_trust_domain rejection", err)
-	}
-	st := peerStats1(t, client.Stats(), Outbound)
-	if st.HandshakeFailures[string(identity.ReasonUnknownTrustDomain)] != 1 {
-		t.Errorf("client stats %+v", st)
-	}
+	forTransports(t, func(t *testing.T, tr Transport) {
+		leakcheck.Check(t)
+		ctx := testContext(t)
+		caB := newCA(t, "b.test")
+		server := newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, caB, "/gw/server"), Handler: echo})
+		client := newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, newCA(t, "a.test"), "/gw/client"), Transport: tr})
+		_, err := client.Dial(ctx, server.Addr().String(), key("x.test"))
+		var rej *identity.RejectError
+		if !errors.As(err, &rej) || rej.Reason != identity.ReasonUnknownTrustDomain || errors.Is(err, ErrRejected) {
+			t.Fatalf("Dial error %v, want our own unknown_trust_domain rejection", err)
+		}
+		st := peerStats1(t, client.Stats(), Outbound)
+		if st.HandshakeFailures[string(identity.ReasonUnknownTrustDomain)] != 1 {
+			t.Errorf("client stats %+v", st)
+		}
+	})
 }
 
 // TestBadHeader: a stream whose header is malformed is reset without
 // reaching the handler.
 func TestBadHeader(t *testing.T) {
-	leakcheck.Check(t)
-	ctx := testContext(t)
-	p := newPair(t, func(context.Context, Header, *Stream) { t.Error("handler ran for a bad header") })
-	l, err := p.client.link(ctx, p.addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	qs, err := l.conn.OpenStreamSync(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := newStream(qs, l.conn, l.stats, l.peerID)
-	defer s.Close()
-	if _, err := s.Write([]byte{9, 0, 0, 80, 1, 0, 0, 'h'}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadAll(s); !errors.Is(err, ErrReset) || !strings.Contains(err.Error(), "code 2") {
-		t.Errorf("read error %v, want ErrReset with code 2", err)
-	}
+	forTransports(t, func(t *testing.T, tr Transport) {
+		leakcheck.Check(t)
+		ctx := testContext(t)
+		p := newPair(t, tr, func(context.Context, Header, *Stream) { t.Error("handler ran for a bad header") })
+		l, err := p.client.link(ctx, p.addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs, err := l.conn.openStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := newStream(rs, l.conn, l.stats, l.peerID)
+		defer s.Close()
+		if _, err := s.Write([]byte{9, 0, 0, 80, 1, 0, 0, 'h'}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadAll(s); !errors.Is(err, ErrReset) || !strings.Contains(err.Error(), "code 2") {
+			t.Errorf("read error %v, want ErrReset with code 2", err)
+		}
+	})
 }

@@ -5,8 +5,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/quic-go/quic-go"
 )
 
 // Handshake failure reasons counted in [PeerStats.HandshakeFailures] and
@@ -59,6 +57,11 @@ type PeerStats struct {
 	Dials uint64
 	// RTT is the smoothed round-trip time of the current connection, or 0.
 	RTT time.Duration
+	// Transport is the transport of the current connection, or "".
+	Transport Transport
+	// Fallbacks counts outbound connections set up over TCP because QUIC
+	// failed (TransportAuto only).
+	Fallbacks uint64
 }
 
 // Stats is a snapshot of an [Endpoint]'s counters.
@@ -80,11 +83,12 @@ type peerStats struct {
 	bytesSent     atomic.Uint64
 	bytesReceived atomic.Uint64
 
-	mu       sync.Mutex
-	peerID   string
-	dials    uint64
-	failures map[string]uint64
-	conn     *quic.Conn // current connection, nil before the first
+	mu        sync.Mutex
+	peerID    string
+	dials     uint64
+	fallbacks uint64
+	failures  map[string]uint64
+	conn      conn // current connection, nil before the first
 }
 
 func (p *peerStats) failed(reason string) {
@@ -96,12 +100,17 @@ func (p *peerStats) failed(reason string) {
 	p.failures[reason]++
 }
 
-func (p *peerStats) connected(peerID string, conn *quic.Conn) {
+// connected records a new connection; fallback says it is on TCP because
+// QUIC failed.
+func (p *peerStats) connected(peerID string, c conn, fallback bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.peerID = peerID
 	p.dials++
-	p.conn = conn
+	if fallback {
+		p.fallbacks++
+	}
+	p.conn = c
 }
 
 func (p *peerStats) snapshot() PeerStats {
@@ -117,13 +126,15 @@ func (p *peerStats) snapshot() PeerStats {
 	defer p.mu.Unlock()
 	s.PeerID = p.peerID
 	s.Dials = p.dials
+	s.Fallbacks = p.fallbacks
 	s.HandshakeFailures = maps.Clone(p.failures)
 	if s.HandshakeFailures == nil {
 		s.HandshakeFailures = map[string]uint64{}
 	}
-	if p.conn != nil && p.conn.Context().Err() == nil {
+	if p.conn != nil && alive(p.conn) {
 		s.Connected = true
-		s.RTT = p.conn.ConnectionStats().SmoothedRTT
+		s.RTT = p.conn.rtt()
+		s.Transport = p.conn.transport()
 	}
 	return s
 }

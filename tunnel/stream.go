@@ -2,21 +2,9 @@ package tunnel
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"sync"
 	"time"
-
-	"github.com/quic-go/quic-go"
-)
-
-// Stream error codes sent in RESET_STREAM and STOP_SENDING frames.
-const (
-	// codeCanceled: the stream was aborted or closed before the peer
-	// finished sending.
-	codeCanceled quic.StreamErrorCode = 1
-	// codeBadHeader: the accepting side could not read a valid header.
-	codeBadHeader quic.StreamErrorCode = 2
 )
 
 // ErrReset is wrapped by the error a [Stream] read or write returns when
@@ -31,57 +19,62 @@ var ErrReset = errors.New("tunnel: stream reset")
 // an error wrapping ErrReset. Read and Write may be called concurrently;
 // Stream is safe for concurrent use like a net.Conn.
 type Stream struct {
-	qs     *quic.Stream
-	conn   *quic.Conn
+	rs     rawStream
+	conn   conn
 	peer   *peerStats
 	peerID string
 	once   sync.Once
 }
 
-func newStream(qs *quic.Stream, conn *quic.Conn, peer *peerStats, peerID string) *Stream {
+func newStream(rs rawStream, c conn, peer *peerStats, peerID string) *Stream {
 	peer.streamsOpen.Add(1)
 	peer.streamsTotal.Add(1)
-	return &Stream{qs: qs, conn: conn, peer: peer, peerID: peerID}
+	return &Stream{rs: rs, conn: c, peer: peer, peerID: peerID}
 }
 
 // PeerID returns the verified SPIFFE ID of the gateway at the other end.
 func (s *Stream) PeerID() string { return s.peerID }
 
+// Transport returns the transport of the stream's link.
+func (s *Stream) Transport() Transport { return s.conn.transport() }
+
 // Read reads from the stream. It returns io.EOF after the peer's
 // CloseWrite, and an error wrapping ErrReset after a reset.
 func (s *Stream) Read(p []byte) (int, error) {
-	n, err := s.qs.Read(p)
+	n, err := s.rs.Read(p)
 	s.peer.bytesReceived.Add(uint64(n))
-	return n, streamError(err)
+	return n, err
 }
 
 // Write writes to the stream. It fails with an error wrapping ErrReset if
 // the peer stopped reading or either side reset the stream.
 func (s *Stream) Write(p []byte) (int, error) {
-	n, err := s.qs.Write(p)
+	n, err := s.rs.Write(p)
 	s.peer.bytesSent.Add(uint64(n))
-	return n, streamError(err)
+	return n, err
 }
 
 // CloseWrite closes the send direction after the bytes written so far
-// (a QUIC FIN, the equivalent of TCP shutdown(SHUT_WR)). Reading goes on.
-func (s *Stream) CloseWrite() error {
-	return streamError(s.qs.Close())
-}
+// (a QUIC or yamux FIN, the equivalent of TCP shutdown(SHUT_WR)). Reading
+// goes on.
+func (s *Stream) CloseWrite() error { return s.rs.closeWrite() }
 
-// CloseRead stops reading: the peer's further writes fail with ErrReset.
+// CloseRead stops reading. Over QUIC the peer's further writes fail with
+// ErrReset; over the TCP fallback they are discarded.
 func (s *Stream) CloseRead() error {
-	s.qs.CancelRead(codeCanceled)
+	s.rs.closeRead()
 	return nil
 }
 
-// Close closes both directions and releases the stream: it ends the send
-// direction gracefully (as CloseWrite does, unless it was reset) and stops
-// reading. It is idempotent and always returns nil.
+// Close closes both directions and releases the stream. If the peer has
+// finished sending, it ends the send direction gracefully (as CloseWrite
+// does, unless it was reset). Otherwise, over QUIC, it ends the send
+// direction gracefully and tells the peer to stop sending, and over the
+// TCP fallback it resets the stream, as closing a TCP socket with unread
+// data does. It is idempotent and always returns nil.
 func (s *Stream) Close() error {
 	s.once.Do(func() {
-		s.qs.CancelRead(codeCanceled)
-		_ = s.qs.Close() // fails only if the send side was reset: nothing to do
+		s.rs.release()
 		s.peer.streamsOpen.Add(-1)
 	})
 	return nil
@@ -91,42 +84,21 @@ func (s *Stream) Close() error {
 // the peer's reads and writes fail with an error wrapping ErrReset. Use it
 // to forward a TCP RST. Close must still be called (it is then a no-op on
 // the wire).
-func (s *Stream) Abort() {
-	s.qs.CancelWrite(codeCanceled)
-	s.qs.CancelRead(codeCanceled)
-}
+func (s *Stream) Abort() { s.rs.abort(codeCanceled) }
 
-// LocalAddr returns the local UDP address of the tunnel.
+// LocalAddr returns the local address of the tunnel link.
 func (s *Stream) LocalAddr() net.Addr { return s.conn.LocalAddr() }
 
-// RemoteAddr returns the peer gateway's UDP address.
+// RemoteAddr returns the peer gateway's address on the tunnel link.
 func (s *Stream) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 
 // SetDeadline sets the read and write deadlines, as net.Conn does.
-func (s *Stream) SetDeadline(t time.Time) error { return s.qs.SetDeadline(t) }
+func (s *Stream) SetDeadline(t time.Time) error { return s.rs.SetDeadline(t) }
 
 // SetReadDeadline sets the read deadline, as net.Conn does.
-func (s *Stream) SetReadDeadline(t time.Time) error { return s.qs.SetReadDeadline(t) }
+func (s *Stream) SetReadDeadline(t time.Time) error { return s.rs.SetReadDeadline(t) }
 
 // SetWriteDeadline sets the write deadline, as net.Conn does.
-func (s *Stream) SetWriteDeadline(t time.Time) error { return s.qs.SetWriteDeadline(t) }
+func (s *Stream) SetWriteDeadline(t time.Time) error { return s.rs.SetWriteDeadline(t) }
 
 var _ net.Conn = (*Stream)(nil)
-
-// streamError maps quic-go errors to this package's: resets wrap ErrReset,
-// connection closes are explained by connError; io.EOF and timeouts pass
-// through unchanged.
-func streamError(err error) error {
-	if err == nil {
-		return nil
-	}
-	var se *quic.StreamError
-	if errors.As(err, &se) {
-		who := "locally"
-		if se.Remote {
-			who = "by peer"
-		}
-		return fmt.Errorf("%w %s (code %d): %w", ErrReset, who, se.ErrorCode, err)
-	}
-	return connError(err)
-}

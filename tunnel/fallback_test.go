@@ -1,0 +1,220 @@
+package tunnel
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ewgate/ewgate/internal/await"
+	"github.com/ewgate/ewgate/internal/leakcheck"
+)
+
+// firewall stands between a client and a server endpoint on its own
+// address: it relays TCP connections and UDP datagrams to the server, and
+// drops UDP while blocked, as a firewall that blocks UDP does. (The e2e
+// suite blocks UDP with nftables between network namespaces; this keeps the
+// unit test free of root.)
+type firewall struct {
+	blocked atomic.Bool
+	udp     *net.UDPConn
+	up      *net.UDPConn // connected to the server's UDP port
+	tcp     net.Listener
+	client  atomic.Pointer[net.UDPAddr]
+	wg      sync.WaitGroup
+
+	mu    sync.Mutex
+	conns []net.Conn // relayed TCP connections, both sides
+}
+
+func newFirewall(t *testing.T, server string) *firewall {
+	t.Helper()
+	fw := &firewall{}
+	var err error
+	if fw.udp, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	port := fw.udp.LocalAddr().(*net.UDPAddr).Port
+	if fw.tcp, err = net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}); err != nil {
+		t.Fatal(err)
+	}
+	serverAddr, err := net.ResolveUDPAddr("udp", server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fw.up, err = net.DialUDP("udp", nil, serverAddr); err != nil {
+		t.Fatal(err)
+	}
+	fw.wg.Add(3)
+	go fw.relayUDPIn()
+	go fw.relayUDPOut()
+	go fw.relayTCP(server)
+	t.Cleanup(fw.close)
+	return fw
+}
+
+func (fw *firewall) addr() string { return fw.udp.LocalAddr().String() }
+
+func (fw *firewall) relayUDPIn() {
+	defer fw.wg.Done()
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := fw.udp.ReadFromUDP(buf)
+		if err != nil {
+			return
+		}
+		if fw.blocked.Load() {
+			continue
+		}
+		fw.client.Store(from)
+		_, _ = fw.up.Write(buf[:n])
+	}
+}
+
+func (fw *firewall) relayUDPOut() {
+	defer fw.wg.Done()
+	buf := make([]byte, 65536)
+	for {
+		n, err := fw.up.Read(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue // ICMP errors from a closed port
+		}
+		if to := fw.client.Load(); to != nil && !fw.blocked.Load() {
+			_, _ = fw.udp.WriteToUDP(buf[:n], to)
+		}
+	}
+}
+
+func (fw *firewall) relayTCP(server string) {
+	defer fw.wg.Done()
+	for {
+		c, err := fw.tcp.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", server)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		fw.mu.Lock()
+		fw.conns = append(fw.conns, c, up)
+		fw.mu.Unlock()
+		fw.wg.Add(2)
+		pipe := func(dst, src net.Conn) {
+			defer fw.wg.Done()
+			_, _ = io.Copy(dst, src)
+			_ = dst.(*net.TCPConn).CloseWrite()
+		}
+		go pipe(up, c)
+		go pipe(c, up)
+	}
+}
+
+func (fw *firewall) close() {
+	fw.udp.Close()
+	fw.up.Close()
+	fw.tcp.Close()
+	fw.mu.Lock()
+	for _, c := range fw.conns {
+		c.Close()
+	}
+	fw.mu.Unlock()
+	fw.wg.Wait()
+}
+
+// TestFallback: with UDP to the peer blocked, an auto link comes up over
+// TCP and carries streams byte-exact; once UDP passes again, new streams
+// move to QUIC and the TCP link closes when its last stream ends.
+func TestFallback(t *testing.T) {
+	leakcheck.Check(t)
+	ctx := testContext(t)
+	p := newPair(t, TransportQUIC, echo)
+	fw := newFirewall(t, p.addr())
+	fw.blocked.Store(true)
+	client := newEndpoint(t, "127.0.0.1:0", Config{
+		Source:            newSource(t, p.caA, "/gw/auto"),
+		FallbackAfter:     300 * time.Millisecond,
+		QUICRetryInterval: 100 * time.Millisecond,
+	})
+	roundTrip := func(s *Stream, seed uint64) {
+		t.Helper()
+		// Send while reading: the echo comes back before the upload ends,
+		// and would otherwise fill the receive window and stall both.
+		sent := make(chan error, 1)
+		go func() { sent <- sendAndClose(s, seed, 1<<20) }()
+		if digest(t, s) != digest(t, data(seed, 1<<20)) {
+			t.Error("echo differs")
+		}
+		if err := <-sent; err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	held, err := client.Dial(ctx, fw.addr(), key("fallback.test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if held.Transport() != TransportTCP {
+		t.Fatalf("stream on %s with UDP blocked, want tcp", held.Transport())
+	}
+	st := peerStats1(t, client.Stats(), Outbound)
+	if st.Transport != TransportTCP || st.Fallbacks != 1 || st.HandshakeFailures[ReasonTimeout] != 0 {
+		t.Errorf("client stats %+v, want one fallback link on tcp", st)
+	}
+
+	// Streams keep flowing over TCP while UDP stays blocked, and QUIC
+	// attempts made meanwhile fail in the background.
+	for i := range 3 {
+		s, err := client.Dial(ctx, fw.addr(), key("fallback.test"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Transport() != TransportTCP {
+			t.Errorf("stream %d on %s, want tcp", i, s.Transport())
+		}
+		roundTrip(s, uint64(i))
+		s.Close()
+	}
+
+	fw.blocked.Store(false)
+	var moved *Stream
+	await.True(t, testTimeout, "streams moving back to QUIC", func() bool {
+		s, err := client.Dial(ctx, fw.addr(), key("fallback.test"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Transport() == TransportQUIC {
+			moved = s
+			return true
+		}
+		roundTrip(s, 7)
+		s.Close()
+		return false
+	})
+	roundTrip(moved, 8)
+	moved.Close()
+
+	// The stream held on the TCP link is still served; when it ends, the
+	// TCP link is retired.
+	roundTrip(held, 9)
+	held.Close()
+	await.True(t, testTimeout, "the TCP link to retire", func() bool {
+		for _, ps := range p.server.Stats().Peers {
+			if ps.Transport == TransportTCP {
+				return false
+			}
+		}
+		return true
+	})
+	if st := peerStats1(t, client.Stats(), Outbound); st.Transport != TransportQUIC || st.Dials != 2 {
+		t.Errorf("client stats %+v, want back on quic after 2 links", st)
+	}
+}
