@@ -27,54 +27,79 @@ type gossip struct {
 	node *peer.Node
 	cs   *catalogState
 	log  *slog.Logger
+	// primaryKey is the keyring's primary key at start, nil with
+	// --insecure-gossip; tunnels derive their stateless reset key from it.
+	primaryKey []byte
+	// closeLink, if set before run starts, is called with the tunnel
+	// address of each member that stops being alive, and why.
+	closeLink func(addr, why string)
 }
 
 // startGossip starts the gossip node described by s, announcing spiffeID
 // (may be empty), or returns nil when --gossip-address is not set.
 func startGossip(ctx context.Context, s settings, spiffeID string, cs *catalogState, log *slog.Logger) (*gossip, error) {
-	tunnelAddr := s.TunnelAdvertise
-	if tunnelAddr == "" {
-		tunnelAddr = s.TunnelAddress
-	}
 	if s.GossipAddress == "" {
 		return nil, nil
 	}
-	host, port, err := splitHostPort(s.GossipAddress)
+	cfg, err := peerConfig(s, spiffeID)
 	if err != nil {
-		return nil, fmt.Errorf("--gossip-address: %w", err)
+		return nil, err
 	}
-	cfg := peer.Config{
-		Name:            s.NodeName,
-		Network:         s.Network,
-		BindAddr:        host,
-		BindPort:        port,
-		Join:            s.Join,
-		Insecure:        s.InsecureGossip,
-		MeshID:          s.MeshID,
-		Profile:         s.GossipProfile,
-		PassthroughAddr: s.PassthroughAdvertise,
-		SPIFFEID:        spiffeID,
-		TunnelAddr:      tunnelAddr,
-		Logger:          log,
-	}
-	if s.GossipAdvertise != "" {
-		if cfg.AdvertiseAddr, cfg.AdvertisePort, err = splitHostPort(s.GossipAdvertise); err != nil {
-			return nil, fmt.Errorf("--gossip-advertise: %w", err)
-		}
-	}
-	if s.GossipKeyFile != "" {
-		if cfg.Keys, err = peer.LoadKeyring(s.GossipKeyFile); err != nil {
-			return nil, err
-		}
-	}
-	if cfg.PassthroughAddr == "" {
-		return nil, errors.New("--passthrough-advertise is required with gossip: the address other networks dial to reach this gateway")
-	}
+	cfg.Logger = log
 	node, err := peer.Start(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
-	return &gossip{node: node, cs: cs, log: log}, nil
+	g := &gossip{node: node, cs: cs, log: log}
+	if len(cfg.Keys) > 0 {
+		g.primaryKey = cfg.Keys[0]
+	}
+	return g, nil
+}
+
+// peerConfig maps the gossip settings to peer.Config, reading the keyring
+// file; errors name the flag at fault.
+func peerConfig(s settings, spiffeID string) (peer.Config, error) {
+	tunnelAddr := s.TunnelAdvertise
+	if tunnelAddr == "" {
+		tunnelAddr = s.TunnelAddress
+	}
+	host, port, err := splitHostPort(s.GossipAddress)
+	if err != nil {
+		return peer.Config{}, fmt.Errorf("--gossip-address: %w", err)
+	}
+	cfg := peer.Config{
+		Name:              s.NodeName,
+		Network:           s.Network,
+		BindAddr:          host,
+		BindPort:          port,
+		Join:              s.Join,
+		Insecure:          s.InsecureGossip,
+		MeshID:            s.MeshID,
+		Profile:           s.GossipProfile,
+		PassthroughAddr:   s.PassthroughAdvertise,
+		SPIFFEID:          spiffeID,
+		TunnelAddr:        tunnelAddr,
+		ReconnectInterval: time.Duration(s.GossipReconnectInterval),
+		ReconnectTimeout:  time.Duration(s.GossipReconnectTimeout),
+	}
+	if cfg.ReconnectInterval == 0 {
+		cfg.ReconnectInterval = -1 // peer's "off"; its 0 means the default
+	}
+	if s.GossipAdvertise != "" {
+		if cfg.AdvertiseAddr, cfg.AdvertisePort, err = splitHostPort(s.GossipAdvertise); err != nil {
+			return peer.Config{}, fmt.Errorf("--gossip-advertise: %w", err)
+		}
+	}
+	if s.GossipKeyFile != "" {
+		if cfg.Keys, err = peer.LoadKeyring(s.GossipKeyFile); err != nil {
+			return peer.Config{}, fmt.Errorf("--gossip-key-file: %w", err)
+		}
+	}
+	if cfg.PassthroughAddr == "" {
+		return peer.Config{}, errors.New("--passthrough-advertise is required with gossip: the address other networks dial to reach this gateway")
+	}
+	return cfg, nil
 }
 
 // run publishes this network's summary whenever the view or endpoint
@@ -97,6 +122,7 @@ func (g *gossip) run(ctx context.Context, keyFile string) {
 		}
 	}
 	publish()
+	live := liveTunnels(g.node.Members(), g.node.Name())
 	for {
 		select {
 		case <-ctx.Done():
@@ -105,6 +131,13 @@ func (g *gossip) run(ctx context.Context, keyFile string) {
 			publish()
 		case <-g.node.Changed():
 			g.cs.notify()
+			if g.closeLink != nil {
+				var gone []linkDeparture
+				live, gone = tunnelDepartures(live, g.node.Members(), g.node.Name())
+				for _, d := range gone {
+					g.closeLink(d.addr, d.why)
+				}
+			}
 		case <-tick.C:
 			// Ejections change health without changing the view; an
 			// unchanged summary is not sent again.
@@ -176,6 +209,59 @@ func (g *gossip) tunnelAddrs() map[string]string {
 		}
 	}
 	return out
+}
+
+// liveTunnels maps the live members other than self that advertise a
+// tunnel address to that address.
+func liveTunnels(members []peer.Member, self string) map[string]string {
+	out := make(map[string]string)
+	for _, m := range members {
+		if m.State == peer.StateAlive && m.Meta.TunnelAddr != "" && m.Name != self {
+			out[m.Name] = m.Meta.TunnelAddr
+		}
+	}
+	return out
+}
+
+// linkDeparture is a tunnel address whose member is no longer alive there.
+type linkDeparture struct {
+	addr, why string
+}
+
+// tunnelDepartures compares live, the result of liveTunnels at the last
+// change, with members now. It returns the new live map and, sorted by
+// member name, the tunnel addresses that a member stopped serving: it was
+// declared dead, left, was forgotten, or moved to another address.
+//
+// Links to such an address are closed even if another member advertises
+// it now (a gateway restarted under a new name): the link may still be to
+// the old process, which would hold new streams until the idle timeout,
+// while closing a fresh link only costs a redial.
+func tunnelDepartures(live map[string]string, members []peer.Member, self string) (map[string]string, []linkDeparture) {
+	now := liveTunnels(members, self)
+	state := make(map[string]peer.State, len(members))
+	for _, m := range members {
+		state[m.Name] = m.State
+	}
+	var gone []linkDeparture
+	for _, name := range slices.Sorted(maps.Keys(live)) {
+		addr := live[name]
+		switch cur, ok := now[name]; {
+		case ok && cur == addr:
+			continue
+		case ok:
+			gone = append(gone, linkDeparture{addr, fmt.Sprintf("gossip: member %s moved its tunnel to %s", name, cur)})
+		default:
+			why := "gossip: member " + name + " was forgotten"
+			if st, known := state[name]; known && st == peer.StateAlive {
+				why = "gossip: member " + name + " no longer advertises a tunnel"
+			} else if known {
+				why = "gossip: member " + name + " is " + st.String()
+			}
+			gone = append(gone, linkDeparture{addr, why})
+		}
+	}
+	return now, gone
 }
 
 // Members implements api.Membership.
@@ -273,6 +359,9 @@ func (g *gossip) register(reg *metrics.Registry) {
 	reg.CounterFunc("ewgate_gossip_bytes_out_total", "Gossip bytes sent.", stat(func(s peer.Stats) float64 { return float64(s.BytesOut) }))
 	reg.CounterFunc("ewgate_gossip_push_pulls_total", "Remote catalog states merged.", stat(func(s peer.Stats) float64 { return float64(s.PushPulls) }))
 	reg.GaugeFunc("ewgate_gossip_last_push_pull_seconds", "Time to merge the last remote catalog state.", stat(func(s peer.Stats) float64 { return s.LastPushPull.Seconds() }))
+	reg.GaugeFunc("ewgate_gossip_reconnect_pending", "Failed gateways (declared dead, not left) being retried.", stat(func(s peer.Stats) float64 { return float64(s.ReconnectPending) }))
+	reg.CounterFunc("ewgate_gossip_reconnect_attempts_total", "Reconnect joins tried, one per address: failed gateways, and the seeds while alone.", stat(func(s peer.Stats) float64 { return float64(s.ReconnectAttempts) }))
+	reg.CounterFunc("ewgate_gossip_reconnect_successes_total", "Reconnect joins that reached another gateway.", stat(func(s peer.Stats) float64 { return float64(s.ReconnectSuccesses) }))
 }
 
 func splitHostPort(s string) (string, int, error) {

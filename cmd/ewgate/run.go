@@ -151,7 +151,6 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		g.register(reg)
 		debug["members"] = func() any { return g.Members() }
 		debug["networks"] = func() any { return g.Networks() }
-		n.bg(func() { g.run(ctx, s.GossipKeyFile) })
 	}
 	if s.TunnelAddress != "" {
 		tn, err := startTunnels(s, n.id, gw, cs, g, log)
@@ -162,6 +161,11 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		gw.SetRemote(tn)
 		tn.register(reg)
 		debug["tunnels"] = func() any { return tn.ep.Stats() }
+		g.closeLink = tn.memberDown
+	}
+	if g != nil {
+		// Started after the tunnels, so that it sees closeLink.
+		n.bg(func() { g.run(ctx, s.GossipKeyFile) })
 	}
 	if s.AdminAddress != "" {
 		ln, err := net.Listen("tcp", s.AdminAddress)

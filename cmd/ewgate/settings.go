@@ -13,7 +13,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/peer"
 	"github.com/ewgate/ewgate/sni"
+	"github.com/ewgate/ewgate/tunnel"
 )
 
 // settings are a node's settings, from --config and flags; flags win.
@@ -57,6 +59,13 @@ type settings struct {
 	PassthroughAdvertise string   `json:"passthroughAdvertise"`
 	TunnelAddress        string   `json:"tunnelAddress"`
 	TunnelAdvertise      string   `json:"tunnelAdvertise"`
+	// TunnelTransport is how this gateway dials tunnel links: auto, quic
+	// or tcp (tunnel.ParseTransport). It accepts both whatever it says.
+	TunnelTransport string `json:"tunnelTransport"`
+	// GossipReconnectInterval is peer.Config.ReconnectInterval, except
+	// that 0 turns reconnecting off (peer takes 0 as its default).
+	GossipReconnectInterval duration `json:"gossipReconnectInterval"`
+	GossipReconnectTimeout  duration `json:"gossipReconnectTimeout"`
 }
 
 func defaultSettings() settings {
@@ -73,6 +82,10 @@ func defaultSettings() settings {
 		HelloMaxBytes: sni.DefaultMaxBytes,
 		SPIFFETimeout: duration(identity.DefaultStartTimeout),
 		GossipProfile: "lan",
+
+		TunnelTransport:         string(tunnel.TransportAuto),
+		GossipReconnectInterval: duration(peer.DefaultReconnectInterval),
+		GossipReconnectTimeout:  duration(peer.DefaultReconnectTimeout),
 	}
 }
 
@@ -125,8 +138,11 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.StringVar(&s.MeshID, "mesh-id", s.MeshID, "mesh `name`: gateways of other meshes on the same network are ignored")
 	fs.StringVar(&s.GossipProfile, "gossip-profile", s.GossipProfile, "failure detector timing: lan, wan or local")
 	fs.StringVar(&s.PassthroughAdvertise, "passthrough-advertise", s.PassthroughAdvertise, "`ip:port` other networks dial to reach this gateway's AUTO_PASSTHROUGH listener (required with gossip)")
-	fs.StringVar(&s.TunnelAddress, "tunnel-address", s.TunnelAddress, "accept and open QUIC tunnels to other networks' gateways on this UDP `ip:port` (needs an identity and gossip)")
+	fs.Var(&s.GossipReconnectInterval, "gossip-reconnect-interval", "how often to rejoin gateways that failed (0: never), so that a healed partition rejoins")
+	fs.Var(&s.GossipReconnectTimeout, "gossip-reconnect-timeout", "how long a failed gateway is retried before it is forgotten")
+	fs.StringVar(&s.TunnelAddress, "tunnel-address", s.TunnelAddress, "accept and open tunnels to other networks' gateways on this `ip:port`: UDP for QUIC and TCP for the fallback (needs an identity and gossip)")
 	fs.StringVar(&s.TunnelAdvertise, "tunnel-advertise", s.TunnelAdvertise, "tunnel `ip:port` other gateways dial (default: --tunnel-address)")
+	fs.StringVar(&s.TunnelTransport, "tunnel-transport", s.TunnelTransport, "how tunnel links are dialed: auto (QUIC, TCP when UDP is blocked), quic or tcp")
 	fs.Var(&s.SVIDExpiryWarning, "svid-expiry-warning", "warn when the SVID has less validity left (0: a third of its lifetime)")
 	return fs
 }
@@ -161,7 +177,23 @@ func parseSettings(args []string, stderr io.Writer) (settings, error) {
 	if len(s.Files) == 0 {
 		return s, errors.New("run: at least one -f PATH is required")
 	}
-	return s, nil
+	return s, s.check()
+}
+
+// check rejects values that parse but mean nothing, naming the flag and
+// the --config key, so that a typo fails at start rather than being read
+// as a default.
+func (s *settings) check() error {
+	if _, err := tunnel.ParseTransport(s.TunnelTransport); err != nil {
+		return fmt.Errorf("--tunnel-transport (tunnelTransport): %w", err)
+	}
+	if s.GossipReconnectInterval < 0 {
+		return fmt.Errorf("--gossip-reconnect-interval (gossipReconnectInterval) %v: want 0 (off) or more", time.Duration(s.GossipReconnectInterval))
+	}
+	if s.GossipReconnectTimeout <= 0 {
+		return fmt.Errorf("--gossip-reconnect-timeout (gossipReconnectTimeout) %v: want more than 0", time.Duration(s.GossipReconnectTimeout))
+	}
+	return nil
 }
 
 // listFlag is a repeatable string flag. Its first Set replaces the list, so

@@ -27,6 +27,10 @@ alpn: [istio]
 `), 0o644)
 	bad := filepath.Join(dir, "bad.yaml")
 	os.WriteFile(bad, []byte("network: x\nnetwrok: y\n"), 0o644)
+	tunnelConfig := filepath.Join(dir, "tunnel.yaml")
+	os.WriteFile(tunnelConfig, []byte("network: n\nfiles: [x]\ntunnelTransport: quic\ngossipReconnectInterval: 30s\ngossipReconnectTimeout: 1h\n"), 0o644)
+	badTransport := filepath.Join(dir, "bad-transport.yaml")
+	os.WriteFile(badTransport, []byte("tunnelTransport: QUIC\n"), 0o644)
 
 	tests := []struct {
 		name    string
@@ -57,6 +61,26 @@ alpn: [istio]
 		{"bad duration", []string{"-f", "x", "--network", "n", "--idle-timeout", "soon"}, nil, "invalid value"},
 		{"bad labels", []string{"-f", "x", "--network", "n", "--node-labels", "novalue"}, nil, "want key=value"},
 		{"stray argument", []string{"-f", "x", "--network", "n", "extra"}, nil, "unexpected arguments"},
+		{"tunnel and reconnect defaults", []string{"-f", "x", "--network", "n"},
+			func(s settings) bool {
+				return s.TunnelTransport == "auto" && time.Duration(s.GossipReconnectInterval) == 10*time.Second &&
+					time.Duration(s.GossipReconnectTimeout) == 24*time.Hour
+			}, ""},
+		{"tunnel and reconnect flags", []string{"-f", "x", "--network", "n", "--tunnel-transport", "tcp",
+			"--gossip-reconnect-interval", "0", "--gossip-reconnect-timeout", "72h"},
+			func(s settings) bool {
+				return s.TunnelTransport == "tcp" && s.GossipReconnectInterval == 0 && time.Duration(s.GossipReconnectTimeout) == 72*time.Hour
+			}, ""},
+		{"tunnel and reconnect keys", []string{"--config", tunnelConfig},
+			func(s settings) bool {
+				return s.TunnelTransport == "quic" && time.Duration(s.GossipReconnectInterval) == 30*time.Second &&
+					time.Duration(s.GossipReconnectTimeout) == time.Hour
+			}, ""},
+		{"bad tunnel transport", []string{"-f", "x", "--network", "n", "--tunnel-transport", "udp"}, nil,
+			`--tunnel-transport (tunnelTransport): tunnel: unknown transport "udp" (want auto, quic or tcp)`},
+		{"bad tunnel transport in the file", []string{"-f", "x", "--network", "n", "--config", badTransport}, nil, `unknown transport "QUIC"`},
+		{"negative reconnect interval", []string{"-f", "x", "--network", "n", "--gossip-reconnect-interval", "-1s"}, nil, "want 0 (off) or more"},
+		{"zero reconnect timeout", []string{"-f", "x", "--network", "n", "--gossip-reconnect-timeout", "0"}, nil, "gossip-reconnect-timeout (gossipReconnectTimeout) 0s: want more than 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

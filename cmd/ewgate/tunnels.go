@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/ewgate/ewgate/discovery"
@@ -17,9 +20,10 @@ import (
 	"github.com/ewgate/ewgate/tunnel"
 )
 
-// tunnels joins the gateway to the other networks' gateways over QUIC:
-// it carries connections this network cannot serve to a gateway of a
-// network that can, and serves those other gateways carry here.
+// tunnels joins the gateway to the other networks' gateways over QUIC (or
+// its TCP fallback): it carries connections this network cannot serve to a
+// gateway of a network that can, and serves those other gateways carry
+// here.
 type tunnels struct {
 	ep          *tunnel.Endpoint
 	cs          *catalogState
@@ -28,17 +32,30 @@ type tunnels struct {
 	log         *slog.Logger
 }
 
-// startTunnels listens for tunnels on s.TunnelAddress. Links are
-// authenticated with the node's SVID, and a peer must also be a live gossip
-// member with the SPIFFE ID it presents.
+// startTunnels listens for tunnels on s.TunnelAddress, UDP for QUIC and TCP
+// on the same port for the fallback, and dials them as s.TunnelTransport
+// says. Links are authenticated with the node's SVID, and a peer must also
+// be a live gossip member with the SPIFFE ID it presents.
 func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, cs *catalogState, g *gossip, log *slog.Logger) (*tunnels, error) {
 	if id == nil || g == nil {
 		return nil, errors.New("--tunnel-address needs an identity (--spiffe-socket or --svid-cert...) and gossip (--gossip-address): links are mTLS between live members")
 	}
+	transport, err := tunnel.ParseTransport(s.TunnelTransport)
+	if err != nil {
+		return nil, fmt.Errorf("--tunnel-transport: %w", err)
+	}
 	t := &tunnels{cs: cs, g: g, dialTimeout: time.Duration(s.DialTimeout), log: log}
+	var resetKey *[32]byte
+	if g.primaryKey != nil {
+		resetKey = statelessResetKey(g.primaryKey, g.node.Name())
+	} else {
+		log.Info("tunnel: no QUIC stateless reset key, since gossip has no key (--insecure-gossip): after a restart of this gateway, peers keep their stale links until the idle timeout or gossip ends them")
+	}
 	ep, err := tunnel.New(s.TunnelAddress, tunnel.Config{
-		Source: id,
-		Allow:  g.isLiveMember,
+		Source:            id,
+		Allow:             g.isLiveMember,
+		Transport:         transport,
+		StatelessResetKey: resetKey,
 		Handler: func(ctx context.Context, h tunnel.Header, st *tunnel.Stream) {
 			if h.Hops > 0 {
 				// Multi-hop is not configured: a connection crosses at most
@@ -56,8 +73,40 @@ func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, cs *catal
 		return nil, err
 	}
 	t.ep = ep
-	log.Info("tunnels listening", "address", ep.Addr().String())
+	log.Info("tunnels listening", "address", ep.Addr().String(), "transport", transport)
 	return t, nil
+}
+
+// resetKeyLabel separates the stateless reset key from any other use of
+// the gossip key; bump the version to change the derivation.
+const resetKeyLabel = "ewgate tunnel QUIC stateless reset key v1"
+
+// statelessResetKey derives the tunnel endpoint's QUIC stateless reset key
+// as HMAC-SHA256(gossipKey, label 0x00 nodeName). A gateway restarted with
+// the same name and primary gossip key gets the same key, so it can reset
+// the links its predecessor left behind: peers then drop them at once
+// instead of sending new streams into them until the idle timeout. The
+// key must be secret (whoever has it can end this gateway's links), which
+// the gossip key is; the node name keeps gateways' keys apart, so that a
+// packet that reaches the wrong gateway cannot end a live link.
+func statelessResetKey(gossipKey []byte, nodeName string) *[32]byte {
+	mac := hmac.New(sha256.New, gossipKey)
+	mac.Write([]byte(resetKeyLabel))
+	mac.Write([]byte{0})
+	mac.Write([]byte(nodeName))
+	var k [32]byte
+	mac.Sum(k[:0])
+	return &k
+}
+
+// memberDown closes the outbound link to a gossip member's tunnel address
+// when gossip says the member is gone: a dead peer's link would otherwise
+// take new streams until its idle timeout, and a restarted peer's stale
+// one would fail them. The next connection dials a fresh link.
+func (t *tunnels) memberDown(addr, why string) {
+	if !t.ep.CloseLink(addr, why) {
+		t.log.Debug("tunnel: no link to close", "peer", addr, "why", why)
+	}
 }
 
 // DialRemote implements gateway.RemoteDialer: it picks, by weight, live
@@ -138,6 +187,17 @@ func (t *tunnels) register(reg *metrics.Registry) {
 		}
 		return 0
 	}))
+	// Two gauges rather than one labelled family: the registry has no
+	// labelled func metrics.
+	for _, tr := range []tunnel.Transport{tunnel.TransportQUIC, tunnel.TransportTCP} {
+		reg.GaugeFunc("ewgate_tunnel_links_"+string(tr), "Tunnel links up over "+strings.ToUpper(string(tr))+", both directions.", sum(func(p tunnel.PeerStats) float64 {
+			if p.Connected && p.Transport == tr {
+				return 1
+			}
+			return 0
+		}))
+	}
+	reg.CounterFunc("ewgate_tunnel_fallbacks_total", "Outbound tunnel links set up over TCP because QUIC did not connect (--tunnel-transport auto).", sum(func(p tunnel.PeerStats) float64 { return float64(p.Fallbacks) }))
 	reg.GaugeFunc("ewgate_tunnel_streams_open", "Tunnel streams open.", sum(func(p tunnel.PeerStats) float64 { return float64(p.StreamsOpen) }))
 	reg.CounterFunc("ewgate_tunnel_streams_total", "Tunnel streams opened since start.", sum(func(p tunnel.PeerStats) float64 { return float64(p.StreamsTotal) }))
 	reg.CounterFunc("ewgate_tunnel_bytes_sent_total", "Bytes sent on tunnel streams.", sum(func(p tunnel.PeerStats) float64 { return float64(p.BytesSent) }))
