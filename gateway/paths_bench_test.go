@@ -1,0 +1,246 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/internal/leakcheck"
+	"github.com/ewgate/ewgate/sni"
+	"github.com/ewgate/ewgate/tunnel"
+	"github.com/ewgate/ewgate/workload"
+)
+
+// Commands a client of pathSink sends after its hello.
+const (
+	sinkUp   = 'u' // discard what follows, then send the count
+	sinkDown = 'd' // send pathChunk-sized writes until the client goes
+)
+
+// pathChunk is the size of each write (up) or read (down) of
+// BenchmarkPaths: one op.
+const pathChunk = 4 << 20
+
+// BenchmarkPaths streams the bytes of one TCP connection, one way, over
+// each path a connection can take, in one run:
+//
+//   - direct: client to sink, no gateway;
+//   - gateway: one AUTO_PASSTHROUGH hop (the gateway peeks the ClientHello,
+//     routes by its SNI and splices);
+//   - tunnel-quic: client to gateway A ("local" mode), which has no
+//     endpoint for the service and carries the connection over a QUIC
+//     tunnel stream to gateway B, which routes it to the sink;
+//   - tunnel-tcp: the same over the TCP + TLS 1.3 fallback.
+//
+// Each path has sub-benchmarks up (client to sink; the timer runs until
+// the sink has counted every byte) and down (sink to client). Every
+// connection starts with a real Go ClientHello for
+// outbound_.9080_._.echo.demo.svc.cluster.local, ALPN istio; client,
+// gateways, tunnel endpoints and sink share this process and 127.0.0.1.
+// Run with -benchtime=256x for 1 GiB per connection.
+func BenchmarkPaths(b *testing.B) {
+	for _, path := range []string{"direct", "gateway", "tunnel-quic", "tunnel-tcp"} {
+		b.Run(path, func(b *testing.B) {
+			leakcheck.Check(b)
+			hello := recordHello(b, echoSNI)
+			sink, counts := newPathSink(b, len(hello))
+			target := sink.ln.Addr().String()
+			var gB *Gateway
+			var dialer *tunnelDialer
+			if path != "direct" {
+				gB, target = benchGateway(b, target)
+			}
+			switch path {
+			case "tunnel-quic":
+				target, dialer = tunnelPath(b, gB, tunnel.TransportQUIC)
+			case "tunnel-tcp":
+				target, dialer = tunnelPath(b, gB, tunnel.TransportTCP)
+			}
+			fail := func(b *testing.B, err error) {
+				b.Helper()
+				if dialer != nil {
+					if derr := dialer.lastErr.Load(); derr != nil {
+						err = fmt.Errorf("%w (tunnel: %w)", err, *derr)
+					}
+				}
+				b.Fatal(err)
+			}
+			b.Run("up", func(b *testing.B) {
+				c := dialPath(b, target, hello, sinkUp)
+				defer c.Close()
+				chunk := make([]byte, pathChunk)
+				b.SetBytes(pathChunk)
+				b.ResetTimer()
+				for range b.N {
+					if _, err := c.Write(chunk); err != nil {
+						fail(b, err)
+					}
+				}
+				c.CloseWrite()
+				var n int64
+				select {
+				case n = <-counts:
+				case <-time.After(time.Minute):
+					fail(b, errors.New("no count from the sink"))
+				}
+				b.StopTimer()
+				if want := int64(b.N) * pathChunk; n != want {
+					fail(b, fmt.Errorf("sink counted %d bytes, want %d", n, want))
+				}
+			})
+			b.Run("down", func(b *testing.B) {
+				c := dialPath(b, target, hello, sinkDown)
+				defer c.Close()
+				buf := make([]byte, pathChunk)
+				b.SetBytes(pathChunk)
+				b.ResetTimer()
+				for range b.N {
+					if _, err := io.ReadFull(c, buf); err != nil {
+						fail(b, err)
+					}
+				}
+				b.StopTimer()
+			})
+		})
+	}
+}
+
+// newPathSink starts the backend of BenchmarkPaths. After the hello it
+// reads a command: sinkUp makes it count bytes until EOF and send the
+// count on counts; sinkDown makes it write until the connection fails.
+func newPathSink(b *testing.B, helloLen int) (*rawBackend, <-chan int64) {
+	counts := make(chan int64, 1)
+	chunk := make([]byte, pathChunk)
+	sink := newRawBackend(b, helloLen, func(c net.Conn) {
+		var cmd [1]byte
+		if _, err := io.ReadFull(c, cmd[:]); err != nil {
+			return
+		}
+		switch cmd[0] {
+		case sinkUp:
+			n, _ := io.Copy(io.Discard, c)
+			counts <- n
+		case sinkDown:
+			for {
+				if _, err := c.Write(chunk); err != nil {
+					return
+				}
+			}
+		}
+	})
+	return sink, counts
+}
+
+// dialPath connects to addr and sends hello and the sink command.
+func dialPath(b *testing.B, addr string, hello []byte, cmd byte) *net.TCPConn {
+	b.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Bounds a benchmark that hangs; not a timing assertion.
+	c.SetDeadline(time.Now().Add(10 * time.Minute))
+	if _, err := c.Write(append(hello[:len(hello):len(hello)], cmd)); err != nil {
+		c.Close()
+		b.Fatal(err)
+	}
+	return c.(*net.TCPConn)
+}
+
+// tunnelPath sets up the "local" mode of a two-network mesh in front of
+// gateway B: gateway A, with the echo service but no
+// endpoint for it, carries connections over tunnel transport tr to B's
+// tunnel endpoint, whose handler hands them to B. It returns A's listener
+// address.
+func tunnelPath(b *testing.B, gB *Gateway, tr tunnel.Transport) (string, *tunnelDialer) {
+	b.Helper()
+	ca, err := identity.NewDevCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	source := func(name string) identity.Source {
+		src, err := ca.NewSource(spiffeid.RequireFromPath(ca.TrustDomain(), "/ns/istio-system/sa/"+name), identity.IssueOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return src
+	}
+	epB, err := tunnel.New("127.0.0.1:0", tunnel.Config{
+		Source: source("eastwest-b"),
+		Handler: func(_ context.Context, h tunnel.Header, st *tunnel.Stream) {
+			_ = gB.ServeTunnel(h.Key, st)
+		},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { epB.Close() })
+	epA, err := tunnel.New("127.0.0.1:0", tunnel.Config{Source: source("eastwest-a"), Transport: tr})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { epA.Close() })
+	gA, addrA := emptyGateway(b)
+	d := &tunnelDialer{ep: epA, addr: epB.Addr().String(), want: tr}
+	gA.SetRemote(d)
+	return addrA, d
+}
+
+// emptyGateway runs a gateway of network net-a that has the echo service
+// but no endpoint for it, and returns it and its listener address.
+func emptyGateway(b *testing.B) (*Gateway, string) {
+	b.Helper()
+	c, err := discovery.Parse("empty.yaml", []byte(workload.IstioConfig("net-a", freePort(b))), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	v, err := c.View(discovery.Node{Network: "net-a", Labels: map[string]string{"istio": "eastwestgateway"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	gw := New(Config{BindAddress: "127.0.0.1"})
+	if err := gw.Apply(v); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		gw.Shutdown(ctx)
+	})
+	for _, a := range gw.Addrs() {
+		return gw, a.String()
+	}
+	b.Fatal("no listener")
+	return nil, ""
+}
+
+// tunnelDialer is the RemoteDialer of tunnelPath's gateway A: it opens a
+// stream to one peer and checks that it runs over the wanted transport.
+type tunnelDialer struct {
+	ep      *tunnel.Endpoint
+	addr    string
+	want    tunnel.Transport
+	lastErr atomic.Pointer[error]
+}
+
+func (d *tunnelDialer) DialRemote(ctx context.Context, key sni.Key, client net.Addr) (HalfConn, error) {
+	st, err := d.ep.Dial(ctx, d.addr, tunnel.Header{Key: key, ClientAddr: client.String()})
+	if err == nil && st.Transport() != d.want {
+		st.Close()
+		err = fmt.Errorf("stream runs over %s, want %s", st.Transport(), d.want)
+	}
+	if err != nil {
+		d.lastErr.Store(&err)
+		return nil, err
+	}
+	return st, nil
+}
