@@ -589,6 +589,55 @@ func TestRunTunnelsLocalMode(t *testing.T) {
 	if code, body, _ := httpGet("http://" + wb.admin + "/debug/tunnels"); code != 200 || !strings.Contains(body, "spiffe://cluster.local/ns/demo/sa/gw-a") {
 		t.Errorf("/debug/tunnels on network-b: %d\n%s", code, body)
 	}
+	if code, body, _ := httpGet("http://" + wa.admin + "/debug/tunnels"); code != 200 ||
+		!strings.Contains(body, `"Transport": "quic"`) || !strings.Contains(body, `"Fallbacks": 0`) {
+		t.Errorf("/debug/tunnels on network-a lacks the link's transport and fallbacks: %d\n%s", code, body)
+	}
+	for series, want := range map[string]int{"ewgate_tunnel_links_quic": 1, "ewgate_tunnel_links_tcp": 0, "ewgate_tunnel_fallbacks_total": 0} {
+		if got := metric(t, wa.admin, series); got != want {
+			t.Errorf("%s = %d on the dialing gateway, want %d", series, got, want)
+		}
+	}
+}
+
+// A peer gateway that stops answering (frozen, so that its own sockets
+// stay open and only gossip can tell) has its link closed as soon as
+// gossip declares it dead, rather than taking new streams until the link's
+// idle timeout. The links run over --tunnel-transport tcp.
+func TestRunTunnelsCloseLinkOfDeadMember(t *testing.T) {
+	wa := newWorld(t)
+	wa.writeConfig()
+	wb := newWorldCA(t, wa.ca, "network-b", "v1")
+	wb.writeConfig("v1")
+	key := gossipKeyFile(t)
+	gossipA := loopbackAddr(t)
+	pa := wa.run(append(tunnelArgs(t, wa, key, "a", gossipA), "--tunnel-transport", "tcp")...)
+	pb := wb.run(tunnelArgs(t, wb, key, "b", loopbackAddr(t), gossipA)...)
+
+	await.True(t, 30*time.Second, "a connection through network-a's gateway to reach network-b", func() bool {
+		c, err := wa.dial("v1")
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return c.Exchange(1<<10) == nil
+	})
+	if got := metric(t, wa.admin, "ewgate_tunnel_links_tcp"); got != 1 {
+		t.Fatalf("ewgate_tunnel_links_tcp = %d with --tunnel-transport tcp, want 1", got)
+	}
+	if got := metric(t, wa.admin, "ewgate_tunnel_links_quic"); got != 0 {
+		t.Fatalf("ewgate_tunnel_links_quic = %d with --tunnel-transport tcp, want 0", got)
+	}
+
+	if err := pb.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	await.True(t, 60*time.Second, "network-a to close its link to b once gossip declares b dead", func() bool {
+		return strings.Contains(pa.output(), `msg="closing tunnel link"`) && strings.Contains(pa.output(), `why="gossip: member b is dead"`)
+	})
+	await.True(t, 10*time.Second, "the closed link to leave the gauges", func() bool {
+		return metric(t, wa.admin, "ewgate_tunnel_links_tcp") == 0
+	})
 }
 
 // One of network-b's two gateways dies: once gossip declares it dead, new
