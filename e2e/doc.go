@@ -39,7 +39,11 @@
 // WAN (tcpdump), one of B's gateways SIGKILLed and restarted under its
 // name (with a long-lived connection through the other one), both of B's
 // gateways killed and restarted, a wrong gossip key, an SVID of another
-// CA, and C's WAN link cut and restored. Each subtest undoes its fault.
+// CA, C's WAN link cut and restored, and every UDP packet dropped on the
+// WAN links of B's gateways (nftables): tunnels from A to B fall back to
+// TCP + TLS while gossip holds over TCP, a long-lived connection to C
+// keeps going, and the links move back to QUIC once UDP passes again.
+// Each subtest undoes its fault.
 // Measured times are logged as "e2e-figure:" lines (go test -v).
 //
 // Environment: E2E_GOSSIP_PROFILE (default "local") sets the gateways'

@@ -53,30 +53,51 @@ func TestMultiNetwork(t *testing.T) {
 	t.Run("UnauthorizedSVID", func(t *testing.T) { testUnauthorizedSVID(t, tp) })
 	t.Run("WANCutOfC", func(t *testing.T) { testWANCut(t, tp) })
 	t.Run("BlockUDPHelper", func(t *testing.T) { testBlockUDPHelper(t, tp) })
+	t.Run("UDPBlockedTCPFallback", func(t *testing.T) { testUDPBlocked(t, tp) })
 }
 
-// blockUDP is for a later TCP-fallback scenario; this checks only that its
-// rules load into a gateway's namespace and go away again, without
-// touching traffic.
+// blockUDP's rules, both forms (some ports, all UDP), load into a
+// gateway's namespace, match the WAN link, and go away again. The gateway
+// used, gw-x-badkey, is not running: no traffic is touched.
 func testBlockUDPHelper(t *testing.T, tp *topology) {
-	g := tp.gw["a"]
-	restore, err := blockUDP(g)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g := tp.gw["x-badkey"]
 	list := func() (string, error) {
 		out, err := g.ns.command("nft", "list", "table", "inet", "ewe2e_block_udp").CombinedOutput()
 		return string(out), err
 	}
-	out, err := list()
-	if err != nil || !strings.Contains(out, fmt.Sprintf("udp dport %d drop", tunnelPort)) {
-		t.Fatalf("nft rules in %s: %v\n%s", g.ns.name, err, out)
-	}
-	if err := restore(); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := list(); err == nil {
-		t.Fatalf("the table is still there after restore:\n%s", out)
+	for _, tc := range []struct {
+		ports []int
+		want  []string
+	}{
+		{[]int{tunnelPort}, []string{
+			fmt.Sprintf(`iifname "wan0" udp dport %d drop`, tunnelPort), fmt.Sprintf(`iifname "wan0" udp sport %d drop`, tunnelPort),
+			fmt.Sprintf(`oifname "wan0" udp dport %d drop`, tunnelPort), fmt.Sprintf(`oifname "wan0" udp sport %d drop`, tunnelPort),
+		}},
+		{nil, []string{`iifname "wan0" meta l4proto udp drop`, `oifname "wan0" meta l4proto udp drop`}},
+	} {
+		restore, err := blockUDP(g, tc.ports...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := list()
+		if err != nil {
+			restore()
+			t.Fatalf("nft rules in %s: %v\n%s", g.ns.name, err, out)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("blockUDP(%v): rule %q missing in %s:\n%s", tc.ports, w, g.ns.name, out)
+			}
+		}
+		if err := restore(); err != nil {
+			t.Fatal(err)
+		}
+		if err := restore(); err != nil {
+			t.Fatalf("a second restore: %v", err)
+		}
+		if out, err := list(); err == nil {
+			t.Fatalf("the table is still there after restore:\n%s", out)
+		}
 	}
 }
 
@@ -283,21 +304,36 @@ type streamer struct {
 	sent, got  hash.Hash
 	n          int64
 	stop, done chan struct{}
+	echoed     chan struct{} // closed once the first chunk has come back
 	err        error
 }
 
-// startStream starts echoing 16 KiB chunks on c, one at a time.
-func startStream(c net.Conn, marker string) *streamer {
-	s := &streamer{c: c, sent: sha256.New(), got: sha256.New(), stop: make(chan struct{}), done: make(chan struct{})}
+// startStream starts echoing 16 KiB chunks on c, one at a time, starting
+// one at most every pace (0: as fast as the echo returns).
+func startStream(c net.Conn, marker string, pace time.Duration) *streamer {
+	s := &streamer{c: c, sent: sha256.New(), got: sha256.New(), stop: make(chan struct{}), done: make(chan struct{}), echoed: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		chunk := make([]byte, 16<<10)
 		in := make([]byte, len(chunk))
+		var tick <-chan time.Time
+		if pace > 0 {
+			t := time.NewTicker(pace)
+			defer t.Stop()
+			tick = t.C
+		}
 		for i := 0; ; i++ {
 			select {
 			case <-s.stop:
 				return
 			default:
+			}
+			if tick != nil {
+				select {
+				case <-s.stop:
+					return
+				case <-tick:
+				}
 			}
 			copy(chunk, fmt.Sprintf("%s-%08d-", marker, i))
 			for j := len(marker) + 10; j < len(chunk); j++ {
@@ -315,6 +351,9 @@ func startStream(c net.Conn, marker string) *streamer {
 			s.sent.Write(chunk)
 			s.got.Write(in)
 			s.n += int64(len(chunk))
+			if i == 0 {
+				close(s.echoed)
+			}
 		}
 	}()
 	return s
@@ -379,7 +418,7 @@ func testOneGatewayKilled(t *testing.T, tp *topology) {
 		return ok
 	})
 	victim := map[string]string{"b1": "b2", "b2": "b1"}[survivor]
-	stream := startStream(conn, newMarker("long"))
+	stream := startStream(conn, newMarker("long"), 0)
 	vg := tp.gw[victim]
 	t.Logf("long-lived connection through gw-%s; killing gw-%s", survivor, victim)
 

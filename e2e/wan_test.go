@@ -9,25 +9,40 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
 
-// blockUDP drops, with nftables in gateway g's namespace, every UDP packet
-// to or from the tunnel port (gossip stays up), so that a test can check
-// a TCP fallback of the tunnels. It returns a function that removes the
-// rule table again.
-func blockUDP(g *gateway) (restore func() error, err error) {
+// blockUDP drops, with nftables in gateway g's namespace, UDP packets in
+// and out of its WAN link (wan0): those to or from one of ports, or every
+// UDP packet when no port is given. It returns a function that removes
+// the rules again; calling it more than once is harmless, so that a test
+// can both restore early and register it with t.Cleanup.
+func blockUDP(g *gateway, ports ...int) (restore func() error, err error) {
 	const table = "ewe2e_block_udp"
-	rules := fmt.Sprintf(`table inet %[1]s {
-	chain input { type filter hook input priority 0; policy accept; udp dport %[2]d drop; udp sport %[2]d drop; }
-	chain output { type filter hook output priority 0; policy accept; udp dport %[2]d drop; udp sport %[2]d drop; }
+	var in, out string
+	if len(ports) == 0 {
+		in, out = `iifname "wan0" meta l4proto udp drop;`, `oifname "wan0" meta l4proto udp drop;`
+	}
+	for _, p := range ports {
+		in += fmt.Sprintf(` iifname "wan0" udp dport %[1]d drop; iifname "wan0" udp sport %[1]d drop;`, p)
+		out += fmt.Sprintf(` oifname "wan0" udp dport %[1]d drop; oifname "wan0" udp sport %[1]d drop;`, p)
+	}
+	rules := fmt.Sprintf(`table inet %s {
+	chain input { type filter hook input priority 0; policy accept; %s }
+	chain output { type filter hook output priority 0; policy accept; %s }
 }
-`, table, tunnelPort)
+`, table, in, out)
 	if err := nft(g.ns, rules); err != nil {
 		return nil, err
 	}
-	return func() error { return nft(g.ns, "delete table inet "+table+"\n") }, nil
+	var once sync.Once
+	var rerr error
+	return func() error {
+		once.Do(func() { rerr = nft(g.ns, "delete table inet "+table+"\n") })
+		return rerr
+	}, nil
 }
 
 // nft runs an nftables script inside ns.
