@@ -84,11 +84,17 @@ type Config struct {
 	// It must stay the same across restarts and be secret.
 	StatelessResetKey *[32]byte
 
-	// KeepAlivePeriod is the interval of keep-alive packets. Default 10s.
-	KeepAlivePeriod time.Duration
-	// MaxIdleTimeout closes a link that has heard nothing for this long.
-	// Default 30s.
+	// MaxIdleTimeout closes a link that has heard nothing from its peer
+	// for this long; its streams fail and the next Dial sets up a new
+	// link (over TCP, with TransportAuto, if QUIC no longer connects). It
+	// is how a link notices a dead peer or a path that stopped carrying
+	// its packets, such as UDP blocked mid-link, so it is short. Raise it
+	// for paths that lose everything for seconds at a time. Default 5s.
 	MaxIdleTimeout time.Duration
+	// KeepAlivePeriod is how long a link may go without receiving before
+	// it pings its peer, whose answer keeps it alive. Default
+	// MaxIdleTimeout/5; at most MaxIdleTimeout/2.
+	KeepAlivePeriod time.Duration
 	// HandshakeTimeout bounds setting up a link, including the peer's
 	// authorization and a fallback to TCP. Default 10s.
 	HandshakeTimeout time.Duration
@@ -112,8 +118,9 @@ func (c Config) withDefaults() Config {
 			*d = v
 		}
 	}
-	def(&c.KeepAlivePeriod, 10*time.Second)
-	def(&c.MaxIdleTimeout, 30*time.Second)
+	def(&c.MaxIdleTimeout, 5*time.Second)
+	def(&c.KeepAlivePeriod, c.MaxIdleTimeout/5)
+	c.KeepAlivePeriod = min(c.KeepAlivePeriod, c.MaxIdleTimeout/2)
 	def(&c.HandshakeTimeout, 10*time.Second)
 	def(&c.HeaderTimeout, 10*time.Second)
 	def(&c.FallbackAfter, 2*time.Second)
@@ -341,21 +348,32 @@ func (e *Endpoint) Close() error {
 	return err
 }
 
-// CloseLink closes the outbound link to addr if one is up: its streams
-// fail and the next Dial sets up a new link. The gateway calls it when the
-// peer leaves gossip membership, which notices a dead peer sooner than the
-// link's idle timeout. It reports whether a link was closed.
-func (e *Endpoint) CloseLink(addr, why string) bool {
+// RetireLink stops sending new streams on the outbound link to addr: the
+// next Dial sets up a new link, and the old one closes once its open
+// streams end, at once if it has none. The gateway calls it when gossip
+// says the peer left or died. A dead peer's streams then fail within
+// MaxIdleTimeout, while those of a peer declared dead by mistake (and
+// refuting it a moment later) lose nothing. It reports whether a link was
+// retired; a link still being set up is left alone.
+func (e *Endpoint) RetireLink(addr, why string) bool {
 	e.mu.Lock()
 	l := e.links[addr]
-	if l == nil || l.conn == nil {
+	if l != nil {
+		select {
+		case <-l.ready:
+		default:
+			l = nil
+		}
+	}
+	if l == nil || l.conn == nil || e.closed {
 		e.mu.Unlock()
 		return false
 	}
 	delete(e.links, addr)
+	e.wg.Add(1)
 	e.mu.Unlock()
-	e.log.Info("closing tunnel link", "peer", addr, "peer_id", l.peerID, "why", why)
-	l.conn.close(codeShutdown, why)
+	e.log.Info("retiring tunnel link", "peer", addr, "peer_id", l.peerID, "streams", l.conn.streams(), "why", why)
+	go e.retire(l.conn, why)
 	return true
 }
 
@@ -604,12 +622,12 @@ func (e *Endpoint) probeQUIC(addr string, old *link) {
 	e.mu.Unlock()
 	l.stats.connected(peerID, c, false)
 	e.log.Info("tunnel link back on QUIC", "peer", addr, "peer_id", peerID)
-	go e.retire(old.conn)
+	go e.retire(old.conn, "link replaced by QUIC")
 }
 
-// retire closes a replaced link once its streams are done, or when the
-// Endpoint closes.
-func (e *Endpoint) retire(c conn) {
+// retire closes a link taken out of the pool once its streams are done,
+// or when the Endpoint closes; why is sent to the peer.
+func (e *Endpoint) retire(c conn, why string) {
 	defer e.wg.Done()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -623,7 +641,7 @@ func (e *Endpoint) retire(c conn) {
 			return
 		}
 	}
-	c.close(codeShutdown, "link replaced")
+	c.close(codeShutdown, why)
 }
 
 // readyByte is the content of the ready signal the accepting side sends

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/internal/await"
 	"github.com/ewgate/ewgate/internal/leakcheck"
 	"github.com/ewgate/ewgate/sni"
 )
@@ -433,6 +434,69 @@ func TestPoolRedial(t *testing.T) {
 		if st := peerStats1(t, p.client.Stats(), Outbound); st.Dials != 2 || !st.Connected {
 			t.Errorf("client stats %+v, want 2 dials", st)
 		}
+	})
+}
+
+// checkEcho writes b on s and checks that the echo server returns it.
+func checkEcho(t *testing.T, s *Stream, b byte) {
+	t.Helper()
+	if _, err := s.Write([]byte{b}); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	var got [1]byte
+	if _, err := io.ReadFull(s, got[:]); err != nil || got[0] != b {
+		t.Fatalf("echo: %q, %v; want %q", got[:], err, b)
+	}
+}
+
+// inboundLinks counts e's inbound links.
+func inboundLinks(e *Endpoint) int {
+	n := 0
+	for _, p := range e.Stats().Peers {
+		if p.Direction == Inbound {
+			n++
+		}
+	}
+	return n
+}
+
+// TestRetireLink: a retired link takes no new streams, keeps serving the
+// ones it has, and closes when the last one ends.
+func TestRetireLink(t *testing.T) {
+	forTransports(t, func(t *testing.T, tr Transport) {
+		leakcheck.Check(t)
+		ctx := testContext(t)
+		p := newPair(t, tr, echo)
+		if p.client.RetireLink(p.addr(), "no link yet") {
+			t.Error("RetireLink reported a link before any was dialed")
+		}
+		held, err := p.client.Dial(ctx, p.addr(), key("held.test"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer held.Close()
+		checkEcho(t, held, 'a')
+		if !p.client.RetireLink(p.addr(), "peer declared dead") {
+			t.Fatal("RetireLink found no link to retire")
+		}
+
+		s, err := p.client.Dial(ctx, p.addr(), key("new.test"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkEcho(t, s, 'b')
+		s.Close()
+		checkEcho(t, held, 'c')
+		if st := peerStats1(t, p.client.Stats(), Outbound); st.Dials != 2 {
+			t.Errorf("client stats %+v, want a second link for new streams", st)
+		}
+		if n := inboundLinks(p.server); n != 2 {
+			t.Errorf("server has %d inbound links while the retired one has a stream, want 2", n)
+		}
+		held.Close()
+		await.True(t, testTimeout, "the retired link to close after its last stream", func() bool {
+			return inboundLinks(p.server) == 1
+		})
 	})
 }
 

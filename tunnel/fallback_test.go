@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -216,5 +217,49 @@ func TestFallback(t *testing.T) {
 	})
 	if st := peerStats1(t, client.Stats(), Outbound); st.Transport != TransportQUIC || st.Dials != 2 {
 		t.Errorf("client stats %+v, want back on quic after 2 links", st)
+	}
+}
+
+// TestUDPBlockedMidLink: when UDP stops passing under an established QUIC
+// link, the link hears nothing and closes after MaxIdleTimeout, so that
+// its open streams fail rather than hang and the next Dial falls back to
+// TCP.
+func TestUDPBlockedMidLink(t *testing.T) {
+	leakcheck.Check(t)
+	ctx := testContext(t)
+	p := newPair(t, TransportQUIC, echo)
+	fw := newFirewall(t, p.addr())
+	client := newEndpoint(t, "127.0.0.1:0", Config{
+		Source:         newSource(t, p.caA, "/gw/auto"),
+		MaxIdleTimeout: time.Second,
+		FallbackAfter:  300 * time.Millisecond,
+	})
+	held, err := client.Dial(ctx, fw.addr(), key("blocked.test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if held.Transport() != TransportQUIC {
+		t.Fatalf("stream on %s with UDP open, want quic", held.Transport())
+	}
+	checkEcho(t, held, 'a')
+
+	fw.blocked.Store(true)
+	// The deadline only keeps a regression from hanging the test.
+	_ = held.SetReadDeadline(time.Now().Add(testTimeout))
+	if _, err := held.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read on a link whose UDP is blocked: %v, want the link's idle timeout", err)
+	}
+	s, err := client.Dial(ctx, fw.addr(), key("blocked.test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Transport() != TransportTCP {
+		t.Fatalf("stream on %s after UDP was blocked, want tcp", s.Transport())
+	}
+	checkEcho(t, s, 'b')
+	if st := peerStats1(t, client.Stats(), Outbound); st.Dials != 2 || st.Fallbacks != 1 {
+		t.Errorf("client stats %+v, want a second link, on the fallback", st)
 	}
 }

@@ -33,9 +33,10 @@ func (c Config) yamuxConfig(log *slog.Logger) *yamux.Config {
 	yc := yamux.DefaultConfig()
 	yc.EnableKeepAlive = true
 	yc.KeepAliveInterval = c.KeepAlivePeriod
-	// A ping or a frame write blocked this long means the peer is gone,
-	// as MaxIdleTimeout means for QUIC.
-	yc.ConnectionWriteTimeout = c.MaxIdleTimeout
+	// yamux pings after KeepAliveInterval without receiving and gives up
+	// on a ping or a frame write after ConnectionWriteTimeout: together
+	// they make MaxIdleTimeout, as for QUIC.
+	yc.ConnectionWriteTimeout = c.MaxIdleTimeout - c.KeepAlivePeriod
 	yc.MaxIncomingStreams = uint32(min(c.MaxIncomingStreams, 1<<31))
 	yc.AcceptBacklog = int(min(c.MaxIncomingStreams, 1<<16))
 	yc.MaxStreamWindowSize = uint32(max(min(c.MaxStreamReceiveWindow, 1<<31), 256<<10))

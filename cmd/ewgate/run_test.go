@@ -601,10 +601,9 @@ func TestRunTunnelsLocalMode(t *testing.T) {
 }
 
 // A peer gateway that stops answering (frozen, so that its own sockets
-// stay open and only gossip can tell) has its link closed as soon as
-// gossip declares it dead, rather than taking new streams until the link's
-// idle timeout. The links run over --tunnel-transport tcp.
-func TestRunTunnelsCloseLinkOfDeadMember(t *testing.T) {
+// stay open) has its link retired once gossip declares it dead, so new
+// connections get a fresh link. The links run over --tunnel-transport tcp.
+func TestRunTunnelsRetireLinkOfDeadMember(t *testing.T) {
 	wa := newWorld(t)
 	wa.writeConfig()
 	wb := newWorldCA(t, wa.ca, "network-b", "v1")
@@ -632,8 +631,8 @@ func TestRunTunnelsCloseLinkOfDeadMember(t *testing.T) {
 	if err := pb.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	await.True(t, 60*time.Second, "network-a to close its link to b once gossip declares b dead", func() bool {
-		return strings.Contains(pa.output(), `msg="closing tunnel link"`) && strings.Contains(pa.output(), `why="gossip: member b is dead"`)
+	await.True(t, 60*time.Second, "network-a to retire its link to b once gossip declares b dead", func() bool {
+		return strings.Contains(pa.output(), `msg="retiring tunnel link"`) && strings.Contains(pa.output(), `why="gossip: member b is dead"`)
 	})
 	await.True(t, 10*time.Second, "the closed link to leave the gauges", func() bool {
 		return metric(t, wa.admin, "ewgate_tunnel_links_tcp") == 0

@@ -99,13 +99,15 @@ func statelessResetKey(gossipKey []byte, nodeName string) *[32]byte {
 	return &k
 }
 
-// memberDown closes the outbound link to a gossip member's tunnel address
+// memberDown retires the outbound link to a gossip member's tunnel address
 // when gossip says the member is gone: a dead peer's link would otherwise
 // take new streams until its idle timeout, and a restarted peer's stale
-// one would fail them. The next connection dials a fresh link.
+// one would fail them. The next connection dials a fresh link; streams
+// already open keep their link, so a member declared dead by mistake
+// loses nothing.
 func (t *tunnels) memberDown(addr, why string) {
-	if !t.ep.CloseLink(addr, why) {
-		t.log.Debug("tunnel: no link to close", "peer", addr, "why", why)
+	if !t.ep.RetireLink(addr, why) {
+		t.log.Debug("tunnel: no link to retire", "peer", addr, "why", why)
 	}
 }
 
