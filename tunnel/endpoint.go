@@ -30,6 +30,9 @@ const (
 	codeInternal = 0x11
 )
 
+// DefaultMaxIdleTimeout is the default of Config.MaxIdleTimeout.
+const DefaultMaxIdleTimeout = 5 * time.Second
+
 // Errors wrapped by Dial.
 var (
 	// ErrRejected is wrapped when the peer refused this gateway: its TLS
@@ -118,7 +121,7 @@ func (c Config) withDefaults() Config {
 			*d = v
 		}
 	}
-	def(&c.MaxIdleTimeout, 5*time.Second)
+	def(&c.MaxIdleTimeout, DefaultMaxIdleTimeout)
 	def(&c.KeepAlivePeriod, c.MaxIdleTimeout/5)
 	c.KeepAlivePeriod = min(c.KeepAlivePeriod, c.MaxIdleTimeout/2)
 	def(&c.HandshakeTimeout, 10*time.Second)

@@ -62,6 +62,9 @@ type settings struct {
 	// TunnelTransport is how this gateway dials tunnel links: auto, quic
 	// or tcp (tunnel.ParseTransport). It accepts both whatever it says.
 	TunnelTransport string `json:"tunnelTransport"`
+	// TunnelIdleTimeout is tunnel.Config.MaxIdleTimeout: how long a link
+	// may hear nothing from its peer before it is closed.
+	TunnelIdleTimeout duration `json:"tunnelIdleTimeout"`
 	// GossipReconnectInterval is peer.Config.ReconnectInterval, except
 	// that 0 turns reconnecting off (peer takes 0 as its default).
 	GossipReconnectInterval duration `json:"gossipReconnectInterval"`
@@ -84,6 +87,7 @@ func defaultSettings() settings {
 		GossipProfile: "lan",
 
 		TunnelTransport:         string(tunnel.TransportAuto),
+		TunnelIdleTimeout:       duration(tunnel.DefaultMaxIdleTimeout),
 		GossipReconnectInterval: duration(peer.DefaultReconnectInterval),
 		GossipReconnectTimeout:  duration(peer.DefaultReconnectTimeout),
 	}
@@ -143,6 +147,7 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.StringVar(&s.TunnelAddress, "tunnel-address", s.TunnelAddress, "accept and open tunnels to other networks' gateways on this `ip:port`: UDP for QUIC and TCP for the fallback (needs an identity and gossip)")
 	fs.StringVar(&s.TunnelAdvertise, "tunnel-advertise", s.TunnelAdvertise, "tunnel `ip:port` other gateways dial (default: --tunnel-address)")
 	fs.StringVar(&s.TunnelTransport, "tunnel-transport", s.TunnelTransport, "how tunnel links are dialed: auto (QUIC, TCP when UDP is blocked), quic or tcp")
+	fs.Var(&s.TunnelIdleTimeout, "tunnel-idle-timeout", "close a tunnel link that hears nothing from its peer for this long (keep-alives every fifth of it); its streams fail and new ones get a new link")
 	fs.Var(&s.SVIDExpiryWarning, "svid-expiry-warning", "warn when the SVID has less validity left (0: a third of its lifetime)")
 	return fs
 }
@@ -186,6 +191,9 @@ func parseSettings(args []string, stderr io.Writer) (settings, error) {
 func (s *settings) check() error {
 	if _, err := tunnel.ParseTransport(s.TunnelTransport); err != nil {
 		return fmt.Errorf("--tunnel-transport (tunnelTransport): %w", err)
+	}
+	if s.TunnelIdleTimeout <= 0 {
+		return fmt.Errorf("--tunnel-idle-timeout (tunnelIdleTimeout) %v: want more than 0", time.Duration(s.TunnelIdleTimeout))
 	}
 	if s.GossipReconnectInterval < 0 {
 		return fmt.Errorf("--gossip-reconnect-interval (gossipReconnectInterval) %v: want 0 (off) or more", time.Duration(s.GossipReconnectInterval))

@@ -63,13 +63,14 @@ alpn: [istio]
 		{"stray argument", []string{"-f", "x", "--network", "n", "extra"}, nil, "unexpected arguments"},
 		{"tunnel and reconnect defaults", []string{"-f", "x", "--network", "n"},
 			func(s settings) bool {
-				return s.TunnelTransport == "auto" && time.Duration(s.GossipReconnectInterval) == 10*time.Second &&
+				return s.TunnelTransport == "auto" && time.Duration(s.TunnelIdleTimeout) == 5*time.Second &&
+					time.Duration(s.GossipReconnectInterval) == 10*time.Second &&
 					time.Duration(s.GossipReconnectTimeout) == 24*time.Hour
 			}, ""},
-		{"tunnel and reconnect flags", []string{"-f", "x", "--network", "n", "--tunnel-transport", "tcp",
+		{"tunnel and reconnect flags", []string{"-f", "x", "--network", "n", "--tunnel-transport", "tcp", "--tunnel-idle-timeout", "20s",
 			"--gossip-reconnect-interval", "0", "--gossip-reconnect-timeout", "72h"},
 			func(s settings) bool {
-				return s.TunnelTransport == "tcp" && s.GossipReconnectInterval == 0 && time.Duration(s.GossipReconnectTimeout) == 72*time.Hour
+				return s.TunnelTransport == "tcp" && time.Duration(s.TunnelIdleTimeout) == 20*time.Second && s.GossipReconnectInterval == 0 && time.Duration(s.GossipReconnectTimeout) == 72*time.Hour
 			}, ""},
 		{"tunnel and reconnect keys", []string{"--config", tunnelConfig},
 			func(s settings) bool {
@@ -79,6 +80,7 @@ alpn: [istio]
 		{"bad tunnel transport", []string{"-f", "x", "--network", "n", "--tunnel-transport", "udp"}, nil,
 			`--tunnel-transport (tunnelTransport): tunnel: unknown transport "udp" (want auto, quic or tcp)`},
 		{"bad tunnel transport in the file", []string{"-f", "x", "--network", "n", "--config", badTransport}, nil, `unknown transport "QUIC"`},
+		{"zero tunnel idle timeout", []string{"-f", "x", "--network", "n", "--tunnel-idle-timeout", "0"}, nil, "--tunnel-idle-timeout (tunnelIdleTimeout) 0s: want more than 0"},
 		{"negative reconnect interval", []string{"-f", "x", "--network", "n", "--gossip-reconnect-interval", "-1s"}, nil, "want 0 (off) or more"},
 		{"zero reconnect timeout", []string{"-f", "x", "--network", "n", "--gossip-reconnect-timeout", "0"}, nil, "gossip-reconnect-timeout (gossipReconnectTimeout) 0s: want more than 0"},
 	}

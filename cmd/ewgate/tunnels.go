@@ -55,6 +55,7 @@ func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, cs *catal
 		Source:            id,
 		Allow:             g.isLiveMember,
 		Transport:         transport,
+		MaxIdleTimeout:    time.Duration(s.TunnelIdleTimeout),
 		StatelessResetKey: resetKey,
 		Handler: func(ctx context.Context, h tunnel.Header, st *tunnel.Stream) {
 			if h.Hops > 0 {
