@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/internal/await"
 	"github.com/ewgate/ewgate/internal/leakcheck"
 	"github.com/ewgate/ewgate/sni"
 	"github.com/ewgate/ewgate/tunnel"
@@ -53,18 +55,7 @@ func BenchmarkPaths(b *testing.B) {
 			leakcheck.Check(b)
 			hello := recordHello(b, echoSNI)
 			sink, counts := newPathSink(b, len(hello))
-			target := sink.ln.Addr().String()
-			var gB *Gateway
-			var dialer *tunnelDialer
-			if path != "direct" {
-				gB, target = benchGateway(b, target)
-			}
-			switch path {
-			case "tunnel-quic":
-				target, dialer = tunnelPath(b, gB, tunnel.TransportQUIC)
-			case "tunnel-tcp":
-				target, dialer = tunnelPath(b, gB, tunnel.TransportTCP)
-			}
+			target, dialer := pathTo(b, path, sink.ln.Addr().String())
 			fail := func(b *testing.B, err error) {
 				b.Helper()
 				if dialer != nil {
@@ -110,6 +101,103 @@ func BenchmarkPaths(b *testing.B) {
 				}
 				b.StopTimer()
 			})
+		})
+	}
+}
+
+// pathTo sets up path (see BenchmarkPaths) to the sink at addr and
+// returns the address clients dial, and the tunnel's RemoteDialer for the
+// tunnel paths.
+func pathTo(b *testing.B, path, addr string) (string, *tunnelDialer) {
+	b.Helper()
+	if path == "direct" {
+		return addr, nil
+	}
+	gB, addr := benchGateway(b, addr)
+	switch path {
+	case "gateway":
+		return addr, nil
+	case "tunnel-quic":
+		return tunnelPath(b, gB, tunnel.TransportQUIC)
+	case "tunnel-tcp":
+		return tunnelPath(b, gB, tunnel.TransportTCP)
+	}
+	b.Fatalf("unknown path %q", path)
+	return "", nil
+}
+
+// BenchmarkPathsIdle opens b.N connections over each gateway path of
+// BenchmarkPaths, each having sent its hello, and leaves them idle. It
+// reports what each costs the whole process: both gateways and both
+// tunnel endpoints where there are, and the sink, which waits in Read in
+// one goroutine per connection. Figures are live Go heap and stack in use
+// after collection, and goroutines. Run with -benchtime=1000x.
+func BenchmarkPathsIdle(b *testing.B) {
+	for _, path := range []string{"gateway", "tunnel-quic", "tunnel-tcp"} {
+		b.Run(path, func(b *testing.B) {
+			if b.N > 3000 {
+				// Four descriptors per connection in this process; the
+				// limit here is 20,000.
+				b.Skip("run with -benchtime=Nx, N <= 3000")
+			}
+			leakcheck.Check(b)
+			hello := recordHello(b, echoSNI)
+			var reached atomic.Int64
+			sink := newRawBackend(b, len(hello), func(c net.Conn) {
+				reached.Add(1)
+				var x [1]byte
+				for {
+					if _, err := c.Read(x[:]); err != nil {
+						return // the client closed: closes c
+					}
+				}
+			})
+			target, dialer := pathTo(b, path, sink.ln.Addr().String())
+			clients := make([]net.Conn, 0, b.N)
+			defer func() {
+				for _, c := range clients {
+					c.Close()
+				}
+			}()
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			g0 := runtime.NumGoroutine()
+			b.ResetTimer()
+			for range b.N {
+				c, err := net.Dial("tcp", target)
+				if err != nil {
+					b.Fatal(err)
+				}
+				clients = append(clients, c)
+				if _, err := c.Write(hello); err != nil {
+					b.Fatal(err)
+				}
+			}
+			await.True(b, time.Minute, "every hello to reach the sink", func() bool {
+				if dialer != nil && dialer.lastErr.Load() != nil {
+					b.Fatalf("tunnel: %v", *dialer.lastErr.Load())
+				}
+				return reached.Load() == int64(b.N)
+			})
+			b.StopTimer()
+			// The gateway in front of a tunnel starts copying just after it
+			// has forwarded the hello: wait until goroutines stop changing.
+			for last, same := -1, 0; same < 5; time.Sleep(20 * time.Millisecond) {
+				if n := runtime.NumGoroutine(); n == last {
+					same++
+				} else {
+					last, same = n, 0
+				}
+			}
+			runtime.GC()
+			runtime.GC()
+			runtime.ReadMemStats(&after)
+			n := float64(b.N)
+			b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heap-B/conn")
+			b.ReportMetric(float64(after.StackInuse-before.StackInuse)/n, "stack-B/conn")
+			b.ReportMetric(float64(runtime.NumGoroutine()-g0)/n, "goroutines/conn")
 		})
 	}
 }
