@@ -76,6 +76,11 @@ func (g *Gateway) handle(port uint32, f *flow) {
 			remote.Close()
 			return
 		}
+		f.remote.Store(&remote)
+		if g.cutting.Load() {
+			// Shutdown may have looked for the stream before it was set.
+			remote.Close()
+		}
 		g.m.Forwarded.Inc()
 		relay(c, remote, g.m)
 		return

@@ -21,6 +21,9 @@ type flow struct {
 	g      *Gateway
 	client *net.TCPConn
 	up     atomic.Pointer[net.TCPConn]
+	// remote is the tunnel stream of a connection carried to another
+	// network, set instead of up.
+	remote atomic.Pointer[HalfConn]
 	// upstream is the endpoint's shared state, set before forwarding.
 	upstream *upstream
 	running  atomic.Int32 // directions still copying
@@ -200,5 +203,9 @@ func (f *flow) cut() {
 	f.client.Close()
 	if up := f.up.Load(); up != nil {
 		up.Close()
+	}
+	// A relay whose client half-closed waits on the remote side alone.
+	if r := f.remote.Load(); r != nil {
+		(*r).Close()
 	}
 }

@@ -398,6 +398,53 @@ func TestConnectionLimit(t *testing.T) {
 	await.True(t, 5*time.Second, "over_limit count", func() bool { return m.gw.m.Rejected(RejectOverLimit) == 1 })
 }
 
+// tcpRemote is a RemoteDialer that carries every connection to one TCP
+// address: the far side of a tunnel stream, with the same half-close
+// contract, without the tunnel.
+type tcpRemote struct{ addr string }
+
+func (r tcpRemote) DialRemote(ctx context.Context, _ sni.Key, _ net.Addr) (HalfConn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", r.addr)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// A drain that times out must also cut connections carried to another
+// network whose client half-closed while the far side stays silent.
+func TestDrainTimeoutCutsHalfClosedRemoteFlows(t *testing.T) {
+	leakcheck.Check(t)
+	hello := recordHello(t, echoSNI)
+	far := newRawBackend(t, len(hello), nil)
+	gw, addr := emptyGateway(t)
+	gw.SetRemote(tcpRemote{far.ln.Addr().String()})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write(hello)
+	c.(*net.TCPConn).CloseWrite()
+	await.True(t, 5*time.Second, "connection to reach the far side", func() bool { return far.count() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- gw.Shutdown(ctx) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown = %v, want deadline exceeded", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Shutdown still waiting for the remote flow a minute after its deadline")
+	}
+	if gw.Active() != 0 {
+		t.Fatalf("%d connections still active after a cut drain", gw.Active())
+	}
+}
+
 // A drain that times out must cut every flow, including one whose client
 // half-closed while its endpoint stays silent: nothing would wake it.
 func TestDrainTimeoutCutsHalfClosedFlows(t *testing.T) {

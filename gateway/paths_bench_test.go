@@ -294,7 +294,7 @@ func tunnelPath(b *testing.B, gB *Gateway, tr tunnel.Transport) (string, *tunnel
 
 // emptyGateway runs a gateway of network net-a that has the echo service
 // but no endpoint for it, and returns it and its listener address.
-func emptyGateway(b *testing.B) (*Gateway, string) {
+func emptyGateway(b testing.TB) (*Gateway, string) {
 	b.Helper()
 	c, err := discovery.Parse("empty.yaml", []byte(workload.IstioConfig("net-a", freePort(b))), nil)
 	if err != nil {
