@@ -82,7 +82,7 @@ func (g *Gateway) handle(port uint32, f *flow) {
 			remote.Close()
 		}
 		g.m.Forwarded.Inc()
-		relay(c, remote, g.m)
+		g.relay(c, remote)
 		return
 	}
 	if up == nil {

@@ -88,7 +88,7 @@ func (g *Gateway) ServeTunnel(key sni.Key, conn HalfConn) error {
 	}
 	defer u.active.Add(-1)
 	g.m.Forwarded.Inc()
-	relay(conn, up, g.m)
+	g.relay(conn, up)
 	return nil
 }
 
@@ -96,7 +96,7 @@ func (g *Gateway) ServeTunnel(key sni.Key, conn HalfConn) error {
 // side b through user space (one of them is not a socket splice can use),
 // half-closing each destination at its source's EOF; an error in either
 // direction closes both at once.
-func relay(a, b HalfConn, m *Metrics) {
+func (g *Gateway) relay(a, b HalfConn) {
 	var once sync.Once
 	abort := func() {
 		once.Do(func() {
@@ -105,7 +105,7 @@ func relay(a, b HalfConn, m *Metrics) {
 		})
 	}
 	copyHalf := func(dst, src HalfConn, bytes interface{ Add(uint64) }) {
-		n, err := io.Copy(dst, src)
+		n, err := g.copyBuffered(dst, src)
 		bytes.Add(uint64(n))
 		if err != nil {
 			abort()
@@ -117,9 +117,44 @@ func relay(a, b HalfConn, m *Metrics) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		copyHalf(a, b, m.BytesDown)
+		copyHalf(a, b, g.m.BytesDown)
 	}()
-	copyHalf(b, a, m.BytesUp)
+	copyHalf(b, a, g.m.BytesUp)
 	wg.Wait()
 	abort()
+}
+
+// copyBuffered copies src to dst until EOF, as io.Copy does, but with
+// pooled buffers sized by what the last read returned: a read that filled
+// its buffer says more is waiting, so the next one gets a relayChunkSize
+// buffer; otherwise the next read, which is likely to block, gets a small
+// hello buffer. An idle connection so holds 4 KiB per direction, not
+// io.Copy's 32 KiB, and a busy one reads as much as io.Copy would.
+func (g *Gateway) copyBuffered(dst io.Writer, src io.Reader) (int64, error) {
+	var total int64
+	pool := &g.bufs
+	for {
+		bp := pool.Get().(*[]byte)
+		n, rerr := src.Read(*bp)
+		if n > 0 {
+			w, werr := dst.Write((*bp)[:n])
+			total += int64(w)
+			if werr != nil {
+				pool.Put(bp)
+				return total, werr
+			}
+		}
+		full := n == len(*bp)
+		pool.Put(bp)
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+		pool = &g.bufs
+		if full {
+			pool = &g.relays
+		}
+	}
 }
