@@ -24,29 +24,8 @@ KEEP=${KEEP:-0}
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/ewgate-paths.XXXXXX)
-started=() # PIDs of every process this script started
-
-# stop ends one process this script started: SIGTERM, then SIGKILL after 5 s.
-stop() {
-	local pid=$1 i
-	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < 50; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-	local pid
-	for pid in "${started[@]}"; do stop "$pid"; done
-	if [[ $KEEP == 1 ]]; then log "kept $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { echo "paths.sh: $*" >&2; }
+# shellcheck source=lib.sh
+source "$repo/bench/lib.sh"
 
 log "building ewgate and loadgen into $work"
 mkdir "$work/bin"

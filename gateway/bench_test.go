@@ -99,13 +99,17 @@ func (rb *rawBackend) count() int {
 	return len(rb.conns)
 }
 
-// benchGateway runs a gateway routing echo.demo port 9080 to addr and
-// returns it and its listener address.
+// benchGateway runs a gateway of network net-a routing echo.demo port
+// 9080 to addr, or, with addr "", having the service but no endpoint for
+// it; it returns the gateway and its listener address.
 func benchGateway(b testing.TB, addr string) (*Gateway, string) {
 	b.Helper()
-	host, port, _ := net.SplitHostPort(addr)
-	yaml := strings.Replace(workload.IstioConfig("net-a", freePort(b)), "  endpoints:\n",
-		fmt.Sprintf("  endpoints: [{address: %s, ports: {tcp-echo: %s}, labels: {security.istio.io/tlsMode: istio}}]\n", host, port), 1)
+	yaml := workload.IstioConfig("net-a", freePort(b))
+	if addr != "" {
+		host, port, _ := net.SplitHostPort(addr)
+		yaml = strings.Replace(yaml, "  endpoints:\n",
+			fmt.Sprintf("  endpoints: [{address: %s, ports: {tcp-echo: %s}, labels: {security.istio.io/tlsMode: istio}}]\n", host, port), 1)
+	}
 	c, err := discovery.Parse("bench.yaml", []byte(yaml), nil)
 	if err != nil {
 		b.Fatal(err)

@@ -13,13 +13,11 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/internal/await"
 	"github.com/ewgate/ewgate/internal/leakcheck"
 	"github.com/ewgate/ewgate/sni"
 	"github.com/ewgate/ewgate/tunnel"
-	"github.com/ewgate/ewgate/workload"
 )
 
 // Commands a client of pathSink sends after its hello.
@@ -286,38 +284,10 @@ func tunnelPath(b *testing.B, gB *Gateway, tr tunnel.Transport) (string, *tunnel
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { epA.Close() })
-	gA, addrA := emptyGateway(b)
+	gA, addrA := benchGateway(b, "")
 	d := &tunnelDialer{ep: epA, addr: epB.Addr().String(), want: tr}
 	gA.SetRemote(d)
 	return addrA, d
-}
-
-// emptyGateway runs a gateway of network net-a that has the echo service
-// but no endpoint for it, and returns it and its listener address.
-func emptyGateway(b testing.TB) (*Gateway, string) {
-	b.Helper()
-	c, err := discovery.Parse("empty.yaml", []byte(workload.IstioConfig("net-a", freePort(b))), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	v, err := c.View(discovery.Node{Network: "net-a", Labels: map[string]string{"istio": "eastwestgateway"}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	gw := New(Config{BindAddress: "127.0.0.1"})
-	if err := gw.Apply(v); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		gw.Shutdown(ctx)
-	})
-	for _, a := range gw.Addrs() {
-		return gw, a.String()
-	}
-	b.Fatal("no listener")
-	return nil, ""
 }
 
 // tunnelDialer is the RemoteDialer of tunnelPath's gateway A: it opens a
