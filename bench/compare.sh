@@ -57,23 +57,7 @@ if [[ -n $BASE ]]; then
 fi
 sni=outbound_.9080_._.echo.demo.svc.cluster.local
 
-# The backend of every proxy, in its own process so that its sockets do not
-# count against the client's open-file limit.
-sink_port=$("$lg" freeport)
-"$lg" sink -listen "127.0.0.1:$sink_port" >"$work/sink.log" 2>&1 &
-started+=($!)
-
-# wait_port waits up to 10 s for 127.0.0.1:$1 to accept, while $2 lives.
-wait_port() {
-	local i
-	for ((i = 0; i < 100; i++)); do
-		kill -0 "$2" 2>/dev/null || return 1
-		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-		sleep 0.1
-	done
-	return 1
-}
-wait_port "$sink_port" "${started[0]}" || { log "sink did not start"; cat "$work/sink.log" >&2; exit 1; }
+start_sink "$lg"
 
 # start_<proxy> writes the proxy's config, starts it in the foreground as
 # a child of this script and sets proxy_pid and proxy_port.

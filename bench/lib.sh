@@ -26,3 +26,24 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# wait_port waits up to 10 s for 127.0.0.1:$1 to accept, while $2 lives.
+wait_port() {
+	local i
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$2" 2>/dev/null || return 1
+		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# start_sink starts "loadgen sink" ($1 is the loadgen binary) on a free
+# loopback port, in its own process so that its sockets do not count
+# against the client's open-file limit, and sets sink_port.
+start_sink() {
+	sink_port=$("$1" freeport)
+	"$1" sink -listen "127.0.0.1:$sink_port" >"$work/sink.log" 2>&1 &
+	started+=($!)
+	wait_port "$sink_port" "$!" || { log "sink did not start"; cat "$work/sink.log" >&2; exit 1; }
+}

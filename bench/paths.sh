@@ -39,21 +39,7 @@ built="$(cd "$repo" && git rev-parse --short HEAD)$(cd "$repo" && git diff --qui
 head -c 16 /dev/urandom | base64 >"$work/gossip.key"
 chmod 600 "$work/gossip.key"
 
-sink_port=$("$lg" freeport)
-"$lg" sink -listen "127.0.0.1:$sink_port" >"$work/sink.log" 2>&1 &
-started+=($!)
-
-# wait_port waits up to 10 s for 127.0.0.1:$1 to accept, while $2 lives.
-wait_port() {
-	local i
-	for ((i = 0; i < 100; i++)); do
-		kill -0 "$2" 2>/dev/null || return 1
-		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-		sleep 0.1
-	done
-	return 1
-}
-wait_port "$sink_port" "${started[0]}" || { log "sink did not start"; cat "$work/sink.log" >&2; exit 1; }
+start_sink "$lg"
 
 # start_gateway NAME NETWORK TRANSPORT [JOIN] starts a gateway of NETWORK
 # (network-b's has the sink as its endpoint) and sets port[NAME],

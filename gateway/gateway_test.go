@@ -412,25 +412,6 @@ func (r tcpRemote) DialRemote(ctx context.Context, _ sni.Key, _ net.Addr) (HalfC
 	return c.(*net.TCPConn), nil
 }
 
-// A drain that times out must also cut connections carried to another
-// network whose client half-closed while the far side stays silent.
-func TestDrainTimeoutCutsHalfClosedRemoteFlows(t *testing.T) {
-	leakcheck.Check(t)
-	hello := recordHello(t, echoSNI)
-	far := newRawBackend(t, len(hello), nil)
-	gw, addr := benchGateway(t, "")
-	gw.SetRemote(tcpRemote{far.ln.Addr().String()})
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.Write(hello)
-	c.(*net.TCPConn).CloseWrite()
-	await.True(t, 5*time.Second, "connection to reach the far side", func() bool { return far.count() == 1 })
-	shutdownCuts(t, gw)
-}
-
 // shutdownCuts runs a Shutdown whose deadline passes while connections
 // are open, and checks that it cuts them all and returns.
 func shutdownCuts(t *testing.T, gw *Gateway) {
@@ -453,19 +434,31 @@ func shutdownCuts(t *testing.T, gw *Gateway) {
 }
 
 // A drain that times out must cut every flow, including one whose client
-// half-closed while its endpoint stays silent: nothing would wake it.
+// half-closed while the other side stays silent, to an endpoint of this
+// network or carried to another: nothing else would wake it.
 func TestDrainTimeoutCutsHalfClosedFlows(t *testing.T) {
-	leakcheck.Check(t)
-	hello := recordHello(t, echoSNI)
-	be := newRawBackend(t, len(hello), nil)
-	gw, addr := benchGateway(t, be.ln.Addr().String())
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
+	for _, remote := range []bool{false, true} {
+		t.Run(map[bool]string{false: "local endpoint", true: "other network"}[remote], func(t *testing.T) {
+			leakcheck.Check(t)
+			hello := recordHello(t, echoSNI)
+			far := newRawBackend(t, len(hello), nil)
+			var gw *Gateway
+			var addr string
+			if remote {
+				gw, addr = benchGateway(t, "")
+				gw.SetRemote(tcpRemote{far.ln.Addr().String()})
+			} else {
+				gw, addr = benchGateway(t, far.ln.Addr().String())
+			}
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write(hello)
+			c.(*net.TCPConn).CloseWrite()
+			await.True(t, 5*time.Second, "connection to reach the far side", func() bool { return far.count() == 1 })
+			shutdownCuts(t, gw)
+		})
 	}
-	defer c.Close()
-	c.Write(hello)
-	c.(*net.TCPConn).CloseWrite()
-	await.True(t, 5*time.Second, "connection to reach the backend", func() bool { return be.count() == 1 })
-	shutdownCuts(t, gw)
 }
