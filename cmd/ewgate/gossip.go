@@ -30,9 +30,9 @@ type gossip struct {
 	// primaryKey is the keyring's primary key at start, nil with
 	// --insecure-gossip; tunnels derive their stateless reset key from it.
 	primaryKey []byte
-	// closeLink, if set before run starts, is called with the tunnel
+	// retireLink, if set before run starts, is called with the tunnel
 	// address of each member that stops being alive, and why.
-	closeLink func(addr, why string)
+	retireLink func(addr, why string)
 }
 
 // startGossip starts the gossip node described by s, announcing spiffeID
@@ -131,11 +131,11 @@ func (g *gossip) run(ctx context.Context, keyFile string) {
 			publish()
 		case <-g.node.Changed():
 			g.cs.notify()
-			if g.closeLink != nil {
+			if g.retireLink != nil {
 				var gone []linkDeparture
 				live, gone = tunnelDepartures(live, g.node.Members(), g.node.Name())
 				for _, d := range gone {
-					g.closeLink(d.addr, d.why)
+					g.retireLink(d.addr, d.why)
 				}
 			}
 		case <-tick.C:
@@ -233,10 +233,10 @@ type linkDeparture struct {
 // member name, the tunnel addresses that a member stopped serving: it was
 // declared dead, left, was forgotten, or moved to another address.
 //
-// Links to such an address are closed even if another member advertises
+// Links to such an address are retired even if another member advertises
 // it now (a gateway restarted under a new name): the link may still be to
 // the old process, which would hold new streams until the idle timeout,
-// while closing a fresh link only costs a redial.
+// while retiring a fresh link only costs a redial.
 func tunnelDepartures(live map[string]string, members []peer.Member, self string) (map[string]string, []linkDeparture) {
 	now := liveTunnels(members, self)
 	state := make(map[string]peer.State, len(members))

@@ -161,10 +161,10 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		gw.SetRemote(tn)
 		tn.register(reg)
 		debug["tunnels"] = func() any { return tn.ep.Stats() }
-		g.closeLink = tn.memberDown
+		g.retireLink = tn.memberDown
 	}
 	if g != nil {
-		// Started after the tunnels, so that it sees closeLink.
+		// Started after the tunnels, so that it sees retireLink.
 		n.bg(func() { g.run(ctx, s.GossipKeyFile) })
 	}
 	if s.AdminAddress != "" {
