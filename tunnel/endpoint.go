@@ -41,6 +41,13 @@ var (
 	ErrRejected = errors.New("peer rejected this gateway")
 	// ErrClosed is wrapped when the Endpoint is closed.
 	ErrClosed = errors.New("tunnel: endpoint closed")
+	// ErrSilent is wrapped when the link to the peer has heard nothing,
+	// not even an answer to its keep-alives, for twice KeepAlivePeriod
+	// (plus two round trips): the peer is probably dead or the path
+	// blocked. Dial fails at once rather than send a stream nobody may
+	// answer, so the caller can try another gateway; the link closes at
+	// MaxIdleTimeout, or recovers if the peer is heard again.
+	ErrSilent = errors.New("tunnel: link to peer is silent")
 
 	// errNotMember is wrapped with ErrRejected when the peer's Allow hook
 	// refused us.
@@ -209,6 +216,49 @@ type link struct {
 	// QUIC attempt is running, and when the next may start.
 	probing   bool
 	nextProbe time.Time
+
+	// What the link had received (conn.received) when last looked at,
+	// and since when; set up when the link is.
+	heardMu    sync.Mutex
+	heardCount uint64
+	heardSince time.Time
+	silent     bool // the last look found it silent
+}
+
+// silence reports how long l has heard nothing from its peer, as far as
+// looking now and at the last call can tell: the peer was heard between
+// two looks if the received count changed.
+func (l *link) silence(now time.Time) time.Duration {
+	n := l.conn.received()
+	l.heardMu.Lock()
+	defer l.heardMu.Unlock()
+	if n != l.heardCount || l.heardSince.IsZero() {
+		l.heardCount, l.heardSince = n, now
+	}
+	return now.Sub(l.heardSince)
+}
+
+// checkHeard returns an error wrapping ErrSilent if l has heard nothing
+// for longer than a live peer allows, logging when a link turns silent or
+// is heard again.
+func (e *Endpoint) checkHeard(addr string, l *link) error {
+	quiet := l.silence(time.Now())
+	limit := 2*e.cfg.KeepAlivePeriod + 2*l.conn.rtt()
+	silent := quiet > limit
+	l.heardMu.Lock()
+	changed := silent != l.silent
+	l.silent = silent
+	l.heardMu.Unlock()
+	if changed && silent {
+		l.stats.silent()
+		e.log.Warn("tunnel link silent: refusing new streams until it is heard again or closes", "peer", addr, "peer_id", l.peerID, "transport", l.conn.transport(), "silent_for", quiet.Round(time.Millisecond))
+	} else if changed {
+		e.log.Info("tunnel link heard again", "peer", addr, "peer_id", l.peerID)
+	}
+	if silent {
+		return fmt.Errorf("tunnel: link to %s heard nothing for %v: %w", addr, quiet.Round(time.Millisecond), ErrSilent)
+	}
+	return nil
 }
 
 // New opens a UDP socket on addr (host:port; port 0 picks one) and returns
@@ -425,6 +475,9 @@ func (e *Endpoint) Dial(ctx context.Context, addr string, h Header) (*Stream, er
 		if err != nil {
 			return nil, err
 		}
+		if err := e.checkHeard(addr, l); err != nil {
+			return nil, err
+		}
 		rs, err := l.conn.openStream(ctx)
 		if err == nil {
 			if _, err = rs.Write(hdr); err != nil {
@@ -510,6 +563,7 @@ func (e *Endpoint) setUp(addr string, l *link) {
 		return
 	}
 	l.conn, l.peerID = c, peerID
+	l.silence(time.Now())
 	fallback := e.cfg.Transport == TransportAuto && c.transport() == TransportTCP
 	if fallback {
 		e.mu.Lock()
@@ -619,6 +673,7 @@ func (e *Endpoint) probeQUIC(addr string, old *link) {
 		return
 	}
 	l := &link{ready: make(chan struct{}), conn: c, peerID: peerID, stats: old.stats}
+	l.silence(time.Now())
 	close(l.ready)
 	e.links[addr] = l
 	e.wg.Add(1)
@@ -781,7 +836,13 @@ func (e *Endpoint) serveStream(ctx context.Context, log *slog.Logger, s *Stream)
 	_ = s.SetReadDeadline(time.Now().Add(e.cfg.HeaderTimeout))
 	h, err := ReadHeader(s)
 	if err != nil {
-		log.Warn("bad tunnel stream", "err", err)
+		if ctx.Err() != nil {
+			// The link or the Endpoint closed under the stream: not the
+			// peer's fault.
+			log.Debug("tunnel stream closed before its header", "err", err)
+		} else {
+			log.Warn("bad tunnel stream", "err", err)
+		}
 		s.rs.abort(codeBadHeader)
 		return
 	}

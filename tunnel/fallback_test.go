@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"errors"
-	"io"
 	"net"
 	"os"
 	"sync"
@@ -15,8 +14,9 @@ import (
 )
 
 // firewall stands between a client and a server endpoint on its own
-// address: it relays TCP connections and UDP datagrams to the server, and
-// drops UDP while blocked, as a firewall that blocks UDP does. (The e2e
+// address: it relays TCP connections and UDP datagrams to the server,
+// drops UDP while blocked, as a firewall that blocks UDP does, and holds
+// TCP bytes while paused, as a path that stopped delivering does. (The e2e
 // suite blocks UDP with nftables between network namespaces; this keeps the
 // unit test free of root.)
 type firewall struct {
@@ -28,12 +28,44 @@ type firewall struct {
 	wg      sync.WaitGroup
 
 	mu    sync.Mutex
-	conns []net.Conn // relayed TCP connections, both sides
+	conns []net.Conn    // relayed TCP connections, both sides
+	open  chan struct{} // closed while TCP passes
+	done  chan struct{} // closed by close
+}
+
+// pauseTCP holds (true) or lets through (false) the relayed TCP bytes.
+func (fw *firewall) pauseTCP(paused bool) {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	select {
+	case <-fw.open:
+		if paused {
+			fw.open = make(chan struct{})
+		}
+	default:
+		if !paused {
+			close(fw.open)
+		}
+	}
+}
+
+// waitTCP waits until TCP passes; false means the firewall is closing.
+func (fw *firewall) waitTCP() bool {
+	fw.mu.Lock()
+	open := fw.open
+	fw.mu.Unlock()
+	select {
+	case <-open:
+		return true
+	case <-fw.done:
+		return false
+	}
 }
 
 func newFirewall(t *testing.T, server string) *firewall {
 	t.Helper()
-	fw := &firewall{}
+	fw := &firewall{open: make(chan struct{}), done: make(chan struct{})}
+	close(fw.open)
 	var err error
 	if fw.udp, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}); err != nil {
 		t.Fatal(err)
@@ -110,8 +142,22 @@ func (fw *firewall) relayTCP(server string) {
 		fw.wg.Add(2)
 		pipe := func(dst, src net.Conn) {
 			defer fw.wg.Done()
-			_, _ = io.Copy(dst, src)
-			_ = dst.(*net.TCPConn).CloseWrite()
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := src.Read(buf)
+				if n > 0 {
+					if !fw.waitTCP() {
+						return
+					}
+					if _, err := dst.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+				if err != nil {
+					_ = dst.(*net.TCPConn).CloseWrite()
+					return
+				}
+			}
 		}
 		go pipe(up, c)
 		go pipe(c, up)
@@ -119,6 +165,7 @@ func (fw *firewall) relayTCP(server string) {
 }
 
 func (fw *firewall) close() {
+	close(fw.done)
 	fw.udp.Close()
 	fw.up.Close()
 	fw.tcp.Close()
@@ -262,4 +309,70 @@ func TestUDPBlockedMidLink(t *testing.T) {
 	if st := peerStats1(t, client.Stats(), Outbound); st.Dials != 2 || st.Fallbacks != 1 {
 		t.Errorf("client stats %+v, want a second link, on the fallback", st)
 	}
+}
+
+// TestSilentLink: once a link has heard nothing from its peer for two
+// keep-alive periods, Dial fails at once with ErrSilent, so the gateway
+// can try another peer, instead of opening a stream nobody may answer;
+// when the peer is heard again, the same link carries streams again.
+func TestSilentLink(t *testing.T) {
+	forTransports(t, func(t *testing.T, tr Transport) {
+		leakcheck.Check(t)
+		ctx := testContext(t)
+		p := newPair(t, tr, echo)
+		fw := newFirewall(t, p.addr())
+		client := newEndpoint(t, "127.0.0.1:0", Config{
+			Source:          newSource(t, p.caA, "/gw/silent"),
+			Transport:       tr,
+			KeepAlivePeriod: 100 * time.Millisecond,
+			// Long enough that the link cannot close, and be redialed,
+			// before the test is over.
+			MaxIdleTimeout: 2 * testTimeout,
+		})
+		s, err := client.Dial(ctx, fw.addr(), key("silent.test"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkEcho(t, s, 'a')
+		s.Close()
+
+		cut := func(on bool) {
+			if tr == TransportQUIC {
+				fw.blocked.Store(on)
+			} else {
+				fw.pauseTCP(on)
+			}
+		}
+		cut(true)
+		var silentErr error
+		await.True(t, testTimeout, "Dial to fail with ErrSilent", func() bool {
+			s, err := client.Dial(ctx, fw.addr(), key("silent.test"))
+			if err == nil {
+				s.Close()
+				return false
+			}
+			silentErr = err
+			return true
+		})
+		if !errors.Is(silentErr, ErrSilent) {
+			t.Fatalf("Dial on a silent link: %v, want ErrSilent", silentErr)
+		}
+		if st := peerStats1(t, client.Stats(), Outbound); st.Silences != 1 || !st.Connected {
+			t.Errorf("client stats %+v, want one silence on a link still up", st)
+		}
+
+		cut(false)
+		await.True(t, testTimeout, "the link to be heard again", func() bool {
+			s, err := client.Dial(ctx, fw.addr(), key("silent.test"))
+			if err != nil {
+				return false
+			}
+			defer s.Close()
+			checkEcho(t, s, 'b')
+			return true
+		})
+		if st := peerStats1(t, client.Stats(), Outbound); st.Dials != 1 {
+			t.Errorf("client stats %+v, want the same link throughout", st)
+		}
+	})
 }

@@ -51,6 +51,7 @@ func (c *quicConn) close(code uint64, why string) {
 
 func (c *quicConn) done() <-chan struct{}         { return c.Context().Done() }
 func (c *quicConn) rtt() time.Duration            { return c.ConnectionStats().SmoothedRTT }
+func (c *quicConn) received() uint64              { return c.ConnectionStats().PacketsReceived }
 func (c *quicConn) streams() int64                { return c.open.Load() }
 func (c *quicConn) transport() Transport          { return TransportQUIC }
 func (c *quicConn) tlsState() tls.ConnectionState { return c.ConnectionState().TLS }

@@ -62,6 +62,10 @@ type PeerStats struct {
 	// Fallbacks counts outbound connections set up over TCP because QUIC
 	// failed (TransportAuto only).
 	Fallbacks uint64
+	// Silences counts the times an outbound link was found to have heard
+	// nothing from its peer for too long (Dial then fails with ErrSilent
+	// until the peer is heard again or the link closes).
+	Silences uint64
 }
 
 // Stats is a snapshot of an [Endpoint]'s counters.
@@ -87,6 +91,7 @@ type peerStats struct {
 	peerID    string
 	dials     uint64
 	fallbacks uint64
+	silences  uint64
 	failures  map[string]uint64
 	conn      conn // current connection, nil before the first
 }
@@ -98,6 +103,12 @@ func (p *peerStats) failed(reason string) {
 		p.failures = make(map[string]uint64)
 	}
 	p.failures[reason]++
+}
+
+func (p *peerStats) silent() {
+	p.mu.Lock()
+	p.silences++
+	p.mu.Unlock()
 }
 
 // connected records a new connection; fallback says it is on TCP because
@@ -127,6 +138,7 @@ func (p *peerStats) snapshot() PeerStats {
 	s.PeerID = p.peerID
 	s.Dials = p.dials
 	s.Fallbacks = p.fallbacks
+	s.Silences = p.silences
 	s.HandshakeFailures = maps.Clone(p.failures)
 	if s.HandshakeFailures == nil {
 		s.HandshakeFailures = map[string]uint64{}

@@ -52,7 +52,8 @@ func (e *Endpoint) dialTCP(ctx context.Context, addr string) (conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := tls.Client(raw, e.clientTLS)
+	counted := &countingConn{Conn: raw}
+	tc := tls.Client(counted, e.clientTLS)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()
 		return nil, tlsError(err)
@@ -74,7 +75,7 @@ func (e *Endpoint) dialTCP(ctx context.Context, addr string) (conn, error) {
 		_ = tc.Close()
 		return nil, fmt.Errorf("starting yamux: %w", err)
 	}
-	return newTCPConn(sess, tc), nil
+	return newTCPConn(sess, tc, counted), nil
 }
 
 // readStatus reads the accepting side's verdict.
@@ -138,7 +139,8 @@ func (e *Endpoint) serveTCP(raw net.Conn) {
 	log := e.log.With("peer", raw.RemoteAddr().String(), "transport", TransportTCP)
 	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.HandshakeTimeout)
 	defer cancel()
-	tc := tls.Server(raw, e.serverTLS)
+	counted := &countingConn{Conn: raw}
+	tc := tls.Server(counted, e.serverTLS)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		// Certificate refusals were counted by VerifyConnection.
 		log.Warn("inbound tunnel handshake failed", "err", err)
@@ -163,18 +165,32 @@ func (e *Endpoint) serveTCP(raw net.Conn) {
 		_ = raw.Close()
 		return
 	}
-	e.serveConn(newTCPConn(sess, tc), peerID, log.With("peer_id", peerID))
+	e.serveConn(newTCPConn(sess, tc, counted), peerID, log.With("peer_id", peerID))
+}
+
+// countingConn counts the bytes read from a TCP connection, so that a
+// link can tell whether its peer has been heard lately.
+type countingConn struct {
+	net.Conn
+	n atomic.Uint64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(uint64(n))
+	return n, err
 }
 
 // tcpConn is a link over TCP: a yamux session over TLS.
 type tcpConn struct {
 	sess *yamux.Session
 	tc   *tls.Conn
+	raw  *countingConn
 	open atomic.Int64
 }
 
-func newTCPConn(sess *yamux.Session, tc *tls.Conn) *tcpConn {
-	return &tcpConn{sess: sess, tc: tc}
+func newTCPConn(sess *yamux.Session, tc *tls.Conn, raw *countingConn) *tcpConn {
+	return &tcpConn{sess: sess, tc: tc, raw: raw}
 }
 
 func (c *tcpConn) openStream(ctx context.Context) (rawStream, error) {
@@ -202,6 +218,7 @@ func (c *tcpConn) close(code uint64, _ string) { _ = c.sess.CloseWithError(uint3
 
 func (c *tcpConn) done() <-chan struct{}         { return c.sess.CloseChan() }
 func (c *tcpConn) rtt() time.Duration            { return c.sess.RTT() }
+func (c *tcpConn) received() uint64              { return c.raw.n.Load() }
 func (c *tcpConn) streams() int64                { return c.open.Load() }
 func (c *tcpConn) transport() Transport          { return TransportTCP }
 func (c *tcpConn) tlsState() tls.ConnectionState { return c.tc.ConnectionState() }

@@ -49,6 +49,9 @@ type conn interface {
 	done() <-chan struct{}
 	// rtt is the current round-trip estimate, or 0.
 	rtt() time.Duration
+	// received counts what the link has received from the peer so far, in
+	// a unit of the transport's; any change means the peer was heard.
+	received() uint64
 	// streams is the number of streams opened or accepted and not yet
 	// released.
 	streams() int64

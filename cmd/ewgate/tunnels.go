@@ -200,6 +200,7 @@ func (t *tunnels) register(reg *metrics.Registry) {
 			return 0
 		}))
 	}
+	reg.CounterFunc("ewgate_tunnel_silences_total", "Times an outbound tunnel link heard nothing from its peer for two keep-alive periods; new connections then try other gateways until it is heard again or closes.", sum(func(p tunnel.PeerStats) float64 { return float64(p.Silences) }))
 	reg.CounterFunc("ewgate_tunnel_fallbacks_total", "Outbound tunnel links set up over TCP because QUIC did not connect (--tunnel-transport auto).", sum(func(p tunnel.PeerStats) float64 { return float64(p.Fallbacks) }))
 	reg.GaugeFunc("ewgate_tunnel_streams_open", "Tunnel streams open.", sum(func(p tunnel.PeerStats) float64 { return float64(p.StreamsOpen) }))
 	reg.CounterFunc("ewgate_tunnel_streams_total", "Tunnel streams opened since start.", sum(func(p tunnel.PeerStats) float64 { return float64(p.StreamsTotal) }))
