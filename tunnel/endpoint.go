@@ -45,8 +45,11 @@ var (
 	// not even an answer to its keep-alives, for twice KeepAlivePeriod
 	// (plus two round trips): the peer is probably dead or the path
 	// blocked. Dial fails at once rather than send a stream nobody may
-	// answer, so the caller can try another gateway; the link closes at
-	// MaxIdleTimeout, or recovers if the peer is heard again.
+	// answer, so the caller can try another gateway. Meanwhile a new link
+	// is set up in the background (over TCP, with TransportAuto, if QUIC
+	// no longer gets through) and takes the silent one's place once up;
+	// the silent link closes at MaxIdleTimeout, or recovers if the peer
+	// is heard again first.
 	ErrSilent = errors.New("tunnel: link to peer is silent")
 
 	// errNotMember is wrapped with ErrRejected when the peer's Allow hook
@@ -212,8 +215,9 @@ type link struct {
 	err    error
 	stats  *peerStats
 
-	// For a link on the TCP fallback, guarded by Endpoint.mu: whether a
-	// QUIC attempt is running, and when the next may start.
+	// Guarded by Endpoint.mu: whether a replacement is being set up (a
+	// QUIC probe for a link on the TCP fallback, or a new link for a
+	// silent one), and when the next QUIC probe may start.
 	probing   bool
 	nextProbe time.Time
 
@@ -251,7 +255,8 @@ func (e *Endpoint) checkHeard(addr string, l *link) error {
 	l.heardMu.Unlock()
 	if changed && silent {
 		l.stats.silent()
-		e.log.Warn("tunnel link silent: refusing new streams until it is heard again or closes", "peer", addr, "peer_id", l.peerID, "transport", l.conn.transport(), "silent_for", quiet.Round(time.Millisecond))
+		e.log.Warn("tunnel link silent: refusing new streams until it is heard again, replaced or closed", "peer", addr, "peer_id", l.peerID, "transport", l.conn.transport(), "silent_for", quiet.Round(time.Millisecond))
+		e.replaceSilent(addr, l)
 	} else if changed {
 		e.log.Info("tunnel link heard again", "peer", addr, "peer_id", l.peerID)
 	}
@@ -656,15 +661,41 @@ func (e *Endpoint) maybeProbeQUIC(addr string, l *link) {
 }
 
 func (e *Endpoint) probeQUIC(addr string, old *link) {
+	e.replace(addr, old, "link replaced by QUIC", func(ctx context.Context) (conn, string, error) {
+		return e.dialOver(ctx, addr, TransportQUIC)
+	})
+}
+
+// replaceSilent starts setting up a link to replace a silent one, unless
+// a replacement or a QUIC probe is already on its way: over TCP, with
+// TransportAuto, if QUIC no longer gets through. A dead peer's link is
+// left to close at MaxIdleTimeout.
+func (e *Endpoint) replaceSilent(addr string, l *link) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed || l.probing || e.links[addr] != l {
+		return
+	}
+	l.probing = true
+	e.wg.Add(1)
+	go e.replace(addr, l, "link replaced: it went silent", func(context.Context) (conn, string, error) {
+		return e.dial(addr)
+	})
+}
+
+// replace sets up a new link to addr with dial and, if old is still the
+// pool's link once it is up, puts it in old's place and retires old,
+// telling the peer why. The caller has set old.probing and done e.wg.Add.
+func (e *Endpoint) replace(addr string, old *link, why string, dial func(context.Context) (conn, string, error)) {
 	defer e.wg.Done()
 	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.HandshakeTimeout)
-	c, peerID, err := e.dialOver(ctx, addr, TransportQUIC)
+	c, peerID, err := dial(ctx)
 	cancel()
 	e.mu.Lock()
 	old.probing = false
 	if err != nil {
 		e.mu.Unlock()
-		e.log.Debug("QUIC still unavailable, staying on TCP", "peer", addr, "err", err)
+		e.log.Debug("tunnel link not replaced", "peer", addr, "why", why, "err", err)
 		return
 	}
 	if e.closed || e.links[addr] != old {
@@ -674,13 +705,17 @@ func (e *Endpoint) probeQUIC(addr string, old *link) {
 	}
 	l := &link{ready: make(chan struct{}), conn: c, peerID: peerID, stats: old.stats}
 	l.silence(time.Now())
+	fallback := e.cfg.Transport == TransportAuto && c.transport() == TransportTCP
+	if fallback {
+		l.nextProbe = time.Now().Add(e.cfg.QUICRetryInterval)
+	}
 	close(l.ready)
 	e.links[addr] = l
 	e.wg.Add(1)
 	e.mu.Unlock()
-	l.stats.connected(peerID, c, false)
-	e.log.Info("tunnel link back on QUIC", "peer", addr, "peer_id", peerID)
-	go e.retire(old.conn, "link replaced by QUIC")
+	l.stats.connected(peerID, c, fallback)
+	e.log.Info("tunnel link replaced", "peer", addr, "peer_id", peerID, "transport", c.transport(), "why", why)
+	go e.retire(old.conn, why)
 }
 
 // retire closes a link taken out of the pool once its streams are done,

@@ -314,7 +314,8 @@ func TestUDPBlockedMidLink(t *testing.T) {
 // TestSilentLink: once a link has heard nothing from its peer for two
 // keep-alive periods, Dial fails at once with ErrSilent, so the gateway
 // can try another peer, instead of opening a stream nobody may answer;
-// when the peer is heard again, the same link carries streams again.
+// when the path works again, streams flow again (on the same link, heard
+// again, or on the replacement set up meanwhile).
 func TestSilentLink(t *testing.T) {
 	forTransports(t, func(t *testing.T, tr Transport) {
 		leakcheck.Check(t)
@@ -362,7 +363,7 @@ func TestSilentLink(t *testing.T) {
 		}
 
 		cut(false)
-		await.True(t, testTimeout, "the link to be heard again", func() bool {
+		await.True(t, testTimeout, "streams to flow again", func() bool {
 			s, err := client.Dial(ctx, fw.addr(), key("silent.test"))
 			if err != nil {
 				return false
@@ -371,8 +372,48 @@ func TestSilentLink(t *testing.T) {
 			checkEcho(t, s, 'b')
 			return true
 		})
-		if st := peerStats1(t, client.Stats(), Outbound); st.Dials != 1 {
-			t.Errorf("client stats %+v, want the same link throughout", st)
-		}
 	})
+}
+
+// TestSilentLinkReplaced: with TransportAuto, a QUIC link that turns silent
+// because UDP stopped passing is replaced in the background by a link on
+// the TCP fallback, long before its idle timeout would have closed it.
+func TestSilentLinkReplaced(t *testing.T) {
+	leakcheck.Check(t)
+	ctx := testContext(t)
+	p := newPair(t, TransportQUIC, echo)
+	fw := newFirewall(t, p.addr())
+	client := newEndpoint(t, "127.0.0.1:0", Config{
+		Source:          newSource(t, p.caA, "/gw/auto"),
+		KeepAlivePeriod: 100 * time.Millisecond,
+		FallbackAfter:   300 * time.Millisecond,
+		// Only the replacement can bring TCP before the test is over.
+		MaxIdleTimeout: 2 * testTimeout,
+	})
+	s, err := client.Dial(ctx, fw.addr(), key("replace.test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEcho(t, s, 'a')
+	s.Close()
+
+	fw.blocked.Store(true)
+	await.True(t, testTimeout, "a stream on the TCP fallback", func() bool {
+		s, err := client.Dial(ctx, fw.addr(), key("replace.test"))
+		if errors.Is(err, ErrSilent) {
+			return false
+		}
+		if err != nil {
+			t.Fatalf("Dial while the link is being replaced: %v", err)
+		}
+		defer s.Close()
+		if s.Transport() != TransportTCP {
+			return false
+		}
+		checkEcho(t, s, 'b')
+		return true
+	})
+	if st := peerStats1(t, client.Stats(), Outbound); st.Dials != 2 || st.Fallbacks != 1 || st.Silences != 1 {
+		t.Errorf("client stats %+v, want one silence and a second link, on the fallback", st)
+	}
 }
