@@ -231,7 +231,8 @@ type link struct {
 
 // silence reports how long l has heard nothing from its peer, as far as
 // looking now and at the last call can tell: the peer was heard between
-// two looks if the received count changed.
+// two looks if the received count changed. Endpoint.watchLinks looks
+// often enough for that to be accurate.
 func (l *link) silence(now time.Time) time.Duration {
 	n := l.conn.received()
 	l.heardMu.Lock()
@@ -240,6 +241,43 @@ func (l *link) silence(now time.Time) time.Duration {
 		l.heardCount, l.heardSince = n, now
 	}
 	return now.Sub(l.heardSince)
+}
+
+// watchLinks looks at every outbound link twice per keep-alive period,
+// so that silence is timed from when the peer was last heard rather than
+// from the last Dial, and a silent link is noticed, and replaced, even
+// while nobody dials.
+func (e *Endpoint) watchLinks() {
+	defer e.wg.Done()
+	tick := time.NewTicker(e.cfg.KeepAlivePeriod / 2)
+	defer tick.Stop()
+	type watched struct {
+		addr string
+		l    *link
+	}
+	var links []watched
+	for {
+		select {
+		case <-e.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		links = links[:0]
+		e.mu.Lock()
+		for addr, l := range e.links {
+			select {
+			case <-l.ready:
+				if l.conn != nil && alive(l.conn) {
+					links = append(links, watched{addr, l})
+				}
+			default: // still being set up
+			}
+		}
+		e.mu.Unlock()
+		for _, w := range links {
+			_ = e.checkHeard(w.addr, w.l)
+		}
+	}
 }
 
 // checkHeard returns an error wrapping ErrSilent if l has heard nothing
@@ -300,6 +338,8 @@ func New(addr string, cfg Config) (*Endpoint, error) {
 	e.clientTLS.NextProtos = []string{ALPN}
 	e.clientTLS.MinVersion = tls.VersionTLS13
 	if cfg.Handler == nil {
+		e.wg.Add(1)
+		go e.watchLinks()
 		return e, nil
 	}
 	e.serverTLS = identity.ServerTLSConfig(cfg.Source, cfg.Authorizer)
@@ -322,7 +362,8 @@ func New(addr string, cfg Config) (*Endpoint, error) {
 		return nil, fmt.Errorf("tunnel: listening on %s: %w", pc.LocalAddr(), err)
 	}
 	e.ln = ln
-	e.wg.Add(2)
+	e.wg.Add(3)
+	go e.watchLinks()
 	go e.acceptQUIC()
 	go e.acceptTCP()
 	return e, nil

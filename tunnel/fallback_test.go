@@ -377,7 +377,8 @@ func TestSilentLink(t *testing.T) {
 
 // TestSilentLinkReplaced: with TransportAuto, a QUIC link that turns silent
 // because UDP stopped passing is replaced in the background by a link on
-// the TCP fallback, long before its idle timeout would have closed it.
+// the TCP fallback, long before its idle timeout would have closed it,
+// even while nobody dials.
 func TestSilentLinkReplaced(t *testing.T) {
 	leakcheck.Check(t)
 	ctx := testContext(t)
@@ -397,23 +398,23 @@ func TestSilentLinkReplaced(t *testing.T) {
 	checkEcho(t, s, 'a')
 	s.Close()
 
+	// Nobody dials meanwhile: the link is watched, not only looked at
+	// when used.
 	fw.blocked.Store(true)
-	await.True(t, testTimeout, "a stream on the TCP fallback", func() bool {
-		s, err := client.Dial(ctx, fw.addr(), key("replace.test"))
-		if errors.Is(err, ErrSilent) {
-			return false
-		}
-		if err != nil {
-			t.Fatalf("Dial while the link is being replaced: %v", err)
-		}
-		defer s.Close()
-		if s.Transport() != TransportTCP {
-			return false
-		}
-		checkEcho(t, s, 'b')
-		return true
+	await.True(t, testTimeout, "the link to be replaced on the TCP fallback", func() bool {
+		st := peerStats1(t, client.Stats(), Outbound)
+		return st.Transport == TransportTCP && st.Connected
 	})
 	if st := peerStats1(t, client.Stats(), Outbound); st.Dials != 2 || st.Fallbacks != 1 || st.Silences != 1 {
 		t.Errorf("client stats %+v, want one silence and a second link, on the fallback", st)
 	}
+	s, err = client.Dial(ctx, fw.addr(), key("replace.test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Transport() != TransportTCP {
+		t.Fatalf("stream on %s after the replacement, want tcp", s.Transport())
+	}
+	checkEcho(t, s, 'b')
 }
