@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -311,6 +312,30 @@ func TestUDPBlockedMidLink(t *testing.T) {
 	}
 }
 
+// linkBehindFirewall starts an echo server behind a firewall and a client
+// dialing over tr with 100 ms keep-alives, an idle timeout too long to
+// matter in a test, and (for TransportAuto) a 300 ms QUIC attempt; it
+// returns them once a link is up and has echoed.
+func linkBehindFirewall(t *testing.T, ctx context.Context, tr Transport) (*firewall, *Endpoint) {
+	t.Helper()
+	p := newPair(t, TransportQUIC, echo)
+	fw := newFirewall(t, p.addr())
+	client := newEndpoint(t, "127.0.0.1:0", Config{
+		Source:          newSource(t, p.caA, "/gw/watched"),
+		Transport:       tr,
+		KeepAlivePeriod: 100 * time.Millisecond,
+		FallbackAfter:   300 * time.Millisecond,
+		MaxIdleTimeout:  2 * testTimeout,
+	})
+	s, err := client.Dial(ctx, fw.addr(), key("silent.test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEcho(t, s, 'a')
+	s.Close()
+	return fw, client
+}
+
 // TestSilentLink: once a link has heard nothing from its peer for two
 // keep-alive periods, Dial fails at once with ErrSilent, so the gateway
 // can try another peer, instead of opening a stream nobody may answer;
@@ -320,22 +345,7 @@ func TestSilentLink(t *testing.T) {
 	forTransports(t, func(t *testing.T, tr Transport) {
 		leakcheck.Check(t)
 		ctx := testContext(t)
-		p := newPair(t, tr, echo)
-		fw := newFirewall(t, p.addr())
-		client := newEndpoint(t, "127.0.0.1:0", Config{
-			Source:          newSource(t, p.caA, "/gw/silent"),
-			Transport:       tr,
-			KeepAlivePeriod: 100 * time.Millisecond,
-			// Long enough that the link cannot close, and be redialed,
-			// before the test is over.
-			MaxIdleTimeout: 2 * testTimeout,
-		})
-		s, err := client.Dial(ctx, fw.addr(), key("silent.test"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkEcho(t, s, 'a')
-		s.Close()
+		fw, client := linkBehindFirewall(t, ctx, tr)
 
 		cut := func(on bool) {
 			if tr == TransportQUIC {
@@ -382,21 +392,7 @@ func TestSilentLink(t *testing.T) {
 func TestSilentLinkReplaced(t *testing.T) {
 	leakcheck.Check(t)
 	ctx := testContext(t)
-	p := newPair(t, TransportQUIC, echo)
-	fw := newFirewall(t, p.addr())
-	client := newEndpoint(t, "127.0.0.1:0", Config{
-		Source:          newSource(t, p.caA, "/gw/auto"),
-		KeepAlivePeriod: 100 * time.Millisecond,
-		FallbackAfter:   300 * time.Millisecond,
-		// Only the replacement can bring TCP before the test is over.
-		MaxIdleTimeout: 2 * testTimeout,
-	})
-	s, err := client.Dial(ctx, fw.addr(), key("replace.test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkEcho(t, s, 'a')
-	s.Close()
+	fw, client := linkBehindFirewall(t, ctx, TransportAuto)
 
 	// Nobody dials meanwhile: the link is watched, not only looked at
 	// when used.
@@ -408,7 +404,7 @@ func TestSilentLinkReplaced(t *testing.T) {
 	if st := peerStats1(t, client.Stats(), Outbound); st.Dials != 2 || st.Fallbacks != 1 || st.Silences != 1 {
 		t.Errorf("client stats %+v, want one silence and a second link, on the fallback", st)
 	}
-	s, err = client.Dial(ctx, fw.addr(), key("replace.test"))
+	s, err := client.Dial(ctx, fw.addr(), key("silent.test"))
 	if err != nil {
 		t.Fatal(err)
 	}
