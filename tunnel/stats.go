@@ -64,7 +64,7 @@ type PeerStats struct {
 	Fallbacks uint64
 	// Silences counts the times an outbound link was found to have heard
 	// nothing from its peer for too long (Dial then fails with ErrSilent
-	// until the peer is heard again or the link closes).
+	// until the peer is heard again or the link is replaced or closes).
 	Silences uint64
 }
 
