@@ -246,7 +246,8 @@ func (l *link) silence(now time.Time) time.Duration {
 // watchLinks looks at every outbound link twice per keep-alive period,
 // so that silence is timed from when the peer was last heard rather than
 // from the last Dial, and a silent link is noticed, and replaced, even
-// while nobody dials.
+// while nobody dials; a link on the TCP fallback is probed for QUIC on
+// schedule even while idle.
 func (e *Endpoint) watchLinks() {
 	defer e.wg.Done()
 	tick := time.NewTicker(e.cfg.KeepAlivePeriod / 2)
@@ -275,7 +276,10 @@ func (e *Endpoint) watchLinks() {
 		}
 		e.mu.Unlock()
 		for _, w := range links {
-			_ = e.checkHeard(w.addr, w.l)
+			if e.checkHeard(w.addr, w.l) == nil {
+				// An idle link on the TCP fallback moves back to QUIC too.
+				e.maybeProbeQUIC(w.addr, w.l)
+			}
 		}
 	}
 }

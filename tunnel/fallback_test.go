@@ -414,3 +414,33 @@ func TestSilentLinkReplaced(t *testing.T) {
 	}
 	checkEcho(t, s, 'b')
 }
+
+// TestIdleFallbackMovesBack: a link on the TCP fallback that nobody uses
+// still tries QUIC on schedule and moves back once UDP passes again.
+func TestIdleFallbackMovesBack(t *testing.T) {
+	leakcheck.Check(t)
+	ctx := testContext(t)
+	p := newPair(t, TransportQUIC, echo)
+	fw := newFirewall(t, p.addr())
+	fw.blocked.Store(true)
+	client := newEndpoint(t, "127.0.0.1:0", Config{
+		Source:            newSource(t, p.caA, "/gw/idle"),
+		FallbackAfter:     300 * time.Millisecond,
+		QUICRetryInterval: 100 * time.Millisecond,
+		KeepAlivePeriod:   100 * time.Millisecond,
+	})
+	s, err := client.Dial(ctx, fw.addr(), key("idle.test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Transport() != TransportTCP {
+		t.Fatalf("stream on %s with UDP blocked, want tcp", s.Transport())
+	}
+	checkEcho(t, s, 'a')
+	s.Close()
+
+	fw.blocked.Store(false)
+	await.True(t, testTimeout, "the idle link to move back to QUIC", func() bool {
+		return peerStats1(t, client.Stats(), Outbound).Transport == TransportQUIC
+	})
+}
