@@ -54,6 +54,7 @@ func TestMultiNetwork(t *testing.T) {
 	t.Run("WANCutOfC", func(t *testing.T) { testWANCut(t, tp) })
 	t.Run("BlockUDPHelper", func(t *testing.T) { testBlockUDPHelper(t, tp) })
 	t.Run("UDPBlockedTCPFallback", func(t *testing.T) { testUDPBlocked(t, tp) })
+	t.Run("EndpointDies", func(t *testing.T) { testEndpointDies(t, tp) })
 }
 
 // blockUDP's rules, both forms (some ports, all UDP), load into a
