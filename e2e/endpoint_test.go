@@ -228,7 +228,16 @@ func testEndpointDies(t *testing.T, tp *topology) {
 	}
 	t.Logf("subset v1 with its endpoint stopped: %d connections, every one failed, in %v to %v; %d without a TLS alert (first: %v); the last: %v",
 		len(v1Took), lo.Round(time.Millisecond), hi.Round(time.Millisecond), v1NoAlert, firstV1Err, lastV1Err)
-	figure(t, "subset with its only endpoint stopped -> the client's error, slowest of the attempts", hi)
+	t.Logf("e2e-figure: subset with its only endpoint stopped -> the client's error, slowest of the attempts: %v (gossip profile %s)", hi.Round(time.Millisecond), gossipProfile())
+	// Now A's gateway knows: every v1 connection gets its TLS alert.
+	for i := 0; i < 5; i++ {
+		_, took, err := call("v1")
+		if alert, aerr := tlsAlert(err); aerr != nil {
+			t.Errorf("subset v1 connection %d after A's gateway first refused it: want a TLS alert, got %v", i, aerr)
+		} else if i == 0 {
+			t.Logf("subset v1 from now on: TLS alert %q after %v", alert, took.Round(time.Millisecond))
+		}
+	}
 
 	conn1, ej1 := counters()
 	var connDelta, ejDelta float64
