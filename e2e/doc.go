@@ -42,7 +42,11 @@
 // CA, C's WAN link cut and restored, and every UDP packet dropped on the
 // WAN links of B's gateways (nftables): tunnels from A to B fall back to
 // TCP + TLS while gossip holds over TCP, a long-lived connection to C
-// keeps going, and the links move back to QUIC once UDP passes again.
+// keeps going, and the links move back to QUIC once UDP passes again;
+// last, an endpoint dies: b-echo-v1 is stopped while A's clients call B's
+// echo service in local mode (without a subset the other endpoint
+// answers, B's gateways eject the dead one, subset v1 is refused), then
+// restarted on the same address until v1 answers again.
 // Each subtest undoes its fault.
 // Measured times are logged as "e2e-figure:" lines (go test -v).
 //
