@@ -201,13 +201,16 @@ func (g *Gateway) dialCluster(cl *cluster, serverName string) (*net.TCPConn, *up
 	return nil, nil, len(tried)
 }
 
+// alertRecord is a plaintext TLS record holding one fatal alert.
+func alertRecord(alert byte) []byte { return []byte{21, 3, 3, 0, 2, 2, alert} }
+
 // refuse closes a client connection that will not be forwarded, after a TLS
 // alert if alert is not 0, and counts and logs it under reason.
 func (g *Gateway) refuse(c *net.TCPConn, reason string, alert byte, logArgs ...any) {
 	g.m.reject(reason)
 	if alert != 0 {
 		c.SetWriteDeadline(time.Now().Add(time.Second))
-		c.Write([]byte{21, 3, 3, 0, 2, 2, alert}) // fatal alert record
+		c.Write(alertRecord(alert))
 	}
 	g.rlog.warn(reason, "connection refused", append([]any{"reason", reason, "client", c.RemoteAddr().String()}, logArgs...)...)
 	c.Close()

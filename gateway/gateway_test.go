@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"github.com/ewgate/ewgate/internal/await"
@@ -459,6 +460,75 @@ func TestDrainTimeoutCutsHalfClosedFlows(t *testing.T) {
 			c.(*net.TCPConn).CloseWrite()
 			await.True(t, 5*time.Second, "connection to reach the far side", func() bool { return far.count() == 1 })
 			shutdownCuts(t, gw)
+		})
+	}
+}
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (client, server *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+// A connection carried here from another network that cannot be served
+// gets the TLS alert a local client would, sent back through the tunnel
+// (here a TCP connection standing in for the stream), and is counted.
+func TestServeTunnelRefusals(t *testing.T) {
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := closed.Addr().String()
+	closed.Close()
+	tests := []struct {
+		name     string
+		endpoint string // "" for none
+		host     string
+		reason   string
+		alert    byte
+	}{
+		{"unknown service", "", "nope.demo.svc.cluster.local", "unknown_service", alertUnrecognizedName},
+		{"no endpoint", "", "echo.demo.svc.cluster.local", RejectNoEndpoints, alertHandshakeFailure},
+		{"endpoint down", deadAddr, "echo.demo.svc.cluster.local", RejectUnavailable, alertInternalError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			leakcheck.Check(t)
+			gw, _ := benchGateway(t, tt.endpoint)
+			client, far := tcpPair(t)
+			done := make(chan error, 1)
+			go func() { done <- gw.ServeTunnel(sni.Key{Host: tt.host, Port: 9080}, far) }()
+			client.Write(recordHello(t, echoSNI))
+			client.SetReadDeadline(time.Now().Add(time.Minute))
+			got, err := io.ReadAll(client)
+			if err != nil {
+				t.Fatalf("reading the answer: %v", err)
+			}
+			if want := alertRecord(tt.alert); !bytes.Equal(got, want) {
+				t.Errorf("answer %x, want the alert record %x", got, want)
+			}
+			client.Close()
+			if err := <-done; err == nil {
+				t.Error("ServeTunnel returned nil for a refused connection")
+			}
+			if n := gw.m.Rejected(tt.reason); n != 1 {
+				t.Errorf("rejected{reason=%q} = %d, want 1", tt.reason, n)
+			}
 		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/sni"
@@ -53,7 +54,7 @@ func (g *Gateway) ServeTunnel(key sni.Key, conn HalfConn) error {
 	g.mu.Lock()
 	if g.draining.Load() {
 		g.mu.Unlock()
-		return errors.New("gateway is draining")
+		return g.refuseTunneled(conn, RejectUnavailable, alertInternalError, errors.New("tunnel: gateway is draining"))
 	}
 	g.wg.Add(1)
 	g.tunneled[conn] = struct{}{}
@@ -66,30 +67,50 @@ func (g *Gateway) ServeTunnel(key sni.Key, conn HalfConn) error {
 	}()
 	t := g.table.Load()
 	if t == nil || len(t.view.Listeners) == 0 {
-		g.m.reject(RejectNoListener)
-		return errors.New("tunnel: this gateway serves no AUTO_PASSTHROUGH listener")
+		return g.refuseTunneled(conn, RejectNoListener, alertUnrecognizedName,
+			errors.New("tunnel: this gateway serves no AUTO_PASSTHROUGH listener"))
 	}
 	r, err := t.view.Route(0, key)
 	if err != nil {
 		var re *discovery.RouteError
 		errors.As(err, &re)
-		g.m.reject(string(re.Reason))
-		return fmt.Errorf("tunnel: %w", err)
+		return g.refuseTunneled(conn, string(re.Reason), alertUnrecognizedName, fmt.Errorf("tunnel: %w", err))
 	}
 	cl := t.clusters[r]
 	if len(cl.members) == 0 {
-		g.m.reject(RejectNoEndpoints)
-		return fmt.Errorf("tunnel: %s: no eligible endpoint in network %s", key, t.view.Node.Network)
+		return g.refuseTunneled(conn, RejectNoEndpoints, alertHandshakeFailure,
+			fmt.Errorf("tunnel: %s: no eligible endpoint in network %s", key, t.view.Node.Network))
 	}
 	up, u, tried := g.dialCluster(cl, key.SNI())
 	if up == nil {
-		g.m.reject(RejectUnavailable)
-		return fmt.Errorf("tunnel: %s: %d endpoints failed to connect", key, tried)
+		return g.refuseTunneled(conn, RejectUnavailable, alertInternalError,
+			fmt.Errorf("tunnel: %s: %d endpoints failed to connect", key, tried))
 	}
 	defer u.active.Add(-1)
 	g.m.Forwarded.Inc()
 	g.relay(conn, up)
 	return nil
+}
+
+// refuseTunneled answers a connection carried here from another network
+// as refuse answers a local client, the alert travelling back through the
+// tunnel to the client, and returns err after counting and logging it. It
+// half-closes, then waits a moment for the far gateway to close its side
+// too, so that closing conn does not reset the stream before the alert
+// has been read there.
+func (g *Gateway) refuseTunneled(conn HalfConn, reason string, alert byte, err error) error {
+	g.m.reject(reason)
+	g.rlog.warn(reason, "tunneled connection refused", "reason", reason, "client_gateway", conn.RemoteAddr().String(), "err", err)
+	conn.SetDeadline(time.Now().Add(time.Second))
+	if _, werr := conn.Write(alertRecord(alert)); werr != nil || conn.CloseWrite() != nil {
+		return err
+	}
+	var b [512]byte
+	for {
+		if _, rerr := conn.Read(b[:]); rerr != nil {
+			return err
+		}
+	}
 }
 
 // relay copies bytes both ways between the client side a and the upstream

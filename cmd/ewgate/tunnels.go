@@ -65,7 +65,8 @@ func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, cs *catal
 				return
 			}
 			if err := gw.ServeTunnel(h.Key, st); err != nil {
-				log.Warn("tunnel: stream refused", "key", h.Key.SNI(), "client", h.ClientAddr, "peer", st.PeerID(), "err", err)
+				// The gateway counted it and logged it, rate-limited.
+				log.Debug("tunnel: stream refused", "key", h.Key.SNI(), "client", h.ClientAddr, "peer", st.PeerID(), "err", err)
 			}
 		},
 		Logger: log,
