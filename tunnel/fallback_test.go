@@ -206,14 +206,7 @@ func TestFallback(t *testing.T) {
 		}
 	}
 
-	held, err := client.Dial(ctx, fw.addr(), key("fallback.test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	if held.Transport() != TransportTCP {
-		t.Fatalf("stream on %s with UDP blocked, want tcp", held.Transport())
-	}
+	held := dialOn(t, ctx, client, fw.addr(), "fallback.test", TransportTCP)
 	st := peerStats1(t, client.Stats(), Outbound)
 	if st.Transport != TransportTCP || st.Fallbacks != 1 || st.HandshakeFailures[ReasonTimeout] != 0 {
 		t.Errorf("client stats %+v, want one fallback link on tcp", st)
@@ -282,14 +275,7 @@ func TestUDPBlockedMidLink(t *testing.T) {
 		MaxIdleTimeout: time.Second,
 		FallbackAfter:  300 * time.Millisecond,
 	})
-	held, err := client.Dial(ctx, fw.addr(), key("blocked.test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	if held.Transport() != TransportQUIC {
-		t.Fatalf("stream on %s with UDP open, want quic", held.Transport())
-	}
+	held := dialOn(t, ctx, client, fw.addr(), "blocked.test", TransportQUIC)
 	checkEcho(t, held, 'a')
 
 	fw.blocked.Store(true)
@@ -298,18 +284,25 @@ func TestUDPBlockedMidLink(t *testing.T) {
 	if _, err := held.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("read on a link whose UDP is blocked: %v, want the link's idle timeout", err)
 	}
-	s, err := client.Dial(ctx, fw.addr(), key("blocked.test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if s.Transport() != TransportTCP {
-		t.Fatalf("stream on %s after UDP was blocked, want tcp", s.Transport())
-	}
-	checkEcho(t, s, 'b')
+	checkEcho(t, dialOn(t, ctx, client, fw.addr(), "blocked.test", TransportTCP), 'b')
 	if st := peerStats1(t, client.Stats(), Outbound); st.Dials != 2 || st.Fallbacks != 1 {
 		t.Errorf("client stats %+v, want a second link, on the fallback", st)
 	}
+}
+
+// dialOn opens a stream to addr for host and fails the test unless it
+// runs over want. The test closes it at the end.
+func dialOn(t *testing.T, ctx context.Context, e *Endpoint, addr, host string, want Transport) *Stream {
+	t.Helper()
+	s, err := e.Dial(ctx, addr, key(host))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if s.Transport() != want {
+		t.Fatalf("stream for %s on %s, want %s", host, s.Transport(), want)
+	}
+	return s
 }
 
 // linkBehindFirewall starts an echo server behind a firewall and a client
@@ -404,15 +397,7 @@ func TestSilentLinkReplaced(t *testing.T) {
 	if st := peerStats1(t, client.Stats(), Outbound); st.Dials != 2 || st.Fallbacks != 1 || st.Silences != 1 {
 		t.Errorf("client stats %+v, want one silence and a second link, on the fallback", st)
 	}
-	s, err := client.Dial(ctx, fw.addr(), key("silent.test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if s.Transport() != TransportTCP {
-		t.Fatalf("stream on %s after the replacement, want tcp", s.Transport())
-	}
-	checkEcho(t, s, 'b')
+	checkEcho(t, dialOn(t, ctx, client, fw.addr(), "silent.test", TransportTCP), 'b')
 }
 
 // TestIdleFallbackMovesBack: a link on the TCP fallback that nobody uses
@@ -429,13 +414,7 @@ func TestIdleFallbackMovesBack(t *testing.T) {
 		QUICRetryInterval: 100 * time.Millisecond,
 		KeepAlivePeriod:   100 * time.Millisecond,
 	})
-	s, err := client.Dial(ctx, fw.addr(), key("idle.test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.Transport() != TransportTCP {
-		t.Fatalf("stream on %s with UDP blocked, want tcp", s.Transport())
-	}
+	s := dialOn(t, ctx, client, fw.addr(), "idle.test", TransportTCP)
 	checkEcho(t, s, 'a')
 	s.Close()
 
