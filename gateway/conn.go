@@ -207,11 +207,20 @@ func alertRecord(alert byte) []byte { return []byte{21, 3, 3, 0, 2, 2, alert} }
 // refuse closes a client connection that will not be forwarded, after a TLS
 // alert if alert is not 0, and counts and logs it under reason.
 func (g *Gateway) refuse(c *net.TCPConn, reason string, alert byte, logArgs ...any) {
-	g.m.reject(reason)
-	if alert != 0 {
-		c.SetWriteDeadline(time.Now().Add(time.Second))
-		c.Write(alertRecord(alert))
-	}
-	g.rlog.warn(reason, "connection refused", append([]any{"reason", reason, "client", c.RemoteAddr().String()}, logArgs...)...)
+	g.answerRefused(c, reason, alert, logArgs...)
 	c.Close()
+}
+
+// answerRefused counts and logs a refused connection under reason and
+// sends it a TLS alert if alert is not 0; it reports whether the alert
+// was written. The caller closes c.
+func (g *Gateway) answerRefused(c net.Conn, reason string, alert byte, logArgs ...any) bool {
+	g.m.reject(reason)
+	g.rlog.warn(reason, "connection refused", append([]any{"reason", reason, "client", c.RemoteAddr().String()}, logArgs...)...)
+	if alert == 0 {
+		return false
+	}
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	_, err := c.Write(alertRecord(alert))
+	return err == nil
 }

@@ -94,17 +94,15 @@ func (g *Gateway) ServeTunnel(key sni.Key, conn HalfConn) error {
 
 // refuseTunneled answers a connection carried here from another network
 // as refuse answers a local client, the alert travelling back through the
-// tunnel to the client, and returns err after counting and logging it. It
-// half-closes, then waits a moment for the far gateway to close its side
-// too, so that closing conn does not reset the stream before the alert
-// has been read there.
+// tunnel to the client, and returns err. It half-closes, then waits a
+// moment for the far gateway to close its side too, so that closing conn
+// (ServeTunnel's job) does not reset the stream before the alert has been
+// read there.
 func (g *Gateway) refuseTunneled(conn HalfConn, reason string, alert byte, err error) error {
-	g.m.reject(reason)
-	g.rlog.warn(reason, "tunneled connection refused", "reason", reason, "client_gateway", conn.RemoteAddr().String(), "err", err)
-	conn.SetDeadline(time.Now().Add(time.Second))
-	if _, werr := conn.Write(alertRecord(alert)); werr != nil || conn.CloseWrite() != nil {
+	if !g.answerRefused(conn, reason, alert, "via", "tunnel", "err", err) || conn.CloseWrite() != nil {
 		return err
 	}
+	conn.SetReadDeadline(time.Now().Add(time.Second))
 	var b [512]byte
 	for {
 		if _, rerr := conn.Read(b[:]); rerr != nil {
