@@ -612,16 +612,24 @@ func (e *Endpoint) setUp(addr string, l *link) {
 		e.mu.Unlock()
 		return
 	}
-	l.conn, l.peerID = c, peerID
-	l.silence(time.Now())
-	fallback := e.cfg.Transport == TransportAuto && c.transport() == TransportTCP
-	if fallback {
-		e.mu.Lock()
-		l.nextProbe = time.Now().Add(e.cfg.QUICRetryInterval)
-		e.mu.Unlock()
-	}
+	e.mu.Lock()
+	fallback := e.install(l, c, peerID)
+	e.mu.Unlock()
 	l.stats.connected(peerID, c, fallback)
 	e.log.Info("tunnel link up", "peer", addr, "peer_id", peerID, "transport", c.transport())
+}
+
+// install makes c l's connection and reports whether it is a fallback
+// link (TCP under TransportAuto), scheduling its first QUIC probe if so.
+// e.mu must be held.
+func (e *Endpoint) install(l *link, c conn, peerID string) (fallback bool) {
+	l.conn, l.peerID = c, peerID
+	l.silence(time.Now())
+	fallback = e.cfg.Transport == TransportAuto && c.transport() == TransportTCP
+	if fallback {
+		l.nextProbe = time.Now().Add(e.cfg.QUICRetryInterval)
+	}
+	return fallback
 }
 
 // dial sets up one link over the configured transport; with TransportAuto
@@ -748,12 +756,8 @@ func (e *Endpoint) replace(addr string, old *link, why string, dial func(context
 		c.close(codeShutdown, "link not needed")
 		return
 	}
-	l := &link{ready: make(chan struct{}), conn: c, peerID: peerID, stats: old.stats}
-	l.silence(time.Now())
-	fallback := e.cfg.Transport == TransportAuto && c.transport() == TransportTCP
-	if fallback {
-		l.nextProbe = time.Now().Add(e.cfg.QUICRetryInterval)
-	}
+	l := &link{ready: make(chan struct{}), stats: old.stats}
+	fallback := e.install(l, c, peerID)
 	close(l.ready)
 	e.links[addr] = l
 	e.wg.Add(1)
