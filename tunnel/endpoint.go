@@ -229,10 +229,22 @@ type link struct {
 	silent     bool // the last look found it silent
 }
 
+// silentErr returns an error wrapping ErrSilent if watchLinks last found
+// l silent. Dial asks it for every stream, so it only reads a flag.
+func (l *link) silentErr(addr string) error {
+	l.heardMu.Lock()
+	silent, since := l.silent, l.heardSince
+	l.heardMu.Unlock()
+	if !silent {
+		return nil
+	}
+	return fmt.Errorf("tunnel: link to %s heard nothing for %v: %w", addr, time.Since(since).Round(time.Millisecond), ErrSilent)
+}
+
 // silence reports how long l has heard nothing from its peer, as far as
 // looking now and at the last call can tell: the peer was heard between
 // two looks if the received count changed. Endpoint.watchLinks looks
-// often enough for that to be accurate.
+// twice per keep-alive period, which makes that accurate enough.
 func (l *link) silence(now time.Time) time.Duration {
 	n := l.conn.received()
 	l.heardMu.Lock()
@@ -276,7 +288,7 @@ func (e *Endpoint) watchLinks() {
 		}
 		e.mu.Unlock()
 		for _, w := range links {
-			if e.checkHeard(w.addr, w.l) == nil {
+			if !e.watch(w.addr, w.l) {
 				// An idle link on the TCP fallback moves back to QUIC too.
 				e.maybeProbeQUIC(w.addr, w.l)
 			}
@@ -284,13 +296,13 @@ func (e *Endpoint) watchLinks() {
 	}
 }
 
-// checkHeard returns an error wrapping ErrSilent if l has heard nothing
-// for longer than a live peer allows, logging when a link turns silent or
-// is heard again.
-func (e *Endpoint) checkHeard(addr string, l *link) error {
+// watch reports whether l has heard nothing for longer than a live peer
+// allows, records it for Dial, logs when a link turns silent or is heard
+// again, and starts replacing a link that turned silent.
+func (e *Endpoint) watch(addr string, l *link) (silent bool) {
 	quiet := l.silence(time.Now())
 	limit := 2*e.cfg.KeepAlivePeriod + 2*l.conn.rtt()
-	silent := quiet > limit
+	silent = quiet > limit
 	l.heardMu.Lock()
 	changed := silent != l.silent
 	l.silent = silent
@@ -302,10 +314,7 @@ func (e *Endpoint) checkHeard(addr string, l *link) error {
 	} else if changed {
 		e.log.Info("tunnel link heard again", "peer", addr, "peer_id", l.peerID)
 	}
-	if silent {
-		return fmt.Errorf("tunnel: link to %s heard nothing for %v: %w", addr, quiet.Round(time.Millisecond), ErrSilent)
-	}
-	return nil
+	return silent
 }
 
 // New opens a UDP socket on addr (host:port; port 0 picks one) and returns
@@ -525,7 +534,7 @@ func (e *Endpoint) Dial(ctx context.Context, addr string, h Header) (*Stream, er
 		if err != nil {
 			return nil, err
 		}
-		if err := e.checkHeard(addr, l); err != nil {
+		if err := l.silentErr(addr); err != nil {
 			return nil, err
 		}
 		rs, err := l.conn.openStream(ctx)
