@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Builds kube-apiserver from the Go module proxy once into a cache outside the
+# repository, keyed by version, and prints the binary's path. A cached binary
+# is reused. The Kubernetes source tests (discovery/kube) run against it.
+#
+#   KUBE_VERSION   Kubernetes release to build (default v1.36.3)
+#   EWGATE_CACHE   cache directory (default /var/cache/ewgate)
+set -euo pipefail
+
+version="${KUBE_VERSION:-v1.36.3}"
+cache="${EWGATE_CACHE:-/var/cache/ewgate}"
+bin="$cache/kube-apiserver-$version"
+if [[ -x "$bin" ]]; then
+	echo "$bin"
+	exit 0
+fi
+
+mkdir -p "$cache"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+staging="v0${version#v1}" # v1.36.3 -> v0.36.3
+
+cd "$work"
+cat >go.mod <<MOD
+module kubeapiserverbuild
+
+go 1.26
+MOD
+cat >main.go <<'GO'
+// Command kube-apiserver is the upstream Kubernetes API server, built from
+// the module proxy for ewgate's integration tests.
+package main
+
+import (
+	"os"
+
+	"k8s.io/component-base/cli"
+	"k8s.io/kubernetes/cmd/kube-apiserver/app"
+)
+
+func main() {
+	os.Exit(cli.Run(app.NewAPIServerCommand()))
+}
+GO
+go mod edit -require "k8s.io/kubernetes@$version"
+# k8s.io/kubernetes lists its staging modules at v0.0.0; point each at the
+# published release (kube-openapi and utils carry real pseudo-versions).
+go mod download -json "k8s.io/kubernetes@$version" >kube.json
+gomod="$(sed -n 's/.*"GoMod": "\(.*\)".*/\1/p' kube.json)"
+for m in $(awk '/^[[:space:]]*k8s.io\/[a-z0-9-]+ v0.0.0$/ {print $1}' "$gomod"); do
+	go mod edit -replace "$m=$m@$staging"
+done
+go mod tidy >&2
+CGO_ENABLED=0 go build -trimpath -o "$bin.tmp" . >&2
+mv "$bin.tmp" "$bin"
+echo "$bin"
