@@ -14,8 +14,9 @@ import (
 type Config struct {
 	// Metrics is written at /metrics.
 	Metrics *metrics.Registry
-	// Ready backs /readyz: 200 when it returns true, else 503.
-	Ready func() bool
+	// Ready backs /readyz: 200 when it returns nil, else 503 with the
+	// error's text, which should say what to do. Nil Ready: never ready.
+	Ready func() error
 	// Debug maps names to JSON views served at /debug/<name>; each
 	// function is called per request.
 	Debug map[string]func() any
@@ -28,8 +29,12 @@ func Handler(cfg Config) http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if cfg.Ready == nil || !cfg.Ready() {
+		if cfg.Ready == nil {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		if err := cfg.Ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ready\n"))

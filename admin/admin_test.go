@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -17,8 +18,13 @@ func TestHandler(t *testing.T) {
 	var ready atomic.Bool
 	srv := httptest.NewServer(Handler(Config{
 		Metrics: &reg,
-		Ready:   ready.Load,
-		Debug:   map[string]func() any{"config": func() any { return map[string]int{"listeners": 2} }},
+		Ready: func() error {
+			if !ready.Load() {
+				return errors.New("config not loaded")
+			}
+			return nil
+		},
+		Debug: map[string]func() any{"config": func() any { return map[string]int{"listeners": 2} }},
 	}))
 	defer srv.Close()
 	get := func(path string) (int, string, string) {
@@ -37,7 +43,7 @@ func TestHandler(t *testing.T) {
 		before            func()
 	}{
 		{path: "/healthz", code: 200, body: "ok"},
-		{path: "/readyz", code: 503, body: "not ready"},
+		{path: "/readyz", code: 503, body: "not ready: config not loaded"},
 		{path: "/readyz", code: 200, body: "ready", before: func() { ready.Store(true) }},
 		{path: "/metrics", code: 200, body: "ewgate_test_total 7", ctype: "text/plain; version=0.0.4"},
 		{path: "/debug/config", code: 200, body: `"listeners": 2`, ctype: "application/json"},

@@ -29,11 +29,12 @@ func (d *delegate) node() *Node { return (*Node)(d) }
 // NodeMeta returns the meta validated by Start. It never exceeds limit;
 // should it, no meta is better than memberlist's panic.
 func (d *delegate) NodeMeta(limit int) []byte {
-	if len(d.metaBytes) > limit {
-		d.log.Error("node meta over limit; advertising none", "bytes", len(d.metaBytes), "limit", limit)
+	b := *d.metaBytes.Load()
+	if len(b) > limit {
+		d.log.Error("node meta over limit; advertising none", "bytes", len(b), "limit", limit)
 		return nil
 	}
-	return d.metaBytes
+	return b
 }
 
 // NotifyMsg receives one entry, broadcast or sent reliably, or a node's

@@ -122,8 +122,10 @@ type Stats struct {
 type Node struct {
 	cfg          Config
 	log          *slog.Logger
-	meta         Meta
-	metaBytes    []byte
+	meta         atomic.Pointer[Meta] // what NodeMeta advertises; see SetPassthroughAddr
+	metaBytes    atomic.Pointer[[]byte]
+	metaMu       sync.Mutex // serializes meta updates
+	selfAddr     atomic.Pointer[netip.AddrPort]
 	keyring      *memberlist.Keyring // nil when gossiping in plaintext
 	ml           *memberlist.Memberlist
 	tr           *countingTransport
@@ -157,6 +159,8 @@ type Node struct {
 	closed bool
 
 	c counters
+
+	conflict conflict
 }
 
 type member struct {
@@ -225,6 +229,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		SPIFFEID:        cfg.SPIFFEID,
 		Version:         ProtocolVersion,
 	}
+	now := time.Now()
+	meta.Started = uint64(now.UnixNano())
 	metaBytes := meta.encode()
 	if len(metaBytes) > memberlist.MetaMaxSize {
 		return nil, fmt.Errorf("peer: node meta is %d bytes, over memberlist's %d-byte limit: shorten Network, PassthroughAddr, TunnelAddr or SPIFFEID",
@@ -234,8 +240,6 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n := &Node{
 		cfg:           cfg,
 		log:           cfg.Logger.With("node", cfg.Name),
-		meta:          meta,
-		metaBytes:     metaBytes,
 		changed:       make(chan struct{}, 1),
 		evKick:        make(chan struct{}, 1),
 		reliableKick:  make(chan struct{}, 1),
@@ -247,6 +251,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		members:       make(map[string]*member),
 		reconnects:    newReconnectSet(maxReconnectMembers),
 	}
+	n.meta.Store(&meta)
+	n.metaBytes.Store(&metaBytes)
+	n.selfAddr.Store(&netip.AddrPort{})
 
 	mc := memberlistConfig(cfg.Profile)
 	mc.Name = cfg.Name
@@ -256,6 +263,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	mc.Delegate = (*delegate)(n)
 	mc.Events = (*delegate)(n)
 	mc.Alive = (*delegate)(n)
+	mc.Conflict = (*delegate)(n)
 	mc.DelegateProtocolVersion = ProtocolVersion
 	mc.DelegateProtocolMin = 1
 	mc.DelegateProtocolMax = ProtocolVersion
@@ -300,7 +308,6 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.maxBroadcast -= 45 // worst-case encryption overhead
 	}
 
-	now := time.Now()
 	self := &entry{origin: cfg.Name, version: Version{Epoch: uint64(now.UnixNano())}, summary: Summary{Network: cfg.Network}, received: now}
 	self.wire = encodeEntry(self.origin, self.version, &self.summary)
 	n.store.merge(self)
@@ -319,10 +326,12 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("peer: start memberlist: %w", err)
 	}
 	n.ml = ml
+	ln := ml.LocalNode()
+	selfAddr := addrPort(ln.Addr, ln.Port)
+	n.selfAddr.Store(&selfAddr)
 	n.mu.Lock()
 	if m := n.members[cfg.Name]; m != nil {
-		ln := ml.LocalNode()
-		m.addr = addrPort(ln.Addr, ln.Port)
+		m.addr = selfAddr
 	}
 	n.mu.Unlock()
 
@@ -336,6 +345,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.wg.Add(1)
 		go n.reconnectLoop()
 	}
+	n.wg.Add(1)
+	go n.conflictLoop()
 	n.log.Info("gossip started", "addr", n.Addr(), "network", cfg.Network, "encrypted", n.keyring != nil, "mesh_id", cfg.MeshID, "profile", cfg.Profile)
 	return n, nil
 }
@@ -372,7 +383,41 @@ func (n *Node) Addr() netip.AddrPort {
 }
 
 // Meta returns the meta this node advertises.
-func (n *Node) Meta() Meta { return n.meta }
+func (n *Node) Meta() Meta { return *n.meta.Load() }
+
+// SetPassthroughAddr changes the passthrough address this node advertises
+// (a listener moved to another port) and gossips the new meta, waiting up
+// to timeout for the update to go out. It fails for an address that is not
+// host:port or makes the meta too large; the old address then stays.
+func (n *Node) SetPassthroughAddr(addr string, timeout time.Duration) error {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("peer: passthrough address: %w", err)
+	}
+	n.metaMu.Lock()
+	defer n.metaMu.Unlock()
+	meta := *n.meta.Load()
+	if meta.PassthroughAddr == addr {
+		return nil
+	}
+	meta.PassthroughAddr = addr
+	b := meta.encode()
+	if len(b) > memberlist.MetaMaxSize {
+		return fmt.Errorf("peer: node meta would be %d bytes, over memberlist's %d-byte limit", len(b), memberlist.MetaMaxSize)
+	}
+	n.meta.Store(&meta)
+	n.metaBytes.Store(&b)
+	n.mu.Lock()
+	if m := n.members[n.cfg.Name]; m != nil {
+		m.meta = meta
+	}
+	n.gen++
+	n.mu.Unlock()
+	n.notify()
+	if err := n.ml.UpdateNode(timeout); err != nil {
+		return fmt.Errorf("peer: advertise passthrough address %s: %w", addr, err)
+	}
+	return nil
+}
 
 // WaitJoined blocks until a join to one of Config.Join succeeded (at once
 // when Join is empty), ctx is done or the node shuts down.
@@ -567,6 +612,13 @@ func (n *Node) refuteLocked(e *entry) {
 			n.reject(rForeignOrigin, errors.New("entry under our name with our version and other content"))
 		}
 		n.c.stale.Add(1)
+		return
+	}
+	if n.conflicted() {
+		// Another live node uses our name: its entries are not an earlier
+		// incarnation's, and superseding them would make the two of us
+		// outbid each other forever.
+		n.reject(rForeignOrigin, errors.New("entry under our name from another node claiming it (name conflict)"))
 		return
 	}
 	v := Version{Epoch: e.version.Epoch, Seq: e.version.Seq + 1}

@@ -42,10 +42,14 @@ type Meta struct {
 	// Version is the sender's ProtocolVersion. Nodes with Version 0 are
 	// refused; fields a later version appends are ignored.
 	Version uint8
+	// Started is when the node started (Unix ns; 0 from nodes that do not
+	// send it): of two nodes claiming one name, the one started later
+	// yields (see [Node.Conflict]).
+	Started uint64
 }
 
-// encode returns m in wire form: version byte, then four length-prefixed
-// strings.
+// encode returns m in wire form: version byte, four length-prefixed
+// strings, then Started as a uvarint.
 func (m Meta) encode() []byte {
 	var w writer
 	w.b = append(w.b, m.Version)
@@ -53,6 +57,7 @@ func (m Meta) encode() []byte {
 	w.str(m.PassthroughAddr)
 	w.str(m.TunnelAddr)
 	w.str(m.SPIFFEID)
+	w.uvarint(m.Started)
 	return w.b
 }
 
@@ -70,6 +75,9 @@ func decodeMeta(b []byte) (Meta, error) {
 	m.PassthroughAddr = r.str()
 	m.TunnelAddr = r.str()
 	m.SPIFFEID = r.str()
+	if len(r.b) > 0 { // absent from nodes that predate it
+		m.Started = r.uvarint()
+	}
 	if r.err != nil {
 		return Meta{}, fmt.Errorf("meta: %w", r.err)
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -33,10 +32,17 @@ type gossip struct {
 	// retireLink, if set before run starts, is called with the tunnel
 	// address of each member that stops being alive, and why.
 	retireLink func(addr, why string)
+	// deriveAdvertise: no --passthrough-advertise, so the advertised
+	// address follows the listener on bindAddress.
+	deriveAdvertise bool
+	bindAddress     string
+	underivable     string // last derivation error logged; run's goroutine only
 }
 
 // startGossip starts the gossip node described by s, announcing spiffeID
-// (may be empty), or returns nil when --gossip-address is not set.
+// (may be empty), or returns nil when --gossip-address is not set. The
+// config must be loaded: without --passthrough-advertise the address is
+// derived from the view's listener.
 func startGossip(ctx context.Context, s settings, spiffeID string, cs *catalogState, log *slog.Logger) (*gossip, error) {
 	if s.GossipAddress == "" {
 		return nil, nil
@@ -45,20 +51,65 @@ func startGossip(ctx context.Context, s settings, spiffeID string, cs *catalogSt
 	if err != nil {
 		return nil, err
 	}
+	g := &gossip{cs: cs, log: log, bindAddress: s.BindAddress, deriveAdvertise: s.PassthroughAdvertise == ""}
+	if g.deriveAdvertise {
+		if cfg.PassthroughAddr, err = derivePassthrough(s.BindAddress, cs.view.Load()); err != nil {
+			return nil, err
+		}
+		log.Info("gossip: advertising the passthrough listener's address (set --passthrough-advertise for NAT or a load balancer)", "address", cfg.PassthroughAddr)
+	}
 	cfg.Logger = log
 	node, err := peer.Start(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
-	g := &gossip{node: node, cs: cs, log: log}
+	g.node = node
 	if len(cfg.Keys) > 0 {
 		g.primaryKey = cfg.Keys[0]
 	}
 	return g, nil
 }
 
+// derivePassthrough is the default of --passthrough-advertise: the bind
+// address with the port of the view's only listener. Other networks must
+// be able to dial it, so it needs a specific bind address and one
+// AUTO_PASSTHROUGH port; else the error says why the flag is needed.
+func derivePassthrough(bindAddress string, v *discovery.View) (string, error) {
+	ip := net.ParseIP(bindAddress)
+	if ip == nil || ip.IsUnspecified() {
+		return "", fmt.Errorf("--passthrough-advertise is required with gossip when --bind-address is %q: other networks need an address they can dial (set --bind-address to this host's IP, or --passthrough-advertise to the address in front of it)", bindAddress)
+	}
+	var ports []uint32
+	if v != nil {
+		for _, l := range v.Listeners {
+			ports = append(ports, l.Port)
+		}
+	}
+	if len(ports) != 1 {
+		return "", fmt.Errorf("--passthrough-advertise is required with gossip when the Gateway config does not serve exactly one AUTO_PASSTHROUGH port (it serves %v): say which one other networks dial", ports)
+	}
+	return net.JoinHostPort(bindAddress, strconv.FormatUint(uint64(ports[0]), 10)), nil
+}
+
+// defaultNodeName is the default of --node-name: the host name, the
+// network and the gossip port, so that gateways of several networks on one
+// host (a laptop, a CI job) do not collide, and a gateway restarting with
+// the same flags keeps its name.
+func defaultNodeName(s settings) (string, error) {
+	h, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("--node-name: no default, the host name is unknown: %w", err)
+	}
+	_, port, err := net.SplitHostPort(s.GossipAddress)
+	if err != nil {
+		return "", fmt.Errorf("--gossip-address: %w", err)
+	}
+	return h + "-" + s.Network + "-" + port, nil
+}
+
 // peerConfig maps the gossip settings to peer.Config, reading the keyring
-// file; errors name the flag at fault.
+// file; errors name the flag at fault. PassthroughAddr is left empty when
+// --passthrough-advertise is: startGossip derives it.
 func peerConfig(s settings, spiffeID string) (peer.Config, error) {
 	tunnelAddr := s.TunnelAdvertise
 	if tunnelAddr == "" {
@@ -68,8 +119,14 @@ func peerConfig(s settings, spiffeID string) (peer.Config, error) {
 	if err != nil {
 		return peer.Config{}, fmt.Errorf("--gossip-address: %w", err)
 	}
+	name := s.NodeName
+	if name == "" {
+		if name, err = defaultNodeName(s); err != nil {
+			return peer.Config{}, err
+		}
+	}
 	cfg := peer.Config{
-		Name:              s.NodeName,
+		Name:              name,
 		Network:           s.Network,
 		BindAddr:          host,
 		BindPort:          port,
@@ -96,10 +153,37 @@ func peerConfig(s settings, spiffeID string) (peer.Config, error) {
 			return peer.Config{}, fmt.Errorf("--gossip-key-file: %w", err)
 		}
 	}
-	if cfg.PassthroughAddr == "" {
-		return peer.Config{}, errors.New("--passthrough-advertise is required with gossip: the address other networks dial to reach this gateway")
-	}
 	return cfg, nil
+}
+
+// readiness is gossip's part of /readyz: a gateway whose node name another
+// live gateway holds is not part of the mesh it believes in.
+func (g *gossip) readiness() error { return g.node.Conflict() }
+
+// readvertise follows the listener port after a config change when the
+// passthrough address is derived. A config from which no address can be
+// derived keeps the last one, with an error logged once per change.
+func (g *gossip) readvertise(v *discovery.View) {
+	if !g.deriveAdvertise {
+		return
+	}
+	addr, err := derivePassthrough(g.bindAddress, v)
+	if err != nil {
+		if g.underivable != err.Error() {
+			g.underivable = err.Error()
+			g.log.Error("gossip: passthrough address unchanged after a config change", "address", g.node.Meta().PassthroughAddr, "err", err)
+		}
+		return
+	}
+	g.underivable = ""
+	if addr == g.node.Meta().PassthroughAddr {
+		return
+	}
+	if err := g.node.SetPassthroughAddr(addr, 5*time.Second); err != nil {
+		g.log.Warn("gossip: new passthrough address not confirmed sent; push/pull will carry it", "address", addr, "err", err)
+		return
+	}
+	g.log.Info("gossip: advertising the passthrough listener's new address", "address", addr)
 }
 
 // run publishes this network's summary whenever the view or endpoint
@@ -117,6 +201,7 @@ func (g *gossip) run(ctx context.Context, keyFile string) {
 		if v == nil {
 			return
 		}
+		g.readvertise(v)
 		if err := g.node.Publish(discovery.Summarize(v, g.cs.gw.Healthy)); err != nil {
 			g.log.Error("gossip: summary not published", "err", err)
 		}

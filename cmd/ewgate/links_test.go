@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -123,7 +124,10 @@ func TestPeerConfig(t *testing.T) {
 			return c.TunnelAddr == "192.0.2.1:15008"
 		}, ""},
 		{"missing key file", func(s *settings) { s.GossipKeyFile = filepath.Join(t.TempDir(), "none") }, nil, "--gossip-key-file: "},
-		{"no passthrough address", func(s *settings) { s.PassthroughAdvertise = "" }, nil, "--passthrough-advertise is required"},
+		{"default node name", func(s *settings) { s.NodeName = "" }, func(c peer.Config) bool {
+			h, _ := os.Hostname()
+			return c.Name == h+"-n-7946"
+		}, ""},
 		{"bad gossip address", func(s *settings) { s.GossipAddress = "7946" }, nil, "--gossip-address: "},
 	}
 	for _, tt := range tests {

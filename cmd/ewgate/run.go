@@ -176,7 +176,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		n.admin = &http.Server{
 			Handler: admin.Handler(admin.Config{
 				Metrics: reg,
-				Ready:   gw.Ready,
+				Ready:   n.ready,
 				Debug:   debug,
 			}),
 			ReadHeaderTimeout: 10 * time.Second,
@@ -196,6 +196,18 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	})
 	log.Info("gateway ready", "network", s.Network, "listeners", listenerList(gw))
 	return n, nil
+}
+
+// ready backs /readyz: the gateway serves its config, and gossip (if on)
+// has no name conflict.
+func (n *node) ready() error {
+	if !n.gw.Ready() {
+		return errors.New("config not applied, a listener not bound, or draining")
+	}
+	if n.gossip != nil {
+		return n.gossip.readiness()
+	}
+	return nil
 }
 
 // serveAPI serves the gRPC API on the unix socket and, with SPIFFE mTLS,
