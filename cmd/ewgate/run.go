@@ -111,6 +111,8 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		gw.Shutdown(ctx)
 		if n.admin != nil {
 			n.admin.Close()
+		} else if n.adminLn != nil {
+			n.adminLn.Close()
 		}
 		n.wg.Wait()
 		if n.tunnels != nil {
@@ -123,6 +125,15 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 			n.id.Close()
 		}
 		return nil, err
+	}
+	// Bound before gossip starts, so that a taken port fails the start
+	// before this gateway has joined anyone.
+	if s.AdminAddress != "" {
+		ln, err := net.Listen("tcp", s.AdminAddress)
+		if err != nil {
+			return abort(fmt.Errorf("admin listener (--admin-address %s; several gateways on one host need one each, empty turns it off): %w", s.AdminAddress, err))
+		}
+		n.adminLn = ln
 	}
 	id, err := loadIdentity(ctx, s, log)
 	if err != nil {
@@ -167,12 +178,8 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		// Started after the tunnels, so that it sees retireLink.
 		n.bg(func() { g.run(ctx, s.GossipKeyFile) })
 	}
-	if s.AdminAddress != "" {
-		ln, err := net.Listen("tcp", s.AdminAddress)
-		if err != nil {
-			return abort(fmt.Errorf("admin listener: %w", err))
-		}
-		n.adminLn = ln
+	if n.adminLn != nil {
+		ln := n.adminLn
 		n.admin = &http.Server{
 			Handler: admin.Handler(admin.Config{
 				Metrics: reg,
