@@ -59,8 +59,8 @@ type Resolution struct {
 // weights (Istio folds them into one per gateway and loses zones: its issue
 // 56355). As in Istio, every weight is multiplied by the least common
 // multiple of the networks' gateway counts, so that the spreading divides
-// exactly: only ratios between weights mean anything. When gateways of one network disagree (one has not yet seen a
-// change), the largest count wins. Networks with no healthy endpoint are
+// exactly: only ratios between weights mean anything. The gateways of one
+// network are combined by NetworkHealth: the smallest count wins. Networks with no healthy endpoint are
 // left out, and so is network from, whose endpoints its own clients reach
 // directly.
 //
@@ -118,22 +118,16 @@ func (v *View) Resolve(key sni.Key, from string, gateways []RemoteGateway, healt
 // number.
 func splitHorizon(key sni.Key, network string, gws []*RemoteGateway, scale uint32) []ResolvedTarget {
 	slices.SortFunc(gws, func(a, b *RemoteGateway) int { return cmp.Compare(a.Node, b.Node) })
-	counts := make(map[string]uint32)
-	for _, g := range gws {
-		h, _ := g.Summary.healthy(key.Host, key.Port, key.Subset)
-		for _, lc := range h {
-			counts[lc.Locality] = max(counts[lc.Locality], lc.Count)
-		}
+	reports := make([][]LocalityCount, len(gws))
+	for i, g := range gws {
+		reports[i], _ = g.Summary.healthy(key.Host, key.Port, key.Subset)
 	}
 	var out []ResolvedTarget
 	per := scale / uint32(len(gws))
-	for _, loc := range slices.Sorted(maps.Keys(counts)) {
-		if counts[loc] == 0 {
-			continue
-		}
+	for _, lc := range NetworkHealth(reports...) {
 		for _, g := range gws {
-			out = append(out, ResolvedTarget{Address: g.PassthroughAddr, Weight: counts[loc] * per, Network: network,
-				Locality: loc, Via: ViaGateway, Gateway: g.Node})
+			out = append(out, ResolvedTarget{Address: g.PassthroughAddr, Weight: lc.Count * per, Network: network,
+				Locality: lc.Locality, Via: ViaGateway, Gateway: g.Node})
 		}
 	}
 	return out

@@ -91,9 +91,16 @@ func TestResolve(t *testing.T) {
 			gateways: []RemoteGateway{gw("b1", "network-b", ""), gw("c1", "network-c", "z=2")},
 			want: []string{"direct 10.0.0.1:9080 network-a r/zone-1 1", "direct 10.0.0.2:9080 network-a r/zone-2 3",
 				"direct 10.0.0.3:9080 network-a r/zone-1 1", "gateway c1:15443 network-c z 2"}},
-		{name: "gateways that disagree: the larger count wins", key: all, from: "network-c",
+		{name: "gateways that disagree: the smaller count wins", key: all, from: "network-c",
 			gateways: []RemoteGateway{gw("b1", "network-b", "z=2"), gw("b2", "network-b", "z=4")},
-			want:     []string{"gateway b1:15443 network-b z 4", "gateway b2:15443 network-b z 4"}},
+			want:     []string{"gateway b1:15443 network-b z 2", "gateway b2:15443 network-b z 2"}},
+		{name: "an ejection on one gateway of a network is an ejection for all", key: all, from: "network-c",
+			gateways: []RemoteGateway{gw("b1", "network-b", ""), gw("b2", "network-b", "z=1"), gw("c1", "network-c", "z=1")},
+			want:     []string{}},
+		{name: "per locality: a locality one gateway lacks is out", key: all, from: "network-a",
+			gateways: []RemoteGateway{gw("b1", "network-b", "r/z1=3,r/z2=1"), gw("b2", "network-b", "r/z1=2")},
+			want: []string{"direct 10.0.0.1:9080 network-a r/zone-1 2", "direct 10.0.0.2:9080 network-a r/zone-2 6",
+				"direct 10.0.0.3:9080 network-a r/zone-1 2", "gateway b1:15443 network-b r/z1 2", "gateway b2:15443 network-b r/z1 2"}},
 		{name: "a client's own network is never reached through its gateways", key: all, from: "network-b",
 			gateways: []RemoteGateway{gw("b1", "network-b", "z=2"), gw("a1", "network-a", "r/zone-1=2,r/zone-2=1")},
 			want:     []string{"gateway a1:15443 network-a r/zone-1 2", "gateway a1:15443 network-a r/zone-2 1"}},
@@ -151,5 +158,39 @@ func TestSummarize(t *testing.T) {
 	hv, _ := c.View(Node{Network: "network-a", Labels: map[string]string{"istio": "eastwestgateway"}})
 	if s := Summarize(hv, nil); len(s.Services) != 0 {
 		t.Fatalf("unexposed service summarized: %+v", s)
+	}
+}
+
+func TestNetworkHealth(t *testing.T) {
+	lc := func(pairs ...any) []LocalityCount {
+		var out []LocalityCount
+		for i := 0; i < len(pairs); i += 2 {
+			out = append(out, LocalityCount{Locality: pairs[i].(string), Count: uint32(pairs[i+1].(int))})
+		}
+		return out
+	}
+	tests := []struct {
+		name    string
+		reports [][]LocalityCount
+		want    []LocalityCount
+	}{
+		{"no reports", nil, nil},
+		{"one report is itself", [][]LocalityCount{lc("a", 2, "b", 1)}, lc("a", 2, "b", 1)},
+		{"minimum per locality", [][]LocalityCount{lc("a", 2, "b", 3), lc("a", 1, "b", 5)}, lc("a", 1, "b", 3)},
+		{"missing locality counts 0", [][]LocalityCount{lc("a", 2, "b", 3), lc("b", 5)}, lc("b", 3)},
+		{"an empty report empties it", [][]LocalityCount{lc("a", 2), nil, lc("a", 4)}, nil},
+		{"order does not matter", [][]LocalityCount{lc("b", 5), lc("a", 2, "b", 3)}, lc("b", 3)},
+	}
+	for _, tt := range tests {
+		got := NetworkHealth(tt.reports...)
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("%s: NetworkHealth(%v) = %v, want %v", tt.name, tt.reports, got, tt.want)
+		}
+	}
+	// The inputs are not modified.
+	r := lc("a", 2, "b", 3)
+	NetworkHealth(r, lc("a", 1))
+	if !slices.Equal(r, lc("a", 2, "b", 3)) {
+		t.Errorf("NetworkHealth modified its first report: %v", r)
 	}
 }

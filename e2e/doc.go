@@ -45,8 +45,10 @@
 // keeps going, and the links move back to QUIC once UDP passes again;
 // last, an endpoint dies: b-echo-v1 is stopped while A's clients call B's
 // echo service in local mode (without a subset the other endpoint
-// answers, B's gateways eject the dead one, subset v1 is refused), then
-// restarted on the same address until v1 answers again.
+// answers, B's gateways eject the dead one, subset v1 is refused, and A's
+// view of B's v1 drops once one of B's gateways ejects it and stays out:
+// the health rule of docs/gossip.md, asserted), then restarted on the
+// same address until v1 answers again.
 // Each subtest undoes its fault.
 // Measured times are logged as "e2e-figure:" lines (go test -v).
 //

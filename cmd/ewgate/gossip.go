@@ -390,8 +390,8 @@ func (g *gossip) Networks() []api.Network {
 }
 
 // Catalog implements api.Membership: each network's service ports and
-// subsets as its live gateways report them, counts merged as resolution
-// merges them (the larger wins).
+// subsets as its live gateways report them, counts combined as resolution
+// combines them (discovery.NetworkHealth: the smallest wins).
 func (g *gossip) Catalog() []api.CatalogEntry {
 	type key struct {
 		network, host string
@@ -399,7 +399,7 @@ func (g *gossip) Catalog() []api.CatalogEntry {
 		subset        string
 	}
 	entries := make(map[key]*api.CatalogEntry)
-	counts := make(map[key]map[string]uint32)
+	reports := make(map[key][][]discovery.LocalityCount)
 	for _, ns := range g.node.Summaries() {
 		for _, svc := range ns.Summary.Services {
 			for _, p := range svc.Ports {
@@ -409,21 +409,16 @@ func (g *gossip) Catalog() []api.CatalogEntry {
 					if !ok {
 						e = &api.CatalogEntry{Network: k.network, Host: k.host, Port: k.port, Subset: k.subset}
 						entries[k] = e
-						counts[k] = make(map[string]uint32)
 					}
 					e.Gateways = append(e.Gateways, ns.Node)
-					for _, lc := range sub.Healthy {
-						counts[k][lc.Locality] = max(counts[k][lc.Locality], lc.Count)
-					}
+					reports[k] = append(reports[k], sub.Healthy)
 				}
 			}
 		}
 	}
 	out := make([]api.CatalogEntry, 0, len(entries))
 	for k, e := range entries {
-		for _, loc := range slices.Sorted(maps.Keys(counts[k])) {
-			e.Healthy = append(e.Healthy, discovery.LocalityCount{Locality: loc, Count: counts[k][loc]})
-		}
+		e.Healthy = discovery.NetworkHealth(reports[k]...)
 		slices.Sort(e.Gateways)
 		out = append(out, *e)
 	}
