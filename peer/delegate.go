@@ -37,8 +37,8 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return b
 }
 
-// NotifyMsg receives one entry, broadcast or sent reliably, or a node's
-// goodbye. A new one small enough for a packet is relayed so it spreads
+// NotifyMsg receives one entry or delta, broadcast or sent reliably, or a
+// node's goodbye. A new one small enough for a packet is relayed so it spreads
 // epidemically.
 func (d *delegate) NotifyMsg(buf []byte) {
 	n := d.node()
@@ -49,6 +49,15 @@ func (d *delegate) NotifyMsg(buf []byte) {
 	case err != nil:
 	case kind == kindEntry:
 		e, err = decodeEntry(body)
+	case kind == kindDelta:
+		var d *delta
+		if d, err = decodeDelta(body); err == nil {
+			if n.applyDelta(d) && len(msg) <= n.maxBroadcast {
+				n.queue.QueueBroadcast(&deltaBroadcast{origin: d.upserts.origin, msg: msg})
+				n.c.broadcasts.Add(1)
+			}
+			return
+		}
 	case kind == kindBye:
 		var b bye
 		if b, err = decodeBye(body); err == nil {

@@ -98,7 +98,10 @@ type Stats struct {
 	LastPushPull     time.Duration // time to decode and merge the last one
 	StateBuilds      uint64        // times the cached local push/pull state was rebuilt
 	Broadcasts       uint64        // entries queued for gossip, relays included
-	ReliableSends    uint64        // entries sent over TCP because too large for a packet
+	DeltasSent       uint64        // publishes sent as deltas (changed services only), by gossip or TCP
+	DeltasApplied    uint64        // remote deltas applied to the entry they were based on
+	DeltaMisses      uint64        // remote deltas ignored: their base was not held (push/pull repairs)
+	ReliableSends    uint64        // entries or deltas sent over TCP because too large for a packet
 	ReliableFailures uint64        // such sends that failed (push/pull repairs them later)
 	Accepted         uint64        // remote entries newer than held, applied
 	Stale            uint64        // remote entries not newer than held, ignored
@@ -152,7 +155,8 @@ type Node struct {
 	gen             uint64 // bumped when what LocalState sends changes
 	stateCache      []byte
 	stateGen        uint64
-	pendingReliable []byte
+	pendingReliable []byte // the message for reliableLoop: a whole entry, or a delta on pendingBase
+	pendingBase     *entry // the entry the pending delta is based on; nil for a whole entry
 	reconnects      *reconnectSet
 
 	lifeMu sync.Mutex
@@ -201,6 +205,8 @@ type counters struct {
 	stateBuilds               atomic.Uint64
 	broadcasts                atomic.Uint64
 	reliableSends, reliableKO atomic.Uint64
+	deltasSent, deltasApplied atomic.Uint64
+	deltaMisses               atomic.Uint64
 	accepted, stale           atomic.Uint64
 	joinAttempts, joinKO      atomic.Uint64
 	reconnectAttempts         atomic.Uint64
@@ -507,26 +513,61 @@ func (n *Node) Publish(s Summary) error {
 	}
 	n.store.merge(e)
 	n.gen++
-	n.log.Debug("summary published", "version", v, "services", len(s.Services))
-	n.disseminateLocked(e)
+	d := diffSummary(n.cfg.Name, cur.version, v, &cur.summary, &s)
+	if msg := encodeMessage(kindDelta, encodeDelta(d)); len(msg) < len(e.wire) {
+		n.log.Debug("summary published as a delta", "version", v, "services", len(s.Services), "changed", len(d.upserts.summary.Services), "removed", len(d.removed), "bytes", len(msg))
+		n.sendDeltaLocked(cur, e, msg)
+	} else {
+		n.log.Debug("summary published", "version", v, "services", len(s.Services))
+		n.disseminateLocked(e)
+	}
 	n.notify()
 	return nil
+}
+
+// sendDeltaLocked spreads msg, the delta from base to e, this node's
+// previous and new entries: by gossip when it fits a packet, else over
+// TCP. A delta still waiting for TCP is merged into this one (one delta
+// from its base to e), and a whole entry waiting is replaced by e: each
+// receiver gets one message per send round, so it never sees a delta
+// before the one it builds on from the same round. n.mu must be held.
+func (n *Node) sendDeltaLocked(base, e *entry, msg []byte) {
+	n.c.deltasSent.Add(1)
+	if len(msg) <= n.maxBroadcast {
+		n.queue.QueueBroadcast(&deltaBroadcast{origin: e.origin, msg: msg})
+		n.c.broadcasts.Add(1)
+		return
+	}
+	switch {
+	case n.pendingReliable == nil:
+		n.pendingReliable, n.pendingBase = msg, base
+	case n.pendingBase != nil:
+		d := diffSummary(e.origin, n.pendingBase.version, e.version, &n.pendingBase.summary, &e.summary)
+		n.pendingReliable = encodeMessage(kindDelta, encodeDelta(d))
+	default:
+		n.pendingReliable = encodeMessage(kindEntry, e.wire)
+	}
+	n.kickReliable()
+}
+
+func (n *Node) kickReliable() {
+	select {
+	case n.reliableKick <- struct{}{}:
+	default:
+	}
 }
 
 // disseminateLocked spreads this node's own entry e. n.mu must be held.
 func (n *Node) disseminateLocked(e *entry) {
 	msg := encodeMessage(kindEntry, e.wire)
 	if len(msg) <= n.maxBroadcast {
-		n.pendingReliable = nil // superseded
+		n.pendingReliable, n.pendingBase = nil, nil // superseded
 		n.queue.QueueBroadcast(&entryBroadcast{origin: e.origin, msg: msg})
 		n.c.broadcasts.Add(1)
 		return
 	}
-	n.pendingReliable = msg
-	select {
-	case n.reliableKick <- struct{}{}:
-	default:
-	}
+	n.pendingReliable, n.pendingBase = msg, nil
+	n.kickReliable()
 }
 
 // reliableLoop sends the latest too-large-to-gossip entry over TCP to
@@ -541,7 +582,7 @@ func (n *Node) reliableLoop() {
 		}
 		n.mu.Lock()
 		msg := n.pendingReliable
-		n.pendingReliable = nil
+		n.pendingReliable, n.pendingBase = nil, nil
 		var targets []memberlist.Node
 		for name, m := range n.members {
 			if name != n.cfg.Name && m.state == StateAlive {
@@ -706,6 +747,9 @@ func (n *Node) Stats() Stats {
 		LastPushPull:     time.Duration(n.c.lastPushPull.Load()),
 		StateBuilds:      n.c.stateBuilds.Load(),
 		Broadcasts:       n.c.broadcasts.Load(),
+		DeltasSent:       n.c.deltasSent.Load(),
+		DeltasApplied:    n.c.deltasApplied.Load(),
+		DeltaMisses:      n.c.deltaMisses.Load(),
 		ReliableSends:    n.c.reliableSends.Load(),
 		ReliableFailures: n.c.reliableKO.Load(),
 		Accepted:         n.c.accepted.Load(),

@@ -135,6 +135,10 @@ func TestDelegateRejectsGarbage(t *testing.T) {
 		{"bad deflate", hdr(kindEntry, flagDeflate, []byte{0xff, 0xfe, 0xfd}), nil, RejectMessageMalformed},
 		{"bye without origin", hdr(kindBye, 0, []byte{0, 1, 1}), nil, RejectMessageMalformed},
 		{"oversize message", hdr(kindEntry, 0, make([]byte, 5000)), nil, RejectMessageTooLarge},
+		{"truncated delta", hdr(kindDelta, 0, []byte{1, 1}), nil, RejectMessageMalformed},
+		{"delta not after its base", hdr(kindDelta, 0, encodeDelta(&delta{base: Version{1, 2}, upserts: &entry{wire: valid}})), nil, RejectMessageMalformed},
+		{"delta removing unsorted hosts", hdr(kindDelta, 0, encodeDelta(&delta{base: Version{1, 0}, upserts: &entry{wire: valid}, removed: []string{"z", "a"}})), nil, RejectMessageMalformed},
+		{"oversize delta", hdr(kindDelta, 0, make([]byte, 5000)), nil, RejectMessageTooLarge},
 		{"empty state", nil, []byte{}, RejectStateMalformed},
 		{"entry as state", nil, hdr(kindEntry, 0, valid), RejectStateMalformed},
 		{"state with bad entry", nil, hdr(kindState, 0, encodeState([][]byte{valid, {1, 2, 3}})), RejectStateMalformed},
@@ -181,7 +185,7 @@ func TestDelegateRejectsGarbage(t *testing.T) {
 				b[i] = byte(rng.UintN(256))
 			}
 			if len(b) > 1 && rng.IntN(2) == 0 {
-				b[0], b[1] = ProtocolVersion, byte(1+rng.IntN(3))
+				b[0], b[1] = ProtocolVersion, byte(1+rng.IntN(4))
 			}
 			d.NotifyMsg(b)
 			d.MergeRemoteState(b, false)

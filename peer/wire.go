@@ -182,7 +182,7 @@ func decodeMessage(b []byte, limit int) (kind byte, body []byte, err error) {
 		return 0, nil, fmt.Errorf("message: wire version %d: %w", b[0], errMalformed)
 	}
 	kind, flags, body := b[1], b[2], b[headerLen:]
-	if kind != kindEntry && kind != kindState && kind != kindBye {
+	if kind != kindEntry && kind != kindState && kind != kindBye && kind != kindDelta {
 		return 0, nil, fmt.Errorf("message: kind %d: %w", kind, errMalformed)
 	}
 	if flags&^flagDeflate != 0 {
