@@ -42,9 +42,11 @@ const (
 	// repaired the next day.
 	DefaultReconnectTimeout = 24 * time.Hour
 	// DefaultMaxStateBytes bounds a received push/pull state and a received
-	// reliably sent entry, after decompression. It stays under memberlist's
-	// own 20 MiB cap on push/pull user state.
-	DefaultMaxStateBytes = 16 << 20
+	// reliably sent entry or delta, after decompression: 8 networks of
+	// 10,000 services (3 ports, 2 subsets) take about 19 MB. memberlist
+	// itself refuses push/pull user state over 20 MiB as sent (compressed,
+	// about 1.6 MB for those).
+	DefaultMaxStateBytes = 64 << 20
 )
 
 // ErrNoKeys is returned by [Start] when no gossip key is configured and

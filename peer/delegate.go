@@ -88,32 +88,41 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 	return d.queue.GetBroadcasts(overhead, limit)
 }
 
-// LocalState returns every live origin's entry, compressed, for push/pull.
+// maxPushStateBytes is memberlist's limit on push/pull user state as sent
+// (its net.go): a peer receiving more fails the whole exchange.
+const maxPushStateBytes = 20 << 20
+
+// LocalState returns every live origin's entry, each distinct summary
+// once, compressed, for push/pull, or nil (counted in
+// Stats.StatesTooLarge) when a peer would refuse it.
 // The bytes are cached until an entry or the membership changes.
 func (d *delegate) LocalState(join bool) []byte {
 	n := d.node()
 	n.mu.Lock()
-	if n.stateCache != nil && n.stateGen == n.gen {
+	if n.stateCached && n.stateGen == n.gen {
 		b := n.stateCache
 		n.mu.Unlock()
 		return b
 	}
 	gen := n.gen
 	live := n.liveEntriesLocked()
-	wires := make([][]byte, len(live))
-	for i, e := range live {
-		wires[i] = e.wire
-	}
 	n.mu.Unlock()
 
-	b := encodeMessage(kindState, encodeState(wires)) // compress outside the lock
+	// Entries are immutable once stored: encode and compress outside the lock.
+	body := encodeSharedState(live)
+	b := encodeMessage(kindSharedState, body)
 	n.c.stateBuilds.Add(1)
-	if len(b) > n.cfg.MaxStateBytes {
-		n.log.Warn("push/pull state over MaxStateBytes: peers will refuse it", "bytes", len(b), "limit", n.cfg.MaxStateBytes)
+	if len(body) > n.cfg.MaxStateBytes || len(b) > maxPushStateBytes {
+		// Peers would refuse it, memberlist's limit failing the whole
+		// exchange, membership included: send no catalog instead.
+		n.c.statesTooLarge.Add(1)
+		n.log.Error("push/pull catalog state too large; not sent (peers rely on broadcasts and deltas)",
+			"bytes", len(body), "compressed", len(b), "limit", n.cfg.MaxStateBytes, "memberlist_limit", maxPushStateBytes)
+		b = nil
 	}
 	n.mu.Lock()
 	if n.gen == gen {
-		n.stateCache, n.stateGen = b, gen
+		n.stateCache, n.stateGen, n.stateCached = b, gen, true
 	}
 	n.mu.Unlock()
 	return b
@@ -125,12 +134,18 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	n := d.node()
 	start := time.Now()
 	kind, body, err := decodeMessage(buf, n.cfg.MaxStateBytes)
-	if err == nil && kind != kindState {
-		err = fmt.Errorf("message kind %d, want state: %w", kind, errMalformed)
-	}
 	var entries []*entry
-	if err == nil {
+	switch {
+	case err != nil:
+	case kind == kindSharedState:
+		var st *sharedState
+		if st, err = parseSharedState(body); err == nil {
+			entries, err = st.entries(n.knownSummary)
+		}
+	case kind == kindState:
 		entries, err = decodeState(body)
+	default:
+		err = fmt.Errorf("message kind %d, want state: %w", kind, errMalformed)
 	}
 	if err != nil {
 		if errors.Is(err, errTooLarge) {

@@ -38,7 +38,7 @@ func encodeDelta(d *delta) []byte {
 	var w writer
 	w.uvarint(d.base.Epoch)
 	w.uvarint(d.base.Seq)
-	w.bytes(d.upserts.wire)
+	w.bytes(d.upserts.wire())
 	w.uvarint(uint64(len(d.removed)))
 	for _, h := range d.removed {
 		w.str(h)
@@ -102,7 +102,7 @@ func diffSummary(origin string, base, v Version, old, cur *Summary) *delta {
 			j++
 		}
 	}
-	d.upserts = &entry{origin: origin, version: v, summary: up, wire: encodeEntry(origin, v, &up)}
+	d.upserts = newEntry(origin, v, up, time.Time{})
 	return d
 }
 
@@ -154,9 +154,9 @@ func (n *Node) applyDelta(d *delta) bool {
 		n.reject(rMessageMalformed, fmt.Errorf("delta from %q changes its network from %q to %q", origin, cur.summary.Network, s.Network))
 		return false
 	}
-	e := &entry{origin: origin, version: d.upserts.version, summary: s, wire: encodeEntry(origin, d.upserts.version, &s), received: time.Now()}
-	if len(e.wire) > n.cfg.MaxStateBytes {
-		n.reject(rMessageTooLarge, fmt.Errorf("delta from %q makes its entry %d bytes, over %d", origin, len(e.wire), n.cfg.MaxStateBytes))
+	e := newEntry(origin, d.upserts.version, s, time.Now())
+	if e.size() > n.cfg.MaxStateBytes {
+		n.reject(rMessageTooLarge, fmt.Errorf("delta from %q makes its entry %d bytes, over %d", origin, e.size(), n.cfg.MaxStateBytes))
 		return false
 	}
 	n.store.merge(e)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log"
@@ -97,6 +98,7 @@ type Stats struct {
 	PushPulls        uint64        // remote push/pull states merged (joins included)
 	LastPushPull     time.Duration // time to decode and merge the last one
 	StateBuilds      uint64        // times the cached local push/pull state was rebuilt
+	StatesTooLarge   uint64        // push/pull states not sent: over MaxStateBytes, or memberlist's 20 MiB as sent
 	Broadcasts       uint64        // entries queued for gossip, relays included
 	DeltasSent       uint64        // publishes sent as deltas (changed services only), by gossip or TCP
 	DeltasApplied    uint64        // remote deltas applied to the entry they were based on
@@ -155,6 +157,7 @@ type Node struct {
 	gen             uint64 // bumped when what LocalState sends changes
 	stateCache      []byte
 	stateGen        uint64
+	stateCached     bool   // stateCache (nil when too large) is for stateGen
 	pendingReliable []byte // the message for reliableLoop: a whole entry, or a delta on pendingBase
 	pendingBase     *entry // the entry the pending delta is based on; nil for a whole entry
 	reconnects      *reconnectSet
@@ -203,6 +206,7 @@ type counters struct {
 	pushPulls                 atomic.Uint64
 	lastPushPull              atomic.Int64
 	stateBuilds               atomic.Uint64
+	statesTooLarge            atomic.Uint64
 	broadcasts                atomic.Uint64
 	reliableSends, reliableKO atomic.Uint64
 	deltasSent, deltasApplied atomic.Uint64
@@ -314,8 +318,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.maxBroadcast -= 45 // worst-case encryption overhead
 	}
 
-	self := &entry{origin: cfg.Name, version: Version{Epoch: uint64(now.UnixNano())}, summary: Summary{Network: cfg.Network}, received: now}
-	self.wire = encodeEntry(self.origin, self.version, &self.summary)
+	self := newEntry(cfg.Name, Version{Epoch: uint64(now.UnixNano())}, Summary{Network: cfg.Network}, now)
 	n.store.merge(self)
 	n.members[cfg.Name] = &member{state: StateAlive, meta: meta, since: now}
 	n.live.Store(1)
@@ -503,18 +506,18 @@ func (n *Node) Publish(s Summary) error {
 		return ErrClosed
 	}
 	cur := n.store.get(n.cfg.Name)
-	if bytes.Equal(encodeEntry(cur.origin, cur.version, &s), cur.wire) {
+	v := Version{Epoch: cur.version.Epoch, Seq: cur.version.Seq + 1}
+	e := newEntry(n.cfg.Name, v, s, time.Now())
+	if bytes.Equal(e.body, cur.body) {
 		return nil
 	}
-	v := Version{Epoch: cur.version.Epoch, Seq: cur.version.Seq + 1}
-	e := &entry{origin: n.cfg.Name, version: v, summary: s, wire: encodeEntry(n.cfg.Name, v, &s), received: time.Now()}
-	if len(e.wire) > n.cfg.MaxStateBytes {
-		return fmt.Errorf("peer: publish: summary encodes to %d bytes, over MaxStateBytes %d", len(e.wire), n.cfg.MaxStateBytes)
+	if e.size() > n.cfg.MaxStateBytes {
+		return fmt.Errorf("peer: publish: summary encodes to %d bytes, over MaxStateBytes %d", e.size(), n.cfg.MaxStateBytes)
 	}
 	n.store.merge(e)
 	n.gen++
 	d := diffSummary(n.cfg.Name, cur.version, v, &cur.summary, &s)
-	if msg := encodeMessage(kindDelta, encodeDelta(d)); len(msg) < len(e.wire) {
+	if msg := encodeMessage(kindDelta, encodeDelta(d)); len(msg) < e.size() {
 		n.log.Debug("summary published as a delta", "version", v, "services", len(s.Services), "changed", len(d.upserts.summary.Services), "removed", len(d.removed), "bytes", len(msg))
 		n.sendDeltaLocked(cur, e, msg)
 	} else {
@@ -545,7 +548,7 @@ func (n *Node) sendDeltaLocked(base, e *entry, msg []byte) {
 		d := diffSummary(e.origin, n.pendingBase.version, e.version, &n.pendingBase.summary, &e.summary)
 		n.pendingReliable = encodeMessage(kindDelta, encodeDelta(d))
 	default:
-		n.pendingReliable = encodeMessage(kindEntry, e.wire)
+		n.pendingReliable = encodeMessage(kindEntry, e.wire())
 	}
 	n.kickReliable()
 }
@@ -559,7 +562,7 @@ func (n *Node) kickReliable() {
 
 // disseminateLocked spreads this node's own entry e. n.mu must be held.
 func (n *Node) disseminateLocked(e *entry) {
-	msg := encodeMessage(kindEntry, e.wire)
+	msg := encodeMessage(kindEntry, e.wire())
 	if len(msg) <= n.maxBroadcast {
 		n.pendingReliable, n.pendingBase = nil, nil // superseded
 		n.queue.QueueBroadcast(&entryBroadcast{origin: e.origin, msg: msg})
@@ -649,7 +652,7 @@ func (n *Node) applyEntries(entries []*entry) []bool {
 func (n *Node) refuteLocked(e *entry) {
 	cur := n.store.get(n.cfg.Name)
 	if e.version.Compare(cur.version) <= 0 {
-		if !bytes.Equal(e.wire, cur.wire) && e.version == cur.version {
+		if !bytes.Equal(e.body, cur.body) && e.version == cur.version {
 			n.reject(rForeignOrigin, errors.New("entry under our name with our version and other content"))
 		}
 		n.c.stale.Add(1)
@@ -663,11 +666,22 @@ func (n *Node) refuteLocked(e *entry) {
 		return
 	}
 	v := Version{Epoch: e.version.Epoch, Seq: e.version.Seq + 1}
-	mine := &entry{origin: cur.origin, version: v, summary: cur.summary, wire: encodeEntry(cur.origin, v, &cur.summary), received: e.received}
-	n.store.entries[cur.origin] = mine
+	mine := newEntry(cur.origin, v, cur.summary, e.received)
+	n.store.put(mine)
 	n.gen++
 	n.log.Info("superseding an earlier incarnation's summary", "its_version", e.version, "new_version", v)
 	n.disseminateLocked(mine)
+}
+
+// knownSummary returns the held summary whose body has hash h.
+func (n *Node) knownSummary(h [sha256.Size]byte) (Summary, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c, ok := n.store.lookup(h)
+	if !ok {
+		return Summary{}, false
+	}
+	return c.summary, true
 }
 
 // notify signals Changed without blocking.
@@ -746,6 +760,7 @@ func (n *Node) Stats() Stats {
 		PushPulls:        n.c.pushPulls.Load(),
 		LastPushPull:     time.Duration(n.c.lastPushPull.Load()),
 		StateBuilds:      n.c.stateBuilds.Load(),
+		StatesTooLarge:   n.c.statesTooLarge.Load(),
 		Broadcasts:       n.c.broadcasts.Load(),
 		DeltasSent:       n.c.deltasSent.Load(),
 		DeltasApplied:    n.c.deltasApplied.Load(),

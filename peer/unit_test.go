@@ -89,7 +89,7 @@ func TestWireRoundTrip(t *testing.T) {
 	if e.origin != "a1" || e.version != v || !reflect.DeepEqual(e.summary, s) {
 		t.Errorf("entry round trip differs")
 	}
-	entries, err := decodeState(encodeState([][]byte{e.wire, encodeEntry("b1", v, &Summary{Network: "b"})}))
+	entries, err := decodeState(encodeState([][]byte{e.wire(), encodeEntry("b1", v, &Summary{Network: "b"})}))
 	if err != nil || len(entries) != 2 || entries[1].origin != "b1" {
 		t.Errorf("state round trip: %d entries, %v", len(entries), err)
 	}
@@ -136,9 +136,13 @@ func TestDelegateRejectsGarbage(t *testing.T) {
 		{"bye without origin", hdr(kindBye, 0, []byte{0, 1, 1}), nil, RejectMessageMalformed},
 		{"oversize message", hdr(kindEntry, 0, make([]byte, 5000)), nil, RejectMessageTooLarge},
 		{"truncated delta", hdr(kindDelta, 0, []byte{1, 1}), nil, RejectMessageMalformed},
-		{"delta not after its base", hdr(kindDelta, 0, encodeDelta(&delta{base: Version{1, 2}, upserts: &entry{wire: valid}})), nil, RejectMessageMalformed},
-		{"delta removing unsorted hosts", hdr(kindDelta, 0, encodeDelta(&delta{base: Version{1, 0}, upserts: &entry{wire: valid}, removed: []string{"z", "a"}})), nil, RejectMessageMalformed},
+		{"delta not after its base", hdr(kindDelta, 0, encodeDelta(&delta{base: Version{1, 2}, upserts: newEntry("peer", Version{1, 1}, Summary{Network: "b"}, time.Time{})})), nil, RejectMessageMalformed},
+		{"delta removing unsorted hosts", hdr(kindDelta, 0, encodeDelta(&delta{base: Version{1, 0}, upserts: newEntry("peer", Version{1, 1}, Summary{Network: "b"}, time.Time{}), removed: []string{"z", "a"}})), nil, RejectMessageMalformed},
 		{"oversize delta", hdr(kindDelta, 0, make([]byte, 5000)), nil, RejectMessageTooLarge},
+		{"shared state index out of range", nil, hdr(kindSharedState, 0, []byte{1, 0, 1, 4, 1, 'p', 1, 1, 5}), RejectStateMalformed},
+		{"shared state head without bodies", nil, hdr(kindSharedState, 0, []byte{0, 1, 4, 1, 'p', 1, 1, 0}), RejectStateMalformed},
+		{"shared state with a bad body", nil, hdr(kindSharedState, 0, []byte{1, 2, 9, 9, 1, 4, 1, 'p', 1, 1, 0}), RejectStateMalformed},
+		{"shared state trailing bytes", nil, hdr(kindSharedState, 0, []byte{0, 0, 7}), RejectStateMalformed},
 		{"empty state", nil, []byte{}, RejectStateMalformed},
 		{"entry as state", nil, hdr(kindEntry, 0, valid), RejectStateMalformed},
 		{"state with bad entry", nil, hdr(kindState, 0, encodeState([][]byte{valid, {1, 2, 3}})), RejectStateMalformed},

@@ -123,6 +123,7 @@ func decodeEntry(b []byte) (*entry, error) {
 	e := &entry{origin: r.str()}
 	e.version.Epoch = r.uvarint()
 	e.version.Seq = r.uvarint()
+	bodyAt := len(b) - len(r.b)
 	s := &e.summary
 	s.Network = r.str()
 	for n := r.count(); n > 0 && r.err == nil; n-- {
@@ -155,7 +156,7 @@ func decodeEntry(b []byte) (*entry, error) {
 	if err := checkCanonical(s); err != nil {
 		return nil, fmt.Errorf("entry from %q: %v: %w", e.origin, err, errMalformed)
 	}
-	e.wire = b
+	e.body = b[bodyAt:]
 	return e, nil
 }
 
@@ -182,7 +183,7 @@ func decodeMessage(b []byte, limit int) (kind byte, body []byte, err error) {
 		return 0, nil, fmt.Errorf("message: wire version %d: %w", b[0], errMalformed)
 	}
 	kind, flags, body := b[1], b[2], b[headerLen:]
-	if kind != kindEntry && kind != kindState && kind != kindBye && kind != kindDelta {
+	if kind != kindEntry && kind != kindState && kind != kindBye && kind != kindDelta && kind != kindSharedState {
 		return 0, nil, fmt.Errorf("message: kind %d: %w", kind, errMalformed)
 	}
 	if flags&^flagDeflate != 0 {
