@@ -17,13 +17,20 @@
 // newest version per origin, so old news never overwrites new, whatever
 // order messages arrive in.
 //
-// A change small enough for a gossip packet is broadcast through memberlist's
-// TransmitLimitedQueue and relayed by every node that finds it new (epidemic
-// dissemination). A larger change is sent over TCP (SendReliable) to every
-// live member, because memberlist silently never sends a broadcast that does
-// not fit into a packet. The full state (every live origin's entry) also
-// travels in memberlist's periodic push/pull, compressed with DEFLATE and
-// cached until something changes; it repairs anything a broadcast missed.
+// A publish travels as a delta against the previous version: the services
+// that changed, whole, and the hosts removed. A receiver holding that base
+// version applies it; others ignore it until push/pull. A delta (or, when
+// most services changed, the whole entry) small enough for a gossip packet
+// is broadcast through memberlist's TransmitLimitedQueue and relayed by
+// every node that finds it new (epidemic dissemination). A larger one is
+// sent over TCP (SendReliable) to every live member, because memberlist
+// silently never sends a broadcast that does not fit into a packet. The
+// full state also travels in memberlist's periodic push/pull, each
+// distinct summary once (the gateways of one network usually publish the
+// same one), compressed with DEFLATE and cached until something changes;
+// it repairs anything a broadcast missed. Equal summaries are also stored
+// once. Every received message and state is bounded by
+// [Config.MaxStateBytes]; a state a peer would refuse is not sent.
 //
 // # Liveness
 //
@@ -60,4 +67,10 @@
 //
 // Nothing received from the network can make a node panic: malformed meta,
 // state or messages are counted in [Stats].Rejected, logged and ignored.
+//
+// # Names
+//
+// Two live nodes under one name confuse memberlist for as long as both
+// run. The one started later (its start time is in [Meta]) reports the
+// conflict through [Node.Conflict], which gateways turn into readiness.
 package peer

@@ -214,6 +214,16 @@ func BenchmarkScaleCluster(b *testing.B) {
 			time.Sleep(35 * time.Second) // a measuring window, not synchronisation
 			rest := float64(bytesOut()-b0) / float64(len(nodes)) / time.Since(t0).Seconds()
 
+			deltaStats := func() (sent, applied, misses uint64) {
+				for _, n := range nodes {
+					st := n.Stats()
+					sent += st.DeltasSent
+					applied += st.DeltasApplied
+					misses += st.DeltaMisses
+				}
+				return
+			}
+			sent0, applied0, misses0 := deltaStats()
 			origin := nodes[0]
 			s := sums[0]
 			var took []time.Duration
@@ -249,20 +259,14 @@ func BenchmarkScaleCluster(b *testing.B) {
 			b.StopTimer()
 			changing := float64(bytesOut()-b1) / float64(len(nodes)) / time.Since(t1).Seconds()
 			slices.Sort(took)
-			var deltas, applied, misses uint64
-			for _, n := range nodes {
-				st := n.Stats()
-				deltas += st.DeltasSent
-				applied += st.DeltasApplied
-				misses += st.DeltaMisses
-			}
+			sent1, applied1, misses1 := deltaStats()
 			b.ReportMetric(rest, "rest-bytes/node/s")
 			b.ReportMetric(changing, "changing-bytes/node/s")
 			b.ReportMetric(float64(took[len(took)/2].Milliseconds()), "p50-ms/everywhere")
 			b.ReportMetric(float64(took[len(took)-1].Milliseconds()), "max-ms/everywhere")
-			b.ReportMetric(float64(deltas), "deltas-sent")
-			b.ReportMetric(float64(applied), "deltas-applied")
-			b.ReportMetric(float64(misses), "delta-misses")
+			b.ReportMetric(float64(sent1-sent0), "deltas-sent")
+			b.ReportMetric(float64(applied1-applied0), "deltas-applied")
+			b.ReportMetric(float64(misses1-misses0), "delta-misses")
 		})
 	}
 }
