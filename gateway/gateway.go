@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ewgate/ewgate/discovery"
@@ -40,6 +41,12 @@ type Config struct {
 	Peek sni.Peeker
 	// DialTimeout bounds each upstream connect; default 5s.
 	DialTimeout time.Duration
+	// DialControl, if not nil, is called with the address of every
+	// upstream socket before it connects (net.Dialer.Control); an error
+	// refuses the connect. cmd sets it to discovery.AddressPolicy.Control,
+	// so that an endpoint named by DNS cannot resolve to an address the
+	// policy refuses.
+	DialControl func(network, address string, c syscall.RawConn) error
 	// DialAttempts is how many endpoints are tried per connection; default 3.
 	DialAttempts int
 	// EjectAfter consecutive connect failures eject an endpoint; default 3.
@@ -133,7 +140,7 @@ func New(cfg Config) *Gateway {
 		flows:     make(map[*flow]struct{}),
 		tunneled:  make(map[HalfConn]struct{}),
 	}
-	g.dialer = net.Dialer{Timeout: cfg.DialTimeout}
+	g.dialer = net.Dialer{Timeout: cfg.DialTimeout, Control: cfg.DialControl}
 	g.rlog.log = cfg.Logger
 	g.bufs.New = func() any {
 		// Big enough for Go's and browsers' hellos (1.5-2 KB) in one read;

@@ -20,6 +20,7 @@ type catalogState struct {
 	gw     *gateway.Gateway
 	leases *api.Leases
 	log    *slog.Logger
+	addrs  discovery.AddressPolicy // endpoint addresses files may carry
 
 	// remote returns the live gateways of all networks; nil without gossip.
 	remote func() []discovery.RemoteGateway
@@ -51,6 +52,9 @@ func wake(c chan struct{}) {
 // endpoints build a view the gateway can serve; else the last good config
 // stays.
 func (cs *catalogState) applyFiles(c *discovery.Catalog) error {
+	if err := c.CheckEndpoints(&cs.addrs); err != nil {
+		return err
+	}
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if err := cs.rebuildLocked(c); err != nil {

@@ -68,7 +68,12 @@ func (n *node) bg(f func()) {
 // error: a gateway never starts with nothing to serve.
 func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error) {
 	reg := new(metrics.Registry)
+	addrs, err := s.addressPolicy()
+	if err != nil {
+		return nil, err
+	}
 	gw := gateway.New(gateway.Config{
+		DialControl:    addrs.Control,
 		BindAddress:    s.BindAddress,
 		ALPN:           s.ALPN,
 		AnyALPN:        s.AnyALPN,
@@ -85,9 +90,10 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	serveAPI := s.APISocket != "" || s.APIAddress != ""
 	var leases *api.Leases
 	if serveAPI {
-		leases = api.NewLeases(api.LeaseConfig{Logger: log})
+		leases = api.NewLeases(api.LeaseConfig{Logger: log, Addresses: addrs, MaxWeight: s.APIMaxWeight})
 	}
 	cs := newCatalogState(spec, gw, leases, log)
+	cs.addrs = addrs
 	w := &discovery.Watcher{
 		Paths:  s.Files,
 		Logger: log,
@@ -201,7 +207,10 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 // serveAPI serves the gRPC API on the unix socket and, with SPIFFE mTLS,
 // on the TCP address the settings name.
 func (n *node) serveAPI(ctx context.Context, cs *catalogState, membership api.Membership, leases *api.Leases) error {
-	srv := api.NewServer(api.ServerConfig{Resolver: cs, Membership: membership, Registry: leases, Network: n.s.Network, Logger: n.log})
+	srv := api.NewServer(api.ServerConfig{Resolver: cs, Membership: membership, Registry: leases, Network: n.s.Network,
+		Access: n.s.apiAccess(), Logger: n.log})
+	n.reg.CounterFunc("ewgate_api_denied_total", "API calls refused by the access policy or a lease held by another caller.",
+		func() float64 { return float64(srv.Denied()) })
 	var tlsLn net.Listener
 	if n.s.APIAddress != "" {
 		if n.id == nil {
@@ -223,7 +232,11 @@ func (n *node) serveAPI(ctx context.Context, cs *catalogState, membership api.Me
 		n.log.Info("API listening", "socket", n.s.APISocket)
 	}
 	if tlsLn != nil {
-		az, err := identity.NewAuthorizer(identity.Policy{}, n.log)
+		svid, err := n.id.GetX509SVID()
+		if err != nil {
+			return fmt.Errorf("API: own SVID: %w", err)
+		}
+		az, err := identity.NewAuthorizer(n.s.apiHandshakePolicy(svid.ID.TrustDomain().Name()), n.log)
 		if err != nil {
 			return err
 		}

@@ -6,12 +6,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ewgate/ewgate/api"
 	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/peer"
 	"github.com/ewgate/ewgate/sni"
@@ -47,6 +52,16 @@ type settings struct {
 
 	APISocket  string `json:"apiSocket"`
 	APIAddress string `json:"apiAddress"`
+	// API access over --api-address (api.AccessPolicy): who may read, who
+	// may register. The unix socket is governed by its file permissions.
+	APIReadIDs            []string `json:"apiReadIDs"`
+	APIReadIDPrefixes     []string `json:"apiReadIDPrefixes"`
+	APIRegisterIDs        []string `json:"apiRegisterIDs"`
+	APIRegisterIDPrefixes []string `json:"apiRegisterIDPrefixes"`
+	APIMaxWeight          uint32   `json:"apiMaxWeight"`
+	EndpointCIDRs         []string `json:"endpointCIDRs"`
+	EndpointAllowLoopback bool     `json:"endpointAllowLoopback"`
+	EndpointAllowNames    bool     `json:"endpointAllowNames"`
 
 	NodeName             string   `json:"nodeName"`
 	GossipAddress        string   `json:"gossipAddress"`
@@ -85,6 +100,9 @@ func defaultSettings() settings {
 		HelloMaxBytes: sni.DefaultMaxBytes,
 		SPIFFETimeout: duration(identity.DefaultStartTimeout),
 		GossipProfile: "lan",
+
+		APIMaxWeight:       api.DefaultMaxWeight,
+		EndpointAllowNames: true,
 
 		TunnelTransport:         string(tunnel.TransportAuto),
 		TunnelIdleTimeout:       duration(tunnel.DefaultMaxIdleTimeout),
@@ -133,6 +151,14 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.Var(&listFlag{list: &s.TrustBundles}, "trust-bundle", "trust bundle PEM, `[TRUST_DOMAIN=]PATH` (repeatable; no domain: the SVID's own)")
 	fs.StringVar(&s.APISocket, "api-socket", s.APISocket, "serve the gRPC API (resolve, endpoint registration) on this unix socket `path`; empty: off")
 	fs.StringVar(&s.APIAddress, "api-address", s.APIAddress, "also serve the gRPC API on this `ip:port` to remote callers, with SPIFFE mTLS (needs an identity)")
+	fs.Var(&listFlag{list: &s.APIReadIDs, comma: true}, "api-read-ids", "SPIFFE `IDs` that may resolve, watch and list over --api-address (default: the whole trust domain)")
+	fs.Var(&listFlag{list: &s.APIReadIDPrefixes, comma: true}, "api-read-id-prefixes", "SPIFFE ID `prefixes` (path-segment boundary) that may resolve, watch and list over --api-address")
+	fs.Var(&listFlag{list: &s.APIRegisterIDs, comma: true}, "api-register-ids", "SPIFFE `IDs` that may register endpoints over --api-address (default: none)")
+	fs.Var(&listFlag{list: &s.APIRegisterIDPrefixes, comma: true}, "api-register-id-prefixes", "SPIFFE ID `prefixes` that may register endpoints over --api-address (default: none)")
+	uintVar(fs, &s.APIMaxWeight, "api-max-weight", "largest weight a registered endpoint may carry; heavier ones are refused")
+	fs.Var(&listFlag{list: &s.EndpointCIDRs, comma: true}, "endpoint-cidrs", "`CIDRs` endpoint addresses of every source must be in (default: any address not refused otherwise)")
+	fs.BoolVar(&s.EndpointAllowLoopback, "endpoint-allow-loopback", s.EndpointAllowLoopback, "allow loopback endpoint addresses (tests and demos on one host only)")
+	fs.BoolVar(&s.EndpointAllowNames, "endpoint-allow-names", s.EndpointAllowNames, "allow DNS names as endpoint addresses in config files (their resolved addresses are checked when dialed; registrations never carry names)")
 	fs.StringVar(&s.NodeName, "node-name", s.NodeName, "this gateway's unique `name` in gossip (default: the host name)")
 	fs.StringVar(&s.GossipAddress, "gossip-address", s.GossipAddress, "gossip with other gateways on this `ip:port` (UDP and TCP); empty: no gossip")
 	fs.StringVar(&s.GossipAdvertise, "gossip-advertise", s.GossipAdvertise, "gossip `ip:port` other gateways reach this one at (default: the bound one)")
@@ -201,7 +227,43 @@ func (s *settings) check() error {
 	if s.GossipReconnectTimeout <= 0 {
 		return fmt.Errorf("--gossip-reconnect-timeout (gossipReconnectTimeout) %v: want more than 0", time.Duration(s.GossipReconnectTimeout))
 	}
+	if _, err := s.endpointCIDRs(); err != nil {
+		return err
+	}
+	if s.APIMaxWeight == 0 {
+		return errors.New("--api-max-weight (apiMaxWeight) 0: want at least 1")
+	}
+	for _, id := range append(append(append(slices.Clone(s.APIReadIDs), s.APIReadIDPrefixes...), s.APIRegisterIDs...), s.APIRegisterIDPrefixes...) {
+		if _, err := spiffeid.FromString(strings.TrimSuffix(id, "/")); err != nil {
+			return fmt.Errorf("--api-*-ids/--api-*-id-prefixes: %q: %w", id, err)
+		}
+	}
 	return nil
+}
+
+// endpointCIDRs parses --endpoint-cidrs.
+func (s *settings) endpointCIDRs() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, c := range s.EndpointCIDRs {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			return nil, fmt.Errorf("--endpoint-cidrs (endpointCIDRs) %q: %w", c, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// uintVar binds a uint32 flag.
+func uintVar(fs *flag.FlagSet, p *uint32, name, usage string) {
+	fs.Func(name, fmt.Sprintf("%s (default %d)", usage, *p), func(v string) error {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil {
+			return err
+		}
+		*p = uint32(n)
+		return nil
+	})
 }
 
 // listFlag is a repeatable string flag. Its first Set replaces the list, so
