@@ -37,8 +37,15 @@ type Config struct {
 	ALPN []string
 	// AnyALPN turns the ALPN check off.
 	AnyALPN bool
-	// Peek bounds the ClientHello read: default 64 KiB and 5 s.
+	// Peek bounds the ClientHello read: default 64 KiB and 5 s. Its
+	// Budget is set from HelloMemory.
 	Peek sni.Peeker
+	// HelloMemory bounds the bytes that all ClientHello reads in progress
+	// may allocate beyond their first 4 KiB each (the pooled buffers,
+	// bounded by MaxConnections): a hello that would exceed it is refused
+	// with reason hello_over_budget. Default DefaultHelloMemory (64 MiB):
+	// a thousand hellos of the largest size at once. Negative: no bound.
+	HelloMemory int64
 	// DialTimeout bounds each upstream connect; default 5s.
 	DialTimeout time.Duration
 	// DialControl, if not nil, is called with the address of every
@@ -66,7 +73,16 @@ type Config struct {
 	Metrics *Metrics
 }
 
+// DefaultHelloMemory is the default of Config.HelloMemory.
+const DefaultHelloMemory = 64 << 20
+
 func (c *Config) setDefaults() {
+	if c.HelloMemory == 0 {
+		c.HelloMemory = DefaultHelloMemory
+	}
+	if c.HelloMemory > 0 {
+		c.Peek.Budget = sni.NewBudget(c.HelloMemory)
+	}
 	if c.ALPN == nil {
 		c.ALPN = IstioALPN()
 	}
@@ -253,6 +269,16 @@ func (g *Gateway) Ready() bool {
 
 // Active returns the number of open client connections.
 func (g *Gateway) Active() int64 { return g.active.Load() }
+
+// HelloMemory returns the bytes ClientHello reads in progress hold beyond
+// their pooled buffers, as counted against Config.HelloMemory; 0 without
+// a bound.
+func (g *Gateway) HelloMemory() int64 {
+	if b := g.cfg.Peek.Budget; b != nil {
+		return b.InUse()
+	}
+	return 0
+}
 
 // Shutdown drains the gateway: it stops accepting at once, lets open
 // connections finish until ctx is done, then closes the rest. It returns

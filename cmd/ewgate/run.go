@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -78,12 +79,15 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		ALPN:           s.ALPN,
 		AnyALPN:        s.AnyALPN,
 		Peek:           sni.Peeker{MaxBytes: s.HelloMaxBytes, Timeout: time.Duration(s.HelloTimeout)},
+		HelloMemory:    cmp.Or(s.HelloMemory, -1),
 		DialTimeout:    time.Duration(s.DialTimeout),
 		IdleTimeout:    idleTimeout(s.IdleTimeout),
 		MaxConnections: s.MaxConns,
 		Logger:         log,
 		Metrics:        gateway.NewMetrics(reg),
 	})
+	reg.GaugeFunc("ewgate_hello_memory_bytes", "Bytes ClientHello reads in progress hold beyond their pooled buffers (bounded by --hello-memory).",
+		func() float64 { return float64(gw.HelloMemory()) })
 	reloads := reg.CounterVec("ewgate_config_reloads_total", "Config loads, by result.", "result")
 	reloadOK, reloadFailed := reloads.With("ok"), reloads.With("failed")
 	spec := discovery.Node{Network: s.Network, Labels: s.NodeLabels, AnyTLSMode: s.AnyTLSMode}

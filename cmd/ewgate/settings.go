@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ewgate/ewgate/api"
+	"github.com/ewgate/ewgate/gateway"
 	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/peer"
 	"github.com/ewgate/ewgate/sni"
@@ -42,6 +43,8 @@ type settings struct {
 	DialTimeout   duration          `json:"dialTimeout"`
 	HelloTimeout  duration          `json:"helloTimeout"`
 	HelloMaxBytes int               `json:"helloMaxBytes"`
+	// HelloMemory is gateway.Config.HelloMemory; 0 is no bound.
+	HelloMemory int64 `json:"helloMemory"`
 
 	SPIFFESocket      string   `json:"spiffeSocket"`
 	SPIFFETimeout     duration `json:"spiffeTimeout"`
@@ -98,6 +101,7 @@ func defaultSettings() settings {
 		DialTimeout:   duration(5 * time.Second),
 		HelloTimeout:  duration(sni.DefaultTimeout),
 		HelloMaxBytes: sni.DefaultMaxBytes,
+		HelloMemory:   gateway.DefaultHelloMemory,
 		SPIFFETimeout: duration(identity.DefaultStartTimeout),
 		GossipProfile: "lan",
 
@@ -144,6 +148,7 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.Var(&s.DialTimeout, "dial-timeout", "timeout of each endpoint connect")
 	fs.Var(&s.HelloTimeout, "hello-timeout", "deadline for a client's whole ClientHello")
 	fs.IntVar(&s.HelloMaxBytes, "hello-max-bytes", s.HelloMaxBytes, "largest ClientHello read, record headers included")
+	fs.Int64Var(&s.HelloMemory, "hello-memory", s.HelloMemory, "`bytes` all ClientHello reads in progress may hold beyond 4 KiB each; more is refused (0: no bound)")
 	fs.StringVar(&s.SPIFFESocket, "spiffe-socket", s.SPIFFESocket, "SPIFFE Workload API `address` (unix:///path); default $SPIFFE_ENDPOINT_SOCKET")
 	fs.Var(&s.SPIFFETimeout, "spiffe-timeout", "how long to wait for the first SVID from the Workload API")
 	fs.StringVar(&s.SVIDCert, "svid-cert", s.SVIDCert, "SVID certificate chain PEM `file` (reloaded on change)")
@@ -229,6 +234,9 @@ func (s *settings) check() error {
 	}
 	if _, err := s.endpointCIDRs(); err != nil {
 		return err
+	}
+	if s.HelloMemory < 0 {
+		return fmt.Errorf("--hello-memory (helloMemory) %d: want 0 (no bound) or more", s.HelloMemory)
 	}
 	if s.APIMaxWeight == 0 {
 		return errors.New("--api-max-weight (apiMaxWeight) 0: want at least 1")
