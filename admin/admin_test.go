@@ -19,6 +19,7 @@ func TestHandler(t *testing.T) {
 		Metrics: &reg,
 		Ready:   ready.Load,
 		Debug:   map[string]func() any{"config": func() any { return map[string]int{"listeners": 2} }},
+		Pprof:   true,
 	}))
 	defer srv.Close()
 	get := func(path string) (int, string, string) {

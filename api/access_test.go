@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -186,4 +187,84 @@ func TestLocalCallers(t *testing.T) {
 	}
 	_, err := tcp.RegisterEndpoints(ctx, registerReq("tcp-agent", "10.0.0.8"))
 	wantStatus(t, err, codes.PermissionDenied, "")
+}
+
+// countingListener records the most connections open at once.
+type countingListener struct {
+	net.Listener
+	mu         sync.Mutex
+	open, most int
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	l.open++
+	l.most = max(l.most, l.open)
+	l.mu.Unlock()
+	return &countedConn{Conn: c, l: l}, nil
+}
+
+func (l *countingListener) max() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.most
+}
+
+type countedConn struct {
+	net.Conn
+	l    *countingListener
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		c.l.open--
+		c.l.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+// TestMaxConnections: a listener holds at most MaxConnections
+// connections; a caller over the cap is served once another leaves.
+func TestMaxConnections(t *testing.T) {
+	leakcheck.Check(t)
+	res := newFakeResolver()
+	res.set(reviews, reviewsTargets...)
+	srv := NewServer(ServerConfig{Resolver: res, Network: "net-a", MaxConnections: 1})
+	listeners := make(chan *countingListener, 1)
+	addr := serveTCP(t, srv, func(ctx context.Context, lis net.Listener) error {
+		cl := &countingListener{Listener: lis}
+		listeners <- cl
+		return srv.Serve(ctx, cl)
+	})
+	counted := receive(t, "the listener", listeners)
+	ctx := context.Background()
+	first, closeFirst, err := Dial(ctx, addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := make(chan error, 1)
+	go func() {
+		c, closer, err := Dial(ctx, addr, nil)
+		if err == nil {
+			_, err = c.Resolve(ctx, &ewgatev1.ResolveRequest{Target: &ewgatev1.ResolveRequest_Sni{Sni: reviews.SNI()}})
+			closer.Close()
+		}
+		second <- err
+	}()
+	if _, err := first.Resolve(ctx, &ewgatev1.ResolveRequest{Target: &ewgatev1.ResolveRequest_Sni{Sni: reviews.SNI()}}); err != nil {
+		t.Fatal(err)
+	}
+	closeFirst.Close()
+	if err := receive(t, "the caller over the cap to be served", second); err != nil {
+		t.Fatalf("caller over the cap, once the first left: %v", err)
+	}
+	if got := counted.max(); got > 1 {
+		t.Fatalf("%d connections open at once, cap 1", got)
+	}
 }

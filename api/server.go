@@ -15,11 +15,13 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
 	ewgatev1 "github.com/ewgate/ewgate/api/ewgate/v1"
@@ -109,6 +111,16 @@ const (
 	DefaultDrainTimeout = 5 * time.Second
 	DefaultMaxWatchers  = 1024
 	DefaultSocketMode   = fs.FileMode(0o600)
+	// DefaultMaxConnections caps the connections of one listener.
+	DefaultMaxConnections = 256
+	// DefaultIdleTimeout closes a connection without calls for this long.
+	DefaultIdleTimeout = 5 * time.Minute
+	// DefaultHandshakeTimeout bounds a connection's TLS and HTTP/2 setup.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultKeepalive is how long a connection may be silent before the
+	// server pings it; a ping unanswered for as long closes it. That is
+	// also the write timeout: a client that stops reading stops acking.
+	DefaultKeepalive = time.Minute
 )
 
 // ServerConfig configures a [Server]. A nil Resolver, Membership or
@@ -134,6 +146,13 @@ type ServerConfig struct {
 	// SocketMode is the permission of unix sockets ServeUnix creates;
 	// default [DefaultSocketMode] (0600: the gateway's user only).
 	SocketMode fs.FileMode
+	// MaxConnections caps the connections each listener holds at once;
+	// more wait in the listen backlog. Default [DefaultMaxConnections].
+	MaxConnections int
+	// IdleTimeout closes a connection that has had no call open for this
+	// long; default [DefaultIdleTimeout]. Watches are calls: a watching
+	// connection is never idle.
+	IdleTimeout time.Duration
 	// Access authorizes each call of a ServeTLS caller; its zero value
 	// lets every authenticated caller read and none register. Unix socket
 	// callers may make every call. See [AccessPolicy].
@@ -161,6 +180,8 @@ func NewServer(cfg ServerConfig) *Server {
 	cfg.DrainTimeout = cmp.Or(cfg.DrainTimeout, DefaultDrainTimeout)
 	cfg.MaxWatchers = cmp.Or(cfg.MaxWatchers, DefaultMaxWatchers)
 	cfg.SocketMode = cmp.Or(cfg.SocketMode, DefaultSocketMode)
+	cfg.MaxConnections = cmp.Or(cfg.MaxConnections, DefaultMaxConnections)
+	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -217,7 +238,12 @@ func (s *Server) serve(ctx context.Context, lis net.Listener, creds credentials.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	svc := &service{srv: s, changes: newBroadcast(), stopping: make(chan struct{})}
+	lis = netutil.LimitListener(lis, s.cfg.MaxConnections)
 	gs := grpc.NewServer(grpc.Creds(creds),
+		grpc.ConnectionTimeout(DefaultHandshakeTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle: s.cfg.IdleTimeout, Time: DefaultKeepalive, Timeout: DefaultKeepalive,
+		}),
 		grpc.ChainUnaryInterceptor(s.logUnary, s.authorizeUnary), grpc.ChainStreamInterceptor(s.logStream, s.authorizeStream))
 	ewgatev1.RegisterGatewayServiceServer(gs, svc)
 	hs := health.NewServer()

@@ -182,15 +182,13 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		if err != nil {
 			return abort(fmt.Errorf("admin listener: %w", err))
 		}
+		n.admin, ln = admin.NewServer(admin.Handler(admin.Config{
+			Metrics: reg,
+			Ready:   gw.Ready,
+			Debug:   debug,
+			Pprof:   s.AdminPprof,
+		}), ln)
 		n.adminLn = ln
-		n.admin = &http.Server{
-			Handler: admin.Handler(admin.Config{
-				Metrics: reg,
-				Ready:   gw.Ready,
-				Debug:   debug,
-			}),
-			ReadHeaderTimeout: 10 * time.Second,
-		}
 		go n.admin.Serve(ln)
 		log.Info("admin listening", "address", ln.Addr().String())
 	}

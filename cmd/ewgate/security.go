@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 
 	"github.com/ewgate/ewgate/api"
 	"github.com/ewgate/ewgate/discovery"
@@ -46,4 +48,22 @@ func (s *settings) apiHandshakePolicy(ownTD string) identity.Policy {
 		p.TrustDomains = []string{ownTD}
 	}
 	return p
+}
+
+// checkAdminAddress refuses an admin address other than loopback unless
+// --admin-allow-remote says so: the admin server has no authentication.
+func (s *settings) checkAdminAddress() error {
+	if s.AdminAddress == "" || s.AdminAllowRemote {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(s.AdminAddress)
+	if err != nil {
+		return fmt.Errorf("--admin-address (adminAddress) %q: %w", s.AdminAddress, err)
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() || host == "localhost" {
+		return nil
+	}
+	return fmt.Errorf("--admin-address (adminAddress) %s is not a loopback address: the admin server has no authentication "+
+		"and serves metrics, readiness and debug views of the catalog, members and tunnels; "+
+		"bind 127.0.0.1, or set --admin-allow-remote (adminAllowRemote) to expose it deliberately, e.g. for a kubelet probe", s.AdminAddress)
 }

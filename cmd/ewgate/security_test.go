@@ -135,3 +135,42 @@ func TestRunRefusesForbiddenFileEndpoints(t *testing.T) {
 		t.Fatalf("err=%v, want the metadata endpoint refused:\n%s", err, out)
 	}
 }
+
+// TestAdminAddressLoopbackOnly: a non-loopback admin address is refused,
+// naming the flag that allows it; loopback and the explicit allowance
+// pass; pprof is off unless asked for.
+func TestAdminAddressLoopbackOnly(t *testing.T) {
+	for _, tt := range []struct {
+		addr  string
+		allow bool
+		want  string // "" accepted
+	}{
+		{"127.0.0.1:15000", false, ""},
+		{"[::1]:15000", false, ""},
+		{"localhost:15000", false, ""},
+		{"0.0.0.0:15000", false, "--admin-allow-remote"},
+		{":15000", false, "--admin-allow-remote"},
+		{"10.0.0.1:15000", false, "is not a loopback address"},
+		{"0.0.0.0:15000", true, ""},
+	} {
+		s := defaultSettings()
+		s.AdminAddress, s.AdminAllowRemote = tt.addr, tt.allow
+		err := s.check()
+		if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("admin address %q (allow remote %v): %v, want %q", tt.addr, tt.allow, err, tt.want)
+		}
+	}
+
+	w := newWorld(t, "v1")
+	w.writeConfig("v1")
+	w.run()
+	if code, _, err := httpGet("http://" + w.admin + "/debug/pprof/"); err != nil || code != 404 {
+		t.Fatalf("pprof without --admin-pprof: %d %v, want 404", code, err)
+	}
+	w2 := newWorld(t, "v1")
+	w2.writeConfig("v1")
+	w2.run("--admin-pprof")
+	if code, _, err := httpGet("http://" + w2.admin + "/debug/pprof/"); err != nil || code != 200 {
+		t.Fatalf("pprof with --admin-pprof: %d %v, want 200", code, err)
+	}
+}

@@ -65,6 +65,10 @@ type settings struct {
 	EndpointCIDRs         []string `json:"endpointCIDRs"`
 	EndpointAllowLoopback bool     `json:"endpointAllowLoopback"`
 	EndpointAllowNames    bool     `json:"endpointAllowNames"`
+	// AdminAllowRemote lets AdminAddress be other than loopback.
+	AdminAllowRemote bool `json:"adminAllowRemote"`
+	// AdminPprof serves net/http/pprof on the admin server.
+	AdminPprof bool `json:"adminPprof"`
 
 	NodeName             string   `json:"nodeName"`
 	GossipAddress        string   `json:"gossipAddress"`
@@ -136,7 +140,9 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.StringVar(&s.Network, "network", s.Network, "this node's network `name` (required)")
 	fs.Var(labelsFlag{&s.NodeLabels}, "node-labels", "node labels `k=v,...` matched by Gateway selectors")
 	fs.StringVar(&s.BindAddress, "bind-address", s.BindAddress, "`IP` the gateway listeners bind")
-	fs.StringVar(&s.AdminAddress, "admin-address", s.AdminAddress, "admin HTTP `address` (empty: off)")
+	fs.StringVar(&s.AdminAddress, "admin-address", s.AdminAddress, "admin HTTP `address` (empty: off); loopback only unless --admin-allow-remote")
+	fs.BoolVar(&s.AdminAllowRemote, "admin-allow-remote", s.AdminAllowRemote, "allow a non-loopback --admin-address: metrics and debug views without authentication")
+	fs.BoolVar(&s.AdminPprof, "admin-pprof", s.AdminPprof, "serve Go profiles at /debug/pprof/ on the admin server")
 	fs.Var(&s.DrainTimeout, "drain-timeout", "on SIGTERM, how long open connections may finish")
 	fs.StringVar(&s.LogLevel, "log-level", s.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&s.LogFormat, "log-format", s.LogFormat, "text or json")
@@ -233,6 +239,9 @@ func (s *settings) check() error {
 		return fmt.Errorf("--gossip-reconnect-timeout (gossipReconnectTimeout) %v: want more than 0", time.Duration(s.GossipReconnectTimeout))
 	}
 	if _, err := s.endpointCIDRs(); err != nil {
+		return err
+	}
+	if err := s.checkAdminAddress(); err != nil {
 		return err
 	}
 	if s.HelloMemory < 0 {
