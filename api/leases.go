@@ -127,7 +127,6 @@ func NewLeases(cfg LeaseConfig) *Leases {
 	cfg.MaxEndpoints = cmp.Or(cfg.MaxEndpoints, DefaultMaxEndpoints)
 	cfg.MaxRegistrars = cmp.Or(cfg.MaxRegistrars, DefaultMaxRegistrars)
 	cfg.MaxWeight = cmp.Or(cfg.MaxWeight, DefaultMaxWeight)
-	cfg.Addresses.AllowNames = false
 	if cfg.Clock == nil {
 		cfg.Clock = systemClock{}
 	}

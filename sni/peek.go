@@ -77,9 +77,6 @@ func NewBudget(limit int64) *Budget { return &Budget{limit: limit} }
 // InUse returns the bytes reserved now.
 func (b *Budget) InUse() int64 { return b.used.Load() }
 
-// Limit returns the budget's size in bytes.
-func (b *Budget) Limit() int64 { return b.limit }
-
 // reserve takes n bytes from b if that keeps it within its limit.
 func (b *Budget) reserve(n int) bool {
 	if b == nil {
@@ -130,9 +127,10 @@ func (p *Peeker) timeout() time.Duration {
 // costs one more, to reassemble it once all of it has arrived.
 //
 // The error, if any, wraps one of ErrNotTLS, ErrSSLv2, ErrNotClientHello,
-// ErrMalformed, ErrTruncated, ErrTooLarge, ErrTimeout or ErrOverBudget. Peek gives up as soon
-// as the bytes read prove the connection cannot carry an acceptable
-// ClientHello: a connection of non-TLS bytes fails after its first read. On
+// ErrMalformed, ErrTruncated, ErrTooLarge, ErrTimeout or ErrOverBudget.
+// Peek gives up as soon as the bytes read prove the connection cannot
+// carry an acceptable ClientHello: a connection of non-TLS bytes fails
+// after its first read. On
 // error Hello.Raw still holds the bytes read, for logging or for handing the
 // connection to another protocol.
 func (p *Peeker) Peek(conn net.Conn, buf []byte) (Hello, error) {
@@ -230,7 +228,6 @@ func readError(err error, n int) error {
 type assembler struct {
 	off    int // offset of the first record not yet consumed
 	msgLen int // length of the handshake message, header included; 0 until known
-	need   int // fewest bytes of records that can carry the message; 0 until known
 	want   int // bytes of records expected to carry the message; 0 until known
 	got    int // message bytes in the records consumed
 	hdr    [handshakeHeaderLen]byte
@@ -349,8 +346,8 @@ func (a *assembler) checkRecordHeader(h []byte) error {
 
 // checkHandshakeHeader checks as much of the handshake message header as the
 // consumed records and frag, the current record's fragment so far, hold.
-// Once the header is complete it fixes msgLen and need, and fails at once if
-// the message cannot fit in limit bytes.
+// Once the header is complete it fixes msgLen, and fails at once if the
+// message cannot fit in limit bytes.
 func (a *assembler) checkHandshakeHeader(frag []byte, limit int) error {
 	if a.msgLen > 0 {
 		return nil
@@ -374,6 +371,6 @@ func (a *assembler) checkHandshakeHeader(frag []byte, limit int) error {
 		return fmt.Errorf("%w: ClientHello of %d bytes needs at least %d bytes of records, limit is %d",
 			ErrTooLarge, msgLen, need, limit)
 	}
-	a.msgLen, a.need = msgLen, need
+	a.msgLen = msgLen
 	return nil
 }
