@@ -136,4 +136,3 @@ func TestResolveUnknown(t *testing.T) {
 		}
 	}
 }
-
