@@ -113,6 +113,15 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
+metadata: {name: secret, namespace: demo, labels: {ewgate.io/export: "false"}}
+spec:
+  hosts: [secret.demo.svc.cluster.local]
+  ports: [{number: 9080, name: tcp}]
+  endpoints:
+  - {address: 127.0.0.1, ports: {tcp: ` + b.Addr()[strings.LastIndex(b.Addr(), ":")+1:] + `}, labels: {security.istio.io/tlsMode: istio}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
 metadata: {name: other, namespace: demo}
 spec:
   hosts: [other.example.com]
@@ -131,6 +140,7 @@ spec:
 		{"unknown subset", "outbound_.9080_.v9_.echo.demo.svc.cluster.local", []string{"istio"}, "unknown_subset", "unrecognized name"},
 		{"exportTo hides it from the gateway namespace", "outbound_.9080_._.private.demo.svc.cluster.local", []string{"istio"}, "not_exported", "unrecognized name"},
 		{"host outside the server's hosts", "outbound_.9080_._.other.example.com", []string{"istio"}, "host_not_exposed", "unrecognized name"},
+		{"labelled ewgate.io/export false", "outbound_.9080_._.secret.demo.svc.cluster.local", []string{"istio"}, "not_exported", "unrecognized name"},
 		{"endpoints without tlsMode istio", "outbound_.9080_._.plain.demo.svc.cluster.local", []string{"istio"}, "no_endpoints", "handshake failure"},
 		{"IP literal host", "outbound_.9080_._.127.0.0.1", []string{"istio"}, "bad_sni", "unrecognized name"},
 		{"not an Istio name", "echo.demo.svc.cluster.local", []string{"istio"}, "bad_sni", "unrecognized name"},
@@ -152,6 +162,26 @@ spec:
 			await.True(t, 5*time.Second, "reject counter", func() bool { return m.gw.m.Rejected(tt.reason) == before+1 })
 		})
 	}
+	// A stream another network's gateway carries here for the service
+	// this network does not export is refused again here.
+	t.Run("tunneled stream for a service not exported", func(t *testing.T) {
+		before := m.gw.m.Rejected("not_exported")
+		client, far := tcpPair(t)
+		done := make(chan error, 1)
+		go func() { done <- m.gw.ServeTunnel(sni.Key{Host: "secret.demo.svc.cluster.local", Port: 9080}, far) }()
+		client.SetReadDeadline(time.Now().Add(time.Minute))
+		got, err := io.ReadAll(client)
+		if err != nil || !bytes.Equal(got, alertRecord(alertUnrecognizedName)) {
+			t.Errorf("answer %x, %v; want the unrecognized_name alert", got, err)
+		}
+		client.Close()
+		if err := <-done; err == nil {
+			t.Error("ServeTunnel returned nil for a refused stream")
+		}
+		if n := m.gw.m.Rejected("not_exported"); n != before+1 {
+			t.Errorf("rejected{reason=not_exported} = %d, want %d", n, before+1)
+		}
+	})
 	if n := b.Accepted(); n != 0 {
 		t.Fatalf("backend accepted %d connections; refusals must not dial", n)
 	}
