@@ -75,6 +75,22 @@ func (o Origin) String() string {
 // from in words.
 func (o Origin) MarshalText() ([]byte, error) { return []byte(o.String()), nil }
 
+// UnmarshalText parses what MarshalText writes.
+func (o *Origin) UnmarshalText(b []byte) error {
+	s := string(b)
+	if s == "local" {
+		*o = Origin{}
+		return nil
+	}
+	rest, ok := strings.CutPrefix(s, "network ")
+	network, gateway, ok2 := strings.Cut(rest, " via gateway ")
+	if !ok || !ok2 || network == "" || gateway == "" {
+		return fmt.Errorf("origin %q: want \"local\" or \"network N via gateway G\"", s)
+	}
+	*o = Origin{Network: network, Gateway: gateway}
+	return nil
+}
+
 // Gateway is one Istio Gateway resource.
 type Gateway struct {
 	Source Source

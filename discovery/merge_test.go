@@ -177,3 +177,17 @@ func TestSameDefinitions(t *testing.T) {
 		t.Error("a relabelled subset counted as the same definition")
 	}
 }
+
+func TestOriginText(t *testing.T) {
+	for _, o := range []Origin{{}, {Network: "network-b", Gateway: "gw-b-1"}} {
+		b, _ := o.MarshalText()
+		var got Origin
+		if err := got.UnmarshalText(b); err != nil || got != o {
+			t.Errorf("%q: round trip = %+v, %v", b, got, err)
+		}
+	}
+	var o Origin
+	if err := o.UnmarshalText([]byte("network x")); err == nil {
+		t.Error(`"network x" parsed`)
+	}
+}

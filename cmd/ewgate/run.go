@@ -81,13 +81,15 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	})
 	reloads := reg.CounterVec("ewgate_config_reloads_total", "Config loads, by result.", "result")
 	reloadOK, reloadFailed := reloads.With("ok"), reloads.With("failed")
-	spec := discovery.Node{Network: s.Network, Labels: s.NodeLabels, AnyTLSMode: s.AnyTLSMode}
+	spec := discovery.Node{Network: s.Network, Labels: s.NodeLabels, AnyTLSMode: s.AnyTLSMode,
+		ExportDefault: discovery.ExportDefault(s.ExportDefault), TrustDomain: s.TrustDomain}
 	serveAPI := s.APISocket != "" || s.APIAddress != ""
 	var leases *api.Leases
 	if serveAPI {
 		leases = api.NewLeases(api.LeaseConfig{Logger: log})
 	}
 	cs := newCatalogState(spec, gw, leases, log)
+	cs.register(reg)
 	w := &discovery.Watcher{
 		Paths:  s.Files,
 		Logger: log,

@@ -1,0 +1,238 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/gateway"
+	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/internal/await"
+	"github.com/ewgate/ewgate/internal/leakcheck"
+	"github.com/ewgate/ewgate/sni"
+	"github.com/ewgate/ewgate/tunnel"
+	"github.com/ewgate/ewgate/workload"
+)
+
+// secretHost is a service network-b defines but does not export.
+const secretHost = "secret.demo.svc.cluster.local"
+
+// gatewayOnly is the east-west Gateway of workload.IstioConfig without
+// any service: a network that defines nothing itself.
+func gatewayOnly(port int) string {
+	cfg := workload.IstioConfig("unused", port)
+	return cfg[:strings.Index(cfg, "---\n")]
+}
+
+// secretEntry is a ServiceEntry for secretHost labelled
+// ewgate.io/export: "false", served by e.
+func secretEntry(network string, e *workload.EchoServer) string {
+	host, port, _ := net.SplitHostPort(e.Addr())
+	return fmt.Sprintf(`---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: secret, namespace: demo, labels: {ewgate.io/export: "false"}}
+spec:
+  hosts: [%s]
+  ports: [{number: 9080, name: tcp-echo, protocol: TCP}]
+  endpoints:
+  - {address: %s, ports: {tcp-echo: %s}, network: %s, serviceAccount: echo-secret, labels: {app: secret, security.istio.io/tlsMode: istio}}
+`, secretHost, host, port, network)
+}
+
+// flagValue returns the value following flag name in args.
+func flagValue(t *testing.T, args []string, name string) string {
+	t.Helper()
+	i := slices.Index(args, name)
+	if i < 0 || i+1 >= len(args) {
+		t.Fatalf("no %s in %q", name, args)
+	}
+	return args[i+1]
+}
+
+// debugConfig reads a gateway's /debug/config.
+func debugConfig(t *testing.T, admin string) *gateway.DebugConfig {
+	t.Helper()
+	code, body, err := httpGet("http://" + admin + "/debug/config")
+	if err != nil || code != 200 {
+		t.Fatalf("/debug/config: %d, %v", code, err)
+	}
+	var d gateway.DebugConfig
+	if err := json.Unmarshal([]byte(body), &d); err != nil {
+		t.Fatalf("/debug/config: %v\n%s", err, body)
+	}
+	return &d
+}
+
+func debugService(d *gateway.DebugConfig, host string) *gateway.DebugService {
+	for i := range d.Services {
+		if d.Services[i].Host == host {
+			return &d.Services[i]
+		}
+	}
+	return nil
+}
+
+// dialKey connects a client of w's mesh to the gateway at addr for key.
+func dialKey(w *world, addr string, key sni.Key) (*workload.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl := workload.Client{Source: w.source("sleep")}
+	return cl.Dial(ctx, addr, key)
+}
+
+// Three networks, and only network-b defines the service: network-a and
+// network-c reach it through their own gateways and a tunnel (local mode)
+// and straight at network-b's gateway (remote mode), from gossip alone. A
+// service network-b does not export never leaves it, and a definition
+// network-b removes leaves the other networks.
+func TestRunCatalogOnlyOneNetworkDefines(t *testing.T) {
+	leakcheck.Check(t)
+	wa := newWorld(t)
+	wa.writeFile("mesh.yaml", gatewayOnly(wa.port))
+	wb := newWorldCA(t, wa.ca, "network-b", "v1", "secret")
+	wb.writeFile("mesh.yaml", workload.IstioConfig("network-b", wb.port, wb.echoes["v1"])+secretEntry("network-b", wb.echoes["secret"]))
+	wc := newWorldCA(t, wa.ca, "network-c")
+	wc.writeFile("mesh.yaml", gatewayOnly(wc.port))
+	key := gossipKeyFile(t)
+	gossipA := loopbackAddr(t)
+	sockA := filepath.Join(t.TempDir(), "a.sock")
+	wa.run(append(tunnelArgs(t, wa, key, "a", gossipA), "--api-socket", sockA)...)
+	argsB := tunnelArgs(t, wb, key, "b", loopbackAddr(t), gossipA)
+	wb.run(argsB...)
+	wc.run(tunnelArgs(t, wc, key, "c", loopbackAddr(t), gossipA)...)
+
+	echo := sni.Key{Host: workload.EchoHost, Port: workload.EchoPort, Subset: "v1"}
+	for _, w := range []*world{wa, wc} {
+		await.True(t, 30*time.Second, w.network+" to learn network-b's definition", func() bool {
+			return debugService(debugConfig(t, w.admin), workload.EchoHost) != nil
+		})
+		for mode, addr := range map[string]string{"local": w.gwAddr(), "remote": wb.gwAddr()} {
+			var c *workload.Conn
+			await.True(t, 30*time.Second, w.network+" to reach network-b in "+mode+" mode", func() bool {
+				var err error
+				c, err = dialKey(w, addr, echo)
+				return err == nil
+			})
+			if c.Server != "echo-v1" || c.SeenAs != "spiffe://cluster.local/ns/demo/sa/sleep" {
+				t.Errorf("%s, %s mode: reached %s seen as %s", w.network, mode, c.Server, c.SeenAs)
+			}
+			// The identity gossip announces is the one the client verified.
+			if svc := debugService(debugConfig(t, w.admin), workload.EchoHost); !slices.Equal(svc.RemoteServiceAccounts, []string{c.ServerID}) {
+				t.Errorf("%s: service accounts from gossip %q, the endpoint presented %s", w.network, svc.RemoteServiceAccounts, c.ServerID)
+			}
+			if err := c.Exchange(1 << 20); err != nil {
+				t.Errorf("%s, %s mode: %v", w.network, mode, err)
+			}
+			c.Close()
+		}
+		if got := metric(t, w.admin, "ewgate_tunnel_streams_total"); got < 1 {
+			t.Errorf("%s: ewgate_tunnel_streams_total = %d after local mode", w.network, got)
+		}
+		svc := debugService(debugConfig(t, w.admin), workload.EchoHost)
+		want := discovery.Origin{Network: "network-b", Gateway: "b"}
+		if svc.From != want.String() || len(svc.Ports) != 1 || svc.Ports[0].From != want || svc.Ports[0].Name != "tcp-echo" ||
+			len(svc.Subsets) != 2 || svc.Subsets[0].From != want {
+			t.Errorf("%s: /debug/config service %+v, want every part from %s", w.network, svc, want)
+		}
+		if got := metric(t, w.admin, "ewgate_catalog_remote_services"); got != 1 {
+			t.Errorf("%s: ewgate_catalog_remote_services = %d, want 1", w.network, got)
+		}
+	}
+	if got := metric(t, wb.admin, "ewgate_catalog_remote_services"); got != 0 {
+		t.Errorf("network-b: ewgate_catalog_remote_services = %d, want 0", got)
+	}
+
+	// network-a's Resolve answers for a service it does not define.
+	out, err := runEwgate(t, "ctl", "--api", sockA, "resolve", echo.SNI())
+	if err != nil || !hasRow(out, "gateway", wb.gwAddr(), "1", "network-b") {
+		t.Fatalf("ctl resolve at network-a: %v\n%s", err, out)
+	}
+
+	// The service network-b does not export is not in its summary: the
+	// other networks refuse it without opening a tunnel stream.
+	secret := sni.Key{Host: secretHost, Port: 9080}
+	for _, w := range []*world{wa, wc} {
+		streams := metric(t, w.admin, "ewgate_tunnel_streams_total")
+		refused := metric(t, w.admin, `ewgate_connections_rejected_total{reason="unknown_service"}`)
+		if _, err := dialKey(w, w.gwAddr(), secret); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+			t.Errorf("%s: unexported service: %v, want unrecognized name", w.network, err)
+		}
+		await.True(t, 5*time.Second, w.network+" to count the refusal", func() bool {
+			return metric(t, w.admin, `ewgate_connections_rejected_total{reason="unknown_service"}`) == refused+1
+		})
+		if got := metric(t, w.admin, "ewgate_tunnel_streams_total"); got != streams {
+			t.Errorf("%s: tunnel streams %d -> %d for a refused service", w.network, streams, got)
+		}
+		if svc := debugService(debugConfig(t, w.admin), secretHost); svc != nil {
+			t.Errorf("%s lists the unexported service: %+v", w.network, svc)
+		}
+	}
+	// In remote mode network-b's own gateway refuses it.
+	if _, err := dialKey(wa, wb.gwAddr(), secret); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+		t.Errorf("remote mode, unexported service: %v, want unrecognized name", err)
+	}
+
+	// A stream forged straight to network-b's tunnel port, by a valid
+	// gateway identity (network-a's), is refused by network-b itself.
+	forgeStream(t, wa, flagValue(t, argsB, "--tunnel-address"), secret)
+	await.True(t, 5*time.Second, "network-b to count not_exported", func() bool {
+		return metric(t, wb.admin, `ewgate_connections_rejected_total{reason="not_exported"}`) == 2
+	})
+	if n := wb.echoes["secret"].Accepted(); n != 0 {
+		t.Errorf("the unexported service's endpoint accepted %d connections", n)
+	}
+
+	// network-b removes the definition: it leaves the other networks.
+	wb.writeFile("mesh.yaml", gatewayOnly(wb.port))
+	for _, w := range []*world{wa, wc} {
+		await.True(t, 30*time.Second, w.network+" to drop the removed definition", func() bool {
+			return debugService(debugConfig(t, w.admin), workload.EchoHost) == nil
+		})
+		if _, err := dialKey(w, w.gwAddr(), echo); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+			t.Errorf("%s: removed service: %v, want unrecognized name", w.network, err)
+		}
+	}
+}
+
+// forgeStream opens a tunnel stream for key to the tunnel at addr with
+// the identity of network-a's gateway and expects the unrecognized_name
+// alert back.
+func forgeStream(t *testing.T, wa *world, addr string, key sni.Key) {
+	t.Helper()
+	src, err := wa.ca.NewSource(spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/gw-a"), identity.IssueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := tunnel.New("127.0.0.1:0", tunnel.Config{Source: src, Transport: tunnel.TransportQUIC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ep.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := ep.Dial(ctx, addr, tunnel.Header{Key: key, ClientAddr: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatalf("forged stream: %v", err)
+	}
+	defer st.Close()
+	// No hello: the receiving gateway refuses on the header's key alone.
+	st.CloseWrite()
+	st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, _ := io.ReadAll(st)
+	// A plaintext fatal alert record: unrecognized_name (112).
+	if want := []byte{21, 3, 3, 0, 2, 2, 112}; !bytes.Equal(got, want) {
+		t.Errorf("forged stream answered %x, want the unrecognized_name alert %x", got, want)
+	}
+}
