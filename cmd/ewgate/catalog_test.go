@@ -236,3 +236,79 @@ func forgeStream(t *testing.T, wa *world, addr string, key sni.Key) {
 		t.Errorf("forged stream answered %x, want the unrecognized_name alert %x", got, want)
 	}
 }
+
+// network-a and network-b define the service differently (port 9080's name
+// and protocol, subset v2's labels): every gateway settles it the same
+// way, network-a's definition first as the lowest network name, reports
+// it, and still routes; network-c defines nothing.
+func TestRunCatalogConflict(t *testing.T) {
+	leakcheck.Check(t)
+	wa := newWorld(t)
+	wa.writeConfig() // the service, without endpoints in network-a
+	wb := newWorldCA(t, wa.ca, "network-b", "v1")
+	cfgB := workload.IstioConfig("network-b", wb.port, wb.echoes["v1"])
+	cfgB = strings.Replace(cfgB, "{number: 9080, name: tcp-echo, protocol: TCP}", "{number: 9080, name: tcp-echo, protocol: HTTP}", 1)
+	cfgB = strings.Replace(cfgB, "{name: v2, labels: {version: v2}}", "{name: v2, labels: {version: two}}", 1)
+	wb.writeFile("mesh.yaml", cfgB)
+	wc := newWorldCA(t, wa.ca, "network-c")
+	wc.writeFile("mesh.yaml", gatewayOnly(wc.port))
+	key := gossipKeyFile(t)
+	gossipA := loopbackAddr(t)
+	wa.run(tunnelArgs(t, wa, key, "a", gossipA)...)
+	wb.run(tunnelArgs(t, wb, key, "b", loopbackAddr(t), gossipA)...)
+	pc := wc.run(tunnelArgs(t, wc, key, "c", loopbackAddr(t), gossipA)...)
+
+	a, b := discovery.Origin{Network: "network-a", Gateway: "a"}, discovery.Origin{Network: "network-b", Gateway: "b"}
+	local := discovery.Origin{}
+	tests := []struct {
+		w          *world
+		kept       discovery.Origin
+		ignored    discovery.Origin
+		keptProto  string
+		keptLabels string
+	}{
+		{wa, local, b, "TCP", "version=v2"},
+		{wb, local, a, "HTTP", "version=two"},
+		{wc, a, b, "TCP", "version=v2"},
+	}
+	for _, tt := range tests {
+		await.True(t, 30*time.Second, tt.w.network+" to report two conflicts", func() bool {
+			return metric(t, tt.w.admin, "ewgate_catalog_conflicts") == 2
+		})
+		d := debugConfig(t, tt.w.admin)
+		want := []discovery.Conflict{
+			{Host: workload.EchoHost, Part: "port 9080", Kept: tt.kept, KeptValue: fmt.Sprintf(`name "tcp-echo" protocol %q`, tt.keptProto),
+				Ignored: tt.ignored, IgnoredValue: fmt.Sprintf(`name "tcp-echo" protocol %q`, map[string]string{"TCP": "HTTP", "HTTP": "TCP"}[tt.keptProto])},
+			{Host: workload.EchoHost, Part: "subset v2", Kept: tt.kept, KeptValue: tt.keptLabels,
+				Ignored: tt.ignored, IgnoredValue: map[string]string{"version=v2": "version=two", "version=two": "version=v2"}[tt.keptLabels]},
+		}
+		if !slices.Equal(d.Conflicts, want) {
+			t.Errorf("%s: conflicts\n got %+v\nwant %+v", tt.w.network, d.Conflicts, want)
+		}
+		svc := debugService(d, workload.EchoHost)
+		if svc == nil || svc.Ports[0].Protocol != tt.keptProto || svc.Ports[0].From != tt.kept {
+			t.Errorf("%s: merged service %+v, want port 9080 %s from %s", tt.w.network, svc, tt.keptProto, tt.kept)
+		}
+	}
+	// The conflict is settled, not fatal: network-c reaches network-b's
+	// endpoint, which only network-b has.
+	await.True(t, 30*time.Second, "network-c to reach network-b in local mode", func() bool {
+		c, err := wc.dial("v1")
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return c.Server == "echo-v1" && c.Exchange(64<<10) == nil
+	})
+	if !strings.Contains(pc.output(), `msg="catalog: networks define a service differently`) {
+		t.Error("network-c did not log the conflict")
+	}
+
+	// network-b agrees again: the conflicts go, everywhere.
+	wb.writeFile("mesh.yaml", workload.IstioConfig("network-b", wb.port, wb.echoes["v1"]))
+	for _, w := range []*world{wa, wb, wc} {
+		await.True(t, 30*time.Second, w.network+" to clear its conflicts", func() bool {
+			return metric(t, w.admin, "ewgate_catalog_conflicts") == 0
+		})
+	}
+}
