@@ -28,6 +28,13 @@ import (
 // secretHost is a service network-b defines but does not export.
 const secretHost = "secret.demo.svc.cluster.local"
 
+// exportedEcho is workload.IstioConfig with the echo ServiceEntry labelled
+// ewgate.io/export: "true".
+func exportedEcho(network string, port int, e *workload.EchoServer) string {
+	return strings.Replace(workload.IstioConfig(network, port, e),
+		"metadata: {name: echo, namespace: demo}\nspec:\n  hosts:", "metadata: {name: echo, namespace: demo, labels: {ewgate.io/export: \"true\"}}\nspec:\n  hosts:", 1)
+}
+
 // gatewayOnly is the east-west Gateway of workload.IstioConfig without
 // any service: a network that defines nothing itself.
 func gatewayOnly(port int) string {
@@ -35,14 +42,14 @@ func gatewayOnly(port int) string {
 	return cfg[:strings.Index(cfg, "---\n")]
 }
 
-// secretEntry is a ServiceEntry for secretHost labelled
-// ewgate.io/export: "false", served by e.
+// secretEntry is a ServiceEntry for secretHost without an export label,
+// served by e.
 func secretEntry(network string, e *workload.EchoServer) string {
 	host, port, _ := net.SplitHostPort(e.Addr())
 	return fmt.Sprintf(`---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
-metadata: {name: secret, namespace: demo, labels: {ewgate.io/export: "false"}}
+metadata: {name: secret, namespace: demo}
 spec:
   hosts: [%s]
   ports: [{number: 9080, name: tcp-echo, protocol: TCP}]
@@ -94,15 +101,16 @@ func dialKey(w *world, addr string, key sni.Key) (*workload.Conn, error) {
 
 // Three networks, and only network-b defines the service: network-a and
 // network-c reach it through their own gateways and a tunnel (local mode)
-// and straight at network-b's gateway (remote mode), from gossip alone. A
-// service network-b does not export never leaves it, and a definition
-// network-b removes leaves the other networks.
+// and straight at network-b's gateway (remote mode), from gossip alone.
+// network-b exports only what opts in (--export-default none): a service
+// it does not export never leaves it, and a definition network-b removes
+// leaves the other networks.
 func TestRunCatalogOnlyOneNetworkDefines(t *testing.T) {
 	leakcheck.Check(t)
 	wa := newWorld(t)
 	wa.writeFile("mesh.yaml", gatewayOnly(wa.port))
 	wb := newWorldCA(t, wa.ca, "network-b", "v1", "secret")
-	wb.writeFile("mesh.yaml", workload.IstioConfig("network-b", wb.port, wb.echoes["v1"])+secretEntry("network-b", wb.echoes["secret"]))
+	wb.writeFile("mesh.yaml", exportedEcho("network-b", wb.port, wb.echoes["v1"])+secretEntry("network-b", wb.echoes["secret"]))
 	wc := newWorldCA(t, wa.ca, "network-c")
 	wc.writeFile("mesh.yaml", gatewayOnly(wc.port))
 	key := gossipKeyFile(t)
@@ -110,7 +118,7 @@ func TestRunCatalogOnlyOneNetworkDefines(t *testing.T) {
 	sockA := filepath.Join(t.TempDir(), "a.sock")
 	wa.run(append(tunnelArgs(t, wa, key, "a", gossipA), "--api-socket", sockA)...)
 	argsB := tunnelArgs(t, wb, key, "b", loopbackAddr(t), gossipA)
-	wb.run(argsB...)
+	wb.run(append(argsB, "--export-default", "none")...)
 	wc.run(tunnelArgs(t, wc, key, "c", loopbackAddr(t), gossipA)...)
 
 	echo := sni.Key{Host: workload.EchoHost, Port: workload.EchoPort, Subset: "v1"}
