@@ -69,6 +69,9 @@ func ParseExport(labels, annotations map[string]string) (Export, error) {
 // networks under the node default d. Services defined by other networks
 // have no endpoints here; their own network decided.
 func (svc *Service) exported(d ExportDefault) bool {
+	if svc.Origin.Remote() {
+		return true
+	}
 	switch svc.Export {
 	case ExportYes:
 		return true
