@@ -30,20 +30,24 @@ type Conflict struct {
 // than network define, in the order Merge gives them precedence: by
 // network name, then gateway name, then host.
 func Definitions(network string, gws []RemoteGateway) []Definition {
-	var out []Definition
+	order := make([]*RemoteGateway, 0, len(gws))
+	n := 0
 	for i := range gws {
-		g := &gws[i]
-		if g.Network == network {
-			continue // this network's gateways serve its own endpoints
+		if g := &gws[i]; g.Network != network { // this network's gateways serve its own endpoints
+			order = append(order, g)
+			n += len(g.Summary.Services)
 		}
+	}
+	slices.SortFunc(order, func(a, b *RemoteGateway) int {
+		return cmp.Or(cmp.Compare(a.Network, b.Network), cmp.Compare(a.Node, b.Node))
+	})
+	out := make([]Definition, 0, n)
+	for _, g := range order {
+		// A canonical summary is sorted by host already.
 		for j := range g.Summary.Services {
 			out = append(out, Definition{Origin: Origin{Network: g.Network, Gateway: g.Node}, Service: &g.Summary.Services[j]})
 		}
 	}
-	slices.SortStableFunc(out, func(a, b Definition) int {
-		return cmp.Or(cmp.Compare(a.Origin.Network, b.Origin.Network), cmp.Compare(a.Origin.Gateway, b.Origin.Gateway),
-			cmp.Compare(a.Service.Host, b.Service.Host))
-	})
 	return out
 }
 
@@ -51,7 +55,8 @@ func Definitions(network string, gws []RemoteGateway) []Definition {
 // same way, health counts aside: merging either gives the same catalog.
 func SameDefinitions(a, b []Definition) bool {
 	return slices.EqualFunc(a, b, func(x, y Definition) bool {
-		return x.Origin == y.Origin && sameDefinition(x.Service, y.Service)
+		// An entry gossip did not replace is the same value.
+		return x.Origin == y.Origin && (x.Service == y.Service || sameDefinition(x.Service, y.Service))
 	})
 }
 
