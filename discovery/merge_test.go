@@ -191,3 +191,17 @@ func TestOriginText(t *testing.T) {
 		t.Error(`"network x" parsed`)
 	}
 }
+
+// Two gateways of one network that disagree for a while (a config
+// rollout) are settled by gateway name, whichever arrived first.
+func TestMergeGatewaysOfOneNetwork(t *testing.T) {
+	b1 := remoteGW("b1", "network-b", reviewsDef("http", "HTTP", nil))
+	b2 := remoteGW("b2", "network-b", reviewsDef("http", "HTTP2", nil))
+	for _, gws := range [][]RemoteGateway{{b1, b2}, {b2, b1}} {
+		m := mustParse(t, ewGateway("gw")).Merge(Definitions("network-a", gws))
+		p := service(t, m, reviews).Ports[0]
+		if p.Protocol != "HTTP" || p.Origin.Gateway != "b1" || len(m.Conflicts) != 1 || m.Conflicts[0].Ignored.Gateway != "b2" {
+			t.Errorf("order %s, %s: port %+v, conflicts %+v", gws[0].Node, gws[1].Node, p, m.Conflicts)
+		}
+	}
+}
