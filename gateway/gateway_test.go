@@ -562,3 +562,49 @@ func TestServeTunnelRefusals(t *testing.T) {
 		})
 	}
 }
+
+// A service this network does not export keeps its local endpoints from
+// the gateway's clients, but another network that exports it may still
+// serve them through a tunnel; with none, the refusal says not_exported.
+func TestNotExportedGoesRemoteOnly(t *testing.T) {
+	m := newMesh(t)
+	local, far := m.backend("v1"), m.backend("far")
+	port := freePort(t)
+	m.start(echoYAML(port, local) + `---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: secret, namespace: demo, labels: {ewgate.io/export: "false"}}
+spec:
+  hosts: [secret.demo.svc.cluster.local]
+  ports: [{number: 9080, name: tcp}]
+  endpoints:
+  - {address: 127.0.0.1, ports: {tcp: ` + local.Addr()[strings.LastIndex(local.Addr(), ":")+1:] + `}, labels: {security.istio.io/tlsMode: istio}}
+`)
+	const secretSNI = "outbound_.9080_._.secret.demo.svc.cluster.local"
+	m.gw.SetRemote(tcpRemote{far.Addr()})
+	c, err := m.dial(secretSNI, "istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Server != "far" {
+		t.Errorf("reached %s, want the other network's endpoint", c.Server)
+	}
+	if err := c.Exchange(64 << 10); err != nil {
+		t.Error(err)
+	}
+	c.Close()
+
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed.Close()
+	m.gw.SetRemote(tcpRemote{closed.Addr().String()})
+	if _, err := m.dial(secretSNI, "istio"); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+		t.Fatalf("no other network serves it: %v, want unrecognized name", err)
+	}
+	await.True(t, 5*time.Second, "not_exported count", func() bool { return m.gw.m.Rejected("not_exported") == 1 })
+	if n := local.Accepted(); n != 0 {
+		t.Errorf("the unexported local endpoint accepted %d connections", n)
+	}
+}
