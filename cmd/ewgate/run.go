@@ -138,6 +138,11 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	if n.id != nil {
 		if svid, err := n.id.GetX509SVID(); err == nil {
 			spiffeID = svid.ID.String()
+			if td := svid.ID.TrustDomain().Name(); td != s.TrustDomain {
+				// Not an error: workloads may live in another trust domain.
+				log.Warn("this gateway's SVID is in another trust domain than --trust-domain, which other networks' sidecars use to verify this network's endpoints; set --trust-domain if the workloads share the gateway's",
+					"svid_trust_domain", td, "trust_domain", s.TrustDomain)
+			}
 		}
 	}
 	g, err := startGossip(ctx, s, spiffeID, cs, log)
