@@ -83,6 +83,9 @@ const (
 	RejectMessageTooLarge  = "message_too_large"  // message over Config.MaxStateBytes
 	RejectMetaMalformed    = "meta_malformed"     // node meta that does not decode: node refused
 	RejectForeignOrigin    = "foreign_self_entry" // entry under this node's name from another node
+	// RejectVersion counts messages, push/pull states and nodes of another
+	// ProtocolVersion: gateways of one mesh must run one wire version.
+	RejectVersion = "wire_version"
 )
 
 // Stats are a node's counters, for metrics. Counters only grow.
@@ -174,11 +177,11 @@ type event struct {
 	meta []byte
 }
 
-const numReasons = 6
+const numReasons = 7
 
 func reasonName(i int) string {
 	return [numReasons]string{RejectStateMalformed, RejectStateTooLarge, RejectMessageMalformed,
-		RejectMessageTooLarge, RejectMetaMalformed, RejectForeignOrigin}[i]
+		RejectMessageTooLarge, RejectMetaMalformed, RejectForeignOrigin, RejectVersion}[i]
 }
 
 const (
@@ -188,6 +191,7 @@ const (
 	rMessageTooLarge
 	rMetaMalformed
 	rForeignOrigin
+	rVersion
 )
 
 type counters struct {
@@ -257,7 +261,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	mc.Events = (*delegate)(n)
 	mc.Alive = (*delegate)(n)
 	mc.DelegateProtocolVersion = ProtocolVersion
-	mc.DelegateProtocolMin = 1
+	mc.DelegateProtocolMin = ProtocolVersion
 	mc.DelegateProtocolMax = ProtocolVersion
 	if len(cfg.Keys) > 0 {
 		kr, err := memberlist.NewKeyring(cfg.Keys, cfg.Keys[0])

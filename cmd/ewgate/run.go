@@ -90,7 +90,8 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		func() float64 { return float64(gw.HelloMemory()) })
 	reloads := reg.CounterVec("ewgate_config_reloads_total", "Config loads, by result.", "result")
 	reloadOK, reloadFailed := reloads.With("ok"), reloads.With("failed")
-	spec := discovery.Node{Network: s.Network, Labels: s.NodeLabels, AnyTLSMode: s.AnyTLSMode}
+	spec := discovery.Node{Network: s.Network, Labels: s.NodeLabels, AnyTLSMode: s.AnyTLSMode,
+		ExportDefault: discovery.ExportDefault(s.ExportDefault), TrustDomain: s.TrustDomain}
 	serveAPI := s.APISocket != "" || s.APIAddress != ""
 	var leases *api.Leases
 	if serveAPI {
@@ -98,6 +99,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	}
 	cs := newCatalogState(spec, gw, leases, log)
 	cs.addrs = addrs
+	cs.register(reg)
 	w := &discovery.Watcher{
 		Paths:  s.Files,
 		Logger: log,
@@ -146,6 +148,11 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	if n.id != nil {
 		if svid, err := n.id.GetX509SVID(); err == nil {
 			spiffeID = svid.ID.String()
+			if td := svid.ID.TrustDomain().Name(); td != s.TrustDomain {
+				// Not an error: workloads may live in another trust domain.
+				log.Warn("this gateway's SVID is in another trust domain than --trust-domain, which other networks' sidecars use to verify this network's endpoints; set --trust-domain if the workloads share the gateway's",
+					"svid_trust_domain", td, "trust_domain", s.TrustDomain)
+			}
 		}
 	}
 	g, err := startGossip(ctx, s, spiffeID, cs, log)

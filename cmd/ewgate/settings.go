@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ewgate/ewgate/api"
+	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/gateway"
 	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/peer"
@@ -45,6 +46,11 @@ type settings struct {
 	HelloMaxBytes int               `json:"helloMaxBytes"`
 	// HelloMemory is gateway.Config.HelloMemory; 0 is no bound.
 	HelloMemory int64 `json:"helloMemory"`
+	// ExportDefault is discovery.Node.ExportDefault: all or none.
+	ExportDefault string `json:"exportDefault"`
+	// TrustDomain is discovery.Node.TrustDomain, of the SPIFFE IDs that
+	// summaries give this network's endpoints.
+	TrustDomain string `json:"trustDomain"`
 
 	SPIFFESocket      string   `json:"spiffeSocket"`
 	SPIFFETimeout     duration `json:"spiffeTimeout"`
@@ -108,6 +114,8 @@ func defaultSettings() settings {
 		HelloMemory:   gateway.DefaultHelloMemory,
 		SPIFFETimeout: duration(identity.DefaultStartTimeout),
 		GossipProfile: "lan",
+		ExportDefault: string(discovery.ExportAll),
+		TrustDomain:   discovery.DefaultTrustDomain,
 
 		APIMaxWeight:       api.DefaultMaxWeight,
 		EndpointAllowNames: true,
@@ -155,6 +163,8 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.Var(&s.HelloTimeout, "hello-timeout", "deadline for a client's whole ClientHello")
 	fs.IntVar(&s.HelloMaxBytes, "hello-max-bytes", s.HelloMaxBytes, "largest ClientHello read, record headers included")
 	fs.Int64Var(&s.HelloMemory, "hello-memory", s.HelloMemory, "`bytes` all ClientHello reads in progress may hold beyond 4 KiB each; more is refused (0: no bound)")
+	fs.StringVar(&s.ExportDefault, "export-default", s.ExportDefault, "which services other networks may reach: all (as Istio), or none but those labelled ewgate.io/export=true")
+	fs.StringVar(&s.TrustDomain, "trust-domain", s.TrustDomain, "SPIFFE trust `domain` of this network's workloads, for the identities other networks learn")
 	fs.StringVar(&s.SPIFFESocket, "spiffe-socket", s.SPIFFESocket, "SPIFFE Workload API `address` (unix:///path); default $SPIFFE_ENDPOINT_SOCKET")
 	fs.Var(&s.SPIFFETimeout, "spiffe-timeout", "how long to wait for the first SVID from the Workload API")
 	fs.StringVar(&s.SVIDCert, "svid-cert", s.SVIDCert, "SVID certificate chain PEM `file` (reloaded on change)")
@@ -226,6 +236,12 @@ func parseSettings(args []string, stderr io.Writer) (settings, error) {
 // the --config key, so that a typo fails at start rather than being read
 // as a default.
 func (s *settings) check() error {
+	if _, err := discovery.ParseExportDefault(s.ExportDefault); err != nil {
+		return fmt.Errorf("--export-default (exportDefault) %w", err)
+	}
+	if _, err := spiffeid.TrustDomainFromString(s.TrustDomain); err != nil {
+		return fmt.Errorf("--trust-domain (trustDomain) %q: %w", s.TrustDomain, err)
+	}
 	if _, err := tunnel.ParseTransport(s.TunnelTransport); err != nil {
 		return fmt.Errorf("--tunnel-transport (tunnelTransport): %w", err)
 	}
