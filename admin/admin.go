@@ -20,6 +20,10 @@ type Config struct {
 	// Debug maps names to JSON views served at /debug/<name>; each
 	// function is called per request.
 	Debug map[string]func() any
+	// Pprof serves net/http/pprof under /debug/pprof/. Off by default:
+	// profiles cost CPU on demand and reveal memory contents, such as
+	// addresses the catalog holds.
+	Pprof bool
 }
 
 // Handler returns the admin HTTP handler.
@@ -51,10 +55,12 @@ func Handler(cfg Config) http.Handler {
 			enc.Encode(view())
 		})
 	}
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }

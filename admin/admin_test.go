@@ -25,6 +25,7 @@ func TestHandler(t *testing.T) {
 			return nil
 		},
 		Debug: map[string]func() any{"config": func() any { return map[string]int{"listeners": 2} }},
+		Pprof: true,
 	}))
 	defer srv.Close()
 	get := func(path string) (int, string, string) {

@@ -21,11 +21,22 @@ const (
 	DefaultMaxLease      = time.Hour
 	DefaultMaxEndpoints  = 4096
 	DefaultMaxRegistrars = 1024
+	// DefaultMaxWeight is the largest endpoint weight a registration may
+	// carry: enough to express any split between a few hundred endpoints,
+	// small enough that no weight sum overflows 32 bits below 4 million
+	// endpoints.
+	DefaultMaxWeight = 1000
 )
 
 // ErrTooManyRegistrars is returned by [Leases.Register] for a new registrar
 // when LeaseConfig.MaxRegistrars hold leases already.
 var ErrTooManyRegistrars = errors.New("api: too many registrars")
+
+// ErrLeaseHeld is wrapped by the error of [Leases.Register] and
+// [Leases.Deregister] when another caller holds the registrar's live
+// lease: a registrar name belongs to the identity that took it until its
+// lease runs out or that identity deregisters it.
+var ErrLeaseHeld = errors.New("api: lease held by another caller")
 
 // RegisteredEndpoint is an endpoint an agent registered through the API:
 // the service it belongs to and the endpoint as the catalog holds it.
@@ -73,6 +84,13 @@ type LeaseConfig struct {
 	// MaxRegistrars caps the registrars holding a lease at once; default
 	// [DefaultMaxRegistrars].
 	MaxRegistrars int
+	// MaxWeight caps the weight of a registered endpoint; default
+	// [DefaultMaxWeight]. A heavier endpoint is refused, not trimmed.
+	MaxWeight uint32
+	// Addresses is the rule every registered address must pass. Whatever
+	// it says of DNS names, registrations carry IP addresses only: a name
+	// would be resolved later, past the check.
+	Addresses discovery.AddressPolicy
 	// Clock tells time; nil is the system clock.
 	Clock Clock
 	// Logger receives registrations, expiries and withdrawals; nil
@@ -96,6 +114,7 @@ type Leases struct {
 
 // registration is one registrar's endpoints and lease.
 type registration struct {
+	owner     string               // the caller that took the lease
 	endpoints []RegisteredEndpoint // normalized, Registrar set
 	expires   time.Time
 }
@@ -107,6 +126,7 @@ func NewLeases(cfg LeaseConfig) *Leases {
 	cfg.MaxLease = cmp.Or(cfg.MaxLease, DefaultMaxLease)
 	cfg.MaxEndpoints = cmp.Or(cfg.MaxEndpoints, DefaultMaxEndpoints)
 	cfg.MaxRegistrars = cmp.Or(cfg.MaxRegistrars, DefaultMaxRegistrars)
+	cfg.MaxWeight = cmp.Or(cfg.MaxWeight, DefaultMaxWeight)
 	if cfg.Clock == nil {
 		cfg.Clock = systemClock{}
 	}
@@ -127,9 +147,10 @@ func NewLeases(cfg LeaseConfig) *Leases {
 // lease (0: the default), returning the lease granted. It validates
 // everything first and changes nothing on error: a *[FieldError] names the
 // invalid field; a new registrar beyond MaxRegistrars gets
-// [ErrTooManyRegistrars]. Changed is signalled only when the endpoints
+// [ErrTooManyRegistrars]; a registrar whose live lease another caller
+// holds gets [ErrLeaseHeld]. Changed is signalled only when the endpoints
 // differ from those registered before: a plain renewal is silent.
-func (l *Leases) Register(registrar string, lease time.Duration, eps []RegisteredEndpoint) (time.Duration, error) {
+func (l *Leases) Register(caller, registrar string, lease time.Duration, eps []RegisteredEndpoint) (time.Duration, error) {
 	if err := checkRegistrar(registrar); err != nil {
 		return 0, err
 	}
@@ -150,6 +171,12 @@ func (l *Leases) Register(registrar string, lease time.Duration, eps []Registere
 		if err != nil {
 			return 0, err
 		}
+		if err := l.cfg.Addresses.Check(n.Endpoint.Address); err != nil {
+			return 0, fieldErrorf(fmt.Sprintf("endpoints[%d].address", i), "%v", err)
+		}
+		if n.Endpoint.Weight > l.cfg.MaxWeight {
+			return 0, fieldErrorf(fmt.Sprintf("endpoints[%d].weight", i), "%d exceeds the limit of %d", n.Endpoint.Weight, l.cfg.MaxWeight)
+		}
 		in := instance{n.ServiceHost, n.Endpoint.Network, n.Endpoint.Address}
 		if j, dup := seen[in]; dup {
 			return 0, fieldErrorf(fmt.Sprintf("endpoints[%d].address", i), "repeats endpoints[%d]: one endpoint per service, network and address", j)
@@ -166,18 +193,23 @@ func (l *Leases) Register(registrar string, lease time.Duration, eps []Registere
 	if ok && !now.Before(r.expires) {
 		ok = false // expired, not swept yet: a new registration
 	}
+	if ok && r.owner != caller {
+		l.mu.Unlock()
+		l.log.Warn("registration refused: another caller holds the lease", "registrar", registrar, "caller", caller, "holder", r.owner)
+		return 0, fmt.Errorf("register %s: %w (%s)", registrar, ErrLeaseHeld, r.owner)
+	}
 	if !ok && l.countLiveLocked(now) >= l.cfg.MaxRegistrars {
 		l.mu.Unlock()
 		return 0, fmt.Errorf("register %s: %w (limit %d)", registrar, ErrTooManyRegistrars, l.cfg.MaxRegistrars)
 	}
 	changed := !ok || !sameEndpoints(r.endpoints, norm)
 	earlier := !ok || expires.Before(r.expires)
-	l.regs[registrar] = &registration{endpoints: norm, expires: expires}
+	l.regs[registrar] = &registration{owner: caller, endpoints: norm, expires: expires}
 	l.mu.Unlock()
 
 	switch {
 	case !ok:
-		l.log.Info("registrar registered", "registrar", registrar, "endpoints", len(norm), "lease", lease)
+		l.log.Info("registrar registered", "registrar", registrar, "caller", caller, "endpoints", len(norm), "lease", lease)
 	case changed:
 		l.log.Info("registrar changed its endpoints", "registrar", registrar, "endpoints", len(norm), "lease", lease)
 	default:
@@ -192,10 +224,16 @@ func (l *Leases) Register(registrar string, lease time.Duration, eps []Registere
 	return lease, nil
 }
 
-// Deregister withdraws registrar's endpoints, if it has any.
-func (l *Leases) Deregister(registrar string) {
+// Deregister withdraws registrar's endpoints, if it has any. A live lease
+// that another caller holds stays, and the error wraps [ErrLeaseHeld].
+func (l *Leases) Deregister(caller, registrar string) error {
 	l.mu.Lock()
 	r, ok := l.regs[registrar]
+	if ok && r.owner != caller && l.cfg.Clock.Now().Before(r.expires) {
+		l.mu.Unlock()
+		l.log.Warn("deregistration refused: another caller holds the lease", "registrar", registrar, "caller", caller, "holder", r.owner)
+		return fmt.Errorf("deregister %s: %w (%s)", registrar, ErrLeaseHeld, r.owner)
+	}
 	delete(l.regs, registrar)
 	l.mu.Unlock()
 	if ok {
@@ -204,6 +242,7 @@ func (l *Leases) Deregister(registrar string) {
 		l.log.Info("registrar deregistered", "registrar", registrar, "endpoints", len(r.endpoints))
 		signal(l.changed)
 	}
+	return nil
 }
 
 // Snapshot returns the endpoints of every unexpired lease, sorted by

@@ -3,10 +3,13 @@ package api
 import (
 	"context"
 	"errors"
-	"github.com/ewgate/ewgate/internal/leakcheck"
+	"math"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ewgate/ewgate/internal/leakcheck"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
@@ -85,7 +88,7 @@ func TestRegisterRenewExpireDeregister(t *testing.T) {
 
 	// A second registrar with the default lease.
 	vm2 := &ewgatev1.RegisterEndpointsRequest{Registrar: "vm-2", Endpoints: []*ewgatev1.Endpoint{{
-		ServiceHost: "ratings.bookinfo.svc.cluster.local", Address: "ratings-1.vms.example",
+		ServiceHost: "ratings.bookinfo.svc.cluster.local", Address: "10.0.0.8",
 	}}}
 	if resp, err := c.RegisterEndpoints(ctx, vm2); err != nil || resp.GetLeaseSeconds() != 30 {
 		t.Fatalf("register vm-2: %v, %v; want a 30s lease", resp, err)
@@ -99,14 +102,14 @@ func TestRegisterRenewExpireDeregister(t *testing.T) {
 	}
 	noChange(t, leases, "a renewal")
 	clock.advance(9 * time.Second) // 18s: vm-1 renewed at 9s holds until 19s
-	if got := registrars(leases.Snapshot()); strings.Join(got, " ") != "vm-1/10.0.0.7 vm-2/ratings-1.vms.example" {
+	if got := registrars(leases.Snapshot()); strings.Join(got, " ") != "vm-1/10.0.0.7 vm-2/10.0.0.8" {
 		t.Fatalf("snapshot %v after renewal", got)
 	}
 
 	// vm-1 stops renewing: its lease runs out and the sweeper withdraws it.
 	clock.advance(time.Second)
 	receive(t, "Changed after expiry", leases.Changed())
-	if got := registrars(leases.Snapshot()); strings.Join(got, " ") != "vm-2/ratings-1.vms.example" {
+	if got := registrars(leases.Snapshot()); strings.Join(got, " ") != "vm-2/10.0.0.8" {
 		t.Fatalf("snapshot %v after vm-1 expired, want vm-2 only", got)
 	}
 
@@ -132,7 +135,7 @@ func TestLeaseExpiresWithoutSweep(t *testing.T) {
 	clock := newFakeClock()
 	leases := NewLeases(LeaseConfig{Clock: clock})
 	ep := RegisteredEndpoint{ServiceHost: "a.example", Endpoint: discovery.Endpoint{Address: "10.0.0.1"}}
-	if _, err := leases.Register("r", 5*time.Second, []RegisteredEndpoint{ep}); err != nil {
+	if _, err := leases.Register(CallerLocal, "r", 5*time.Second, []RegisteredEndpoint{ep}); err != nil {
 		t.Fatal(err)
 	}
 	<-leases.Changed()
@@ -140,7 +143,9 @@ func TestLeaseExpiresWithoutSweep(t *testing.T) {
 	if got := leases.Snapshot(); len(got) != 0 {
 		t.Fatalf("snapshot %v after expiry, want empty", got)
 	}
-	leases.Deregister("r")
+	if err := leases.Deregister(CallerLocal, "r"); err != nil {
+		t.Fatal(err)
+	}
 	receive(t, "Changed after deregistering an expired lease", leases.Changed())
 }
 
@@ -164,7 +169,7 @@ func TestRegisterLimits(t *testing.T) {
 	}
 	_, err := c.RegisterEndpoints(ctx, &ewgatev1.RegisterEndpointsRequest{Registrar: "r2"})
 	wantStatus(t, err, codes.ResourceExhausted, "")
-	if _, err := leases.Register("r2", 0, nil); !errors.Is(err, ErrTooManyRegistrars) {
+	if _, err := leases.Register(CallerLocal, "r2", 0, nil); !errors.Is(err, ErrTooManyRegistrars) {
 		t.Errorf("Register over the limit: %v, want ErrTooManyRegistrars", err)
 	}
 	// The registrar holding a lease may still renew.
@@ -175,7 +180,8 @@ func TestRegisterLimits(t *testing.T) {
 
 func TestRegisterValidation(t *testing.T) {
 	leakcheck.Check(t)
-	leases := NewLeases(LeaseConfig{Clock: newFakeClock()})
+	leases := NewLeases(LeaseConfig{Clock: newFakeClock(), MaxWeight: 100,
+		Addresses: discovery.AddressPolicy{Own: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, AllowNames: true}})
 	s := serveUnix(t, ServerConfig{Registry: leases})
 	c := dial(t, s.target)
 
@@ -216,6 +222,14 @@ func TestRegisterValidation(t *testing.T) {
 		{"label value", &ewgatev1.RegisterEndpointsRequest{Registrar: "r", Endpoints: with(func(e *ewgatev1.Endpoint) { e.Labels["app"] = "a b" })}, `endpoints[1].labels["app"]`},
 		{"locality", &ewgatev1.RegisterEndpointsRequest{Registrar: "r", Endpoints: with(func(e *ewgatev1.Endpoint) { e.Locality = "a/b/c/d" })}, "endpoints[1].locality"},
 		{"duplicate", &ewgatev1.RegisterEndpointsRequest{Registrar: "r", Endpoints: with(func(e *ewgatev1.Endpoint) { e.Ports = nil })}, "endpoints[1].address"},
+		{"loopback", &ewgatev1.RegisterEndpointsRequest{Registrar: "r", Endpoints: with(func(e *ewgatev1.Endpoint) { e.Address = "127.0.0.1" })}, "endpoints[1].address"},
+		{"mapped loopback", &ewgatev1.RegisterEndpointsRequest{Registrar: "r", Endpoints: with(func(e *ewgatev1.Endpoint) { e.Address = "::ffff:127.0.0.1" })}, "endpoints[1].address"},
+		{"metadata server", &ewgatev1.RegisterEndpointsRequest{Registrar: "r", Endpoints: with(func(e *ewgatev1.Endpoint) { e.Address = "169.254.169.254" })}, "endpoints[1].address"},
+		{"the gateway's own address", &ewgatev1.RegisterEndpointsRequest{Registrar: "r", Endpoints: with(func(e *ewgatev1.Endpoint) { e.Address = "192.0.2.1" })}, "endpoints[1].address"},
+		// Names are refused even though the policy allows them for files.
+		{"metadata server by name", &ewgatev1.RegisterEndpointsRequest{Registrar: "r", Endpoints: with(func(e *ewgatev1.Endpoint) { e.Address = "metadata.google.internal" })}, "endpoints[1].address"},
+		{"weight over the cap", &ewgatev1.RegisterEndpointsRequest{Registrar: "r", Endpoints: with(func(e *ewgatev1.Endpoint) { e.Weight = 101 })}, "endpoints[1].weight"},
+		{"weight 2^32-1", &ewgatev1.RegisterEndpointsRequest{Registrar: "r", Endpoints: with(func(e *ewgatev1.Endpoint) { e.Weight = math.MaxUint32 })}, "endpoints[1].weight"},
 		{"network", &ewgatev1.RegisterEndpointsRequest{Registrar: "r", Endpoints: with(func(e *ewgatev1.Endpoint) { e.Network = "net a" })}, "endpoints[1].network"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -15,11 +15,13 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
 	ewgatev1 "github.com/ewgate/ewgate/api/ewgate/v1"
@@ -55,10 +57,14 @@ type Membership interface {
 type Registry interface {
 	// Register replaces registrar's endpoints with eps and renews its lease
 	// for lease (0: the registry's default), returning the lease granted.
-	// Invalid input is reported as a *FieldError.
-	Register(registrar string, lease time.Duration, eps []RegisteredEndpoint) (time.Duration, error)
-	// Deregister withdraws registrar's endpoints, if it has any.
-	Deregister(registrar string)
+	// caller is the identity that calls (a SPIFFE ID, or [CallerLocal]): a
+	// live lease belongs to the caller that took it, and another caller's
+	// attempt is an error wrapping [ErrLeaseHeld]. Invalid input is
+	// reported as a *FieldError.
+	Register(caller, registrar string, lease time.Duration, eps []RegisteredEndpoint) (time.Duration, error)
+	// Deregister withdraws registrar's endpoints, if it has any and caller
+	// holds its lease; else the error wraps [ErrLeaseHeld].
+	Deregister(caller, registrar string) error
 }
 
 // MemberState is a gateway's state as gossip reports it.
@@ -105,6 +111,16 @@ const (
 	DefaultDrainTimeout = 5 * time.Second
 	DefaultMaxWatchers  = 1024
 	DefaultSocketMode   = fs.FileMode(0o600)
+	// DefaultMaxConnections caps the connections of one listener.
+	DefaultMaxConnections = 256
+	// DefaultIdleTimeout closes a connection without calls for this long.
+	DefaultIdleTimeout = 5 * time.Minute
+	// DefaultHandshakeTimeout bounds a connection's TLS and HTTP/2 setup.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultKeepalive is how long a connection may be silent before the
+	// server pings it; a ping unanswered for as long closes it. That is
+	// also the write timeout: a client that stops reading stops acking.
+	DefaultKeepalive = time.Minute
 )
 
 // ServerConfig configures a [Server]. A nil Resolver, Membership or
@@ -130,6 +146,17 @@ type ServerConfig struct {
 	// SocketMode is the permission of unix sockets ServeUnix creates;
 	// default [DefaultSocketMode] (0600: the gateway's user only).
 	SocketMode fs.FileMode
+	// MaxConnections caps the connections each listener holds at once;
+	// more wait in the listen backlog. Default [DefaultMaxConnections].
+	MaxConnections int
+	// IdleTimeout closes a connection that has had no call open for this
+	// long; default [DefaultIdleTimeout]. Watches are calls: a watching
+	// connection is never idle.
+	IdleTimeout time.Duration
+	// Access authorizes each call of a ServeTLS caller; its zero value
+	// lets every authenticated caller read and none register. Unix socket
+	// callers may make every call. See [AccessPolicy].
+	Access AccessPolicy
 	// Logger receives serving events and failed calls; every call is
 	// logged at debug level. Nil discards.
 	Logger *slog.Logger
@@ -138,21 +165,29 @@ type ServerConfig struct {
 // Server serves ewgate's gRPC API, with gRPC health and reflection, on any
 // number of listeners. It is safe for concurrent use.
 type Server struct {
-	cfg      ServerConfig
-	log      *slog.Logger
-	watchers atomic.Int64
+	cfg       ServerConfig
+	log       *slog.Logger
+	access    access
+	accessErr error // an invalid cfg.Access: every serve method fails with it
+	watchers  atomic.Int64
+	denied    atomic.Uint64
 }
 
-// NewServer returns a Server for cfg, with defaults filled in.
+// NewServer returns a Server for cfg, with defaults filled in. If
+// cfg.Access names an invalid SPIFFE ID or trust domain, every serve
+// method returns that error without serving.
 func NewServer(cfg ServerConfig) *Server {
 	cfg.DrainTimeout = cmp.Or(cfg.DrainTimeout, DefaultDrainTimeout)
 	cfg.MaxWatchers = cmp.Or(cfg.MaxWatchers, DefaultMaxWatchers)
 	cfg.SocketMode = cmp.Or(cfg.SocketMode, DefaultSocketMode)
+	cfg.MaxConnections = cmp.Or(cfg.MaxConnections, DefaultMaxConnections)
+	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, DefaultIdleTimeout)
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, log: log}
+	acc, err := newAccess(cfg.Access)
+	return &Server{cfg: cfg, log: log, access: acc, accessErr: err}
 }
 
 // Watchers returns the number of WatchResolve streams open, for metrics.
@@ -196,11 +231,20 @@ func (s *Server) ServeTLS(ctx context.Context, lis net.Listener, tlsCfg *tls.Con
 
 // serve runs one gRPC server on lis until ctx is done.
 func (s *Server) serve(ctx context.Context, lis net.Listener, creds credentials.TransportCredentials) error {
+	if s.accessErr != nil {
+		lis.Close()
+		return s.accessErr
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	svc := &service{srv: s, changes: newBroadcast(), stopping: make(chan struct{})}
+	lis = netutil.LimitListener(lis, s.cfg.MaxConnections)
 	gs := grpc.NewServer(grpc.Creds(creds),
-		grpc.ChainUnaryInterceptor(s.logUnary), grpc.ChainStreamInterceptor(s.logStream))
+		grpc.ConnectionTimeout(DefaultHandshakeTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle: s.cfg.IdleTimeout, Time: DefaultKeepalive, Timeout: DefaultKeepalive,
+		}),
+		grpc.ChainUnaryInterceptor(s.logUnary, s.authorizeUnary), grpc.ChainStreamInterceptor(s.logStream, s.authorizeStream))
 	ewgatev1.RegisterGatewayServiceServer(gs, svc)
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthgrpc.HealthCheckResponse_SERVING)

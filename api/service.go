@@ -181,7 +181,7 @@ func (s *service) ListCatalog(context.Context, *ewgatev1.ListCatalogRequest) (*e
 }
 
 // RegisterEndpoints implements GatewayService.RegisterEndpoints.
-func (s *service) RegisterEndpoints(_ context.Context, req *ewgatev1.RegisterEndpointsRequest) (*ewgatev1.RegisterEndpointsResponse, error) {
+func (s *service) RegisterEndpoints(ctx context.Context, req *ewgatev1.RegisterEndpointsRequest) (*ewgatev1.RegisterEndpointsResponse, error) {
 	reg, err := s.registry()
 	if err != nil {
 		return nil, err
@@ -201,13 +201,15 @@ func (s *service) RegisterEndpoints(_ context.Context, req *ewgatev1.RegisterEnd
 			},
 		}
 	}
-	lease, err := reg.Register(req.GetRegistrar(), time.Duration(req.GetLeaseSeconds())*time.Second, eps)
+	lease, err := reg.Register(callerIdentity(ctx), req.GetRegistrar(), time.Duration(req.GetLeaseSeconds())*time.Second, eps)
 	var fe *FieldError
 	switch {
 	case errors.As(err, &fe):
 		return nil, invalidArgument(fe)
 	case errors.Is(err, ErrTooManyRegistrars):
 		return nil, status.Error(codes.ResourceExhausted, err.Error())
+	case errors.Is(err, ErrLeaseHeld):
+		return nil, s.srv.deny(ewgatev1.GatewayService_RegisterEndpoints_FullMethodName, callerIdentity(ctx), err.Error())
 	case err != nil:
 		s.srv.log.Error("registration failed", "registrar", req.GetRegistrar(), "error", err)
 		return nil, status.Errorf(codes.Internal, "register: %v", err)
@@ -216,7 +218,7 @@ func (s *service) RegisterEndpoints(_ context.Context, req *ewgatev1.RegisterEnd
 }
 
 // DeregisterEndpoints implements GatewayService.DeregisterEndpoints.
-func (s *service) DeregisterEndpoints(_ context.Context, req *ewgatev1.DeregisterEndpointsRequest) (*ewgatev1.DeregisterEndpointsResponse, error) {
+func (s *service) DeregisterEndpoints(ctx context.Context, req *ewgatev1.DeregisterEndpointsRequest) (*ewgatev1.DeregisterEndpointsResponse, error) {
 	reg, err := s.registry()
 	if err != nil {
 		return nil, err
@@ -226,7 +228,9 @@ func (s *service) DeregisterEndpoints(_ context.Context, req *ewgatev1.Deregiste
 		errors.As(err, &fe)
 		return nil, invalidArgument(fe)
 	}
-	reg.Deregister(req.GetRegistrar())
+	if err := reg.Deregister(callerIdentity(ctx), req.GetRegistrar()); err != nil {
+		return nil, s.srv.deny(ewgatev1.GatewayService_DeregisterEndpoints_FullMethodName, callerIdentity(ctx), err.Error())
+	}
 	return &ewgatev1.DeregisterEndpointsResponse{}, nil
 }
 

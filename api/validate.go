@@ -121,28 +121,22 @@ func normalizeEndpoint(i int, re RegisteredEndpoint) (RegisteredEndpoint, error)
 	return RegisteredEndpoint{ServiceHost: host, Endpoint: ep}, nil
 }
 
-// endpointAddress checks that s is an IP address a gateway can dial or a
-// DNS name, never with a port, a scheme ("unix:") or a zone, and returns
-// it in canonical form.
+// endpointAddress checks that s is an IP address, never a DNS name (it
+// would be resolved later, past every check), with a port, a scheme
+// ("unix:") or a zone, and returns it in canonical form: IPv4-mapped IPv6
+// addresses as IPv4. Which IPs are allowed is LeaseConfig.Addresses' rule.
 func endpointAddress(s string) (string, error) {
 	if s == "" {
 		return "", fmt.Errorf("is empty")
 	}
-	if ip, err := netip.ParseAddr(s); err == nil {
-		switch {
-		case ip.Zone() != "":
-			return "", fmt.Errorf("%s has an IPv6 zone", quote(s))
-		case ip.IsUnspecified():
-			return "", fmt.Errorf("%s is the unspecified address", quote(s))
-		case ip.IsMulticast():
-			return "", fmt.Errorf("%s is a multicast address", quote(s))
-		}
-		return ip.Unmap().String(), nil
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return "", fmt.Errorf("%s must be an IP address, without port or scheme: registrations carry no DNS names", quote(s))
 	}
-	if strings.ContainsAny(s, ":/[]%@") {
-		return "", fmt.Errorf("%s must be an IP address or a DNS name, without port or scheme", quote(s))
+	if ip.Zone() != "" {
+		return "", fmt.Errorf("%s has an IPv6 zone", quote(s))
 	}
-	return dnsName(s)
+	return ip.Unmap().String(), nil
 }
 
 // dnsName checks that s is a DNS name that is not an address in any form,

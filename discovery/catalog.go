@@ -32,6 +32,9 @@ type Catalog struct {
 	// (inline endpoints and WorkloadEntries chosen by workloadSelector) and
 	// their DestinationRule subsets attached, in load order.
 	Services []*Service
+	// Conflicts are the disagreements between networks' definitions that
+	// Merge settled; empty in a catalog built from config alone.
+	Conflicts []Conflict
 }
 
 // Source names where a resource was defined, for error messages and
@@ -46,6 +49,46 @@ type Source struct {
 // String returns "file: Kind namespace/name".
 func (s Source) String() string {
 	return fmt.Sprintf("%s: %s %s/%s", s.File, s.Kind, s.Namespace, s.Name)
+}
+
+// Origin says which network's gateway defined a part of a service (the
+// service itself, a port, a subset) in a merged catalog: the zero Origin
+// is this gateway's own config, any other one a summary gossiped by
+// gateway Gateway of network Network.
+type Origin struct {
+	Network string
+	Gateway string // the gateway's node name
+}
+
+// Remote reports whether o is another network's gateway.
+func (o Origin) Remote() bool { return o.Gateway != "" }
+
+// String returns "local" or "network N via gateway G".
+func (o Origin) String() string {
+	if !o.Remote() {
+		return "local"
+	}
+	return "network " + o.Network + " via gateway " + o.Gateway
+}
+
+// MarshalText returns String, so that debug JSON says where a part came
+// from in words.
+func (o Origin) MarshalText() ([]byte, error) { return []byte(o.String()), nil }
+
+// UnmarshalText parses what MarshalText writes.
+func (o *Origin) UnmarshalText(b []byte) error {
+	s := string(b)
+	if s == "local" {
+		*o = Origin{}
+		return nil
+	}
+	rest, ok := strings.CutPrefix(s, "network ")
+	network, gateway, ok2 := strings.Cut(rest, " via gateway ")
+	if !ok || !ok2 || network == "" || gateway == "" {
+		return fmt.Errorf("origin %q: want \"local\" or \"network N via gateway G\"", s)
+	}
+	*o = Origin{Network: network, Gateway: gateway}
+	return nil
 }
 
 // Gateway is one Istio Gateway resource.
@@ -88,10 +131,20 @@ type Service struct {
 	// Namespace is the namespace of the ServiceEntry.
 	Namespace string
 	// ExportTo is the ServiceEntry's exportTo list; empty means "*".
-	ExportTo  []string
+	ExportTo []string
+	// Export is the service's own choice, from its ExportLabel, of
+	// whether its endpoints may be reached from other networks.
+	Export    Export
 	Ports     []Port
 	Subsets   []Subset
 	Endpoints []Endpoint
+	// Origin is where the service was defined: zero for this gateway's
+	// own config; another network's gateway for a service only other
+	// networks define (it has no endpoints here). See [Catalog.Merge].
+	Origin Origin
+	// RemoteAccounts are the SPIFFE IDs of the service's endpoints in
+	// other networks, sorted, as their gateways report them.
+	RemoteAccounts []string
 }
 
 // Port is a service port.
@@ -100,12 +153,18 @@ type Port struct {
 	Name       string
 	Protocol   string
 	TargetPort uint32 // 0: the endpoint's port of the same name, else Number
+	// Origin is where the port was defined; a port only other networks
+	// define routes only to them.
+	Origin Origin
 }
 
 // Subset is a named DestinationRule subset of a service.
 type Subset struct {
 	Name   string
 	Labels map[string]string
+	// Origin is where the subset was defined; a subset only other
+	// networks define routes only to them.
+	Origin Origin
 }
 
 // Endpoint is one workload instance of a service.

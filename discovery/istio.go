@@ -107,8 +107,10 @@ type document struct {
 	APIVersion string `json:"apiVersion"`
 	Kind       string `json:"kind"`
 	Metadata   struct {
-		Name      string `json:"name"`
-		Namespace string `json:"namespace"`
+		Name        string            `json:"name"`
+		Namespace   string            `json:"namespace"`
+		Labels      map[string]string `json:"labels"`
+		Annotations map[string]string `json:"annotations"`
 	} `json:"metadata"`
 	Spec json.RawMessage `json:"spec"`
 }
@@ -127,6 +129,7 @@ type loader struct {
 	entries   []resource[*networking.ServiceEntry]
 	workloads []resource[*networking.WorkloadEntry]
 	rules     []resource[*networking.DestinationRule]
+	exports   map[Source]Export // ServiceEntry export choices (ExportLabel)
 }
 
 func (l *loader) errorf(src Source, format string, args ...any) {
@@ -199,6 +202,15 @@ func (l *loader) addDocument(file, where string, d *document) {
 	case "Gateway":
 		addSpec(l, src, d.Spec, &l.gateways)
 	case "ServiceEntry":
+		exp, err := ParseExport(d.Metadata.Labels, d.Metadata.Annotations)
+		if err != nil {
+			l.errorf(src, "%v", err)
+			return
+		}
+		if l.exports == nil {
+			l.exports = make(map[Source]Export)
+		}
+		l.exports[src] = exp
 		addSpec(l, src, d.Spec, &l.entries)
 	case "WorkloadEntry":
 		addSpec(l, src, d.Spec, &l.workloads)
@@ -398,6 +410,7 @@ func (l *loader) buildServices(r resource[*networking.ServiceEntry]) []*Service 
 			Host:      host,
 			Namespace: r.src.Namespace,
 			ExportTo:  spec.GetExportTo(),
+			Export:    l.exports[r.src],
 			Ports:     ports,
 			Endpoints: eps,
 		})

@@ -375,7 +375,7 @@ func TestServiceEntry(t *testing.T) {
 			t.Errorf("%s: namespace %q source %v", s.Host, s.Namespace, s.Source)
 		}
 		equal(t, "exportTo", s.ExportTo, []string{".", "istio-system"})
-		equal(t, "ports", s.Ports, []Port{{9080, "http", "HTTP", 0}, {9443, "tls", "TLS", 8443}, {7000, "", "", 0}})
+		equal(t, "ports", s.Ports, []Port{{Number: 9080, Name: "http", Protocol: "HTTP"}, {Number: 9443, Name: "tls", Protocol: "TLS", TargetPort: 8443}, {Number: 7000}})
 		equal(t, "endpoints", endpointAddresses(s), []string{"10.0.0.1", "fd00::1", "reviews-v3.example.com"})
 	}
 	e := c.Services[0].Endpoints[0]

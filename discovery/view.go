@@ -21,7 +21,17 @@ type Node struct {
 	// label. Istio never does: such endpoints cannot terminate the client's
 	// mTLS.
 	AnyTLSMode bool
+	// ExportDefault says whether services without an ExportLabel may be
+	// reached from other networks; "" is ExportAll.
+	ExportDefault ExportDefault
+	// TrustDomain is the SPIFFE trust domain of the network's workloads,
+	// used to turn endpoints' service accounts into SPIFFE IDs in
+	// summaries; "" is DefaultTrustDomain.
+	TrustDomain string
 }
+
+// DefaultTrustDomain is Istio's default trust domain.
+const DefaultTrustDomain = "cluster.local"
 
 // Listener is a port the node serves for one Gateway server.
 type Listener struct {
@@ -43,6 +53,15 @@ type Route struct {
 	Key     sni.Key
 	Service *Service
 	Targets []Target
+	// Exported reports whether the gateway may forward connections that
+	// reach its listeners or tunnels to Targets: the service is exported
+	// (ExportLabel, Node.ExportDefault). Targets are listed either way, for
+	// resolution inside this network.
+	Exported bool
+	// Origin is where the route's service, port or subset was defined
+	// when another network did (the first of them that is remote); such a
+	// route has no Targets. Zero for routes this gateway's config defines.
+	Origin Origin
 }
 
 // Reason says why a key does not route; its value is a stable metric label.
@@ -72,8 +91,12 @@ func (e *RouteError) Error() string {
 type View struct {
 	Node      Node
 	Listeners []*Listener
+	// Conflicts are the disagreements between networks' definitions that
+	// the catalog's merge settled (see [Catalog.Merge]).
+	Conflicts []Conflict
 	services  map[string]*serviceView
 	routes    []*Route
+	hosts     []string // service hosts, in catalog order
 }
 
 type serviceView struct {
@@ -91,7 +114,7 @@ type portSubset struct {
 // View builds the node's view of the catalog. It fails when Gateways that
 // select the node claim the same port.
 func (c *Catalog) View(n Node) (*View, error) {
-	v := &View{Node: n, services: make(map[string]*serviceView, len(c.Services))}
+	v := &View{Node: n, Conflicts: c.Conflicts, services: make(map[string]*serviceView, len(c.Services))}
 	byPort := make(map[uint32]*Listener)
 	for _, g := range c.Gateways {
 		if !g.Selects(n.Labels) {
@@ -119,12 +142,27 @@ func (c *Catalog) View(n Node) (*View, error) {
 			}
 		}
 		v.services[svc.Host] = sv
+		v.hosts = append(v.hosts, svc.Host)
 	}
 	return v, nil
 }
 
 func (sv *serviceView) add(v *View, n Node, p Port, ss Subset) {
-	r := &Route{Key: sni.Key{Host: sv.svc.Host, Port: uint16(p.Number), Subset: ss.Name}, Service: sv.svc}
+	r := &Route{Key: sni.Key{Host: sv.svc.Host, Port: uint16(p.Number), Subset: ss.Name}, Service: sv.svc,
+		Exported: sv.svc.exported(n.ExportDefault)}
+	for _, o := range []Origin{sv.svc.Origin, p.Origin, ss.Origin} {
+		if o.Remote() {
+			r.Origin = o
+			break
+		}
+	}
+	sv.routes[portSubset{r.Key.Port, r.Key.Subset}] = r
+	v.routes = append(v.routes, r)
+	if r.Origin.Remote() {
+		// Only the networks that define the port or subset know which of
+		// their endpoints serve it.
+		return
+	}
 	for _, ep := range sv.svc.Endpoints {
 		if ep.Network != "" && ep.Network != n.Network {
 			continue
@@ -141,8 +179,6 @@ func (sv *serviceView) add(v *View, n Node, p Port, ss Subset) {
 			Locality: ep.Locality,
 		})
 	}
-	sv.routes[portSubset{r.Key.Port, r.Key.Subset}] = r
-	v.routes = append(v.routes, r)
 }
 
 // exposes reports whether listener l may route to svc: one of its server's
@@ -187,3 +223,13 @@ func (v *View) Route(li int, key sni.Key) (*Route, error) {
 
 // Routes returns every route of the view, in catalog order.
 func (v *View) Routes() []*Route { return v.routes }
+
+// Services returns every service of the view, local and merged from
+// other networks, in catalog order.
+func (v *View) Services() []*Service {
+	out := make([]*Service, len(v.hosts))
+	for i, h := range v.hosts {
+		out[i] = v.services[h].svc
+	}
+	return out
+}

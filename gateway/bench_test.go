@@ -259,3 +259,55 @@ func BenchmarkConnect(b *testing.B) {
 		c.Close()
 	}
 }
+
+// BenchmarkHalfSentHellos opens b.N connections that each send the first
+// bytes of a ClientHello announcing 60,000 bytes and then stall, as a
+// client that proves nothing can, and reports what each costs the gateway
+// while it waits: heap in use and the bytes counted against
+// Config.HelloMemory. Run with -benchtime=1000x for 1000 connections.
+func BenchmarkHalfSentHellos(b *testing.B) {
+	for _, sent := range []int{4 << 10, 16 << 10} {
+		b.Run(fmt.Sprintf("sent=%d", sent), func(b *testing.B) {
+			if b.N > 5000 {
+				b.Skip("run with -benchtime=Nx, N <= 5000")
+			}
+			half := make([]byte, sent)
+			copy(half, []byte{22, 3, 1, 0x40, 0x00, 1, 0x00, 0xea, 0x60})
+			gw, gwAddr := benchGateway(b, "")
+			// What each peek grows to: its 4 KiB doubled past the bytes sent.
+			grown := int64(4 << 10)
+			for grown <= int64(sent) {
+				grown *= 2
+			}
+			runtime.GC()
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			clients := make([]net.Conn, 0, b.N)
+			defer func() {
+				for _, c := range clients {
+					c.Close()
+				}
+			}()
+			b.ResetTimer()
+			for range b.N {
+				c, err := net.Dial("tcp", gwAddr)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := c.Write(half); err != nil {
+					b.Fatal(err)
+				}
+				clients = append(clients, c)
+			}
+			await.True(b, 30*time.Second, "every peek to hold what was sent", func() bool {
+				return gw.HelloMemory() == int64(b.N)*grown
+			})
+			b.StopTimer()
+			runtime.GC()
+			runtime.ReadMemStats(&after)
+			n := float64(b.N)
+			b.ReportMetric(float64(after.HeapInuse-before.HeapInuse)/n, "heap-B/conn")
+			b.ReportMetric(float64(gw.HelloMemory())/n, "hello-B/conn")
+		})
+	}
+}

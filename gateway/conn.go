@@ -153,7 +153,11 @@ func (g *Gateway) route(port uint32, c *net.TCPConn, hello sni.Hello) (up *net.T
 		return nil, nil, nil
 	}
 	cl := t.clusters[r]
-	if len(cl.members) == 0 {
+	// A service this network does not export keeps its endpoints from
+	// other networks' clients, which may be among this listener's; other
+	// networks that export it may still serve it.
+	withheld := !r.Exported && len(cl.members) > 0
+	if len(cl.members) == 0 || withheld {
 		if rd := g.remote.Load(); rd != nil {
 			// The dialer bounds each gateway it tries; this bounds them all.
 			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(g.cfg.DialAttempts)*g.cfg.DialTimeout)
@@ -162,8 +166,16 @@ func (g *Gateway) route(port uint32, c *net.TCPConn, hello sni.Hello) (up *net.T
 			if err == nil {
 				return nil, nil, remote
 			}
+			if withheld {
+				g.refuse(c, string(discovery.NotExported), alertUnrecognizedName, "sni", hello.ServerName, "network", t.view.Node.Network, "err", err)
+				return nil, nil, nil
+			}
 			g.m.ConnectErrors.Inc()
 			g.refuse(c, RejectUnavailable, alertInternalError, "sni", hello.ServerName, "via", "tunnel", "err", err)
+			return nil, nil, nil
+		}
+		if withheld {
+			g.refuse(c, string(discovery.NotExported), alertUnrecognizedName, "sni", hello.ServerName, "network", t.view.Node.Network)
 			return nil, nil, nil
 		}
 		g.refuse(c, RejectNoEndpoints, alertHandshakeFailure, "sni", hello.ServerName, "network", t.view.Node.Network)

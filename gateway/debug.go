@@ -2,13 +2,50 @@ package gateway
 
 import (
 	"time"
+
+	"github.com/ewgate/ewgate/discovery"
 )
 
 // DebugConfig describes what the gateway serves now, for /debug/config.
 type DebugConfig struct {
 	Network   string          `json:"network"`
 	Listeners []DebugListener `json:"listeners"`
-	Routes    []DebugRoute    `json:"routes"`
+	// Services is the merged catalog: this gateway's own definitions and
+	// those other networks gossip, each part saying where it came from.
+	Services []DebugService `json:"services"`
+	// Conflicts are the definitions the merge did not use, and why.
+	Conflicts []discovery.Conflict `json:"conflicts"`
+	Routes    []DebugRoute         `json:"routes"`
+}
+
+// DebugService is one service of the merged catalog. Each From is "local"
+// (with the resource for the service itself) or "network N via gateway
+// G".
+type DebugService struct {
+	Host      string        `json:"host"`
+	Namespace string        `json:"namespace"`
+	ExportTo  []string      `json:"exportTo,omitempty"`
+	From      string        `json:"from"`
+	Ports     []DebugPort   `json:"ports"`
+	Subsets   []DebugSubset `json:"subsets,omitempty"`
+	// RemoteServiceAccounts are the SPIFFE IDs other networks report for
+	// their endpoints of the service.
+	RemoteServiceAccounts []string `json:"remoteServiceAccounts,omitempty"`
+}
+
+// DebugPort is one port of a DebugService.
+type DebugPort struct {
+	Number   uint32           `json:"number"`
+	Name     string           `json:"name,omitempty"`
+	Protocol string           `json:"protocol,omitempty"`
+	From     discovery.Origin `json:"from"`
+}
+
+// DebugSubset is one subset of a DebugService.
+type DebugSubset struct {
+	Name   string            `json:"name"`
+	Labels map[string]string `json:"labels,omitempty"`
+	From   discovery.Origin  `json:"from"`
 }
 
 // DebugListener is one served port.
@@ -22,13 +59,21 @@ type DebugListener struct {
 
 // DebugRoute is one service, port and subset with its eligible endpoints.
 type DebugRoute struct {
-	SNI       string          `json:"sni"`
-	Service   string          `json:"service"`
-	Namespace string          `json:"namespace"`
-	Port      uint16          `json:"port"`
-	Subset    string          `json:"subset,omitempty"`
-	ExportTo  []string        `json:"exportTo,omitempty"`
-	Endpoints []DebugEndpoint `json:"endpoints"`
+	SNI       string   `json:"sni"`
+	Service   string   `json:"service"`
+	Namespace string   `json:"namespace"`
+	Port      uint16   `json:"port"`
+	Subset    string   `json:"subset,omitempty"`
+	ExportTo  []string `json:"exportTo,omitempty"`
+	// Exported is false when this network does not export the service:
+	// its endpoints are listed but never forwarded to from the listeners
+	// or tunnels.
+	Exported bool `json:"exported"`
+	// From is where the route's service, port or subset was defined:
+	// "local", or the other network that defines it (the route then
+	// leads to that network and has no endpoints here).
+	From      discovery.Origin `json:"from"`
+	Endpoints []DebugEndpoint  `json:"endpoints"`
 }
 
 // DebugEndpoint is one eligible endpoint and its live state.
@@ -50,7 +95,11 @@ func (g *Gateway) Debug() *DebugConfig {
 	}
 	addrs := g.Addrs()
 	now := time.Now().UnixNano()
-	d := &DebugConfig{Network: t.view.Node.Network, Listeners: []DebugListener{}, Routes: []DebugRoute{}}
+	d := &DebugConfig{Network: t.view.Node.Network, Listeners: []DebugListener{}, Services: []DebugService{},
+		Conflicts: append([]discovery.Conflict{}, t.view.Conflicts...), Routes: []DebugRoute{}}
+	for _, svc := range t.view.Services() {
+		d.Services = append(d.Services, debugService(svc))
+	}
 	for _, l := range t.view.Listeners {
 		dl := DebugListener{Port: l.Port, Gateway: l.Gateway.Source.String(), Mode: string(l.Server.Mode)}
 		if a, ok := addrs[l.Port]; ok {
@@ -63,7 +112,8 @@ func (g *Gateway) Debug() *DebugConfig {
 	}
 	for _, r := range t.view.Routes() {
 		dr := DebugRoute{SNI: r.Key.SNI(), Service: r.Service.Host, Namespace: r.Service.Namespace,
-			Port: r.Key.Port, Subset: r.Key.Subset, ExportTo: r.Service.ExportTo, Endpoints: []DebugEndpoint{}}
+			Port: r.Key.Port, Subset: r.Key.Subset, ExportTo: r.Service.ExportTo, Exported: r.Exported, From: r.Origin,
+			Endpoints: []DebugEndpoint{}}
 		cl := t.clusters[r]
 		for i, u := range cl.members {
 			de := DebugEndpoint{Address: u.addr, Weight: uint32(cl.weight(i)), Locality: r.Targets[i].Locality, Active: u.active.Load()}
@@ -76,4 +126,19 @@ func (g *Gateway) Debug() *DebugConfig {
 		d.Routes = append(d.Routes, dr)
 	}
 	return d
+}
+
+func debugService(svc *discovery.Service) DebugService {
+	ds := DebugService{Host: svc.Host, Namespace: svc.Namespace, ExportTo: svc.ExportTo, From: svc.Origin.String(),
+		Ports: []DebugPort{}, RemoteServiceAccounts: svc.RemoteAccounts}
+	if !svc.Origin.Remote() {
+		ds.From = "local: " + svc.Source.String()
+	}
+	for _, p := range svc.Ports {
+		ds.Ports = append(ds.Ports, DebugPort{Number: p.Number, Name: p.Name, Protocol: p.Protocol, From: p.Origin})
+	}
+	for _, ss := range svc.Subsets {
+		ds.Subsets = append(ds.Subsets, DebugSubset{Name: ss.Name, Labels: ss.Labels, From: ss.Origin})
+	}
+	return ds
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ewgate/ewgate/discovery"
@@ -36,10 +37,23 @@ type Config struct {
 	ALPN []string
 	// AnyALPN turns the ALPN check off.
 	AnyALPN bool
-	// Peek bounds the ClientHello read: default 64 KiB and 5 s.
+	// Peek bounds the ClientHello read: default 64 KiB and 5 s. Its
+	// Budget is set from HelloMemory.
 	Peek sni.Peeker
+	// HelloMemory bounds the bytes that all ClientHello reads in progress
+	// may allocate beyond their first 4 KiB each (the pooled buffers,
+	// bounded by MaxConnections): a hello that would exceed it is refused
+	// with reason hello_over_budget. Default DefaultHelloMemory (64 MiB):
+	// a thousand hellos of the largest size at once. Negative: no bound.
+	HelloMemory int64
 	// DialTimeout bounds each upstream connect; default 5s.
 	DialTimeout time.Duration
+	// DialControl, if not nil, is called with the address of every
+	// upstream socket before it connects (net.Dialer.Control); an error
+	// refuses the connect. cmd sets it to discovery.AddressPolicy.Control,
+	// so that an endpoint named by DNS cannot resolve to an address the
+	// policy refuses.
+	DialControl func(network, address string, c syscall.RawConn) error
 	// DialAttempts is how many endpoints are tried per connection; default 3.
 	DialAttempts int
 	// EjectAfter consecutive connect failures eject an endpoint; default 3.
@@ -59,7 +73,16 @@ type Config struct {
 	Metrics *Metrics
 }
 
+// DefaultHelloMemory is the default of Config.HelloMemory.
+const DefaultHelloMemory = 64 << 20
+
 func (c *Config) setDefaults() {
+	if c.HelloMemory == 0 {
+		c.HelloMemory = DefaultHelloMemory
+	}
+	if c.HelloMemory > 0 {
+		c.Peek.Budget = sni.NewBudget(c.HelloMemory)
+	}
 	if c.ALPN == nil {
 		c.ALPN = IstioALPN()
 	}
@@ -133,7 +156,7 @@ func New(cfg Config) *Gateway {
 		flows:     make(map[*flow]struct{}),
 		tunneled:  make(map[HalfConn]struct{}),
 	}
-	g.dialer = net.Dialer{Timeout: cfg.DialTimeout}
+	g.dialer = net.Dialer{Timeout: cfg.DialTimeout, Control: cfg.DialControl}
 	g.rlog.log = cfg.Logger
 	g.bufs.New = func() any {
 		// Big enough for Go's and browsers' hellos (1.5-2 KB) in one read;
@@ -246,6 +269,16 @@ func (g *Gateway) Ready() bool {
 
 // Active returns the number of open client connections.
 func (g *Gateway) Active() int64 { return g.active.Load() }
+
+// HelloMemory returns the bytes ClientHello reads in progress hold beyond
+// their pooled buffers, as counted against Config.HelloMemory; 0 without
+// a bound.
+func (g *Gateway) HelloMemory() int64 {
+	if b := g.cfg.Peek.Budget; b != nil {
+		return b.InUse()
+	}
+	return 0
+}
 
 // Shutdown drains the gateway: it stops accepting at once, lets open
 // connections finish until ctx is done, then closes the rest. It returns

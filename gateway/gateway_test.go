@@ -113,6 +113,15 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
+metadata: {name: secret, namespace: demo, labels: {ewgate.io/export: "false"}}
+spec:
+  hosts: [secret.demo.svc.cluster.local]
+  ports: [{number: 9080, name: tcp}]
+  endpoints:
+  - {address: 127.0.0.1, ports: {tcp: ` + b.Addr()[strings.LastIndex(b.Addr(), ":")+1:] + `}, labels: {security.istio.io/tlsMode: istio}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
 metadata: {name: other, namespace: demo}
 spec:
   hosts: [other.example.com]
@@ -131,6 +140,7 @@ spec:
 		{"unknown subset", "outbound_.9080_.v9_.echo.demo.svc.cluster.local", []string{"istio"}, "unknown_subset", "unrecognized name"},
 		{"exportTo hides it from the gateway namespace", "outbound_.9080_._.private.demo.svc.cluster.local", []string{"istio"}, "not_exported", "unrecognized name"},
 		{"host outside the server's hosts", "outbound_.9080_._.other.example.com", []string{"istio"}, "host_not_exposed", "unrecognized name"},
+		{"labelled ewgate.io/export false", "outbound_.9080_._.secret.demo.svc.cluster.local", []string{"istio"}, "not_exported", "unrecognized name"},
 		{"endpoints without tlsMode istio", "outbound_.9080_._.plain.demo.svc.cluster.local", []string{"istio"}, "no_endpoints", "handshake failure"},
 		{"IP literal host", "outbound_.9080_._.127.0.0.1", []string{"istio"}, "bad_sni", "unrecognized name"},
 		{"not an Istio name", "echo.demo.svc.cluster.local", []string{"istio"}, "bad_sni", "unrecognized name"},
@@ -152,6 +162,26 @@ spec:
 			await.True(t, 5*time.Second, "reject counter", func() bool { return m.gw.m.Rejected(tt.reason) == before+1 })
 		})
 	}
+	// A stream another network's gateway carries here for the service
+	// this network does not export is refused again here.
+	t.Run("tunneled stream for a service not exported", func(t *testing.T) {
+		before := m.gw.m.Rejected("not_exported")
+		client, far := tcpPair(t)
+		done := make(chan error, 1)
+		go func() { done <- m.gw.ServeTunnel(sni.Key{Host: "secret.demo.svc.cluster.local", Port: 9080}, far) }()
+		client.SetReadDeadline(time.Now().Add(time.Minute))
+		got, err := io.ReadAll(client)
+		if err != nil || !bytes.Equal(got, alertRecord(alertUnrecognizedName)) {
+			t.Errorf("answer %x, %v; want the unrecognized_name alert", got, err)
+		}
+		client.Close()
+		if err := <-done; err == nil {
+			t.Error("ServeTunnel returned nil for a refused stream")
+		}
+		if n := m.gw.m.Rejected("not_exported"); n != before+1 {
+			t.Errorf("rejected{reason=not_exported} = %d, want %d", n, before+1)
+		}
+	})
 	if n := b.Accepted(); n != 0 {
 		t.Fatalf("backend accepted %d connections; refusals must not dial", n)
 	}
@@ -530,5 +560,51 @@ func TestServeTunnelRefusals(t *testing.T) {
 				t.Errorf("rejected{reason=%q} = %d, want 1", tt.reason, n)
 			}
 		})
+	}
+}
+
+// A service this network does not export keeps its local endpoints from
+// the gateway's clients, but another network that exports it may still
+// serve them through a tunnel; with none, the refusal says not_exported.
+func TestNotExportedGoesRemoteOnly(t *testing.T) {
+	m := newMesh(t)
+	local, far := m.backend("v1"), m.backend("far")
+	port := freePort(t)
+	m.start(echoYAML(port, local) + `---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: secret, namespace: demo, labels: {ewgate.io/export: "false"}}
+spec:
+  hosts: [secret.demo.svc.cluster.local]
+  ports: [{number: 9080, name: tcp}]
+  endpoints:
+  - {address: 127.0.0.1, ports: {tcp: ` + local.Addr()[strings.LastIndex(local.Addr(), ":")+1:] + `}, labels: {security.istio.io/tlsMode: istio}}
+`)
+	const secretSNI = "outbound_.9080_._.secret.demo.svc.cluster.local"
+	m.gw.SetRemote(tcpRemote{far.Addr()})
+	c, err := m.dial(secretSNI, "istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Server != "far" {
+		t.Errorf("reached %s, want the other network's endpoint", c.Server)
+	}
+	if err := c.Exchange(64 << 10); err != nil {
+		t.Error(err)
+	}
+	c.Close()
+
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed.Close()
+	m.gw.SetRemote(tcpRemote{closed.Addr().String()})
+	if _, err := m.dial(secretSNI, "istio"); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+		t.Fatalf("no other network serves it: %v, want unrecognized name", err)
+	}
+	await.True(t, 5*time.Second, "not_exported count", func() bool { return m.gw.m.Rejected("not_exported") == 1 })
+	if n := local.Accepted(); n != 0 {
+		t.Errorf("the unexported local endpoint accepted %d connections", n)
 	}
 }

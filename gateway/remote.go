@@ -76,6 +76,12 @@ func (g *Gateway) ServeTunnel(key sni.Key, conn HalfConn) error {
 		errors.As(err, &re)
 		return g.refuseTunneled(conn, string(re.Reason), alertUnrecognizedName, fmt.Errorf("tunnel: %w", err))
 	}
+	if !r.Exported {
+		// The dialing gateway should not have sent it (this network's
+		// summary does not offer it); this gateway never trusts that.
+		return g.refuseTunneled(conn, string(discovery.NotExported), alertUnrecognizedName,
+			fmt.Errorf("tunnel: %s: not exported from network %s", key, t.view.Node.Network))
+	}
 	cl := t.clusters[r]
 	if len(cl.members) == 0 {
 		return g.refuseTunneled(conn, RejectNoEndpoints, alertHandshakeFailure,

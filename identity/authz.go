@@ -111,12 +111,73 @@ type Stats struct {
 // component so that its counters cover both ends. It is safe for concurrent
 // use.
 type Authorizer struct {
-	log          *slog.Logger
+	log      *slog.Logger
+	match    *Matcher
+	accepted atomic.Uint64
+	rejected [numReasons]atomic.Uint64 // indexed like Reasons()
+}
+
+// Matcher tells whether an authenticated SPIFFE ID is allowed by a
+// [Policy], with no default: the zero Policy matches no ID. Servers use it
+// to authorize each call of an already authenticated peer (the API allows
+// endpoint registration to fewer callers than resolution). It is safe for
+// concurrent use.
+type Matcher struct {
 	trustDomains []spiffeid.TrustDomain
 	prefixes     []string // "spiffe://td/path", without trailing slash
 	ids          []spiffeid.ID
-	accepted     atomic.Uint64
-	rejected     [numReasons]atomic.Uint64 // indexed like Reasons()
+}
+
+// NewMatcher returns a Matcher for pol. It fails if an entry of pol is not
+// a valid trust domain name or SPIFFE ID.
+func NewMatcher(pol Policy) (*Matcher, error) {
+	m := new(Matcher)
+	for _, s := range pol.TrustDomains {
+		td, err := spiffeid.TrustDomainFromString(s)
+		if err != nil {
+			return nil, fmt.Errorf("identity: policy trust domain %q: %w", s, err)
+		}
+		m.trustDomains = append(m.trustDomains, td)
+	}
+	for _, s := range pol.IDPrefixes {
+		id, err := spiffeid.FromString(strings.TrimSuffix(s, "/"))
+		if err != nil {
+			return nil, fmt.Errorf("identity: policy ID prefix %q: %w", s, err)
+		}
+		m.prefixes = append(m.prefixes, id.String())
+	}
+	for _, s := range pol.IDs {
+		id, err := spiffeid.FromString(s)
+		if err != nil {
+			return nil, fmt.Errorf("identity: policy ID %q: %w", s, err)
+		}
+		m.ids = append(m.ids, id)
+	}
+	return m, nil
+}
+
+// Empty reports whether the policy has no entry, so that it matches no ID.
+func (m *Matcher) Empty() bool {
+	return len(m.trustDomains) == 0 && len(m.prefixes) == 0 && len(m.ids) == 0
+}
+
+// Allows reports whether id matches an entry of the policy.
+func (m *Matcher) Allows(id spiffeid.ID) bool {
+	if slices.Contains(m.trustDomains, id.TrustDomain()) || slices.Contains(m.ids, id) {
+		return true
+	}
+	s := id.String()
+	for _, p := range m.prefixes {
+		if s == p || strings.HasPrefix(s, p+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// String summarizes the policy's size for error messages.
+func (m *Matcher) String() string {
+	return fmt.Sprintf("%d trust domains, %d ID prefixes, %d IDs", len(m.trustDomains), len(m.prefixes), len(m.ids))
 }
 
 // NewAuthorizer returns an Authorizer enforcing pol. It fails if an entry of
@@ -126,28 +187,11 @@ func NewAuthorizer(pol Policy, logger *slog.Logger) (*Authorizer, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	a := &Authorizer{log: logger}
-	for _, s := range pol.TrustDomains {
-		td, err := spiffeid.TrustDomainFromString(s)
-		if err != nil {
-			return nil, fmt.Errorf("identity: policy trust domain %q: %w", s, err)
-		}
-		a.trustDomains = append(a.trustDomains, td)
+	m, err := NewMatcher(pol)
+	if err != nil {
+		return nil, err
 	}
-	for _, s := range pol.IDPrefixes {
-		id, err := spiffeid.FromString(strings.TrimSuffix(s, "/"))
-		if err != nil {
-			return nil, fmt.Errorf("identity: policy ID prefix %q: %w", s, err)
-		}
-		a.prefixes = append(a.prefixes, id.String())
-	}
-	for _, s := range pol.IDs {
-		id, err := spiffeid.FromString(s)
-		if err != nil {
-			return nil, fmt.Errorf("identity: policy ID %q: %w", s, err)
-		}
-		a.ids = append(a.ids, id)
-	}
+	a := &Authorizer{log: logger, match: m}
 	return a, nil
 }
 
@@ -234,7 +278,7 @@ func (a *Authorizer) authorize(src Source, chain []*x509.Certificate, now time.T
 
 // allowed applies the policy to an authenticated ID.
 func (a *Authorizer) allowed(src Source, id spiffeid.ID) error {
-	if len(a.trustDomains) == 0 && len(a.prefixes) == 0 && len(a.ids) == 0 {
+	if a.match.Empty() {
 		own, err := src.GetX509SVID()
 		if err != nil {
 			return fmt.Errorf("cannot determine own trust domain for the default policy: %w", err)
@@ -245,17 +289,10 @@ func (a *Authorizer) allowed(src Source, id spiffeid.ID) error {
 		}
 		return nil
 	}
-	if slices.Contains(a.trustDomains, id.TrustDomain()) || slices.Contains(a.ids, id) {
+	if a.match.Allows(id) {
 		return nil
 	}
-	s := id.String()
-	for _, p := range a.prefixes {
-		if s == p || strings.HasPrefix(s, p+"/") {
-			return nil
-		}
-	}
-	return fmt.Errorf("ID is not allowed by the policy (%d trust domains, %d ID prefixes, %d IDs)",
-		len(a.trustDomains), len(a.prefixes), len(a.ids))
+	return fmt.Errorf("ID is not allowed by the policy (%s)", a.match)
 }
 
 func certPool(certs []*x509.Certificate) *x509.CertPool {

@@ -6,11 +6,14 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"github.com/ewgate/ewgate/internal/leakcheck"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ewgate/ewgate/internal/leakcheck"
 )
 
 const (
@@ -373,5 +376,46 @@ func TestAuthorizeWithoutCertificate(t *testing.T) {
 	}
 	if got := az.Stats().Rejected[ReasonBadCertificate]; got != 1 {
 		t.Fatalf("counter %d, want 1", got)
+	}
+}
+
+func TestMatcher(t *testing.T) {
+	m, err := NewMatcher(Policy{
+		TrustDomains: []string{"other.example"},
+		IDPrefixes:   []string{"spiffe://cluster.local/ns/vms/"},
+		IDs:          []string{"spiffe://cluster.local/ns/istio-system/sa/agent"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		id   string
+		want bool
+	}{
+		{"spiffe://other.example/anything", true},
+		{"spiffe://cluster.local/ns/vms", true},
+		{"spiffe://cluster.local/ns/vms/sa/vm-agent", true},
+		{"spiffe://cluster.local/ns/vms-x/sa/vm-agent", false},
+		{"spiffe://cluster.local/ns/istio-system/sa/agent", true},
+		{"spiffe://cluster.local/ns/istio-system/sa/agent2", false},
+		{"spiffe://cluster.local/ns/default/sa/default", false},
+	}
+	for _, tt := range tests {
+		if got := m.Allows(spiffeid.RequireFromString(tt.id)); got != tt.want {
+			t.Errorf("Allows(%s) = %v, want %v", tt.id, got, tt.want)
+		}
+	}
+	if m.Empty() {
+		t.Error("Empty() = true for a policy with entries")
+	}
+	zero, err := NewMatcher(Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !zero.Empty() || zero.Allows(spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/b")) {
+		t.Error("the zero policy's Matcher must match nothing")
+	}
+	if _, err := NewMatcher(Policy{IDs: []string{"http://x"}}); err == nil {
+		t.Error("NewMatcher accepted an ID that is not a SPIFFE ID")
 	}
 }

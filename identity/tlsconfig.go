@@ -60,5 +60,5 @@ func orDefault(az *Authorizer) *Authorizer {
 	if az != nil {
 		return az
 	}
-	return &Authorizer{log: slog.New(slog.DiscardHandler)}
+	return &Authorizer{log: slog.New(slog.DiscardHandler), match: new(Matcher)}
 }

@@ -246,11 +246,17 @@ func TestStartRejectsBadConfig(t *testing.T) {
 func bigSummary(network string, n int) Summary {
 	s := Summary{Network: network}
 	for i := range n {
+		ns := fmt.Sprintf("ns-%03d", i%100)
 		s.Services = append(s.Services, ServiceSummary{
-			Host: fmt.Sprintf("svc-%05d.ns-%03d.svc.cluster.local", i, i%100),
-			Ports: []PortSummary{{Port: 8080, Subsets: []SubsetSummary{
+			Host:            fmt.Sprintf("svc-%05d.%s.svc.cluster.local", i, ns),
+			Namespace:       ns,
+			ExportTo:        []string{".", "istio-system"},
+			ServiceAccounts: []string{fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/svc-%05d", ns, i)},
+			Ports: []PortSummary{{Port: 8080, Name: "http", Protocol: "HTTP", Subsets: []SubsetSummary{
 				{Healthy: []LocalityCount{{Locality: "eu-west-1/eu-west-1a", Count: uint32(i%7 + 1)}}},
+				{Name: "v1", Healthy: []LocalityCount{{Locality: "eu-west-1/eu-west-1a", Count: uint32(i%7 + 1)}}},
 			}}},
+			Subsets: []SubsetDefinition{{Name: "v1", Labels: map[string]string{"app": "svc", "version": "v1"}}},
 		})
 	}
 	return s

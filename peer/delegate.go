@@ -72,6 +72,8 @@ func (d *delegate) NotifyMsg(buf []byte) {
 	if err != nil {
 		if errors.Is(err, errTooLarge) {
 			n.reject(rMessageTooLarge, err)
+		} else if errors.Is(err, errVersion) {
+			n.reject(rVersion, err)
 		} else {
 			n.reject(rMessageMalformed, err)
 		}
@@ -150,6 +152,8 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	if err != nil {
 		if errors.Is(err, errTooLarge) {
 			n.reject(rStateTooLarge, err)
+		} else if errors.Is(err, errVersion) {
+			n.reject(rVersion, err)
 		} else {
 			n.reject(rStateMalformed, err)
 		}
@@ -160,13 +164,22 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	n.c.lastPushPull.Store(int64(time.Since(start)))
 }
 
-// NotifyAlive refuses nodes whose meta does not decode.
+// NotifyAlive refuses nodes whose meta does not decode, and nodes of
+// another ProtocolVersion, whose summaries this node could not read nor
+// they this node's: such a node is not a member here.
 func (d *delegate) NotifyAlive(peer *memberlist.Node) error {
 	if peer.Name == d.cfg.Name {
 		return nil
 	}
-	if _, err := decodeMeta(peer.Meta); err != nil {
+	m, err := decodeMeta(peer.Meta)
+	if err != nil {
 		d.node().reject(rMetaMalformed, fmt.Errorf("member %q: %w", peer.Name, err))
+		return err
+	}
+	if m.Version != ProtocolVersion {
+		err := fmt.Errorf("member %q speaks wire version %d, this node %d: upgrade every gateway of the mesh to one version: %w",
+			peer.Name, m.Version, ProtocolVersion, errVersion)
+		d.node().reject(rVersion, err)
 		return err
 	}
 	return nil

@@ -4,9 +4,11 @@
 //
 // Every gateway runs one [Node]. A node advertises [Meta] (its network, the
 // passthrough and tunnel addresses other networks dial, its SPIFFE ID) and
-// publishes a [Summary] of its own network: per service host, port and
-// subset, the number of healthy endpoints per locality. Endpoint addresses
-// never appear in a summary, so they never leave their network.
+// publishes a [Summary] of its own network: per exported service its
+// definition (namespace, ports, subsets and their labels, exportTo, the
+// endpoints' SPIFFE IDs) and, per port and subset, the number of healthy
+// endpoints per locality. Endpoint addresses never appear in a summary, so
+// they never leave their network.
 //
 // # Propagation
 //
@@ -73,4 +75,10 @@
 // Two live nodes under one name confuse memberlist for as long as both
 // run. The one started later (its start time is in [Meta]) reports the
 // conflict through [Node.Conflict], which gateways turn into readiness.
+//
+// # Versions
+//
+// The wire formats carry [ProtocolVersion]. Nodes, messages and push/pull
+// states of another version are refused and counted ([RejectVersion]):
+// the gateways of one mesh run one version.
 package peer

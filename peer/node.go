@@ -84,6 +84,9 @@ const (
 	RejectMessageTooLarge  = "message_too_large"  // message over Config.MaxStateBytes
 	RejectMetaMalformed    = "meta_malformed"     // node meta that does not decode: node refused
 	RejectForeignOrigin    = "foreign_self_entry" // entry under this node's name from another node
+	// RejectVersion counts messages, push/pull states and nodes of another
+	// ProtocolVersion: gateways of one mesh must run one wire version.
+	RejectVersion = "wire_version"
 )
 
 // Stats are a node's counters, for metrics. Counters only grow.
@@ -185,11 +188,11 @@ type event struct {
 	meta []byte
 }
 
-const numReasons = 6
+const numReasons = 7
 
 func reasonName(i int) string {
 	return [numReasons]string{RejectStateMalformed, RejectStateTooLarge, RejectMessageMalformed,
-		RejectMessageTooLarge, RejectMetaMalformed, RejectForeignOrigin}[i]
+		RejectMessageTooLarge, RejectMetaMalformed, RejectForeignOrigin, RejectVersion}[i]
 }
 
 const (
@@ -199,6 +202,7 @@ const (
 	rMessageTooLarge
 	rMetaMalformed
 	rForeignOrigin
+	rVersion
 )
 
 type counters struct {
@@ -275,7 +279,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	mc.Alive = (*delegate)(n)
 	mc.Conflict = (*delegate)(n)
 	mc.DelegateProtocolVersion = ProtocolVersion
-	mc.DelegateProtocolMin = 1
+	mc.DelegateProtocolMin = ProtocolVersion
 	mc.DelegateProtocolMax = ProtocolVersion
 	if len(cfg.Keys) > 0 {
 		kr, err := memberlist.NewKeyring(cfg.Keys, cfg.Keys[0])

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -24,7 +25,9 @@ var scaleWords = []string{"reviews", "ratings", "details", "product", "cart", "c
 
 // scaleSummary is network's summary of n services: host names from
 // words, a random suffix and a namespace, as real clusters have; ports
-// 80, 443 and 9080-9999; the whole port and subsets v1, v2; one locality.
+// 80, 443 and 9080-9999 with names and protocols; subsets v1, v2 defined
+// by a version label, health for them and the whole port in one locality;
+// namespace and one service account, as definitions carry them.
 func scaleSummary(network string, n int, seed uint64) Summary {
 	rng := rand.New(rand.NewPCG(seed, 1))
 	s := Summary{Network: network}
@@ -37,9 +40,14 @@ func scaleSummary(network string, n int, seed uint64) Summary {
 			continue
 		}
 		seen[host] = true
-		svc := ServiceSummary{Host: host}
-		for _, p := range []uint16{80, 443, uint16(9080 + rng.IntN(900))} {
-			ps := PortSummary{Port: p}
+		ns := strings.Split(host, ".")[1]
+		app := strings.Split(host, ".")[0]
+		svc := ServiceSummary{Host: host, Namespace: ns,
+			ServiceAccounts: []string{"spiffe://cluster.local/ns/" + ns + "/sa/" + app},
+			Subsets: []SubsetDefinition{{Name: "v1", Labels: map[string]string{"version": "v1"}},
+				{Name: "v2", Labels: map[string]string{"version": "v2"}}}}
+		for i, p := range []uint16{80, 443, uint16(9080 + rng.IntN(900))} {
+			ps := PortSummary{Port: p, Name: []string{"http", "https", "grpc"}[i], Protocol: []string{"HTTP", "TLS", "GRPC"}[i]}
 			for _, sub := range []string{"", "v1", "v2"} {
 				ps.Subsets = append(ps.Subsets, SubsetSummary{Name: sub, Healthy: []LocalityCount{{Locality: loc, Count: uint32(1 + rng.IntN(5))}}})
 			}

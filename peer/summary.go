@@ -4,20 +4,26 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"github.com/ewgate/ewgate/discovery"
+	"maps"
+	"math"
 	"slices"
+
+	"github.com/ewgate/ewgate/discovery"
 )
 
 // The summary types are the catalog's own: a gateway gossips exactly what
 // discovery.Summarize computes, in the canonical order it defines
 // (services by Host, ports by Port, subsets by Name, localities by
-// Locality, no duplicates). Received summaries must be canonical too.
+// Locality, service accounts and subset definitions sorted, no
+// duplicates). Received summaries must be canonical too, and every string
+// in them within the limits below.
 type (
-	Summary        = discovery.Summary
-	ServiceSummary = discovery.ServiceSummary
-	PortSummary    = discovery.PortSummary
-	SubsetSummary  = discovery.SubsetSummary
-	LocalityCount  = discovery.LocalityCount
+	Summary          = discovery.Summary
+	ServiceSummary   = discovery.ServiceSummary
+	PortSummary      = discovery.PortSummary
+	SubsetSummary    = discovery.SubsetSummary
+	SubsetDefinition = discovery.SubsetDefinition
+	LocalityCount    = discovery.LocalityCount
 )
 
 // Version orders the summaries one origin node publishes: a receiver keeps
@@ -48,6 +54,19 @@ type NodeSummary struct {
 	Summary Summary
 }
 
+// Limits on the strings of a summary, checked when publishing and when
+// decoding, so that one bad field is refused by name instead of growing
+// every gateway's memory. They follow the formats: DNS names, DNS labels,
+// Kubernetes label keys and values, SPIFFE IDs.
+const (
+	maxHostLen     = 253  // a DNS name
+	maxLabelLen    = 63   // a DNS label: namespaces, subset names
+	maxPortNameLen = 253  // Istio does not bound port names; Kubernetes does at 15
+	maxKeyLen      = 317  // a Kubernetes label key: 253-byte prefix, '/', 63-byte name
+	maxSPIFFEIDLen = 2048 // the SPIFFE ID limit
+	maxLocalityLen = 1024 // region/zone/subzone
+)
+
 // cloneSummary returns a deep copy of s.
 func cloneSummary(s Summary) Summary {
 	c := Summary{Network: s.Network, Services: make([]ServiceSummary, len(s.Services))}
@@ -58,19 +77,27 @@ func cloneSummary(s Summary) Summary {
 			for k, ss := range p.Subsets {
 				subsets[k] = SubsetSummary{Name: ss.Name, Healthy: slices.Clone(ss.Healthy)}
 			}
-			ports[j] = PortSummary{Port: p.Port, Subsets: subsets}
+			ports[j] = PortSummary{Port: p.Port, Name: p.Name, Protocol: p.Protocol, Subsets: subsets}
 		}
-		c.Services[i] = ServiceSummary{Host: svc.Host, Ports: ports}
+		var defs []SubsetDefinition
+		for _, d := range svc.Subsets {
+			defs = append(defs, SubsetDefinition{Name: d.Name, Labels: maps.Clone(d.Labels)})
+		}
+		c.Services[i] = ServiceSummary{Host: svc.Host, Namespace: svc.Namespace, ExportTo: slices.Clone(svc.ExportTo),
+			ServiceAccounts: slices.Clone(svc.ServiceAccounts), Ports: ports, Subsets: defs}
 	}
 	return c
 }
 
 // canonicalize sorts s in place into canonical order and reports the
-// first problem: an empty host, port 0 or a duplicate key.
+// first problem: an empty host, port 0, a duplicate key or a string over
+// its limit.
 func canonicalize(s *Summary) error {
 	slices.SortFunc(s.Services, func(a, b ServiceSummary) int { return cmp.Compare(a.Host, b.Host) })
 	for i := range s.Services {
 		svc := &s.Services[i]
+		slices.Sort(svc.ServiceAccounts)
+		slices.SortFunc(svc.Subsets, func(a, b SubsetDefinition) int { return cmp.Compare(a.Name, b.Name) })
 		slices.SortFunc(svc.Ports, func(a, b PortSummary) int { return cmp.Compare(a.Port, b.Port) })
 		for j := range svc.Ports {
 			p := &svc.Ports[j]
@@ -83,34 +110,174 @@ func canonicalize(s *Summary) error {
 	return checkCanonical(s)
 }
 
-// checkCanonical reports whether s is sorted without duplicates and
-// without empty hosts or zero ports.
+// checkCanonical reports whether s is sorted without duplicates, without
+// empty hosts or zero ports, and with every string within its limit.
 func checkCanonical(s *Summary) error {
-	for i, svc := range s.Services {
+	for i := range s.Services {
+		svc := &s.Services[i]
 		if svc.Host == "" {
 			return errors.New("service with empty host")
 		}
 		if i > 0 && s.Services[i-1].Host >= svc.Host {
 			return fmt.Errorf("service %q duplicated or out of order", svc.Host)
 		}
-		for j, p := range svc.Ports {
-			if p.Port == 0 {
-				return fmt.Errorf("service %q: port 0", svc.Host)
+		if err := checkService(svc); err != nil {
+			return fmt.Errorf("service %q: %w", svc.Host, err)
+		}
+	}
+	return nil
+}
+
+func checkService(svc *ServiceSummary) error {
+	if err := checkLen("host", svc.Host, maxHostLen); err != nil {
+		return err
+	}
+	if err := checkLen("namespace", svc.Namespace, maxLabelLen); err != nil {
+		return err
+	}
+	for _, e := range svc.ExportTo {
+		if err := checkLen("exportTo", e, maxHostLen); err != nil {
+			return err
+		}
+	}
+	for j, id := range svc.ServiceAccounts {
+		if err := checkLen("service account", id, maxSPIFFEIDLen); err != nil {
+			return err
+		}
+		if j > 0 && svc.ServiceAccounts[j-1] >= id {
+			return fmt.Errorf("service account %q duplicated or out of order", id)
+		}
+	}
+	for j, d := range svc.Subsets {
+		if err := checkLen("subset", d.Name, maxLabelLen); err != nil {
+			return err
+		}
+		if j > 0 && svc.Subsets[j-1].Name >= d.Name {
+			return fmt.Errorf("subset definition %q duplicated or out of order", d.Name)
+		}
+		for k, v := range d.Labels {
+			if err := checkLen("subset "+d.Name+" label key", k, maxKeyLen); err != nil {
+				return err
 			}
-			if j > 0 && svc.Ports[j-1].Port >= p.Port {
-				return fmt.Errorf("service %q: port %d duplicated or out of order", svc.Host, p.Port)
+			if err := checkLen("subset "+d.Name+" label "+k, v, maxLabelLen); err != nil {
+				return err
 			}
-			for k, ss := range p.Subsets {
-				if k > 0 && p.Subsets[k-1].Name >= ss.Name {
-					return fmt.Errorf("service %q port %d: subset %q duplicated or out of order", svc.Host, p.Port, ss.Name)
+		}
+	}
+	for j, p := range svc.Ports {
+		if p.Port == 0 {
+			return errors.New("port 0")
+		}
+		if j > 0 && svc.Ports[j-1].Port >= p.Port {
+			return fmt.Errorf("port %d duplicated or out of order", p.Port)
+		}
+		if err := checkLen(fmt.Sprintf("port %d name", p.Port), p.Name, maxPortNameLen); err != nil {
+			return err
+		}
+		if err := checkLen(fmt.Sprintf("port %d protocol", p.Port), p.Protocol, maxLabelLen); err != nil {
+			return err
+		}
+		for k, ss := range p.Subsets {
+			if err := checkLen("subset", ss.Name, maxLabelLen); err != nil {
+				return err
+			}
+			if k > 0 && p.Subsets[k-1].Name >= ss.Name {
+				return fmt.Errorf("port %d: subset %q duplicated or out of order", p.Port, ss.Name)
+			}
+			for l, lc := range ss.Healthy {
+				if err := checkLen("locality", lc.Locality, maxLocalityLen); err != nil {
+					return err
 				}
-				for l, lc := range ss.Healthy {
-					if l > 0 && ss.Healthy[l-1].Locality >= lc.Locality {
-						return fmt.Errorf("service %q port %d subset %q: locality %q duplicated or out of order", svc.Host, p.Port, ss.Name, lc.Locality)
-					}
+				if l > 0 && ss.Healthy[l-1].Locality >= lc.Locality {
+					return fmt.Errorf("port %d subset %q: locality %q duplicated or out of order", p.Port, ss.Name, lc.Locality)
 				}
 			}
 		}
 	}
 	return nil
+}
+
+func checkLen(what, s string, limit int) error {
+	if len(s) > limit {
+		return fmt.Errorf("%s is %d bytes, over the limit of %d", what, len(s), limit)
+	}
+	return nil
+}
+
+// encodeSummary appends s in wire form: the network, then per service its
+// host, namespace, exportTo, service accounts, ports (number, name,
+// protocol, then per subset the counts per locality) and subset
+// definitions (name, then labels sorted by key).
+func encodeSummary(w *writer, s *Summary) {
+	w.str(s.Network)
+	w.uvarint(uint64(len(s.Services)))
+	for _, svc := range s.Services {
+		w.str(svc.Host)
+		w.str(svc.Namespace)
+		w.strs(svc.ExportTo)
+		w.strs(svc.ServiceAccounts)
+		w.uvarint(uint64(len(svc.Ports)))
+		for _, p := range svc.Ports {
+			w.uvarint(uint64(p.Port))
+			w.str(p.Name)
+			w.str(p.Protocol)
+			w.uvarint(uint64(len(p.Subsets)))
+			for _, ss := range p.Subsets {
+				w.str(ss.Name)
+				w.uvarint(uint64(len(ss.Healthy)))
+				for _, lc := range ss.Healthy {
+					w.str(lc.Locality)
+					w.uvarint(uint64(lc.Count))
+				}
+			}
+		}
+		w.uvarint(uint64(len(svc.Subsets)))
+		for _, d := range svc.Subsets {
+			w.str(d.Name)
+			keys := slices.Sorted(maps.Keys(d.Labels))
+			w.uvarint(uint64(len(keys)))
+			for _, k := range keys {
+				w.str(k)
+				w.str(d.Labels[k])
+			}
+		}
+	}
+}
+
+// decodeSummary reads what encodeSummary wrote. Counts are checked
+// against the bytes left (reader.count), so garbage cannot make it
+// allocate more than the input's size; label keys must come sorted
+// without duplicates. The caller checks r.err and canonical order.
+func decodeSummary(r *reader) Summary {
+	s := Summary{Network: r.str()}
+	for n := r.count(); n > 0 && r.err == nil; n-- {
+		svc := ServiceSummary{Host: r.str(), Namespace: r.str(), ExportTo: r.strs(), ServiceAccounts: r.strs()}
+		for n := r.count(); n > 0 && r.err == nil; n-- {
+			p := PortSummary{Port: uint16(r.bounded(math.MaxUint16)), Name: r.str(), Protocol: r.str()}
+			for n := r.count(); n > 0 && r.err == nil; n-- {
+				ss := SubsetSummary{Name: r.str()}
+				for n := r.count(); n > 0 && r.err == nil; n-- {
+					ss.Healthy = append(ss.Healthy, LocalityCount{Locality: r.str(), Count: uint32(r.bounded(math.MaxUint32))})
+				}
+				p.Subsets = append(p.Subsets, ss)
+			}
+			svc.Ports = append(svc.Ports, p)
+		}
+		for n := r.count(); n > 0 && r.err == nil; n-- {
+			d := SubsetDefinition{Name: r.str()}
+			last := ""
+			for n := r.count(); n > 0 && r.err == nil; n-- {
+				k, v := r.str(), r.str()
+				if d.Labels == nil {
+					d.Labels = make(map[string]string)
+				} else if k <= last {
+					r.fail("label order")
+				}
+				d.Labels[k], last = v, k
+			}
+			svc.Subsets = append(svc.Subsets, d)
+		}
+		s.Services = append(s.Services, svc)
+	}
+	return s
 }

@@ -111,6 +111,8 @@ func TestDelegateRejectsGarbage(t *testing.T) {
 	d := (*delegate)(n)
 	valid := encodeEntry("peer", Version{1, 1}, &Summary{Network: "b"})
 	unsorted := Summary{Network: "b", Services: []ServiceSummary{{Host: "z"}, {Host: "a"}}}
+	longKey := Summary{Network: "b", Services: []ServiceSummary{{Host: "a", Subsets: []SubsetDefinition{
+		{Name: "v1", Labels: map[string]string{strings.Repeat("k", maxKeyLen+1): "v"}}}}}}
 	bomb := encodeMessage(kindState, make([]byte, 1<<20)) // 1 MiB of zeros, compressed small
 	hdr := func(kind, flags byte, body []byte) []byte {
 		return append([]byte{ProtocolVersion, kind, flags}, body...)
@@ -124,7 +126,9 @@ func TestDelegateRejectsGarbage(t *testing.T) {
 	}{
 		{"empty message", []byte{}, nil, RejectMessageMalformed},
 		{"short header", []byte{1, 1}, nil, RejectMessageMalformed},
-		{"unknown wire version", hdr(kindEntry, 0, valid)[0:0:0], nil, RejectMessageMalformed},
+		{"unknown wire version", hdr(kindEntry, 0, valid)[0:0:0], nil, RejectVersion},
+		{"state of another wire version", nil, append([]byte{ProtocolVersion - 1}, hdr(kindState, 0, encodeState(nil))[1:]...), RejectVersion},
+		{"oversized label key", hdr(kindEntry, 0, encodeEntry("peer", Version{1, 3}, &longKey)), nil, RejectMessageMalformed},
 		{"unknown kind", hdr(9, 0, valid), nil, RejectMessageMalformed},
 		{"unknown flag", hdr(kindEntry, 0x80, valid), nil, RejectMessageMalformed},
 		{"state as message", hdr(kindState, 0, encodeState(nil)), nil, RejectMessageMalformed},
@@ -178,6 +182,16 @@ func TestDelegateRejectsGarbage(t *testing.T) {
 		}
 		if got := n.Stats().Rejected[RejectMetaMalformed]; got != 5 {
 			t.Errorf("Rejected[meta] = %d, want 5", got)
+		}
+	})
+
+	t.Run("node of another wire version", func(t *testing.T) {
+		old := Meta{Network: "b", PassthroughAddr: "10.0.0.2:15443", Version: ProtocolVersion - 1}
+		if err := d.NotifyAlive(&memberlist.Node{Name: "old", Meta: old.encode()}); err == nil || !strings.Contains(err.Error(), "wire version 1") {
+			t.Errorf("NotifyAlive of a version %d node: %v", old.Version, err)
+		}
+		if got := n.Stats().Rejected[RejectVersion]; got != 3 {
+			t.Errorf("Rejected[wire_version] = %d, want 3", got)
 		}
 	})
 

@@ -7,12 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 )
 
 // ProtocolVersion is the version of this package's wire formats (node
 // meta, messages, push/pull state). It is advertised in [Meta].Version.
-const ProtocolVersion uint8 = 1
+// Version 2 added service definitions to summaries; nodes and messages of
+// any other version are refused (RejectVersion).
+const ProtocolVersion uint8 = 2
 
 // Message header: wire version, kind, flags; then the body.
 const (
@@ -29,6 +30,7 @@ const (
 var (
 	errMalformed = errors.New("malformed")
 	errTooLarge  = errors.New("too large")
+	errVersion   = errors.New("another wire version")
 )
 
 // Meta is a node's memberlist metadata: what other networks need to reach
@@ -94,24 +96,7 @@ func encodeEntry(origin string, v Version, s *Summary) []byte {
 	w.str(origin)
 	w.uvarint(v.Epoch)
 	w.uvarint(v.Seq)
-	w.str(s.Network)
-	w.uvarint(uint64(len(s.Services)))
-	for _, svc := range s.Services {
-		w.str(svc.Host)
-		w.uvarint(uint64(len(svc.Ports)))
-		for _, p := range svc.Ports {
-			w.uvarint(uint64(p.Port))
-			w.uvarint(uint64(len(p.Subsets)))
-			for _, ss := range p.Subsets {
-				w.str(ss.Name)
-				w.uvarint(uint64(len(ss.Healthy)))
-				for _, lc := range ss.Healthy {
-					w.str(lc.Locality)
-					w.uvarint(uint64(lc.Count))
-				}
-			}
-		}
-	}
+	encodeSummary(&w, s)
 	return w.b
 }
 
@@ -124,23 +109,8 @@ func decodeEntry(b []byte) (*entry, error) {
 	e.version.Epoch = r.uvarint()
 	e.version.Seq = r.uvarint()
 	bodyAt := len(b) - len(r.b)
+	e.summary = decodeSummary(&r)
 	s := &e.summary
-	s.Network = r.str()
-	for n := r.count(); n > 0 && r.err == nil; n-- {
-		svc := ServiceSummary{Host: r.str()}
-		for n := r.count(); n > 0 && r.err == nil; n-- {
-			p := PortSummary{Port: uint16(r.bounded(math.MaxUint16))}
-			for n := r.count(); n > 0 && r.err == nil; n-- {
-				ss := SubsetSummary{Name: r.str()}
-				for n := r.count(); n > 0 && r.err == nil; n-- {
-					ss.Healthy = append(ss.Healthy, LocalityCount{Locality: r.str(), Count: uint32(r.bounded(math.MaxUint32))})
-				}
-				p.Subsets = append(p.Subsets, ss)
-			}
-			svc.Ports = append(svc.Ports, p)
-		}
-		s.Services = append(s.Services, svc)
-	}
 	if r.err != nil {
 		return nil, fmt.Errorf("entry: %w", r.err)
 	}
@@ -180,7 +150,7 @@ func decodeMessage(b []byte, limit int) (kind byte, body []byte, err error) {
 		return 0, nil, fmt.Errorf("message: short header: %w", errMalformed)
 	}
 	if b[0] != ProtocolVersion {
-		return 0, nil, fmt.Errorf("message: wire version %d: %w", b[0], errMalformed)
+		return 0, nil, fmt.Errorf("message: wire version %d, this node speaks %d (upgrade every gateway of the mesh): %w", b[0], ProtocolVersion, errVersion)
 	}
 	kind, flags, body := b[1], b[2], b[headerLen:]
 	if kind != kindEntry && kind != kindState && kind != kindBye && kind != kindDelta && kind != kindSharedState {
@@ -268,6 +238,14 @@ func (w *writer) uvarint(v uint64) { w.b = binary.AppendUvarint(w.b, v) }
 func (w *writer) str(s string)     { w.uvarint(uint64(len(s))); w.b = append(w.b, s...) }
 func (w *writer) bytes(b []byte)   { w.uvarint(uint64(len(b))); w.b = append(w.b, b...) }
 
+// strs writes a count, then the strings.
+func (w *writer) strs(ss []string) {
+	w.uvarint(uint64(len(ss)))
+	for _, s := range ss {
+		w.str(s)
+	}
+}
+
 // reader consumes the wire primitives. After the first error every method
 // returns a zero value and err keeps that error.
 type reader struct {
@@ -327,6 +305,15 @@ func (r *reader) bytes() []byte {
 }
 
 func (r *reader) str() string { return string(r.bytes()) }
+
+// strs reads what writer.strs wrote; no strings is nil.
+func (r *reader) strs() []string {
+	var out []string
+	for n := r.count(); n > 0 && r.err == nil; n-- {
+		out = append(out, r.str())
+	}
+	return out
+}
 
 // bye is a node's goodbye, sent by Leave.
 type bye struct {

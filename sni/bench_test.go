@@ -68,3 +68,23 @@ func BenchmarkParseName(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkPeekSplit peeks at the same hello split into records of 512
+// bytes, so that it must be reassembled, into a buffer that is too small
+// at first (the gateway's pooled 4 KiB would hold it: 1 KiB here makes
+// the peek grow its buffer).
+func BenchmarkPeekSplit(b *testing.B) {
+	hello := captureHello(b, clientConfig(istioSNI, "istio-peer-exchange", "istio"))
+	split := records(handshakeBytes(b, hello), 512)
+	c := newMemConn(split, 0)
+	var p Peeker
+	b.SetBytes(int64(len(split)))
+	b.ReportAllocs()
+	for b.Loop() {
+		c.r.Reset(split)
+		h, err := p.Peek(c, make([]byte, 1024))
+		if err != nil || h.ServerName != istioSNI {
+			b.Fatal(h.ServerName, err)
+		}
+	}
+}

@@ -39,6 +39,11 @@ var (
 	// too.
 	ErrTimeout = errors.New("sni: timed out waiting for the ClientHello")
 
+	// ErrOverBudget means the ClientHello needed more memory than the
+	// [Budget] shared by all Peeks had left: the gateway holds too many
+	// partial hellos at once.
+	ErrOverBudget = errors.New("sni: ClientHello memory budget exhausted")
+
 	// ErrBadName means a string is not a valid Istio SNI or cluster name, or
 	// names an address rather than a DNS host.
 	ErrBadName = errors.New("sni: bad Istio name")
@@ -46,7 +51,8 @@ var (
 
 // Reason returns a short label for err that is stable across releases and
 // safe to use as a metric label: "not_tls", "sslv2", "not_client_hello",
-// "malformed", "truncated", "too_large", "timeout" or "bad_name" for errors
+// "malformed", "truncated", "too_large", "timeout", "over_budget" or
+// "bad_name" for errors
 // wrapping the matching sentinel, "" for a nil error and "other" for any
 // other error.
 func Reason(err error) string {
@@ -67,6 +73,8 @@ func Reason(err error) string {
 		return "too_large"
 	case errors.Is(err, ErrTimeout):
 		return "timeout"
+	case errors.Is(err, ErrOverBudget):
+		return "over_budget"
 	case errors.Is(err, ErrBadName):
 		return "bad_name"
 	}

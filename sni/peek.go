@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 )
 
@@ -52,6 +53,47 @@ type Peeker struct {
 	// Zero means DefaultTimeout; less than zero means Peek leaves the read
 	// deadline alone, and the caller must bound the wait some other way.
 	Timeout time.Duration
+
+	// Budget, if not nil, bounds the memory that all Peeks sharing it
+	// allocate at once beyond the buffers their callers pass in: a Peek
+	// that would exceed it fails with ErrOverBudget. Nil: no bound but
+	// MaxBytes per Peek.
+	Budget *Budget
+}
+
+// Budget is a bound on the bytes that Peeks sharing it hold at once in
+// buffers they allocated. A Peek reserves each buffer it allocates before
+// allocating it and releases everything when it returns. The zero Budget
+// allows nothing to be allocated; a nil *Budget is no bound. It is safe
+// for concurrent use.
+type Budget struct {
+	limit int64
+	used  atomic.Int64
+}
+
+// NewBudget returns a Budget of limit bytes.
+func NewBudget(limit int64) *Budget { return &Budget{limit: limit} }
+
+// InUse returns the bytes reserved now.
+func (b *Budget) InUse() int64 { return b.used.Load() }
+
+// reserve takes n bytes from b if that keeps it within its limit.
+func (b *Budget) reserve(n int) bool {
+	if b == nil {
+		return true
+	}
+	if b.used.Add(int64(n)) > b.limit {
+		b.used.Add(-int64(n))
+		return false
+	}
+	return true
+}
+
+// release returns n bytes to b.
+func (b *Budget) release(n int) {
+	if b != nil && n != 0 {
+		b.used.Add(-int64(n))
+	}
 }
 
 func (p *Peeker) maxBytes() int {
@@ -76,15 +118,19 @@ func (p *Peeker) timeout() time.Duration {
 // Peek reads into buf, which the caller may reuse once it is done with
 // Hello.Raw (for example from a sync.Pool). Peek uses all of buf's capacity,
 // reading as much as conn has ready each time but never more than MaxBytes in
-// all, and allocates a bigger buffer only if buf is too small for the hello.
-// With a big enough buf, the only allocations are the string holding the
-// server name and protocol names, and the ALPN slice; a hello split across
-// records costs one more, to reassemble it.
+// all, and allocates a bigger buffer only once buf is full: twice the size,
+// but no more than the hello's records need. What Peek holds thus grows
+// with the bytes the client has actually sent, never with the length its
+// hello announces: at most twice the bytes received, plus buf. With a big
+// enough buf, the only allocations are the string holding the server name
+// and protocol names, and the ALPN slice; a hello split across records
+// costs one more, to reassemble it once all of it has arrived.
 //
 // The error, if any, wraps one of ErrNotTLS, ErrSSLv2, ErrNotClientHello,
-// ErrMalformed, ErrTruncated, ErrTooLarge or ErrTimeout. Peek gives up as soon
-// as the bytes read prove the connection cannot carry an acceptable
-// ClientHello: a connection of non-TLS bytes fails after its first read. On
+// ErrMalformed, ErrTruncated, ErrTooLarge, ErrTimeout or ErrOverBudget.
+// Peek gives up as soon as the bytes read prove the connection cannot
+// carry an acceptable ClientHello: a connection of non-TLS bytes fails
+// after its first read. On
 // error Hello.Raw still holds the bytes read, for logging or for handing the
 // connection to another protocol.
 func (p *Peeker) Peek(conn net.Conn, buf []byte) (Hello, error) {
@@ -111,12 +157,27 @@ func (p *Peeker) Peek(conn net.Conn, buf []byte) (Hello, error) {
 		a     assembler
 		empty int
 	)
+	a.budget = p.budget()
+	defer func() { a.budget.release(a.held) }()
 	for {
 		if n == len(buf) {
 			if n >= limit {
 				return Hello{Raw: buf[:n]}, fmt.Errorf("%w: no complete ClientHello in %d bytes", ErrTooLarge, n)
 			}
-			buf = grow(buf, a.need, limit)
+			size := min(max(2*len(buf), initialBufSize), limit)
+			if a.want > n {
+				size = min(size, a.want)
+			}
+			if !a.budget.reserve(size) {
+				return Hello{Raw: buf[:n]}, fmt.Errorf("%w: %d more bytes after %d", ErrOverBudget, size, n)
+			}
+			b := make([]byte, size)
+			copy(b, buf[:n])
+			buf = b
+			// The buffer it replaces, if Peek allocated it, is garbage now.
+			a.budget.release(a.grown)
+			a.held += size - a.grown
+			a.grown = size
 		}
 		m, rerr := conn.Read(buf[n:])
 		n += m
@@ -142,12 +203,11 @@ func (p *Peeker) Peek(conn net.Conn, buf []byte) (Hello, error) {
 	}
 }
 
-// grow returns a copy of the full buffer buf with room for need bytes if
-// that is known, else twice as many, but never more than limit.
-func grow(buf []byte, need, limit int) []byte {
-	b := make([]byte, min(max(2*len(buf), initialBufSize, need), limit))
-	copy(b, buf)
-	return b
+func (p *Peeker) budget() *Budget {
+	if p == nil {
+		return nil
+	}
+	return p.Budget
 }
 
 // readError maps an error from reading the connection to the package's
@@ -162,12 +222,20 @@ func readError(err error, n int) error {
 
 // assembler reassembles a ClientHello from the TLS records at the start of a
 // connection as they arrive. It checks each byte as soon as it is read, so
-// that hopeless connections are dropped without waiting for more data.
+// that hopeless connections are dropped without waiting for more data. It
+// copies nothing until the whole message has arrived, so that what a
+// client makes it hold never exceeds what the client sent.
 type assembler struct {
-	off    int    // offset of the first record not yet consumed
-	msgLen int    // length of the handshake message, header included; 0 until known
-	need   int    // fewest bytes of records that can carry the message; 0 until known
-	msg    []byte // the message's bytes from consumed records, when it spans records
+	off    int // offset of the first record not yet consumed
+	msgLen int // length of the handshake message, header included; 0 until known
+	want   int // bytes of records expected to carry the message; 0 until known
+	got    int // message bytes in the records consumed
+	hdr    [handshakeHeaderLen]byte
+	hdrLen int // bytes of hdr filled from consumed records
+
+	budget *Budget
+	grown  int // size of the read buffer Peek allocated, 0 if none
+	held   int // bytes reserved from budget
 }
 
 // advance examines raw, all the bytes read so far, and returns the complete
@@ -191,25 +259,55 @@ func (a *assembler) advance(raw []byte, limit int) ([]byte, error) {
 		if err := a.checkHandshakeHeader(frag, limit); err != nil {
 			return nil, err
 		}
+		a.expect(n)
 		if !complete {
 			return nil, nil
 		}
 		a.off += recordHeaderLen + n
 
 		// Most hellos fit in their first record: parse them in place.
-		if a.msg == nil && a.msgLen > 0 && len(frag) >= a.msgLen {
+		if a.got == 0 && a.msgLen > 0 && len(frag) >= a.msgLen {
 			return frag[:a.msgLen], nil
 		}
-		if a.msgLen > 0 && cap(a.msg) < a.msgLen {
-			// checkHandshakeHeader has bounded msgLen by limit, so a
-			// client cannot make this allocation larger than the cap.
-			a.msg = append(make([]byte, 0, a.msgLen), a.msg...)
-		}
-		a.msg = append(a.msg, frag...)
-		if a.msgLen > 0 && len(a.msg) >= a.msgLen {
-			return a.msg[:a.msgLen], nil
+		a.hdrLen += copy(a.hdr[a.hdrLen:], frag)
+		a.got += len(frag)
+		if a.msgLen > 0 && a.got >= a.msgLen {
+			return a.join(raw)
 		}
 	}
+}
+
+// expect estimates, once the message length is known, the bytes of
+// records that carry the message, taking the current record, of n bytes,
+// as the size of the rest: exact for the usual hellos (one record, or
+// records of one size), and only ever a hint for growing the buffer.
+func (a *assembler) expect(n int) {
+	if a.msgLen == 0 {
+		return
+	}
+	a.want = a.off + recordHeaderLen + n
+	if left := a.msgLen - a.got - n; left > 0 {
+		a.want += left + (left+n-1)/n*recordHeaderLen
+	}
+}
+
+// join copies the message out of the records of raw that carry it, once
+// they have all arrived.
+func (a *assembler) join(raw []byte) ([]byte, error) {
+	// checkHandshakeHeader has bounded msgLen by limit, and every byte is
+	// already in raw: a client cannot make this larger than what it sent.
+	if !a.budget.reserve(a.msgLen) {
+		return nil, fmt.Errorf("%w: %d bytes to reassemble the ClientHello", ErrOverBudget, a.msgLen)
+	}
+	a.held += a.msgLen
+	msg := make([]byte, 0, a.msgLen)
+	for off := 0; len(msg) < a.msgLen; {
+		n := int(raw[off+3])<<8 | int(raw[off+4])
+		frag := raw[off+recordHeaderLen : off+recordHeaderLen+n]
+		msg = append(msg, frag[:min(len(frag), a.msgLen-len(msg))]...)
+		off += recordHeaderLen + n
+	}
+	return msg, nil
 }
 
 // checkRecordHeader checks as much of a record header as h holds. The first
@@ -248,14 +346,14 @@ func (a *assembler) checkRecordHeader(h []byte) error {
 
 // checkHandshakeHeader checks as much of the handshake message header as the
 // consumed records and frag, the current record's fragment so far, hold.
-// Once the header is complete it fixes msgLen and need, and fails at once if
-// the message cannot fit in limit bytes.
+// Once the header is complete it fixes msgLen, and fails at once if the
+// message cannot fit in limit bytes.
 func (a *assembler) checkHandshakeHeader(frag []byte, limit int) error {
 	if a.msgLen > 0 {
 		return nil
 	}
-	var h [handshakeHeaderLen]byte
-	k := copy(h[:], a.msg)
+	h := a.hdr
+	k := a.hdrLen
 	k += copy(h[k:], frag)
 	if k == 0 {
 		return nil
@@ -273,6 +371,6 @@ func (a *assembler) checkHandshakeHeader(frag []byte, limit int) error {
 		return fmt.Errorf("%w: ClientHello of %d bytes needs at least %d bytes of records, limit is %d",
 			ErrTooLarge, msgLen, need, limit)
 	}
-	a.msgLen, a.need = msgLen, need
+	a.msgLen = msgLen
 	return nil
 }

@@ -22,8 +22,8 @@ func IstioConfig(network string, gatewayPort int, echoes ...*EchoServer) string 
 	var eps strings.Builder
 	for _, e := range echoes {
 		host, port, _ := net.SplitHostPort(e.Addr())
-		fmt.Fprintf(&eps, "  - address: %s\n    ports: {tcp-echo: %s}\n    network: %s\n    labels: {app: echo, version: %s, security.istio.io/tlsMode: istio}\n",
-			host, port, network, strings.TrimPrefix(e.Name(), "echo-"))
+		fmt.Fprintf(&eps, "  - address: %s\n    ports: {tcp-echo: %s}\n    network: %s\n    serviceAccount: %s\n    labels: {app: echo, version: %s, security.istio.io/tlsMode: istio}\n",
+			host, port, network, e.Name(), strings.TrimPrefix(e.Name(), "echo-"))
 	}
 	return fmt.Sprintf(`apiVersion: networking.istio.io/v1
 kind: Gateway

@@ -3,29 +3,33 @@ package main
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 
 	"github.com/ewgate/ewgate/api"
 	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/gateway"
+	"github.com/ewgate/ewgate/metrics"
 	"github.com/ewgate/ewgate/sni"
 )
 
-// catalogState joins the node's two sources, the config files and the
-// endpoints registered through the API, into the view the gateway serves
-// and the resolver answers from.
+// catalogState joins the node's sources, the config files, the endpoints
+// registered through the API and the definitions other networks gossip,
+// into the view the gateway serves and the resolver answers from.
 type catalogState struct {
 	spec   discovery.Node
 	gw     *gateway.Gateway
 	leases *api.Leases
 	log    *slog.Logger
+	addrs  discovery.AddressPolicy // endpoint addresses files may carry
 
 	// remote returns the live gateways of all networks; nil without gossip.
 	remote func() []discovery.RemoteGateway
 
 	mu          sync.Mutex
-	files       *discovery.Catalog // last good config files
+	files       *discovery.Catalog     // last good config files
+	defs        []discovery.Definition // other networks' definitions merged in
 	view        atomic.Pointer[discovery.View]
 	changed     chan struct{} // buffer 1: resolution may have changed (the API's)
 	viewChanged chan struct{} // buffer 1: the view changed (gossip's)
@@ -51,6 +55,9 @@ func wake(c chan struct{}) {
 // endpoints build a view the gateway can serve; else the last good config
 // stays.
 func (cs *catalogState) applyFiles(c *discovery.Catalog) error {
+	if err := c.CheckEndpoints(&cs.addrs); err != nil {
+		return err
+	}
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if err := cs.rebuildLocked(c); err != nil {
@@ -75,17 +82,67 @@ func (cs *catalogState) rebuildLocked(files *discovery.Catalog) error {
 			cs.log.Warn("registered endpoints for services no config defines are ignored", "hosts", unknown)
 		}
 	}
-	v, err := c.View(cs.spec)
+	v, err := c.Merge(cs.defs).View(cs.spec)
 	if err != nil {
 		return err
 	}
 	if err := cs.gw.Apply(v); err != nil {
 		return err
 	}
+	if old := cs.view.Load(); old == nil || !slices.Equal(old.Conflicts, v.Conflicts) {
+		for _, c := range v.Conflicts {
+			cs.log.Warn("catalog: networks define a service differently; the definition of higher precedence is used",
+				"host", c.Host, "part", c.Part, "kept", c.Kept.String(), "kept_value", c.KeptValue,
+				"ignored", c.Ignored.String(), "ignored_value", c.IgnoredValue)
+		}
+	}
 	cs.view.Store(v)
 	wake(cs.viewChanged)
 	cs.notify()
 	return nil
+}
+
+// applyRemote merges the service definitions of other networks' live
+// gateways into the view, when they changed; health counts alone change
+// nothing here (resolution reads them from gossip directly).
+func (cs *catalogState) applyRemote(gws []discovery.RemoteGateway) {
+	defs := discovery.Definitions(cs.spec.Network, gws)
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if discovery.SameDefinitions(defs, cs.defs) {
+		return
+	}
+	cs.defs = defs
+	if cs.files == nil {
+		return
+	}
+	if err := cs.rebuildLocked(cs.files); err != nil {
+		cs.log.Error("catalog: other networks' definitions not applied", "err", err)
+	}
+}
+
+// register exports the merged catalog's figures as metrics.
+func (cs *catalogState) register(reg *metrics.Registry) {
+	count := func(f func(*discovery.View) int) func() float64 {
+		return func() float64 {
+			if v := cs.view.Load(); v != nil {
+				return float64(f(v))
+			}
+			return 0
+		}
+	}
+	reg.GaugeFunc("ewgate_catalog_conflicts", "Parts of service definitions (namespace, exportTo, port, subset) on which networks disagree; the merge used the one of higher precedence (see /debug/config).",
+		count(func(v *discovery.View) int { return len(v.Conflicts) }))
+	reg.GaugeFunc("ewgate_catalog_remote_services", "Services only other networks define, routed to them.",
+		count(func(v *discovery.View) int {
+			n := 0
+			for _, svc := range v.Services() {
+				if svc.Origin.Remote() {
+					n++
+				}
+			}
+			return n
+		}))
 }
 
 // watchLeases rebuilds the view whenever registrations change, until ctx

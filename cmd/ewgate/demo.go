@@ -224,6 +224,7 @@ func demoGateway(dir string, ca *identity.DevCA, nw *demoNetwork, seed string) (
 	s.NodeName = "gw-" + nw.name
 	s.NodeLabels = map[string]string{"istio": "eastwestgateway"}
 	s.BindAddress = "127.0.0.1"
+	s.EndpointAllowLoopback = true // every demo workload listens on loopback
 	s.AdminAddress = "127.0.0.1:0"
 	s.DrainTimeout = duration(time.Second)
 	s.SVIDCert = filepath.Join(ndir, "svid", identity.FileCert)

@@ -215,6 +215,7 @@ func (g *gossip) run(ctx context.Context, keyFile string) {
 		case <-g.cs.viewChanged:
 			publish()
 		case <-g.node.Changed():
+			g.cs.applyRemote(g.remoteGateways())
 			g.cs.notify()
 			if g.retireLink != nil {
 				var gone []linkDeparture

@@ -91,7 +91,7 @@ func TestRunSameNodeNameNotReady(t *testing.T) {
 	addrA, addrB := loopbackAddr(t), loopbackAddr(t)
 	wa.run("--node-name", "gw", "--gossip-address", addrA, "--gossip-key-file", key, "--gossip-profile", "local")
 	startEwgate(t, "run", "-f", wb.dir, "--network", wb.network, "--node-labels", "istio=eastwestgateway",
-		"--bind-address", "127.0.0.1", "--admin-address", wb.admin, "--node-name", "gw",
+		"--bind-address", "127.0.0.1", "--admin-address", wb.admin, "--endpoint-allow-loopback", "--node-name", "gw",
 		"--gossip-address", addrB, "--gossip-key-file", key, "--gossip-profile", "local", "--join", addrA)
 	await.True(t, 30*time.Second, "the later gateway not ready, naming --node-name", func() bool {
 		code, body, _ := httpGet("http://" + wb.admin + "/readyz")

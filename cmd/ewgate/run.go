@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -68,26 +69,37 @@ func (n *node) bg(f func()) {
 // error: a gateway never starts with nothing to serve.
 func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error) {
 	reg := new(metrics.Registry)
+	addrs, err := s.addressPolicy()
+	if err != nil {
+		return nil, err
+	}
 	gw := gateway.New(gateway.Config{
+		DialControl:    addrs.Control,
 		BindAddress:    s.BindAddress,
 		ALPN:           s.ALPN,
 		AnyALPN:        s.AnyALPN,
 		Peek:           sni.Peeker{MaxBytes: s.HelloMaxBytes, Timeout: time.Duration(s.HelloTimeout)},
+		HelloMemory:    cmp.Or(s.HelloMemory, -1),
 		DialTimeout:    time.Duration(s.DialTimeout),
 		IdleTimeout:    idleTimeout(s.IdleTimeout),
 		MaxConnections: s.MaxConns,
 		Logger:         log,
 		Metrics:        gateway.NewMetrics(reg),
 	})
+	reg.GaugeFunc("ewgate_hello_memory_bytes", "Bytes ClientHello reads in progress hold beyond their pooled buffers (bounded by --hello-memory).",
+		func() float64 { return float64(gw.HelloMemory()) })
 	reloads := reg.CounterVec("ewgate_config_reloads_total", "Config loads, by result.", "result")
 	reloadOK, reloadFailed := reloads.With("ok"), reloads.With("failed")
-	spec := discovery.Node{Network: s.Network, Labels: s.NodeLabels, AnyTLSMode: s.AnyTLSMode}
+	spec := discovery.Node{Network: s.Network, Labels: s.NodeLabels, AnyTLSMode: s.AnyTLSMode,
+		ExportDefault: discovery.ExportDefault(s.ExportDefault), TrustDomain: s.TrustDomain}
 	serveAPI := s.APISocket != "" || s.APIAddress != ""
 	var leases *api.Leases
 	if serveAPI {
-		leases = api.NewLeases(api.LeaseConfig{Logger: log})
+		leases = api.NewLeases(api.LeaseConfig{Logger: log, Addresses: addrs, MaxWeight: s.APIMaxWeight})
 	}
 	cs := newCatalogState(spec, gw, leases, log)
+	cs.addrs = addrs
+	cs.register(reg)
 	w := &discovery.Watcher{
 		Paths:  s.Files,
 		Logger: log,
@@ -147,6 +159,11 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	if n.id != nil {
 		if svid, err := n.id.GetX509SVID(); err == nil {
 			spiffeID = svid.ID.String()
+			if td := svid.ID.TrustDomain().Name(); td != s.TrustDomain {
+				// Not an error: workloads may live in another trust domain.
+				log.Warn("this gateway's SVID is in another trust domain than --trust-domain, which other networks' sidecars use to verify this network's endpoints; set --trust-domain if the workloads share the gateway's",
+					"svid_trust_domain", td, "trust_domain", s.TrustDomain)
+			}
 		}
 	}
 	g, err := startGossip(ctx, s, spiffeID, cs, log)
@@ -179,15 +196,14 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		n.bg(func() { g.run(ctx, s.GossipKeyFile) })
 	}
 	if n.adminLn != nil {
-		ln := n.adminLn
-		n.admin = &http.Server{
-			Handler: admin.Handler(admin.Config{
-				Metrics: reg,
-				Ready:   n.ready,
-				Debug:   debug,
-			}),
-			ReadHeaderTimeout: 10 * time.Second,
-		}
+		var ln net.Listener
+		n.admin, ln = admin.NewServer(admin.Handler(admin.Config{
+			Metrics: reg,
+			Ready:   n.ready,
+			Debug:   debug,
+			Pprof:   s.AdminPprof,
+		}), n.adminLn)
+		n.adminLn = ln
 		go n.admin.Serve(ln)
 		log.Info("admin listening", "address", ln.Addr().String())
 	}
@@ -220,7 +236,10 @@ func (n *node) ready() error {
 // serveAPI serves the gRPC API on the unix socket and, with SPIFFE mTLS,
 // on the TCP address the settings name.
 func (n *node) serveAPI(ctx context.Context, cs *catalogState, membership api.Membership, leases *api.Leases) error {
-	srv := api.NewServer(api.ServerConfig{Resolver: cs, Membership: membership, Registry: leases, Network: n.s.Network, Logger: n.log})
+	srv := api.NewServer(api.ServerConfig{Resolver: cs, Membership: membership, Registry: leases, Network: n.s.Network,
+		Access: n.s.apiAccess(), Logger: n.log})
+	n.reg.CounterFunc("ewgate_api_denied_total", "API calls refused by the access policy or a lease held by another caller.",
+		func() float64 { return float64(srv.Denied()) })
 	var tlsLn net.Listener
 	if n.s.APIAddress != "" {
 		if n.id == nil {
@@ -242,7 +261,11 @@ func (n *node) serveAPI(ctx context.Context, cs *catalogState, membership api.Me
 		n.log.Info("API listening", "socket", n.s.APISocket)
 	}
 	if tlsLn != nil {
-		az, err := identity.NewAuthorizer(identity.Policy{}, n.log)
+		svid, err := n.id.GetX509SVID()
+		if err != nil {
+			return fmt.Errorf("API: own SVID: %w", err)
+		}
+		az, err := identity.NewAuthorizer(n.s.apiHandshakePolicy(svid.ID.TrustDomain().Name()), n.log)
 		if err != nil {
 			return err
 		}

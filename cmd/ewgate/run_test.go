@@ -106,7 +106,7 @@ func (w *world) run(extra ...string) *proc {
 	w.t.Helper()
 	args := append([]string{"run", "-f", w.dir, "--network", w.network,
 		"--node-labels", "istio=eastwestgateway", "--bind-address", "127.0.0.1",
-		"--admin-address", w.admin, "--log-level", "debug"}, extra...)
+		"--admin-address", w.admin, "--log-level", "debug", "--endpoint-allow-loopback"}, extra...)
 	p := startEwgate(w.t, args...)
 	await.True(w.t, 30*time.Second, "/readyz", func() bool {
 		code, _, _ := httpGet("http://" + w.admin + "/readyz")
@@ -292,7 +292,7 @@ func TestRunIdentity(t *testing.T) {
 	// Nothing answers on the socket: a clear error within the timeout.
 	sock := "unix://" + filepath.Join(t.TempDir(), "agent.sock")
 	out, err := runEwgate(t, "run", "-f", w.dir, "--network", "n", "--admin-address", "", "--bind-address", "127.0.0.1",
-		"--spiffe-socket", sock, "--spiffe-timeout", "200ms")
+		"--endpoint-allow-loopback", "--spiffe-socket", sock, "--spiffe-timeout", "200ms")
 	if err == nil || !strings.Contains(out, "no SPIFFE Workload API answered") {
 		t.Fatalf("err=%v, output:\n%s", err, out)
 	}
@@ -460,7 +460,7 @@ func TestRunAPIAddressNeedsIdentity(t *testing.T) {
 	w := newWorld(t, "v1")
 	w.writeConfig("v1")
 	out, err := runEwgate(t, "run", "-f", w.dir, "--network", "network-a", "--node-labels", "istio=eastwestgateway",
-		"--bind-address", "127.0.0.1", "--admin-address", w.admin, "--api-address", "127.0.0.1:0")
+		"--bind-address", "127.0.0.1", "--admin-address", w.admin, "--endpoint-allow-loopback", "--api-address", "127.0.0.1:0")
 	if err == nil || !strings.Contains(out, "--api-address needs this node's SPIFFE identity") {
 		t.Fatalf("err=%v, output:\n%s", err, out)
 	}

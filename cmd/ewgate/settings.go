@@ -6,12 +6,19 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ewgate/ewgate/api"
+	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/gateway"
 	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/peer"
 	"github.com/ewgate/ewgate/sni"
@@ -37,6 +44,13 @@ type settings struct {
 	DialTimeout   duration          `json:"dialTimeout"`
 	HelloTimeout  duration          `json:"helloTimeout"`
 	HelloMaxBytes int               `json:"helloMaxBytes"`
+	// HelloMemory is gateway.Config.HelloMemory; 0 is no bound.
+	HelloMemory int64 `json:"helloMemory"`
+	// ExportDefault is discovery.Node.ExportDefault: all or none.
+	ExportDefault string `json:"exportDefault"`
+	// TrustDomain is discovery.Node.TrustDomain, of the SPIFFE IDs that
+	// summaries give this network's endpoints.
+	TrustDomain string `json:"trustDomain"`
 
 	SPIFFESocket      string   `json:"spiffeSocket"`
 	SPIFFETimeout     duration `json:"spiffeTimeout"`
@@ -47,6 +61,20 @@ type settings struct {
 
 	APISocket  string `json:"apiSocket"`
 	APIAddress string `json:"apiAddress"`
+	// API access over --api-address (api.AccessPolicy): who may read, who
+	// may register. The unix socket is governed by its file permissions.
+	APIReadIDs            []string `json:"apiReadIDs"`
+	APIReadIDPrefixes     []string `json:"apiReadIDPrefixes"`
+	APIRegisterIDs        []string `json:"apiRegisterIDs"`
+	APIRegisterIDPrefixes []string `json:"apiRegisterIDPrefixes"`
+	APIMaxWeight          uint32   `json:"apiMaxWeight"`
+	EndpointCIDRs         []string `json:"endpointCIDRs"`
+	EndpointAllowLoopback bool     `json:"endpointAllowLoopback"`
+	EndpointAllowNames    bool     `json:"endpointAllowNames"`
+	// AdminAllowRemote lets AdminAddress be other than loopback.
+	AdminAllowRemote bool `json:"adminAllowRemote"`
+	// AdminPprof serves net/http/pprof on the admin server.
+	AdminPprof bool `json:"adminPprof"`
 
 	NodeName             string   `json:"nodeName"`
 	GossipAddress        string   `json:"gossipAddress"`
@@ -83,8 +111,14 @@ func defaultSettings() settings {
 		DialTimeout:   duration(5 * time.Second),
 		HelloTimeout:  duration(sni.DefaultTimeout),
 		HelloMaxBytes: sni.DefaultMaxBytes,
+		HelloMemory:   gateway.DefaultHelloMemory,
 		SPIFFETimeout: duration(identity.DefaultStartTimeout),
 		GossipProfile: "lan",
+		ExportDefault: string(discovery.ExportAll),
+		TrustDomain:   discovery.DefaultTrustDomain,
+
+		APIMaxWeight:       api.DefaultMaxWeight,
+		EndpointAllowNames: true,
 
 		TunnelTransport:         string(tunnel.TransportAuto),
 		TunnelIdleTimeout:       duration(tunnel.DefaultMaxIdleTimeout),
@@ -114,7 +148,9 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.StringVar(&s.Network, "network", s.Network, "this node's network `name` (required)")
 	fs.Var(labelsFlag{&s.NodeLabels}, "node-labels", "node labels `k=v,...` matched by Gateway selectors")
 	fs.StringVar(&s.BindAddress, "bind-address", s.BindAddress, "`IP` the gateway listeners bind")
-	fs.StringVar(&s.AdminAddress, "admin-address", s.AdminAddress, "admin HTTP `address` (empty: off)")
+	fs.StringVar(&s.AdminAddress, "admin-address", s.AdminAddress, "admin HTTP `address` (empty: off); loopback only unless --admin-allow-remote")
+	fs.BoolVar(&s.AdminAllowRemote, "admin-allow-remote", s.AdminAllowRemote, "allow a non-loopback --admin-address: metrics and debug views without authentication")
+	fs.BoolVar(&s.AdminPprof, "admin-pprof", s.AdminPprof, "serve Go profiles at /debug/pprof/ on the admin server")
 	fs.Var(&s.DrainTimeout, "drain-timeout", "on SIGTERM, how long open connections may finish")
 	fs.StringVar(&s.LogLevel, "log-level", s.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&s.LogFormat, "log-format", s.LogFormat, "text or json")
@@ -126,6 +162,9 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.Var(&s.DialTimeout, "dial-timeout", "timeout of each endpoint connect")
 	fs.Var(&s.HelloTimeout, "hello-timeout", "deadline for a client's whole ClientHello")
 	fs.IntVar(&s.HelloMaxBytes, "hello-max-bytes", s.HelloMaxBytes, "largest ClientHello read, record headers included")
+	fs.Int64Var(&s.HelloMemory, "hello-memory", s.HelloMemory, "`bytes` all ClientHello reads in progress may hold beyond 4 KiB each; more is refused (0: no bound)")
+	fs.StringVar(&s.ExportDefault, "export-default", s.ExportDefault, "which services other networks may reach: all (as Istio), or none but those labelled ewgate.io/export=true")
+	fs.StringVar(&s.TrustDomain, "trust-domain", s.TrustDomain, "SPIFFE trust `domain` of this network's workloads, for the identities other networks learn")
 	fs.StringVar(&s.SPIFFESocket, "spiffe-socket", s.SPIFFESocket, "SPIFFE Workload API `address` (unix:///path); default $SPIFFE_ENDPOINT_SOCKET")
 	fs.Var(&s.SPIFFETimeout, "spiffe-timeout", "how long to wait for the first SVID from the Workload API")
 	fs.StringVar(&s.SVIDCert, "svid-cert", s.SVIDCert, "SVID certificate chain PEM `file` (reloaded on change)")
@@ -133,6 +172,14 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.Var(&listFlag{list: &s.TrustBundles}, "trust-bundle", "trust bundle PEM, `[TRUST_DOMAIN=]PATH` (repeatable; no domain: the SVID's own)")
 	fs.StringVar(&s.APISocket, "api-socket", s.APISocket, "serve the gRPC API (resolve, endpoint registration) on this unix socket `path`; empty: off")
 	fs.StringVar(&s.APIAddress, "api-address", s.APIAddress, "also serve the gRPC API on this `ip:port` to remote callers, with SPIFFE mTLS (needs an identity)")
+	fs.Var(&listFlag{list: &s.APIReadIDs, comma: true}, "api-read-ids", "SPIFFE `IDs` that may resolve, watch and list over --api-address (default: the whole trust domain)")
+	fs.Var(&listFlag{list: &s.APIReadIDPrefixes, comma: true}, "api-read-id-prefixes", "SPIFFE ID `prefixes` (path-segment boundary) that may resolve, watch and list over --api-address")
+	fs.Var(&listFlag{list: &s.APIRegisterIDs, comma: true}, "api-register-ids", "SPIFFE `IDs` that may register endpoints over --api-address (default: none)")
+	fs.Var(&listFlag{list: &s.APIRegisterIDPrefixes, comma: true}, "api-register-id-prefixes", "SPIFFE ID `prefixes` that may register endpoints over --api-address (default: none)")
+	uintVar(fs, &s.APIMaxWeight, "api-max-weight", "largest weight a registered endpoint may carry; heavier ones are refused")
+	fs.Var(&listFlag{list: &s.EndpointCIDRs, comma: true}, "endpoint-cidrs", "`CIDRs` endpoint addresses of every source must be in (default: any address not refused otherwise)")
+	fs.BoolVar(&s.EndpointAllowLoopback, "endpoint-allow-loopback", s.EndpointAllowLoopback, "allow loopback endpoint addresses (tests and demos on one host only)")
+	fs.BoolVar(&s.EndpointAllowNames, "endpoint-allow-names", s.EndpointAllowNames, "allow DNS names as endpoint addresses in config files (their resolved addresses are checked when dialed; registrations never carry names)")
 	fs.StringVar(&s.NodeName, "node-name", s.NodeName, "this gateway's unique `name` in gossip (default: HOSTNAME-NETWORK-GOSSIPPORT)")
 	fs.StringVar(&s.GossipAddress, "gossip-address", s.GossipAddress, "gossip with other gateways on this `ip:port` (UDP and TCP); empty: no gossip")
 	fs.StringVar(&s.GossipAdvertise, "gossip-advertise", s.GossipAdvertise, "gossip `ip:port` other gateways reach this one at (default: the bound one)")
@@ -189,6 +236,12 @@ func parseSettings(args []string, stderr io.Writer) (settings, error) {
 // the --config key, so that a typo fails at start rather than being read
 // as a default.
 func (s *settings) check() error {
+	if _, err := discovery.ParseExportDefault(s.ExportDefault); err != nil {
+		return fmt.Errorf("--export-default (exportDefault) %w", err)
+	}
+	if _, err := spiffeid.TrustDomainFromString(s.TrustDomain); err != nil {
+		return fmt.Errorf("--trust-domain (trustDomain) %q: %w", s.TrustDomain, err)
+	}
 	if _, err := tunnel.ParseTransport(s.TunnelTransport); err != nil {
 		return fmt.Errorf("--tunnel-transport (tunnelTransport): %w", err)
 	}
@@ -201,7 +254,49 @@ func (s *settings) check() error {
 	if s.GossipReconnectTimeout <= 0 {
 		return fmt.Errorf("--gossip-reconnect-timeout (gossipReconnectTimeout) %v: want more than 0", time.Duration(s.GossipReconnectTimeout))
 	}
+	if _, err := s.endpointCIDRs(); err != nil {
+		return err
+	}
+	if err := s.checkAdminAddress(); err != nil {
+		return err
+	}
+	if s.HelloMemory < 0 {
+		return fmt.Errorf("--hello-memory (helloMemory) %d: want 0 (no bound) or more", s.HelloMemory)
+	}
+	if s.APIMaxWeight == 0 {
+		return errors.New("--api-max-weight (apiMaxWeight) 0: want at least 1")
+	}
+	for _, id := range append(append(append(slices.Clone(s.APIReadIDs), s.APIReadIDPrefixes...), s.APIRegisterIDs...), s.APIRegisterIDPrefixes...) {
+		if _, err := spiffeid.FromString(strings.TrimSuffix(id, "/")); err != nil {
+			return fmt.Errorf("--api-*-ids/--api-*-id-prefixes: %q: %w", id, err)
+		}
+	}
 	return nil
+}
+
+// endpointCIDRs parses --endpoint-cidrs.
+func (s *settings) endpointCIDRs() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, c := range s.EndpointCIDRs {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			return nil, fmt.Errorf("--endpoint-cidrs (endpointCIDRs) %q: %w", c, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// uintVar binds a uint32 flag.
+func uintVar(fs *flag.FlagSet, p *uint32, name, usage string) {
+	fs.Func(name, fmt.Sprintf("%s (default %d)", usage, *p), func(v string) error {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil {
+			return err
+		}
+		*p = uint32(n)
+		return nil
+	})
 }
 
 // listFlag is a repeatable string flag. Its first Set replaces the list, so

@@ -82,6 +82,12 @@ alpn: [istio]
 		{"bad tunnel transport in the file", []string{"-f", "x", "--network", "n", "--config", badTransport}, nil, `unknown transport "QUIC"`},
 		{"zero tunnel idle timeout", []string{"-f", "x", "--network", "n", "--tunnel-idle-timeout", "0"}, nil, "--tunnel-idle-timeout (tunnelIdleTimeout) 0s: want more than 0"},
 		{"negative reconnect interval", []string{"-f", "x", "--network", "n", "--gossip-reconnect-interval", "-1s"}, nil, "want 0 (off) or more"},
+		{"export and trust domain defaults", []string{"-f", "x", "--network", "n"},
+			func(s settings) bool { return s.ExportDefault == "all" && s.TrustDomain == "cluster.local" }, ""},
+		{"export none", []string{"-f", "x", "--network", "n", "--export-default", "none", "--trust-domain", "prod.example"},
+			func(s settings) bool { return s.ExportDefault == "none" && s.TrustDomain == "prod.example" }, ""},
+		{"bad export default", []string{"-f", "x", "--network", "n", "--export-default", "some"}, nil, `--export-default (exportDefault) "some": want all or none`},
+		{"bad trust domain", []string{"-f", "x", "--network", "n", "--trust-domain", "Prod/Example"}, nil, `--trust-domain (trustDomain) "Prod/Example"`},
 		{"zero reconnect timeout", []string{"-f", "x", "--network", "n", "--gossip-reconnect-timeout", "0"}, nil, "gossip-reconnect-timeout (gossipReconnectTimeout) 0s: want more than 0"},
 	}
 	for _, tt := range tests {
