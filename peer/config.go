@@ -43,9 +43,9 @@ const (
 	DefaultReconnectTimeout = 24 * time.Hour
 	// DefaultMaxStateBytes bounds a received push/pull state and a received
 	// reliably sent entry or delta, after decompression: 8 networks of
-	// 10,000 services (3 ports, 2 subsets) take about 19 MB. memberlist
-	// itself refuses push/pull user state over 20 MiB as sent (compressed,
-	// about 1.6 MB for those).
+	// 10,000 services (3 ports, 2 subsets, with definitions) take about
+	// 30 MB. memberlist itself refuses push/pull user state over 20 MiB as
+	// sent (compressed, about 2.3 MB for those).
 	DefaultMaxStateBytes = 64 << 20
 )
 

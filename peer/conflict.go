@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -26,7 +27,7 @@ const (
 )
 
 // ErrNameConflict is wrapped by the error [Node.Conflict] returns.
-var ErrNameConflict = fmt.Errorf("peer: node name conflict")
+var ErrNameConflict = errors.New("peer: node name conflict")
 
 // conflict is the latest name conflict a node heard of.
 type conflict struct {
