@@ -47,7 +47,7 @@ func (d *delegate) NotifyConflict(existing, other *memberlist.Node) {
 	if other.Name != n.cfg.Name {
 		return // two other nodes disagree; their problem, and logged by memberlist
 	}
-	meta, _ := decodeMeta(other.Meta) // zero Started when it does not decode: it yields to us
+	meta, _ := decodeMeta(other.Meta) // zero Started when it does not decode: we yield to it
 	addr := addrPort(other.Addr, other.Port)
 	self := n.meta.Load().Started
 	// The later start yields; a tie (clocks equal to the nanosecond) is
