@@ -102,7 +102,7 @@ func TestSetup(t *testing.T) {
 		do(t, s, http.MethodGet, "/apis/networking.istio.io/v1/"+crd, "", http.StatusOK)
 	}
 	// The admin token is the only credential: anything else is refused.
-	code, _, err := (&Server{Host: s.Host, Token: "wrong", client: s.client}).Do(context.Background(), http.MethodGet, "/api/v1/namespaces", nil)
+	code, _, err := s.DoAs(context.Background(), "wrong", http.MethodGet, "/api/v1/namespaces", nil)
 	if err != nil || code != http.StatusUnauthorized {
 		t.Errorf("wrong token: HTTP %d, %v; want 401", code, err)
 	}
@@ -139,7 +139,7 @@ func TestTwoServers(t *testing.T) {
 	do(t, b, http.MethodGet, configMapPath+"/only-b", "", http.StatusOK)
 	do(t, a, http.MethodGet, configMapPath+"/only-b", "", http.StatusNotFound)
 	// Each server's token is its own.
-	code, _, err := (&Server{Host: a.Host, Token: b.Token, client: a.client}).Do(context.Background(), http.MethodGet, "/api/v1/namespaces", nil)
+	code, _, err := a.DoAs(context.Background(), b.Token, http.MethodGet, "/api/v1/namespaces", nil)
 	if err != nil || code != http.StatusUnauthorized {
 		t.Errorf("b's token at a: HTTP %d, %v; want 401", code, err)
 	}
@@ -174,4 +174,29 @@ func TestYAMLDocuments(t *testing.T) {
 	if _, err := yamlDocuments([]byte("a: [\n")); err == nil {
 		t.Error("broken YAML: no error")
 	}
+}
+
+func TestCreate(t *testing.T) {
+	s := kube.Get(t)
+	s.Create(t, "default", []byte(`apiVersion: v1
+kind: Namespace
+metadata: {name: create-test}
+---
+# namespaced, no namespace: the default given
+apiVersion: v1
+kind: Service
+metadata: {name: svc}
+spec:
+  ports: [{name: http, port: 80}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: dr, namespace: create-test}
+spec:
+  host: svc.default.svc.cluster.local
+  subsets: [{name: v1, labels: {version: v1}}]
+`))
+	do(t, s, http.MethodGet, "/api/v1/namespaces/create-test", "", http.StatusOK)
+	do(t, s, http.MethodGet, "/api/v1/namespaces/default/services/svc", "", http.StatusOK)
+	do(t, s, http.MethodGet, "/apis/networking.istio.io/v1/namespaces/create-test/destinationrules/dr", "", http.StatusOK)
 }

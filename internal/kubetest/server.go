@@ -269,6 +269,12 @@ func (s *Server) createDefaultServiceAccount(ctx context.Context) error {
 // not nil, is sent as application/json, or as
 // application/merge-patch+json for PATCH.
 func (s *Server) Do(ctx context.Context, method, path string, body []byte) (int, []byte, error) {
+	return s.DoAs(ctx, s.Token, method, path, body)
+}
+
+// DoAs is Do with another bearer token, such as a service account's from
+// a TokenRequest, to see what the API server lets that identity do.
+func (s *Server) DoAs(ctx context.Context, token, method, path string, body []byte) (int, []byte, error) {
 	var r io.Reader
 	if body != nil {
 		r = bytes.NewReader(body)
@@ -277,7 +283,7 @@ func (s *Server) Do(ctx context.Context, method, path string, body []byte) (int,
 	if err != nil {
 		return 0, nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+s.Token)
+	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Accept", "application/json")
 	if body != nil {
 		ct := "application/json"
