@@ -1,0 +1,206 @@
+package deploy_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"testing"
+
+	"github.com/ewgate/ewgate/internal/kubetest"
+)
+
+// The gateway's Kubernetes identity, as the StatefulSet runs it.
+const (
+	saNamespace = "ewgate-system"
+	saName      = "ewgate"
+	saUser      = "system:serviceaccount:" + saNamespace + ":" + saName
+)
+
+// resource is an API group and resource name, and whether it is
+// namespaced.
+type resource struct {
+	group, name string
+	namespaced  bool
+}
+
+// watched is every resource the Kubernetes source lists and watches
+// (issue 11; discovery/kube).
+var watched = []resource{
+	{"", "services", true},
+	{"", "pods", true},
+	{"", "nodes", false},
+	{"", "namespaces", false},
+	{"discovery.k8s.io", "endpointslices", true},
+	{"networking.istio.io", "gateways", true},
+	{"networking.istio.io", "serviceentries", true},
+	{"networking.istio.io", "workloadentries", true},
+	{"networking.istio.io", "destinationrules", true},
+}
+
+// applyRBAC creates the gateway's namespace, ServiceAccount, ClusterRole
+// and ClusterRoleBinding from deploy/base, once per server.
+func applyRBAC(t *testing.T, s *kubetest.Server) {
+	t.Helper()
+	code, _, err := s.Do(context.Background(), http.MethodGet, "/api/v1/namespaces/"+saNamespace, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code == http.StatusOK {
+		return
+	}
+	s.Create(t, "", read(t, "base/namespace.yaml"))
+	s.Create(t, saNamespace, read(t, "base/serviceaccount.yaml"))
+	s.Create(t, "", read(t, "base/rbac.yaml"))
+}
+
+// allowed asks the API server, with a SubjectAccessReview, whether the
+// gateway's ServiceAccount may do verb on the resource (sub: subresource)
+// in namespace ns ("" is all namespaces, or cluster-scoped).
+func allowed(t *testing.T, s *kubetest.Server, verb string, r resource, sub, ns string) bool {
+	t.Helper()
+	review := map[string]any{
+		"apiVersion": "authorization.k8s.io/v1",
+		"kind":       "SubjectAccessReview",
+		"spec": map[string]any{
+			"user":   saUser,
+			"groups": []string{"system:serviceaccounts", "system:serviceaccounts:" + saNamespace, "system:authenticated"},
+			"resourceAttributes": map[string]string{
+				"group": r.group, "resource": r.name, "subresource": sub, "verb": verb, "namespace": ns,
+			},
+		},
+	}
+	body, _ := json.Marshal(review)
+	code, resp, err := s.Do(context.Background(), http.MethodPost, "/apis/authorization.k8s.io/v1/subjectaccessreviews", body)
+	if err != nil || code != http.StatusCreated {
+		t.Fatalf("SubjectAccessReview: HTTP %d, %v: %s", code, err, resp)
+	}
+	var out struct {
+		Status struct {
+			Allowed bool
+			Denied  bool
+		}
+	}
+	if err := json.Unmarshal(resp, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out.Status.Allowed
+}
+
+func TestClusterRoleGrantsWhatTheSourceReads(t *testing.T) {
+	s := kube.Get(t)
+	applyRBAC(t, s)
+	for _, r := range watched {
+		namespaces := []string{""} // all namespaces (cluster-wide informers)
+		if r.namespaced {
+			namespaces = append(namespaces, "sample", "istio-system")
+		}
+		for _, ns := range namespaces {
+			for _, verb := range []string{"get", "list", "watch"} {
+				if !allowed(t, s, verb, r, "", ns) {
+					t.Errorf("%s %s/%s in %q: denied, want allowed", verb, r.group, r.name, ns)
+				}
+			}
+		}
+	}
+}
+
+func TestClusterRoleGrantsNothingElse(t *testing.T) {
+	s := kube.Get(t)
+	applyRBAC(t, s)
+	type check struct {
+		verb string
+		r    resource
+		sub  string
+	}
+	var denied []check
+	// No writes to what it reads, nor to their status.
+	for _, r := range watched {
+		for _, verb := range []string{"create", "update", "patch", "delete", "deletecollection"} {
+			denied = append(denied, check{verb, r, ""})
+		}
+		denied = append(denied, check{"update", r, "status"}, check{"get", r, "status"})
+	}
+	// Nothing it does not read.
+	for _, r := range []resource{
+		{"", "secrets", true},
+		{"", "configmaps", true},
+		{"", "endpoints", true},
+		{"", "serviceaccounts", true},
+		{"networking.istio.io", "virtualservices", true},
+		{"networking.istio.io", "sidecars", true},
+		{"networking.istio.io", "workloadgroups", true},
+		{"security.istio.io", "authorizationpolicies", true},
+		{"rbac.authorization.k8s.io", "clusterroles", false},
+		{"apps", "deployments", true},
+	} {
+		for _, verb := range []string{"get", "list", "watch"} {
+			denied = append(denied, check{verb, r, ""})
+		}
+	}
+	// Nothing that reaches into pods, nodes or other identities.
+	denied = append(denied,
+		check{"create", resource{"", "pods", true}, "exec"},
+		check{"get", resource{"", "pods", true}, "log"},
+		check{"get", resource{"", "nodes", false}, "proxy"},
+		check{"create", resource{"", "serviceaccounts", true}, "token"},
+		check{"impersonate", resource{"", "users", false}, ""},
+	)
+	for _, c := range denied {
+		for _, ns := range []string{"", saNamespace} {
+			if allowed(t, s, c.verb, c.r, c.sub, ns) {
+				t.Errorf("%s %s/%s %s in %q: allowed, want denied", c.verb, c.r.group, c.r.name, c.sub, ns)
+			}
+		}
+	}
+}
+
+// TestServiceAccountToken uses a real token of the ServiceAccount, as the
+// pod gets it, against the API server: what SubjectAccessReview answered
+// is what a request with that token gets.
+func TestServiceAccountToken(t *testing.T) {
+	s := kube.Get(t)
+	applyRBAC(t, s)
+	ctx := context.Background()
+	code, resp, err := s.Do(ctx, http.MethodPost,
+		fmt.Sprintf("/api/v1/namespaces/%s/serviceaccounts/%s/token", saNamespace, saName),
+		[]byte(`{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":600}}`))
+	if err != nil || code != http.StatusCreated {
+		t.Fatalf("TokenRequest: HTTP %d, %v: %s", code, err, resp)
+	}
+	var tr struct{ Status struct{ Token string } }
+	if err := json.Unmarshal(resp, &tr); err != nil || tr.Status.Token == "" {
+		t.Fatalf("TokenRequest: no token (%v): %s", err, resp)
+	}
+	tok := tr.Status.Token
+	for _, tc := range []struct {
+		method, path string
+		body         string
+		want         int
+	}{
+		{http.MethodGet, "/api/v1/services", "", http.StatusOK},
+		{http.MethodGet, "/api/v1/pods?limit=1", "", http.StatusOK},
+		{http.MethodGet, "/api/v1/nodes", "", http.StatusOK},
+		{http.MethodGet, "/api/v1/namespaces/istio-system", "", http.StatusNotFound}, // allowed; it does not exist
+		{http.MethodGet, "/apis/discovery.k8s.io/v1/endpointslices?watch=1&timeoutSeconds=1", "", http.StatusOK},
+		{http.MethodGet, "/apis/networking.istio.io/v1/gateways", "", http.StatusOK},
+		{http.MethodGet, "/apis/networking.istio.io/v1/destinationrules?watch=1&timeoutSeconds=1", "", http.StatusOK},
+		{http.MethodGet, "/api/v1/secrets", "", http.StatusForbidden},
+		{http.MethodGet, "/api/v1/namespaces/default/configmaps", "", http.StatusForbidden},
+		{http.MethodPost, "/api/v1/namespaces/default/services", `{"apiVersion":"v1","kind":"Service","metadata":{"name":"x"},"spec":{"ports":[{"port":1}]}}`, http.StatusForbidden},
+		{http.MethodDelete, "/api/v1/namespaces/default/services/kubernetes", "", http.StatusForbidden},
+		{http.MethodPatch, "/api/v1/namespaces/" + saNamespace, `{"metadata":{"labels":{"x":"y"}}}`, http.StatusForbidden},
+	} {
+		var body []byte
+		if tc.body != "" {
+			body = []byte(tc.body)
+		}
+		code, resp, err := s.DoAs(ctx, tok, tc.method, tc.path, body)
+		if err != nil {
+			t.Fatalf("%s %s: %v", tc.method, tc.path, err)
+		}
+		if code != tc.want {
+			t.Errorf("%s %s with the ServiceAccount's token: HTTP %d, want %d: %.300s", tc.method, tc.path, code, tc.want, resp)
+		}
+	}
+}
