@@ -74,7 +74,7 @@ func Start(t testing.TB) *Server {
 
 // launch starts etcd and kube-apiserver with everything in dir and
 // prepares the cluster. On error nothing it started is left running.
-func launch(bin binaries, dir string) (s *Server, err error) {
+func launch(bin binaries, dir string) (_ *Server, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), StartTimeout)
 	defer cancel()
 	crds, err := istioCRDs()
@@ -87,7 +87,7 @@ func launch(bin binaries, dir string) (s *Server, err error) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(creds.caPEM)
-	s = &Server{
+	s := &Server{
 		Token:      creds.token,
 		CAFile:     creds.caFile,
 		Kubeconfig: filepath.Join(dir, "kubeconfig"),
