@@ -58,6 +58,69 @@ func (r *Resources) Build(log *slog.Logger) (*Catalog, error) {
 	return t.build()
 }
 
+// BuildValid is Build for a source whose resources are written by many
+// hands and cannot be fixed as one, like a cluster's API server: a
+// resource with a problem is left out, as istiod ignores what it cannot
+// use, and the catalog of the rest is returned together with the joined
+// problems (nil if none). The catalog remembers only the resources it
+// kept.
+func (r *Resources) BuildValid(log *slog.Logger) (*Catalog, error) {
+	cur := r
+	var problems []error
+	for {
+		t := &translator{res: cur, log: log, domain: cur.ClusterDomain, bad: make(map[Source]bool)}
+		if t.domain == "" {
+			t.domain = DefaultClusterDomain
+		}
+		c, err := t.build()
+		if err == nil {
+			return c, errors.Join(problems...)
+		}
+		problems = append(problems, t.errs...)
+		next := cur.without(t.bad)
+		if next == nil {
+			// Nothing named as bad: cannot happen, since every problem
+			// names its resource; refuse rather than loop.
+			return nil, errors.Join(problems...)
+		}
+		cur = next
+	}
+}
+
+// without returns r less the resources bad names, or nil if it names none
+// of them.
+func (r *Resources) without(bad map[Source]bool) *Resources {
+	out := &Resources{ClusterDomain: r.ClusterDomain}
+	n := 0
+	out.Gateways, n = keep(r.Gateways, bad, n)
+	out.ServiceEntries, n = keep(r.ServiceEntries, bad, n)
+	out.WorkloadEntries, n = keep(r.WorkloadEntries, bad, n)
+	out.DestinationRules, n = keep(r.DestinationRules, bad, n)
+	for _, s := range r.Services {
+		if bad[s.Source] {
+			n++
+			continue
+		}
+		out.Services = append(out.Services, s)
+	}
+	if n == 0 {
+		return nil
+	}
+	return out
+}
+
+func keep[T proto.Message](rs []Resource[T], bad map[Source]bool, n int) ([]Resource[T], int) {
+	var out []Resource[T]
+	for _, r := range rs {
+		if bad[r.Source] {
+			n++
+			continue
+		}
+		out = append(out, r)
+	}
+	return out, n
+}
+
 // Merge builds one catalog from the resources of several, as if one source
 // had held them all: a host or a resource (kind, namespace and name)
 // defined by two of them is an error naming both, and DestinationRules of
@@ -97,10 +160,14 @@ type translator struct {
 	log    *slog.Logger
 	domain string
 	errs   []error
+	bad    map[Source]bool // resources with a problem; nil: not tracked
 }
 
 func (t *translator) errorf(src Source, format string, args ...any) {
 	t.errs = append(t.errs, fmt.Errorf("%v: %s", src, fmt.Sprintf(format, args...)))
+	if t.bad != nil {
+		t.bad[src] = true
+	}
 }
 
 func warn(log *slog.Logger, msg string, args ...any) {
