@@ -41,7 +41,9 @@ func newInformers(kc kubernetes.Interface, ic istioclient.Interface, systemNS st
 			return obj, nil
 		})
 		inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
-			s.watchError(name, err)
+			// Counted where lists and watches fail (tracked): the
+			// reflector retries some failures without calling this.
+			s.watchFailed(name, err)
 		})
 		inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(any) { s.notify() },
@@ -145,7 +147,7 @@ type tracked struct {
 
 func (t *tracked) report(err error) {
 	if err != nil {
-		t.s.watchFailed(t.name, err)
+		t.s.watchError(t.name, err)
 	} else {
 		t.s.watchOK(t.name)
 	}

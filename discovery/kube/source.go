@@ -278,7 +278,7 @@ func (s *Source) Status() Status {
 
 func (s *Source) errorList() map[string]string { return s.Status().Errors }
 
-// watchError counts an error an informer's reflector reported.
+// watchError counts and records a failed list or watch of resource.
 func (s *Source) watchError(resource string, err error) {
 	s.watchErrors.Add(1)
 	s.watchFailed(resource, err)
