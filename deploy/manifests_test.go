@@ -129,6 +129,12 @@ func TestStatefulSetMatchesRBACAndNodeFiles(t *testing.T) {
 		if _, ok := node["files"]; ok {
 			t.Errorf("%s: files: the Kubernetes source replaces hand-written catalogs", f)
 		}
+		if node["kubernetes"] != "on" {
+			t.Errorf("%s: kubernetes: %v, want on (in-cluster config, and a clear error without a token)", f, node["kubernetes"])
+		}
+		if ns, ok := node["systemNamespace"]; ok && ns != "istio-system" {
+			t.Errorf("%s: systemNamespace %v, but rbac.yaml grants the istio-system namespace only", f, ns)
+		}
 		addr, _ := node["adminAddress"].(string)
 		host, port, err := net.SplitHostPort(addr)
 		if err != nil {

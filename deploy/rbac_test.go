@@ -17,25 +17,26 @@ const (
 	saUser      = "system:serviceaccount:" + saNamespace + ":" + saName
 )
 
-// resource is an API group and resource name, and whether it is
-// namespaced.
+// resource is an API group and resource name, whether it is namespaced,
+// and the one object name it is limited to, if any.
 type resource struct {
 	group, name string
 	namespaced  bool
+	only        string
 }
 
 // watched is every resource the Kubernetes source lists and watches
 // (issue 11; discovery/kube).
 var watched = []resource{
-	{"", "services", true},
-	{"", "pods", true},
-	{"", "nodes", false},
-	{"", "namespaces", false},
-	{"discovery.k8s.io", "endpointslices", true},
-	{"networking.istio.io", "gateways", true},
-	{"networking.istio.io", "serviceentries", true},
-	{"networking.istio.io", "workloadentries", true},
-	{"networking.istio.io", "destinationrules", true},
+	{"", "services", true, ""},
+	{"", "pods", true, ""},
+	{"", "nodes", false, ""},
+	{"", "namespaces", false, "istio-system"}, // the system namespace
+	{"discovery.k8s.io", "endpointslices", true, ""},
+	{"networking.istio.io", "gateways", true, ""},
+	{"networking.istio.io", "serviceentries", true, ""},
+	{"networking.istio.io", "workloadentries", true, ""},
+	{"networking.istio.io", "destinationrules", true, ""},
 }
 
 // applyRBAC creates the gateway's namespace, ServiceAccount, ClusterRole
@@ -56,7 +57,8 @@ func applyRBAC(t *testing.T, s *kubetest.Server) {
 
 // allowed asks the API server, with a SubjectAccessReview, whether the
 // gateway's ServiceAccount may do verb on the resource (sub: subresource)
-// in namespace ns ("" is all namespaces, or cluster-scoped).
+// in namespace ns ("" is all namespaces, or cluster-scoped), on the object
+// named r.only if that is set.
 func allowed(t *testing.T, s *kubetest.Server, verb string, r resource, sub, ns string) bool {
 	t.Helper()
 	review := map[string]any{
@@ -66,7 +68,7 @@ func allowed(t *testing.T, s *kubetest.Server, verb string, r resource, sub, ns 
 			"user":   saUser,
 			"groups": []string{"system:serviceaccounts", "system:serviceaccounts:" + saNamespace, "system:authenticated"},
 			"resourceAttributes": map[string]string{
-				"group": r.group, "resource": r.name, "subresource": sub, "verb": verb, "namespace": ns,
+				"group": r.group, "resource": r.name, "subresource": sub, "verb": verb, "namespace": ns, "name": r.only,
 			},
 		},
 	}
@@ -121,18 +123,21 @@ func TestClusterRoleGrantsNothingElse(t *testing.T) {
 		}
 		denied = append(denied, check{"update", r, "status"}, check{"get", r, "status"})
 	}
-	// Nothing it does not read.
+	// Nothing it does not read: other namespaces than the system one,
+	// other kinds.
 	for _, r := range []resource{
-		{"", "secrets", true},
-		{"", "configmaps", true},
-		{"", "endpoints", true},
-		{"", "serviceaccounts", true},
-		{"networking.istio.io", "virtualservices", true},
-		{"networking.istio.io", "sidecars", true},
-		{"networking.istio.io", "workloadgroups", true},
-		{"security.istio.io", "authorizationpolicies", true},
-		{"rbac.authorization.k8s.io", "clusterroles", false},
-		{"apps", "deployments", true},
+		{"", "namespaces", false, ""},
+		{"", "namespaces", false, "kube-system"},
+		{"", "secrets", true, ""},
+		{"", "configmaps", true, ""},
+		{"", "endpoints", true, ""},
+		{"", "serviceaccounts", true, ""},
+		{"networking.istio.io", "virtualservices", true, ""},
+		{"networking.istio.io", "sidecars", true, ""},
+		{"networking.istio.io", "workloadgroups", true, ""},
+		{"security.istio.io", "authorizationpolicies", true, ""},
+		{"rbac.authorization.k8s.io", "clusterroles", false, ""},
+		{"apps", "deployments", true, ""},
 	} {
 		for _, verb := range []string{"get", "list", "watch"} {
 			denied = append(denied, check{verb, r, ""})
@@ -140,11 +145,11 @@ func TestClusterRoleGrantsNothingElse(t *testing.T) {
 	}
 	// Nothing that reaches into pods, nodes or other identities.
 	denied = append(denied,
-		check{"create", resource{"", "pods", true}, "exec"},
-		check{"get", resource{"", "pods", true}, "log"},
-		check{"get", resource{"", "nodes", false}, "proxy"},
-		check{"create", resource{"", "serviceaccounts", true}, "token"},
-		check{"impersonate", resource{"", "users", false}, ""},
+		check{"create", resource{"", "pods", true, ""}, "exec"},
+		check{"get", resource{"", "pods", true, ""}, "log"},
+		check{"get", resource{"", "nodes", false, ""}, "proxy"},
+		check{"create", resource{"", "serviceaccounts", true, ""}, "token"},
+		check{"impersonate", resource{"", "users", false, ""}, ""},
 	)
 	for _, c := range denied {
 		for _, ns := range []string{"", saNamespace} {
@@ -182,6 +187,10 @@ func TestServiceAccountToken(t *testing.T) {
 		{http.MethodGet, "/api/v1/pods?limit=1", "", http.StatusOK},
 		{http.MethodGet, "/api/v1/nodes", "", http.StatusOK},
 		{http.MethodGet, "/api/v1/namespaces/istio-system", "", http.StatusNotFound}, // allowed; it does not exist
+		{http.MethodGet, "/api/v1/namespaces?fieldSelector=metadata.name%3Distio-system", "", http.StatusOK},
+		{http.MethodGet, "/api/v1/namespaces?fieldSelector=metadata.name%3Distio-system&watch=1&timeoutSeconds=1", "", http.StatusOK},
+		{http.MethodGet, "/api/v1/namespaces", "", http.StatusForbidden},
+		{http.MethodGet, "/api/v1/namespaces/kube-system", "", http.StatusForbidden},
 		{http.MethodGet, "/apis/discovery.k8s.io/v1/endpointslices?watch=1&timeoutSeconds=1", "", http.StatusOK},
 		{http.MethodGet, "/apis/networking.istio.io/v1/gateways", "", http.StatusOK},
 		{http.MethodGet, "/apis/networking.istio.io/v1/destinationrules?watch=1&timeoutSeconds=1", "", http.StatusOK},
