@@ -186,7 +186,7 @@ func TestServiceAccountToken(t *testing.T) {
 		{http.MethodGet, "/api/v1/services", "", http.StatusOK},
 		{http.MethodGet, "/api/v1/pods?limit=1", "", http.StatusOK},
 		{http.MethodGet, "/api/v1/nodes", "", http.StatusOK},
-		{http.MethodGet, "/api/v1/namespaces/istio-system", "", http.StatusNotFound}, // allowed; it does not exist
+		{http.MethodGet, "/api/v1/namespaces/istio-system", "", 0}, // allowed: 200, or 404 where another test has not created it
 		{http.MethodGet, "/api/v1/namespaces?fieldSelector=metadata.name%3Distio-system", "", http.StatusOK},
 		{http.MethodGet, "/api/v1/namespaces?fieldSelector=metadata.name%3Distio-system&watch=1&timeoutSeconds=1", "", http.StatusOK},
 		{http.MethodGet, "/api/v1/namespaces", "", http.StatusForbidden},
@@ -208,7 +208,7 @@ func TestServiceAccountToken(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s %s: %v", tc.method, tc.path, err)
 		}
-		if code != tc.want {
+		if code != tc.want && !(tc.want == 0 && (code == http.StatusOK || code == http.StatusNotFound)) {
 			t.Errorf("%s %s with the ServiceAccount's token: HTTP %d, want %d: %.300s", tc.method, tc.path, code, tc.want, resp)
 		}
 	}
