@@ -14,11 +14,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -61,6 +63,7 @@ type Config struct {
 // Source is a running Kubernetes source. Build it with New, then Run it.
 type Source struct {
 	cfg      Config
+	http     *http.Client // shared by the clients; idle connections closed when Run ends
 	log      *slog.Logger
 	inf      *informers
 	changed  chan struct{} // buffer 1: an informer saw a change
@@ -98,16 +101,21 @@ func New(cfg Config) (*Source, error) {
 	if rc.UserAgent == "" {
 		rc.UserAgent = "ewgate"
 	}
-	kc, err := kubernetes.NewForConfig(rc)
+	hc, err := rest.HTTPClientFor(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	ic, err := istioclient.NewForConfig(rc)
+	kc, err := kubernetes.NewForConfigAndClient(rc, hc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	ic, err := istioclient.NewForConfigAndClient(rc, hc)
 	if err != nil {
 		return nil, fmt.Errorf("istio client: %w", err)
 	}
 	s := &Source{
 		cfg:     cfg,
+		http:    hc,
 		log:     cmpLogger(cfg.Logger),
 		changed: make(chan struct{}, 1),
 		synced:  make(chan struct{}),
@@ -131,6 +139,8 @@ func cmpLogger(l *slog.Logger) *slog.Logger {
 // so the catalog stays as it was; they reconnect by themselves.
 func (s *Source) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	// client-go wraps the transport: http.Client cannot reach it.
+	defer utilnet.CloseIdleConnectionsFor(s.http.Transport)
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
