@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -170,7 +171,7 @@ func TestBaseIsAdmitted(t *testing.T) {
 	s := kube.Get(t)
 	applyRBAC(t, s)
 	for _, f := range []string{"base/services.yaml", "base/pdb.yaml", "base/statefulset.yaml"} {
-		s.Create(t, saNamespace, read(t, f))
+		s.Ensure(t, saNamespace, read(t, f))
 	}
 	var sts struct {
 		Spec struct {
@@ -182,14 +183,17 @@ func TestBaseIsAdmitted(t *testing.T) {
 	}
 	unmarshal(t, "base/statefulset.yaml", &sts)
 	meta := sts.Spec.Template.Metadata
-	meta["name"] = "ewgate-0"
+	// A name of its own on every run (-count): there is no garbage
+	// collection of pods without a kubelet.
+	podName := fmt.Sprintf("ewgate-%d", time.Now().UnixNano())
+	meta["name"] = podName
 	pod, err := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": sts.Spec.Template.Spec})
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.Create(t, saNamespace, pod)
 	// The ServiceAccount admission plugin mounted the token.
-	code, body, err := s.Do(t.Context(), http.MethodGet, "/api/v1/namespaces/"+saNamespace+"/pods/ewgate-0", nil)
+	code, body, err := s.Do(t.Context(), http.MethodGet, "/api/v1/namespaces/"+saNamespace+"/pods/"+podName, nil)
 	if err != nil || code != http.StatusOK {
 		t.Fatalf("get pod: HTTP %d, %v", code, err)
 	}

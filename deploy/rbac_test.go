@@ -40,19 +40,12 @@ var watched = []resource{
 }
 
 // applyRBAC creates the gateway's namespace, ServiceAccount, ClusterRole
-// and ClusterRoleBinding from deploy/base, once per server.
+// and ClusterRoleBinding from deploy/base, unless they exist.
 func applyRBAC(t *testing.T, s *kubetest.Server) {
 	t.Helper()
-	code, _, err := s.Do(context.Background(), http.MethodGet, "/api/v1/namespaces/"+saNamespace, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if code == http.StatusOK {
-		return
-	}
-	s.Create(t, "", read(t, "base/namespace.yaml"))
-	s.Create(t, saNamespace, read(t, "base/serviceaccount.yaml"))
-	s.Create(t, "", read(t, "base/rbac.yaml"))
+	s.Ensure(t, "", read(t, "base/namespace.yaml"))
+	s.Ensure(t, saNamespace, read(t, "base/serviceaccount.yaml"))
+	s.Ensure(t, "", read(t, "base/rbac.yaml"))
 }
 
 // allowed asks the API server, with a SubjectAccessReview, whether the

@@ -35,7 +35,7 @@ import (
 func TestNodeFileRunsWithTheServiceAccount(t *testing.T) {
 	s := kube.Get(t)
 	applyRBAC(t, s)
-	s.Create(t, "", []byte(`apiVersion: v1
+	s.Ensure(t, "", []byte(`apiVersion: v1
 kind: Namespace
 metadata:
   name: istio-system
@@ -51,7 +51,7 @@ metadata: {name: helloworld, namespace: run-test}
 spec:
   ports: [{name: http, port: 5000}]
 `))
-	s.Create(t, "", read(t, "istio/cross-network-gateway.yaml"))
+	s.Ensure(t, "", read(t, "istio/cross-network-gateway.yaml"))
 
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "ewgate")

@@ -16,6 +16,19 @@ import (
 // so custom resources work as soon as their CRD is Established.
 func (s *Server) Create(t testing.TB, namespace string, stream []byte) {
 	t.Helper()
+	s.create(t, namespace, stream, false)
+}
+
+// Ensure is Create, except that an object that exists already (409) is
+// left as it is: for fixtures with fixed names that several tests, or
+// repeated runs (-count), share on one server.
+func (s *Server) Ensure(t testing.TB, namespace string, stream []byte) {
+	t.Helper()
+	s.create(t, namespace, stream, true)
+}
+
+func (s *Server) create(t testing.TB, namespace string, stream []byte, existingOK bool) {
+	t.Helper()
 	docs, err := yamlDocuments(stream)
 	if err != nil {
 		t.Fatalf("kubetest: Create: %v", err)
@@ -30,7 +43,7 @@ func (s *Server) Create(t testing.TB, namespace string, stream []byte) {
 		if err != nil {
 			t.Fatalf("kubetest: POST %s: %v", path, err)
 		}
-		if code != http.StatusCreated {
+		if code != http.StatusCreated && !(existingOK && code == http.StatusConflict) {
 			t.Fatalf("kubetest: POST %s: HTTP %d: %s", path, code, body)
 		}
 	}

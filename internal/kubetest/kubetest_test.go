@@ -3,10 +3,12 @@ package kubetest
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ewgate/ewgate/internal/leakcheck"
 )
@@ -178,11 +180,12 @@ func TestYAMLDocuments(t *testing.T) {
 
 func TestCreate(t *testing.T) {
 	s := kube.Get(t)
-	s.Create(t, "default", []byte(`apiVersion: v1
+	ns := fmt.Sprintf("create-%d", time.Now().UnixNano()) // new on every run (-count)
+	s.Create(t, ns, []byte(`apiVersion: v1
 kind: Namespace
-metadata: {name: create-test}
+metadata: {name: `+ns+`}
 ---
-# namespaced, no namespace: the default given
+# namespaced, no namespace: the one given
 apiVersion: v1
 kind: Service
 metadata: {name: svc}
@@ -191,12 +194,27 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
-metadata: {name: dr, namespace: create-test}
+metadata: {name: dr, namespace: `+ns+`}
 spec:
-  host: svc.default.svc.cluster.local
+  host: svc
   subsets: [{name: v1, labels: {version: v1}}]
 `))
-	do(t, s, http.MethodGet, "/api/v1/namespaces/create-test", "", http.StatusOK)
-	do(t, s, http.MethodGet, "/api/v1/namespaces/default/services/svc", "", http.StatusOK)
-	do(t, s, http.MethodGet, "/apis/networking.istio.io/v1/namespaces/create-test/destinationrules/dr", "", http.StatusOK)
+	do(t, s, http.MethodGet, "/api/v1/namespaces/"+ns, "", http.StatusOK)
+	do(t, s, http.MethodGet, "/api/v1/namespaces/"+ns+"/services/svc", "", http.StatusOK)
+	do(t, s, http.MethodGet, "/apis/networking.istio.io/v1/namespaces/"+ns+"/destinationrules/dr", "", http.StatusOK)
+}
+
+func TestEnsure(t *testing.T) {
+	s := kube.Get(t)
+	cm := []byte(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"ensure"},"data":{"k":"first"}}`)
+	s.Ensure(t, "default", cm)
+	// Again, with other data: no error, and the first object stays.
+	s.Ensure(t, "default", []byte(strings.Replace(string(cm), "first", "second", 1)))
+	var got struct{ Data map[string]string }
+	if err := json.Unmarshal(do(t, s, http.MethodGet, configMapPath+"/ensure", "", http.StatusOK), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Data["k"] != "first" {
+		t.Errorf("data %v after Ensure of an existing object, want the first", got.Data)
+	}
 }
