@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,19 +23,20 @@ import (
 // cluster is a real kube-apiserver with pods whose servers listen inside a
 // network namespace, and an ewgate process reading the API server.
 type cluster struct {
-	t     *testing.T
-	srv   *kubetest.Server
-	ns    *netnstest.Namespace
-	ca    *identity.DevCA
-	port  int
-	admin string
-	pods  map[string]string // pod name -> its address, inside ns
+	t       *testing.T
+	network string
+	srv     *kubetest.Server
+	ns      *netnstest.Namespace
+	ca      *identity.DevCA
+	port    int
+	admin   string
+	pods    map[string]string // pod name -> its address, inside ns
 }
 
 const kubeMesh = `
 apiVersion: v1
 kind: Namespace
-metadata: {name: istio-system, labels: {topology.istio.io/network: network-a}}
+metadata: {name: istio-system, labels: {topology.istio.io/network: %s}}
 ---
 apiVersion: v1
 kind: Namespace
@@ -82,13 +84,20 @@ spec:
 `
 
 func newCluster(t *testing.T) *cluster {
-	srv := kubetest.Start(t)
-	ns := netnstest.New(t)
 	ca, err := identity.NewDevCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, srv: srv, ns: ns, ca: ca, pods: make(map[string]string)}
+	return newClusterCA(t, ca, "network-a")
+}
+
+// newClusterCA is newCluster in network, with a CA shared by several
+// clusters of one trust domain.
+func newClusterCA(t *testing.T, ca *identity.DevCA, network string) *cluster {
+	srv := kubetest.Start(t)
+	ns := netnstest.New(t)
+	var err error
+	c := &cluster{t: t, network: network, srv: srv, ns: ns, ca: ca, pods: make(map[string]string)}
 	if c.port, err = freeLoopbackPort(); err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +106,7 @@ func newCluster(t *testing.T) *cluster {
 		t.Fatal(err)
 	}
 	c.admin = fmt.Sprintf("127.0.0.1:%d", adminPort)
-	srv.Create(t, "default", []byte(fmt.Sprintf(kubeMesh, c.port)))
+	srv.Create(t, "default", []byte(fmt.Sprintf(kubeMesh, network, c.port)))
 	return c
 }
 
@@ -194,11 +203,13 @@ func (c *cluster) do(method, path, body string) {
 	}
 }
 
-func (c *cluster) run() *proc {
+func (c *cluster) gwAddr() string { return fmt.Sprintf("127.0.0.1:%d", c.port) }
+
+func (c *cluster) run(extra ...string) *proc {
 	c.t.Helper()
-	p := startEwgate(c.t, "run", "--kubeconfig", c.srv.Kubeconfig, "--network", "network-a",
+	p := startEwgate(c.t, append([]string{"run", "--kubeconfig", c.srv.Kubeconfig, "--network", c.network,
 		"--node-labels", "istio=eastwestgateway", "--bind-address", "127.0.0.1",
-		"--admin-address", c.admin, "--log-level", "debug")
+		"--admin-address", c.admin, "--log-level", "debug"}, extra...)...)
 	await.True(c.t, 60*time.Second, "/readyz", func() bool {
 		code, _, _ := httpGet("http://" + c.admin + "/readyz")
 		return code == http.StatusOK
@@ -209,10 +220,15 @@ func (c *cluster) run() *proc {
 // reach dials service host's subset through the gateway and returns the
 // name of the echo server that answered, or "" if the gateway refused.
 func (c *cluster) reach(host, subset string) string {
+	return c.reachVia(c.gwAddr(), host, subset)
+}
+
+// reachVia is reach through the gateway at gw.
+func (c *cluster) reachVia(gw, host, subset string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cl := workload.Client{Source: c.source("sleep")}
-	conn, err := cl.Dial(ctx, fmt.Sprintf("127.0.0.1:%d", c.port), sni.Key{Host: host + ".demo.svc.cluster.local", Port: 9080, Subset: subset})
+	conn, err := cl.Dial(ctx, gw, sni.Key{Host: host + ".demo.svc.cluster.local", Port: 9080, Subset: subset})
 	if err != nil {
 		return ""
 	}
@@ -335,5 +351,47 @@ func TestKubernetesSource(t *testing.T) {
 	})
 	if strings.Contains(p.output(), "panic") {
 		t.Errorf("ewgate panicked:\n%s", p.output())
+	}
+}
+
+// Two clusters in two networks, one gateway each reading only its own
+// API server, joined by gossip: a client in network-a reaches a Service
+// only cluster B has, in remote mode (straight to B's gateway, which it
+// learns from A through gossip).
+func TestKubernetesTwoClustersRemoteMode(t *testing.T) {
+	a := newCluster(t)
+	b := newClusterCA(t, a.ca, "network-b")
+	b.pod("echo-b", "v1")
+	b.service("echo")
+	b.slice("echo", map[string]bool{"echo-b": true}, true)
+	key := gossipKeyFile(t)
+	gossipA := loopbackAddr(t)
+	sockA := filepath.Join(t.TempDir(), "a.sock")
+	gossip := func(c *cluster, name, addr string, join ...string) []string {
+		args := []string{"--node-name", name, "--gossip-address", addr, "--gossip-key-file", key, "--gossip-profile", "local",
+			"--mesh-id", "test-mesh", "--passthrough-advertise", c.gwAddr()}
+		if len(join) > 0 {
+			args = append(args, "--join", strings.Join(join, ","))
+		}
+		return args
+	}
+	a.run(append(gossip(a, "gw-a", gossipA), "--api-socket", sockA)...)
+	b.run(gossip(b, "gw-b", loopbackAddr(t), gossipA)...)
+
+	// What A knows of network-b came by gossip: A has no credentials for
+	// B's API server (each gateway was given only its own kubeconfig).
+	await.True(t, 30*time.Second, "network-b's Kubernetes Service in network-a's gossip catalog", func() bool {
+		out, _ := runEwgate(t, "ctl", "--api", sockA, "catalog")
+		return hasRow(out, "network-b", "echo.demo.svc.cluster.local", "9080", "v1")
+	})
+	_, members, _ := httpGet("http://" + a.admin + "/debug/members")
+	if !strings.Contains(members, b.gwAddr()) {
+		t.Fatalf("network-a's members lack network-b's gateway %s:\n%s", b.gwAddr(), members)
+	}
+	if got := a.reachVia(b.gwAddr(), "echo", "v1"); got != "echo-b" {
+		t.Fatalf("remote mode through network-b's gateway reached %q", got)
+	}
+	if got := a.reach("echo", "v1"); got != "" {
+		t.Errorf("network-a's gateway routed a Service it does not define to %q", got)
 	}
 }
