@@ -33,13 +33,7 @@ func newInformers(kc kubernetes.Interface, ic istioclient.Interface, systemNS st
 	istio := ic.NetworkingV1().RESTClient()
 	mk := func(name string, lw *cache.ListWatch, example runtime.Object) cache.SharedIndexInformer {
 		inf := cache.NewSharedIndexInformer(&tracked{lw: lw, name: name, s: s}, example, 0, cache.Indexers{})
-		// Managed fields are a large part of every object and never read.
-		inf.SetTransform(func(obj any) (any, error) {
-			if a, err := meta.Accessor(obj); err == nil {
-				a.SetManagedFields(nil)
-			}
-			return obj, nil
-		})
+		inf.SetTransform(slim)
 		inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
 			// Counted where lists and watches fail (tracked): the
 			// reflector retries some failures without calling this.
@@ -68,6 +62,26 @@ func newInformers(kc kubernetes.Interface, ic istioclient.Interface, systemNS st
 		"gateways": i.gateways, "serviceentries": i.entries, "workloadentries": i.workloads, "destinationrules": i.rules,
 	}
 	return i
+}
+
+// slim keeps of an object what the translation reads, so that the caches
+// of a large cluster stay small: managed fields go from every object, and
+// pods and nodes (the most numerous and largest objects) keep only their
+// identity, labels, service account and node.
+func slim(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *corev1.Pod:
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: o.Name, Namespace: o.Namespace, UID: o.UID, ResourceVersion: o.ResourceVersion, Labels: o.Labels},
+			Spec:       corev1.PodSpec{ServiceAccountName: o.Spec.ServiceAccountName, NodeName: o.Spec.NodeName},
+		}, nil
+	case *corev1.Node:
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: o.Name, UID: o.UID, ResourceVersion: o.ResourceVersion, Labels: o.Labels}}, nil
+	}
+	if a, err := meta.Accessor(obj); err == nil {
+		a.SetManagedFields(nil)
+	}
+	return obj, nil
 }
 
 func (i *informers) start(ctx context.Context, wg *sync.WaitGroup) {

@@ -136,7 +136,8 @@ func cmpLogger(l *slog.Logger) *slog.Logger {
 // waits for every few seconds), applies the first catalog, then rebuilds
 // and applies a catalog after each burst of changes, until ctx is done.
 // While the API server is unreachable the informers keep their last state,
-// so the catalog stays as it was; they reconnect by themselves.
+// so the catalog stays as it was; they reconnect by themselves. Run may be
+// called once.
 func (s *Source) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	// client-go wraps the transport: http.Client cannot reach it.

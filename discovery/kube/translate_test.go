@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -227,5 +228,33 @@ func TestProtocol(t *testing.T) {
 		if got := protocol(tt.port); got != tt.want {
 			t.Errorf("%+v: %s, want %s", tt.port, got, tt.want)
 		}
+	}
+}
+
+// The caches keep only what the translation reads, and it translates the
+// same from slimmed objects.
+func TestSlimKeepsWhatTranslationReads(t *testing.T) {
+	s := baseSnapshot()
+	full := translate(t, s)
+	for k, p := range s.pods {
+		p.Annotations = map[string]string{"big": strings.Repeat("x", 1000)}
+		p.Spec.Containers = []corev1.Container{{Name: "app", Image: "app"}}
+		o, err := slim(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sp := o.(*corev1.Pod)
+		if sp.Annotations != nil || sp.Spec.Containers != nil {
+			t.Fatalf("slim pod keeps %+v", sp)
+		}
+		s.pods[k] = sp
+	}
+	for k, n := range s.nodes {
+		o, _ := slim(n)
+		s.nodes[k] = o.(*corev1.Node)
+	}
+	slimmed := translate(t, s)
+	if fmt.Sprint(full.Services[0].Endpoints) != fmt.Sprint(slimmed.Services[0].Endpoints) {
+		t.Errorf("endpoints differ:\n%v\n%v", full.Services[0].Endpoints, slimmed.Services[0].Endpoints)
 	}
 }
