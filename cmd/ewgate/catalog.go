@@ -88,6 +88,7 @@ func (cs *catalogState) complete(files, kube *discovery.Catalog) bool {
 // error naming both; the last good state stays.
 func (cs *catalogState) rebuildLocked(files, kube *discovery.Catalog) error {
 	if !cs.complete(files, kube) {
+		cs.log.Info("catalog held back until every source has given one", "files", files != nil, "kubernetes", kube != nil)
 		return nil
 	}
 	c, err := discovery.Merge(cs.log, files, kube)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -289,6 +290,32 @@ func TestKubernetesSource(t *testing.T) {
 		}
 	}
 
+	t.Run("a host both a file and the cluster define", func(t *testing.T) {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "mesh.yaml"), []byte(`
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: demo}
+spec:
+  hosts: [echo.demo.svc.cluster.local]
+  ports: [{number: 9080, name: tls-echo}]
+`), 0o644)
+		adminPort, err := freeLoopbackPort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		admin := fmt.Sprintf("127.0.0.1:%d", adminPort)
+		p := startEwgate(t, "run", "-f", dir, "--kubeconfig", c.srv.Kubeconfig, "--network", "network-a",
+			"--node-labels", "istio=eastwestgateway", "--bind-address", "127.0.0.1", "--admin-address", admin)
+		want := `ServiceEntry demo/echo: spec.hosts: "echo.demo.svc.cluster.local" is already defined by kubernetes: Service demo/echo`
+		await.True(t, 30*time.Second, "the conflict on /readyz", func() bool {
+			code, body := readyz(admin)
+			return code == http.StatusServiceUnavailable && strings.Contains(body, want)
+		})
+		if !strings.Contains(p.output(), `is already defined by kubernetes: Service demo/echo`) {
+			t.Errorf("the log does not name both sources:\n%s", p.output())
+		}
+	})
 	t.Run("not ready", func(t *testing.T) {
 		c.setPodReady("echo-v1", false)
 		c.slice("echo", map[string]bool{"echo-v1": false, "echo-v2": true}, false)

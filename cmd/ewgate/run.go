@@ -346,6 +346,8 @@ func debugConfig(gw *gateway.Gateway, ks *kube.Source) any {
 // kubeDetail is the /readyz line of the Kubernetes source.
 func kubeDetail(st kube.Status) string {
 	switch {
+	case !st.FirstSync && st.LastError != "":
+		return "kubernetes: first catalog rejected: " + st.LastError
 	case !st.FirstSync:
 		return "kubernetes: waiting for the first sync"
 	case !st.Synced:
