@@ -218,7 +218,7 @@ func (c *cluster) run(extra ...string) *proc {
 	return p
 }
 
-// reach dials service host's subset through the gateway and returns the
+// reach dials service host's (a Service name, or a FQDN) subset through the gateway and returns the
 // name of the echo server that answered, or "" if the gateway refused.
 func (c *cluster) reach(host, subset string) string {
 	return c.reachVia(c.gwAddr(), host, subset)
@@ -229,7 +229,10 @@ func (c *cluster) reachVia(gw, host, subset string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cl := workload.Client{Source: c.source("sleep")}
-	conn, err := cl.Dial(ctx, gw, sni.Key{Host: host + ".demo.svc.cluster.local", Port: 9080, Subset: subset})
+	if !strings.Contains(host, ".") {
+		host += ".demo.svc.cluster.local"
+	}
+	conn, err := cl.Dial(ctx, gw, sni.Key{Host: host, Port: 9080, Subset: subset})
 	if err != nil {
 		return ""
 	}
@@ -348,6 +351,35 @@ spec:
 		// Indicative only: the poll's own cost is included. The benchmark
 		// in docs/benchmarks.md is BenchmarkChangeToRoutable.
 		t.Logf("new Service routable %v after its creation", time.Since(start).Round(time.Millisecond))
+	})
+	t.Run("ServiceEntry and WorkloadEntry", func(t *testing.T) {
+		addr := c.ns.AddAddr(t)
+		ln, err := c.ns.Listen("tcp", net.JoinHostPort(addr.String(), "9080"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := workload.ServeEcho("vm-1", ln, c.source("vm"), nil)
+		t.Cleanup(func() { e.Close() })
+		c.srv.Create(t, "demo", []byte(fmt.Sprintf(`
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-1, namespace: demo}
+spec:
+  address: %s
+  labels: {app: vm, security.istio.io/tlsMode: istio}
+  serviceAccount: vm
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vm, namespace: demo}
+spec:
+  hosts: [vm.demo.local]
+  ports: [{number: 9080, name: tls, protocol: TLS}]
+  workloadSelector: {labels: {app: vm}}
+  location: MESH_INTERNAL
+  resolution: STATIC
+`, addr)))
+		c.reaches("vm.demo.local", "", "vm-1")
 	})
 	t.Run("API server stopped", func(t *testing.T) {
 		errs := metric(t, c.admin, `ewgate_source_watch_errors_total{source="kubernetes"}`)
