@@ -140,9 +140,7 @@ func cmpLogger(l *slog.Logger) *slog.Logger {
 // called once.
 func (s *Source) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	// client-go wraps the transport: http.Client cannot reach it.
-	defer utilnet.CloseIdleConnectionsFor(s.http.Transport)
-	defer wg.Wait()
+	defer s.stop(&wg)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s.inf.start(ctx, &wg)
@@ -174,6 +172,29 @@ func (s *Source) Run(ctx context.Context) error {
 			s.rebuild()
 		}
 	}
+}
+
+// stopWait bounds how long Run waits for its informers to stop.
+const stopWait = 2 * time.Second
+
+// stop waits for the informers to stop, but not longer than stopWait:
+// client-go's reflector sleeps out its back-off (up to 30 s) without
+// watching the context when the API server is unreachable, and a
+// gateway's shutdown should not wait for that. Those goroutines end by
+// themselves after the back-off.
+func (s *Source) stop(wg *sync.WaitGroup) {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(stopWait):
+		s.log.Debug("kubernetes: informers still in client-go's back-off; not waiting for them")
+	}
+	// client-go wraps the transport: http.Client cannot reach it.
+	utilnet.CloseIdleConnectionsFor(s.http.Transport)
 }
 
 // notify is called by informer handlers on every change.
@@ -302,7 +323,11 @@ func (s *Source) watchFailed(resource string, err error) {
 	s.failing[resource] = err
 	s.mu.Unlock()
 	if !was {
-		s.log.Warn("kubernetes: watch failed; serving the last known state", "resource", resource, "err", err)
+		if s.FirstSync() {
+			s.log.Warn("kubernetes: watch failed; serving the last known state", "resource", resource, "err", err)
+		} else {
+			s.log.Warn("kubernetes: list or watch failed before the first sync; retrying", "resource", resource, "err", err)
+		}
 	}
 }
 
