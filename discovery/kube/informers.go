@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"maps"
 	"sync"
 
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
@@ -40,8 +41,12 @@ func newInformers(kc kubernetes.Interface, ic istioclient.Interface, systemNS st
 			s.watchFailed(name, err)
 		})
 		inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { s.notify() },
-			UpdateFunc: func(any, any) { s.notify() },
+			AddFunc: func(any) { s.notify() },
+			UpdateFunc: func(old, cur any) {
+				if !unchanged(old, cur) {
+					s.notify()
+				}
+			},
 			DeleteFunc: func(any) { s.notify() },
 		})
 		return inf
@@ -82,6 +87,22 @@ func slim(obj any) (any, error) {
 		a.SetManagedFields(nil)
 	}
 	return obj, nil
+}
+
+// unchanged reports whether an update changed nothing the translation
+// reads: pods and nodes are updated all the time (status, heartbeats)
+// and must not cost a rebuild each. slim has already dropped what is not
+// read, so comparing what it kept is enough.
+func unchanged(old, cur any) bool {
+	switch o := old.(type) {
+	case *corev1.Pod:
+		c, ok := cur.(*corev1.Pod)
+		return ok && maps.Equal(o.Labels, c.Labels) && o.Spec.ServiceAccountName == c.Spec.ServiceAccountName && o.Spec.NodeName == c.Spec.NodeName
+	case *corev1.Node:
+		c, ok := cur.(*corev1.Node)
+		return ok && maps.Equal(o.Labels, c.Labels)
+	}
+	return false
 }
 
 func (i *informers) start(ctx context.Context, wg *sync.WaitGroup) {

@@ -258,3 +258,29 @@ func TestSlimKeepsWhatTranslationReads(t *testing.T) {
 		t.Errorf("endpoints differ:\n%v\n%v", full.Services[0].Endpoints, slimmed.Services[0].Endpoints)
 	}
 }
+
+func TestUnchanged(t *testing.T) {
+	a := pod("a", "10.0.0.1", map[string]string{"version": "v1"})
+	status := a.DeepCopy()
+	status.Status.Phase = corev1.PodRunning
+	status.ResourceVersion = "2"
+	relabelled := a.DeepCopy()
+	relabelled.Labels["version"] = "v2"
+	moved := a.DeepCopy()
+	moved.Spec.NodeName = "node-b"
+	slice := &discoveryv1.EndpointSlice{}
+	for _, tt := range []struct {
+		name     string
+		old, cur any
+		want     bool
+	}{
+		{"pod status only", a, status, true},
+		{"pod labels", a, relabelled, false},
+		{"pod node", a, moved, false},
+		{"endpoint slice", slice, slice.DeepCopy(), false},
+	} {
+		if got := unchanged(tt.old, tt.cur); got != tt.want {
+			t.Errorf("%s: unchanged = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
