@@ -16,6 +16,10 @@ type Config struct {
 	Metrics *metrics.Registry
 	// Ready backs /readyz: 200 when it returns true, else 503.
 	Ready func() bool
+	// Detail, if set, adds lines to the /readyz body after the verdict:
+	// state worth reading that does not decide readiness, such as a
+	// source serving its last known state.
+	Detail func() []string
 	// Debug maps names to JSON views served at /debug/<name>; each
 	// function is called per request.
 	Debug map[string]func() any
@@ -32,11 +36,21 @@ func Handler(cfg Config) http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if cfg.Ready == nil || !cfg.Ready() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
+		var detail []string
+		if cfg.Detail != nil {
+			detail = cfg.Detail()
 		}
-		w.Write([]byte("ready\n"))
+		body := "ready\n"
+		if cfg.Ready == nil || !cfg.Ready() {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			body = "not ready\n"
+		}
+		for _, d := range detail {
+			body += d + "\n"
+		}
+		w.Write([]byte(body))
 	})
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", metrics.ContentType)
