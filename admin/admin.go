@@ -4,6 +4,7 @@ package admin
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/pprof"
 
@@ -17,6 +18,10 @@ type Config struct {
 	// Ready backs /readyz: 200 when it returns nil, else 503 with the
 	// error's text, which should say what to do. Nil Ready: never ready.
 	Ready func() error
+	// Detail, if set, adds lines to the /readyz body after the verdict:
+	// state worth reading that does not decide readiness, such as a
+	// source serving its last known state.
+	Detail func() []string
 	// Debug maps names to JSON views served at /debug/<name>; each
 	// function is called per request.
 	Debug map[string]func() any
@@ -33,15 +38,25 @@ func Handler(cfg Config) http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if cfg.Ready == nil {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
+		var detail []string
+		if cfg.Detail != nil {
+			detail = cfg.Detail()
 		}
-		if err := cfg.Ready(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
+		body := "ready\n"
+		err := errors.New("no readiness check")
+		if cfg.Ready != nil {
+			err = cfg.Ready()
 		}
-		w.Write([]byte("ready\n"))
+		if err != nil {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			body = "not ready: " + err.Error() + "\n"
+		}
+		for _, d := range detail {
+			body += d + "\n"
+		}
+		w.Write([]byte(body))
 	})
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", metrics.ContentType)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -172,4 +173,28 @@ func prefixList(ps []netip.Prefix) string {
 		s[i] = p.String()
 	}
 	return strings.Join(s, ",")
+}
+
+// WithoutRefused returns a catalog like c without the endpoints p refuses,
+// and an error naming each one left out. It is for sources that apply
+// what is valid instead of rejecting everything (the Kubernetes source,
+// as istiod does): one pod's address must not hold back a cluster's
+// changes. c is not modified.
+func (c *Catalog) WithoutRefused(p *AddressPolicy) (*Catalog, error) {
+	err := c.CheckEndpoints(p)
+	if err == nil {
+		return c, nil
+	}
+	out := *c
+	out.Services = make([]*Service, len(c.Services))
+	for i, svc := range c.Services {
+		out.Services[i] = svc
+		if !slices.ContainsFunc(svc.Endpoints, func(ep Endpoint) bool { return p.Check(ep.Address) != nil }) {
+			continue
+		}
+		cp := *svc
+		cp.Endpoints = slices.DeleteFunc(slices.Clone(svc.Endpoints), func(ep Endpoint) bool { return p.Check(ep.Address) != nil })
+		out.Services[i] = &cp
+	}
+	return &out, err
 }

@@ -1,6 +1,8 @@
 // Package discovery holds the gateway's catalog: the services, ports, subsets
 // and endpoints it may route to, the Gateway servers it must listen for, and
-// the sources that fill them (Istio YAML files today).
+// the translation that fills it from Istio resources (Resources.Build),
+// whether they come from YAML files (LoadFiles) or from the Kubernetes API
+// (package discovery/kube).
 //
 // A Catalog is immutable once built: a reload builds a new one and swaps it
 // in, so readers never lock.
@@ -30,18 +32,24 @@ type Catalog struct {
 	Gateways []*Gateway
 	// Services are the ServiceEntry resources with their endpoints resolved
 	// (inline endpoints and WorkloadEntries chosen by workloadSelector) and
-	// their DestinationRule subsets attached, in load order.
+	// their DestinationRule subsets attached, in load order; a registry's
+	// services (Resources.Services) come first.
 	Services []*Service
 	// Conflicts are the disagreements between networks' definitions that
 	// Merge settled; empty in a catalog built from config alone.
 	Conflicts []Conflict
+
+	// resources is what Build made the catalog from, for Merge.
+	resources *Resources
 }
 
 // Source names where a resource was defined, for error messages and
 // /debug/config.
 type Source struct {
-	File      string // file the resource came from
-	Kind      string // Istio kind, e.g. "Gateway"
+	// File is the file the resource came from, or the name of the source
+	// that is not a file, e.g. "kubernetes".
+	File      string
+	Kind      string // kind, e.g. "Gateway" or, from Kubernetes, "Service"
 	Namespace string
 	Name      string
 }

@@ -76,6 +76,19 @@ func (v GaugeVec) With(value string) *Gauge {
 	return v.f.get(value, func() any { return new(Gauge) }).(*Gauge)
 }
 
+// Func makes the series of the label value read its value from f at
+// scrape time, for a gauge another component keeps.
+func (v GaugeVec) Func(value string, f func() float64) {
+	v.f.get(value, func() any { return f })
+}
+
+// Func makes the series of the label value read its value from f at
+// scrape time, for a count another component keeps; f must never
+// decrease.
+func (v CounterVec) Func(value string, f func() float64) {
+	v.f.get(value, func() any { return f })
+}
+
 func (f *family) get(value string, mk func() any) any {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -46,12 +46,18 @@ func NewEchoServer(name, addr string, src identity.Source, az *identity.Authoriz
 	if err != nil {
 		return nil, fmt.Errorf("echo server %s: %w", name, err)
 	}
+	return ServeEcho(name, ln, src, az), nil
+}
+
+// ServeEcho is NewEchoServer on a listener the caller opened, such as one
+// inside a network namespace; Close closes it.
+func ServeEcho(name string, ln net.Listener, src identity.Source, az *identity.Authorizer) *EchoServer {
 	cfg := identity.ServerTLSConfig(src, az)
 	cfg.NextProtos = []string{ALPN}
 	s := &EchoServer{name: name, cfg: cfg, ln: ln, conns: make(map[net.Conn]struct{})}
 	s.wg.Add(1)
 	go s.serve()
-	return s, nil
+	return s
 }
 
 // Name returns the server's name, the first word of its greeting.

@@ -14,9 +14,10 @@ import (
 	"github.com/ewgate/ewgate/sni"
 )
 
-// catalogState joins the node's sources, the config files, the endpoints
-// registered through the API and the definitions other networks gossip,
-// into the view the gateway serves and the resolver answers from.
+// catalogState joins the node's sources, the config files, the Kubernetes
+// API, the endpoints registered through the API and the definitions other
+// networks gossip, into the view the gateway serves and the resolver
+// answers from.
 type catalogState struct {
 	spec   discovery.Node
 	gw     *gateway.Gateway
@@ -27,8 +28,14 @@ type catalogState struct {
 	// remote returns the live gateways of all networks; nil without gossip.
 	remote func() []discovery.RemoteGateway
 
+	// withKube: a Kubernetes source runs, and nothing is applied before
+	// its first catalog, so that the gateway never serves a partial view.
+	withKube  bool
+	withFiles bool // -f was given
+
 	mu          sync.Mutex
 	files       *discovery.Catalog     // last good config files
+	kube        *discovery.Catalog     // last good catalog of the Kubernetes source
 	defs        []discovery.Definition // other networks' definitions merged in
 	view        atomic.Pointer[discovery.View]
 	changed     chan struct{} // buffer 1: resolution may have changed (the API's)
@@ -51,33 +58,63 @@ func wake(c chan struct{}) {
 	}
 }
 
-// applyFiles makes c the config in force, if it and the registered
-// endpoints build a view the gateway can serve; else the last good config
-// stays.
+// applyFiles makes c the config in force, if it, the cluster's catalog and
+// the registered endpoints build a view the gateway can serve; else the
+// last good config stays.
 func (cs *catalogState) applyFiles(c *discovery.Catalog) error {
 	if err := c.CheckEndpoints(&cs.addrs); err != nil {
 		return err
 	}
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	if err := cs.rebuildLocked(c); err != nil {
+	if err := cs.rebuildLocked(c, cs.kube); err != nil {
 		return err
 	}
 	cs.files = c
 	return nil
 }
 
-// rebuildLocked builds and applies the view of files plus the registered
-// endpoints.
-func (cs *catalogState) rebuildLocked(files *discovery.Catalog) error {
-	c := files
+// applyKube is applyFiles for the Kubernetes source's catalog.
+func (cs *catalogState) applyKube(c *discovery.Catalog) error {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if err := cs.rebuildLocked(cs.files, c); err != nil {
+		return err
+	}
+	cs.kube = c
+	return nil
+}
+
+// complete reports whether every source has given a catalog.
+func (cs *catalogState) complete(files, kube *discovery.Catalog) bool {
+	return (files != nil || !cs.withFiles) && (kube != nil || !cs.withKube)
+}
+
+// rebuildLocked builds and applies the view of the sources' catalogs
+// plus the registered endpoints. Until every source has given a catalog
+// it applies nothing. A host or resource that two sources define is an
+// error naming both; the last good state stays.
+func (cs *catalogState) rebuildLocked(files, kube *discovery.Catalog) error {
+	if !cs.complete(files, kube) {
+		cs.log.Info("catalog held back until every source has given one", "files", files != nil, "kubernetes", kube != nil)
+		return nil
+	}
+	c, err := discovery.Merge(cs.log, files, kube)
+	if err != nil {
+		return err
+	}
+	// Files were checked whole when they loaded; what is left out here
+	// comes from the cluster, which applies what is valid.
+	if c, err = c.WithoutRefused(&cs.addrs); err != nil {
+		cs.log.Warn("endpoints refused by the address policy are left out", "err", err)
+	}
 	if cs.leases != nil {
 		extra := make(map[string][]discovery.Endpoint)
 		for _, r := range cs.leases.Snapshot() {
 			extra[r.ServiceHost] = append(extra[r.ServiceHost], r.Endpoint)
 		}
 		var unknown []string
-		c, unknown = files.WithEndpoints(extra)
+		c, unknown = c.WithEndpoints(extra)
 		if len(unknown) > 0 {
 			cs.log.Warn("registered endpoints for services no config defines are ignored", "hosts", unknown)
 		}
@@ -113,10 +150,10 @@ func (cs *catalogState) applyRemote(gws []discovery.RemoteGateway) {
 		return
 	}
 	cs.defs = defs
-	if cs.files == nil {
+	if !cs.complete(cs.files, cs.kube) {
 		return
 	}
-	if err := cs.rebuildLocked(cs.files); err != nil {
+	if err := cs.rebuildLocked(cs.files, cs.kube); err != nil {
 		cs.log.Error("catalog: other networks' definitions not applied", "err", err)
 	}
 }
@@ -154,8 +191,8 @@ func (cs *catalogState) watchLeases(ctx context.Context) {
 			return
 		case <-cs.leases.Changed():
 			cs.mu.Lock()
-			if cs.files != nil {
-				if err := cs.rebuildLocked(cs.files); err != nil {
+			if cs.complete(cs.files, cs.kube) {
+				if err := cs.rebuildLocked(cs.files, cs.kube); err != nil {
 					cs.log.Error("registered endpoints not applied", "err", err)
 				}
 			}

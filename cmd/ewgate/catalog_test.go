@@ -68,8 +68,8 @@ func flagValue(t *testing.T, args []string, name string) string {
 	return args[i+1]
 }
 
-// debugConfig reads a gateway's /debug/config.
-func debugConfig(t *testing.T, admin string) *gateway.DebugConfig {
+// fetchDebugConfig reads a gateway's /debug/config.
+func fetchDebugConfig(t *testing.T, admin string) *gateway.DebugConfig {
 	t.Helper()
 	code, body, err := httpGet("http://" + admin + "/debug/config")
 	if err != nil || code != 200 {
@@ -124,7 +124,7 @@ func TestRunCatalogOnlyOneNetworkDefines(t *testing.T) {
 	echo := sni.Key{Host: workload.EchoHost, Port: workload.EchoPort, Subset: "v1"}
 	for _, w := range []*world{wa, wc} {
 		await.True(t, 30*time.Second, w.network+" to learn network-b's definition", func() bool {
-			return debugService(debugConfig(t, w.admin), workload.EchoHost) != nil
+			return debugService(fetchDebugConfig(t, w.admin), workload.EchoHost) != nil
 		})
 		for mode, addr := range map[string]string{"local": w.gwAddr(), "remote": wb.gwAddr()} {
 			var c *workload.Conn
@@ -137,7 +137,7 @@ func TestRunCatalogOnlyOneNetworkDefines(t *testing.T) {
 				t.Errorf("%s, %s mode: reached %s seen as %s", w.network, mode, c.Server, c.SeenAs)
 			}
 			// The identity gossip announces is the one the client verified.
-			if svc := debugService(debugConfig(t, w.admin), workload.EchoHost); !slices.Equal(svc.RemoteServiceAccounts, []string{c.ServerID}) {
+			if svc := debugService(fetchDebugConfig(t, w.admin), workload.EchoHost); !slices.Equal(svc.RemoteServiceAccounts, []string{c.ServerID}) {
 				t.Errorf("%s: service accounts from gossip %q, the endpoint presented %s", w.network, svc.RemoteServiceAccounts, c.ServerID)
 			}
 			if err := c.Exchange(1 << 20); err != nil {
@@ -148,7 +148,7 @@ func TestRunCatalogOnlyOneNetworkDefines(t *testing.T) {
 		if got := metric(t, w.admin, "ewgate_tunnel_streams_total"); got < 1 {
 			t.Errorf("%s: ewgate_tunnel_streams_total = %d after local mode", w.network, got)
 		}
-		svc := debugService(debugConfig(t, w.admin), workload.EchoHost)
+		svc := debugService(fetchDebugConfig(t, w.admin), workload.EchoHost)
 		want := discovery.Origin{Network: "network-b", Gateway: "b"}
 		if svc.From != want.String() || len(svc.Ports) != 1 || svc.Ports[0].From != want || svc.Ports[0].Name != "tcp-echo" ||
 			len(svc.Subsets) != 2 || svc.Subsets[0].From != want {
@@ -183,7 +183,7 @@ func TestRunCatalogOnlyOneNetworkDefines(t *testing.T) {
 		if got := metric(t, w.admin, "ewgate_tunnel_streams_total"); got != streams {
 			t.Errorf("%s: tunnel streams %d -> %d for a refused service", w.network, streams, got)
 		}
-		if svc := debugService(debugConfig(t, w.admin), secretHost); svc != nil {
+		if svc := debugService(fetchDebugConfig(t, w.admin), secretHost); svc != nil {
 			t.Errorf("%s lists the unexported service: %+v", w.network, svc)
 		}
 	}
@@ -206,7 +206,7 @@ func TestRunCatalogOnlyOneNetworkDefines(t *testing.T) {
 	wb.writeFile("mesh.yaml", gatewayOnly(wb.port))
 	for _, w := range []*world{wa, wc} {
 		await.True(t, 30*time.Second, w.network+" to drop the removed definition", func() bool {
-			return debugService(debugConfig(t, w.admin), workload.EchoHost) == nil
+			return debugService(fetchDebugConfig(t, w.admin), workload.EchoHost) == nil
 		})
 		if _, err := dialKey(w, w.gwAddr(), echo); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
 			t.Errorf("%s: removed service: %v, want unrecognized name", w.network, err)
@@ -283,7 +283,7 @@ func TestRunCatalogConflict(t *testing.T) {
 		await.True(t, 30*time.Second, tt.w.network+" to report two conflicts", func() bool {
 			return metric(t, tt.w.admin, "ewgate_catalog_conflicts") == 2
 		})
-		d := debugConfig(t, tt.w.admin)
+		d := fetchDebugConfig(t, tt.w.admin)
 		want := []discovery.Conflict{
 			{Host: workload.EchoHost, Part: "port 9080", Kept: tt.kept, KeptValue: fmt.Sprintf(`name "tcp-echo" protocol %q`, tt.keptProto),
 				Ignored: tt.ignored, IgnoredValue: fmt.Sprintf(`name "tcp-echo" protocol %q`, map[string]string{"TCP": "HTTP", "HTTP": "TCP"}[tt.keptProto])},

@@ -16,6 +16,7 @@ import (
 	"github.com/ewgate/ewgate/admin"
 	"github.com/ewgate/ewgate/api"
 	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/discovery/kube"
 	"github.com/ewgate/ewgate/gateway"
 	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/metrics"
@@ -52,6 +53,7 @@ type node struct {
 	gossip  *gossip        // nil without gossip
 	tunnels *tunnels       // nil without tunnels
 	cancel  context.CancelFunc
+	serving func() bool    // the data plane serves its config (and the Kubernetes source synced)
 	wg      sync.WaitGroup // background goroutines, stopped by cancel
 }
 
@@ -100,6 +102,12 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	cs := newCatalogState(spec, gw, leases, log)
 	cs.addrs = addrs
 	cs.register(reg)
+	cs.withFiles = len(s.Files) > 0
+	ks, err := kubeSource(s, kube.Config{Network: s.Network, NodeLabels: s.NodeLabels, Apply: cs.applyKube, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	cs.withKube = ks != nil
 	w := &discovery.Watcher{
 		Paths:  s.Files,
 		Logger: log,
@@ -112,8 +120,10 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 			}
 		},
 	}
-	if err := w.Load(); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+	if cs.withFiles {
+		if err := w.Load(); err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	n := &node{s: s, log: log, gw: gw, reg: reg, cancel: cancel}
@@ -171,7 +181,18 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		return abort(err)
 	}
 	var membership api.Membership
-	debug := map[string]func() any{"config": func() any { return gw.Debug() }}
+	debug := map[string]func() any{"config": func() any { return debugConfig(gw, ks) }}
+	ready := gw.Ready
+	var detail func() []string
+	if ks != nil {
+		ready = func() bool { return gw.Ready() && ks.FirstSync() }
+		detail = func() []string { return []string{kubeDetail(ks.Status())} }
+		reg.GaugeVec("ewgate_source_synced", "1 when the source's watches are connected and its first sync is applied, else 0 (the last known state is served).", "source").
+			Func(kube.SourceName, func() float64 { return b2f(ks.InSync()) })
+		reg.CounterVec("ewgate_source_watch_errors_total", "Failed lists and watches of the source's API server.", "source").
+			Func(kube.SourceName, func() float64 { return float64(ks.WatchErrors()) })
+	}
+	n.serving = ready
 	if g != nil {
 		n.gossip = g
 		cs.remote = g.remoteGateways
@@ -200,6 +221,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		n.admin, ln = admin.NewServer(admin.Handler(admin.Config{
 			Metrics: reg,
 			Ready:   n.ready,
+			Detail:  detail,
 			Debug:   debug,
 			Pprof:   s.AdminPprof,
 		}), n.adminLn)
@@ -212,20 +234,31 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 			return abort(err)
 		}
 	}
-	n.bg(func() {
-		if err := w.Run(ctx); err != nil {
-			log.Error("config watcher stopped", "err", err)
-		}
-	})
+	if cs.withFiles {
+		n.bg(func() {
+			if err := w.Run(ctx); err != nil {
+				log.Error("config watcher stopped", "err", err)
+			}
+		})
+	}
+	if ks != nil {
+		n.bg(func() {
+			if err := ks.Run(ctx); err != nil {
+				log.Error("kubernetes source stopped", "err", err)
+			}
+		})
+		log.Info("gateway started; not ready until the Kubernetes source's first sync", "network", s.Network)
+		return n, nil
+	}
 	log.Info("gateway ready", "network", s.Network, "listeners", listenerList(gw))
 	return n, nil
 }
 
-// ready backs /readyz: the gateway serves its config, and gossip (if on)
-// has no name conflict.
+// ready backs /readyz: the gateway serves its config (n.serving), and
+// gossip (if on) has no name conflict.
 func (n *node) ready() error {
-	if !n.gw.Ready() {
-		return errors.New("config not applied, a listener not bound, or draining")
+	if !n.serving() {
+		return errors.New("config not applied, a listener not bound, the Kubernetes source not yet synced, or draining")
 	}
 	if n.gossip != nil {
 		return n.gossip.readiness()
@@ -338,4 +371,38 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, errors.New("--log-format: want text or json")
+}
+
+// debugConfig is /debug/config: the gateway's routing table and the state
+// of the sources that fill it.
+func debugConfig(gw *gateway.Gateway, ks *kube.Source) any {
+	type withSources struct {
+		*gateway.DebugConfig
+		Sources []kube.Status `json:"sources,omitempty"`
+	}
+	out := withSources{DebugConfig: gw.Debug()}
+	if ks != nil {
+		out.Sources = append(out.Sources, ks.Status())
+	}
+	return out
+}
+
+// kubeDetail is the /readyz line of the Kubernetes source.
+func kubeDetail(st kube.Status) string {
+	switch {
+	case !st.FirstSync && st.LastError != "":
+		return "kubernetes: first catalog rejected: " + st.LastError
+	case !st.FirstSync:
+		return "kubernetes: waiting for the first sync"
+	case !st.Synced:
+		return fmt.Sprintf("kubernetes: not synced, serving the last known state (%d watches failing)", len(st.Errors))
+	}
+	return "kubernetes: synced"
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ewgate/ewgate/api"
 	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/discovery/kube"
 	"github.com/ewgate/ewgate/gateway"
 	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/peer"
@@ -51,6 +52,13 @@ type settings struct {
 	// TrustDomain is discovery.Node.TrustDomain, of the SPIFFE IDs that
 	// summaries give this network's endpoints.
 	TrustDomain string `json:"trustDomain"`
+
+	// Kubernetes is when the Kubernetes source is on: auto, on or off
+	// (see kubeMode).
+	Kubernetes      string `json:"kubernetes"`
+	Kubeconfig      string `json:"kubeconfig"`
+	ClusterDomain   string `json:"clusterDomain"`
+	SystemNamespace string `json:"systemNamespace"`
 
 	SPIFFESocket      string   `json:"spiffeSocket"`
 	SPIFFETimeout     duration `json:"spiffeTimeout"`
@@ -120,6 +128,10 @@ func defaultSettings() settings {
 		APIMaxWeight:       api.DefaultMaxWeight,
 		EndpointAllowNames: true,
 
+		Kubernetes:      "auto",
+		ClusterDomain:   discovery.DefaultClusterDomain,
+		SystemNamespace: kube.DefaultSystemNamespace,
+
 		TunnelTransport:         string(tunnel.TransportAuto),
 		TunnelIdleTimeout:       duration(tunnel.DefaultMaxIdleTimeout),
 		GossipReconnectInterval: duration(peer.DefaultReconnectInterval),
@@ -127,12 +139,14 @@ func defaultSettings() settings {
 	}
 }
 
-const runUsage = `Usage: ewgate run -f PATH [-f PATH ...] --network NAME [flags]
+const runUsage = `Usage: ewgate run [-f PATH ...] [--kubeconfig PATH] --network NAME [flags]
 
 Runs a gateway: it listens on bind-address:<port> for each AUTO_PASSTHROUGH
 server of each Istio Gateway whose selector matches the node labels, and
 forwards each mTLS connection, by its Istio SNI, to an eligible endpoint of
-its own network. Config files are watched and reloaded on change.
+its own network. Config files are watched and reloaded on change; with a
+Kubernetes source (--kubeconfig, or in a pod without -f) the cluster's
+Services, EndpointSlices, pods and Istio resources are watched too.
 
 Flags:
 `
@@ -145,6 +159,10 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.Usage = func() { fmt.Fprint(stderr, runUsage); fs.PrintDefaults() }
 	fs.Var(&listFlag{list: &s.Files}, "f", "Istio resource `file or directory` (repeatable; directories: *.yaml, *.yml, *.json)")
 	fs.StringVar(config, "config", "", "node settings YAML `file` (keys as in docs/configuration.md); flags win")
+	fs.StringVar(&s.Kubeconfig, "kubeconfig", s.Kubeconfig, "read this cluster's API server with this kubeconfig `file` (turns the Kubernetes source on)")
+	fs.StringVar(&s.Kubernetes, "kubernetes", s.Kubernetes, "Kubernetes source: auto (on with --kubeconfig, or in a pod without -f), on, or off")
+	fs.StringVar(&s.ClusterDomain, "cluster-domain", s.ClusterDomain, "the cluster's DNS `domain`: Services are <name>.<namespace>.svc.<domain>")
+	fs.StringVar(&s.SystemNamespace, "system-namespace", s.SystemNamespace, "Istio's `namespace`: its topology.istio.io/network label is the default network of pods")
 	fs.StringVar(&s.Network, "network", s.Network, "this node's network `name` (required)")
 	fs.Var(labelsFlag{&s.NodeLabels}, "node-labels", "node labels `k=v,...` matched by Gateway selectors")
 	fs.StringVar(&s.BindAddress, "bind-address", s.BindAddress, "`IP` the gateway listeners bind")
@@ -226,10 +244,15 @@ func parseSettings(args []string, stderr io.Writer) (settings, error) {
 	if s.Network == "" {
 		return s, errors.New("run: --network is required")
 	}
-	if len(s.Files) == 0 {
-		return s, errors.New("run: at least one -f PATH is required")
+	if err := s.check(); err != nil {
+		return s, err
 	}
-	return s, s.check()
+	if len(s.Files) == 0 {
+		if on, _, _ := kubeMode(s, inPod()); !on {
+			return s, errors.New("run: at least one -f PATH is required without a Kubernetes source (--kubeconfig)")
+		}
+	}
+	return s, nil
 }
 
 // check rejects values that parse but mean nothing, naming the flag and
@@ -241,6 +264,9 @@ func (s *settings) check() error {
 	}
 	if _, err := spiffeid.TrustDomainFromString(s.TrustDomain); err != nil {
 		return fmt.Errorf("--trust-domain (trustDomain) %q: %w", s.TrustDomain, err)
+	}
+	if _, _, err := kubeMode(*s, inPod()); err != nil {
+		return err
 	}
 	if _, err := tunnel.ParseTransport(s.TunnelTransport); err != nil {
 		return fmt.Errorf("--tunnel-transport (tunnelTransport): %w", err)

@@ -88,6 +88,11 @@ alpn: [istio]
 			func(s settings) bool { return s.ExportDefault == "none" && s.TrustDomain == "prod.example" }, ""},
 		{"bad export default", []string{"-f", "x", "--network", "n", "--export-default", "some"}, nil, `--export-default (exportDefault) "some": want all or none`},
 		{"bad trust domain", []string{"-f", "x", "--network", "n", "--trust-domain", "Prod/Example"}, nil, `--trust-domain (trustDomain) "Prod/Example"`},
+		{"kubeconfig makes -f optional", []string{"--network", "n", "--kubeconfig", "/k", "--cluster-domain", "corp.example"},
+			func(s settings) bool {
+				return s.Kubeconfig == "/k" && s.ClusterDomain == "corp.example" && s.SystemNamespace == "istio-system" && len(s.Files) == 0
+			}, ""},
+		{"bad kubernetes mode", []string{"--network", "n", "-f", "x", "--kubernetes", "yes"}, nil, `--kubernetes (kubernetes) "yes": want auto, on or off`},
 		{"zero reconnect timeout", []string{"-f", "x", "--network", "n", "--gossip-reconnect-timeout", "0"}, nil, "gossip-reconnect-timeout (gossipReconnectTimeout) 0s: want more than 0"},
 	}
 	for _, tt := range tests {
@@ -122,6 +127,33 @@ func TestHelpEverywhere(t *testing.T) {
 			}
 			if !strings.Contains(out.String(), "Usage") {
 				t.Fatalf("no usage text:\n%s", out.String())
+			}
+		})
+	}
+}
+
+func TestKubeMode(t *testing.T) {
+	for _, tt := range []struct {
+		name          string
+		s             settings
+		pod           bool
+		on, inCluster bool
+		err           bool
+	}{
+		{"files only", settings{Kubernetes: "auto", Files: []string{"x"}}, false, false, false, false},
+		{"kubeconfig", settings{Kubernetes: "auto", Kubeconfig: "/k"}, false, true, false, false},
+		{"kubeconfig and files", settings{Kubernetes: "auto", Kubeconfig: "/k", Files: []string{"x"}}, true, true, false, false},
+		{"pod without files", settings{Kubernetes: "auto"}, true, true, true, false},
+		{"pod with files keeps to its files", settings{Kubernetes: "auto", Files: []string{"x"}}, true, false, false, false},
+		{"on in a pod with files", settings{Kubernetes: "on", Files: []string{"x"}}, true, true, true, false},
+		{"on outside a pod without kubeconfig", settings{Kubernetes: "on"}, false, false, false, true},
+		{"off", settings{Kubernetes: "off"}, true, false, false, false},
+		{"off with kubeconfig", settings{Kubernetes: "off", Kubeconfig: "/k"}, false, false, false, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			on, inCluster, err := kubeMode(tt.s, tt.pod)
+			if (err != nil) != tt.err || on != tt.on || inCluster != tt.inCluster {
+				t.Errorf("kubeMode = %v, %v, %v; want %v, %v, error %v", on, inCluster, err, tt.on, tt.inCluster, tt.err)
 			}
 		})
 	}

@@ -1,0 +1,456 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/internal/await"
+	"github.com/ewgate/ewgate/internal/kubetest"
+	"github.com/ewgate/ewgate/internal/netnstest"
+	"github.com/ewgate/ewgate/sni"
+	"github.com/ewgate/ewgate/workload"
+)
+
+// cluster is a real kube-apiserver with pods whose servers listen inside a
+// network namespace, and an ewgate process reading the API server.
+type cluster struct {
+	t       *testing.T
+	network string
+	srv     *kubetest.Server
+	ns      *netnstest.Namespace
+	ca      *identity.DevCA
+	port    int
+	admin   string
+	pods    map[string]string // pod name -> its address, inside ns
+}
+
+const kubeMesh = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system, labels: {topology.istio.io/network: %s}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: echo, namespace: demo}
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-a
+  labels: {topology.kubernetes.io/region: eu, topology.kubernetes.io/zone: eu-1, topology.istio.io/subzone: rack-7}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: cross-network-gateway, namespace: istio-system}
+spec:
+  selector: {istio: eastwestgateway}
+  servers:
+  - port: {number: %d, name: tls, protocol: TLS}
+    tls: {mode: AUTO_PASSTHROUGH}
+    hosts: ["*.local"]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: istio-system}
+spec:
+  # Another proxy's Gateway, with a mode ewgate does not serve: ignored.
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: x}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: demo}
+spec:
+  host: echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+`
+
+func newCluster(t *testing.T) *cluster {
+	ca, err := identity.NewDevCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newClusterCA(t, ca, "network-a")
+}
+
+// newClusterCA is newCluster in network, with a CA shared by several
+// clusters of one trust domain.
+func newClusterCA(t *testing.T, ca *identity.DevCA, network string) *cluster {
+	srv := kubetest.Start(t)
+	ns := netnstest.New(t)
+	var err error
+	c := &cluster{t: t, network: network, srv: srv, ns: ns, ca: ca, pods: make(map[string]string)}
+	if c.port, err = freeLoopbackPort(); err != nil {
+		t.Fatal(err)
+	}
+	adminPort, err := freeLoopbackPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.admin = fmt.Sprintf("127.0.0.1:%d", adminPort)
+	srv.Create(t, "default", []byte(fmt.Sprintf(kubeMesh, network, c.port)))
+	return c
+}
+
+func (c *cluster) source(sa string) identity.Source {
+	c.t.Helper()
+	src, err := c.ca.NewSource(spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/"+sa), identity.IssueOptions{})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return src
+}
+
+// pod starts an echo server named name on a new address inside the
+// namespace and creates its ready pod, labelled version.
+func (c *cluster) pod(name, version string) {
+	c.t.Helper()
+	addr := c.ns.Addr
+	if len(c.pods) > 0 {
+		addr = c.ns.AddAddr(c.t)
+	}
+	ln, err := c.ns.Listen("tcp", net.JoinHostPort(addr.String(), "9080"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	e := workload.ServeEcho(name, ln, c.source("echo"), nil)
+	c.t.Cleanup(func() { e.Close() })
+	c.pods[name] = addr.String()
+	c.srv.Create(c.t, "demo", []byte(fmt.Sprintf(`
+apiVersion: v1
+kind: Pod
+metadata:
+  name: %s
+  namespace: demo
+  labels: {app: echo, version: %s, security.istio.io/tlsMode: istio}
+spec:
+  serviceAccountName: echo
+  nodeName: node-a
+  containers: [{name: echo, image: echo}]
+`, name, version)))
+	c.setPodReady(name, true)
+}
+
+// setPodReady sets the pod's IP and Ready condition through the status
+// subresource, as the kubelet would.
+func (c *cluster) setPodReady(name string, ready bool) {
+	c.t.Helper()
+	status := "False"
+	if ready {
+		status = "True"
+	}
+	c.do("PATCH", "/api/v1/namespaces/demo/pods/"+name+"/status", fmt.Sprintf(
+		`{"status": {"phase": "Running", "podIP": %q, "podIPs": [{"ip": %q}], "conditions": [{"type": "Ready", "status": %q}]}}`,
+		c.pods[name], c.pods[name], status))
+}
+
+// service creates a Service with one TLS port.
+func (c *cluster) service(name string) {
+	c.t.Helper()
+	c.srv.Create(c.t, "demo", []byte(fmt.Sprintf(`
+apiVersion: v1
+kind: Service
+metadata: {name: %s, namespace: demo}
+spec:
+  selector: {app: %s}
+  ports: [{name: tls-echo, port: 9080, targetPort: 9080}]
+`, name, name)))
+}
+
+// slice writes the EndpointSlice of service svc listing the pods, with
+// their ready condition, as the EndpointSlice controller would.
+func (c *cluster) slice(svc string, ready map[string]bool, create bool) {
+	c.t.Helper()
+	var eps []string
+	for name, r := range ready {
+		eps = append(eps, fmt.Sprintf(`{"addresses": [%q], "conditions": {"ready": %v}, "nodeName": "node-a", "targetRef": {"kind": "Pod", "namespace": "demo", "name": %q}}`, c.pods[name], r, name))
+	}
+	body := fmt.Sprintf(`{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+"metadata": {"name": "%s-1", "namespace": "demo", "labels": {"kubernetes.io/service-name": %q}},
+"addressType": "IPv4", "ports": [{"name": "tls-echo", "port": 9080, "protocol": "TCP"}], "endpoints": [%s]}`, svc, svc, strings.Join(eps, ","))
+	if create {
+		c.do("POST", "/apis/discovery.k8s.io/v1/namespaces/demo/endpointslices", body)
+	} else {
+		c.do("PUT", "/apis/discovery.k8s.io/v1/namespaces/demo/endpointslices/"+svc+"-1", body)
+	}
+}
+
+func (c *cluster) do(method, path, body string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	code, out, err := c.srv.Do(ctx, method, path, []byte(body))
+	if err != nil || code >= 300 {
+		c.t.Fatalf("%s %s: %d %s %v", method, path, code, out, err)
+	}
+}
+
+func (c *cluster) gwAddr() string { return fmt.Sprintf("127.0.0.1:%d", c.port) }
+
+func (c *cluster) run(extra ...string) *proc {
+	c.t.Helper()
+	p := startEwgate(c.t, append([]string{"run", "--kubeconfig", c.srv.Kubeconfig, "--network", c.network,
+		"--node-labels", "istio=eastwestgateway", "--bind-address", "127.0.0.1",
+		"--admin-address", c.admin, "--log-level", "debug"}, extra...)...)
+	await.True(c.t, 60*time.Second, "/readyz", func() bool {
+		code, _, _ := httpGet("http://" + c.admin + "/readyz")
+		return code == http.StatusOK
+	})
+	return p
+}
+
+// reach dials service host's (a Service name, or a FQDN) subset through the gateway and returns the
+// name of the echo server that answered, or "" if the gateway refused.
+func (c *cluster) reach(host, subset string) string {
+	return c.reachVia(c.gwAddr(), host, subset)
+}
+
+// reachVia is reach through the gateway at gw.
+func (c *cluster) reachVia(gw, host, subset string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl := workload.Client{Source: c.source("sleep")}
+	if !strings.Contains(host, ".") {
+		host += ".demo.svc.cluster.local"
+	}
+	conn, err := cl.Dial(ctx, gw, sni.Key{Host: host, Port: 9080, Subset: subset})
+	if err != nil {
+		return ""
+	}
+	defer conn.Close()
+	if conn.SeenAs != "spiffe://cluster.local/ns/demo/sa/sleep" {
+		c.t.Errorf("%s saw the client as %s", conn.Server, conn.SeenAs)
+	}
+	return conn.Server
+}
+
+// reaches waits until host's subset routes to exactly the servers want
+// (none: refused), sampling a few connections per check.
+func (c *cluster) reaches(host, subset string, want ...string) {
+	c.t.Helper()
+	await.True(c.t, 30*time.Second, fmt.Sprintf("%s subset %q to reach %v", host, subset, want), func() bool {
+		got := make(map[string]bool)
+		for range 6 {
+			got[c.reach(host, subset)] = true
+		}
+		if len(want) == 0 {
+			return len(got) == 1 && got[""]
+		}
+		if got[""] || len(got) != len(want) {
+			return false
+		}
+		for _, w := range want {
+			if !got[w] {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func readyz(admin string) (int, string) {
+	code, body, _ := httpGet("http://" + admin + "/readyz")
+	return code, body
+}
+
+func TestKubernetesSource(t *testing.T) {
+	c := newCluster(t)
+	c.pod("echo-v1", "v1")
+	c.pod("echo-v2", "v2")
+	c.service("echo")
+	c.slice("echo", map[string]bool{"echo-v1": true, "echo-v2": true}, true)
+	p := c.run()
+
+	if _, body := readyz(c.admin); !strings.Contains(body, "kubernetes: synced") {
+		t.Errorf("/readyz: %q", body)
+	}
+	c.reaches("echo", "v1", "echo-v1")
+	c.reaches("echo", "v2", "echo-v2")
+	c.reaches("echo", "", "echo-v1", "echo-v2")
+	_, cfg, _ := httpGet("http://" + c.admin + "/debug/config")
+	for _, want := range []string{`"locality": "eu/eu-1/rack-7"`, `"synced": true`} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("/debug/config lacks %s:\n%s", want, cfg)
+		}
+	}
+
+	t.Run("a host both a file and the cluster define", func(t *testing.T) {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "mesh.yaml"), []byte(`
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: demo}
+spec:
+  hosts: [echo.demo.svc.cluster.local]
+  ports: [{number: 9080, name: tls-echo}]
+`), 0o644)
+		adminPort, err := freeLoopbackPort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		admin := fmt.Sprintf("127.0.0.1:%d", adminPort)
+		p := startEwgate(t, "run", "-f", dir, "--kubeconfig", c.srv.Kubeconfig, "--network", "network-a",
+			"--node-labels", "istio=eastwestgateway", "--bind-address", "127.0.0.1", "--admin-address", admin)
+		want := `ServiceEntry demo/echo: spec.hosts: "echo.demo.svc.cluster.local" is already defined by kubernetes: Service demo/echo`
+		await.True(t, 30*time.Second, "the conflict on /readyz", func() bool {
+			code, body := readyz(admin)
+			return code == http.StatusServiceUnavailable && strings.Contains(body, want)
+		})
+		if !strings.Contains(p.output(), `is already defined by kubernetes: Service demo/echo`) {
+			t.Errorf("the log does not name both sources:\n%s", p.output())
+		}
+	})
+	t.Run("not ready", func(t *testing.T) {
+		c.setPodReady("echo-v1", false)
+		c.slice("echo", map[string]bool{"echo-v1": false, "echo-v2": true}, false)
+		c.reaches("echo", "v1")
+		c.reaches("echo", "", "echo-v2")
+		c.setPodReady("echo-v1", true)
+		c.slice("echo", map[string]bool{"echo-v1": true, "echo-v2": true}, false)
+		c.reaches("echo", "v1", "echo-v1")
+	})
+	t.Run("endpoint removed", func(t *testing.T) {
+		c.slice("echo", map[string]bool{"echo-v1": true}, false)
+		c.reaches("echo", "v2")
+		c.reaches("echo", "", "echo-v1")
+		c.slice("echo", map[string]bool{"echo-v1": true, "echo-v2": true}, false)
+		c.reaches("echo", "v2", "echo-v2")
+	})
+	t.Run("label moves a pod between subsets", func(t *testing.T) {
+		c.do("PATCH", "/api/v1/namespaces/demo/pods/echo-v2", `{"metadata": {"labels": {"version": "v1"}}}`)
+		c.reaches("echo", "v1", "echo-v1", "echo-v2")
+		c.reaches("echo", "v2")
+		c.do("PATCH", "/api/v1/namespaces/demo/pods/echo-v2", `{"metadata": {"labels": {"version": "v2"}}}`)
+		c.reaches("echo", "v2", "echo-v2")
+	})
+	t.Run("new service", func(t *testing.T) {
+		c.pod("other-v1", "v1")
+		start := time.Now()
+		c.service("other")
+		c.slice("other", map[string]bool{"other-v1": true}, true)
+		c.reaches("other", "", "other-v1")
+		// Indicative only: the poll's own cost is included. The benchmark
+		// in docs/benchmarks.md is BenchmarkChangeToRoutable.
+		t.Logf("new Service routable %v after its creation", time.Since(start).Round(time.Millisecond))
+	})
+	t.Run("ServiceEntry and WorkloadEntry", func(t *testing.T) {
+		addr := c.ns.AddAddr(t)
+		ln, err := c.ns.Listen("tcp", net.JoinHostPort(addr.String(), "9080"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := workload.ServeEcho("vm-1", ln, c.source("vm"), nil)
+		t.Cleanup(func() { e.Close() })
+		c.srv.Create(t, "demo", []byte(fmt.Sprintf(`
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-1, namespace: demo}
+spec:
+  address: %s
+  labels: {app: vm, security.istio.io/tlsMode: istio}
+  serviceAccount: vm
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vm, namespace: demo}
+spec:
+  hosts: [vm.demo.local]
+  ports: [{number: 9080, name: tls, protocol: TLS}]
+  workloadSelector: {labels: {app: vm}}
+  location: MESH_INTERNAL
+  resolution: STATIC
+`, addr)))
+		c.reaches("vm.demo.local", "", "vm-1")
+	})
+	t.Run("API server stopped", func(t *testing.T) {
+		errs := metric(t, c.admin, `ewgate_source_watch_errors_total{source="kubernetes"}`)
+		c.srv.Stop(t)
+		await.True(t, 30*time.Second, "not synced on /readyz and the metric", func() bool {
+			code, body := readyz(c.admin)
+			return code == http.StatusOK && strings.Contains(body, "not synced") &&
+				metric(t, c.admin, `ewgate_source_synced{source="kubernetes"}`) == 0
+		})
+		if got := metric(t, c.admin, `ewgate_source_watch_errors_total{source="kubernetes"}`); got <= errs {
+			t.Errorf("watch errors %d, want more than %d", got, errs)
+		}
+		_, cfg, _ := httpGet("http://" + c.admin + "/debug/config")
+		if !strings.Contains(cfg, `"synced": false`) {
+			t.Errorf("/debug/config does not say not synced:\n%s", cfg)
+		}
+		// The last known catalog keeps routing.
+		c.reaches("echo", "v1", "echo-v1")
+		c.reaches("other", "", "other-v1")
+
+		c.srv.Start(t)
+		await.True(t, 90*time.Second, "synced again", func() bool {
+			return metric(t, c.admin, `ewgate_source_synced{source="kubernetes"}`) == 1
+		})
+		c.do("DELETE", "/api/v1/namespaces/demo/services/other", "")
+		c.reaches("other", "")
+		c.reaches("echo", "v2", "echo-v2")
+	})
+	if strings.Contains(p.output(), "panic") {
+		t.Errorf("ewgate panicked:\n%s", p.output())
+	}
+}
+
+// Two clusters in two networks, one gateway each reading only its own
+// API server, joined by gossip: a client in network-a reaches a Service
+// only cluster B has, in remote mode (straight to B's gateway, which it
+// learns from A through gossip).
+func TestKubernetesTwoClustersRemoteMode(t *testing.T) {
+	a := newCluster(t)
+	b := newClusterCA(t, a.ca, "network-b")
+	b.pod("echo-b", "v1")
+	b.service("echo")
+	b.slice("echo", map[string]bool{"echo-b": true}, true)
+	key := gossipKeyFile(t)
+	gossipA := loopbackAddr(t)
+	sockA := filepath.Join(t.TempDir(), "a.sock")
+	gossip := func(c *cluster, name, addr string, join ...string) []string {
+		args := []string{"--node-name", name, "--gossip-address", addr, "--gossip-key-file", key, "--gossip-profile", "local",
+			"--mesh-id", "test-mesh", "--passthrough-advertise", c.gwAddr()}
+		if len(join) > 0 {
+			args = append(args, "--join", strings.Join(join, ","))
+		}
+		return args
+	}
+	a.run(append(gossip(a, "gw-a", gossipA), "--api-socket", sockA)...)
+	b.run(gossip(b, "gw-b", loopbackAddr(t), gossipA)...)
+
+	// What A knows of network-b came by gossip: A has no credentials for
+	// B's API server (each gateway was given only its own kubeconfig).
+	await.True(t, 30*time.Second, "network-b's Kubernetes Service in network-a's gossip catalog", func() bool {
+		out, _ := runEwgate(t, "ctl", "--api", sockA, "catalog")
+		return hasRow(out, "network-b", "echo.demo.svc.cluster.local", "9080", "v1")
+	})
+	_, members, _ := httpGet("http://" + a.admin + "/debug/members")
+	if !strings.Contains(members, b.gwAddr()) {
+		t.Fatalf("network-a's members lack network-b's gateway %s:\n%s", b.gwAddr(), members)
+	}
+	if got := a.reachVia(b.gwAddr(), "echo", "v1"); got != "echo-b" {
+		t.Fatalf("remote mode through network-b's gateway reached %q", got)
+	}
+	if got := a.reach("echo", "v1"); got != "" {
+		t.Errorf("network-a's gateway routed a Service it does not define to %q", got)
+	}
+}
