@@ -455,4 +455,35 @@ func TestKubernetesTwoClusters(t *testing.T) {
 	if svc == nil || !slices.Equal(svc.RemoteServiceAccounts, []string{"spiffe://cluster.local/ns/demo/sa/echo"}) {
 		t.Errorf("network-a's /debug/config for the remote Service: %+v", svc)
 	}
+
+	t.Run("an unreadable export label fails closed", func(t *testing.T) {
+		b.do("PATCH", "/api/v1/namespaces/demo/services/echo", `{"metadata": {"labels": {"ewgate.io/export": "yes"}}}`)
+		await.True(t, 30*time.Second, "cluster B's Service to leave network-a's catalog", func() bool {
+			return debugService(fetchDebugConfig(t, a.admin), "echo.demo.svc.cluster.local") == nil
+		})
+		if _, err := dialKey(a.world, a.gwAddr(), key9080); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+			t.Errorf("local mode to an unexported Service: %v, want unrecognized name", err)
+		}
+		// Remote mode is refused by B itself. B keeps the Service in its
+		// catalog and says why it is not exported.
+		if _, err := dialKey(a.world, b.gwAddr(), key9080); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+			t.Errorf("remote mode to an unexported Service: %v, want unrecognized name", err)
+		}
+		if svc := debugService(fetchDebugConfig(t, b.admin), "echo.demo.svc.cluster.local"); svc == nil {
+			t.Errorf("cluster B's /debug/config for its unexported Service: %+v", svc)
+		}
+		_, cfg, _ := httpGet("http://" + b.admin + "/debug/config")
+		if want := `Service demo/echo: metadata.labels[ewgate.io/export]: \"yes\": want \"true\" or \"false\": not exported to other networks`; !strings.Contains(cfg, want) {
+			t.Errorf("cluster B's /debug/config lacks %s:\n%s", want, cfg)
+		}
+		b.do("PATCH", "/api/v1/namespaces/demo/services/echo", `{"metadata": {"labels": {"ewgate.io/export": null}}}`)
+		await.True(t, 30*time.Second, "network-a to reach cluster B's Service again in local mode", func() bool {
+			conn, err := dialKey(a.world, a.gwAddr(), key9080)
+			if err != nil {
+				return false
+			}
+			conn.Close()
+			return conn.Server == "echo-b"
+		})
+	})
 }
