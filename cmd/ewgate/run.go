@@ -109,6 +109,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	cs.withKube = ks != nil
 	w := &discovery.Watcher{
 		Paths:  s.Files,
+		Node:   &spec,
 		Logger: log,
 		Apply:  cs.applyFiles,
 		Result: func(err error) {
