@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -56,5 +59,74 @@ func TestRunIstioMulticlusterDirectory(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// statusGet returns the status code of a GET on the status port.
+func statusGet(addr, path string) int {
+	code, _, err := httpGet("http://" + addr + path)
+	if err != nil {
+		return 0
+	}
+	return code
+}
+
+// The status port answers /healthz/ready like Istio's gateway: 200 when
+// ready, 503 from the start of a drain while the listeners still accept,
+// and nothing but readiness. A second gateway on the same status address
+// fails to start with an error naming the flag.
+func TestRunStatusPort(t *testing.T) {
+	bind := randomLoopback()
+	status := net.JoinHostPort(bind, "15021")
+	p := startEwgate(t, "run", "-f", istioDir, "--network", "network-a", "--node-labels", "istio=eastwestgateway",
+		"--bind-address", bind, "--admin-address", "", "--status-address", status, "--drain-delay", "10m")
+	await.True(t, 30*time.Second, "status ready", func() bool { return statusGet(status, "/healthz/ready") == 200 })
+	for _, path := range []string{"/readyz", "/metrics", "/debug/config"} {
+		if code := statusGet(status, path); code != 404 {
+			t.Errorf("status port serves %s: %d, want 404", path, code)
+		}
+	}
+
+	out, err := runEwgate(t, "run", "-f", istioDir, "--network", "network-a", "--node-labels", "istio=eastwestgateway",
+		"--bind-address", randomLoopback(), "--admin-address", "", "--status-address", status)
+	if err == nil || !strings.Contains(out, "--status-address "+status) || !strings.Contains(out, "address already in use") {
+		t.Errorf("second gateway on %s: err=%v, output:\n%s", status, err, out)
+	}
+
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	await.True(t, 30*time.Second, "status not ready after SIGTERM", func() bool { return statusGet(status, "/healthz/ready") == 503 })
+	// Still within the drain delay: new connections are accepted.
+	c, err := net.DialTimeout("tcp", net.JoinHostPort(bind, "15443"), 5*time.Second)
+	if err != nil {
+		t.Fatalf("listener closed while the drain delay runs: %v", err)
+	}
+	c.Close()
+	if !strings.Contains(p.output(), "not ready; listeners close after the drain delay") {
+		t.Errorf("no drain delay log:\n%s", p.output())
+	}
+}
+
+// Before the first config, here a Kubernetes source whose API server does
+// not answer, the status port is up and says 503.
+func TestRunStatusNotReadyBeforeFirstSync(t *testing.T) {
+	dead := loopbackAddr(t) // nothing listens there
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://`+dead+`", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`), 0o600)
+	bind := randomLoopback()
+	status := net.JoinHostPort(bind, "15021")
+	p := startEwgate(t, "run", "--kubeconfig", kubeconfig, "--network", "network-a", "--node-labels", "istio=eastwestgateway",
+		"--bind-address", bind, "--admin-address", "", "--status-address", status)
+	await.True(t, 30*time.Second, "status answers", func() bool { return statusGet(status, "/healthz/ready") != 0 })
+	if code := statusGet(status, "/healthz/ready"); code != 503 {
+		t.Fatalf("/healthz/ready before the first sync: %d, want 503\n%s", code, p.output())
+	}
+	if code := statusGet(status, "/healthz"); code != 200 {
+		t.Errorf("/healthz: %d, want 200", code)
 	}
 }
