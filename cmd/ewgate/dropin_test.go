@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/ewgate/ewgate/internal/await"
+	"github.com/ewgate/ewgate/sni"
+	"github.com/ewgate/ewgate/workload"
 )
 
 // istioDir is Istio's multi-network install as published, with an ingress
@@ -29,17 +32,43 @@ func randomLoopback() string {
 // serves expose-services' 15443 and warns about expose-istiod's
 // PASSTHROUGH servers instead of refusing them.
 func TestRunIstioMulticlusterDirectory(t *testing.T) {
+	// The directory as published, but with this network's endpoint at a
+	// real echo server.
+	w := newWorld(t, "v1")
+	host, port, _ := net.SplitHostPort(w.echoes["v1"].Addr())
+	files, err := filepath.Glob(filepath.Join(istioDir, "*.yaml"))
+	if err != nil || len(files) < 4 {
+		t.Fatalf("testdata: %v %v", files, err)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		y := strings.Replace(string(b), "address: 10.0.0.1", "address: "+host+"\n  ports: {tls: "+port+"}", 1)
+		w.writeFile(filepath.Base(f), y)
+	}
 	bind := randomLoopback()
-	admin := loopbackAddr(t)
-	p := startEwgate(t, "run", "-f", istioDir, "--network", "network-a", "--node-labels", "istio=eastwestgateway",
-		"--bind-address", bind, "--admin-address", admin, "--log-level", "debug")
+	p := startEwgate(t, "run", "-f", w.dir, "--network", "network-a", "--node-labels", "istio=eastwestgateway",
+		"--bind-address", bind, "--admin-address", w.admin, "--log-level", "debug", "--endpoint-allow-loopback")
 	await.True(t, 30*time.Second, "/readyz", func() bool {
-		code, _, _ := httpGet("http://" + admin + "/readyz")
+		code, _, _ := httpGet("http://" + w.admin + "/readyz")
 		return code == 200
 	})
-	c, err := net.DialTimeout("tcp", net.JoinHostPort(bind, "15443"), 5*time.Second)
+	// A sidecar's mTLS through 15443 by Istio SNI reaches the endpoint
+	// untouched.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl := workload.Client{Source: w.source("sleep")}
+	c, err := cl.Dial(ctx, net.JoinHostPort(bind, "15443"), sni.Key{Host: "echo.demo.svc.cluster.local", Port: 9080})
 	if err != nil {
-		t.Fatalf("15443 not served: %v", err)
+		t.Fatalf("through 15443: %v\n%s", err, p.output())
+	}
+	if c.Server != "echo-v1" || c.SeenAs != "spiffe://cluster.local/ns/demo/sa/sleep" {
+		t.Errorf("reached %s seen as %s", c.Server, c.SeenAs)
+	}
+	if err := c.Exchange(1 << 20); err != nil {
+		t.Error(err)
 	}
 	c.Close()
 	for _, port := range []string{"15012", "15017"} {
