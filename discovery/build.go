@@ -133,8 +133,8 @@ func keep[T proto.Message](rs []Resource[T], bad map[Source]bool, n int) ([]Reso
 // Merge builds one catalog from the resources of several, as if one source
 // had held them all: a host or a resource (kind, namespace and name)
 // defined by two of them is an error naming both, and DestinationRules of
-// one apply to services of another. The cluster domain is the first one
-// set. Catalogs not made by Build have no resources to merge and are an
+// one apply to services of another. The cluster domain and the Node are the first
+// ones set. Catalogs not made by Build have no resources to merge and are an
 // error, except that nil catalogs are skipped and a single catalog is
 // returned as it is.
 func Merge(log *slog.Logger, cats ...*Catalog) (*Catalog, error) {
@@ -153,6 +153,11 @@ func Merge(log *slog.Logger, cats ...*Catalog) (*Catalog, error) {
 		}
 		if all.ClusterDomain == "" {
 			all.ClusterDomain = r.ClusterDomain
+		}
+		if all.Node == nil {
+			// A source that kept other proxies' Gateways for Build to
+			// skip needs them skipped here too.
+			all.Node = r.Node
 		}
 		all.Gateways = append(all.Gateways, r.Gateways...)
 		all.ServiceEntries = append(all.ServiceEntries, r.ServiceEntries...)

@@ -127,3 +127,21 @@ func TestEndpointWithoutAddressSkipped(t *testing.T) {
 		t.Errorf("WorkloadEntry selected twice warned %d times, want once:\n%s", n, out)
 	}
 }
+
+// Istio's directory merged with a registry's catalog (files and the
+// Kubernetes source together): the ingress Gateway the files' load
+// skipped stays skipped.
+func TestMergeKeepsNodeSelection(t *testing.T) {
+	files, err := LoadFilesFor([]string{"testdata/istio-multicluster"}, istioNode, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Merge(nil, files, registry(t, "reviews.bookinfo.svc.example.org"))
+	if err != nil {
+		t.Fatalf("Merge: %v", err)
+	}
+	equal(t, "gateways", gatewayNames(c), []string{"default/istiod-gateway", "default/cross-network-gateway"})
+	if len(c.Services) != 2 {
+		t.Errorf("merged services %v", serviceHosts(c))
+	}
+}
