@@ -41,7 +41,10 @@ type Resources struct {
 	// ingress gateway's, say) and are left out unvalidated, logged at
 	// debug level, as an Istio proxy ignores them. Nil keeps and validates
 	// every Gateway.
-	Node             *Node
+	Node *Node
+	// Warned, if set, keeps Build from repeating the warnings it logged
+	// for these resources before; nil logs them on every Build.
+	Warned           *Warned
 	Gateways         []Resource[*networking.Gateway]
 	ServiceEntries   []Resource[*networking.ServiceEntry]
 	WorkloadEntries  []Resource[*networking.WorkloadEntry]
@@ -99,7 +102,7 @@ func (r *Resources) BuildValid(log *slog.Logger) (*Catalog, error) {
 // without returns r less the resources bad names, or nil if it names none
 // of them.
 func (r *Resources) without(bad map[Source]bool) *Resources {
-	out := &Resources{ClusterDomain: r.ClusterDomain, Node: r.Node}
+	out := &Resources{ClusterDomain: r.ClusterDomain, Node: r.Node, Warned: r.Warned}
 	n := 0
 	out.Gateways, n = keep(r.Gateways, bad, n)
 	out.ServiceEntries, n = keep(r.ServiceEntries, bad, n)
@@ -154,6 +157,9 @@ func Merge(log *slog.Logger, cats ...*Catalog) (*Catalog, error) {
 		if all.ClusterDomain == "" {
 			all.ClusterDomain = r.ClusterDomain
 		}
+		if all.Warned == nil {
+			all.Warned = r.Warned
+		}
 		if all.Node == nil {
 			// A source that kept other proxies' Gateways for Build to
 			// skip needs them skipped here too.
@@ -188,6 +194,11 @@ func (t *translator) errorf(src Source, format string, args ...any) {
 	}
 }
 
+// warn logs a warning about the resources, once per Resources.Warned.
+func (t *translator) warn(msg string, args ...any) {
+	t.res.Warned.log(t.log, slog.LevelWarn, msg, args...)
+}
+
 func warn(log *slog.Logger, msg string, args ...any) {
 	if log != nil {
 		log.Warn(msg, args...)
@@ -199,9 +210,7 @@ func (t *translator) build() (*Catalog, error) {
 	t.checkUnique()
 	for _, g := range t.res.Gateways {
 		if n := t.res.Node; n != nil && !labelsMatch(g.Spec.GetSelector(), n.Labels) {
-			if t.log != nil {
-				t.log.Debug("config: Gateway does not select this node, ignored", "resource", g.Source.String(), "selector", g.Spec.GetSelector())
-			}
+			t.res.Warned.log(t.log, slog.LevelDebug, "config: Gateway does not select this node, ignored", "resource", g.Source.String(), "selector", g.Spec.GetSelector())
 			continue
 		}
 		if gw := t.buildGateway(g); gw != nil {
@@ -322,7 +331,7 @@ func (t *translator) buildGateway(r Resource[*networking.Gateway]) *Gateway {
 			// serving the port cannot misroute a connection, and Istio's
 			// own multi-network install (expose-istiod.yaml) puts such
 			// servers next to the AUTO_PASSTHROUGH one: serve the rest.
-			warn(t.log, "config: PASSTHROUGH server not served (VirtualService tls routes are not supported yet); the gateway's other servers are",
+			t.warn("config: PASSTHROUGH server not served (VirtualService tls routes are not supported yet); the gateway's other servers are",
 				"resource", r.Source.String(), "field", field, "port", p.GetNumber())
 			continue
 		default:
@@ -379,7 +388,7 @@ func (t *translator) buildServices(r Resource[*networking.ServiceEntry]) []*Serv
 	for i, we := range spec.GetEndpoints() {
 		switch ep, err := newEndpoint(we); {
 		case errors.Is(err, errNoAddress):
-			warn(t.log, "config: endpoint without an address is not dialed", "resource", r.Source.String(),
+			t.warn("config: endpoint without an address is not dialed", "resource", r.Source.String(),
 				"field", fmt.Sprintf("spec.endpoints[%d].address", i), "network", we.GetNetwork())
 		case err != nil:
 			fail("spec.endpoints[%d].%v", i, err)
@@ -439,7 +448,7 @@ func (t *translator) warnNoAddress(w Resource[*networking.WorkloadEntry]) {
 		t.noAddress = make(map[Source]bool)
 	}
 	t.noAddress[w.Source] = true
-	warn(t.log, "config: WorkloadEntry without an address is not dialed", "resource", w.Source.String(),
+	t.warn("config: WorkloadEntry without an address is not dialed", "resource", w.Source.String(),
 		"field", "spec.address", "network", w.Spec.GetNetwork())
 }
 
@@ -535,7 +544,7 @@ func (t *translator) attachSubsets(svcs []*Service) {
 	}
 	for _, dr := range t.res.DestinationRules {
 		if !used[dr.Source] {
-			warn(t.log, "config: DestinationRule matches no ServiceEntry host", "resource", dr.Source.String(), "host", dr.Spec.GetHost())
+			t.warn("config: DestinationRule matches no ServiceEntry host", "resource", dr.Source.String(), "host", dr.Spec.GetHost())
 		}
 	}
 }

@@ -145,3 +145,29 @@ func TestMergeKeepsNodeSelection(t *testing.T) {
 		t.Errorf("merged services %v", serviceHosts(c))
 	}
 }
+
+// A file load's warnings are logged once: rebuilding it in merges (each
+// change of the Kubernetes source) does not repeat them; the next load
+// does.
+func TestWarningsOncePerLoad(t *testing.T) {
+	log, b := newLogger()
+	files, err := LoadFilesFor([]string{"testdata/istio-multicluster"}, istioNode, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := Merge(log, files, registry(t, "reviews.bookinfo.svc.example.org")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func() int { return strings.Count(b.String(), "PASSTHROUGH server not served") }
+	if n := count(); n != 2 {
+		t.Errorf("after a load and three merges, %d PASSTHROUGH warnings, want 2 (one per server):\n%s", n, b)
+	}
+	if _, err := LoadFilesFor([]string{"testdata/istio-multicluster"}, istioNode, log); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 4 {
+		t.Errorf("after a second load, %d PASSTHROUGH warnings, want 4", n)
+	}
+}
