@@ -72,6 +72,9 @@ type Source struct {
 
 	watchErrors atomic.Uint64
 	rebuilds    atomic.Uint64
+	// warned keeps rebuilds, one per change, from repeating the warnings
+	// about resources that have not changed.
+	warned discovery.Warned
 
 	mu      sync.Mutex
 	failing map[string]error // resource -> last list/watch error, until it succeeds again
@@ -210,6 +213,7 @@ func (s *Source) rebuild() {
 	t := translation{clusterDomain: s.cfg.ClusterDomain, network: s.cfg.Network, nodeLabels: s.cfg.NodeLabels}
 	start := time.Now()
 	r, readProblems := t.resources(s.inf.snapshot())
+	r.Warned = &s.warned
 	c, problems := r.BuildValid(s.log)
 	problems = errors.Join(readProblems, problems)
 	var err error
