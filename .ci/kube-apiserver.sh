@@ -9,7 +9,10 @@ set -euo pipefail
 
 version="${KUBE_VERSION:-v1.36.3}"
 cache="${EWGATE_CACHE:-/var/cache/ewgate}"
-bin="$cache/kube-apiserver-$version"
+# The -b suffix is the build recipe's revision: bump it when the recipe
+# changes what the binary is, so that an older build is not reused (b2:
+# the binary reports $version instead of v0.0.0-master).
+bin="$cache/kube-apiserver-$version-b2"
 if [[ -x "$bin" ]]; then
 	echo "$bin"
 	exit 0
@@ -51,6 +54,13 @@ for m in $(awk '/^[[:space:]]*k8s.io\/[a-z0-9-]+ v0.0.0$/ {print $1}' "$gomod");
 	go mod edit -replace "$m=$m@$staging"
 done
 go mod tidy >&2
-CGO_ENABLED=0 go build -trimpath -o "$bin.tmp" . >&2
+# Stamp the version as Kubernetes' own build does (hack/lib/version.sh);
+# without it the binary reports v0.0.0-master.
+minor="${version#v*.}"
+minor="${minor%%.*}"
+major="${version#v}"
+major="${major%%.*}"
+ldflags="-X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=$major -X k8s.io/component-base/version.gitMinor=$minor"
+CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$bin.tmp" . >&2
 mv "$bin.tmp" "$bin"
 echo "$bin"

@@ -94,7 +94,7 @@ spec:
     labels: {app: echo, security.istio.io/tlsMode: istio}
 EOF
 	"$1" run -f "$dir/mesh.yaml" --network bench --node-labels istio=eastwestgateway \
-		--bind-address 127.0.0.1 --admin-address "127.0.0.1:$admin" \
+		--bind-address 127.0.0.1 --admin-address "127.0.0.1:$admin" --status-address "" \
 		--log-level warn --drain-timeout 1s >>"$work/ewgate.log" 2>&1 &
 	proxy_pid=$!
 	started+=($proxy_pid)

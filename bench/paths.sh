@@ -79,7 +79,7 @@ spec:
 EOF
 	"$ew" ca issue --ca "$work/ca" --spiffe-id "spiffe://cluster.local/ns/istio-system/sa/eastwest-$name" --out "$dir/svid" >/dev/null
 	"$ew" run -f "$dir/mesh.yaml" --network "$network" --node-name "$name" --node-labels istio=eastwestgateway \
-		--bind-address 127.0.0.1 --admin-address "127.0.0.1:${admin[$name]}" --log-level warn --drain-timeout 1s \
+		--bind-address 127.0.0.1 --admin-address "127.0.0.1:${admin[$name]}" --status-address "" --log-level warn --drain-timeout 1s \
 		--svid-cert "$dir/svid/cert.pem" --svid-key "$dir/svid/key.pem" --trust-bundle "$dir/svid/bundle.pem" \
 		--gossip-address "127.0.0.1:${gossip[$name]}" --gossip-key-file "$work/gossip.key" --gossip-profile local \
 		--passthrough-advertise "127.0.0.1:${port[$name]}" --tunnel-address "127.0.0.1:$tunnel_port" \

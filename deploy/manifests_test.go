@@ -1,12 +1,12 @@
 package deploy_test
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -90,20 +90,36 @@ func TestStatefulSetMatchesRBACAndNodeFiles(t *testing.T) {
 		}
 	}
 
-	// The readiness probe reaches the admin server on a port the node
-	// files make it listen on, on every address (the kubelet dials the pod
-	// IP).
-	if c.ReadinessProbe.HTTPGet.Path != "/readyz" {
-		t.Errorf("readiness probe path %q, want /readyz", c.ReadinessProbe.HTTPGet.Path)
+	// The probes reach the status port, Istio's gateway readiness, which
+	// the node files leave on its default: bindAddress:15021.
+	if c.ReadinessProbe.HTTPGet.Path != "/healthz/ready" {
+		t.Errorf("readiness probe path %q, want /healthz/ready", c.ReadinessProbe.HTTPGet.Path)
 	}
-	adminPort := 0
+	statusPort := 0
 	for _, p := range c.Ports {
 		if p.Name == c.ReadinessProbe.HTTPGet.Port {
-			adminPort = p.ContainerPort
+			statusPort = p.ContainerPort
 		}
 	}
-	if adminPort == 0 {
-		t.Fatalf("readiness probe port %q is not a container port", c.ReadinessProbe.HTTPGet.Port)
+	if statusPort != 15021 {
+		t.Fatalf("readiness probe port %q is container port %d, want the status port 15021", c.ReadinessProbe.HTTPGet.Port, statusPort)
+	}
+	var lb struct {
+		Spec struct {
+			Ports []struct {
+				Name       string
+				Port       int
+				TargetPort int
+			}
+		}
+	}
+	unmarshal(t, "base/services.yaml", &lb) // the first document: Service ewgate
+	hasStatus := false
+	for _, p := range lb.Spec.Ports {
+		hasStatus = hasStatus || p.Name == "status-port" && p.Port == 15021 && p.TargetPort == 15021
+	}
+	if !hasStatus {
+		t.Errorf("Service ewgate lacks status-port 15021 (Istio's east-west Service has it for load balancer health checks): %+v", lb.Spec.Ports)
 	}
 
 	var pdb struct {
@@ -136,17 +152,15 @@ func TestStatefulSetMatchesRBACAndNodeFiles(t *testing.T) {
 		if ns, ok := node["systemNamespace"]; ok && ns != "istio-system" {
 			t.Errorf("%s: systemNamespace %v, but rbac.yaml grants the istio-system namespace only", f, ns)
 		}
+		if _, ok := node["statusAddress"]; ok {
+			t.Errorf("%s: statusAddress set: the probes expect the default, bindAddress:15021", f)
+		}
+		if ip := net.ParseIP(fmt.Sprint(node["bindAddress"])); ip == nil || !ip.IsUnspecified() {
+			t.Errorf("%s: bindAddress %v: the kubelet's probes of the status port come to the pod IP; want an unspecified address", f, node["bindAddress"])
+		}
 		addr, _ := node["adminAddress"].(string)
-		host, port, err := net.SplitHostPort(addr)
-		if err != nil {
-			t.Errorf("%s: adminAddress %q: %v (the default, 127.0.0.1:15000, is out of the kubelet's reach)", f, addr, err)
-			continue
-		}
-		if ip := net.ParseIP(host); ip == nil || ip.IsLoopback() {
-			t.Errorf("%s: adminAddress %q: the kubelet's probes cannot reach it; want an unspecified address", f, addr)
-		}
-		if port != strconv.Itoa(adminPort) {
-			t.Errorf("%s: adminAddress port %s, but the probe targets container port %d", f, port, adminPort)
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			t.Errorf("%s: adminAddress %q: %v", f, addr, err)
 		}
 		// Drain must finish within the grace period, after preStop and
 		// the gossip leave.
@@ -156,10 +170,16 @@ func TestStatefulSetMatchesRBACAndNodeFiles(t *testing.T) {
 			t.Errorf("%s: drainTimeout %q: %v", f, drainS, err)
 			continue
 		}
-		need := time.Duration(c.Lifecycle.PreStop.Sleep.Seconds)*time.Second + gossipLeave + drain
+		delayS, _ := node["drainDelay"].(string)
+		delay, err := time.ParseDuration(cmp.Or(delayS, "0s"))
+		if err != nil {
+			t.Errorf("%s: drainDelay %q: %v", f, delayS, err)
+			continue
+		}
+		need := time.Duration(c.Lifecycle.PreStop.Sleep.Seconds)*time.Second + gossipLeave + delay + drain
 		if grace := time.Duration(pod.TerminationGracePeriodSeconds) * time.Second; grace <= need {
-			t.Errorf("%s: terminationGracePeriodSeconds %v is not above preStop %ds + gossip leave %v + drainTimeout %v",
-				f, grace, c.Lifecycle.PreStop.Sleep.Seconds, gossipLeave, drain)
+			t.Errorf("%s: terminationGracePeriodSeconds %v is not above preStop %ds + gossip leave %v + drainDelay %v + drainTimeout %v",
+				f, grace, c.Lifecycle.PreStop.Sleep.Seconds, gossipLeave, delay, drain)
 		}
 	}
 }

@@ -192,8 +192,37 @@ spec:
 		t.Errorf("no route for the Service helloworld.run-test: %+v", cfg.Routes)
 	}
 
-	// SIGTERM, as the kubelet sends after preStop: a clean drain and exit.
+	// The probes' status port, on the node's bindAddress by default.
+	status := "http://" + net.JoinHostPort(ip, "15021") + "/healthz/ready"
+	statusCode := func() int {
+		c := http.Client{Timeout: 5 * time.Second}
+		resp, err := c.Get(status)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := statusCode(); code != http.StatusOK {
+		t.Errorf("%s: %d, want 200", status, code)
+	}
+
+	// SIGTERM, as the kubelet sends after preStop: not ready first, while
+	// the listener still accepts for drainDelay, then a clean drain and
+	// exit.
 	cmd.Process.Signal(syscall.SIGTERM)
+	deadline = time.Now().Add(30 * time.Second)
+	for statusCode() != http.StatusServiceUnavailable {
+		if time.Now().After(deadline) {
+			t.Fatal("status port still ready 30s after SIGTERM")
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval
+	}
+	if c, err := net.DialTimeout("tcp", net.JoinHostPort(ip, "15443"), 5*time.Second); err != nil {
+		t.Errorf("15443 refused during the drain delay: %v", err)
+	} else {
+		c.Close()
+	}
 	select {
 	case err := <-exited:
 		stopped = true

@@ -35,7 +35,16 @@ type Resources struct {
 	// ClusterDomain completes a DestinationRule's short host "name" to
 	// "name.<namespace>.svc.<ClusterDomain>"; empty means
 	// DefaultClusterDomain.
-	ClusterDomain    string
+	ClusterDomain string
+	// Node, if set, is the node the catalog is built for: Gateways whose
+	// selector does not match its labels configure other proxies (an
+	// ingress gateway's, say) and are left out unvalidated, logged at
+	// debug level, as an Istio proxy ignores them. Nil keeps and validates
+	// every Gateway.
+	Node *Node
+	// Warned, if set, keeps Build from repeating the warnings it logged
+	// for these resources before; nil logs them on every Build.
+	Warned           *Warned
 	Gateways         []Resource[*networking.Gateway]
 	ServiceEntries   []Resource[*networking.ServiceEntry]
 	WorkloadEntries  []Resource[*networking.WorkloadEntry]
@@ -93,7 +102,7 @@ func (r *Resources) BuildValid(log *slog.Logger) (*Catalog, error) {
 // without returns r less the resources bad names, or nil if it names none
 // of them.
 func (r *Resources) without(bad map[Source]bool) *Resources {
-	out := &Resources{ClusterDomain: r.ClusterDomain}
+	out := &Resources{ClusterDomain: r.ClusterDomain, Node: r.Node, Warned: r.Warned}
 	n := 0
 	out.Gateways, n = keep(r.Gateways, bad, n)
 	out.ServiceEntries, n = keep(r.ServiceEntries, bad, n)
@@ -127,8 +136,8 @@ func keep[T proto.Message](rs []Resource[T], bad map[Source]bool, n int) ([]Reso
 // Merge builds one catalog from the resources of several, as if one source
 // had held them all: a host or a resource (kind, namespace and name)
 // defined by two of them is an error naming both, and DestinationRules of
-// one apply to services of another. The cluster domain is the first one
-// set. Catalogs not made by Build have no resources to merge and are an
+// one apply to services of another. The cluster domain and the Node are the first
+// ones set. Catalogs not made by Build have no resources to merge and are an
 // error, except that nil catalogs are skipped and a single catalog is
 // returned as it is.
 func Merge(log *slog.Logger, cats ...*Catalog) (*Catalog, error) {
@@ -148,6 +157,14 @@ func Merge(log *slog.Logger, cats ...*Catalog) (*Catalog, error) {
 		if all.ClusterDomain == "" {
 			all.ClusterDomain = r.ClusterDomain
 		}
+		if all.Warned == nil {
+			all.Warned = r.Warned
+		}
+		if all.Node == nil {
+			// A source that kept other proxies' Gateways for Build to
+			// skip needs them skipped here too.
+			all.Node = r.Node
+		}
 		all.Gateways = append(all.Gateways, r.Gateways...)
 		all.ServiceEntries = append(all.ServiceEntries, r.ServiceEntries...)
 		all.WorkloadEntries = append(all.WorkloadEntries, r.WorkloadEntries...)
@@ -164,6 +181,10 @@ type translator struct {
 	domain string
 	errs   []error
 	bad    map[Source]bool // resources with a problem; nil: not tracked
+	// noAddress holds the WorkloadEntries already warned about for
+	// having no address, so that one selected by several ServiceEntries
+	// is logged once.
+	noAddress map[Source]bool
 }
 
 func (t *translator) errorf(src Source, format string, args ...any) {
@@ -171,6 +192,11 @@ func (t *translator) errorf(src Source, format string, args ...any) {
 	if t.bad != nil {
 		t.bad[src] = true
 	}
+}
+
+// warn logs a warning about the resources, once per Resources.Warned.
+func (t *translator) warn(msg string, args ...any) {
+	t.res.Warned.log(t.log, slog.LevelWarn, msg, args...)
 }
 
 func warn(log *slog.Logger, msg string, args ...any) {
@@ -183,6 +209,10 @@ func (t *translator) build() (*Catalog, error) {
 	c := &Catalog{resources: t.res}
 	t.checkUnique()
 	for _, g := range t.res.Gateways {
+		if n := t.res.Node; n != nil && !labelsMatch(g.Spec.GetSelector(), n.Labels) {
+			t.res.Warned.log(t.log, slog.LevelDebug, "config: Gateway does not select this node, ignored", "resource", g.Source.String(), "selector", g.Spec.GetSelector())
+			continue
+		}
 		if gw := t.buildGateway(g); gw != nil {
 			c.Gateways = append(c.Gateways, gw)
 		}
@@ -247,6 +277,10 @@ func (t *translator) checkUnique() {
 	}
 }
 
+// supportedModes names the tls modes a selecting Gateway's servers may use,
+// for errors.
+const supportedModes = "AUTO_PASSTHROUGH; PASSTHROUGH servers are skipped with a warning"
+
 func (t *translator) buildGateway(r Resource[*networking.Gateway]) *Gateway {
 	gw := &Gateway{Source: r.Source, Selector: r.Spec.GetSelector()}
 	ok := true
@@ -286,11 +320,22 @@ func (t *translator) buildGateway(r Resource[*networking.Gateway]) *Gateway {
 		}
 		if s.GetTls() == nil {
 			// The zero mode is PASSTHROUGH: say what is actually wrong.
-			fail(".tls.mode: required (supported: AUTO_PASSTHROUGH)")
+			fail(".tls.mode: required (supported: %s)", supportedModes)
 			continue
 		}
-		if mode := s.GetTls().GetMode(); mode != networking.ServerTLSSettings_AUTO_PASSTHROUGH {
-			fail(".tls.mode: %s is not supported (supported: AUTO_PASSTHROUGH)", mode)
+		switch mode := s.GetTls().GetMode(); mode {
+		case networking.ServerTLSSettings_AUTO_PASSTHROUGH:
+		case networking.ServerTLSSettings_PASSTHROUGH:
+			// Routing PASSTHROUGH needs VirtualService tls routes, which
+			// the gateway does not read yet (issue 13, item 2). Not
+			// serving the port cannot misroute a connection, and Istio's
+			// own multi-network install (expose-istiod.yaml) puts such
+			// servers next to the AUTO_PASSTHROUGH one: serve the rest.
+			t.warn("config: PASSTHROUGH server not served (VirtualService tls routes are not supported yet); the gateway's other servers are",
+				"resource", r.Source.String(), "field", field, "port", p.GetNumber())
+			continue
+		default:
+			fail(".tls.mode: %s is not supported (supported: %s)", mode, supportedModes)
 			continue
 		}
 		srv.Mode = AutoPassthrough
@@ -341,9 +386,13 @@ func (t *translator) buildServices(r Resource[*networking.ServiceEntry]) []*Serv
 	}
 	var eps []Endpoint
 	for i, we := range spec.GetEndpoints() {
-		if ep, err := newEndpoint(we); err != nil {
+		switch ep, err := newEndpoint(we); {
+		case errors.Is(err, errNoAddress):
+			t.warn("config: endpoint without an address is not dialed", "resource", r.Source.String(),
+				"field", fmt.Sprintf("spec.endpoints[%d].address", i), "network", we.GetNetwork())
+		case err != nil:
 			fail("spec.endpoints[%d].%v", i, err)
-		} else {
+		default:
 			eps = append(eps, ep)
 		}
 	}
@@ -352,10 +401,13 @@ func (t *translator) buildServices(r Resource[*networking.ServiceEntry]) []*Serv
 			if w.Source.Namespace != r.Source.Namespace || !labelsMatch(sel.GetLabels(), w.Spec.GetLabels()) {
 				continue
 			}
-			if ep, err := newEndpoint(w.Spec); err != nil {
+			switch ep, err := newEndpoint(w.Spec); {
+			case errors.Is(err, errNoAddress):
+				t.warnNoAddress(w)
+			case err != nil:
 				t.errorf(w.Source, "spec.%v", err)
 				ok = false
-			} else {
+			default:
 				eps = append(eps, ep)
 			}
 		}
@@ -387,10 +439,29 @@ func (t *translator) buildServices(r Resource[*networking.ServiceEntry]) []*Serv
 	return svcs
 }
 
+// warnNoAddress logs, once per build, that a WorkloadEntry has no address.
+func (t *translator) warnNoAddress(w Resource[*networking.WorkloadEntry]) {
+	if t.noAddress[w.Source] {
+		return
+	}
+	if t.noAddress == nil {
+		t.noAddress = make(map[Source]bool)
+	}
+	t.noAddress[w.Source] = true
+	t.warn("config: WorkloadEntry without an address is not dialed", "resource", w.Source.String(),
+		"field", "spec.address", "network", w.Spec.GetNetwork())
+}
+
+// errNoAddress is newEndpoint's error for an entry without an address.
+// Istio accepts one (its validation only warns: istiod uses entries that
+// carry just a network to learn of other networks' workloads), but there
+// is nothing to dial, so the endpoint is left out, with a warning.
+var errNoAddress = errors.New("address: empty")
+
 func newEndpoint(we *networking.WorkloadEntry) (Endpoint, error) {
 	addr := we.GetAddress()
 	if addr == "" {
-		return Endpoint{}, errors.New("address: required")
+		return Endpoint{}, errNoAddress
 	}
 	if _, err := netip.ParseAddr(addr); err != nil {
 		if err := checkDNSName(strings.ToLower(addr)); err != nil {
@@ -473,7 +544,7 @@ func (t *translator) attachSubsets(svcs []*Service) {
 	}
 	for _, dr := range t.res.DestinationRules {
 		if !used[dr.Source] {
-			warn(t.log, "config: DestinationRule matches no ServiceEntry host", "resource", dr.Source.String(), "host", dr.Spec.GetHost())
+			t.warn("config: DestinationRule matches no ServiceEntry host", "resource", dr.Source.String(), "host", dr.Spec.GetHost())
 		}
 	}
 }

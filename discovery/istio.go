@@ -31,12 +31,24 @@ var istioVersions = []string{"v1", "v1beta1", "v1alpha3"}
 // are skipped; Istio networking kinds the gateway does not use are skipped
 // with a warning on log (nil: no logging).
 func LoadFiles(paths []string, log *slog.Logger) (*Catalog, error) {
+	return LoadFilesFor(paths, nil, log)
+}
+
+// LoadFilesFor is LoadFiles for one node (nil: none): Gateways that do not
+// select it are left out unvalidated (see Resources.Node), so that a
+// directory may also hold other proxies' Gateways. Warnings about the
+// resources are logged once per load, not again by Merge (Resources.Warned).
+func LoadFilesFor(paths []string, node *Node, log *slog.Logger) (*Catalog, error) {
 	files, err := expandPaths(paths)
 	if err != nil {
 		return nil, err
 	}
 	var l loader
 	l.log = log
+	l.res.Node = node
+	// A new load is a new version of the config: its warnings are logged
+	// once, and not again when Merge rebuilds it.
+	l.res.Warned = new(Warned)
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {

@@ -16,8 +16,11 @@ import (
 // Watcher reloads a catalog from files when they change. Its zero value is
 // not usable: set Paths and Apply.
 type Watcher struct {
-	// Paths are the files and directories given to LoadFiles.
+	// Paths are the files and directories given to LoadFilesFor.
 	Paths []string
+	// Node, if set, is the node the catalog is for: Gateways that do not
+	// select it are ignored (see Resources.Node).
+	Node *Node
 	// Apply receives every catalog that loaded and differs from the last
 	// one; an error rejects it, and the caller keeps the last good config.
 	Apply func(*Catalog) error
@@ -103,7 +106,7 @@ func (w *Watcher) reload(last [sha256.Size]byte) ([sha256.Size]byte, error) {
 	if fp == last {
 		return last, nil
 	}
-	c, err := LoadFiles(w.Paths, w.Logger)
+	c, err := LoadFilesFor(w.Paths, w.Node, w.Logger)
 	if err == nil {
 		err = w.Apply(c)
 	}

@@ -226,6 +226,9 @@ func demoGateway(dir string, ca *identity.DevCA, nw *demoNetwork, seed string) (
 	s.BindAddress = "127.0.0.1"
 	s.EndpointAllowLoopback = true // every demo workload listens on loopback
 	s.AdminAddress = "127.0.0.1:0"
+	// Two gateways share the host: each gets its own status port.
+	status := "127.0.0.1:0"
+	s.StatusAddress = &status
 	s.DrainTimeout = duration(time.Second)
 	s.SVIDCert = filepath.Join(ndir, "svid", identity.FileCert)
 	s.SVIDKey = filepath.Join(ndir, "svid", identity.FileKey)

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -22,16 +23,14 @@ import (
 )
 
 // cluster is a real kube-apiserver with pods whose servers listen inside a
-// network namespace, and an ewgate process reading the API server.
+// network namespace, and an ewgate process reading the API server. Its
+// world holds the CA, network and the gateway's ports (its config
+// directory stays empty: the cluster is the only source).
 type cluster struct {
-	t       *testing.T
-	network string
-	srv     *kubetest.Server
-	ns      *netnstest.Namespace
-	ca      *identity.DevCA
-	port    int
-	admin   string
-	pods    map[string]string // pod name -> its address, inside ns
+	*world
+	srv  *kubetest.Server
+	ns   *netnstest.Namespace
+	pods map[string]string // pod name -> its address, inside ns
 }
 
 const kubeMesh = `
@@ -95,29 +94,9 @@ func newCluster(t *testing.T) *cluster {
 // newClusterCA is newCluster in network, with a CA shared by several
 // clusters of one trust domain.
 func newClusterCA(t *testing.T, ca *identity.DevCA, network string) *cluster {
-	srv := kubetest.Start(t)
-	ns := netnstest.New(t)
-	var err error
-	c := &cluster{t: t, network: network, srv: srv, ns: ns, ca: ca, pods: make(map[string]string)}
-	if c.port, err = freeLoopbackPort(); err != nil {
-		t.Fatal(err)
-	}
-	adminPort, err := freeLoopbackPort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.admin = fmt.Sprintf("127.0.0.1:%d", adminPort)
-	srv.Create(t, "default", []byte(fmt.Sprintf(kubeMesh, network, c.port)))
+	c := &cluster{world: newWorldCA(t, ca, network), srv: kubetest.Start(t), ns: netnstest.New(t), pods: make(map[string]string)}
+	c.srv.Create(t, "default", []byte(fmt.Sprintf(kubeMesh, network, c.port)))
 	return c
-}
-
-func (c *cluster) source(sa string) identity.Source {
-	c.t.Helper()
-	src, err := c.ca.NewSource(spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/"+sa), identity.IssueOptions{})
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return src
 }
 
 // pod starts an echo server named name on a new address inside the
@@ -203,8 +182,6 @@ func (c *cluster) do(method, path, body string) {
 		c.t.Fatalf("%s %s: %d %s %v", method, path, code, out, err)
 	}
 }
-
-func (c *cluster) gwAddr() string { return fmt.Sprintf("127.0.0.1:%d", c.port) }
 
 func (c *cluster) run(extra ...string) *proc {
 	c.t.Helper()
@@ -416,8 +393,9 @@ spec:
 // Two clusters in two networks, one gateway each reading only its own
 // API server, joined by gossip: a client in network-a reaches a Service
 // only cluster B has, in remote mode (straight to B's gateway, which it
-// learns from A through gossip).
-func TestKubernetesTwoClustersRemoteMode(t *testing.T) {
+// learns from A through gossip) and in local mode (through A's own
+// gateway and a tunnel to B's), and cluster A needs no definition of it.
+func TestKubernetesTwoClusters(t *testing.T) {
 	a := newCluster(t)
 	b := newClusterCA(t, a.ca, "network-b")
 	b.pod("echo-b", "v1")
@@ -426,19 +404,20 @@ func TestKubernetesTwoClustersRemoteMode(t *testing.T) {
 	key := gossipKeyFile(t)
 	gossipA := loopbackAddr(t)
 	sockA := filepath.Join(t.TempDir(), "a.sock")
-	gossip := func(c *cluster, name, addr string, join ...string) []string {
-		args := []string{"--node-name", name, "--gossip-address", addr, "--gossip-key-file", key, "--gossip-profile", "local",
-			"--mesh-id", "test-mesh", "--passthrough-advertise", c.gwAddr()}
-		if len(join) > 0 {
-			args = append(args, "--join", strings.Join(join, ","))
+	// Each gateway is given only its own cluster's kubeconfig (cluster.run
+	// passes c.srv.Kubeconfig and nothing else names an API server): A
+	// holds no credentials for B's API server, nor B for A's.
+	pa := a.run(append(tunnelArgs(t, a.world, key, "a", gossipA), "--api-socket", sockA)...)
+	b.run(tunnelArgs(t, b.world, key, "b", loopbackAddr(t), gossipA)...)
+	for _, arg := range slices.Concat(pa.cmd.Args, pa.cmd.Env) {
+		for _, secret := range []string{b.srv.Kubeconfig, b.srv.Host, b.srv.Token, b.srv.CAFile} {
+			if strings.Contains(arg, secret) {
+				t.Fatalf("network-a's gateway was given %q, which holds cluster B's API server or its credentials", arg)
+			}
 		}
-		return args
 	}
-	a.run(append(gossip(a, "gw-a", gossipA), "--api-socket", sockA)...)
-	b.run(gossip(b, "gw-b", loopbackAddr(t), gossipA)...)
 
-	// What A knows of network-b came by gossip: A has no credentials for
-	// B's API server (each gateway was given only its own kubeconfig).
+	// What A knows of network-b came by gossip.
 	await.True(t, 30*time.Second, "network-b's Kubernetes Service in network-a's gossip catalog", func() bool {
 		out, _ := runEwgate(t, "ctl", "--api", sockA, "catalog")
 		return hasRow(out, "network-b", "echo.demo.svc.cluster.local", "9080", "v1")
@@ -447,10 +426,64 @@ func TestKubernetesTwoClustersRemoteMode(t *testing.T) {
 	if !strings.Contains(members, b.gwAddr()) {
 		t.Fatalf("network-a's members lack network-b's gateway %s:\n%s", b.gwAddr(), members)
 	}
-	if got := a.reachVia(b.gwAddr(), "echo", "v1"); got != "echo-b" {
-		t.Fatalf("remote mode through network-b's gateway reached %q", got)
+
+	key9080 := sni.Key{Host: "echo.demo.svc.cluster.local", Port: 9080, Subset: "v1"}
+	for mode, gw := range map[string]string{"remote": b.gwAddr(), "local": a.gwAddr()} {
+		var conn *workload.Conn
+		await.True(t, 30*time.Second, "network-a to reach cluster B's Service in "+mode+" mode", func() bool {
+			var err error
+			conn, err = dialKey(a.world, gw, key9080)
+			return err == nil
+		})
+		if conn.Server != "echo-b" || conn.SeenAs != "spiffe://cluster.local/ns/demo/sa/sleep" {
+			t.Errorf("%s mode: reached %s seen as %s", mode, conn.Server, conn.SeenAs)
+		}
+		// The pod's service account, read from cluster B's API server, is
+		// the identity gossip announces and the one the client verified.
+		if conn.ServerID != "spiffe://cluster.local/ns/demo/sa/echo" {
+			t.Errorf("%s mode: the endpoint presented %s", mode, conn.ServerID)
+		}
+		if err := conn.Exchange(1 << 20); err != nil {
+			t.Errorf("%s mode: %v", mode, err)
+		}
+		conn.Close()
 	}
-	if got := a.reach("echo", "v1"); got != "" {
-		t.Errorf("network-a's gateway routed a Service it does not define to %q", got)
+	if got := metric(t, a.admin, "ewgate_tunnel_streams_total"); got < 1 {
+		t.Errorf("network-a: ewgate_tunnel_streams_total = %d after local mode", got)
 	}
+	svc := debugService(fetchDebugConfig(t, a.admin), "echo.demo.svc.cluster.local")
+	if svc == nil || !slices.Equal(svc.RemoteServiceAccounts, []string{"spiffe://cluster.local/ns/demo/sa/echo"}) {
+		t.Errorf("network-a's /debug/config for the remote Service: %+v", svc)
+	}
+
+	t.Run("an unreadable export label fails closed", func(t *testing.T) {
+		b.do("PATCH", "/api/v1/namespaces/demo/services/echo", `{"metadata": {"labels": {"ewgate.io/export": "yes"}}}`)
+		await.True(t, 30*time.Second, "cluster B's Service to leave network-a's catalog", func() bool {
+			return debugService(fetchDebugConfig(t, a.admin), "echo.demo.svc.cluster.local") == nil
+		})
+		if _, err := dialKey(a.world, a.gwAddr(), key9080); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+			t.Errorf("local mode to an unexported Service: %v, want unrecognized name", err)
+		}
+		// Remote mode is refused by B itself. B keeps the Service in its
+		// catalog and says why it is not exported.
+		if _, err := dialKey(a.world, b.gwAddr(), key9080); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+			t.Errorf("remote mode to an unexported Service: %v, want unrecognized name", err)
+		}
+		if svc := debugService(fetchDebugConfig(t, b.admin), "echo.demo.svc.cluster.local"); svc == nil {
+			t.Errorf("cluster B's /debug/config for its unexported Service: %+v", svc)
+		}
+		_, cfg, _ := httpGet("http://" + b.admin + "/debug/config")
+		if want := `Service demo/echo: metadata.labels[ewgate.io/export]: \"yes\": want \"true\" or \"false\": not exported to other networks`; !strings.Contains(cfg, want) {
+			t.Errorf("cluster B's /debug/config lacks %s:\n%s", want, cfg)
+		}
+		b.do("PATCH", "/api/v1/namespaces/demo/services/echo", `{"metadata": {"labels": {"ewgate.io/export": null}}}`)
+		await.True(t, 30*time.Second, "network-a to reach cluster B's Service again in local mode", func() bool {
+			conn, err := dialKey(a.world, a.gwAddr(), key9080)
+			if err != nil {
+				return false
+			}
+			conn.Close()
+			return conn.Server == "echo-b"
+		})
+	})
 }

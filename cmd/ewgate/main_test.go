@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -37,9 +38,16 @@ type proc struct {
 }
 
 // startEwgate starts ewgate with args; the process is killed at the end of
-// the test if it is still running.
+// the test if it is still running. A "run" without --status-address gets
+// it turned off: gateways of one test share 127.0.0.1, where each would
+// default to port 15021. Tests of the status port give the flag.
 func startEwgate(t *testing.T, args ...string) *proc {
 	t.Helper()
+	if len(args) > 0 && args[0] == "run" && !slices.ContainsFunc(args, func(a string) bool {
+		return a == "--status-address" || strings.HasPrefix(a, "--status-address=")
+	}) {
+		args = append(slices.Clone(args), "--status-address", "")
+	}
 	p := &proc{t: t, exited: make(chan struct{})}
 	p.cmd = exec.Command(os.Args[0], args...)
 	// The race runtime sleeps a second at exit unless told not to.

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ewgate/ewgate/admin"
@@ -49,12 +50,16 @@ type node struct {
 	reg     *metrics.Registry
 	admin   *http.Server
 	adminLn net.Listener
-	id      identitySource // nil without an identity
-	gossip  *gossip        // nil without gossip
-	tunnels *tunnels       // nil without tunnels
-	cancel  context.CancelFunc
-	serving func() bool    // the data plane serves its config (and the Kubernetes source synced)
-	wg      sync.WaitGroup // background goroutines, stopped by cancel
+	status  *http.Server // the status port; nil when off
+	// stopping turns readiness off at the start of stop, before anything
+	// closes.
+	stopping atomic.Bool
+	id       identitySource // nil without an identity
+	gossip   *gossip        // nil without gossip
+	tunnels  *tunnels       // nil without tunnels
+	cancel   context.CancelFunc
+	serving  func() bool    // the data plane serves its config (and the Kubernetes source synced)
+	wg       sync.WaitGroup // background goroutines, stopped by cancel
 }
 
 // bg runs f in a goroutine that stop waits for.
@@ -110,6 +115,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	cs.withKube = ks != nil
 	w := &discovery.Watcher{
 		Paths:  s.Files,
+		Node:   &spec,
 		Logger: log,
 		Apply:  cs.applyFiles,
 		Result: func(err error) {
@@ -135,6 +141,9 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 			n.admin.Close()
 		} else if n.adminLn != nil {
 			n.adminLn.Close()
+		}
+		if n.status != nil {
+			n.status.Close()
 		}
 		n.wg.Wait()
 		if n.tunnels != nil {
@@ -182,10 +191,12 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	}
 	var membership api.Membership
 	debug := map[string]func() any{"config": func() any { return debugConfig(gw, ks) }}
-	ready := gw.Ready
+	// ready backs both /readyz and the status port: config applied,
+	// listeners bound, sources synced, and not stopping.
+	ready := func() bool { return !n.stopping.Load() && gw.Ready() }
 	var detail func() []string
 	if ks != nil {
-		ready = func() bool { return gw.Ready() && ks.FirstSync() }
+		ready = func() bool { return !n.stopping.Load() && gw.Ready() && ks.FirstSync() }
 		detail = func() []string { return []string{kubeDetail(ks.Status())} }
 		reg.GaugeVec("ewgate_source_synced", "1 when the source's watches are connected and its first sync is applied, else 0 (the last known state is served).", "source").
 			Func(kube.SourceName, func() float64 { return b2f(ks.InSync()) })
@@ -229,6 +240,17 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		go n.admin.Serve(ln)
 		log.Info("admin listening", "address", ln.Addr().String())
 	}
+	if a := s.statusAddress(); a != "" {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			return abort(fmt.Errorf("--status-address %s: %w (each gateway on a host needs its own status address; empty turns it off)", a, err))
+		}
+		var srv *http.Server
+		srv, ln = admin.NewServer(admin.StatusHandler(func() bool { return n.ready() == nil }), ln)
+		n.status = srv
+		go srv.Serve(ln)
+		log.Info("status listening", "address", ln.Addr().String(), "path", admin.StatusPath)
+	}
 	if serveAPI {
 		if err := n.serveAPI(ctx, cs, membership, leases); err != nil {
 			return abort(err)
@@ -254,8 +276,8 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	return n, nil
 }
 
-// ready backs /readyz: the gateway serves its config (n.serving), and
-// gossip (if on) has no name conflict.
+// ready backs /readyz and the status port: the gateway serves its config
+// (n.serving), and gossip (if on) has no name conflict.
 func (n *node) ready() error {
 	if !n.serving() {
 		return errors.New("config not applied, a listener not bound, the Kubernetes source not yet synced, or draining")
@@ -313,11 +335,19 @@ func (n *node) serveAPI(ctx context.Context, cs *catalogState, membership api.Me
 }
 
 // stop drains the gateway within the drain timeout and stops the rest.
+// Readiness turns off first, and the listeners keep accepting for the
+// drain delay, so that load balancers probing the status port stop
+// sending new connections before they would be refused.
 func (n *node) stop() error {
+	n.stopping.Store(true)
 	if n.gossip != nil {
 		// Leave first, so that other networks stop sending new
 		// connections here while the open ones drain.
 		n.gossip.stop()
+	}
+	if d := time.Duration(n.s.DrainDelay); d > 0 {
+		n.log.Info("not ready; listeners close after the drain delay", "delay", d)
+		time.Sleep(d)
 	}
 	n.log.Info("draining", "active", n.gw.Active(), "timeout", time.Duration(n.s.DrainTimeout))
 	n.cancel()
@@ -329,6 +359,9 @@ func (n *node) stop() error {
 	}
 	if n.admin != nil {
 		n.admin.Close()
+	}
+	if n.status != nil {
+		n.status.Close()
 	}
 	n.wg.Wait()
 	if n.id != nil {

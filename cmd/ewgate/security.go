@@ -19,7 +19,7 @@ func (s *settings) addressPolicy() (discovery.AddressPolicy, error) {
 		return discovery.AddressPolicy{}, err
 	}
 	own, err := discovery.OwnAddresses(s.BindAddress, s.PassthroughAdvertise, s.TunnelAddress, s.TunnelAdvertise,
-		s.GossipAddress, s.GossipAdvertise, s.APIAddress, s.AdminAddress)
+		s.GossipAddress, s.GossipAdvertise, s.APIAddress, s.AdminAddress, s.statusAddress())
 	if err != nil {
 		return discovery.AddressPolicy{}, fmt.Errorf("--bind-address: %w", err)
 	}

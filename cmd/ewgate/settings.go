@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -29,22 +30,30 @@ import (
 // settings are a node's settings, from --config and flags; flags win.
 // JSON names are the keys of the --config YAML file.
 type settings struct {
-	Files         []string          `json:"files"`
-	Network       string            `json:"network"`
-	NodeLabels    map[string]string `json:"nodeLabels"`
-	BindAddress   string            `json:"bindAddress"`
-	AdminAddress  string            `json:"adminAddress"`
-	DrainTimeout  duration          `json:"drainTimeout"`
-	LogLevel      string            `json:"logLevel"`
-	LogFormat     string            `json:"logFormat"`
-	ALPN          []string          `json:"alpn"`
-	AnyALPN       bool              `json:"anyALPN"`
-	AnyTLSMode    bool              `json:"anyTLSMode"`
-	MaxConns      int               `json:"maxConnections"`
-	IdleTimeout   duration          `json:"idleTimeout"`
-	DialTimeout   duration          `json:"dialTimeout"`
-	HelloTimeout  duration          `json:"helloTimeout"`
-	HelloMaxBytes int               `json:"helloMaxBytes"`
+	Files        []string          `json:"files"`
+	Network      string            `json:"network"`
+	NodeLabels   map[string]string `json:"nodeLabels"`
+	BindAddress  string            `json:"bindAddress"`
+	AdminAddress string            `json:"adminAddress"`
+	// StatusAddress serves admin.StatusPath, Istio's gateway readiness
+	// on its status port, beyond the node; nil: BindAddress:15021
+	// (statusAddress()), "": off.
+	StatusAddress *string  `json:"statusAddress"`
+	DrainTimeout  duration `json:"drainTimeout"`
+	// DrainDelay is how long a stopping node reports not ready, still
+	// accepting connections, before its listeners close: time for load
+	// balancers probing the status port to stop sending new ones.
+	DrainDelay    duration `json:"drainDelay"`
+	LogLevel      string   `json:"logLevel"`
+	LogFormat     string   `json:"logFormat"`
+	ALPN          []string `json:"alpn"`
+	AnyALPN       bool     `json:"anyALPN"`
+	AnyTLSMode    bool     `json:"anyTLSMode"`
+	MaxConns      int      `json:"maxConnections"`
+	IdleTimeout   duration `json:"idleTimeout"`
+	DialTimeout   duration `json:"dialTimeout"`
+	HelloTimeout  duration `json:"helloTimeout"`
+	HelloMaxBytes int      `json:"helloMaxBytes"`
 	// HelloMemory is gateway.Config.HelloMemory; 0 is no bound.
 	HelloMemory int64 `json:"helloMemory"`
 	// ExportDefault is discovery.Node.ExportDefault: all or none.
@@ -170,6 +179,11 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.BoolVar(&s.AdminAllowRemote, "admin-allow-remote", s.AdminAllowRemote, "allow a non-loopback --admin-address: metrics and debug views without authentication")
 	fs.BoolVar(&s.AdminPprof, "admin-pprof", s.AdminPprof, "serve Go profiles at /debug/pprof/ on the admin server")
 	fs.Var(&s.DrainTimeout, "drain-timeout", "on SIGTERM, how long open connections may finish")
+	fs.Var(&s.DrainDelay, "drain-delay", "on SIGTERM, report not ready on the status port and keep accepting this long before the listeners close (0: close at once)")
+	fs.Func("status-address", "serve /healthz/ready (Istio's gateway status port) on this `ip:port`, reachable from outside the node (default <bind-address>:15021; empty: off)", func(v string) error {
+		s.StatusAddress = &v
+		return nil
+	})
 	fs.StringVar(&s.LogLevel, "log-level", s.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&s.LogFormat, "log-format", s.LogFormat, "text or json")
 	fs.Var(&listFlag{list: &s.ALPN, comma: true}, "alpn", "ALPN `protocols` a client must offer one of (default Istio's five)")
@@ -255,6 +269,19 @@ func parseSettings(args []string, stderr io.Writer) (settings, error) {
 	return s, nil
 }
 
+// StatusPort is the port of Istio's gateway status server, which
+// StatusAddress defaults to.
+const StatusPort = "15021"
+
+// statusAddress is the status server's address: StatusAddress, or
+// BindAddress:StatusPort if unset; "" is off.
+func (s *settings) statusAddress() string {
+	if s.StatusAddress != nil {
+		return *s.StatusAddress
+	}
+	return net.JoinHostPort(s.BindAddress, StatusPort)
+}
+
 // check rejects values that parse but mean nothing, naming the flag and
 // the --config key, so that a typo fails at start rather than being read
 // as a default.
@@ -285,6 +312,14 @@ func (s *settings) check() error {
 	}
 	if err := s.checkAdminAddress(); err != nil {
 		return err
+	}
+	if a := s.statusAddress(); a != "" {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("--status-address (statusAddress) %q: %w", a, err)
+		}
+	}
+	if s.DrainDelay < 0 {
+		return fmt.Errorf("--drain-delay (drainDelay) %v: want 0 or more", time.Duration(s.DrainDelay))
 	}
 	if s.HelloMemory < 0 {
 		return fmt.Errorf("--hello-memory (helloMemory) %d: want 0 (no bound) or more", s.HelloMemory)

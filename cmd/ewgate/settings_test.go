@@ -29,6 +29,8 @@ alpn: [istio]
 	os.WriteFile(bad, []byte("network: x\nnetwrok: y\n"), 0o644)
 	tunnelConfig := filepath.Join(dir, "tunnel.yaml")
 	os.WriteFile(tunnelConfig, []byte("network: n\nfiles: [x]\ntunnelTransport: quic\ngossipReconnectInterval: 30s\ngossipReconnectTimeout: 1h\n"), 0o644)
+	statusOff := filepath.Join(dir, "status-off.yaml")
+	os.WriteFile(statusOff, []byte("network: n\nfiles: [x]\nstatusAddress: \"\"\ndrainDelay: 5s\n"), 0o644)
 	badTransport := filepath.Join(dir, "bad-transport.yaml")
 	os.WriteFile(badTransport, []byte("tunnelTransport: QUIC\n"), 0o644)
 
@@ -56,6 +58,16 @@ alpn: [istio]
 					time.Duration(s.DrainTimeout) == time.Second && s.BindAddress == "10.0.0.1"
 			}, ""},
 		{"unknown key in the file", []string{"--config", bad}, nil, `unknown field "netwrok"`},
+		{"status address defaults to the bind address", []string{"-f", "x", "--network", "n", "--bind-address", "10.0.0.2"},
+			func(s settings) bool { return s.statusAddress() == "10.0.0.2:15021" }, ""},
+		{"status address of an IPv6 bind address", []string{"-f", "x", "--network", "n", "--bind-address", "fd00::2"},
+			func(s settings) bool { return s.statusAddress() == "[fd00::2]:15021" }, ""},
+		{"status address off", []string{"-f", "x", "--network", "n", "--status-address", ""},
+			func(s settings) bool { return s.statusAddress() == "" }, ""},
+		{"status address off in the file", []string{"--config", statusOff},
+			func(s settings) bool { return s.statusAddress() == "" && time.Duration(s.DrainDelay) == 5*time.Second }, ""},
+		{"status address without port", []string{"-f", "x", "--network", "n", "--status-address", "10.0.0.1"}, nil, "--status-address (statusAddress) \"10.0.0.1\""},
+		{"negative drain delay", []string{"-f", "x", "--network", "n", "--drain-delay", "-1s"}, nil, "--drain-delay (drainDelay) -1s"},
 		{"missing network", []string{"-f", "x"}, nil, "--network is required"},
 		{"missing files", []string{"--network", "n"}, nil, "-f PATH is required"},
 		{"bad duration", []string{"-f", "x", "--network", "n", "--idle-timeout", "soon"}, nil, "invalid value"},

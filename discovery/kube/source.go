@@ -72,6 +72,9 @@ type Source struct {
 
 	watchErrors atomic.Uint64
 	rebuilds    atomic.Uint64
+	// warned keeps rebuilds, one per change, from repeating the warnings
+	// about resources that have not changed.
+	warned discovery.Warned
 
 	mu      sync.Mutex
 	failing map[string]error // resource -> last list/watch error, until it succeeds again
@@ -209,13 +212,16 @@ func (s *Source) notify() {
 func (s *Source) rebuild() {
 	t := translation{clusterDomain: s.cfg.ClusterDomain, network: s.cfg.Network, nodeLabels: s.cfg.NodeLabels}
 	start := time.Now()
-	c, problems := t.resources(s.inf.snapshot()).BuildValid(s.log)
+	r, readProblems := t.resources(s.inf.snapshot())
+	r.Warned = &s.warned
+	c, problems := r.BuildValid(s.log)
+	problems = errors.Join(readProblems, problems)
 	var err error
 	if c == nil {
 		err = problems
 	} else {
 		if problems != nil {
-			s.log.Warn("kubernetes: resources left out", "err", problems)
+			s.log.Warn("kubernetes: resources left out or read the safe way", "err", problems)
 		}
 		err = s.cfg.Apply(c)
 	}
@@ -223,7 +229,7 @@ func (s *Source) rebuild() {
 	s.mu.Lock()
 	s.lastErr = err
 	if err == nil && problems != nil {
-		s.lastErr = fmt.Errorf("resources left out: %w", problems)
+		s.lastErr = fmt.Errorf("resources left out or read the safe way: %w", problems)
 	}
 	if err == nil {
 		s.applied = time.Now()

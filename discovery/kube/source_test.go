@@ -204,7 +204,11 @@ func BenchmarkScale(b *testing.B) {
 	b.ResetTimer()
 	for b.Loop() {
 		t := translation{clusterDomain: discovery.DefaultClusterDomain, network: "net-a"}
-		if _, err := t.resources(s.inf.snapshot()).BuildValid(nil); err != nil {
+		r, err := t.resources(s.inf.snapshot())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := r.BuildValid(nil); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -2,6 +2,8 @@ package kube
 
 import (
 	"cmp"
+	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -61,8 +63,10 @@ type translation struct {
 // file source's meaning), except Gateways that do not select this node:
 // a cluster holds other proxies' Gateways (ingress ones with modes the
 // gateway does not serve), which are not this node's business, as they
-// are not an Istio proxy's.
-func (t *translation) resources(s *snapshot) *discovery.Resources {
+// are not an Istio proxy's. The error (nil if none) lists the Services
+// kept with a part of them read the safe way because it could not be
+// read as written, for the operator to fix.
+func (t *translation) resources(s *snapshot) (*discovery.Resources, error) {
 	r := &discovery.Resources{ClusterDomain: t.clusterDomain}
 	for _, g := range sorted(s.gateways) {
 		if !labelsMatch(g.Spec.GetSelector(), t.nodeLabels) {
@@ -86,22 +90,28 @@ func (t *translation) resources(s *snapshot) *discovery.Resources {
 			bySvc[k] = append(bySvc[k], es)
 		}
 	}
+	var problems []error
 	for _, svc := range sorted(s.services) {
-		if d := t.service(s, svc, bySvc[svc.Namespace+"/"+svc.Name]); d != nil {
+		d, err := t.service(s, svc, bySvc[svc.Namespace+"/"+svc.Name])
+		if err != nil {
+			problems = append(problems, err)
+		}
+		if d != nil {
 			r.Services = append(r.Services, d)
 		}
 	}
-	return r
+	return r, errors.Join(problems...)
 }
 
 // service translates one Service and its EndpointSlices, or returns nil
-// for a Service the gateway does not route to.
-func (t *translation) service(s *snapshot, svc *corev1.Service, slices []*discoveryv1.EndpointSlice) *discovery.Service {
+// for a Service the gateway does not route to. The error says what of a
+// Service it returns was read the safe way.
+func (t *translation) service(s *snapshot, svc *corev1.Service, slices []*discoveryv1.EndpointSlice) (*discovery.Service, error) {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
 		// Istio makes these MeshExternal, and an east-west gateway builds
 		// no routes for mesh-external services; their only endpoint would
 		// be a DNS name the API did not resolve.
-		return nil
+		return nil, nil
 	}
 	d := &discovery.Service{
 		Source:    source("Service", svc.Namespace, svc.Name),
@@ -111,11 +121,14 @@ func (t *translation) service(s *snapshot, svc *corev1.Service, slices []*discov
 	}
 	// A Service whose ewgate.io/export label cannot be read stays in its
 	// network: failing closed is the safe reading of an unclear choice.
-	if exp, err := discovery.ParseExport(svc.Labels, svc.Annotations); err != nil {
-		d.Export = discovery.ExportNo
-	} else {
-		d.Export = exp
+	// It stays routable in its own network, unlike a bad resource that
+	// BuildValid leaves out, since its own clients lose nothing by it.
+	exp, exportErr := discovery.ParseExport(svc.Labels, svc.Annotations)
+	if exportErr != nil {
+		exp = discovery.ExportNo
+		exportErr = fmt.Errorf("%s: %w: not exported to other networks", d.Source, exportErr)
 	}
+	d.Export = exp
 	for _, p := range svc.Spec.Ports {
 		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
 			continue // the gateway forwards TCP only, as Istio's sni-dnat clusters
@@ -158,7 +171,7 @@ func (t *translation) service(s *snapshot, svc *corev1.Service, slices []*discov
 			d.Endpoints = append(d.Endpoints, ep)
 		}
 	}
-	return d
+	return d, exportErr
 }
 
 // dialable is Istio's endpoint health filter: an endpoint is dialed when

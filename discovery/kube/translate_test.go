@@ -104,7 +104,11 @@ func baseSnapshot() *snapshot {
 func translate(t *testing.T, s *snapshot) *discovery.Catalog {
 	t.Helper()
 	tr := translation{clusterDomain: "cluster.local", network: "node-net", nodeLabels: map[string]string{"istio": "eastwestgateway"}}
-	c, err := tr.resources(s).BuildValid(nil)
+	r, err := tr.resources(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := r.BuildValid(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +208,11 @@ func TestTranslateLeavesOutBadResources(t *testing.T) {
 	s.entries = []*istionet.ServiceEntry{{ObjectMeta: metav1.ObjectMeta{Name: "wild", Namespace: "demo"},
 		Spec: networking.ServiceEntry{Hosts: []string{"*.example.com"}}}}
 	tr := translation{clusterDomain: "cluster.local", nodeLabels: map[string]string{"istio": "eastwestgateway"}}
-	c, err := tr.resources(s).BuildValid(nil)
+	r, err := tr.resources(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := r.BuildValid(nil)
 	if c == nil || len(c.Services) != 1 || len(c.Gateways) != 1 {
 		t.Fatalf("catalog %+v", c)
 	}
@@ -282,5 +290,63 @@ func TestUnchanged(t *testing.T) {
 		if got := unchanged(tt.old, tt.cur); got != tt.want {
 			t.Errorf("%s: unchanged = %v, want %v", tt.name, got, tt.want)
 		}
+	}
+}
+
+// The ewgate.io/export label on a Service is its export choice; one that
+// cannot be read keeps the Service in its network (fail closed), routable
+// there, and says why.
+func TestTranslateExportLabel(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		labels      map[string]string
+		annotations map[string]string
+		want        discovery.Export
+		problem     string // "" for none
+	}{
+		{name: "no label: the node default decides", want: discovery.ExportUnset},
+		{name: "true", labels: map[string]string{discovery.ExportLabel: "true"}, want: discovery.ExportYes},
+		{name: "false", labels: map[string]string{discovery.ExportLabel: "false"}, want: discovery.ExportNo},
+		{name: "unreadable value", labels: map[string]string{discovery.ExportLabel: "yes"}, want: discovery.ExportNo,
+			problem: `kubernetes: Service demo/echo: metadata.labels[ewgate.io/export]: "yes": want "true" or "false": not exported to other networks`},
+		{name: "written as an annotation", annotations: map[string]string{discovery.ExportLabel: "true"}, want: discovery.ExportNo,
+			problem: "metadata.annotations[ewgate.io/export]: ewgate reads it as a label"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := baseSnapshot()
+			svc := s.services[0].DeepCopy()
+			svc.Labels = tc.labels
+			for k, v := range tc.annotations {
+				svc.Annotations[k] = v
+			}
+			s.services[0] = svc
+			tr := translation{clusterDomain: "cluster.local", nodeLabels: map[string]string{"istio": "eastwestgateway"}}
+			r, err := tr.resources(s)
+			switch {
+			case tc.problem == "" && err != nil:
+				t.Errorf("problem %v, want none", err)
+			case tc.problem != "" && (err == nil || !strings.Contains(err.Error(), tc.problem)):
+				t.Errorf("problem %v, want %q", err, tc.problem)
+			}
+			c, err := r.BuildValid(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got *discovery.Service
+			for _, d := range c.Services {
+				if d.Host == "echo.demo.svc.cluster.local" {
+					got = d
+				}
+			}
+			if got == nil {
+				t.Fatalf("the Service left the catalog: %+v", c.Services)
+			}
+			if got.Export != tc.want {
+				t.Errorf("export %v, want %v", got.Export, tc.want)
+			}
+			if len(got.Endpoints) == 0 {
+				t.Error("the Service lost its endpoints: it must stay routable in its own network")
+			}
+		})
 	}
 }

@@ -10,7 +10,7 @@ import (
 
 // DefaultAPIServer is where .ci/kube-apiserver.sh puts kube-apiserver; it
 // is used when $EWGATE_KUBE_APISERVER is empty.
-const DefaultAPIServer = "/var/cache/ewgate/kube-apiserver-v1.36.3"
+const DefaultAPIServer = "/var/cache/ewgate/kube-apiserver-v1.36.3-b2"
 
 // ErrNotInstalled is wrapped by the error for a missing binary.
 var ErrNotInstalled = errors.New("not installed")

@@ -5,7 +5,7 @@
 // Server.Kubeconfig, or with plain HTTP through Server.Do.
 //
 // The binaries: kube-apiserver from $EWGATE_KUBE_APISERVER, else
-// /var/cache/ewgate/kube-apiserver-v1.36.3 (what .ci/kube-apiserver.sh
+// /var/cache/ewgate/kube-apiserver-v1.36.3-b2 (what .ci/kube-apiserver.sh
 // builds); etcd from $EWGATE_ETCD, else etcd on $PATH (Debian's
 // etcd-server). Where one is missing, tests skip and say how to get it,
 // except with CI=true, where they fail: CI must never skip silently.
