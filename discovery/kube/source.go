@@ -195,9 +195,25 @@ func (s *Source) stop(wg *sync.WaitGroup) {
 	case <-done:
 	case <-time.After(stopWait):
 		s.log.Debug("kubernetes: informers still in client-go's back-off; not waiting for them")
+		// A watch still open now leaves its connection behind when it
+		// ends: close that one too, once the informers are done.
+		go func() {
+			<-done
+			s.closeIdle()
+		}()
 	}
+	s.closeIdle()
+}
+
+// closeIdle closes the source's idle API server connections, now and once
+// more a moment later: HTTP/2 forgets a cancelled watch's stream in the
+// goroutine that ran the request, after the informer has returned, and
+// until then the connection does not count as idle.
+func (s *Source) closeIdle() {
 	// client-go wraps the transport: http.Client cannot reach it.
-	utilnet.CloseIdleConnectionsFor(s.http.Transport)
+	closeIdle := func() { utilnet.CloseIdleConnectionsFor(s.http.Transport) }
+	closeIdle()
+	time.AfterFunc(250*time.Millisecond, closeIdle)
 }
 
 // notify is called by informer handlers on every change.
