@@ -36,22 +36,13 @@ func TestServerConnectionCap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, lim := NewServer(Handler(Config{Metrics: new(metrics.Registry)}), ln)
+	// Counted below the cap, where a connection is released before the
+	// cap lets the next one in: the server's ConnState hooks run after
+	// that and would race.
+	cl := &countingListener{Listener: ln}
+	srv, lim := NewServer(Handler(Config{Metrics: new(metrics.Registry)}), cl)
 	if srv.ReadHeaderTimeout == 0 || srv.ReadTimeout == 0 || srv.WriteTimeout == 0 || srv.IdleTimeout == 0 {
 		t.Fatalf("server without timeouts: %+v", srv)
-	}
-	var mu sync.Mutex
-	open, most := 0, 0
-	srv.ConnState = func(_ net.Conn, st http.ConnState) {
-		mu.Lock()
-		defer mu.Unlock()
-		switch st {
-		case http.StateNew:
-			open++
-			most = max(most, open)
-		case http.StateClosed, http.StateHijacked:
-			open--
-		}
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lim) }()
@@ -72,8 +63,7 @@ func TestServerConnectionCap(t *testing.T) {
 		held[i] = c
 	}
 	await.True(t, 10*time.Second, "the stalled connections to be accepted", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
+		open, _ := cl.counts()
 		return open == MaxConnections
 	})
 	extra, err := net.Dial("tcp", ln.Addr().String())
@@ -91,9 +81,49 @@ func TestServerConnectionCap(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if most > MaxConnections {
+	if _, most := cl.counts(); most > MaxConnections {
 		t.Fatalf("%d connections open at once, cap %d", most, MaxConnections)
 	}
+}
+
+// countingListener counts the connections it accepted that are not yet
+// closed, and the most there were at once.
+type countingListener struct {
+	net.Listener
+	mu         sync.Mutex
+	open, most int
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	l.open++
+	l.most = max(l.most, l.open)
+	l.mu.Unlock()
+	return &countedConn{Conn: c, l: l}, nil
+}
+
+func (l *countingListener) counts() (open, most int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.open, l.most
+}
+
+type countedConn struct {
+	net.Conn
+	l    *countingListener
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		c.l.open--
+		c.l.mu.Unlock()
+	})
+	return err
 }
