@@ -6,11 +6,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ewgate/ewgate/internal/await"
+	"github.com/ewgate/ewgate/internal/conncount"
 	"github.com/ewgate/ewgate/internal/leakcheck"
 	"github.com/ewgate/ewgate/metrics"
 )
@@ -39,7 +39,7 @@ func TestServerConnectionCap(t *testing.T) {
 	// Counted below the cap, where a connection is released before the
 	// cap lets the next one in: the server's ConnState hooks run after
 	// that and would race.
-	cl := &countingListener{Listener: ln}
+	cl := &conncount.Listener{Listener: ln}
 	srv, lim := NewServer(Handler(Config{Metrics: new(metrics.Registry)}), cl)
 	if srv.ReadHeaderTimeout == 0 || srv.ReadTimeout == 0 || srv.WriteTimeout == 0 || srv.IdleTimeout == 0 {
 		t.Fatalf("server without timeouts: %+v", srv)
@@ -63,8 +63,7 @@ func TestServerConnectionCap(t *testing.T) {
 		held[i] = c
 	}
 	await.True(t, 10*time.Second, "the stalled connections to be accepted", func() bool {
-		open, _ := cl.counts()
-		return open == MaxConnections
+		return cl.Open() == MaxConnections
 	})
 	extra, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
@@ -81,49 +80,7 @@ func TestServerConnectionCap(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	if _, most := cl.counts(); most > MaxConnections {
+	if most := cl.Most(); most > MaxConnections {
 		t.Fatalf("%d connections open at once, cap %d", most, MaxConnections)
 	}
-}
-
-// countingListener counts the connections it accepted that are not yet
-// closed, and the most there were at once.
-type countingListener struct {
-	net.Listener
-	mu         sync.Mutex
-	open, most int
-}
-
-func (l *countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	l.mu.Lock()
-	l.open++
-	l.most = max(l.most, l.open)
-	l.mu.Unlock()
-	return &countedConn{Conn: c, l: l}, nil
-}
-
-func (l *countingListener) counts() (open, most int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.open, l.most
-}
-
-type countedConn struct {
-	net.Conn
-	l    *countingListener
-	once sync.Once
-}
-
-func (c *countedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() {
-		c.l.mu.Lock()
-		c.l.open--
-		c.l.mu.Unlock()
-	})
-	return err
 }

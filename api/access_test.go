@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 
 	ewgatev1 "github.com/ewgate/ewgate/api/ewgate/v1"
 	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/internal/conncount"
 	"github.com/ewgate/ewgate/internal/leakcheck"
 )
 
@@ -189,46 +189,6 @@ func TestLocalCallers(t *testing.T) {
 	wantStatus(t, err, codes.PermissionDenied, "")
 }
 
-// countingListener records the most connections open at once.
-type countingListener struct {
-	net.Listener
-	mu         sync.Mutex
-	open, most int
-}
-
-func (l *countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	l.mu.Lock()
-	l.open++
-	l.most = max(l.most, l.open)
-	l.mu.Unlock()
-	return &countedConn{Conn: c, l: l}, nil
-}
-
-func (l *countingListener) max() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.most
-}
-
-type countedConn struct {
-	net.Conn
-	l    *countingListener
-	once sync.Once
-}
-
-func (c *countedConn) Close() error {
-	c.once.Do(func() {
-		c.l.mu.Lock()
-		c.l.open--
-		c.l.mu.Unlock()
-	})
-	return c.Conn.Close()
-}
-
 // TestMaxConnections: a listener holds at most MaxConnections
 // connections; a caller over the cap is served once another leaves.
 func TestMaxConnections(t *testing.T) {
@@ -236,9 +196,9 @@ func TestMaxConnections(t *testing.T) {
 	res := newFakeResolver()
 	res.set(reviews, reviewsTargets...)
 	srv := NewServer(ServerConfig{Resolver: res, Network: "net-a", MaxConnections: 1})
-	listeners := make(chan *countingListener, 1)
+	listeners := make(chan *conncount.Listener, 1)
 	addr := serveTCP(t, srv, func(ctx context.Context, lis net.Listener) error {
-		cl := &countingListener{Listener: lis}
+		cl := &conncount.Listener{Listener: lis}
 		listeners <- cl
 		return srv.Serve(ctx, cl)
 	})
@@ -264,7 +224,7 @@ func TestMaxConnections(t *testing.T) {
 	if err := receive(t, "the caller over the cap to be served", second); err != nil {
 		t.Fatalf("caller over the cap, once the first left: %v", err)
 	}
-	if got := counted.max(); got > 1 {
+	if got := counted.Most(); got > 1 {
 		t.Fatalf("%d connections open at once, cap 1", got)
 	}
 }
