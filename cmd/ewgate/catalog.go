@@ -139,6 +139,24 @@ func (cs *catalogState) rebuildLocked(files, kube *discovery.Catalog) error {
 	return nil
 }
 
+// setTrustDomain sets the trust domain of the SPIFFE IDs the summary gives
+// this network's endpoints, known only once the identity has loaded, and
+// rebuilds the view if it changed.
+func (cs *catalogState) setTrustDomain(td string) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.spec.TrustDomain == td {
+		return
+	}
+	cs.spec.TrustDomain = td
+	if !cs.complete(cs.files, cs.kube) {
+		return
+	}
+	if err := cs.rebuildLocked(cs.files, cs.kube); err != nil {
+		cs.log.Error("catalog: not rebuilt for the trust domain", "trust_domain", td, "err", err)
+	}
+}
+
 // applyRemote merges the service definitions of other networks' live
 // gateways into the view, when they changed; health counts alone change
 // nothing here (resolution reads them from gossip directly).

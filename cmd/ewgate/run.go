@@ -98,7 +98,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	reloads := reg.CounterVec("ewgate_config_reloads_total", "Config loads, by result.", "result")
 	reloadOK, reloadFailed := reloads.With("ok"), reloads.With("failed")
 	spec := discovery.Node{Network: s.Network, Labels: s.NodeLabels, AnyTLSMode: s.AnyTLSMode,
-		ExportDefault: discovery.ExportDefault(s.ExportDefault), TrustDomain: s.TrustDomain}
+		ExportDefault: discovery.ExportDefault(s.ExportDefault), TrustDomain: cmp.Or(s.TrustDomain, discovery.DefaultTrustDomain)}
 	serveAPI := s.APISocket != "" || s.APIAddress != ""
 	var leases *api.Leases
 	if serveAPI {
@@ -175,16 +175,24 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		watchIdentity(ctx, id, reg, s, log)
 	}
 	var spiffeID string
+	trustDomain := cmp.Or(s.TrustDomain, discovery.DefaultTrustDomain)
 	if n.id != nil {
 		if svid, err := n.id.GetX509SVID(); err == nil {
 			spiffeID = svid.ID.String()
-			if td := svid.ID.TrustDomain().Name(); td != s.TrustDomain {
+			td := svid.ID.TrustDomain().Name()
+			switch {
+			case s.TrustDomain == "":
+				// Workloads usually share their gateway's trust domain:
+				// an operator should not have to say it twice.
+				trustDomain = td
+			case td != s.TrustDomain:
 				// Not an error: workloads may live in another trust domain.
-				log.Warn("this gateway's SVID is in another trust domain than --trust-domain, which other networks' sidecars use to verify this network's endpoints; set --trust-domain if the workloads share the gateway's",
+				log.Warn("this gateway's SVID is in another trust domain than --trust-domain, which other networks' sidecars use to verify this network's endpoints",
 					"svid_trust_domain", td, "trust_domain", s.TrustDomain)
 			}
 		}
 	}
+	cs.setTrustDomain(trustDomain)
 	g, err := startGossip(ctx, s, spiffeID, cs, log)
 	if err != nil {
 		return abort(err)

@@ -132,7 +132,6 @@ func defaultSettings() settings {
 		SPIFFETimeout: duration(identity.DefaultStartTimeout),
 		GossipProfile: "lan",
 		ExportDefault: string(discovery.ExportAll),
-		TrustDomain:   discovery.DefaultTrustDomain,
 
 		APIMaxWeight:       api.DefaultMaxWeight,
 		EndpointAllowNames: true,
@@ -196,7 +195,7 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.IntVar(&s.HelloMaxBytes, "hello-max-bytes", s.HelloMaxBytes, "largest ClientHello read, record headers included")
 	fs.Int64Var(&s.HelloMemory, "hello-memory", s.HelloMemory, "`bytes` all ClientHello reads in progress may hold beyond 4 KiB each; more is refused (0: no bound)")
 	fs.StringVar(&s.ExportDefault, "export-default", s.ExportDefault, "which services other networks may reach: all (as Istio), or none but those labelled ewgate.io/export=true")
-	fs.StringVar(&s.TrustDomain, "trust-domain", s.TrustDomain, "SPIFFE trust `domain` of this network's workloads, for the identities other networks learn")
+	fs.StringVar(&s.TrustDomain, "trust-domain", s.TrustDomain, "SPIFFE trust `domain` of this network's workloads, for the identities other networks learn (default: the gateway SVID's, else cluster.local)")
 	fs.StringVar(&s.SPIFFESocket, "spiffe-socket", s.SPIFFESocket, "SPIFFE Workload API `address` (unix:///path); default $SPIFFE_ENDPOINT_SOCKET")
 	fs.Var(&s.SPIFFETimeout, "spiffe-timeout", "how long to wait for the first SVID from the Workload API")
 	fs.StringVar(&s.SVIDCert, "svid-cert", s.SVIDCert, "SVID certificate chain PEM `file` (reloaded on change)")
@@ -289,7 +288,7 @@ func (s *settings) check() error {
 	if _, err := discovery.ParseExportDefault(s.ExportDefault); err != nil {
 		return fmt.Errorf("--export-default (exportDefault) %w", err)
 	}
-	if _, err := spiffeid.TrustDomainFromString(s.TrustDomain); err != nil {
+	if _, err := spiffeid.TrustDomainFromString(s.TrustDomain); s.TrustDomain != "" && err != nil {
 		return fmt.Errorf("--trust-domain (trustDomain) %q: %w", s.TrustDomain, err)
 	}
 	if _, _, err := kubeMode(*s, inPod()); err != nil {

@@ -95,7 +95,7 @@ alpn: [istio]
 		{"zero tunnel idle timeout", []string{"-f", "x", "--network", "n", "--tunnel-idle-timeout", "0"}, nil, "--tunnel-idle-timeout (tunnelIdleTimeout) 0s: want more than 0"},
 		{"negative reconnect interval", []string{"-f", "x", "--network", "n", "--gossip-reconnect-interval", "-1s"}, nil, "want 0 (off) or more"},
 		{"export and trust domain defaults", []string{"-f", "x", "--network", "n"},
-			func(s settings) bool { return s.ExportDefault == "all" && s.TrustDomain == "cluster.local" }, ""},
+			func(s settings) bool { return s.ExportDefault == "all" && s.TrustDomain == "" }, ""},
 		{"export none", []string{"-f", "x", "--network", "n", "--export-default", "none", "--trust-domain", "prod.example"},
 			func(s settings) bool { return s.ExportDefault == "none" && s.TrustDomain == "prod.example" }, ""},
 		{"bad export default", []string{"-f", "x", "--network", "n", "--export-default", "some"}, nil, `--export-default (exportDefault) "some": want all or none`},
