@@ -3,6 +3,7 @@ package discovery
 import (
 	"cmp"
 	"maps"
+	"math"
 	"slices"
 
 	"github.com/ewgate/ewgate/sni"
@@ -105,7 +106,7 @@ func (v *View) Resolve(key sni.Key, from string, gateways []RemoteGateway, healt
 		scale = lcm(scale, uint32(len(gws)))
 	}
 	for i := range res.Targets {
-		res.Targets[i].Weight *= scale
+		res.Targets[i].Weight = mulSat(res.Targets[i].Weight, scale)
 	}
 	for _, network := range slices.Sorted(maps.Keys(byNetwork)) {
 		res.Targets = append(res.Targets, splitHorizon(key, network, byNetwork[network], scale)...)
@@ -126,7 +127,7 @@ func splitHorizon(key sni.Key, network string, gws []*RemoteGateway, scale uint3
 	per := scale / uint32(len(gws))
 	for _, lc := range NetworkHealth(reports...) {
 		for _, g := range gws {
-			out = append(out, ResolvedTarget{Address: g.PassthroughAddr, Weight: lc.Count * per, Network: network,
+			out = append(out, ResolvedTarget{Address: g.PassthroughAddr, Weight: mulSat(lc.Count, per), Network: network,
 				Locality: lc.Locality, Via: ViaGateway, Gateway: g.Node})
 		}
 	}
@@ -140,4 +141,11 @@ func gcd(a, b uint32) uint32 {
 	return a
 }
 
-func lcm(a, b uint32) uint32 { return a / gcd(a, b) * b }
+// lcm is the least common multiple of a and b, saturated at MaxUint32.
+func lcm(a, b uint32) uint32 { return mulSat(a/gcd(a, b), b) }
+
+// mulSat multiplies in 64 bits and saturates at MaxUint32: a count that
+// gossip or a registration made large must not wrap to a small weight.
+func mulSat(a, b uint32) uint32 {
+	return uint32(min(uint64(a)*uint64(b), math.MaxUint32))
+}

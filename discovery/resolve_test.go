@@ -3,6 +3,7 @@ package discovery
 import (
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -69,6 +70,9 @@ func TestResolve(t *testing.T) {
 			gateways: []RemoteGateway{gw("b1", "network-b", "z=6"), gw("b2", "network-b", "z=6")},
 			want: []string{"direct 10.0.0.1:9080 network-a r/zone-1 2", "direct 10.0.0.2:9080 network-a r/zone-2 6",
 				"gateway b1:15443 network-b z 6", "gateway b2:15443 network-b z 6"}},
+		{name: "a huge count scaled by another network's three gateways saturates instead of wrapping to 2", key: all, from: "network-c",
+			gateways: []RemoteGateway{gw("b1", "network-b", "z=1431655766"), gw("d1", "network-d", "z=3"), gw("d2", "network-d", "z=3"), gw("d3", "network-d", "z=3")},
+			want: []string{"gateway b1:15443 network-b z 4294967295", "gateway d1:15443 network-d z 3", "gateway d2:15443 network-d z 3", "gateway d3:15443 network-d z 3"}},
 		{name: "one endpoint behind two gateways: both carry it", key: all, from: "network-c",
 			gateways: []RemoteGateway{gw("b1", "network-b", "z=1"), gw("b2", "network-b", "z=1")},
 			want:     []string{"gateway b1:15443 network-b z 1", "gateway b2:15443 network-b z 1"}},
@@ -175,5 +179,24 @@ func TestNetworkHealth(t *testing.T) {
 	NetworkHealth(r, lc("a", 1))
 	if !slices.Equal(r, lc("a", 2, "b", 3)) {
 		t.Errorf("NetworkHealth modified its first report: %v", r)
+	}
+}
+
+func TestWeightArithmeticSaturates(t *testing.T) {
+	tests := []struct {
+		name string
+		got  uint32
+		want uint32
+	}{
+		{"small product", mulSat(3, 4), 12},
+		{"product over 32 bits saturates, not wraps to 2", mulSat(1_431_655_766, 3), math.MaxUint32},
+		{"max times max", mulSat(math.MaxUint32, math.MaxUint32), math.MaxUint32},
+		{"lcm", lcm(4, 6), 12},
+		{"lcm of large coprimes saturates", lcm(65_537, 65_539), math.MaxUint32},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s: got %d, want %d", tt.name, tt.got, tt.want)
+		}
 	}
 }
