@@ -72,7 +72,7 @@ func TestResolve(t *testing.T) {
 				"gateway b1:15443 network-b z 6", "gateway b2:15443 network-b z 6"}},
 		{name: "a huge count scaled by another network's three gateways saturates instead of wrapping to 2", key: all, from: "network-c",
 			gateways: []RemoteGateway{gw("b1", "network-b", "z=1431655766"), gw("d1", "network-d", "z=3"), gw("d2", "network-d", "z=3"), gw("d3", "network-d", "z=3")},
-			want: []string{"gateway b1:15443 network-b z 4294967295", "gateway d1:15443 network-d z 3", "gateway d2:15443 network-d z 3", "gateway d3:15443 network-d z 3"}},
+			want:     []string{"gateway b1:15443 network-b z 4294967295", "gateway d1:15443 network-d z 3", "gateway d2:15443 network-d z 3", "gateway d3:15443 network-d z 3"}},
 		{name: "one endpoint behind two gateways: both carry it", key: all, from: "network-c",
 			gateways: []RemoteGateway{gw("b1", "network-b", "z=1"), gw("b2", "network-b", "z=1")},
 			want:     []string{"gateway b1:15443 network-b z 1", "gateway b2:15443 network-b z 1"}},
