@@ -54,12 +54,16 @@ type node struct {
 	// stopping turns readiness off at the start of stop, before anything
 	// closes.
 	stopping atomic.Bool
-	id       identitySource // nil without an identity
-	gossip   *gossip        // nil without gossip
-	tunnels  *tunnels       // nil without tunnels
-	cancel   context.CancelFunc
-	serving  func() bool    // the data plane serves its config (and the Kubernetes source synced)
-	wg       sync.WaitGroup // background goroutines, stopped by cancel
+	// started is set once startNode has bound everything (the API
+	// listener is bound after the admin server starts answering), so that
+	// readiness never precedes a listener a client may be told to use.
+	started atomic.Bool
+	id      identitySource // nil without an identity
+	gossip  *gossip        // nil without gossip
+	tunnels *tunnels       // nil without tunnels
+	cancel  context.CancelFunc
+	serving func() bool    // the data plane serves its config (and the Kubernetes source synced)
+	wg      sync.WaitGroup // background goroutines, stopped by cancel
 }
 
 // bg runs f in a goroutine that stop waits for.
@@ -277,9 +281,11 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 				log.Error("kubernetes source stopped", "err", err)
 			}
 		})
+		n.started.Store(true)
 		log.Info("gateway started; not ready until the Kubernetes source's first sync", "network", s.Network)
 		return n, nil
 	}
+	n.started.Store(true)
 	log.Info("gateway ready", "network", s.Network, "listeners", listenerList(gw))
 	return n, nil
 }
@@ -287,6 +293,9 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 // ready backs /readyz and the status port: the gateway serves its config
 // (n.serving), and gossip (if on) has no name conflict.
 func (n *node) ready() error {
+	if !n.started.Load() {
+		return errors.New("starting: not every listener is bound yet")
+	}
 	if !n.serving() {
 		return errors.New("config not applied, a listener not bound, the Kubernetes source not yet synced, or draining")
 	}
