@@ -152,23 +152,8 @@ func BenchmarkIdleConnections(b *testing.B) {
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	fds0 := leakcheck.OpenFDs()
-	clients := make([]net.Conn, 0, b.N)
-	defer func() {
-		for _, c := range clients {
-			c.Close()
-		}
-	}()
 	b.ResetTimer()
-	for range b.N {
-		c, err := net.Dial("tcp", gwAddr)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := c.Write(hello); err != nil {
-			b.Fatal(err)
-		}
-		clients = append(clients, c)
-	}
+	holdConns(b, gwAddr, hello)
 	await.True(b, 30*time.Second, "every connection to reach the backend", func() bool { return be.count() >= b.N })
 	b.StopTimer()
 	// Let the gateway's goroutines park, and stacks shrink, as they would
@@ -282,23 +267,8 @@ func BenchmarkHalfSentHellos(b *testing.B) {
 			runtime.GC()
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
-			clients := make([]net.Conn, 0, b.N)
-			defer func() {
-				for _, c := range clients {
-					c.Close()
-				}
-			}()
 			b.ResetTimer()
-			for range b.N {
-				c, err := net.Dial("tcp", gwAddr)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if _, err := c.Write(half); err != nil {
-					b.Fatal(err)
-				}
-				clients = append(clients, c)
-			}
+			holdConns(b, gwAddr, half)
 			await.True(b, 30*time.Second, "every peek to hold what was sent", func() bool {
 				return gw.HelloMemory() == int64(b.N)*grown
 			})
@@ -309,5 +279,21 @@ func BenchmarkHalfSentHellos(b *testing.B) {
 			b.ReportMetric(float64(after.HeapInuse-before.HeapInuse)/n, "heap-B/conn")
 			b.ReportMetric(float64(gw.HelloMemory())/n, "hello-B/conn")
 		})
+	}
+}
+
+// holdConns opens b.N connections to addr, each sending first, and keeps
+// them open until the benchmark ends.
+func holdConns(b *testing.B, addr string, first []byte) {
+	b.Helper()
+	for range b.N {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		if _, err := c.Write(first); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
