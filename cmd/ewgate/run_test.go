@@ -115,6 +115,21 @@ func (w *world) run(extra ...string) *proc {
 	return p
 }
 
+// runWithAPI runs the gateway with the eastwest SVID and the gRPC API on
+// a free loopback port, and returns that address.
+func (w *world) runWithAPI(extra ...string) string {
+	w.t.Helper()
+	gwID := w.svidFiles("eastwest")
+	apiPort, err := freeLoopbackPort()
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	apiAddr := fmt.Sprintf("127.0.0.1:%d", apiPort)
+	w.run(append([]string{"--svid-cert", filepath.Join(gwID, "cert.pem"), "--svid-key", filepath.Join(gwID, "key.pem"),
+		"--trust-bundle", filepath.Join(gwID, "bundle.pem"), "--api-address", apiAddr}, extra...)...)
+	return apiAddr
+}
+
 func (w *world) dial(subset string) (*workload.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -430,14 +445,7 @@ func hasRow(out string, cols ...string) bool {
 func TestRunAPIOverMTLS(t *testing.T) {
 	w := newWorld(t, "v1")
 	w.writeConfig("v1")
-	gwID := w.svidFiles("eastwest")
-	apiPort, err := freeLoopbackPort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	apiAddr := fmt.Sprintf("127.0.0.1:%d", apiPort)
-	w.run("--svid-cert", filepath.Join(gwID, "cert.pem"), "--svid-key", filepath.Join(gwID, "key.pem"),
-		"--trust-bundle", filepath.Join(gwID, "bundle.pem"), "--api-address", apiAddr)
+	apiAddr := w.runWithAPI()
 
 	ctlArgs := func(dir string) []string {
 		return []string{"ctl", "--api", apiAddr, "--svid-cert", filepath.Join(dir, "cert.pem"), "--svid-key", filepath.Join(dir, "key.pem"),

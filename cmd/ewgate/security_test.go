@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,15 +25,7 @@ import (
 func TestRunRegistrationPolicy(t *testing.T) {
 	w := newWorld(t, "v1", "v2", "v3")
 	w.writeConfig("v1")
-	gwID := w.svidFiles("eastwest")
-	apiPort, err := freeLoopbackPort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	apiAddr := fmt.Sprintf("127.0.0.1:%d", apiPort)
-	w.run("--svid-cert", filepath.Join(gwID, "cert.pem"), "--svid-key", filepath.Join(gwID, "key.pem"),
-		"--trust-bundle", filepath.Join(gwID, "bundle.pem"), "--api-address", apiAddr,
-		"--api-register-ids", "spiffe://cluster.local/ns/demo/sa/vm-agent")
+	apiAddr := w.runWithAPI("--api-register-ids", "spiffe://cluster.local/ns/demo/sa/vm-agent")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
