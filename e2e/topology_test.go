@@ -441,16 +441,7 @@ type endpoint struct {
 // multi-network) with the network's own endpoints, and their subsets.
 func istioYAML(network string, eps []endpoint) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, `apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: cross-network-gateway, namespace: istio-system}
-spec:
-  selector: {istio: eastwestgateway}
-  servers:
-  - port: {number: %d, name: tls, protocol: TLS}
-    tls: {mode: AUTO_PASSTHROUGH}
-    hosts: ["*.local"]
-`, passthroughPort)
+	b.WriteString(workload.EastWestGateway(passthroughPort))
 	for _, host := range []string{hostB, hostC} {
 		name, _, _ := strings.Cut(host, ".")
 		fmt.Fprintf(&b, `---

@@ -12,6 +12,23 @@ const EchoHost = "echo.demo.svc.cluster.local"
 // EchoPort is the service port IstioConfig gives the echo servers.
 const EchoPort = 9080
 
+// EastWestGateway returns the YAML of Istio's cross-network-gateway (as
+// in Istio's samples/multicluster/expose-services.yaml): a Gateway in
+// istio-system selecting istio=eastwestgateway with an AUTO_PASSTHROUGH
+// server for *.local on port.
+func EastWestGateway(port int) string {
+	return fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: cross-network-gateway, namespace: istio-system}
+spec:
+  selector: {istio: eastwestgateway}
+  servers:
+  - port: {number: %d, name: tls, protocol: TLS}
+    tls: {mode: AUTO_PASSTHROUGH}
+    hosts: ["*.local"]
+`, port)
+}
+
 // IstioConfig returns the Istio YAML of a network serving echo servers
 // through an east-west gateway: a Gateway selecting istio=eastwestgateway
 // with an AUTO_PASSTHROUGH server for *.local on gatewayPort, the
@@ -25,16 +42,7 @@ func IstioConfig(network string, gatewayPort int, echoes ...*EchoServer) string 
 		fmt.Fprintf(&eps, "  - address: %s\n    ports: {tcp-echo: %s}\n    network: %s\n    serviceAccount: %s\n    labels: {app: echo, version: %s, security.istio.io/tlsMode: istio}\n",
 			host, port, network, e.Name(), strings.TrimPrefix(e.Name(), "echo-"))
 	}
-	return fmt.Sprintf(`apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: cross-network-gateway, namespace: istio-system}
-spec:
-  selector: {istio: eastwestgateway}
-  servers:
-  - port: {number: %d, name: tls, protocol: TLS}
-    tls: {mode: AUTO_PASSTHROUGH}
-    hosts: ["*.local"]
----
+	return EastWestGateway(gatewayPort) + fmt.Sprintf(`---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: echo, namespace: demo}
@@ -53,5 +61,5 @@ spec:
   subsets:
   - {name: v1, labels: {version: v1}}
   - {name: v2, labels: {version: v2}}
-`, gatewayPort, EchoHost, EchoPort, eps.String(), EchoHost)
+`, EchoHost, EchoPort, eps.String(), EchoHost)
 }

@@ -52,16 +52,7 @@ metadata:
   name: node-a
   labels: {topology.kubernetes.io/region: eu, topology.kubernetes.io/zone: eu-1, topology.istio.io/subzone: rack-7}
 ---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: cross-network-gateway, namespace: istio-system}
-spec:
-  selector: {istio: eastwestgateway}
-  servers:
-  - port: {number: %d, name: tls, protocol: TLS}
-    tls: {mode: AUTO_PASSTHROUGH}
-    hosts: ["*.local"]
----
+%s---
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: ingress, namespace: istio-system}
@@ -95,7 +86,7 @@ func newCluster(t *testing.T) *cluster {
 // clusters of one trust domain.
 func newClusterCA(t *testing.T, ca *identity.DevCA, network string) *cluster {
 	c := &cluster{world: newWorldCA(t, ca, network), srv: kubetest.Start(t), ns: netnstest.New(t), pods: make(map[string]string)}
-	c.srv.Create(t, "default", []byte(fmt.Sprintf(kubeMesh, network, c.port)))
+	c.srv.Create(t, "default", []byte(fmt.Sprintf(kubeMesh, network, workload.EastWestGateway(c.port))))
 	return c
 }
 
