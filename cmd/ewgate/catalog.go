@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -37,6 +38,7 @@ type catalogState struct {
 	files       *discovery.Catalog     // last good config files
 	kube        *discovery.Catalog     // last good catalog of the Kubernetes source
 	defs        []discovery.Definition // other networks' definitions merged in
+	refused     string                 // the address policy's last refusal, logged once
 	view        atomic.Pointer[discovery.View]
 	changed     chan struct{} // buffer 1: resolution may have changed (the API's)
 	viewChanged chan struct{} // buffer 1: the view changed (gossip's)
@@ -105,8 +107,13 @@ func (cs *catalogState) rebuildLocked(files, kube *discovery.Catalog) error {
 	}
 	// Files were checked whole when they loaded; what is left out here
 	// comes from the cluster, which applies what is valid.
-	if c, err = c.WithoutRefused(&cs.addrs); err != nil {
+	c, err = c.WithoutRefused(&cs.addrs)
+	if refused := fmt.Sprint(err); err != nil && refused != cs.refused {
+		// Logged when the set changes, not on every rebuild.
 		cs.log.Warn("endpoints refused by the address policy are left out", "err", err)
+		cs.refused = refused
+	} else if err == nil {
+		cs.refused = ""
 	}
 	if cs.leases != nil {
 		extra := make(map[string][]discovery.Endpoint)
