@@ -119,7 +119,7 @@ type settings struct {
 func defaultSettings() settings {
 	return settings{
 		BindAddress:   "0.0.0.0",
-		AdminAddress:  "127.0.0.1:15000",
+		AdminAddress:  "127.0.0.1:15446",
 		DrainTimeout:  duration(30 * time.Second),
 		LogLevel:      "info",
 		LogFormat:     "text",
