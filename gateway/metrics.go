@@ -46,7 +46,7 @@ func NewMetrics(r *metrics.Registry) *Metrics {
 	for _, reason := range []string{
 		RejectNoData, RejectNoSNI, RejectBadSNI, RejectALPN, RejectNoEndpoints, RejectUnavailable, RejectOverLimit, RejectNoListener,
 		string(discovery.UnknownService), string(discovery.HostNotExposed), string(discovery.NotExported),
-		string(discovery.UnknownPort), string(discovery.UnknownSubset),
+		string(discovery.UnknownPort), string(discovery.UnknownSubset), string(discovery.NoTLSRoute),
 		"hello_not_tls", "hello_sslv2", "hello_not_client_hello", "hello_malformed", "hello_truncated", "hello_too_large", "hello_timeout", "hello_over_budget",
 	} {
 		m.byReason[reason] = m.rejected.With(reason)
