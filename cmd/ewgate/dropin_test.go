@@ -61,7 +61,7 @@ func TestRunIstioMulticlusterDirectory(t *testing.T) {
 		y := strings.Replace(string(b), "address: 10.0.0.1", "address: "+host+"\n  ports: {tls: "+port+"}", 1)
 		w.writeFile(filepath.Base(f), y)
 	}
-	xds, webhook := newTLSStandIn(t, "istiod.istio-system.svc", "xds"), newTLSStandIn(t, "istiod.istio-system.svc", "webhook")
+	xds, webhook := newTLSStandIn(t, loopbackListener(t), "istiod.istio-system.svc", "xds"), newTLSStandIn(t, loopbackListener(t), "istiod.istio-system.svc", "webhook")
 	_, xdsPort, _ := net.SplitHostPort(xds.addr)
 	_, webhookPort, _ := net.SplitHostPort(webhook.addr)
 	// istiod has no sidecar: its endpoints carry no tlsMode label.
@@ -140,7 +140,18 @@ type tlsStandIn struct {
 	pool *x509.CertPool
 }
 
-func newTLSStandIn(t *testing.T, dnsName, name string) *tlsStandIn {
+// loopbackListener listens on a free port of 127.0.0.1.
+func loopbackListener(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+// newTLSStandIn serves TLS on ln as the stand-in called name.
+func newTLSStandIn(t *testing.T, raw net.Listener, dnsName, name string) *tlsStandIn {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
 	if err != nil {
@@ -159,10 +170,7 @@ func newTLSStandIn(t *testing.T, dnsName, name string) *tlsStandIn {
 	}
 	s := &tlsStandIn{name: name, pool: x509.NewCertPool()}
 	s.pool.AddCert(leaf)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := tls.NewListener(raw, &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}}})
 	t.Cleanup(func() { ln.Close() })
 	s.addr = ln.Addr().String()
 	go func() {
