@@ -60,6 +60,11 @@ type Config struct {
 	EjectAfter int
 	// EjectFor is how long an ejected endpoint is skipped; default 30s.
 	EjectFor time.Duration
+	// ProbeInterval, if positive, probes each ejected endpoint with a TCP
+	// connect that often: one that connects is readmitted at once, one
+	// that fails stays ejected for another EjectFor. Default 0: no
+	// probes, an ejection lasts EjectFor.
+	ProbeInterval time.Duration
 	// IdleTimeout closes a connection on which no byte moved either way for
 	// that long (detected within twice that); default 1h, like Envoy's
 	// tcp_proxy. Negative disables it.
@@ -129,6 +134,7 @@ type Gateway struct {
 	draining atomic.Bool
 	cutting  atomic.Bool // drain timed out: flows must close
 	remote   atomic.Pointer[remoteDialer]
+	probe    prober
 
 	mu        sync.Mutex
 	listeners map[uint32]*listener
@@ -212,6 +218,7 @@ func (g *Gateway) Apply(v *discovery.View) error {
 		added = append(added, &listener{port: port, ln: ln})
 	}
 	g.table.Store(g.buildTable(v))
+	g.startProbing()
 	for _, l := range added {
 		g.listeners[l.port] = l
 		g.wg.Add(1)
@@ -304,6 +311,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		delete(g.listeners, port)
 	}
 	g.mu.Unlock()
+	g.stopProbing()
 	done := make(chan struct{})
 	go func() {
 		g.wg.Wait()
