@@ -22,7 +22,6 @@ type service struct {
 	ewgatev1.UnimplementedGatewayServiceServer
 
 	srv      *Server
-	changes  *broadcast    // woken after every change the Resolver reports
 	stopping chan struct{} // closed when the listener stops: ends watches
 }
 
@@ -74,7 +73,7 @@ func (s *service) WatchResolve(req *ewgatev1.WatchResolveRequest, stream ewgatev
 	for {
 		// Take the wake-up channel before reading the state, so that a
 		// change made while resolving wakes the next round.
-		changed := s.changes.wait()
+		changed := s.srv.changes.wait()
 		resp := &ewgatev1.WatchResolveResponse{Sni: key.SNI(), Service: keyProto(key)}
 		res, err := r.Resolve(key, from)
 		var re *discovery.RouteError
@@ -98,19 +97,6 @@ func (s *service) WatchResolve(req *ewgatev1.WatchResolveRequest, stream ewgatev
 		case <-s.stopping:
 			return status.Error(codes.Unavailable, "server stopping")
 		case <-changed:
-		}
-	}
-}
-
-// relayChanges wakes the watchers after each change notification until
-// ctx is done.
-func (s *service) relayChanges(ctx context.Context, changed <-chan struct{}) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-			s.changes.notify()
 		}
 	}
 }
