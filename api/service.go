@@ -240,15 +240,18 @@ func (s *service) parseQuery(q query) (sni.Key, string, error) {
 	var key sni.Key
 	switch sk := q.GetService(); {
 	case sk != nil:
-		host, err := dnsName(sk.GetHost())
+		// The rules of sni.ParseName, as if the key came as an SNI name.
+		host, err := sni.ParseHost(sk.GetHost())
 		if err != nil {
 			return key, "", invalidArgument(&FieldError{Field: "service.host", Reason: err.Error()})
 		}
 		if p := sk.GetPort(); p < 1 || p > 65535 {
 			return key, "", invalidArgument(fieldErrorf("service.port", "%d is not in 1..65535", p))
 		}
-		if sub := sk.GetSubset(); sub != "" && !isDNSLabel(sub) {
-			return key, "", invalidArgument(fieldErrorf("service.subset", "%s must be a lower-case DNS label", quote(sub)))
+		if sub := sk.GetSubset(); sub != "" {
+			if err := sni.CheckSubset(sub); err != nil {
+				return key, "", invalidArgument(&FieldError{Field: "service.subset", Reason: err.Error()})
+			}
 		}
 		key = sni.Key{Host: host, Port: uint16(sk.GetPort()), Subset: sk.GetSubset()}
 	case q.GetSni() != "":
