@@ -71,12 +71,14 @@ type Registry interface {
 // MemberState is a gateway's state as gossip reports it.
 type MemberState string
 
-// Member states; their values are those the peer package prints.
+// Member states; their values are those the peer package prints. There
+// is no suspect state: memberlist does not expose suspicion, so a gateway
+// that stops answering is alive until the failure detector declares it
+// dead.
 const (
-	MemberAlive   MemberState = "alive"   // joined and answering
-	MemberSuspect MemberState = "suspect" // not answering, not yet declared dead
-	MemberDead    MemberState = "dead"    // declared dead by the failure detector
-	MemberLeft    MemberState = "left"    // left gracefully
+	MemberAlive MemberState = "alive" // joined, not declared dead
+	MemberDead  MemberState = "dead"  // declared dead by the failure detector
+	MemberLeft  MemberState = "left"  // left gracefully
 )
 
 // Member is one gateway of the mesh.

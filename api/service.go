@@ -124,10 +124,9 @@ func (s *service) ListMembers(context.Context, *ewgatev1.ListMembersRequest) (*e
 }
 
 var memberStates = map[MemberState]ewgatev1.MemberState{
-	MemberAlive:   ewgatev1.MemberState_MEMBER_STATE_ALIVE,
-	MemberSuspect: ewgatev1.MemberState_MEMBER_STATE_SUSPECT,
-	MemberDead:    ewgatev1.MemberState_MEMBER_STATE_DEAD,
-	MemberLeft:    ewgatev1.MemberState_MEMBER_STATE_LEFT,
+	MemberAlive: ewgatev1.MemberState_MEMBER_STATE_ALIVE,
+	MemberDead:  ewgatev1.MemberState_MEMBER_STATE_DEAD,
+	MemberLeft:  ewgatev1.MemberState_MEMBER_STATE_LEFT,
 }
 
 // ListNetworks implements GatewayService.ListNetworks.

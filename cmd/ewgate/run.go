@@ -341,6 +341,12 @@ func (n *node) serveAPI(ctx context.Context, cs *catalogState, membership api.Me
 		if err != nil {
 			return err
 		}
+		// Callers the handshake refuses never reach the access policy:
+		// without this they would be logged but not counted.
+		rejected := n.reg.CounterVec("ewgate_api_handshakes_rejected_total", "API TLS handshakes refused by the handshake's certificate checks or ID policy, by reason.", "reason")
+		for _, r := range identity.Reasons() {
+			rejected.Func(string(r), func() float64 { return float64(az.Stats().Rejected[r]) })
+		}
 		n.bg(func() {
 			if err := srv.ServeTLS(ctx, tlsLn, identity.ServerTLSConfig(n.id, az)); err != nil {
 				n.log.Error("API server stopped", "address", tlsLn.Addr().String(), "err", err)

@@ -165,3 +165,31 @@ func TestAdminAddressLoopbackOnly(t *testing.T) {
 		t.Fatalf("pprof with --admin-pprof: %d %v, want 200", code, err)
 	}
 }
+
+// TestRunAPIHandshakeRejectionsCounted: a caller that the API's TLS
+// handshake refuses (its ID is in no API policy) never reaches the access
+// policy, so ewgate_api_denied_total does not see it; the handshake's own
+// counter does, by reason.
+func TestRunAPIHandshakeRejectionsCounted(t *testing.T) {
+	w := newWorld(t, "v1")
+	w.writeConfig("v1")
+	apiAddr := w.runWithAPI("--api-read-ids", "spiffe://cluster.local/ns/demo/sa/reader")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Dial checks the server's health, which the refused handshake fails.
+	_, closer, err := api.Dial(ctx, apiAddr, identity.ClientTLSConfig(w.source("intruder"), nil))
+	if err == nil {
+		closer.Close()
+		t.Fatal("an ID no API policy names got through the handshake")
+	}
+	counted := `ewgate_api_handshakes_rejected_total{reason="not_allowed"} `
+	await.True(t, 10*time.Second, "the refused handshake counted", func() bool {
+		_, body, err := httpGet("http://" + w.admin + "/metrics")
+		if err != nil {
+			return false
+		}
+		i := strings.Index(body, counted)
+		return i >= 0 && !strings.HasPrefix(body[i+len(counted):], "0\n")
+	})
+}
