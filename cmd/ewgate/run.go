@@ -312,6 +312,8 @@ func (n *node) serveAPI(ctx context.Context, cs *catalogState, membership api.Me
 		Access: n.s.apiAccess(), Logger: n.log})
 	n.reg.CounterFunc("ewgate_api_denied_total", "API calls refused by the access policy or a lease held by another caller.",
 		func() float64 { return float64(srv.Denied()) })
+	n.reg.GaugeFunc("ewgate_api_watchers", "WatchResolve streams open, over all API listeners.",
+		func() float64 { return float64(srv.Watchers()) })
 	var tlsLn net.Listener
 	if n.s.APIAddress != "" {
 		if n.id == nil {
