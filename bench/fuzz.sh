@@ -11,12 +11,17 @@
 #   TIME      fuzz time per target, a Go duration or Nx          [60s]
 #   TARGETS   "pkg:Func ..." to run instead of all                []
 #   PARALLEL  fuzzing workers per target (go test -parallel)      [GOMAXPROCS]
+#   MINIMIZE  time spent minimizing each new input               [100x]
+#             (go test -fuzzminimizetime; Go's default of 60 s lets
+#             the minimizing of large inputs, such as FuzzPeek's, take
+#             the whole TIME, and executions measure nothing)
 # New failing inputs land in the package's testdata/fuzz; the script exits
 # non-zero if any target fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TIME=${TIME:-60s}
 PARALLEL=${PARALLEL:-}
+MINIMIZE=${MINIMIZE:-100x}
 
 # listTargets prints "pkg:Func" for every fuzz target of the module.
 listTargets() {
@@ -51,7 +56,7 @@ if [ -z "${TARGETS:-}" ]; then
 fi
 workers=${PARALLEL:-${GOMAXPROCS:-$(nproc)}}
 echo "# fuzzing, $TIME per target, workers: $workers ($(date -u +'%Y-%m-%d %H:%M UTC'), $(git rev-parse --short HEAD), $(nproc) cores)"
-echo "# command: TIME=$TIME${PARALLEL:+ PARALLEL=$PARALLEL}${TARGETS_SET:+ TARGETS=\"$TARGETS\"} bench/fuzz.sh"
+echo "# command: TIME=$TIME MINIMIZE=$MINIMIZE${PARALLEL:+ PARALLEL=$PARALLEL}${TARGETS_SET:+ TARGETS=\"$TARGETS\"} bench/fuzz.sh"
 echo
 echo "| package | target | executions | executions/s | new interesting | result |"
 echo "|---|---|---:|---:|---:|---|"
@@ -59,7 +64,7 @@ status=0
 for t in $TARGETS; do
 	pkg=${t%%:*} fn=${t#*:}
 	log=$(mktemp)
-	args=(-run '^$' -fuzz "^${fn}\$" -fuzztime "$TIME")
+	args=(-run '^$' -fuzz "^${fn}\$" -fuzztime "$TIME" -fuzzminimizetime "$MINIMIZE")
 	if [ -n "$PARALLEL" ]; then args+=(-parallel "$PARALLEL"); fi
 	if go test "${args[@]}" "$pkg" >"$log" 2>&1; then res=ok; else res=FAIL; status=1; fi
 	# The last progress line has the totals: "fuzz: elapsed: 20s, execs:
