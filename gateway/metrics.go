@@ -44,7 +44,7 @@ func NewMetrics(r *metrics.Registry) *Metrics {
 		byReason: make(map[string]*metrics.Counter),
 	}
 	for _, reason := range []string{
-		RejectNoData, RejectNoSNI, RejectBadSNI, RejectALPN, RejectNoEndpoints, RejectUnavailable, RejectOverLimit, RejectNoListener,
+		RejectNoData, RejectNoSNI, RejectBadSNI, RejectALPN, RejectNoEndpoints, RejectUnavailable, RejectOverLimit, RejectNoListener, RejectTooManyHops,
 		string(discovery.UnknownService), string(discovery.HostNotExposed), string(discovery.NotExported),
 		string(discovery.UnknownPort), string(discovery.UnknownSubset),
 		"hello_not_tls", "hello_sslv2", "hello_not_client_hello", "hello_malformed", "hello_truncated", "hello_too_large", "hello_timeout", "hello_over_budget",

@@ -286,17 +286,6 @@ func (g *gossip) isLiveMember(spiffeID string) bool {
 	return false
 }
 
-// tunnelAddrs maps live members' node names to their tunnel addresses.
-func (g *gossip) tunnelAddrs() map[string]string {
-	out := make(map[string]string)
-	for _, m := range g.node.Members() {
-		if m.State == peer.StateAlive && m.Meta.TunnelAddr != "" {
-			out[m.Name] = m.Meta.TunnelAddr
-		}
-	}
-	return out
-}
-
 // liveTunnels maps the live members other than self that advertise a
 // tunnel address to that address.
 func liveTunnels(members []peer.Member, self string) map[string]string {
