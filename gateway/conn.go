@@ -63,7 +63,7 @@ func (g *Gateway) handle(port uint32, f *flow) {
 		g.refuse(c, ref)
 		return
 	}
-	up, u, ref := g.dial(t, p, c.RemoteAddr().String())
+	up, u, ref := g.dial(t, p, c.RemoteAddr())
 	if ref != nil {
 		g.refuse(c, ref)
 		return

@@ -110,7 +110,7 @@ func (g *Gateway) resolve(t *table, li int, key sni.Key) (plan, *refusal) {
 // dial connects p's upstream side: one of its cluster's endpoints, or a
 // tunnel stream to another network's gateway, trying up to DialAttempts
 // of them. client is the client's address, for the far gateway's logs.
-func (g *Gateway) dial(t *table, p plan, client string) (end, *upstream, *refusal) {
+func (g *Gateway) dial(t *table, p plan, client net.Addr) (end, *upstream, *refusal) {
 	if p.cl != nil {
 		up, u, tried, err := g.dialCluster(p.cl, p.key, nil, client)
 		if err != nil {
@@ -141,10 +141,10 @@ func (g *Gateway) dial(t *table, p plan, client string) (end, *upstream, *refusa
 // of them in the order cluster.pick chooses: endpoints by TCP, or, with
 // tn set, other networks' gateways by tunnel stream. It returns the
 // number tried, and the last error on failure.
-func (g *Gateway) dialCluster(cl *cluster, key sni.Key, tn *tunnels, client string) (end, *upstream, int, error) {
+func (g *Gateway) dialCluster(cl *cluster, key sni.Key, tn *tunnels, client net.Addr) (end, *upstream, int, error) {
 	var triedBuf [8]int
 	tried := triedBuf[:0]
-	err := errors.New("no member to try")
+	err := errNoMember
 	for range g.cfg.DialAttempts {
 		i := cl.pick(tried, time.Now().UnixNano())
 		if i < 0 {
@@ -172,6 +172,9 @@ func (g *Gateway) dialCluster(cl *cluster, key sni.Key, tn *tunnels, client stri
 	}
 	return end{}, nil, len(tried), err
 }
+
+// errNoMember is dialCluster's error when it tried nothing.
+var errNoMember = errors.New("no member to try")
 
 // alertRecord is a plaintext TLS record holding one fatal alert.
 func alertRecord(alert byte) []byte { return []byte{21, 3, 3, 0, 2, 2, alert} }

@@ -80,7 +80,7 @@ func (g *Gateway) serveFlow(h tunnel.Header, f *flow) bool {
 		g.refuseFlow(f, ref)
 		return false
 	}
-	up, u, ref := g.dial(t, p, h.ClientAddr)
+	up, u, ref := g.dial(t, p, nil) // never tunneled on
 	if ref != nil {
 		g.refuseFlow(f, ref)
 		return false

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -114,10 +115,14 @@ func (tn *tunnels) cluster(t *table, key sni.Key) (*cluster, error) {
 // dial opens a stream for key to the gateway u stands for, within
 // timeout. The header says this is the first tunnel the connection
 // crosses.
-func (tn *tunnels) dial(timeout time.Duration, u *upstream, key sni.Key, client string) (end, error) {
+func (tn *tunnels) dial(timeout time.Duration, u *upstream, key sni.Key, client net.Addr) (end, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	st, err := tn.d.Dial(ctx, u.addr, tunnel.Header{Key: key, ClientAddr: client})
+	h := tunnel.Header{Key: key}
+	if client != nil {
+		h.ClientAddr = client.String()
+	}
+	st, err := tn.d.Dial(ctx, u.addr, h)
 	if err != nil {
 		return end{}, err
 	}

@@ -215,7 +215,7 @@ func (g *gossip) run(ctx context.Context, keyFile string) {
 		case <-g.cs.viewChanged:
 			publish()
 		case <-g.node.Changed():
-			g.cs.applyRemote(g.remoteGateways())
+			g.cs.applyOtherNetworks(g.liveGateways())
 			g.cs.notify()
 			if g.retireLink != nil {
 				var gone []linkDeparture
@@ -261,8 +261,9 @@ func (g *gossip) stop() {
 	g.node.Shutdown()
 }
 
-// remoteGateways returns the live gateways as resolution needs them.
-func (g *gossip) remoteGateways() []discovery.RemoteGateway {
+// liveGateways returns the live gateways of every network as resolution
+// needs them.
+func (g *gossip) liveGateways() []discovery.RemoteGateway {
 	var out []discovery.RemoteGateway
 	for _, ns := range g.node.Summaries() {
 		out = append(out, discovery.RemoteGateway{

@@ -218,7 +218,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	n.serving = ready
 	if g != nil {
 		n.gossip = g
-		cs.remote = g.remoteGateways
+		cs.gateways = g.liveGateways
 		membership = g
 		g.register(reg)
 		debug["members"] = func() any { return g.Members() }
