@@ -16,35 +16,35 @@ import (
 // errIdle ends a connection on which nothing moved for the idle timeout.
 var errIdle = errors.New("idle timeout")
 
-// HalfConn is a connection whose sending side can be closed alone, as
+// halfConn is a connection whose sending side can be closed alone, as
 // TCP connections and tunnel streams can.
-type HalfConn interface {
+type halfConn interface {
 	net.Conn
 	CloseWrite() error
 }
 
-// Stream is a tunnel stream as the gateway forwards it (a
-// *tunnel.Stream): a HalfConn that can also be reset.
-type Stream interface {
-	HalfConn
+// stream is a tunnel stream as the gateway forwards it (a
+// *tunnel.Stream): a halfConn that can also be reset.
+type stream interface {
+	halfConn
 	// Abort resets both directions, the tunnel's TCP RST.
 	Abort()
 }
 
 // end is one half-connection of a flow: a TCP socket or a tunnel stream.
 type end struct {
-	c   HalfConn
+	c   halfConn
 	tcp *net.TCPConn // c as a socket; nil for a stream
 }
 
 func tcpEnd(c *net.TCPConn) end { return end{c: c, tcp: c} }
-func streamEnd(s Stream) end    { return end{c: s} }
+func streamEnd(s stream) end    { return end{c: s} }
 
 // reset makes the end's close a reset: a TCP RST, or a stream reset.
 func (e end) reset() {
 	if e.tcp != nil {
 		e.tcp.SetLinger(0)
-	} else if s, ok := e.c.(Stream); ok {
+	} else if s, ok := e.c.(stream); ok {
 		s.Abort()
 	}
 }

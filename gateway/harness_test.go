@@ -59,6 +59,32 @@ func newMeshPath(t *testing.T, path string) *mesh {
 	return &mesh{t: t, ca: ca, path: path}
 }
 
+// forSides runs f as a subtest for each gateway of each path that a rule
+// under test may be set on: the one clients dial (far false) and, on a
+// tunneled path, the far one.
+func forSides(t *testing.T, f func(t *testing.T, m *mesh, far bool)) {
+	for _, path := range allPaths {
+		t.Run(path, func(t *testing.T) {
+			for _, far := range []bool{false, true} {
+				if far && path == pathLocal {
+					continue
+				}
+				t.Run(map[bool]string{false: "gateway", true: "far gateway"}[far], func(t *testing.T) {
+					f(t, newMeshPath(t, path), far)
+				})
+			}
+		})
+	}
+}
+
+// side returns the far gateway if far, else the one clients dial.
+func (m *mesh) side(far bool) *Gateway {
+	if far {
+		return m.far
+	}
+	return m.gw
+}
+
 // forPaths runs f as a subtest over every path.
 func forPaths(t *testing.T, f func(t *testing.T, m *mesh)) {
 	for _, path := range allPaths {

@@ -149,43 +149,32 @@ func TestResetPropagates(t *testing.T) {
 // The idle timeout closes a connection on which nothing moves, on
 // whichever gateway it is set: a tunneled flow is idle on both.
 func TestIdleTimeout(t *testing.T) {
-	forPaths(t, func(t *testing.T, m *mesh) {
-		sides := []string{"gateway"}
-		if m.path != pathLocal {
-			sides = append(sides, "far gateway")
+	forSides(t, func(t *testing.T, m *mesh, far bool) {
+		b := m.backend("v1")
+		idle := Config{IdleTimeout: 200 * time.Millisecond}
+		if far {
+			m.farCfg = &idle
+		} else {
+			m.cfg, m.farCfg = idle, &Config{}
 		}
-		for _, side := range sides {
-			t.Run(side, func(t *testing.T) {
-				m := newMeshPath(t, m.path)
-				b := m.backend("v1")
-				idle, idler := Config{IdleTimeout: 200 * time.Millisecond}, func() *Gateway { return m.gw }
-				if side == "far gateway" {
-					m.farCfg = &idle
-					idler = func() *Gateway { return m.far }
-				} else {
-					m.cfg, m.farCfg = idle, &Config{}
-				}
-				m.start(echoYAML(freePort(t), b))
-				c, err := m.dial(echoSNI, "istio")
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer c.Close()
-				c.SetReadDeadline(time.Now().Add(time.Minute))
-				if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) {
-					t.Fatalf("idle connection: %v, want closed by the gateway", err)
-				}
-				if got := idler().m.IdleClosed.Value(); got != 1 {
-					t.Fatalf("idle closes = %d, want 1", got)
-				}
-				// An idle close is a close, not a reset: over QUIC the
-				// far gateway's close is a FIN, which the client's own
-				// close answers.
-				c.Close()
-				for _, g := range m.gateways() {
-					await.True(t, 5*time.Second, "flows to end", func() bool { return g.Active() == 0 })
-				}
-			})
+		m.start(echoYAML(freePort(t), b))
+		c, err := m.dial(echoSNI, "istio")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(time.Minute))
+		if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) {
+			t.Fatalf("idle connection: %v, want closed by the gateway", err)
+		}
+		if got := m.side(far).m.IdleClosed.Value(); got != 1 {
+			t.Fatalf("idle closes = %d, want 1", got)
+		}
+		// An idle close is a close, not a reset: over QUIC the far
+		// gateway's close is a FIN, which the client's own close answers.
+		c.Close()
+		for _, g := range m.gateways() {
+			await.True(t, 5*time.Second, "flows to end", func() bool { return g.Active() == 0 })
 		}
 	})
 }
@@ -225,58 +214,47 @@ func TestConnectionLimit(t *testing.T) {
 // A drain lets open connections finish, on either gateway of a tunneled
 // connection, and returns once the last one closed.
 func TestDrain(t *testing.T) {
-	forPaths(t, func(t *testing.T, m *mesh) {
-		sides := []string{"gateway"}
-		if m.path != pathLocal {
-			sides = append(sides, "far gateway")
+	forSides(t, func(t *testing.T, m *mesh, far bool) {
+		b := m.backend("v1")
+		m.start(echoYAML(freePort(t), b))
+		g := m.side(far)
+		var addr string
+		for _, a := range g.Addrs() {
+			addr = a.String()
 		}
-		for _, side := range sides {
-			t.Run(side, func(t *testing.T) {
-				m := newMeshPath(t, m.path)
-				b := m.backend("v1")
-				m.start(echoYAML(freePort(t), b))
-				g, addr := m.gw, m.addr()
-				if side == "far gateway" {
-					g = m.far
-					for _, a := range g.Addrs() {
-						addr = a.String()
-					}
-				}
-				c, err := m.dial(echoSNI, "istio")
-				if err != nil {
-					t.Fatal(err)
-				}
-				shut := make(chan error, 1)
-				go func() {
-					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-					defer cancel()
-					shut <- g.Shutdown(ctx)
-				}()
-				await.True(t, 5*time.Second, "listener to close", func() bool {
-					probe, err := net.Dial("tcp", addr)
-					if err == nil {
-						probe.Close()
-					}
-					return err != nil
-				})
-				if g.Ready() {
-					t.Error("draining gateway reports ready")
-				}
-				// The open connection keeps working while draining.
-				c.Write([]byte("draining\n"))
-				if line, err := c.ReadLine(); err != nil || line != "draining" {
-					t.Fatalf("open connection during drain: %q, %v", line, err)
-				}
-				select {
-				case err := <-shut:
-					t.Fatalf("Shutdown returned %v with a connection open", err)
-				default:
-				}
-				c.Close()
-				if err := <-shut; err != nil {
-					t.Fatalf("Shutdown after the last connection closed: %v", err)
-				}
-			})
+		c, err := m.dial(echoSNI, "istio")
+		if err != nil {
+			t.Fatal(err)
+		}
+		shut := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			shut <- g.Shutdown(ctx)
+		}()
+		await.True(t, 5*time.Second, "listener to close", func() bool {
+			probe, err := net.Dial("tcp", addr)
+			if err == nil {
+				probe.Close()
+			}
+			return err != nil
+		})
+		if g.Ready() {
+			t.Error("draining gateway reports ready")
+		}
+		// The open connection keeps working while draining.
+		c.Write([]byte("draining\n"))
+		if line, err := c.ReadLine(); err != nil || line != "draining" {
+			t.Fatalf("open connection during drain: %q, %v", line, err)
+		}
+		select {
+		case err := <-shut:
+			t.Fatalf("Shutdown returned %v with a connection open", err)
+		default:
+		}
+		c.Close()
+		if err := <-shut; err != nil {
+			t.Fatalf("Shutdown after the last connection closed: %v", err)
 		}
 	})
 }
@@ -306,34 +284,23 @@ func shutdownCuts(t *testing.T, gw *Gateway) {
 // tunneled one, including a flow whose client half-closed while the
 // other side stays silent: nothing else would wake it.
 func TestDrainTimeoutCutsConnections(t *testing.T) {
-	forPaths(t, func(t *testing.T, m *mesh) {
-		sides := []string{"gateway"}
-		if m.path != pathLocal {
-			sides = append(sides, "far gateway")
-		}
-		for _, side := range sides {
-			for _, halfClosed := range []bool{false, true} {
-				t.Run(fmt.Sprintf("%s/half-closed=%v", side, halfClosed), func(t *testing.T) {
-					m := newMeshPath(t, m.path)
-					hello := recordHello(t, echoSNI)
-					far := newRawBackend(t, len(hello), nil)
-					m.start(rawYAML(freePort(t), far.ln.Addr().String()))
-					c := m.rawConn(hello)
-					if halfClosed {
-						c.CloseWrite()
-					}
-					await.True(t, 5*time.Second, "connection to reach the endpoint", func() bool { return far.count() == 1 })
-					g := m.gw
-					if side == "far gateway" {
-						g = m.far
-					}
-					shutdownCuts(t, g)
-					c.SetReadDeadline(time.Now().Add(time.Minute))
-					if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) {
-						t.Fatalf("cut connection: %v, want closed", err)
-					}
-				})
-			}
-		}
-	})
+	for _, halfClosed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("half-closed=%v", halfClosed), func(t *testing.T) {
+			forSides(t, func(t *testing.T, m *mesh, far bool) {
+				hello := recordHello(t, echoSNI)
+				b := newRawBackend(t, len(hello), nil)
+				m.start(rawYAML(freePort(t), b.ln.Addr().String()))
+				c := m.rawConn(hello)
+				if halfClosed {
+					c.CloseWrite()
+				}
+				await.True(t, 5*time.Second, "connection to reach the endpoint", func() bool { return b.count() == 1 })
+				shutdownCuts(t, m.side(far))
+				c.SetReadDeadline(time.Now().Add(time.Minute))
+				if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) {
+					t.Fatalf("cut connection: %v, want closed", err)
+				}
+			})
+		})
+	}
 }

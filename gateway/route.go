@@ -223,7 +223,7 @@ func (g *Gateway) refuseFlow(f *flow, ref *refusal) {
 // tunnel to the client. It half-closes, then waits a moment for the far
 // gateway to close its side too, so that closing the stream (the tunnel
 // handler's job) does not reset it before the alert has been read there.
-func (g *Gateway) refuseStream(s HalfConn, ref *refusal) {
+func (g *Gateway) refuseStream(s halfConn, ref *refusal) {
 	ref.args = append(ref.args, "via", "tunnel")
 	if !g.answer(s, ref) || s.CloseWrite() != nil {
 		return

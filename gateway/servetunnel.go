@@ -21,12 +21,7 @@ import (
 // It returns early, cutting the flow, once ctx is done: the tunnel
 // endpoint or the stream's link closed, which a direction waiting on the
 // endpoint alone would not notice.
-func (g *Gateway) ServeTunnel(ctx context.Context, h tunnel.Header, st *tunnel.Stream) {
-	g.serveStream(ctx, h, st)
-}
-
-// serveStream is ServeTunnel for any stream.
-func (g *Gateway) serveStream(ctx context.Context, h tunnel.Header, s Stream) {
+func (g *Gateway) ServeTunnel(ctx context.Context, h tunnel.Header, s *tunnel.Stream) {
 	g.mu.Lock()
 	if g.draining.Load() {
 		g.mu.Unlock()

@@ -151,33 +151,10 @@ func TestServeTunnelRefusals(t *testing.T) {
 			}
 			dead := closed.Addr().String()
 			closed.Close()
-			_, deadPort, _ := net.SplitHostPort(dead)
-			m.start(echoYAML(freePort(t), b) + `---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: secret, namespace: demo, labels: {ewgate.io/export: "false"}}
-spec:
-  hosts: [secret.demo.svc.cluster.local]
-  ports: [{number: 9080, name: tcp}]
-  endpoints:
-  - {address: 127.0.0.1, ports: {tcp: ` + b.Addr()[strings.LastIndex(b.Addr(), ":")+1:] + `}, network: net-a, labels: {security.istio.io/tlsMode: istio}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: down, namespace: demo}
-spec:
-  hosts: [down.demo.svc.cluster.local]
-  ports: [{number: 9080, name: tcp}]
-  endpoints:
-  - {address: 127.0.0.1, ports: {tcp: ` + deadPort + `}, network: net-a, labels: {security.istio.io/tlsMode: istio}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: empty, namespace: demo}
-spec:
-  hosts: [empty.demo.svc.cluster.local]
-  ports: [{number: 9080, name: tcp}]
-`)
+			m.start(echoYAML(freePort(t), b) +
+				serviceEntry("secret", `, labels: {ewgate.io/export: "false"}`, portOf(b.Addr()), "net-a") +
+				serviceEntry("down", "", portOf(dead), "net-a") +
+				serviceEntry("empty", "", "", ""))
 			echo := sni.Key{Host: workload.EchoHost, Port: workload.EchoPort}
 			tests := []struct {
 				name   string
@@ -254,16 +231,7 @@ func TestNotExportedGoesTunneledOnly(t *testing.T) {
 	local, far := m.backend("v1"), m.backend("far")
 	port := freePort(t)
 	secret := func(network string, e *workload.EchoServer, export bool) string {
-		return `---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: secret, namespace: demo, labels: {ewgate.io/export: "` + fmt.Sprint(export) + `"}}
-spec:
-  hosts: [secret.demo.svc.cluster.local]
-  ports: [{number: 9080, name: tcp}]
-  endpoints:
-  - {address: 127.0.0.1, ports: {tcp: ` + e.Addr()[strings.LastIndex(e.Addr(), ":")+1:] + `}, network: ` + network + `, serviceAccount: ` + e.Name() + `, labels: {security.istio.io/tlsMode: istio}}
-`
+		return serviceEntry("secret", fmt.Sprintf(`, labels: {ewgate.io/export: "%v"}`, export), portOf(e.Addr()), network)
 	}
 	m.start(echoYAML(port) + secret("net-a", local, false))
 	m.applyTo(m.far, "net-b", workload.IstioConfig("net-b", port)+secret("net-b", far, true))
@@ -288,4 +256,28 @@ spec:
 	if n := local.Accepted(); n != 0 {
 		t.Errorf("the unexported local endpoint accepted %d connections", n)
 	}
+}
+
+// serviceEntry is the YAML of ServiceEntry name.demo.svc.cluster.local,
+// port 9080, meta appended to its metadata, and an endpoint of network
+// on 127.0.0.1:port unless port is "".
+func serviceEntry(name, meta, port, network string) string {
+	y := `---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ` + name + `, namespace: demo` + meta + `}
+spec:
+  hosts: [` + name + `.demo.svc.cluster.local]
+  ports: [{number: 9080, name: tcp}]
+`
+	if port != "" {
+		y += "  endpoints:\n  - {address: 127.0.0.1, ports: {tcp: " + port + "}, network: " + network + ", labels: {security.istio.io/tlsMode: istio}}\n"
+	}
+	return y
+}
+
+// portOf returns the port of a host:port address.
+func portOf(addr string) string {
+	_, port, _ := net.SplitHostPort(addr)
+	return port
 }
