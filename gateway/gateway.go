@@ -333,8 +333,7 @@ func (g *Gateway) serve(l *listener) {
 		g.m.Accepted.Inc()
 		if n := g.active.Add(1); n > int64(g.cfg.MaxConnections) {
 			g.active.Add(-1)
-			g.m.reject(RejectOverLimit)
-			g.rlog.warn(RejectOverLimit, "connection refused: over the connection limit", "limit", g.cfg.MaxConnections, "client", c.RemoteAddr().String())
+			g.answer(c, &refusal{reason: RejectOverLimit, args: []any{"limit", g.cfg.MaxConnections}})
 			c.SetLinger(0)
 			c.Close()
 			continue

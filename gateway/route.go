@@ -52,6 +52,7 @@ type refusal struct {
 type plan struct {
 	key sni.Key
 	cl  *cluster // this network's endpoints; nil when tunneled
+	tn  *tunnels // the tunnels to dial through when tunneled
 	// withheld: this network has the service but does not export it, so
 	// a tunnel that fails is refused as not_exported.
 	withheld bool
@@ -86,20 +87,23 @@ func (g *Gateway) resolve(t *table, li int, key sni.Key) (plan, *refusal) {
 	cl := t.clusters[r]
 	// Connections from other networks' gateways are never carried on:
 	// a connection crosses at most one tunnel.
-	tunnel := li != anyListener && g.tunnels.Load() != nil
+	var tn *tunnels
+	if li != anyListener {
+		tn = g.tunnels.Load()
+	}
 	switch {
 	case !r.Exported:
 		// A service this network does not export keeps its endpoints
 		// from the gateway's clients, which may be other networks';
 		// other networks that export it may still serve it.
-		if tunnel {
-			return plan{key: key, withheld: true}, nil
+		if tn != nil {
+			return plan{key: key, tn: tn, withheld: true}, nil
 		}
 		return plan{}, &refusal{reason: string(discovery.NotExported), alert: alertUnrecognizedName, key: key,
 			args: []any{"network", t.view.Node.Network}}
 	case len(cl.members) == 0:
-		if tunnel {
-			return plan{key: key}, nil
+		if tn != nil {
+			return plan{key: key, tn: tn}, nil
 		}
 		return plan{}, &refusal{reason: RejectNoEndpoints, alert: alertHandshakeFailure, key: key,
 			args: []any{"network", t.view.Node.Network}}
@@ -118,13 +122,12 @@ func (g *Gateway) dial(t *table, p plan, client net.Addr) (end, *upstream, *refu
 		}
 		return up, u, nil
 	}
-	tn := g.tunnels.Load()
 	var up end
 	var u *upstream
 	var tried int
-	cl, err := tn.cluster(t, p.key)
+	cl, err := p.tn.cluster(t, p.key)
 	if err == nil {
-		up, u, tried, err = g.dialCluster(cl, p.key, tn, client)
+		up, u, tried, err = g.dialCluster(cl, p.key, p.tn, client)
 	}
 	if err == nil {
 		return up, u, nil

@@ -18,6 +18,7 @@ import (
 // counts against MaxConnections, obeys IdleTimeout and drains like any
 // connection; refusals are answered, counted and logged as a local
 // client's are, the alert travelling back through the tunnel.
+//
 // It returns early, cutting the flow, once ctx is done: the tunnel
 // endpoint or the stream's link closed, which a direction waiting on the
 // endpoint alone would not notice.
@@ -32,8 +33,7 @@ func (g *Gateway) ServeTunnel(ctx context.Context, h tunnel.Header, s *tunnel.St
 	if n := g.active.Add(1); n > int64(g.cfg.MaxConnections) {
 		g.active.Add(-1)
 		g.mu.Unlock()
-		g.m.reject(RejectOverLimit)
-		g.rlog.warn(RejectOverLimit, "connection refused: over the connection limit", "limit", g.cfg.MaxConnections, "via", "tunnel", "client", s.RemoteAddr().String())
+		g.answer(s, &refusal{reason: RejectOverLimit, key: h.Key, args: []any{"limit", g.cfg.MaxConnections, "via", "tunnel"}})
 		s.Abort()
 		return
 	}
