@@ -109,6 +109,13 @@ func TestTunnelRetriesAcrossGateways(t *testing.T) {
 	if m.gw.m.ConnectErrors.Value() == 0 || m.gw.m.Ejections.Value() != 1 {
 		t.Errorf("connect errors %d, ejections %d: want the dead gateway tried and ejected", m.gw.m.ConnectErrors.Value(), m.gw.m.Ejections.Value())
 	}
+	ejected := map[string]bool{}
+	for _, p := range m.gw.Debug().TunnelPeers {
+		ejected[p.Address] = p.Ejected
+	}
+	if want := map[string]bool{dead: true, live: false}; fmt.Sprint(ejected) != fmt.Sprint(want) {
+		t.Errorf("debug tunnel peers ejected %v, want %v", ejected, want)
+	}
 	m.gw.SetTunnelDialer(m.epA, gws(false))
 	if _, err := m.dial(echoSNI, "istio"); err == nil || !strings.Contains(err.Error(), "internal error") {
 		t.Fatalf("only a dead gateway: %v, want a TLS internal error alert", err)
