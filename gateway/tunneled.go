@@ -58,8 +58,7 @@ func (tn *tunnels) cluster(t *table, key sni.Key) (*cluster, error) {
 	gws := make([]discovery.RemoteGateway, 0, len(sums))
 	addrs := make(map[string]string, len(sums))
 	for _, s := range sums {
-		gws = append(gws, discovery.RemoteGateway{Node: s.Node, Network: s.Meta.Network,
-			PassthroughAddr: s.Meta.PassthroughAddr, Summary: s.Summary})
+		gws = append(gws, s.RemoteGateway())
 		if s.Meta.TunnelAddr != "" {
 			addrs[s.Node] = s.Meta.TunnelAddr
 		}

@@ -266,12 +266,7 @@ func (g *gossip) stop() {
 func (g *gossip) liveGateways() []discovery.RemoteGateway {
 	var out []discovery.RemoteGateway
 	for _, ns := range g.node.Summaries() {
-		out = append(out, discovery.RemoteGateway{
-			Node:            ns.Node,
-			Network:         ns.Meta.Network,
-			PassthroughAddr: ns.Meta.PassthroughAddr,
-			Summary:         ns.Summary,
-		})
+		out = append(out, ns.RemoteGateway())
 	}
 	return out
 }
