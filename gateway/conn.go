@@ -46,19 +46,8 @@ func (g *Gateway) handle(port uint32, f *flow) {
 		}
 		g.bufs.Put(bp)
 	}()
-	key, ref := g.parse(hello)
-	if ref != nil {
-		g.refuse(c, ref)
-		return
-	}
 	t := g.table.Load()
-	li, ok := t.listener[port]
-	if !ok {
-		// The listener was closed by a reload after this accept.
-		g.refuse(c, &refusal{reason: RejectNoListener, alert: alertUnrecognizedName, key: key})
-		return
-	}
-	p, ref := g.resolve(t, li, key)
+	p, ref := g.route(t, port, hello)
 	if ref != nil {
 		g.refuse(c, ref)
 		return
@@ -73,6 +62,26 @@ func (g *Gateway) handle(port uint32, f *flow) {
 	}
 	forwarding = true
 	f.forward()
+}
+
+// route decides where a client's connection to port goes, from its
+// hello: by the VirtualService tls routes of a PASSTHROUGH listener, or,
+// on an AUTO_PASSTHROUGH one, by the Istio routing key its server name
+// encodes (resolve).
+func (g *Gateway) route(t *table, port uint32, hello sni.Hello) (plan, *refusal) {
+	if l := t.passthrough[port]; l != nil {
+		return g.routePassthrough(t, l, hello.ServerName)
+	}
+	key, ref := g.parse(hello)
+	if ref != nil {
+		return plan{}, ref
+	}
+	li, ok := t.listener[port]
+	if !ok {
+		// The listener was closed by a reload after this accept.
+		return plan{}, &refusal{reason: RejectNoListener, alert: alertUnrecognizedName, key: key}
+	}
+	return g.resolve(t, li, key)
 }
 
 // parse checks the hello's ALPN and decodes its server name into a
