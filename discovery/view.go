@@ -245,6 +245,31 @@ func (v *View) Route(li int, key sni.Key) (*Route, error) {
 	return r, nil
 }
 
+// RouteExposed returns the route for key of a connection that arrived on
+// no listener, such as a stream another network's gateway carried here:
+// it routes through any of Listeners that exposes the service, the rule
+// by which Summarize advertises services to other networks. It fails as
+// Route does; when no listener exposes the service, with the reason the
+// first listener gives (HostNotExposed without listeners).
+func (v *View) RouteExposed(key sni.Key) (*Route, error) {
+	sv, ok := v.services[key.Host]
+	if !ok {
+		return nil, &RouteError{Key: key, Reason: UnknownService}
+	}
+	li := sv.exposedOn()
+	if li < 0 {
+		if len(v.Listeners) == 0 {
+			return nil, &RouteError{Key: key, Reason: HostNotExposed}
+		}
+		li = 0
+	}
+	return v.Route(li, key)
+}
+
+// exposedOn returns the index of the first listener that exposes the
+// service, or -1: other networks may reach it only if one does.
+func (sv *serviceView) exposedOn() int { return slices.Index(sv.exposed, true) }
+
 // Routes returns every route of the view, in catalog order.
 func (v *View) Routes() []*Route { return v.routes }
 

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/ewgate/ewgate/discovery"
@@ -16,6 +18,10 @@ type DebugConfig struct {
 	// Conflicts are the definitions the merge did not use, and why.
 	Conflicts []discovery.Conflict `json:"conflicts"`
 	Routes    []DebugRoute         `json:"routes"`
+	// TunnelPeers are the other networks' gateways that tunneled
+	// connections were tried on, by tunnel address, with their open
+	// streams and ejection (Weight is per key, so 0 here).
+	TunnelPeers []DebugEndpoint `json:"tunnelPeers,omitempty"`
 }
 
 // DebugService is one service of the merged catalog. Each From is "local"
@@ -154,7 +160,25 @@ func (g *Gateway) Debug() *DebugConfig {
 			Endpoints: debugEndpoints(t.clusters[r], r, now)}
 		d.Routes = append(d.Routes, dr)
 	}
+	if tn := g.tunnels.Load(); tn != nil {
+		tn.mu.Lock()
+		for _, u := range tn.state {
+			d.TunnelPeers = append(d.TunnelPeers, u.debug(0, "", now))
+		}
+		tn.mu.Unlock()
+		slices.SortFunc(d.TunnelPeers, func(a, b DebugEndpoint) int { return strings.Compare(a.Address, b.Address) })
+	}
 	return d
+}
+
+// debug describes u's live state.
+func (u *upstream) debug(weight uint32, locality string, now int64) DebugEndpoint {
+	de := DebugEndpoint{Address: u.addr, Weight: weight, Locality: locality, Active: u.active.Load()}
+	if until := u.ejectedUntil.Load(); until > now {
+		tu := time.Unix(0, until)
+		de.Ejected, de.EjectedUntil = true, &tu
+	}
+	return de
 }
 
 func debugService(svc *discovery.Service) DebugService {
@@ -176,12 +200,7 @@ func debugService(svc *discovery.Service) DebugService {
 func debugEndpoints(cl *cluster, r *discovery.Route, now int64) []DebugEndpoint {
 	out := []DebugEndpoint{}
 	for i, u := range cl.members {
-		de := DebugEndpoint{Address: u.addr, Weight: uint32(cl.weight(i)), Locality: r.Targets[i].Locality, Active: u.active.Load()}
-		if until := u.ejectedUntil.Load(); until > now {
-			tu := time.Unix(0, until)
-			de.Ejected, de.EjectedUntil = true, &tu
-		}
-		out = append(out, de)
+		out = append(out, u.debug(uint32(cl.weight(i)), r.Targets[i].Locality, now))
 	}
 	return out
 }

@@ -54,7 +54,8 @@ type Config struct {
 	// so that an endpoint named by DNS cannot resolve to an address the
 	// policy refuses.
 	DialControl func(network, address string, c syscall.RawConn) error
-	// DialAttempts is how many endpoints are tried per connection; default 3.
+	// DialAttempts is how many endpoints, or other networks' gateways for
+	// a tunneled connection, are tried per connection; default 3.
 	DialAttempts int
 	// EjectAfter consecutive connect failures eject an endpoint; default 3.
 	EjectAfter int
@@ -67,10 +68,13 @@ type Config struct {
 	ProbeInterval time.Duration
 	// IdleTimeout closes a connection on which no byte moved either way for
 	// that long (detected within twice that); default 1h, like Envoy's
-	// tcp_proxy. Negative disables it.
+	// tcp_proxy. Negative disables it. It holds for every path: to an
+	// endpoint, into a tunnel, and out of one.
 	IdleTimeout time.Duration
-	// MaxConnections caps concurrent client connections; default 10000.
-	// Connections over the cap are closed at once and counted.
+	// MaxConnections caps concurrent connections, the listeners' clients
+	// and the tunnel streams other networks' gateways carry here counted
+	// together; default 10000. Connections over the cap are reset at once
+	// and counted (over_limit).
 	MaxConnections int
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
@@ -127,21 +131,20 @@ type Gateway struct {
 	rlog   rateLog
 	bufs   sync.Pool // *[]byte ClientHello buffers
 	chunks sync.Pool // *[]byte forwarding buffers, held only while a chunk moves
-	relays sync.Pool // *[]byte buffers of relay's busy reads
+	relays sync.Pool // *[]byte buffers of reads that a stream end takes part in, while data is flowing
 
 	table    atomic.Pointer[table]
 	active   atomic.Int64
 	draining atomic.Bool
 	cutting  atomic.Bool // drain timed out: flows must close
-	remote   atomic.Pointer[remoteDialer]
+	tunnels  atomic.Pointer[tunnels]
 	probe    prober
 
 	mu        sync.Mutex
 	listeners map[uint32]*listener
 	upstreams map[string]*upstream
-	flows     map[*flow]struct{}
-	tunneled  map[HalfConn]struct{} // streams other gateways carried here
-	wg        sync.WaitGroup        // accept loops and connections
+	flows     map[*flow]struct{} // every connection, accepted here or carried here by a tunnel
+	wg        sync.WaitGroup     // accept loops and connections
 }
 
 // listener is one bound port.
@@ -160,7 +163,6 @@ func New(cfg Config) *Gateway {
 		listeners: make(map[uint32]*listener),
 		upstreams: make(map[string]*upstream),
 		flows:     make(map[*flow]struct{}),
-		tunneled:  make(map[HalfConn]struct{}),
 	}
 	g.dialer = net.Dialer{Timeout: cfg.DialTimeout, Control: cfg.DialControl}
 	g.rlog.log = cfg.Logger
@@ -181,9 +183,9 @@ func New(cfg Config) *Gateway {
 	return g
 }
 
-// relayChunkSize is the buffer of relay's reads while data is flowing:
-// as large as io.Copy's, which tunnel throughput needs (16 KiB cost
-// 10-15%).
+// relayChunkSize is the buffer of reads to or from a tunnel stream while
+// data is flowing: as large as io.Copy's, which tunnel throughput needs
+// (16 KiB cost 10-15%).
 const relayChunkSize = 32 << 10
 
 // chunkSize is the forwarding buffer: messages up to this size are copied
@@ -287,7 +289,8 @@ func (g *Gateway) Ready() bool {
 	return true
 }
 
-// Active returns the number of open client connections.
+// Active returns the number of open connections: the listeners' clients
+// and the streams other networks' gateways carried here.
 func (g *Gateway) Active() int64 { return g.active.Load() }
 
 // HelloMemory returns the bytes ClientHello reads in progress hold beyond
@@ -327,9 +330,6 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	for f := range g.flows {
 		f.cut()
 	}
-	for c := range g.tunneled {
-		c.Close()
-	}
 	g.mu.Unlock()
 	<-done
 	return fmt.Errorf("drain cut open connections: %w", ctx.Err())
@@ -354,28 +354,19 @@ func (g *Gateway) serve(l *listener) {
 		g.m.Accepted.Inc()
 		if n := g.active.Add(1); n > int64(g.cfg.MaxConnections) {
 			g.active.Add(-1)
-			g.m.reject(RejectOverLimit)
-			g.rlog.warn(RejectOverLimit, "connection refused: over the connection limit", "limit", g.cfg.MaxConnections, "client", c.RemoteAddr().String())
+			g.answer(c, &refusal{reason: RejectOverLimit, args: []any{"limit", g.cfg.MaxConnections}})
 			c.SetLinger(0)
 			c.Close()
 			continue
 		}
 		g.m.Active.Add(1)
-		f := &flow{g: g, client: c}
-		g.track(f, true)
+		f := &flow{g: g, client: tcpEnd(c)}
+		g.mu.Lock()
+		g.flows[f] = struct{}{}
+		g.mu.Unlock()
 		g.wg.Add(1)
 		go g.handle(l.port, f)
 	}
-}
-
-func (g *Gateway) track(f *flow, add bool) {
-	g.mu.Lock()
-	if add {
-		g.flows[f] = struct{}{}
-	} else {
-		delete(g.flows, f)
-	}
-	g.mu.Unlock()
 }
 
 // table is an immutable routing snapshot.
@@ -410,7 +401,7 @@ func (g *Gateway) buildTable(v *discovery.View) *table {
 				}
 				keep[tg.Address] = u
 			}
-			cl.add(u, tg.Weight)
+			cl.add(u, uint64(tg.Weight))
 		}
 		t.clusters[r] = cl
 	}

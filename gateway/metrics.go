@@ -50,7 +50,7 @@ func NewMetrics(r *metrics.Registry) *Metrics {
 	}
 	// The packages that refuse list their reasons, so that a new one is
 	// registered (and cached) without an edit here.
-	reasons := []string{RejectNoData, RejectNoSNI, RejectBadSNI, RejectALPN, RejectNoEndpoints, RejectUnavailable, RejectOverLimit, RejectNoListener}
+	reasons := []string{RejectNoData, RejectNoSNI, RejectBadSNI, RejectALPN, RejectNoEndpoints, RejectUnavailable, RejectOverLimit, RejectNoListener, RejectTooManyHops}
 	for _, r := range discovery.Reasons() {
 		reasons = append(reasons, string(r))
 	}

@@ -2,37 +2,28 @@ package gateway
 
 import (
 	"math/rand/v2"
-	"net"
 
 	"github.com/ewgate/ewgate/discovery"
-	"github.com/ewgate/ewgate/sni"
 )
 
-// routePassthrough resolves the hello of a connection to a PASSTHROUGH
-// listener by its plain server name, as the listener's VirtualService tls
-// routes say, and connects to an endpoint of the chosen destination in
-// this network. No ALPN is required and no tunnel is used: the client's
-// TLS is its own, not Istio's mTLS, and another network's gateway could
-// not route the plain name. On failure it refuses the client itself and
-// returns nils.
-func (g *Gateway) routePassthrough(l *discovery.PassthroughListener, t *table, c *net.TCPConn, hello sni.Hello) (*net.TCPConn, *upstream) {
-	r, ok := l.Match(hello.ServerName)
+// routePassthrough resolves the plain server name of a connection to a
+// PASSTHROUGH listener by the listener's VirtualService tls routes, to the
+// endpoints of the chosen destination in this network, or refuses it. No
+// ALPN is required and no tunnel is used: the client's TLS is its own,
+// not Istio's mTLS, and another network's gateway could not route the
+// plain name.
+func (g *Gateway) routePassthrough(t *table, l *discovery.PassthroughListener, serverName string) (plan, *refusal) {
+	r, ok := l.Match(serverName)
 	if !ok {
-		g.refuse(c, string(discovery.NoTLSRoute), alertUnrecognizedName, "sni", hello.ServerName, "port", l.Port)
-		return nil, nil
+		return plan{}, &refusal{reason: string(discovery.NoTLSRoute), alert: alertUnrecognizedName, args: []any{"sni", serverName, "port", l.Port}}
 	}
 	d := pickDestination(r.Destinations)
 	cl := t.clusters[d.Route]
 	if cl == nil || len(cl.members) == 0 {
-		g.refuse(c, RejectNoEndpoints, alertHandshakeFailure, "sni", hello.ServerName, "destination", d.Route.Key.Host,
-			"port", d.Route.Key.Port, "virtualservice", r.VirtualService.String(), "network", t.view.Node.Network)
-		return nil, nil
+		return plan{}, &refusal{reason: RejectNoEndpoints, alert: alertHandshakeFailure, key: d.Route.Key, args: []any{"sni", serverName,
+			"virtualservice", r.VirtualService.String(), "network", t.view.Node.Network}}
 	}
-	up, u, tried := g.dialCluster(cl, hello.ServerName)
-	if up == nil {
-		g.refuse(c, RejectUnavailable, alertInternalError, "sni", hello.ServerName, "destination", d.Route.Key.Host, "tried", tried)
-	}
-	return up, u
+	return plan{key: d.Route.Key, cl: cl}, nil
 }
 
 // pickDestination chooses one of ds with probability proportional to its

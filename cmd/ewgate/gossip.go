@@ -215,7 +215,7 @@ func (g *gossip) run(ctx context.Context, keyFile string) {
 		case <-g.cs.viewChanged:
 			publish()
 		case <-g.node.Changed():
-			g.cs.applyRemote(g.remoteGateways())
+			g.cs.applyOtherNetworks(g.liveGateways())
 			g.cs.notify()
 			if g.retireLink != nil {
 				var gone []linkDeparture
@@ -261,16 +261,12 @@ func (g *gossip) stop() {
 	g.node.Shutdown()
 }
 
-// remoteGateways returns the live gateways as resolution needs them.
-func (g *gossip) remoteGateways() []discovery.RemoteGateway {
+// liveGateways returns the live gateways of every network as resolution
+// needs them.
+func (g *gossip) liveGateways() []discovery.RemoteGateway {
 	var out []discovery.RemoteGateway
 	for _, ns := range g.node.Summaries() {
-		out = append(out, discovery.RemoteGateway{
-			Node:            ns.Node,
-			Network:         ns.Meta.Network,
-			PassthroughAddr: ns.Meta.PassthroughAddr,
-			Summary:         ns.Summary,
-		})
+		out = append(out, ns.RemoteGateway())
 	}
 	return out
 }
@@ -284,17 +280,6 @@ func (g *gossip) isLiveMember(spiffeID string) bool {
 		}
 	}
 	return false
-}
-
-// tunnelAddrs maps live members' node names to their tunnel addresses.
-func (g *gossip) tunnelAddrs() map[string]string {
-	out := make(map[string]string)
-	for _, m := range g.node.Members() {
-		if m.State == peer.StateAlive && m.Meta.TunnelAddr != "" {
-			out[m.Name] = m.Meta.TunnelAddr
-		}
-	}
-	return out
 }
 
 // liveTunnels maps the live members other than self that advertise a

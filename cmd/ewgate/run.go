@@ -219,19 +219,19 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	n.serving = ready
 	if g != nil {
 		n.gossip = g
-		cs.remote = g.remoteGateways
+		cs.gateways = g.liveGateways
 		membership = g
 		g.register(reg)
 		debug["members"] = func() any { return g.Members() }
 		debug["networks"] = func() any { return g.Networks() }
 	}
 	if s.TunnelAddress != "" {
-		tn, err := startTunnels(s, n.id, gw, cs, g, log)
+		tn, err := startTunnels(s, n.id, gw, g, log)
 		if err != nil {
 			return abort(err)
 		}
 		n.tunnels = tn
-		gw.SetRemote(tn)
+		gw.SetTunnelDialer(tn.ep, g.node)
 		tn.register(reg)
 		debug["tunnels"] = func() any { return tn.ep.Stats() }
 		g.retireLink = tn.memberDown

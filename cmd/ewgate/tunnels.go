@@ -1,42 +1,34 @@
 package main
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
-	"net"
 	"strings"
 	"time"
 
-	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/gateway"
 	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/metrics"
-	"github.com/ewgate/ewgate/sni"
 	"github.com/ewgate/ewgate/tunnel"
 )
 
-// tunnels joins the gateway to the other networks' gateways over QUIC (or
-// its TCP fallback): it carries connections this network cannot serve to a
-// gateway of a network that can, and serves those other gateways carry
-// here.
+// tunnels is the gateway's tunnel endpoint, over QUIC (or its TCP
+// fallback) to the other networks' gateways: the gateway carries through
+// it connections this network cannot serve (gateway.SetTunnelDialer) and
+// serves those other gateways carry here (gateway.ServeTunnel).
 type tunnels struct {
-	ep          *tunnel.Endpoint
-	cs          *catalogState
-	g           *gossip
-	dialTimeout time.Duration // per peer gateway tried
-	log         *slog.Logger
+	ep  *tunnel.Endpoint
+	log *slog.Logger
 }
 
 // startTunnels listens for tunnels on s.TunnelAddress, UDP for QUIC and TCP
 // on the same port for the fallback, and dials them as s.TunnelTransport
 // says. Links are authenticated with the node's SVID, and a peer must also
 // be a live gossip member with the SPIFFE ID it presents.
-func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, cs *catalogState, g *gossip, log *slog.Logger) (*tunnels, error) {
+func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, g *gossip, log *slog.Logger) (*tunnels, error) {
 	if id == nil || g == nil {
 		return nil, errors.New("--tunnel-address needs an identity (--spiffe-socket or --svid-cert...) and gossip (--gossip-address): links are mTLS between live members")
 	}
@@ -44,7 +36,7 @@ func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, cs *catal
 	if err != nil {
 		return nil, fmt.Errorf("--tunnel-transport: %w", err)
 	}
-	t := &tunnels{cs: cs, g: g, dialTimeout: time.Duration(s.DialTimeout), log: log}
+	t := &tunnels{log: log}
 	var resetKey *[32]byte
 	if g.primaryKey != nil {
 		resetKey = statelessResetKey(g.primaryKey, g.node.Name())
@@ -57,19 +49,8 @@ func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, cs *catal
 		Transport:         transport,
 		MaxIdleTimeout:    time.Duration(s.TunnelIdleTimeout),
 		StatelessResetKey: resetKey,
-		Handler: func(ctx context.Context, h tunnel.Header, st *tunnel.Stream) {
-			if h.Hops > 0 {
-				// Multi-hop is not configured: a connection crosses at most
-				// one tunnel.
-				log.Warn("tunnel: stream refused: too many hops", "key", h.Key.SNI(), "hops", h.Hops, "peer", st.PeerID())
-				return
-			}
-			if err := gw.ServeTunnel(h.Key, st); err != nil {
-				// The gateway counted it and logged it, rate-limited.
-				log.Debug("tunnel: stream refused", "key", h.Key.SNI(), "client", h.ClientAddr, "peer", st.PeerID(), "err", err)
-			}
-		},
-		Logger: log,
+		Handler:           gw.ServeTunnel,
+		Logger:            log,
 	})
 	if err != nil {
 		return nil, err
@@ -111,64 +92,6 @@ func (t *tunnels) memberDown(addr, why string) {
 	if !t.ep.RetireLink(addr, why) {
 		t.log.Debug("tunnel: no link to retire", "peer", addr, "why", why)
 	}
-}
-
-// DialRemote implements gateway.RemoteDialer: it picks, by weight, live
-// gateways of other networks that have healthy endpoints for key and opens
-// a stream to the first that answers.
-func (t *tunnels) DialRemote(ctx context.Context, key sni.Key, client net.Addr) (gateway.HalfConn, error) {
-	v := t.cs.view.Load()
-	if v == nil {
-		return nil, errors.New("no config")
-	}
-	res, err := v.Resolve(key, v.Node.Network, t.g.remoteGateways(), nil)
-	if err != nil {
-		return nil, err
-	}
-	addrs := t.g.tunnelAddrs()
-	var candidates []discovery.ResolvedTarget
-	for _, tg := range res.Targets {
-		if tg.Via == discovery.ViaGateway && addrs[tg.Gateway] != "" {
-			candidates = append(candidates, tg)
-		}
-	}
-	if len(candidates) == 0 {
-		return nil, fmt.Errorf("no live gateway of another network has healthy endpoints for %s", key)
-	}
-	var errs []error
-	for range min(3, len(candidates)) {
-		i := pickWeighted(candidates)
-		tg := candidates[i]
-		candidates = append(candidates[:i], candidates[i+1:]...)
-		actx, cancel := context.WithTimeout(ctx, t.dialTimeout)
-		st, err := t.ep.Dial(actx, addrs[tg.Gateway], tunnel.Header{Key: key, ClientAddr: client.String()})
-		cancel()
-		if err == nil {
-			return st, nil
-		}
-		errs = append(errs, fmt.Errorf("gateway %s of %s: %w", tg.Gateway, tg.Network, err))
-	}
-	return nil, errors.Join(errs...)
-}
-
-// pickWeighted returns the index of a target chosen with probability
-// proportional to its weight.
-func pickWeighted(ts []discovery.ResolvedTarget) int {
-	var total uint64
-	for _, t := range ts {
-		total += uint64(t.Weight)
-	}
-	if total == 0 {
-		return 0
-	}
-	r := rand.Uint64N(total)
-	for i, t := range ts {
-		if r < uint64(t.Weight) {
-			return i
-		}
-		r -= uint64(t.Weight)
-	}
-	return len(ts) - 1
 }
 
 func (t *tunnels) close() { t.ep.Close() }
