@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"sync/atomic"
 	"time"
 
@@ -124,4 +126,106 @@ func quicError(err error) error {
 		return fmt.Errorf("%w: %w: %s", ErrRejected, errNotMember, ae.ErrorMessage)
 	}
 	return err
+}
+
+// quicConfig returns the QUIC configuration; streams and uniStreams are
+// the numbers of bidirectional and unidirectional streams the peer may open
+// (-1 for none). Only the dialing side opens bidirectional streams; only
+// the accepting side opens one unidirectional stream, the ready signal.
+func (c Config) quicConfig(streams, uniStreams int64) *quic.Config {
+	const initialStreamWindow = 512 << 10
+	return &quic.Config{
+		HandshakeIdleTimeout:           c.HandshakeTimeout,
+		MaxIdleTimeout:                 c.MaxIdleTimeout,
+		KeepAlivePeriod:                c.KeepAlivePeriod,
+		InitialStreamReceiveWindow:     min(initialStreamWindow, c.MaxStreamReceiveWindow),
+		MaxStreamReceiveWindow:         c.MaxStreamReceiveWindow,
+		InitialConnectionReceiveWindow: min(initialStreamWindow*3/2, c.MaxConnectionReceiveWindow),
+		MaxConnectionReceiveWindow:     c.MaxConnectionReceiveWindow,
+		MaxIncomingStreams:             streams,
+		MaxIncomingUniStreams:          uniStreams,
+	}
+}
+
+// dialQUIC sets up a QUIC link: QUIC and TLS handshakes, then the
+// accepting side's ready signal, which it sends only after authorizing us.
+func (e *Endpoint) dialQUIC(ctx context.Context, addr string) (conn, error) {
+	udpAddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("resolving: %w", err)
+	}
+	qc, err := e.tr.Dial(ctx, udpAddr, e.clientTLS, e.cfg.quicConfig(-1, 1))
+	if err != nil {
+		return nil, quicError(err)
+	}
+	if err := awaitReady(ctx, qc); err != nil {
+		_ = qc.CloseWithError(codeInternal, "link setup failed")
+		return nil, err
+	}
+	return &quicConn{Conn: qc}, nil
+}
+
+// readyByte is the content of the ready signal the accepting side sends
+// after it has authorized the dialer: on QUIC, alone on a unidirectional
+// stream; on TCP, as the status byte.
+const readyByte = 1
+
+// awaitReady waits for the ready signal. In TLS 1.3 the client finishes
+// its handshake before the server has checked the client's certificate,
+// so a completed Dial does not mean the peer accepted us; this does.
+func awaitReady(ctx context.Context, qc *quic.Conn) error {
+	rs, err := qc.AcceptUniStream(ctx)
+	if err != nil {
+		return quicError(err)
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(rs, b[:]); err != nil {
+		return quicError(err)
+	}
+	if b[0] != readyByte {
+		return fmt.Errorf("tunnel: unexpected ready signal %#x", b[0])
+	}
+	return nil
+}
+
+// acceptQUIC accepts inbound QUIC links until the listener closes.
+func (e *Endpoint) acceptQUIC() {
+	defer e.wg.Done()
+	for {
+		qc, err := e.ln.Accept(e.ctx)
+		if err != nil {
+			return
+		}
+		e.wg.Add(1)
+		go e.serveQUIC(qc)
+	}
+}
+
+// serveQUIC authorizes an inbound QUIC link, sends the ready signal and
+// serves the link's streams.
+func (e *Endpoint) serveQUIC(qc *quic.Conn) {
+	defer e.wg.Done()
+	log := e.log.With("peer", qc.RemoteAddr().String(), "transport", TransportQUIC)
+	peerID, err := e.admit(qc.ConnectionState().TLS, log)
+	if err != nil {
+		_ = qc.CloseWithError(quic.ApplicationErrorCode(refusalCode(err)), err.Error())
+		return
+	}
+	if err := sendReady(qc); err != nil {
+		log.Warn("inbound link failed", "err", err)
+		_ = qc.CloseWithError(codeInternal, "link setup failed")
+		return
+	}
+	e.serveConn(&quicConn{Conn: qc}, peerID, log.With("peer_id", peerID))
+}
+
+func sendReady(qc *quic.Conn) error {
+	ss, err := qc.OpenUniStream()
+	if err != nil {
+		return fmt.Errorf("opening ready stream: %w", err)
+	}
+	if _, err := ss.Write([]byte{readyByte}); err != nil {
+		return fmt.Errorf("writing ready signal: %w", err)
+	}
+	return ss.Close()
 }

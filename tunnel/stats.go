@@ -1,10 +1,16 @@
 package tunnel
 
 import (
+	"context"
+	"errors"
 	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/ewgate/ewgate/identity"
 )
 
 // Handshake failure reasons counted in [PeerStats.HandshakeFailures] and
@@ -149,4 +155,32 @@ func (p *peerStats) snapshot() PeerStats {
 		s.Transport = p.conn.transport()
 	}
 	return s
+}
+
+// failureReason classifies a failed outbound link setup.
+func failureReason(err error) string {
+	var rej *identity.RejectError
+	var idle *quic.IdleTimeoutError
+	var hs *quic.HandshakeTimeoutError
+	switch {
+	case errors.As(err, &rej):
+		return string(rej.Reason)
+	case errors.Is(err, errNotMember):
+		return ReasonNotMember
+	case errors.Is(err, ErrRejected):
+		return ReasonRejectedByPeer
+	case errors.As(err, &idle), errors.As(err, &hs), errors.Is(err, context.DeadlineExceeded):
+		return ReasonTimeout
+	default:
+		return ReasonOther
+	}
+}
+
+// rejectReason returns the identity.Reason of a verification error.
+func rejectReason(err error) string {
+	var rej *identity.RejectError
+	if errors.As(err, &rej) {
+		return string(rej.Reason)
+	}
+	return ReasonOther
 }
