@@ -2,14 +2,27 @@ package tunnel
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/ewgate/ewgate/identity"
 )
 
-// DefaultMaxIdleTimeout is the default of Config.MaxIdleTimeout.
-const DefaultMaxIdleTimeout = 5 * time.Second
+// Defaults of [Config] fields that the gateway's flags show.
+const (
+	// DefaultMaxIdleTimeout is the default of Config.MaxIdleTimeout.
+	DefaultMaxIdleTimeout = 5 * time.Second
+	// DefaultMaxIncomingStreams is the default of Config.MaxIncomingStreams.
+	DefaultMaxIncomingStreams = 4096
+	// DefaultMaxLinksPerPeer is the default of Config.MaxLinksPerPeer.
+	DefaultMaxLinksPerPeer = 4
+	// DefaultMaxHandshakes is the default of Config.MaxHandshakes.
+	DefaultMaxHandshakes = 128
+	// DefaultMaxTCPLinkMemory is the default of Config.MaxTCPLinkMemory.
+	DefaultMaxTCPLinkMemory = 256 << 20
+)
 
 // Handler serves one accepted stream. ctx is canceled when the link or the
 // Endpoint closes. The handler owns s while it runs; the Endpoint closes s
@@ -25,10 +38,18 @@ type Config struct {
 	// Authorizer decides which peer SPIFFE IDs are accepted, both when
 	// accepting and when dialing. nil allows the own trust domain only.
 	Authorizer *identity.Authorizer
-	// Allow, if set, is asked after a successful inbound handshake; false
-	// closes the connection and the dialer's Dial fails with ErrRejected
-	// (the gateway uses it to require a live gossip member).
-	Allow func(spiffeID string) bool
+	// Name is this gateway's gossip member name. The dialing side sends it
+	// in every link setup, so that the accepting side can bind the link
+	// to that member; at most 255 bytes.
+	Name string
+	// Members, if set, binds every link to one live gossip member: an
+	// inbound link only if the member its dialer names announces exactly
+	// the SPIFFE ID the dialer presented, an outbound one only if the
+	// peer presents the ID that a member announcing the dialed address
+	// announces. Refusals are counted (ReasonNotMember, ReasonIDMismatch,
+	// ReasonWrongPeer) and logged. nil binds links to no member: any peer
+	// the Authorizer allows may link (tests, tools).
+	Members Members
 	// Handler serves accepted streams. nil makes the Endpoint dial-only:
 	// it does not accept tunnel connections.
 	Handler Handler
@@ -68,8 +89,30 @@ type Config struct {
 	// HeaderTimeout bounds reading a stream header. Default 10s.
 	HeaderTimeout time.Duration
 	// MaxIncomingStreams is the number of concurrent streams a peer may
-	// open on one link. Default 10000.
+	// open on one link. Over QUIC a dialer past it waits for a stream to
+	// end; the TCP fallback allows fewer if MaxTCPLinkMemory says so.
+	// Default 4096.
 	MaxIncomingStreams int64
+	// MaxLinksPerPeer is the number of inbound links one peer (one
+	// member, or one SPIFFE ID without Members) may hold at once; more are
+	// refused with ReasonTooManyLinks. A peer needs one link, two while it
+	// replaces one, more while old links finish their streams. Default 4.
+	MaxLinksPerPeer int
+	// MaxHandshakes is the number of inbound links, over both transports,
+	// that may be between their first packet and their admission at once;
+	// more are refused at once with ReasonTooManyHandshakes, before any
+	// TLS work, so that unauthenticated peers holding handshakes open (up
+	// to HandshakeTimeout each) cannot run the gateway out of memory or
+	// file descriptors. Default 128.
+	MaxHandshakes int
+	// MaxTCPLinkMemory bounds what one link over the TCP fallback buffers
+	// (received and not yet read, both directions' receive windows), so
+	// that streams whose reader is stuck cannot hold more. yamux gives
+	// every stream a 256 KiB window and has no per-link window, so a TCP
+	// link carries at most MaxTCPLinkMemory/256 KiB concurrent streams (a
+	// dialer past it waits for a stream to end) and windows grow past 256
+	// KiB only within the budget. Default 256 MiB: 1024 streams.
+	MaxTCPLinkMemory int64
 	// MaxStreamReceiveWindow is the largest per-stream flow-control window
 	// (auto-tuned from 512 KiB, 256 KiB on TCP). Default 8 MiB.
 	MaxStreamReceiveWindow uint64
@@ -96,7 +139,16 @@ func (c Config) withDefaults() Config {
 		c.Transport = TransportAuto
 	}
 	if c.MaxIncomingStreams <= 0 {
-		c.MaxIncomingStreams = 10000
+		c.MaxIncomingStreams = DefaultMaxIncomingStreams
+	}
+	if c.MaxLinksPerPeer <= 0 {
+		c.MaxLinksPerPeer = DefaultMaxLinksPerPeer
+	}
+	if c.MaxHandshakes <= 0 {
+		c.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if c.MaxTCPLinkMemory <= 0 {
+		c.MaxTCPLinkMemory = DefaultMaxTCPLinkMemory
 	}
 	if c.MaxStreamReceiveWindow == 0 {
 		c.MaxStreamReceiveWindow = 8 << 20
@@ -108,4 +160,26 @@ func (c Config) withDefaults() Config {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c
+}
+
+// validate reports settings that cannot work, after withDefaults.
+func (c Config) validate() error {
+	if c.Source == nil {
+		return errors.New("tunnel: Config.Source is nil")
+	}
+	if _, err := ParseTransport(string(c.Transport)); err != nil {
+		return err
+	}
+	if len(c.Name) > maxNameLen {
+		return fmt.Errorf("tunnel: Config.Name is %d bytes, more than %d", len(c.Name), maxNameLen)
+	}
+	if c.MaxTCPLinkMemory < yamuxStreamWindow {
+		return fmt.Errorf("tunnel: Config.MaxTCPLinkMemory %d is less than one stream's window (%d)", c.MaxTCPLinkMemory, yamuxStreamWindow)
+	}
+	return nil
+}
+
+// tcpStreams is the number of concurrent streams a TCP link allows.
+func (c Config) tcpStreams() int64 {
+	return min(c.MaxIncomingStreams, c.MaxTCPLinkMemory/yamuxStreamWindow)
 }

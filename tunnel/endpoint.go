@@ -14,26 +14,21 @@ import (
 	"github.com/ewgate/ewgate/identity"
 )
 
-// ALPN is the TLS application protocol of gateway tunnels.
-const ALPN = "ewgate-tunnel/1"
-
-// Connection close codes sent in CONNECTION_CLOSE frames (QUIC) and
-// GO_AWAY frames (the TCP fallback).
-const (
-	// codeShutdown: the endpoint is closing, or the link is not needed.
-	codeShutdown = 0
-	// codeNotMember: the Allow hook refused the peer.
-	codeNotMember = 0x10
-	// codeInternal: the accepting side failed to set the link up.
-	codeInternal = 0x11
-)
+// ALPN is the TLS application protocol of gateway tunnels. Version 2
+// added the dialer's hello to the link setup (setup.go).
+const ALPN = "ewgate-tunnel/2"
 
 // Errors wrapped by Dial.
 var (
 	// ErrRejected is wrapped when the peer refused this gateway: its TLS
-	// stack rejected our certificate, or its Allow hook refused our ID.
-	// The error wrapping it says which, and why if the peer said so.
+	// stack rejected our certificate, or its admission refused the link
+	// (we are not the live member we named, or hold too many links). The
+	// error wrapping it says which, and why if the peer said so.
 	ErrRejected = errors.New("peer rejected this gateway")
+	// ErrWrongPeer is wrapped when the peer at the dialed address is not
+	// a live member announcing that address with the SPIFFE ID the peer
+	// presented (Config.Members): the link is closed before any stream.
+	ErrWrongPeer = errors.New("tunnel: peer is not the member announcing its address")
 	// ErrClosed is wrapped when the Endpoint is closed.
 	ErrClosed = errors.New("tunnel: endpoint closed")
 	// ErrSilent is wrapped when the link to the peer has heard nothing,
@@ -46,10 +41,6 @@ var (
 	// the silent link closes at MaxIdleTimeout, or recovers if the peer
 	// is heard again first.
 	ErrSilent = errors.New("tunnel: link to peer is silent")
-
-	// errNotMember is wrapped with ErrRejected when the peer's Allow hook
-	// refused us.
-	errNotMember = errors.New("its membership check refused our ID")
 )
 
 // Endpoint is a gateway's end of its tunnels: one UDP socket (one
@@ -60,7 +51,7 @@ var (
 // when it dies.
 //
 // A new link is usable only once the accepting side has authorized this
-// gateway (its certificate and its Allow hook) and said so; streams on an
+// gateway (its certificate and its admission) and said so; streams on an
 // established link open with no round trip. It is safe for concurrent use.
 type Endpoint struct {
 	cfg       Config
@@ -76,12 +67,19 @@ type Endpoint struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // goroutines started by the Endpoint
 
-	mu       sync.Mutex
-	closed   bool
-	links    map[string]*link      // outbound, by dialed address
-	outPeers map[string]*peerStats // outbound, by dialed address
-	inConns  map[conn]*peerStats
-	inReject map[string]uint64
+	// handshakes holds a token per inbound connection between its first
+	// packet and its admission (MaxHandshakes).
+	handshakes chan struct{}
+
+	mu           sync.Mutex
+	closed       bool
+	links        map[string]*link      // outbound, by dialed address
+	outPeers     map[string]*peerStats // outbound, by dialed address
+	inConns      map[conn]*peerStats
+	inLinks      map[string]int // admitted inbound links by peerKey
+	inReject     map[string]uint64
+	rejectLogged map[string]rejectLog // by reason
+	acceptErrors uint64
 }
 
 // New opens a UDP socket on addr (host:port; port 0 picks one) and returns
@@ -89,13 +87,10 @@ type Endpoint struct {
 // the same port number and accepts tunnel links at once. Close releases
 // everything.
 func New(addr string, cfg Config) (*Endpoint, error) {
-	if cfg.Source == nil {
-		return nil, errors.New("tunnel: Config.Source is nil")
-	}
-	if _, err := ParseTransport(string(cfg.Transport)); err != nil {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	cfg = cfg.withDefaults()
 	pc, tcpLn, err := listen(addr, cfg.Handler != nil)
 	if err != nil {
 		return nil, err
@@ -112,7 +107,11 @@ func New(addr string, cfg Config) (*Endpoint, error) {
 		links:    make(map[string]*link),
 		outPeers: make(map[string]*peerStats),
 		inConns:  make(map[conn]*peerStats),
+		inLinks:  make(map[string]int),
 		inReject: make(map[string]uint64),
+
+		handshakes:   make(chan struct{}, cfg.MaxHandshakes),
+		rejectLogged: make(map[string]rejectLog),
 	}
 	e.clientTLS = identity.ClientTLSConfig(cfg.Source, cfg.Authorizer)
 	e.clientTLS.NextProtos = []string{ALPN}
@@ -129,11 +128,15 @@ func New(addr string, cfg Config) (*Endpoint, error) {
 	e.serverTLS.VerifyConnection = func(cs tls.ConnectionState) error {
 		err := verify(cs)
 		if err != nil {
-			e.countInboundReject(rejectReason(err))
+			// The Authorizer logged it.
+			e.mu.Lock()
+			e.inReject[rejectReason(err)]++
+			e.mu.Unlock()
 		}
 		return err
 	}
-	ln, err := e.tr.Listen(e.serverTLS, cfg.quicConfig(cfg.MaxIncomingStreams, -1))
+	e.tr.ConnContext = e.connContext
+	ln, err := e.tr.Listen(e.serverTLS, cfg.quicConfig(cfg.MaxIncomingStreams, 1))
 	if err != nil {
 		cancel()
 		_ = e.tr.Close()
@@ -237,7 +240,7 @@ func (e *Endpoint) Stats() Stats {
 	for _, p := range e.inConns {
 		peers = append(peers, p)
 	}
-	s := Stats{InboundRejections: make(map[string]uint64, len(e.inReject))}
+	s := Stats{InboundRejections: make(map[string]uint64, len(e.inReject)), AcceptErrors: e.acceptErrors, Handshakes: len(e.handshakes)}
 	for r, n := range e.inReject {
 		s.InboundRejections[r] = n
 	}

@@ -85,10 +85,10 @@ func (e *Endpoint) watch(addr string, l *link) (silent bool) {
 	l.heardMu.Unlock()
 	if changed && silent {
 		l.stats.silent()
-		e.log.Warn("tunnel link silent: refusing new streams until it is heard again, replaced or closed", "peer", addr, "peer_id", l.peerID, "transport", l.conn.transport(), "silent_for", quiet.Round(time.Millisecond))
+		e.log.Warn("tunnel link silent: refusing new streams until it is heard again, replaced or closed", "peer", addr, "peer_id", l.peer.ID, "transport", l.conn.transport(), "silent_for", quiet.Round(time.Millisecond))
 		e.replaceSilent(addr, l)
 	} else if changed {
-		e.log.Info("tunnel link heard again", "peer", addr, "peer_id", l.peerID)
+		e.log.Info("tunnel link heard again", "peer", addr, "peer_id", l.peer.ID)
 	}
 	return silent
 }

@@ -7,17 +7,15 @@ import (
 	"net"
 	"sync"
 	"time"
-
-	"github.com/ewgate/ewgate/identity"
 )
 
 // link is one outbound connection, possibly still being set up.
 type link struct {
-	ready  chan struct{} // closed when setup finished; then conn or err is set
-	conn   conn
-	peerID string
-	err    error
-	stats  *peerStats
+	ready chan struct{} // closed when setup finished; then conn or err is set
+	conn  conn
+	peer  Member // the member the link is bound to
+	err   error
+	stats *peerStats
 
 	// Guarded by Endpoint.mu: whether a replacement is being set up (a
 	// QUIC probe for a link on the TCP fallback, or a new link for a
@@ -62,13 +60,13 @@ func (e *Endpoint) Dial(ctx context.Context, addr string, h Header) (*Stream, er
 			}
 		}
 		if err == nil {
-			return newStream(rs, l.conn, l.stats, l.peerID), nil
+			return newStream(rs, l.conn, l.stats, l.peer), nil
 		}
 		dead := !alive(l.conn) || errors.Is(err, net.ErrClosed)
 		if ctx.Err() != nil || !dead || attempt > 0 {
 			return nil, fmt.Errorf("tunnel: opening stream to %s: %w", addr, err)
 		}
-		e.log.Info("link to peer died, redialing", "peer", addr, "peer_id", l.peerID, "err", err)
+		e.log.Info("link to peer died, redialing", "peer", addr, "peer_id", l.peer.ID, "err", err)
 		e.mu.Lock()
 		if e.links[addr] == l {
 			delete(e.links, addr)
@@ -125,7 +123,7 @@ func (e *Endpoint) link(ctx context.Context, addr string) (*link, error) {
 func (e *Endpoint) setUp(addr string, l *link) {
 	defer e.wg.Done()
 	defer close(l.ready)
-	c, peerID, err := e.dial(addr)
+	c, peer, err := e.dial(addr)
 	if err != nil {
 		reason := failureReason(err)
 		l.stats.failed(reason)
@@ -139,17 +137,17 @@ func (e *Endpoint) setUp(addr string, l *link) {
 		return
 	}
 	e.mu.Lock()
-	fallback := e.install(l, c, peerID)
+	fallback := e.install(l, c, peer)
 	e.mu.Unlock()
-	l.stats.connected(peerID, c, fallback)
-	e.log.Info("tunnel link up", "peer", addr, "peer_id", peerID, "transport", c.transport())
+	l.stats.connected(peer, c, fallback)
+	e.log.Info("tunnel link up", "peer", addr, "peer_id", peer.ID, "member", peer.Name, "network", peer.Network, "transport", c.transport())
 }
 
 // install makes c l's connection and reports whether it is a fallback
 // link (TCP under TransportAuto), scheduling its first QUIC probe if so.
 // e.mu must be held.
-func (e *Endpoint) install(l *link, c conn, peerID string) (fallback bool) {
-	l.conn, l.peerID = c, peerID
+func (e *Endpoint) install(l *link, c conn, peer Member) (fallback bool) {
+	l.conn, l.peer = c, peer
 	l.silence(time.Now())
 	fallback = e.cfg.Transport == TransportAuto && c.transport() == TransportTCP
 	if fallback {
@@ -161,45 +159,33 @@ func (e *Endpoint) install(l *link, c conn, peerID string) (fallback bool) {
 // dial sets up one link over the configured transport; with TransportAuto
 // it tries QUIC for FallbackAfter, then TCP. A peer's refusal is final:
 // it is not a transport problem.
-func (e *Endpoint) dial(addr string) (conn, string, error) {
+func (e *Endpoint) dial(addr string) (conn, Member, error) {
 	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.HandshakeTimeout)
 	defer cancel()
 	if e.cfg.Transport != TransportAuto {
 		return e.dialOver(ctx, addr, e.cfg.Transport)
 	}
 	qctx, qcancel := context.WithTimeout(ctx, e.cfg.FallbackAfter)
-	c, id, err := e.dialOver(qctx, addr, TransportQUIC)
+	c, peer, err := e.dialOver(qctx, addr, TransportQUIC)
 	qcancel()
-	if err == nil || errors.Is(err, ErrRejected) || ctx.Err() != nil {
-		return c, id, err
+	if err == nil || errors.Is(err, ErrRejected) || errors.Is(err, ErrWrongPeer) || ctx.Err() != nil {
+		return c, peer, err
 	}
 	e.log.Info("QUIC tunnel link failed, falling back to TCP", "peer", addr, "err", err)
-	c, id, terr := e.dialOver(ctx, addr, TransportTCP)
+	c, peer, terr := e.dialOver(ctx, addr, TransportTCP)
 	if terr != nil {
-		return nil, "", fmt.Errorf("over TCP: %w (over QUIC: %w)", terr, err)
+		return nil, Member{}, fmt.Errorf("over TCP: %w (over QUIC: %w)", terr, err)
 	}
-	return c, id, nil
+	return c, peer, nil
 }
 
-// dialOver sets up a link over one transport and returns it with the
-// peer's SPIFFE ID once the peer has authorized us.
-func (e *Endpoint) dialOver(ctx context.Context, addr string, t Transport) (conn, string, error) {
-	var c conn
-	var err error
+// dialOver sets up a link over one transport and returns it, with the
+// member it is bound to, once the peer has authorized us.
+func (e *Endpoint) dialOver(ctx context.Context, addr string, t Transport) (conn, Member, error) {
 	if t == TransportTCP {
-		c, err = e.dialTCP(ctx, addr)
-	} else {
-		c, err = e.dialQUIC(ctx, addr)
+		return e.dialTCP(ctx, addr)
 	}
-	if err != nil {
-		return nil, "", err
-	}
-	id, err := identity.PeerID(c.tlsState())
-	if err != nil {
-		c.close(codeInternal, "link setup failed")
-		return nil, "", err
-	}
-	return c, id.String(), nil
+	return e.dialQUIC(ctx, addr)
 }
 
 // RetireLink stops sending new streams on the outbound link to addr: the
@@ -226,7 +212,7 @@ func (e *Endpoint) RetireLink(addr, why string) bool {
 	delete(e.links, addr)
 	e.wg.Add(1)
 	e.mu.Unlock()
-	e.log.Info("retiring tunnel link", "peer", addr, "peer_id", l.peerID, "streams", l.conn.streams(), "why", why)
+	e.log.Info("retiring tunnel link", "peer", addr, "peer_id", l.peer.ID, "streams", l.conn.streams(), "why", why)
 	go e.retire(l.conn, why)
 	return true
 }
@@ -251,7 +237,7 @@ func (e *Endpoint) maybeProbeQUIC(addr string, l *link) {
 }
 
 func (e *Endpoint) probeQUIC(addr string, old *link) {
-	e.replace(addr, old, "link replaced by QUIC", func(ctx context.Context) (conn, string, error) {
+	e.replace(addr, old, "link replaced by QUIC", func(ctx context.Context) (conn, Member, error) {
 		return e.dialOver(ctx, addr, TransportQUIC)
 	})
 }
@@ -268,7 +254,7 @@ func (e *Endpoint) replaceSilent(addr string, l *link) {
 	}
 	l.probing = true
 	e.wg.Add(1)
-	go e.replace(addr, l, "link replaced: it went silent", func(context.Context) (conn, string, error) {
+	go e.replace(addr, l, "link replaced: it went silent", func(context.Context) (conn, Member, error) {
 		return e.dial(addr)
 	})
 }
@@ -276,10 +262,10 @@ func (e *Endpoint) replaceSilent(addr string, l *link) {
 // replace sets up a new link to addr with dial and, if old is still the
 // pool's link once it is up, puts it in old's place and retires old,
 // telling the peer why. The caller has set old.probing and done e.wg.Add.
-func (e *Endpoint) replace(addr string, old *link, why string, dial func(context.Context) (conn, string, error)) {
+func (e *Endpoint) replace(addr string, old *link, why string, dial func(context.Context) (conn, Member, error)) {
 	defer e.wg.Done()
 	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.HandshakeTimeout)
-	c, peerID, err := dial(ctx)
+	c, peer, err := dial(ctx)
 	cancel()
 	e.mu.Lock()
 	old.probing = false
@@ -294,13 +280,13 @@ func (e *Endpoint) replace(addr string, old *link, why string, dial func(context
 		return
 	}
 	l := &link{ready: make(chan struct{}), stats: old.stats}
-	fallback := e.install(l, c, peerID)
+	fallback := e.install(l, c, peer)
 	close(l.ready)
 	e.links[addr] = l
 	e.wg.Add(1)
 	e.mu.Unlock()
-	l.stats.connected(peerID, c, fallback)
-	e.log.Info("tunnel link replaced", "peer", addr, "peer_id", peerID, "transport", c.transport(), "why", why)
+	l.stats.connected(peer, c, fallback)
+	e.log.Info("tunnel link replaced", "peer", addr, "peer_id", peer.ID, "transport", c.transport(), "why", why)
 	go e.retire(old.conn, why)
 }
 

@@ -34,8 +34,10 @@ type tunnels struct {
 
 // startTunnels listens for tunnels on s.TunnelAddress, UDP for QUIC and TCP
 // on the same port for the fallback, and dials them as s.TunnelTransport
-// says. Links are authenticated with the node's SVID, and a peer must also
-// be a live gossip member with the SPIFFE ID it presents.
+// says. Links are authenticated with the node's SVID; a peer's ID must be
+// in the peer policy (tunnelPolicy), and each link is bound to the live
+// gossip member that announces that ID: the one its dialer names, or the
+// one announcing the dialed address.
 func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, cs *catalogState, g *gossip, log *slog.Logger) (*tunnels, error) {
 	if id == nil || g == nil {
 		return nil, errors.New("--tunnel-address needs an identity (--spiffe-socket or --svid-cert...) and gossip (--gossip-address): links are mTLS between live members")
@@ -51,12 +53,26 @@ func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, cs *catal
 	} else {
 		log.Info("tunnel: no QUIC stateless reset key, since gossip has no key (--insecure-gossip): after a restart of this gateway, peers keep their stale links until the idle timeout or gossip ends them")
 	}
+	pol, err := tunnelPolicy(s, id)
+	if err != nil {
+		return nil, err
+	}
+	az, err := identity.NewAuthorizer(pol, log.With("component", "tunnel"))
+	if err != nil {
+		return nil, fmt.Errorf("--peer-ids, --peer-id-prefixes: %w", err)
+	}
 	ep, err := tunnel.New(s.TunnelAddress, tunnel.Config{
-		Source:            id,
-		Allow:             g.isLiveMember,
-		Transport:         transport,
-		MaxIdleTimeout:    time.Duration(s.TunnelIdleTimeout),
-		StatelessResetKey: resetKey,
+		Source:             id,
+		Authorizer:         az,
+		Name:               g.node.Name(),
+		Members:            g,
+		Transport:          transport,
+		MaxIdleTimeout:     time.Duration(s.TunnelIdleTimeout),
+		MaxIncomingStreams: s.TunnelMaxStreams,
+		MaxLinksPerPeer:    s.TunnelMaxLinksPerPeer,
+		MaxHandshakes:      s.TunnelMaxHandshakes,
+		MaxTCPLinkMemory:   s.TunnelTCPLinkMemory,
+		StatelessResetKey:  resetKey,
 		Handler: func(ctx context.Context, h tunnel.Header, st *tunnel.Stream) {
 			if h.Hops > 0 {
 				// Multi-hop is not configured: a connection crosses at most
@@ -75,8 +91,24 @@ func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, cs *catal
 		return nil, err
 	}
 	t.ep = ep
-	log.Info("tunnels listening", "address", ep.Addr().String(), "transport", transport)
+	log.Info("tunnels listening", "address", ep.Addr().String(), "transport", transport, "peer_ids", pol.IDs, "peer_id_prefixes", pol.IDPrefixes)
 	return t, nil
+}
+
+// tunnelPolicy is the SPIFFE IDs tunnel peers may present, both ways:
+// those of --peer-ids and --peer-id-prefixes, or by default this
+// gateway's own ID alone, the gateways' service account (Istio gives every
+// east-west gateway of a mesh the same one), rather than every workload
+// of the trust domain.
+func tunnelPolicy(s settings, id identity.Source) (identity.Policy, error) {
+	if len(s.PeerIDs) > 0 || len(s.PeerIDPrefixes) > 0 {
+		return identity.Policy{IDs: s.PeerIDs, IDPrefixes: s.PeerIDPrefixes}, nil
+	}
+	svid, err := id.GetX509SVID()
+	if err != nil {
+		return identity.Policy{}, fmt.Errorf("tunnel peer policy: this gateway's SVID: %w", err)
+	}
+	return identity.Policy{IDs: []string{svid.ID.String()}}, nil
 }
 
 // resetKeyLabel separates the stateless reset key from any other use of
