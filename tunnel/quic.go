@@ -217,9 +217,19 @@ func (e *Endpoint) acceptQUIC() {
 	}
 }
 
-// handshakeSlotKey is the context key of a QUIC connection's handshake
-// slot.
+// errDialerLeft is quicAdmit's error when the dialer closed the link
+// before its hello; it was logged.
+var errDialerLeft = errors.New("tunnel: the dialer closed the link")
+
+// handshakeSlotKey is the context key of a QUIC connection's
+// handshakeSlot.
 type handshakeSlotKey struct{}
+
+// handshakeSlot is an inbound QUIC connection's share of MaxHandshakes.
+type handshakeSlot struct {
+	done  func() // gives the slot back
+	start time.Time
+}
 
 // connContext takes a handshake slot for each new inbound QUIC
 // connection, before its handshake, or refuses it. The slot is given back
@@ -230,7 +240,7 @@ func (e *Endpoint) connContext(ctx context.Context, info *quic.ClientInfo) (cont
 		return nil, errTooManyHandshakes
 	}
 	context.AfterFunc(ctx, done)
-	return context.WithValue(ctx, handshakeSlotKey{}, done), nil
+	return context.WithValue(ctx, handshakeSlotKey{}, handshakeSlot{done: done, start: time.Now()}), nil
 }
 
 // serveQUIC reads the dialer's hello, admits the link, sends the ready
@@ -238,18 +248,17 @@ func (e *Endpoint) connContext(ctx context.Context, info *quic.ClientInfo) (cont
 func (e *Endpoint) serveQUIC(qc *quic.Conn) {
 	defer e.wg.Done()
 	log := e.log.With("peer", qc.RemoteAddr().String(), "transport", TransportQUIC)
-	done, _ := qc.Context().Value(handshakeSlotKey{}).(func())
-	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.HandshakeTimeout)
+	// The QUIC handshake and the hello share one HandshakeTimeout.
+	slot, _ := qc.Context().Value(handshakeSlotKey{}).(handshakeSlot)
+	ctx, cancel := context.WithDeadline(e.ctx, slot.start.Add(e.cfg.HandshakeTimeout))
 	peer, err := e.quicAdmit(ctx, qc, log)
 	cancel()
-	if done != nil {
-		done()
-	}
+	slot.done()
 	if err != nil {
 		var r *refusal
 		if errors.As(err, &r) {
 			_ = qc.CloseWithError(quic.ApplicationErrorCode(r.code), r.msg)
-		} else {
+		} else if !errors.Is(err, errDialerLeft) {
 			log.Warn("inbound link failed", "err", err)
 			_ = qc.CloseWithError(codeInternal, "link setup failed")
 		}
@@ -266,7 +275,7 @@ func (e *Endpoint) quicAdmit(ctx context.Context, qc *quic.Conn, log *slog.Logge
 	var ae *quic.ApplicationError
 	if errors.As(err, &ae) && ae.Remote && ae.ErrorCode == codeWrongPeer {
 		log.Info("inbound link closed by its dialer: we are not the member it meant", "why", ae.ErrorMessage)
-		return Member{}, err
+		return Member{}, errDialerLeft
 	}
 	if err != nil {
 		return Member{}, e.badHello(log, err)
