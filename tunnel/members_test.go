@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"sync"
 	"testing"
@@ -198,4 +199,31 @@ func awaitInboundRejection(t *testing.T, e *Endpoint, reason string) {
 	if rej := e.Stats().InboundRejections; rej[reason] != 1 {
 		t.Errorf("InboundRejections %v, want one %s", rej, reason)
 	}
+}
+
+// TestBadHello: a dialer that passes TLS but sends a malformed hello is
+// refused with a reason it can read, counted as bad_hello.
+func TestBadHello(t *testing.T) {
+	leakcheck.Check(t)
+	ctx := testContext(t)
+	p := newBoundPair(t, TransportTCP)
+	cfg := identity.ClientTLSConfig(newSource(t, p.ca, "/gw/a"), nil)
+	cfg.NextProtos = []string{ALPN}
+	var d tls.Dialer
+	d.Config = cfg
+	c, err := d.DialContext(ctx, "tcp", p.server.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte{99, 0}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = readVerdict(c)
+	var rej *rejectedError
+	if !errors.As(err, &rej) || rej.reason != ReasonBadHello {
+		t.Fatalf("verdict %v, want a %s refusal", err, ReasonBadHello)
+	}
+	t.Logf("verdict: %v", err)
+	awaitInboundRejection(t, p.server, ReasonBadHello)
 }

@@ -69,14 +69,6 @@ type refusal struct {
 
 func (r *refusal) Error() string { return r.msg }
 
-// reason is the counted reason of r.
-func (r *refusal) reason() string {
-	if reason, ok := refusalReasons[r.code]; ok {
-		return reason
-	}
-	return ReasonOther
-}
-
 // rejectedError is what a dialer gets when the accepting side refused it.
 type rejectedError struct {
 	reason string
