@@ -66,9 +66,7 @@ func TestStreamsPerLink(t *testing.T) {
 	forTransports(t, func(t *testing.T, tr Transport) {
 		leakcheck.Check(t)
 		ctx := testContext(t)
-		ca := newCA(t, "a.test")
-		server := newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, ca, "/gw/b"), MaxIncomingStreams: 2, Handler: echo})
-		client := newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, ca, "/gw/a"), Transport: tr})
+		server, client := limitedPair(t, tr, Config{MaxIncomingStreams: 2, Handler: echo})
 		var open []*Stream
 		for i := range 2 {
 			s, err := client.Dial(ctx, server.Addr().String(), key("x.test"))
@@ -112,9 +110,7 @@ func TestHandshakeLimit(t *testing.T) {
 	forTransports(t, func(t *testing.T, tr Transport) {
 		leakcheck.Check(t)
 		ctx := testContext(t)
-		ca := newCA(t, "a.test")
-		server := newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, ca, "/gw/b"), MaxHandshakes: 1, Handler: echo})
-		client := newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, ca, "/gw/a"), Transport: tr})
+		server, client := limitedPair(t, tr, Config{MaxHandshakes: 1, Handler: echo})
 		// An unauthenticated peer opens a TCP connection and says nothing.
 		var d net.Dialer
 		held, err := d.DialContext(ctx, "tcp", server.Addr().String())
@@ -154,14 +150,11 @@ func TestTCPLinkMemory(t *testing.T) {
 	ctx, cancel := context.WithCancel(testContext(t))
 	defer cancel()
 	const budget = 2 << 20
-	ca := newCA(t, "a.test")
-	server := newEndpoint(t, "127.0.0.1:0", Config{
-		Source:           newSource(t, ca, "/gw/b"),
+	server, client := limitedPair(t, TransportTCP, Config{
 		MaxTCPLinkMemory: budget,
 		// A silent upstream: the handler never reads.
 		Handler: func(ctx context.Context, _ Header, _ *Stream) { <-ctx.Done() },
 	})
-	client := newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, ca, "/gw/a"), Transport: TransportTCP})
 	warm, err := client.Dial(ctx, server.Addr().String(), key("x.test"))
 	if err != nil {
 		t.Fatal(err)
@@ -220,4 +213,14 @@ func liveHeap() int64 {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return int64(ms.HeapAlloc)
+}
+
+// limitedPair starts a server gateway (spiffe://a.test/gw/b) with the
+// limits and handler of server, and a client gateway (.../gw/a) dialing
+// over tr.
+func limitedPair(t *testing.T, tr Transport, server Config) (*Endpoint, *Endpoint) {
+	t.Helper()
+	ca := newCA(t, "a.test")
+	server.Source = newSource(t, ca, "/gw/b")
+	return newEndpoint(t, "127.0.0.1:0", server), newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, ca, "/gw/a"), Transport: tr})
 }
