@@ -5,12 +5,14 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/internal/await"
 	"github.com/ewgate/ewgate/internal/leakcheck"
 	"github.com/ewgate/ewgate/sni"
 	"github.com/ewgate/ewgate/tunnel"
@@ -112,5 +114,68 @@ func TestTunnelPeerPolicy(t *testing.T) {
 	var b [1]byte
 	if _, err := io.ReadFull(s, b[:]); err != nil || b[0] != 'x' {
 		t.Errorf("echo: %q, %v", b, err)
+	}
+}
+
+// TestRunTunnelsMemberBinding: with real gateways and gossip, a tunnel
+// link is bound to the member gossip knows. network-b's gateway refuses a
+// link from a gateway SVID naming a member that announces another ID, or
+// naming no live member; network-a's gateway refuses a link to network-b's
+// advertised tunnel address when the gateway answering there presents
+// another gateway's ID, so the client's connection never reaches it.
+func TestRunTunnelsMemberBinding(t *testing.T) {
+	wa := newWorld(t)
+	wa.writeConfig() // the service exists in network-a, with no endpoint here
+	wb := newWorldCA(t, wa.ca, "network-b", "v1")
+	wb.writeConfig("v1")
+	key := gossipKeyFile(t)
+	gossipA := loopbackAddr(t)
+
+	// An impostor holding network-c's gateway SVID (in the peer policy)
+	// answers at the address network-b's gateway advertises.
+	impostorSrc, err := wa.ca.NewSource(spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/gw-c"), identity.IssueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	impostor, err := tunnel.New("127.0.0.1:0", tunnel.Config{Source: impostorSrc, Handler: func(context.Context, tunnel.Header, *tunnel.Stream) {
+		t.Error("the impostor got a stream")
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer impostor.Close()
+	wa.run(tunnelArgs(t, wa, key, "a", gossipA)...)
+	argsB := append(tunnelArgs(t, wb, key, "b", loopbackAddr(t), gossipA), "--tunnel-advertise", impostor.Addr().String())
+	wb.run(argsB...)
+
+	await.True(t, 30*time.Second, "network-a's gateway to refuse the impostor", func() bool {
+		if c, err := wa.dial("v1"); err == nil {
+			c.Close()
+			t.Fatal("a connection reached network-b through the impostor's address")
+		}
+		_, body, _ := httpGet("http://" + wa.admin + "/debug/tunnels")
+		return strings.Contains(body, `"`+tunnel.ReasonWrongPeer+`": `)
+	})
+
+	// Links straight to network-b's real tunnel port with network-c's
+	// gateway SVID, naming member a (which announces gw-a) or nobody.
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	for name, reason := range map[string]string{"a": tunnel.ReasonIDMismatch, "nobody": tunnel.ReasonNotMember} {
+		ep, err := tunnel.New("127.0.0.1:0", tunnel.Config{Source: impostorSrc, Name: name, Transport: tunnel.TransportQUIC})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ep.Dial(ctx, flagValue(t, argsB, "--tunnel-address"), tunnel.Header{Key: sni.Key{Host: "echo.demo.svc.cluster.local", Port: 9080}, ClientAddr: "127.0.0.1:1"})
+		ep.Close()
+		if !errors.Is(err, tunnel.ErrRejected) || !strings.Contains(err.Error(), reason) {
+			t.Errorf("a link naming member %q: %v, want ErrRejected (%s)", name, err, reason)
+		}
+	}
+	_, body, _ := httpGet("http://" + wb.admin + "/debug/tunnels")
+	for _, reason := range []string{tunnel.ReasonIDMismatch, tunnel.ReasonNotMember} {
+		if !strings.Contains(body, `"`+reason+`": 1`) {
+			t.Errorf("network-b's /debug/tunnels lacks one %s:\n%s", reason, body)
+		}
 	}
 }
