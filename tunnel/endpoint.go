@@ -136,6 +136,10 @@ func New(addr string, cfg Config) (*Endpoint, error) {
 		return err
 	}
 	e.tr.ConnContext = e.connContext
+	// Once half the handshake slots are taken, new QUIC connections must
+	// first prove their source address (a Retry round trip), so that
+	// spoofed Initial packets cannot take the other half.
+	e.tr.VerifySourceAddress = func(net.Addr) bool { return 2*len(e.handshakes) >= cap(e.handshakes) }
 	ln, err := e.tr.Listen(e.serverTLS, cfg.quicConfig(cfg.MaxIncomingStreams, 1))
 	if err != nil {
 		cancel()
