@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/ewgate/ewgate/identity"
@@ -49,15 +50,7 @@ func (e *Endpoint) startHandshake(addr net.Addr, t Transport) (done func(), ok b
 		e.refuseInbound(e.log, ReasonTooManyHandshakes, "refused inbound tunnel connection: too many handshakes in progress", "peer", addr.String(), "transport", t, "limit", e.cfg.MaxHandshakes)
 		return nil, false
 	}
-	var released bool
-	return func() {
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		if !released {
-			released = true
-			<-e.handshakes
-		}
-	}, true
+	return sync.OnceFunc(func() { <-e.handshakes }), true
 }
 
 // refuseInbound counts an inbound refusal and logs it at warn level, at
