@@ -49,6 +49,9 @@ type Resources struct {
 	ServiceEntries   []Resource[*networking.ServiceEntry]
 	WorkloadEntries  []Resource[*networking.WorkloadEntry]
 	DestinationRules []Resource[*networking.DestinationRule]
+	// VirtualServices route PASSTHROUGH servers by their tls rules, in
+	// the order Istio considers them (a cluster's by creation time).
+	VirtualServices []Resource[*networking.VirtualService]
 	// Services are a registry's services, already translated, with their
 	// endpoints. DestinationRules give them subsets as they do to
 	// ServiceEntry hosts, and a host may be defined only once across
@@ -108,6 +111,7 @@ func (r *Resources) without(bad map[Source]bool) *Resources {
 	out.ServiceEntries, n = keep(r.ServiceEntries, bad, n)
 	out.WorkloadEntries, n = keep(r.WorkloadEntries, bad, n)
 	out.DestinationRules, n = keep(r.DestinationRules, bad, n)
+	out.VirtualServices, n = keep(r.VirtualServices, bad, n)
 	for _, s := range r.Services {
 		if bad[s.Source] {
 			n++
@@ -169,6 +173,7 @@ func Merge(log *slog.Logger, cats ...*Catalog) (*Catalog, error) {
 		all.ServiceEntries = append(all.ServiceEntries, r.ServiceEntries...)
 		all.WorkloadEntries = append(all.WorkloadEntries, r.WorkloadEntries...)
 		all.DestinationRules = append(all.DestinationRules, r.DestinationRules...)
+		all.VirtualServices = append(all.VirtualServices, r.VirtualServices...)
 		all.Services = append(all.Services, r.Services...)
 	}
 	return all.Build(log)
@@ -242,6 +247,11 @@ func (t *translator) build() (*Catalog, error) {
 		}
 	}
 	t.attachSubsets(c.Services)
+	for _, vs := range t.res.VirtualServices {
+		if v := t.buildVirtualService(vs, c.Gateways); v != nil {
+			c.VirtualServices = append(c.VirtualServices, v)
+		}
+	}
 	if len(t.errs) > 0 {
 		return nil, errors.Join(t.errs...)
 	}
@@ -272,6 +282,9 @@ func (t *translator) checkUnique() {
 	for _, r := range t.res.DestinationRules {
 		check(r.Source)
 	}
+	for _, r := range t.res.VirtualServices {
+		check(r.Source)
+	}
 	for _, s := range t.res.Services {
 		check(s.Source)
 	}
@@ -279,7 +292,7 @@ func (t *translator) checkUnique() {
 
 // supportedModes names the tls modes a selecting Gateway's servers may use,
 // for errors.
-const supportedModes = "AUTO_PASSTHROUGH; PASSTHROUGH servers are skipped with a warning"
+const supportedModes = "AUTO_PASSTHROUGH, PASSTHROUGH"
 
 func (t *translator) buildGateway(r Resource[*networking.Gateway]) *Gateway {
 	gw := &Gateway{Source: r.Source, Selector: r.Spec.GetSelector()}
@@ -325,22 +338,19 @@ func (t *translator) buildGateway(r Resource[*networking.Gateway]) *Gateway {
 		}
 		switch mode := s.GetTls().GetMode(); mode {
 		case networking.ServerTLSSettings_AUTO_PASSTHROUGH:
+			srv.Mode = AutoPassthrough
+			if !strings.EqualFold(p.GetProtocol(), "TLS") {
+				fail(".port.protocol: AUTO_PASSTHROUGH needs protocol TLS, not %q", p.GetProtocol())
+				continue
+			}
 		case networking.ServerTLSSettings_PASSTHROUGH:
-			// Routing PASSTHROUGH needs VirtualService tls routes, which
-			// the gateway does not read yet (issue 13, item 2). Not
-			// serving the port cannot misroute a connection, and Istio's
-			// own multi-network install (expose-istiod.yaml) puts such
-			// servers next to the AUTO_PASSTHROUGH one: serve the rest.
-			t.warn("config: PASSTHROUGH server not served (VirtualService tls routes are not supported yet); the gateway's other servers are",
-				"resource", r.Source.String(), "field", field, "port", p.GetNumber())
-			continue
+			srv.Mode = Passthrough
+			if !strings.EqualFold(p.GetProtocol(), "TLS") && !strings.EqualFold(p.GetProtocol(), "HTTPS") {
+				fail(".port.protocol: PASSTHROUGH needs protocol TLS or HTTPS, not %q", p.GetProtocol())
+				continue
+			}
 		default:
 			fail(".tls.mode: %s is not supported (supported: %s)", mode, supportedModes)
-			continue
-		}
-		srv.Mode = AutoPassthrough
-		if !strings.EqualFold(p.GetProtocol(), "TLS") {
-			fail(".port.protocol: AUTO_PASSTHROUGH needs protocol TLS, not %q", p.GetProtocol())
 			continue
 		}
 		if s.GetBind() != "" {

@@ -35,6 +35,9 @@ type Catalog struct {
 	// their DestinationRule subsets attached, in load order; a registry's
 	// services (Resources.Services) come first.
 	Services []*Service
+	// VirtualServices are the VirtualService resources whose tls rules
+	// route the PASSTHROUGH servers of Gateways, in load order.
+	VirtualServices []*VirtualService
 	// Conflicts are the disagreements between networks' definitions that
 	// Merge settled; empty in a catalog built from config alone.
 	Conflicts []Conflict
@@ -118,7 +121,12 @@ type TLSMode string
 
 // The tls modes the gateway honours.
 const (
+	// AutoPassthrough routes by the Istio SNI of an mTLS connection
+	// (outbound_.<port>_.<subset>_.<host>), with no VirtualService.
 	AutoPassthrough TLSMode = "AUTO_PASSTHROUGH"
+	// Passthrough routes by the plain server name, as the tls rules of
+	// the VirtualServices bound to the server say.
+	Passthrough TLSMode = "PASSTHROUGH"
 )
 
 // Server is one entry of a Gateway's servers list.
@@ -342,7 +350,7 @@ func (c *Catalog) WithEndpoints(extra map[string][]Endpoint) (*Catalog, []string
 	if len(extra) == 0 {
 		return c, nil
 	}
-	out := &Catalog{Gateways: c.Gateways, Services: make([]*Service, len(c.Services))}
+	out := &Catalog{Gateways: c.Gateways, VirtualServices: c.VirtualServices, Services: make([]*Service, len(c.Services))}
 	used := make(map[string]bool, len(extra))
 	for i, svc := range c.Services {
 		eps, ok := extra[svc.Host]

@@ -198,7 +198,9 @@ func (l *loader) addDocument(file, where string, d *document) {
 		addSpec(l, src, d, &l.res.WorkloadEntries)
 	case "DestinationRule":
 		addSpec(l, src, d, &l.res.DestinationRules)
-	case "VirtualService", "Sidecar", "EnvoyFilter", "WorkloadGroup", "ProxyConfig":
+	case "VirtualService":
+		addSpec(l, src, d, &l.res.VirtualServices)
+	case "Sidecar", "EnvoyFilter", "WorkloadGroup", "ProxyConfig":
 		warn(l.log, "config: resource kind not used by the gateway, ignored", "resource", src.String())
 	default:
 		l.errorf(src, "unknown kind %q in %s", d.Kind, istioGroup)

@@ -92,6 +92,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		Peek:           sni.Peeker{MaxBytes: s.HelloMaxBytes, Timeout: time.Duration(s.HelloTimeout)},
 		HelloMemory:    cmp.Or(s.HelloMemory, -1),
 		DialTimeout:    time.Duration(s.DialTimeout),
+		ProbeInterval:  time.Duration(s.ProbeInterval),
 		IdleTimeout:    idleTimeout(s.IdleTimeout),
 		MaxConnections: s.MaxConns,
 		Logger:         log,

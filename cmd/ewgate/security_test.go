@@ -136,13 +136,13 @@ func TestAdminAddressLoopbackOnly(t *testing.T) {
 		allow bool
 		want  string // "" accepted
 	}{
-		{"127.0.0.1:15000", false, ""},
-		{"[::1]:15000", false, ""},
-		{"localhost:15000", false, ""},
-		{"0.0.0.0:15000", false, "--admin-allow-remote"},
-		{":15000", false, "--admin-allow-remote"},
-		{"10.0.0.1:15000", false, "is not a loopback address"},
-		{"0.0.0.0:15000", true, ""},
+		{"127.0.0.1:15446", false, ""},
+		{"[::1]:15446", false, ""},
+		{"localhost:15446", false, ""},
+		{"0.0.0.0:15446", false, "--admin-allow-remote"},
+		{":15446", false, "--admin-allow-remote"},
+		{"10.0.0.1:15446", false, "is not a loopback address"},
+		{"0.0.0.0:15446", true, ""},
 	} {
 		s := defaultSettings()
 		s.AdminAddress, s.AdminAllowRemote = tt.addr, tt.allow
