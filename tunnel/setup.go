@@ -51,13 +51,20 @@ const (
 	codeWrongPeer = 0x15
 )
 
-// refusalReasons maps the codes an accepting side refuses with to the
-// reasons both sides count.
-var refusalReasons = map[uint64]string{
-	codeNotMember:    ReasonNotMember,
-	codeIDMismatch:   ReasonIDMismatch,
-	codeTooManyLinks: ReasonTooManyLinks,
-	codeBadHello:     ReasonBadHello,
+// refusalReason returns the reason both sides count for a code an
+// accepting side refuses a link with, and whether code is one.
+func refusalReason(code uint64) (string, bool) {
+	switch code {
+	case codeNotMember:
+		return ReasonNotMember, true
+	case codeIDMismatch:
+		return ReasonIDMismatch, true
+	case codeTooManyLinks:
+		return ReasonTooManyLinks, true
+	case codeBadHello:
+		return ReasonBadHello, true
+	}
+	return "", false
 }
 
 // refusal is the accepting side's reason to refuse a link; its message is
@@ -84,7 +91,7 @@ func (e *rejectedError) Is(target error) bool { return target == ErrRejected }
 // peerRefused explains a refusal code and message from the accepting
 // side, or returns nil if code is not a refusal.
 func peerRefused(code uint64, msg string) error {
-	reason, ok := refusalReasons[code]
+	reason, ok := refusalReason(code)
 	if !ok {
 		return nil
 	}
