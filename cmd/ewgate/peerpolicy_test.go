@@ -172,6 +172,9 @@ func TestRunTunnelsMemberBinding(t *testing.T) {
 			t.Errorf("a link naming member %q: %v, want ErrRejected (%s)", name, err, reason)
 		}
 	}
+	if got := metric(t, wb.admin, "ewgate_tunnel_inbound_rejections_total"); got != 2 {
+		t.Errorf("ewgate_tunnel_inbound_rejections_total = %d on network-b, want 2", got)
+	}
 	_, body, _ := httpGet("http://" + wb.admin + "/debug/tunnels")
 	for _, reason := range []string{tunnel.ReasonIDMismatch, tunnel.ReasonNotMember} {
 		if !strings.Contains(body, `"`+reason+`": 1`) {

@@ -239,6 +239,14 @@ func (t *tunnels) register(reg *metrics.Registry) {
 	reg.CounterFunc("ewgate_tunnel_streams_total", "Tunnel streams opened since start.", sum(func(p tunnel.PeerStats) float64 { return float64(p.StreamsTotal) }))
 	reg.CounterFunc("ewgate_tunnel_bytes_sent_total", "Bytes sent on tunnel streams.", sum(func(p tunnel.PeerStats) float64 { return float64(p.BytesSent) }))
 	reg.CounterFunc("ewgate_tunnel_bytes_received_total", "Bytes received on tunnel streams.", sum(func(p tunnel.PeerStats) float64 { return float64(p.BytesReceived) }))
+	reg.CounterFunc("ewgate_tunnel_inbound_rejections_total", "Inbound tunnel links refused, all reasons (by reason in /debug/tunnels): peer policy, member binding, link and handshake caps.", func() float64 {
+		var n uint64
+		for _, c := range t.ep.Stats().InboundRejections {
+			n += c
+		}
+		return float64(n)
+	})
+	reg.CounterFunc("ewgate_tunnel_accept_errors_total", "Failed accepts on the tunnel port (such as too many open files), each retried after a backoff.", func() float64 { return float64(t.ep.Stats().AcceptErrors) })
 	reg.CounterFunc("ewgate_tunnel_handshake_failures_total", "Tunnel handshakes that failed, all reasons.", sum(func(p tunnel.PeerStats) float64 {
 		var n uint64
 		for _, c := range p.HandshakeFailures {
