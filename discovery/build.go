@@ -10,6 +10,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/ewgate/ewgate/sni"
 )
 
 // DefaultClusterDomain is the Kubernetes cluster domain Istio assumes when
@@ -237,7 +239,15 @@ func (t *translator) build() (*Catalog, error) {
 		return true
 	}
 	for _, svc := range t.res.Services {
+		// A registry's hosts obey the rule of ServiceEntry hosts; the
+		// Kubernetes source's are <name>.<namespace>.svc.<domain>.
+		host, err := sni.ParseHost(svc.Host)
+		if err != nil {
+			t.errorf(svc.Source, "host: %v", err)
+			continue
+		}
 		cp := *svc
+		cp.Host = host
 		cp.Subsets = nil // DestinationRules give subsets, below
 		add(&cp)
 	}
@@ -428,8 +438,10 @@ func (t *translator) buildServices(r Resource[*networking.ServiceEntry]) []*Serv
 	}
 	var svcs []*Service
 	for i, h := range spec.GetHosts() {
-		host := strings.ToLower(h)
-		if err := checkDNSName(host); err != nil {
+		// The SNI parser's rule: a host it refuses could never be
+		// routed, so it is refused here, where the operator sees it.
+		host, err := sni.ParseHost(h)
+		if err != nil {
 			fail("spec.hosts[%d]: %v", i, err)
 			continue
 		}
@@ -474,10 +486,13 @@ func newEndpoint(we *networking.WorkloadEntry) (Endpoint, error) {
 		return Endpoint{}, errNoAddress
 	}
 	if _, err := netip.ParseAddr(addr); err != nil {
-		if err := checkDNSName(strings.ToLower(addr)); err != nil {
+		// A name that resolvers read as an address ("10.1") is refused
+		// too: it would reach an IP the address policy never saw.
+		name, err := sni.ParseHost(addr)
+		if err != nil {
 			return Endpoint{}, fmt.Errorf("address: %q is neither an IP address nor a DNS name (unix sockets are not supported)", addr)
 		}
-		addr = strings.ToLower(addr)
+		addr = name
 	}
 	for name, p := range we.GetPorts() {
 		if p == 0 || p > 65535 {
@@ -520,7 +535,7 @@ func (t *translator) attachSubsets(svcs []*Service) {
 		}
 		names := make(map[string]bool)
 		for i, ss := range dr.Spec.GetSubsets() {
-			if err := checkLabel(ss.GetName()); err != nil {
+			if err := sni.CheckSubset(ss.GetName()); err != nil {
 				t.errorf(dr.Source, "spec.subsets[%d].name: %v", i, err)
 			} else if names[ss.GetName()] {
 				t.errorf(dr.Source, "spec.subsets[%d].name: %q is listed twice", i, ss.GetName())

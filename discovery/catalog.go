@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/ewgate/ewgate/sni"
 )
 
 // Istio's labels and defaults the catalog relies on.
@@ -289,7 +291,8 @@ func ParseHostPattern(s string) (HostPattern, error) {
 			return HostPattern{}, fmt.Errorf("host %q: namespace: %w", s, err)
 		}
 	}
-	host = strings.ToLower(host)
+	// The host part follows sni.ParseHost, the rule of routable hosts: a
+	// pattern that no routable host could match is a mistake.
 	switch {
 	case host == "":
 		return HostPattern{}, fmt.Errorf("host %q: empty host", s)
@@ -298,15 +301,22 @@ func ParseHostPattern(s string) (HostPattern, error) {
 		if strings.Contains(host[2:], "*") || len(host) == 2 {
 			return HostPattern{}, fmt.Errorf("host %q: a wildcard may only be the whole first label", s)
 		}
-		if err := checkDNSName(host[2:]); err != nil {
+		suffix, err := sni.ParseHost(host[2:])
+		if err != nil {
 			return HostPattern{}, fmt.Errorf("host %q: %w", s, err)
 		}
+		host = "*." + suffix
 	case strings.Contains(host, "*"):
 		return HostPattern{}, fmt.Errorf("host %q: a wildcard may only be the whole first label", s)
 	default:
-		if err := checkDNSName(host); err != nil {
+		h, err := sni.ParseHost(host)
+		switch {
+		case err != nil && host == s:
+			return HostPattern{}, err // it quotes s
+		case err != nil:
 			return HostPattern{}, fmt.Errorf("host %q: %w", s, err)
 		}
+		host = h
 	}
 	return HostPattern{Namespace: ns, Host: host}, nil
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -243,25 +242,6 @@ func splitDocuments(data []byte) [][]byte {
 		i = next
 	}
 	return append(docs, data[start:])
-}
-
-// checkDNSName validates a lower-case DNS name of at most 253 characters.
-func checkDNSName(h string) error {
-	if h == "" {
-		return errors.New("empty host")
-	}
-	if len(h) > 253 {
-		return fmt.Errorf("host %q is longer than 253 characters", h)
-	}
-	if _, err := netip.ParseAddr(h); err == nil {
-		return fmt.Errorf("host %q is an IP address, not a name", h)
-	}
-	for _, label := range strings.Split(h, ".") {
-		if err := checkLabel(label); err != nil {
-			return fmt.Errorf("host %q: %w", h, err)
-		}
-	}
-	return nil
 }
 
 // checkLabel validates a DNS-1123 label.

@@ -76,6 +76,13 @@ const (
 	UnknownSubset  Reason = "unknown_subset"
 )
 
+// Reasons returns every Reason a routing key (View.Route) or a server name
+// (PassthroughListener.Match) is refused for, in a stable order, for
+// pre-registering metric labels.
+func Reasons() []Reason {
+	return []Reason{UnknownService, HostNotExposed, NotExported, UnknownPort, UnknownSubset, NoTLSRoute}
+}
+
 // RouteError reports a routing key the view refuses.
 type RouteError struct {
 	Key    sni.Key

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/ewgate/ewgate/sni"
 )
 
 // MeshGateway is the reserved gateway name of Istio's sidecars: a
@@ -158,8 +160,8 @@ func (t *translator) buildVirtualService(r Resource[*networking.VirtualService],
 				fail("%s.host: required", df)
 				continue
 			}
-			host := resolveShortName(strings.ToLower(dst.GetHost()), ns, t.domain)
-			if err := checkDNSName(host); err != nil {
+			host, err := sni.ParseHost(resolveShortName(strings.ToLower(dst.GetHost()), ns, t.domain))
+			if err != nil {
 				fail("%s.host: %v", df, err)
 				continue
 			}

@@ -207,7 +207,10 @@ func TestTranslatePublishNotReady(t *testing.T) {
 func TestTranslateLeavesOutBadResources(t *testing.T) {
 	s := baseSnapshot()
 	s.entries = []*istionet.ServiceEntry{{ObjectMeta: metav1.ObjectMeta{Name: "wild", Namespace: "demo"},
-		Spec: networking.ServiceEntry{Hosts: []string{"*.example.com"}}}}
+		Spec: networking.ServiceEntry{Hosts: []string{"*.example.com"}}},
+		// A host the SNI parser refuses: no client could reach it.
+		{ObjectMeta: metav1.ObjectMeta{Name: "numeric", Namespace: "demo"},
+			Spec: networking.ServiceEntry{Hosts: []string{"reviews.123"}, Ports: []*networking.ServicePort{{Number: 80, Name: "http"}}}}}
 	tr := translation{clusterDomain: "cluster.local", nodeLabels: map[string]string{"istio": "eastwestgateway"}}
 	r, err := tr.resources(s)
 	if err != nil {
@@ -217,8 +220,10 @@ func TestTranslateLeavesOutBadResources(t *testing.T) {
 	if c == nil || len(c.Services) != 1 || len(c.Gateways) != 1 {
 		t.Fatalf("catalog %+v", c)
 	}
-	if err == nil || !strings.Contains(err.Error(), "kubernetes: ServiceEntry demo/wild") {
-		t.Errorf("err %v: want the ServiceEntry named", err)
+	for _, want := range []string{"kubernetes: ServiceEntry demo/wild", `kubernetes: ServiceEntry demo/numeric: spec.hosts[0]: host "reviews.123" is an IP address`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("err %v: want %s", err, want)
+		}
 	}
 }
 
