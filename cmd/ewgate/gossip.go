@@ -17,6 +17,7 @@ import (
 	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/metrics"
 	"github.com/ewgate/ewgate/peer"
+	"github.com/ewgate/ewgate/tunnel"
 )
 
 // gossip connects the node's catalog to the other gateways: it publishes
@@ -271,15 +272,33 @@ func (g *gossip) liveGateways() []discovery.RemoteGateway {
 	return out
 }
 
-// isLiveMember reports whether a live gossip member presents spiffeID:
-// tunnels accept only gateways that are part of the mesh now.
-func (g *gossip) isLiveMember(spiffeID string) bool {
+// Member implements tunnel.Members: the live member called name, if it
+// is not this gateway. A tunnel link is admitted only if it announces
+// the SPIFFE ID the link's dialer presented.
+func (g *gossip) Member(name string) (tunnel.Member, bool) {
 	for _, m := range g.node.Members() {
-		if m.State == peer.StateAlive && m.Meta.SPIFFEID == spiffeID && m.Name != g.node.Name() {
-			return true
+		if m.Name == name && m.State == peer.StateAlive && m.Name != g.node.Name() {
+			return tunnelMember(m), true
 		}
 	}
-	return false
+	return tunnel.Member{}, false
+}
+
+// MembersAt implements tunnel.Members: the live members other than this
+// gateway that announce addr as their tunnel address. A dialed link is
+// kept only if its peer presents the SPIFFE ID one of them announces.
+func (g *gossip) MembersAt(addr string) []tunnel.Member {
+	var out []tunnel.Member
+	for _, m := range g.node.Members() {
+		if m.Meta.TunnelAddr == addr && m.State == peer.StateAlive && m.Name != g.node.Name() {
+			out = append(out, tunnelMember(m))
+		}
+	}
+	return out
+}
+
+func tunnelMember(m peer.Member) tunnel.Member {
+	return tunnel.Member{Name: m.Name, Network: m.Meta.Network, ID: m.Meta.SPIFFEID}
 }
 
 // liveTunnels maps the live members other than self that advertise a

@@ -26,8 +26,10 @@ type tunnels struct {
 
 // startTunnels listens for tunnels on s.TunnelAddress, UDP for QUIC and TCP
 // on the same port for the fallback, and dials them as s.TunnelTransport
-// says. Links are authenticated with the node's SVID, and a peer must also
-// be a live gossip member with the SPIFFE ID it presents.
+// says. Links are authenticated with the node's SVID; a peer's ID must be
+// in the peer policy (tunnelPolicy), and each link is bound to the live
+// gossip member that announces that ID: the one its dialer names, or the
+// one announcing the dialed address.
 func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, g *gossip, log *slog.Logger) (*tunnels, error) {
 	if id == nil || g == nil {
 		return nil, errors.New("--tunnel-address needs an identity (--spiffe-socket or --svid-cert...) and gossip (--gossip-address): links are mTLS between live members")
@@ -43,21 +45,51 @@ func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, g *gossip
 	} else {
 		log.Info("tunnel: no QUIC stateless reset key, since gossip has no key (--insecure-gossip): after a restart of this gateway, peers keep their stale links until the idle timeout or gossip ends them")
 	}
+	pol, err := tunnelPolicy(s, id)
+	if err != nil {
+		return nil, err
+	}
+	az, err := identity.NewAuthorizer(pol, log.With("component", "tunnel"))
+	if err != nil {
+		return nil, fmt.Errorf("--peer-ids, --peer-id-prefixes: %w", err)
+	}
 	ep, err := tunnel.New(s.TunnelAddress, tunnel.Config{
-		Source:            id,
-		Allow:             g.isLiveMember,
-		Transport:         transport,
-		MaxIdleTimeout:    time.Duration(s.TunnelIdleTimeout),
-		StatelessResetKey: resetKey,
-		Handler:           gw.ServeTunnel,
-		Logger:            log,
+		Source:             id,
+		Authorizer:         az,
+		Name:               g.node.Name(),
+		Members:            g,
+		Transport:          transport,
+		MaxIdleTimeout:     time.Duration(s.TunnelIdleTimeout),
+		MaxIncomingStreams: s.TunnelMaxStreams,
+		MaxLinksPerPeer:    s.TunnelMaxLinksPerPeer,
+		MaxHandshakes:      s.TunnelMaxHandshakes,
+		MaxTCPLinkMemory:   s.TunnelTCPLinkMemory,
+		StatelessResetKey:  resetKey,
+		Handler:            gw.ServeTunnel,
+		Logger:             log,
 	})
 	if err != nil {
 		return nil, err
 	}
 	t.ep = ep
-	log.Info("tunnels listening", "address", ep.Addr().String(), "transport", transport)
+	log.Info("tunnels listening", "address", ep.Addr().String(), "transport", transport, "peer_ids", pol.IDs, "peer_id_prefixes", pol.IDPrefixes)
 	return t, nil
+}
+
+// tunnelPolicy is the SPIFFE IDs tunnel peers may present, both ways:
+// those of --peer-ids and --peer-id-prefixes, or by default this
+// gateway's own ID alone, the gateways' service account (Istio gives every
+// east-west gateway of a mesh the same one), rather than every workload
+// of the trust domain.
+func tunnelPolicy(s settings, id identity.Source) (identity.Policy, error) {
+	if len(s.PeerIDs) > 0 || len(s.PeerIDPrefixes) > 0 {
+		return identity.Policy{IDs: s.PeerIDs, IDPrefixes: s.PeerIDPrefixes}, nil
+	}
+	svid, err := id.GetX509SVID()
+	if err != nil {
+		return identity.Policy{}, fmt.Errorf("tunnel peer policy: this gateway's SVID: %w", err)
+	}
+	return identity.Policy{IDs: []string{svid.ID.String()}}, nil
 }
 
 // resetKeyLabel separates the stateless reset key from any other use of
@@ -130,6 +162,14 @@ func (t *tunnels) register(reg *metrics.Registry) {
 	reg.CounterFunc("ewgate_tunnel_streams_total", "Tunnel streams opened since start.", sum(func(p tunnel.PeerStats) float64 { return float64(p.StreamsTotal) }))
 	reg.CounterFunc("ewgate_tunnel_bytes_sent_total", "Bytes sent on tunnel streams.", sum(func(p tunnel.PeerStats) float64 { return float64(p.BytesSent) }))
 	reg.CounterFunc("ewgate_tunnel_bytes_received_total", "Bytes received on tunnel streams.", sum(func(p tunnel.PeerStats) float64 { return float64(p.BytesReceived) }))
+	reg.CounterFunc("ewgate_tunnel_inbound_rejections_total", "Inbound tunnel links refused, all reasons (by reason in /debug/tunnels): peer policy, member binding, link and handshake caps.", func() float64 {
+		var n uint64
+		for _, c := range t.ep.Stats().InboundRejections {
+			n += c
+		}
+		return float64(n)
+	})
+	reg.CounterFunc("ewgate_tunnel_accept_errors_total", "Failed accepts on the tunnel port (such as too many open files), each retried after a backoff.", func() float64 { return float64(t.ep.Stats().AcceptErrors) })
 	reg.CounterFunc("ewgate_tunnel_handshake_failures_total", "Tunnel handshakes that failed, all reasons.", sum(func(p tunnel.PeerStats) float64 {
 		var n uint64
 		for _, c := range p.HandshakeFailures {
