@@ -1,15 +1,11 @@
 package peer
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -229,48 +225,4 @@ func memberlistConfig(profile string) *memberlist.Config {
 	default:
 		return memberlist.DefaultLANConfig()
 	}
-}
-
-// LoadKeyring reads a keyring file: one base64 (standard encoding) AES key
-// of 16, 24 or 32 bytes per line, the first being the primary. Blank lines
-// and lines starting with # are ignored; surrounding spaces are trimmed.
-// Errors name the file and line. A file without keys or with a repeated
-// key is an error.
-func LoadKeyring(path string) ([][]byte, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("peer: keyring: %w", err)
-	}
-	return parseKeyring(path, data)
-}
-
-func parseKeyring(path string, data []byte) ([][]byte, error) {
-	var keys [][]byte
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for line := 1; sc.Scan(); line++ {
-		s := strings.TrimSpace(sc.Text())
-		if s == "" || strings.HasPrefix(s, "#") {
-			continue
-		}
-		k, err := base64.StdEncoding.DecodeString(s)
-		if err != nil {
-			return nil, fmt.Errorf("peer: keyring %s:%d: not base64: %w", path, line, err)
-		}
-		if err := memberlist.ValidateKey(k); err != nil {
-			return nil, fmt.Errorf("peer: keyring %s:%d: %w", path, line, err)
-		}
-		for _, prev := range keys {
-			if bytes.Equal(prev, k) {
-				return nil, fmt.Errorf("peer: keyring %s:%d: duplicate key", path, line)
-			}
-		}
-		keys = append(keys, k)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("peer: keyring %s: %w", path, err)
-	}
-	if len(keys) == 0 {
-		return nil, fmt.Errorf("peer: keyring %s: no keys", path)
-	}
-	return keys, nil
 }
