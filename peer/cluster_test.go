@@ -212,7 +212,7 @@ func TestStartRejectsBadConfig(t *testing.T) {
 		{"no network", nil, func(c *Config) { c.Network = "" }, nil, "Network is required"},
 		{"short key", nil, func(c *Config) { c.Keys = [][]byte{[]byte("short")} }, nil, "Keys[0]"},
 		{"bad profile", nil, func(c *Config) { c.Profile = "moon" }, nil, "Profile"},
-		{"meta too large", nil, func(c *Config) { c.SPIFFEID = "spiffe://td/" + strings.Repeat("x", 600) }, nil, "512-byte limit"},
+		{"meta too large", nil, func(c *Config) { c.Identity, c.SPIFFEID = nil, "spiffe://td/"+strings.Repeat("x", 600) }, nil, "512-byte limit"},
 		{"bad passthrough", nil, func(c *Config) { c.PassthroughAddr = "no-port" }, nil, "PassthroughAddr"},
 		{"long mesh id", nil, func(c *Config) { c.MeshID = strings.Repeat("m", 300) }, nil, "MeshID"},
 		{"negative reconnect timeout", nil, func(c *Config) { c.ReconnectTimeout = -time.Second }, nil, "ReconnectTimeout"},

@@ -139,17 +139,22 @@ func (n *Node) applyBye(b bye) bool {
 }
 
 // eventLoop applies membership events handed off by the delegate, outside
-// memberlist's locks, and prunes what departed long ago.
+// memberlist's locks, prunes what departed long ago and signs this node's
+// entry again when its SVID rotated.
 func (n *Node) eventLoop() {
 	defer n.wg.Done()
 	tick := time.NewTicker(retention / 4)
 	defer tick.Stop()
+	resign := time.NewTicker(resignInterval)
+	defer resign.Stop()
 	for {
 		select {
 		case <-n.evKick:
 			n.applyEvents()
 		case now := <-tick.C:
 			n.prune(now)
+		case <-resign.C:
+			n.resign()
 		case <-n.done:
 			return
 		}
@@ -179,6 +184,12 @@ func (n *Node) applyEvents() {
 		m.addr, m.since = ev.addr, now
 		switch ev.kind {
 		case memberlist.NodeJoin, memberlist.NodeUpdate:
+			if ev.kind == memberlist.NodeJoin && n.signer != nil {
+				// New to us, or back: it may lack our chain, without
+				// which it cannot verify our broadcasts.
+				n.introduce[ev.name] = true
+				n.kickReliable()
+			}
 			m.state, m.leaving = StateAlive, false
 			n.reconnects.alive(ev.name, ev.addr)
 			meta, err := decodeMeta(ev.meta)
@@ -220,6 +231,9 @@ func (n *Node) prune(now time.Time) {
 	for name, m := range n.members {
 		if m.state != StateAlive && now.Sub(m.since) > retention {
 			delete(n.members, name)
+			n.idsMu.Lock()
+			delete(n.ids, name)
+			n.idsMu.Unlock()
 		}
 	}
 	if n.store.prune(func(e *entry) bool {

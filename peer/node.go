@@ -74,6 +74,15 @@ type Node struct {
 	pendingReliable []byte // the message for reliableLoop: a whole entry, or a delta on pendingBase
 	pendingBase     *entry // the entry the pending delta is based on; nil for a whole entry
 	reconnects      *reconnectSet
+	introduce       map[string]bool // members to send our entry and chain to
+
+	// signer signs our entries and verifies others'; nil without
+	// Config.Identity.
+	signer *signer
+	// ids are the SPIFFE IDs members announce in their meta, recorded
+	// from memberlist's callbacks (see setAnnounced).
+	idsMu sync.Mutex
+	ids   map[string]string
 
 	lifeMu sync.Mutex
 	closed bool
@@ -95,6 +104,18 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
+	}
+	var sg *signer
+	if cfg.Identity != nil {
+		var id string
+		if sg, id, err = newSigner(cfg.Identity, cfg.AllowGateway); err != nil {
+			return nil, err
+		}
+		if cfg.SPIFFEID == "" {
+			cfg.SPIFFEID = id
+		} else if cfg.SPIFFEID != id {
+			return nil, fmt.Errorf("peer: Config.SPIFFEID %q is not the ID of Config.Identity's SVID, %q", cfg.SPIFFEID, id)
+		}
 	}
 	meta := Meta{
 		Network:         cfg.Network,
@@ -124,6 +145,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		store:         newStore(),
 		members:       make(map[string]*member),
 		reconnects:    newReconnectSet(maxReconnectMembers),
+		introduce:     make(map[string]bool),
+		signer:        sg,
+		ids:           map[string]string{cfg.Name: cfg.SPIFFEID},
 	}
 	n.meta.Store(&meta)
 	n.metaBytes.Store(&metaBytes)
@@ -183,7 +207,10 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 
 	self := newEntry(cfg.Name, Version{Epoch: uint64(now.UnixNano())}, Summary{Network: cfg.Network}, now)
-	n.store.merge(self)
+	if err := n.signOwn(self); err != nil {
+		return nil, err
+	}
+	n.store.put(self)
 	n.members[cfg.Name] = &member{state: StateAlive, meta: meta, since: now}
 	n.live.Store(1)
 
@@ -220,7 +247,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.wg.Add(1)
 	go n.conflictLoop()
-	n.log.Info("gossip started", "addr", n.Addr(), "network", cfg.Network, "encrypted", n.keyring != nil, "mesh_id", cfg.MeshID, "profile", cfg.Profile)
+	n.log.Info("gossip started", "addr", n.Addr(), "network", cfg.Network, "encrypted", n.keyring != nil, "signed", sg != nil, "spiffe_id", cfg.SPIFFEID, "mesh_id", cfg.MeshID, "profile", cfg.Profile)
 	return n, nil
 }
 

@@ -78,11 +78,19 @@ type Stats struct {
 	DeltasApplied    uint64        // remote deltas applied to the entry they were based on
 	DeltaMisses      uint64        // remote deltas ignored: their base was not held (push/pull repairs)
 	ReliableSends    uint64        // entries or deltas sent over TCP because too large for a packet
-	ReliableFailures uint64        // such sends that failed (push/pull repairs them later)
-	Accepted         uint64        // remote entries newer than held, applied
-	Stale            uint64        // remote entries not newer than held, ignored
-	JoinAttempts     uint64
-	JoinFailures     uint64
+	ReliableFailures uint64        // such sends and introductions that failed (push/pull repairs them later)
+	// Introductions counts this node's entry sent over TCP with its
+	// certificate chain to a member it newly learned of (with an
+	// identity only): broadcasts name the chain without carrying it.
+	Introductions uint64
+	Accepted      uint64 // remote entries newer than held, applied
+	Stale         uint64 // remote entries not newer than held, ignored
+	// Unverified counts remote entries ignored because their signing
+	// chain or their origin member is not known here yet: a broadcast
+	// that overtook the origin's introduction. Push/pull repairs.
+	Unverified   uint64
+	JoinAttempts uint64
+	JoinFailures uint64
 	// ReconnectPending is the number of failed members (declared dead, not
 	// left) remembered for reconnecting: see Config.ReconnectInterval.
 	ReconnectPending int
@@ -166,9 +174,11 @@ type counters struct {
 	statesTooLarge            atomic.Uint64
 	broadcasts                atomic.Uint64
 	reliableSends, reliableKO atomic.Uint64
+	introductions             atomic.Uint64
 	deltasSent, deltasApplied atomic.Uint64
 	deltaMisses               atomic.Uint64
 	accepted, stale           atomic.Uint64
+	unverified                atomic.Uint64
 	joinAttempts, joinKO      atomic.Uint64
 	reconnectAttempts         atomic.Uint64
 	reconnects                atomic.Uint64
@@ -204,8 +214,10 @@ func (n *Node) Stats() Stats {
 		DeltaMisses:      n.c.deltaMisses.Load(),
 		ReliableSends:    n.c.reliableSends.Load(),
 		ReliableFailures: n.c.reliableKO.Load(),
+		Introductions:    n.c.introductions.Load(),
 		Accepted:         n.c.accepted.Load(),
 		Stale:            n.c.stale.Load(),
+		Unverified:       n.c.unverified.Load(),
 		JoinAttempts:     n.c.joinAttempts.Load(),
 		JoinFailures:     n.c.joinKO.Load(),
 		Rejected:         make(map[string]uint64, numReasons),
