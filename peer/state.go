@@ -86,7 +86,8 @@ func trimState(entries []*entry, keep string, over int) []*entry {
 type sharedState struct {
 	bodies [][]byte
 	hashes [][sha256.Size]byte
-	chains map[[sha256.Size]byte][]byte
+	ders   [][]byte                     // chains, in the order sent
+	chains map[[sha256.Size]byte][]byte // ders by digest, built by the first chain call
 	heads  []entryHead
 }
 
@@ -97,15 +98,14 @@ type entryHead struct {
 
 func parseSharedState(b []byte) (*sharedState, error) {
 	r := reader{b: b}
-	st := &sharedState{chains: make(map[[sha256.Size]byte][]byte)}
+	st := &sharedState{}
 	for n := r.count(); n > 0 && r.err == nil; n-- {
 		body := r.bytes()
 		st.bodies = append(st.bodies, body)
 		st.hashes = append(st.hashes, sha256.Sum256(body))
 	}
 	for n := r.count(); n > 0 && r.err == nil; n-- {
-		der := r.bytes()
-		st.chains[sha256.Sum256(der)] = der
+		st.ders = append(st.ders, r.bytes())
 	}
 	for n := r.count(); n > 0 && r.err == nil; n-- {
 		hr := reader{b: r.bytes()}
@@ -176,4 +176,14 @@ func (st *sharedState) entries(known func([sha256.Size]byte) (Summary, bool), ma
 }
 
 // chain returns the chain with digest d carried in the state, or nil.
-func (st *sharedState) chain(d [sha256.Size]byte) []byte { return st.chains[d] }
+// Chains are hashed only when an entry needs one: a state of entries all
+// held already costs no hashing.
+func (st *sharedState) chain(d [sha256.Size]byte) []byte {
+	if st.chains == nil {
+		st.chains = make(map[[sha256.Size]byte][]byte, len(st.ders))
+		for _, der := range st.ders {
+			st.chains[sha256.Sum256(der)] = der
+		}
+	}
+	return st.chains[d]
+}

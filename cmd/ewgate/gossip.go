@@ -15,8 +15,10 @@ import (
 
 	"github.com/ewgate/ewgate/api"
 	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/metrics"
 	"github.com/ewgate/ewgate/peer"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // gossip connects the node's catalog to the other gateways: it publishes
@@ -39,15 +41,17 @@ type gossip struct {
 	underivable     string // last derivation error logged; run's goroutine only
 }
 
-// startGossip starts the gossip node described by s, announcing spiffeID
-// (may be empty), or returns nil when --gossip-address is not set. The
-// config must be loaded: without --passthrough-advertise the address is
-// derived from the view's listener.
-func startGossip(ctx context.Context, s settings, spiffeID string, cs *catalogState, log *slog.Logger) (*gossip, error) {
+// startGossip starts the gossip node described by s, or returns nil when
+// --gossip-address is not set. With an identity (id not nil) the node
+// announces its SVID's SPIFFE ID, signs its entries with it and accepts
+// only entries signed by gateways (gatewayPolicy). The config must be
+// loaded: without --passthrough-advertise the address is derived from the
+// view's listener.
+func startGossip(ctx context.Context, s settings, id identity.Source, cs *catalogState, log *slog.Logger) (*gossip, error) {
 	if s.GossipAddress == "" {
 		return nil, nil
 	}
-	cfg, err := peerConfig(s, spiffeID)
+	cfg, err := peerConfig(s, id)
 	if err != nil {
 		return nil, err
 	}
@@ -107,10 +111,11 @@ func defaultNodeName(s settings) (string, error) {
 	return h + "-" + s.Network + "-" + port, nil
 }
 
-// peerConfig maps the gossip settings to peer.Config, reading the keyring
-// file; errors name the flag at fault. PassthroughAddr is left empty when
-// --passthrough-advertise is: startGossip derives it.
-func peerConfig(s settings, spiffeID string) (peer.Config, error) {
+// peerConfig maps the gossip settings and the identity (nil: none) to
+// peer.Config, reading the keyring file; errors name the flag at fault.
+// PassthroughAddr is left empty when --passthrough-advertise is:
+// startGossip derives it.
+func peerConfig(s settings, id identity.Source) (peer.Config, error) {
 	tunnelAddr := s.TunnelAdvertise
 	if tunnelAddr == "" {
 		tunnelAddr = s.TunnelAddress
@@ -135,7 +140,6 @@ func peerConfig(s settings, spiffeID string) (peer.Config, error) {
 		MeshID:            s.MeshID,
 		Profile:           s.GossipProfile,
 		PassthroughAddr:   s.PassthroughAdvertise,
-		SPIFFEID:          spiffeID,
 		TunnelAddr:        tunnelAddr,
 		ReconnectInterval: time.Duration(s.GossipReconnectInterval),
 		ReconnectTimeout:  time.Duration(s.GossipReconnectTimeout),
@@ -153,7 +157,39 @@ func peerConfig(s settings, spiffeID string) (peer.Config, error) {
 			return peer.Config{}, fmt.Errorf("--gossip-key-file: %w", err)
 		}
 	}
+	if id != nil {
+		svid, err := id.GetX509SVID()
+		if err != nil {
+			return peer.Config{}, fmt.Errorf("gossip: this gateway's SVID: %w", err)
+		}
+		// The tunnels' default peer policy: this gateway's trust domain.
+		pol := identity.Policy{TrustDomains: []string{svid.ID.TrustDomain().Name()}}
+		if cfg.AllowGateway, err = gatewayPolicy(pol); err != nil {
+			return peer.Config{}, err
+		}
+		cfg.Identity = id
+	}
 	return cfg, nil
+}
+
+// gatewayPolicy turns the policy of the SPIFFE IDs other gateways may
+// present (the tunnels' peer policy) into who may publish gateway entries
+// in gossip: one rule for both.
+func gatewayPolicy(pol identity.Policy) (func(string) error, error) {
+	m, err := identity.NewMatcher(pol)
+	if err != nil {
+		return nil, fmt.Errorf("gossip: gateway policy: %w", err)
+	}
+	return func(s string) error {
+		id, err := spiffeid.FromString(s)
+		if err != nil {
+			return err
+		}
+		if !m.Allows(id) {
+			return fmt.Errorf("not allowed by the gateway peer policy (%s)", m)
+		}
+		return nil
+	}, nil
 }
 
 // readiness is gossip's part of /readyz: a gateway whose node name another
