@@ -203,13 +203,32 @@ func (n *Node) applyEntries(entries []*entry, chain func([sha256.Size]byte) []by
 			n.refuteLocked(e, der, now)
 			continue
 		}
-		if cur := n.store.get(e.origin); cur != nil && e.version.Compare(cur.version) <= 0 {
+		if !n.newerLocked(e) {
 			n.c.stale.Add(1)
 			continue
 		}
 		accepted[i] = n.acceptLocked(e, der, now)
 	}
 	return accepted
+}
+
+// newerLocked reports whether e would replace the entry held for its
+// origin: it is newer, or the held one was signed by another SPIFFE ID
+// than the origin member now announces. The second case undoes an entry
+// accepted while a key holder posed as the member (memberlist meta is
+// protected by the gossip key only, and the member refutes it): the
+// member's own entries must not stay hidden behind the impostor's
+// version. n.mu must be held.
+func (n *Node) newerLocked(e *entry) bool {
+	cur := n.store.get(e.origin)
+	if cur == nil || e.version.Compare(cur.version) > 0 {
+		return true
+	}
+	if n.signer == nil {
+		return false
+	}
+	id, ok := n.announcedID(e.origin)
+	return ok && cur.signer() != id
 }
 
 // acceptLocked stores e, newer than the entry held for its origin, if it

@@ -333,3 +333,51 @@ func sameSet(a, b []string) bool {
 	}
 	return true
 }
+
+// A key holder that poses as a member in memberlist (its alive message
+// for the victim's name, with its own SPIFFE ID in the meta, until the
+// victim refutes it) may get an entry accepted meanwhile. Once the meta
+// is the victim's again, the impostor's entry is not used, and the
+// victim's own entry replaces it although its version is lower.
+func TestImpostorEntryUndone(t *testing.T) {
+	leakcheck.Check(t)
+	nodes := cluster(t, "a1", "b1", "c1")
+	victim, observer, attacker := nodes[0], nodes[1], nodes[2]
+	if err := victim.Publish(summaryOf("a", 3, "reviews.ns")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the victim's summary at the observer", func() error {
+		if s, _ := summaryFrom(observer, "a1"); len(s.Summary.Services) != 1 {
+			return fmt.Errorf("observer holds %+v", s.Summary)
+		}
+		return nil
+	})
+	real, _ := summaryFrom(observer, "a1")
+	// Emulated: crafting memberlist's alive message is memberlist's
+	// business; its effect here is the announced ID.
+	observer.setAnnounced("a1", attacker.Meta().SPIFFEID)
+	forged := Version{Epoch: real.Version.Epoch + uint64(time.Minute), Seq: 1}
+	n := observer.Stats().Accepted
+	forge(t, attacker, observer, "a1", forged, Summary{Network: "a"}, true)
+	waitFor(t, "the impostor's entry taken", func() error {
+		if observer.Stats().Accepted == n {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	observer.setAnnounced("a1", victim.Meta().SPIFFEID) // the victim refuted
+	if s, _ := summaryFrom(observer, "a1"); s.Version == forged {
+		t.Error("the impostor's entry is used after the victim's meta is back")
+	}
+	next := summaryOf("a", 4, "reviews.ns")
+	if err := victim.Publish(next); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the victim's next summary at the observer", func() error {
+		s, _ := summaryFrom(observer, "a1")
+		if len(s.Summary.Services) != 1 || s.Summary.Services[0].Ports[0].Subsets[0].Healthy[0].Count != 4 {
+			return fmt.Errorf("observer holds %v %+v", s.Version, s.Summary)
+		}
+		return nil
+	})
+}
