@@ -483,6 +483,11 @@ func (g *gossip) register(reg *metrics.Registry) {
 	reg.GaugeFunc("ewgate_gossip_reconnect_pending", "Failed gateways (declared dead, not left) being retried.", stat(func(s peer.Stats) float64 { return float64(s.ReconnectPending) }))
 	reg.CounterFunc("ewgate_gossip_reconnect_attempts_total", "Reconnect joins tried, one per address: failed gateways, and the seeds while alone.", stat(func(s peer.Stats) float64 { return float64(s.ReconnectAttempts) }))
 	reg.CounterFunc("ewgate_gossip_reconnect_successes_total", "Reconnect joins that reached another gateway.", stat(func(s peer.Stats) float64 { return float64(s.ReconnectSuccesses) }))
+	rejected := reg.CounterVec("ewgate_gossip_rejected_total", "Gossip input refused, by reason: malformed, too large, another wire version, unsigned or forged entries, implausible versions, inflated counts.", "reason")
+	for _, r := range peer.RejectReasons() {
+		rejected.Func(r, stat(func(s peer.Stats) float64 { return float64(s.Rejected[r]) }))
+	}
+	reg.CounterFunc("ewgate_gossip_unverified_total", "Gossip entries ignored until push/pull because their signing chain or origin was not known yet.", stat(func(s peer.Stats) float64 { return float64(s.Unverified) }))
 }
 
 func splitHostPort(s string) (string, int, error) {
