@@ -97,6 +97,36 @@ func TestForgedEntryRefused(t *testing.T) {
 		})
 	}
 
+	// Nor can it say goodbye for the victim, which would make its next
+	// failure a departure that is never reconnected.
+	for _, tt := range []struct {
+		name   string
+		sign   bool
+		reason string
+	}{{"unsigned goodbye", false, RejectUnsigned}, {"goodbye signed by another gateway", true, RejectBadSignature}} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := bye{origin: "a1", version: before.Version}
+			if tt.sign {
+				var err error
+				if b.sig, _, err = attacker.signer.signMessage(signedBye(b.origin, b.version)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			n := observer.Stats().Rejected[tt.reason]
+			to := memberlist.Node{Name: observer.Name(), Addr: observer.Addr().Addr().AsSlice(), Port: observer.Addr().Port()}
+			if err := attacker.ml.SendReliable(&to, encodeMessage(kindBye, encodeBye(b))); err != nil {
+				t.Fatal(err)
+			}
+			waitRejected(t, observer, tt.reason, n)
+			observer.mu.Lock()
+			leaving := observer.members["a1"].leaving
+			observer.mu.Unlock()
+			if leaving {
+				t.Error("the observer took the forged goodbye")
+			}
+		})
+	}
+
 	// The victim's own next publish still wins everywhere.
 	next := summaryOf("a", 5, "ratings.bookinfo.svc.cluster.local", "reviews.bookinfo.svc.cluster.local")
 	if err := victim.Publish(next); err != nil {

@@ -8,7 +8,7 @@ import (
 )
 
 // FuzzDecodeEntry feeds arbitrary bytes to the decoders of what gossip
-// carries (entry messages, deltas, push/pull states) and the signature
+// carries (entry messages, deltas, push/pull states, goodbyes) and the signature
 // check of a real signer: nothing may panic, a decoded entry must encode
 // back to itself, and no mutation may pass the signature check except the
 // entry that was signed.
@@ -32,6 +32,12 @@ func FuzzDecodeEntry(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if d, err := decodeDelta(b); err == nil {
 			d.apply(&Summary{Network: d.upserts.summary.Network})
+		}
+		if by, err := decodeBye(b); err == nil && by.sig != nil {
+			if c, _, err := sg.chainFor(signed.chainDigest, nil, time.Now()); err == nil &&
+				sg.verifyMessage(c, signedBye(by.origin, by.version), by.sig) == nil {
+				t.Fatalf("a goodbye nobody signed passed the check: %+v", by)
+			}
 		}
 		if st, err := parseSharedState(b); err == nil {
 			st.entries(func([sha256.Size]byte) (Summary, bool) { return Summary{}, false }, 1<<20)

@@ -2,6 +2,7 @@ package peer
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -126,6 +127,14 @@ func (n *Node) applyBye(b bye) bool {
 	}
 	if e := n.store.get(b.origin); e != nil && b.version.Compare(e.version) < 0 {
 		n.c.stale.Add(1) // from an earlier incarnation
+		return false
+	}
+	if r, err := n.authenticByeLocked(b); err != nil {
+		if errors.Is(err, errUnverifiable) {
+			n.c.unverified.Add(1)
+		} else {
+			n.reject(r, err)
+		}
 		return false
 	}
 	m.leaving = true

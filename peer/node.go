@@ -350,10 +350,17 @@ func (n *Node) Leave(timeout time.Duration) error {
 		n.mu.Lock()
 		cur := n.store.get(n.cfg.Name)
 		n.mu.Unlock()
+		b := bye{origin: cur.origin, version: cur.version}
+		if n.signer != nil {
+			var err error
+			if b.sig, _, err = n.signer.signMessage(signedBye(b.origin, b.version)); err != nil {
+				n.log.Error("cannot sign the goodbye; others will see this gateway die instead", "err", err)
+			}
+		}
 		sent := make(chan struct{}, 1)
 		n.queue.QueueBroadcast(&entryBroadcast{
 			origin: cur.origin,
-			msg:    encodeMessage(kindBye, encodeBye(bye{origin: cur.origin, version: cur.version})),
+			msg:    encodeMessage(kindBye, encodeBye(b)),
 			sent:   sent,
 		})
 		t := time.NewTimer(timeout)

@@ -132,11 +132,21 @@ func (s *signer) current() (*chain, crypto.Signer, error) {
 
 // sign signs e with the current SVID.
 func (s *signer) sign(e *entry) error {
+	sig, c, err := s.signMessage(signedEntry(e.origin, e.version, e.hash))
+	if err != nil {
+		return fmt.Errorf("peer: sign entry: %w", err)
+	}
+	e.sig, e.chainDigest, e.chain = sig, c.digest, c
+	return nil
+}
+
+// signMessage signs msg with the current SVID's key and returns the
+// signature and the chain of that SVID.
+func (s *signer) signMessage(msg []byte) ([]byte, *chain, error) {
 	c, key, err := s.current()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	msg := signedEntry(e.origin, e.version, e.hash)
 	var sig []byte
 	if _, ok := key.Public().(ed25519.PublicKey); ok {
 		sig, err = key.Sign(rand.Reader, msg, crypto.Hash(0))
@@ -145,10 +155,9 @@ func (s *signer) sign(e *entry) error {
 		sig, err = key.Sign(rand.Reader, d[:], crypto.SHA256)
 	}
 	if err != nil {
-		return fmt.Errorf("peer: sign entry: %w", err)
+		return nil, nil, err
 	}
-	e.sig, e.chainDigest, e.chain = sig, c.digest, c
-	return nil
+	return sig, c, nil
 }
 
 // chainFor returns the verified chain with digest d: a cached one, else
@@ -204,7 +213,12 @@ func (s *signer) chainFor(d [sha256.Size]byte, der []byte, now time.Time) (*chai
 // verify checks sig, made by c's key over origin's entry at version v
 // whose body has digest h. Verified pairs are cached.
 func (s *signer) verify(c *chain, origin string, v Version, h [sha256.Size]byte, sig []byte) error {
-	msg := signedEntry(origin, v, h)
+	return s.verifyMessage(c, signedEntry(origin, v, h), sig)
+}
+
+// verifyMessage checks sig, made by c's key over msg. Verified pairs are
+// cached.
+func (s *signer) verifyMessage(c *chain, msg, sig []byte) error {
 	key := sha256.Sum256(append(append(msg, c.digest[:]...), sig...))
 	s.mu.Lock()
 	_, ok := s.verified[key]
@@ -248,6 +262,35 @@ func signedEntry(origin string, v Version, h [sha256.Size]byte) []byte {
 	w.uvarint(v.Seq)
 	w.b = append(w.b, h[:]...)
 	return w.b
+}
+
+// signedBye is what an origin signs for its goodbye.
+func signedBye(origin string, v Version) []byte {
+	var w writer
+	w.b = append(w.b, "ewgate gossip bye v3\x00"...)
+	w.str(origin)
+	w.uvarint(v.Epoch)
+	w.uvarint(v.Seq)
+	return w.b
+}
+
+// authenticBye checks, with an identity, that b is signed by the chain
+// that signed the entry held for its origin. n.mu must be held.
+func (n *Node) authenticByeLocked(b bye) (reason, error) {
+	if n.signer == nil {
+		return 0, nil
+	}
+	if b.sig == nil {
+		return rUnsigned, fmt.Errorf("unsigned goodbye from %q", b.origin)
+	}
+	e := n.store.get(b.origin)
+	if e == nil || e.chain == nil {
+		return 0, fmt.Errorf("goodbye from %q, whose entry is not held: %w", b.origin, errUnverifiable)
+	}
+	if err := n.signer.verifyMessage(e.chain, signedBye(b.origin, b.version), b.sig); err != nil {
+		return rBadSignature, fmt.Errorf("goodbye from %q: %w", b.origin, err)
+	}
+	return 0, nil
 }
 
 // authenticate checks that origin's entry e may be accepted: a plausible

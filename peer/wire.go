@@ -350,6 +350,9 @@ func (r *reader) strs() []string {
 type bye struct {
 	origin  string
 	version Version // the leaving node's entry version
+	// sig is the origin's signature of signedBye(origin, version), by the
+	// chain of that entry; nil when unsigned.
+	sig []byte
 }
 
 func encodeBye(b bye) []byte {
@@ -357,13 +360,19 @@ func encodeBye(b bye) []byte {
 	w.str(b.origin)
 	w.uvarint(b.version.Epoch)
 	w.uvarint(b.version.Seq)
+	w.bytes(b.sig)
 	return w.b
 }
 
 func decodeBye(body []byte) (bye, error) {
 	r := reader{b: body}
 	b := bye{origin: r.str(), version: Version{Epoch: r.uvarint(), Seq: r.uvarint()}}
+	if b.sig = r.bytes(); len(b.sig) == 0 {
+		b.sig = nil
+	}
 	switch {
+	case len(b.sig) > maxSignatureLen:
+		return bye{}, fmt.Errorf("bye: signature of %d bytes: %w", len(b.sig), errMalformed)
 	case r.err != nil:
 		return bye{}, fmt.Errorf("bye: %w", r.err)
 	case len(r.b) != 0:
