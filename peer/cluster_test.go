@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/internal/leakcheck"
 	"reflect"
 	"slices"
@@ -216,6 +217,8 @@ func TestStartRejectsBadConfig(t *testing.T) {
 		{"bad passthrough", nil, func(c *Config) { c.PassthroughAddr = "no-port" }, nil, "PassthroughAddr"},
 		{"long mesh id", nil, func(c *Config) { c.MeshID = strings.Repeat("m", 300) }, nil, "MeshID"},
 		{"negative reconnect timeout", nil, func(c *Config) { c.ReconnectTimeout = -time.Second }, nil, "ReconnectTimeout"},
+		{"SPIFFEID not the SVID's", nil, func(c *Config) { c.SPIFFEID = gatewayIDPrefix + "other" }, nil, "not the ID of Config.Identity's SVID"},
+		{"identity without SVID", nil, func(c *Config) { c.Identity = identity.NewMemorySource(nil) }, nil, "identity"},
 		{"canceled", canceled, func(c *Config) {}, context.Canceled, ""},
 	}
 	for _, tt := range tests {

@@ -208,6 +208,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 
 	self := newEntry(cfg.Name, Version{Epoch: uint64(now.UnixNano())}, Summary{Network: cfg.Network}, now)
 	if err := n.signOwn(self); err != nil {
+		tr.Shutdown()
 		return nil, err
 	}
 	n.store.put(self)
