@@ -3,6 +3,7 @@ package discovery
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -201,13 +202,14 @@ func TestViewRouteReasons(t *testing.T) {
 		remote  = "remote.bookinfo.svc.cluster.local"
 		own     = "own.istio-system.svc.cluster.local"
 	)
-	tests := []struct {
+	type routeCase struct {
 		name    string
 		port    uint32
 		key     sni.Key
 		want    Reason // "" routes
 		targets int
-	}{
+	}
+	tests := []routeCase{
 		{"routes", 15443, key(reviews, 9080, ""), "", 1},
 		{"routes subset", 15443, key(reviews, 9080, "v1"), "", 0},
 		{"unknown service", 15443, key("nope.bookinfo.svc.cluster.local", 9080, ""), UnknownService, 0},
@@ -254,7 +256,20 @@ func TestViewRouteReasons(t *testing.T) {
 			if !strings.Contains(err.Error(), string(tt.want)) {
 				t.Errorf("error %q does not name reason %q", err, tt.want)
 			}
+			if !slices.Contains(Reasons(), re.Reason) {
+				t.Errorf("reason %q is not in Reasons() %q, which metrics pre-register", re.Reason, Reasons())
+			}
 		})
+	}
+	// Every reason is one this table produces: Reasons lists no label
+	// that is never counted.
+	for _, r := range Reasons() {
+		if r == NoTLSRoute {
+			continue // PassthroughListener.Match's, TestPassthroughRouting's
+		}
+		if !slices.ContainsFunc(tests, func(tt routeCase) bool { return tt.want == r }) {
+			t.Errorf("Reasons() lists %q, which no case of this test produces", r)
+		}
 	}
 }
 

@@ -44,10 +44,10 @@ var (
 // Ports every gateway uses, on its own addresses.
 const (
 	passthroughPort = 15443
-	tunnelPort      = 15008
-	gossipPort      = 15012
+	tunnelPort      = 15444
+	gossipPort      = 15445
 	apiPort         = 15020
-	adminAddr       = "127.0.0.1:15000" // inside the gateway's namespace
+	adminAddr       = "127.0.0.1:15446" // inside the gateway's namespace
 	echoPort        = 9080              // service port of both echo services
 )
 

@@ -64,7 +64,14 @@ func (g *Gateway) handle(port uint32, f *flow) {
 		g.refuse(c, rejectPeekPrefix+sni.Reason(err), 0, "err", err)
 		return
 	}
-	up, u, remote := g.route(port, c, hello)
+	var up *net.TCPConn
+	var u *upstream
+	var remote HalfConn
+	if t := g.table.Load(); t.passthrough[port] != nil {
+		up, u = g.routePassthrough(t.passthrough[port], t, c, hello)
+	} else {
+		up, u, remote = g.route(port, c, hello)
+	}
 	if cap(hello.Raw) <= maxPooledHelloSize {
 		*bp = hello.Raw[:cap(hello.Raw)]
 	}

@@ -60,6 +60,11 @@ type Config struct {
 	EjectAfter int
 	// EjectFor is how long an ejected endpoint is skipped; default 30s.
 	EjectFor time.Duration
+	// ProbeInterval, if positive, probes each ejected endpoint with a TCP
+	// connect that often: one that connects is readmitted at once, one
+	// that fails stays ejected for another EjectFor. Default 0: no
+	// probes, an ejection lasts EjectFor.
+	ProbeInterval time.Duration
 	// IdleTimeout closes a connection on which no byte moved either way for
 	// that long (detected within twice that); default 1h, like Envoy's
 	// tcp_proxy. Negative disables it.
@@ -129,6 +134,7 @@ type Gateway struct {
 	draining atomic.Bool
 	cutting  atomic.Bool // drain timed out: flows must close
 	remote   atomic.Pointer[remoteDialer]
+	probe    prober
 
 	mu        sync.Mutex
 	listeners map[uint32]*listener
@@ -196,22 +202,23 @@ func (g *Gateway) Apply(v *discovery.View) error {
 	}
 	want := make(map[uint32]bool)
 	var added []*listener
-	for _, l := range v.Listeners {
-		want[l.Port] = true
-		if _, ok := g.listeners[l.Port]; ok {
+	for port, gw := range servedPorts(v) {
+		want[port] = true
+		if _, ok := g.listeners[port]; ok {
 			continue
 		}
-		addr := net.JoinHostPort(g.cfg.BindAddress, strconv.Itoa(int(l.Port)))
+		addr := net.JoinHostPort(g.cfg.BindAddress, strconv.Itoa(int(port)))
 		ln, err := listen(addr)
 		if err != nil {
 			for _, a := range added {
 				a.ln.Close()
 			}
-			return fmt.Errorf("listener for %v port %d: %w", l.Gateway.Source, l.Port, err)
+			return fmt.Errorf("listener for %v port %d: %w", gw.Source, port, err)
 		}
-		added = append(added, &listener{port: l.Port, ln: ln})
+		added = append(added, &listener{port: port, ln: ln})
 	}
 	g.table.Store(g.buildTable(v))
+	g.startProbing()
 	for _, l := range added {
 		g.listeners[l.port] = l
 		g.wg.Add(1)
@@ -226,6 +233,19 @@ func (g *Gateway) Apply(v *discovery.View) error {
 		}
 	}
 	return nil
+}
+
+// servedPorts returns every port v serves, AUTO_PASSTHROUGH and
+// PASSTHROUGH, with the Gateway that claims it.
+func servedPorts(v *discovery.View) map[uint32]*discovery.Gateway {
+	out := make(map[uint32]*discovery.Gateway, len(v.Listeners)+len(v.Passthrough))
+	for _, l := range v.Listeners {
+		out[l.Port] = l.Gateway
+	}
+	for _, l := range v.Passthrough {
+		out[l.Port] = l.Gateway
+	}
+	return out
 }
 
 // listen binds a TCP listener without MPTCP, whose extra subflows the
@@ -259,8 +279,8 @@ func (g *Gateway) Ready() bool {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for _, l := range t.view.Listeners {
-		if _, ok := g.listeners[l.Port]; !ok {
+	for port := range servedPorts(t.view) {
+		if _, ok := g.listeners[port]; !ok {
 			return false
 		}
 	}
@@ -291,6 +311,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		delete(g.listeners, port)
 	}
 	g.mu.Unlock()
+	g.stopProbing()
 	done := make(chan struct{})
 	go func() {
 		g.wg.Wait()
@@ -359,21 +380,27 @@ func (g *Gateway) track(f *flow, add bool) {
 
 // table is an immutable routing snapshot.
 type table struct {
-	view      *discovery.View
-	listener  map[uint32]int // port -> index in view.Listeners
-	clusters  map[*discovery.Route]*cluster
-	upstreams []*upstream
+	view     *discovery.View
+	listener map[uint32]int // port -> index in view.Listeners
+	// passthrough holds the view's PASSTHROUGH listeners by port.
+	passthrough map[uint32]*discovery.PassthroughListener
+	clusters    map[*discovery.Route]*cluster
+	upstreams   []*upstream
 }
 
 // buildTable compiles v, reusing the upstream state (active connections,
 // ejections) of endpoints that stay. Called with g.mu held.
 func (g *Gateway) buildTable(v *discovery.View) *table {
-	t := &table{view: v, listener: make(map[uint32]int), clusters: make(map[*discovery.Route]*cluster)}
+	t := &table{view: v, listener: make(map[uint32]int), passthrough: make(map[uint32]*discovery.PassthroughListener),
+		clusters: make(map[*discovery.Route]*cluster)}
 	for i, l := range v.Listeners {
 		t.listener[l.Port] = i
 	}
+	for _, l := range v.Passthrough {
+		t.passthrough[l.Port] = l
+	}
 	keep := make(map[string]*upstream)
-	for _, r := range v.Routes() {
+	for _, r := range slices.Concat(v.Routes(), v.PassthroughRoutes()) {
 		cl := &cluster{route: r}
 		for _, tg := range r.Targets {
 			u, ok := keep[tg.Address]

@@ -140,6 +140,11 @@ func (cs *catalogState) rebuildLocked(files, kube *discovery.Catalog) error {
 				"ignored", c.Ignored.String(), "ignored_value", c.IgnoredValue)
 		}
 	}
+	if old := cs.view.Load(); old == nil || !slices.Equal(old.Ignored, v.Ignored) {
+		for _, ig := range v.Ignored {
+			cs.log.Warn("config: VirtualService rule not served", "resource", ig.Source.String(), "field", ig.Field, "reason", ig.Reason)
+		}
+	}
 	cs.view.Store(v)
 	wake(cs.viewChanged)
 	cs.notify()

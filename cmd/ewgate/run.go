@@ -92,6 +92,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		Peek:           sni.Peeker{MaxBytes: s.HelloMaxBytes, Timeout: time.Duration(s.HelloTimeout)},
 		HelloMemory:    cmp.Or(s.HelloMemory, -1),
 		DialTimeout:    time.Duration(s.DialTimeout),
+		ProbeInterval:  time.Duration(s.ProbeInterval),
 		IdleTimeout:    idleTimeout(s.IdleTimeout),
 		MaxConnections: s.MaxConns,
 		Logger:         log,
@@ -310,6 +311,8 @@ func (n *node) serveAPI(ctx context.Context, cs *catalogState, membership api.Me
 		Access: n.s.apiAccess(), Logger: n.log})
 	n.reg.CounterFunc("ewgate_api_denied_total", "API calls refused by the access policy or a lease held by another caller.",
 		func() float64 { return float64(srv.Denied()) })
+	n.reg.GaugeFunc("ewgate_api_watchers", "WatchResolve streams open, over all API listeners.",
+		func() float64 { return float64(srv.Watchers()) })
 	var tlsLn net.Listener
 	if n.s.APIAddress != "" {
 		if n.id == nil {
@@ -338,6 +341,12 @@ func (n *node) serveAPI(ctx context.Context, cs *catalogState, membership api.Me
 		az, err := identity.NewAuthorizer(n.s.apiHandshakePolicy(svid.ID.TrustDomain().Name()), n.log)
 		if err != nil {
 			return err
+		}
+		// Callers the handshake refuses never reach the access policy:
+		// without this they would be logged but not counted.
+		rejected := n.reg.CounterVec("ewgate_api_handshakes_rejected_total", "API TLS handshakes refused by the handshake's certificate checks or ID policy, by reason.", "reason")
+		for _, r := range identity.Reasons() {
+			rejected.Func(string(r), func() float64 { return float64(az.Stats().Rejected[r]) })
 		}
 		n.bg(func() {
 			if err := srv.ServeTLS(ctx, tlsLn, identity.ServerTLSConfig(n.id, az)); err != nil {

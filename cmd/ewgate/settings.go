@@ -43,15 +43,17 @@ type settings struct {
 	// DrainDelay is how long a stopping node reports not ready, still
 	// accepting connections, before its listeners close: time for load
 	// balancers probing the status port to stop sending new ones.
-	DrainDelay    duration `json:"drainDelay"`
-	LogLevel      string   `json:"logLevel"`
-	LogFormat     string   `json:"logFormat"`
-	ALPN          []string `json:"alpn"`
-	AnyALPN       bool     `json:"anyALPN"`
-	AnyTLSMode    bool     `json:"anyTLSMode"`
-	MaxConns      int      `json:"maxConnections"`
-	IdleTimeout   duration `json:"idleTimeout"`
-	DialTimeout   duration `json:"dialTimeout"`
+	DrainDelay  duration `json:"drainDelay"`
+	LogLevel    string   `json:"logLevel"`
+	LogFormat   string   `json:"logFormat"`
+	ALPN        []string `json:"alpn"`
+	AnyALPN     bool     `json:"anyALPN"`
+	AnyTLSMode  bool     `json:"anyTLSMode"`
+	MaxConns    int      `json:"maxConnections"`
+	IdleTimeout duration `json:"idleTimeout"`
+	DialTimeout duration `json:"dialTimeout"`
+	// ProbeInterval is gateway.Config.ProbeInterval: 0, no probes.
+	ProbeInterval duration `json:"endpointProbeInterval"`
 	HelloTimeout  duration `json:"helloTimeout"`
 	HelloMaxBytes int      `json:"helloMaxBytes"`
 	// HelloMemory is gateway.Config.HelloMemory; 0 is no bound.
@@ -119,7 +121,7 @@ type settings struct {
 func defaultSettings() settings {
 	return settings{
 		BindAddress:   "0.0.0.0",
-		AdminAddress:  "127.0.0.1:15000",
+		AdminAddress:  "127.0.0.1:15446",
 		DrainTimeout:  duration(30 * time.Second),
 		LogLevel:      "info",
 		LogFormat:     "text",
@@ -190,6 +192,7 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.BoolVar(&s.AnyTLSMode, "any-tls-mode", s.AnyTLSMode, "route to endpoints without the security.istio.io/tlsMode=istio label")
 	fs.IntVar(&s.MaxConns, "max-connections", s.MaxConns, "concurrent client connections; more are refused")
 	fs.Var(&s.IdleTimeout, "idle-timeout", "close connections idle this long both ways (0: never)")
+	fs.Var(&s.ProbeInterval, "endpoint-probe-interval", "probe each ejected endpoint with a TCP connect this often: readmitted when it connects, kept ejected while it does not (0: off, an ejection lasts 30s)")
 	fs.Var(&s.DialTimeout, "dial-timeout", "timeout of each endpoint connect")
 	fs.Var(&s.HelloTimeout, "hello-timeout", "deadline for a client's whole ClientHello")
 	fs.IntVar(&s.HelloMaxBytes, "hello-max-bytes", s.HelloMaxBytes, "largest ClientHello read, record headers included")
