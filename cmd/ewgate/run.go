@@ -179,11 +179,9 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		n.id = id
 		watchIdentity(ctx, id, reg, s, log)
 	}
-	var spiffeID string
 	trustDomain := cmp.Or(s.TrustDomain, discovery.DefaultTrustDomain)
 	if n.id != nil {
 		if svid, err := n.id.GetX509SVID(); err == nil {
-			spiffeID = svid.ID.String()
 			td := svid.ID.TrustDomain().Name()
 			switch {
 			case s.TrustDomain == "":
@@ -198,7 +196,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		}
 	}
 	cs.setTrustDomain(trustDomain)
-	g, err := startGossip(ctx, s, spiffeID, cs, log)
+	g, err := startGossip(ctx, s, n.id, cs, log)
 	if err != nil {
 		return abort(err)
 	}
