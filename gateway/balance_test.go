@@ -30,12 +30,12 @@ func TestResultEjectsOnlyForEndpointErrors(t *testing.T) {
 			g := New(Config{EjectAfter: 2, EjectFor: time.Minute})
 			u := &upstream{addr: "192.0.2.1:80"}
 			for range 3 {
-				g.result(u, tt.err)
+				g.result(&cluster{}, u, tt.err)
 			}
 			if got := u.ejected(time.Now().UnixNano()); got != tt.eject {
 				t.Fatalf("ejected = %v after 3 %v errors, want %v", got, tt.err, tt.eject)
 			}
-			g.result(u, nil)
+			g.result(&cluster{}, u, nil)
 			if u.failures.Load() != 0 {
 				t.Fatal("a success must clear the failure streak")
 			}
@@ -53,7 +53,7 @@ func TestPickSpreadsByWeightAndSkipsEjected(t *testing.T) {
 	c.ejectedUntil.Store(now + int64(time.Minute))
 	counts := map[string]int{}
 	for range 4000 {
-		i := cl.pick(nil, now)
+		i := cl.pick(nil, now, 0)
 		u := cl.members[i]
 		counts[u.addr]++
 		u.active.Add(1) // connections stay open: load must follow weight
@@ -67,10 +67,10 @@ func TestPickSpreadsByWeightAndSkipsEjected(t *testing.T) {
 		t.Errorf("b/a = %.2f (%v), want about 3", r, counts)
 	}
 	// Excluding tried members, and falling back to ejected ones last.
-	if i := cl.pick([]int{0, 1}, now); i != 2 {
+	if i := cl.pick([]int{0, 1}, now, 0); i != 2 {
 		t.Errorf("with a and b tried, picked %d, want the ejected c as a last resort", i)
 	}
-	if i := cl.pick([]int{0, 1, 2}, now); i != -1 {
+	if i := cl.pick([]int{0, 1, 2}, now, 0); i != -1 {
 		t.Errorf("with all tried, picked %d, want -1", i)
 	}
 }

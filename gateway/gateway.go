@@ -143,8 +143,13 @@ type Gateway struct {
 	mu        sync.Mutex
 	listeners map[uint32]*listener
 	upstreams map[string]*upstream
+	routes    map[routeID]*routeState
 	flows     map[*flow]struct{} // every connection, accepted here or carried here by a tunnel
 	wg        sync.WaitGroup     // accept loops and connections
+
+	// now is the clock of ejections, in unix nanoseconds: time.Now, or
+	// a test's clock, so that ejection lengths can be asserted exactly.
+	now func() int64
 }
 
 // listener is one bound port.
@@ -162,6 +167,8 @@ func New(cfg Config) *Gateway {
 		m:         cfg.Metrics,
 		listeners: make(map[uint32]*listener),
 		upstreams: make(map[string]*upstream),
+		routes:    make(map[routeID]*routeState),
+		now:       func() int64 { return time.Now().UnixNano() },
 		flows:     make(map[*flow]struct{}),
 	}
 	g.dialer = net.Dialer{Timeout: cfg.DialTimeout, Control: cfg.DialControl}
@@ -391,20 +398,36 @@ func (g *Gateway) buildTable(v *discovery.View) *table {
 		t.passthrough[l.Port] = l
 	}
 	keep := make(map[string]*upstream)
-	for _, r := range slices.Concat(v.Routes(), v.PassthroughRoutes()) {
-		cl := &cluster{route: r}
-		for _, tg := range r.Targets {
-			u, ok := keep[tg.Address]
-			if !ok {
-				if u, ok = g.upstreams[tg.Address]; !ok {
-					u = &upstream{addr: tg.Address}
+	keepRoutes := make(map[routeID]*routeState)
+	for _, rs := range []struct {
+		routes      []*discovery.Route
+		passthrough bool
+	}{{v.Routes(), false}, {v.PassthroughRoutes(), true}} {
+		for _, r := range rs.routes {
+			cl := &cluster{route: r, idle: g.cfg.IdleTimeout}
+			for _, tg := range r.Targets {
+				u, ok := keep[tg.Address]
+				if !ok {
+					if u, ok = g.upstreams[tg.Address]; !ok {
+						u = &upstream{addr: tg.Address}
+					}
+					keep[tg.Address] = u
 				}
-				keep[tg.Address] = u
+				cl.add(u, uint64(tg.Weight))
 			}
-			cl.add(u, uint64(tg.Weight))
+			id := routeID{host: r.Key.Host, port: r.Key.Port, subset: r.Key.Subset, passthrough: rs.passthrough}
+			st, ok := keepRoutes[id]
+			if !ok {
+				if st, ok = g.routes[id]; !ok {
+					st = new(routeState)
+				}
+				keepRoutes[id] = st
+			}
+			g.applyPolicy(cl, &r.Policy, st)
+			t.clusters[r] = cl
 		}
-		t.clusters[r] = cl
 	}
+	g.routes = keepRoutes
 	g.upstreams = keep
 	for _, u := range keep {
 		t.upstreams = append(t.upstreams, u)
@@ -421,5 +444,5 @@ func (g *Gateway) Healthy(addr string) bool {
 		return false
 	}
 	i, ok := slices.BinarySearchFunc(t.upstreams, addr, func(u *upstream, a string) int { return strings.Compare(u.addr, a) })
-	return ok && !t.upstreams[i].ejected(time.Now().UnixNano())
+	return ok && !t.upstreams[i].ejected(g.now())
 }

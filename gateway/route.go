@@ -18,8 +18,11 @@ const (
 	RejectNoEndpoints = "no_endpoints"
 	RejectUnavailable = "upstream_unavailable"
 	RejectOverLimit   = "over_limit"
-	RejectNoListener  = "no_listener"
-	RejectNoData      = "no_data"
+	// RejectRouteOverLimit refuses a connection to a route that has as
+	// many open as its DestinationRule's connectionPool.tcp.maxConnections.
+	RejectRouteOverLimit = "route_over_limit"
+	RejectNoListener     = "no_listener"
+	RejectNoData         = "no_data"
 	// RejectTooManyHops refuses a tunnel stream that already crossed a
 	// tunnel: a connection crosses at most one, so that no two gateways
 	// can bounce it between them.
@@ -113,11 +116,18 @@ func (g *Gateway) resolve(t *table, li int, key sni.Key) (plan, *refusal) {
 
 // dial connects p's upstream side: one of its cluster's endpoints, or a
 // tunnel stream to another network's gateway, trying up to DialAttempts
-// of them. client is the client's address, for the far gateway's logs.
+// of them. client is the client's address, for source IP hashing and the
+// far gateway's logs. A connection dialed to p's cluster counts against
+// its route's MaxConnections until start's flow is released.
 func (g *Gateway) dial(t *table, p plan, client net.Addr) (end, *upstream, *refusal) {
 	if p.cl != nil {
+		if !p.cl.admit() {
+			return end{}, nil, &refusal{reason: RejectRouteOverLimit, alert: alertInternalError, key: p.key,
+				args: []any{"max_connections", p.cl.policy.MaxConnections}}
+		}
 		up, u, tried, err := g.dialCluster(p.cl, p.key, nil, client)
 		if err != nil {
+			p.cl.leave()
 			return end{}, nil, &refusal{reason: RejectUnavailable, alert: alertInternalError, key: p.key, args: []any{"tried", tried}, err: err}
 		}
 		return up, u, nil
@@ -148,8 +158,16 @@ func (g *Gateway) dialCluster(cl *cluster, key sni.Key, tn *tunnels, client net.
 	var triedBuf [8]int
 	tried := triedBuf[:0]
 	err := errNoMember
+	var src uint64
+	if cl.addrHash != nil {
+		src = sourceHash(client)
+	}
+	dialer := &g.dialer
+	if cl.dialer != nil {
+		dialer = cl.dialer
+	}
 	for range g.cfg.DialAttempts {
-		i := cl.pick(tried, time.Now().UnixNano())
+		i := cl.pick(tried, g.now(), src)
 		if i < 0 {
 			break
 		}
@@ -161,11 +179,11 @@ func (g *Gateway) dialCluster(cl *cluster, key sni.Key, tn *tunnels, client net.
 			up, err = tn.dial(g.cfg.DialTimeout, u, key, client)
 		} else {
 			var c net.Conn
-			if c, err = g.dialer.Dial("tcp", u.addr); err == nil {
+			if c, err = dialer.Dial("tcp", u.addr); err == nil {
 				up = tcpEnd(c.(*net.TCPConn))
 			}
 		}
-		g.result(u, err)
+		g.result(cl, u, err)
 		if err == nil {
 			return up, u, len(tried), nil
 		}
