@@ -74,14 +74,17 @@ type Outlier struct {
 
 // LoadBalancer is loadBalancer as the gateway applies it.
 type LoadBalancer struct {
-	// Simple is ROUND_ROBIN, LEAST_REQUEST or RANDOM; "" is the gateway's
-	// own choice (weighted least request of two random choices, Envoy's
-	// default).
+	// Simple is the loadBalancer.simple name: ROUND_ROBIN and RANDOM are
+	// themselves; any other ("" unset, LEAST_REQUEST, LEAST_CONN, which
+	// Istio reads as LEAST_REQUEST, and PASSTHROUGH, warned) is the
+	// gateway's own choice, Envoy's default: weighted least request of
+	// two random choices.
 	Simple string
 	// HashSourceIP sends one client address to one endpoint while the
 	// endpoints do not change (consistentHash.useSourceIp).
 	HashSourceIP bool
-	// Locality, if set, is localityLbSetting.
+	// Locality, if set, is localityLbSetting. The gateway does not apply
+	// it yet (warned).
 	Locality *LocalityLB
 }
 
@@ -260,6 +263,16 @@ func unhonoured(p *networking.TrafficPolicy, field string) []string {
 		}
 		if lb.GetZoneAwareLbSetting() != nil {
 			out = append(out, field+".loadBalancer.zoneAwareLbSetting")
+		}
+		if lb.GetLocalityLbSetting() != nil {
+			// Translated into Policy, but the gateway has no locality of
+			// its own to apply it relative to yet.
+			out = append(out, field+".loadBalancer.localityLbSetting (not applied yet)")
+		}
+		if lb.GetSimple() == networking.LoadBalancerSettings_PASSTHROUGH {
+			// The client's destination is the gateway: there is no
+			// original destination to pass through to.
+			out = append(out, field+".loadBalancer.simple PASSTHROUGH")
 		}
 	}
 	for i, pl := range p.GetPortLevelSettings() {
