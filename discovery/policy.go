@@ -84,7 +84,7 @@ type LoadBalancer struct {
 	// endpoints do not change (consistentHash.useSourceIp).
 	HashSourceIP bool
 	// Locality, if set, is localityLbSetting. The gateway does not apply
-	// it yet (warned).
+	// FailoverPriority yet (warned).
 	Locality *LocalityLB
 }
 
@@ -264,10 +264,10 @@ func unhonoured(p *networking.TrafficPolicy, field string) []string {
 		if lb.GetZoneAwareLbSetting() != nil {
 			out = append(out, field+".loadBalancer.zoneAwareLbSetting")
 		}
-		if lb.GetLocalityLbSetting() != nil {
-			// Translated into Policy, but the gateway has no locality of
-			// its own to apply it relative to yet.
-			out = append(out, field+".loadBalancer.localityLbSetting (not applied yet)")
+		if len(lb.GetLocalityLbSetting().GetFailoverPriority()) > 0 {
+			// Translated into Policy, but the gateway's targets carry no
+			// labels to compare.
+			out = append(out, field+".loadBalancer.localityLbSetting.failoverPriority (not applied yet)")
 		}
 		if lb.GetSimple() == networking.LoadBalancerSettings_PASSTHROUGH {
 			// The client's destination is the gateway: there is no

@@ -133,14 +133,14 @@ func TestPolicyUnhonouredWarned(t *testing.T) {
 		doc("DestinationRule", "demo", "svc", `{host: svc.demo.svc.cluster.local, trafficPolicy: {
   tls: {mode: ISTIO_MUTUAL},
   connectionPool: {http: {http2MaxRequests: 10}},
-  loadBalancer: {consistentHash: {httpHeaderName: x-user}, localityLbSetting: {failover: [{from: eu, to: us}]}}},
+  loadBalancer: {consistentHash: {httpHeaderName: x-user}, localityLbSetting: {failoverPriority: [topology.istio.io/network]}}},
   subsets: [{name: a, labels: {v: a}, trafficPolicy: {outlierDetection: {splitExternalLocalOriginErrors: true}}}]}`)))
 	if _, err := l.build(); err != nil {
 		t.Fatal(err)
 	}
 	out := b.String()
 	for _, want := range []string{"spec.trafficPolicy.connectionPool.http", "spec.trafficPolicy.loadBalancer.consistentHash (only useSourceIp)",
-		"spec.trafficPolicy.loadBalancer.localityLbSetting (not applied yet)",
+		"spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority (not applied yet)",
 		"spec.subsets[0].trafficPolicy.outlierDetection.splitExternalLocalOriginErrors"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("warning lacks %q:\n%s", want, out)

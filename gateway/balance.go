@@ -70,6 +70,10 @@ type cluster struct {
 	idle   time.Duration // the flows' idle timeout
 	// addrHash are the members' address hashes, for source IP hashing.
 	addrHash []uint64
+	// prio are the members' locality priorities, 0 the nearest, when
+	// levels > 1 (locality failover).
+	prio   []uint8
+	levels int
 }
 
 func (c *cluster) add(u *upstream, w uint64) {
@@ -131,9 +135,10 @@ func (c *cluster) pick(tried []int, now int64, src uint64) int {
 	healthy := func(i int) bool { return usable(i) && !c.members[i].ejected(now) }
 	o := c.outlier()
 	if o != nil && c.panicking(o, now) {
-		return c.choose(usable, src)
+		return c.chooseLevel(usable, func(int) bool { return true }, src)
 	}
-	if i := c.choose(healthy, src); i >= 0 || o != nil {
+	admitted := func(i int) bool { return !c.members[i].ejected(now) }
+	if i := c.chooseLevel(healthy, admitted, src); i >= 0 || o != nil {
 		return i
 	}
 	return c.choose(usable, src)

@@ -76,6 +76,10 @@ type Config struct {
 	// together; default 10000. Connections over the cap are reset at once
 	// and counted (over_limit).
 	MaxConnections int
+	// Locality is the gateway's own, "region/zone/subzone", which
+	// DestinationRule locality load balancing is relative to; "" (the
+	// default) turns locality load balancing off.
+	Locality string
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 	// Metrics receives counters; nil keeps them unexported.
@@ -405,7 +409,17 @@ func (g *Gateway) buildTable(v *discovery.View) *table {
 	}{{v.Routes(), false}, {v.PassthroughRoutes(), true}} {
 		for _, r := range rs.routes {
 			cl := &cluster{route: r, idle: g.cfg.IdleTimeout}
-			for _, tg := range r.Targets {
+			weights, prio, levels := g.localize(r)
+			for i, tg := range r.Targets {
+				w := uint64(tg.Weight)
+				if weights != nil {
+					if w = weights[i]; w == 0 {
+						continue // distribute sends its locality nothing
+					}
+				}
+				if prio != nil {
+					cl.prio = append(cl.prio, prio[i])
+				}
 				u, ok := keep[tg.Address]
 				if !ok {
 					if u, ok = g.upstreams[tg.Address]; !ok {
@@ -413,8 +427,9 @@ func (g *Gateway) buildTable(v *discovery.View) *table {
 					}
 					keep[tg.Address] = u
 				}
-				cl.add(u, uint64(tg.Weight))
+				cl.add(u, w)
 			}
+			cl.levels = levels
 			id := routeID{host: r.Key.Host, port: r.Key.Port, subset: r.Key.Subset, passthrough: rs.passthrough}
 			st, ok := keepRoutes[id]
 			if !ok {
