@@ -70,6 +70,9 @@ type cluster struct {
 	idle   time.Duration // the flows' idle timeout
 	// addrHash are the members' address hashes, for source IP hashing.
 	addrHash []uint64
+	// target are the indexes in route.Targets of the members, which a
+	// locality distribute may leave some of out.
+	target []int
 	// prio are the members' locality priorities, 0 the nearest, when
 	// levels > 1 (locality failover).
 	prio   []uint8

@@ -420,6 +420,7 @@ func (g *Gateway) buildTable(v *discovery.View) *table {
 				if prio != nil {
 					cl.prio = append(cl.prio, prio[i])
 				}
+				cl.target = append(cl.target, i)
 				u, ok := keep[tg.Address]
 				if !ok {
 					if u, ok = g.upstreams[tg.Address]; !ok {

@@ -99,6 +99,11 @@ func TestRouteMaxConnections(t *testing.T) {
 		if n := b.Accepted(); n != 2 {
 			t.Fatalf("backend accepted %d connections, want 2: a refusal over the cap must not dial", n)
 		}
+		for _, r := range m.last().Debug().Routes {
+			if r.SNI == echoSNI && (r.Active != 2 || r.MaxConnections != 2) {
+				t.Fatalf("/debug/config route: active %d of %d, want 2 of 2", r.Active, r.MaxConnections)
+			}
+		}
 		// Closing one frees its slot.
 		open[0].Close()
 		await.True(t, 10*time.Second, "a connection after one closed", func() bool {
