@@ -52,12 +52,12 @@ func (g *Gateway) handle(port uint32, f *flow) {
 		g.refuse(c, ref)
 		return
 	}
-	up, u, ref := g.dial(t, p, c.RemoteAddr())
+	up, u, cl, ref := g.dial(t, p, c.RemoteAddr())
 	if ref != nil {
 		g.refuse(c, ref)
 		return
 	}
-	if !g.start(f, up, u, p.cl, hello.Raw) {
+	if !g.start(f, up, u, cl, hello.Raw) {
 		return
 	}
 	forwarding = true

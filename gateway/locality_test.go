@@ -123,3 +123,42 @@ loadBalancer: {localityLbSetting: {failover: [{from: r1, to: r3}]}}`, near, zone
 		}
 	}
 }
+
+// withNetwork moves backend b's endpoint in yaml to network.
+func withNetwork(yaml string, b *workload.EchoServer, network string) string {
+	_, port, _ := net.SplitHostPort(b.Addr())
+	line := "    ports: {tcp-echo: " + port + "}\n    network: net-a\n"
+	return strings.Replace(yaml, line, "    ports: {tcp-echo: "+port+"}\n    network: "+network+"\n", 1)
+}
+
+// Under outlier detection, when no endpoint of the gateway's own network
+// connects, the connection fails over to another network through a
+// tunnel, the last rank of Istio's locality failover.
+func TestOutlierFailoverToOtherNetwork(t *testing.T) {
+	for _, path := range []string{pathQUIC, pathTCP} {
+		t.Run(path, func(t *testing.T) {
+			m := newMeshPath(t, path)
+			local, remote := m.backend("v1"), m.backend("v2")
+			local.Close() // this network's only endpoint refuses
+			// The far gateway has both endpoints (start moves them to
+			// net-b); the gateway clients dial keeps local in its own
+			// network, net-a.
+			yaml := policyYAML(freePort(t), "outlierDetection: {consecutiveGatewayErrors: 1, baseEjectionTime: 3600s, maxEjectionPercent: 100}", local, remote)
+			m.start(yaml)
+			m.applyTo(m.gw, "net-a", withNetwork(yaml, remote, "net-b"))
+			for range 5 {
+				c, err := m.dial(echoSNI, "istio")
+				if err != nil {
+					t.Fatalf("no failover to the other network: %v", err)
+				}
+				c.Close()
+				if c.Server != "v2" {
+					t.Fatalf("reached %s", c.Server)
+				}
+			}
+			if m.gw.Healthy(local.Addr()) {
+				t.Fatal("the local endpoint that refused is not ejected")
+			}
+		})
+	}
+}

@@ -83,10 +83,10 @@ func (g *Gateway) serveFlow(h tunnel.Header, f *flow) bool {
 	if ap, err := netip.ParseAddrPort(h.ClientAddr); err == nil {
 		client = net.TCPAddrFromAddrPort(ap)
 	}
-	up, u, ref := g.dial(t, p, client)
+	up, u, cl, ref := g.dial(t, p, client)
 	if ref != nil {
 		g.refuseFlow(f, ref)
 		return false
 	}
-	return g.start(f, up, u, p.cl, nil)
+	return g.start(f, up, u, cl, nil)
 }
