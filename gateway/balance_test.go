@@ -2,11 +2,15 @@ package gateway
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"os"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ewgate/ewgate/discovery"
 )
 
 func TestResultEjectsOnlyForEndpointErrors(t *testing.T) {
@@ -72,5 +76,41 @@ func TestPickSpreadsByWeightAndSkipsEjected(t *testing.T) {
 	}
 	if i := cl.pick([]int{0, 1, 2}, now, 0); i != -1 {
 		t.Errorf("with all tried, picked %d, want -1", i)
+	}
+}
+
+// Picking allocates nothing, whatever the route's load balancer: it runs
+// once or more per connection.
+func TestPickAllocatesNothing(t *testing.T) {
+	outlier := &discovery.Outlier{ConsecutiveErrors: 1, MinHealthPercent: 50, MaxEjectionPercent: 100}
+	policies := map[string]*discovery.Policy{
+		"built-in":       nil,
+		"ROUND_ROBIN":    {LoadBalancer: discovery.LoadBalancer{Simple: "ROUND_ROBIN"}},
+		"RANDOM":         {LoadBalancer: discovery.LoadBalancer{Simple: "RANDOM"}},
+		"useSourceIp":    {LoadBalancer: discovery.LoadBalancer{HashSourceIP: true}},
+		"outlier":        {Outlier: outlier},
+		"locality ranks": {Outlier: outlier},
+	}
+	for name, p := range policies {
+		t.Run(name, func(t *testing.T) {
+			cl := &cluster{}
+			for i := range 4 {
+				cl.add(&upstream{addr: "10.0.0." + strconv.Itoa(i) + ":80"}, 1)
+			}
+			if p != nil {
+				New(Config{}).applyPolicy(cl, p, new(routeState))
+			}
+			if name == "locality ranks" {
+				cl.prio, cl.levels = []uint8{0, 0, 1, 2}, 3
+			}
+			cl.members[0].ejectedUntil.Store(math.MaxInt64)
+			tried := make([]int, 0, 4)
+			if n := testing.AllocsPerRun(100, func() {
+				tried = append(tried[:0], cl.pick(tried[:0], 1, 12345))
+				cl.pick(tried, 1, 12345)
+			}); n != 0 {
+				t.Fatalf("%v allocations per pick", n)
+			}
+		})
 	}
 }
