@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/sni"
 )
 
 // upstream is the live state of one endpoint address, shared by every
@@ -47,9 +48,7 @@ type routeState struct {
 // routed by an AUTO_PASSTHROUGH and by a PASSTHROUGH listener are two
 // clusters in Istio's gateway (sni-dnat and outbound), and so two here.
 type routeID struct {
-	host        string
-	port        uint16
-	subset      string
+	key         sni.Key
 	passthrough bool
 }
 
@@ -70,6 +69,8 @@ type cluster struct {
 	idle   time.Duration // the flows' idle timeout
 	// addrHash are the members' address hashes, for source IP hashing.
 	addrHash []uint64
+	// cycle is the order of round robin, member indexes.
+	cycle []uint32
 	// target are the indexes in route.Targets of the members, which a
 	// locality distribute may leave some of out.
 	target []int
@@ -210,17 +211,61 @@ func (c *cluster) random(ok func(int) bool, leastLoaded bool) int {
 	return best
 }
 
-// roundRobin takes the members in turn, each for as many turns as its
-// weight, skipping those ok does not admit.
+// roundRobin takes the members in turn, in the order of cl.cycle, and
+// skips those ok does not admit.
 func (c *cluster) roundRobin(ok func(int) bool) int {
 	n := len(c.members)
-	start := c.index((c.state.next.Add(1) - 1) % c.cum[n-1])
+	start := int(c.cycle[(c.state.next.Add(1)-1)%uint64(len(c.cycle))])
 	for k := range n {
 		if i := (start + k) % n; ok(i) {
 			return i
 		}
 	}
 	return -1
+}
+
+// maxCycle bounds a round-robin cycle: larger weights are scaled down.
+const maxCycle = 4096
+
+// roundRobinCycle returns one cycle of interleaved weighted round robin
+// over members of the given weights: each round serves, in order, the
+// members whose weight exceeds the round's number, so that a member of
+// weight w has w turns per cycle, spread over it rather than in a row
+// (weights 1, 2, 1 give 0 1 2 1), as Envoy's weighted round robin
+// spreads them. Weights are reduced by their common divisor and scaled
+// to a cycle of at most maxCycle turns, each member keeping one.
+func roundRobinCycle(weights []uint64) []uint32 {
+	var g, total, top uint64
+	for _, w := range weights {
+		g = gcd(g, w)
+	}
+	ws := make([]uint64, len(weights))
+	for i, w := range weights {
+		ws[i] = w / max(g, 1)
+		total += ws[i]
+	}
+	for i := range ws {
+		if total > maxCycle {
+			ws[i] = max(uint64(float64(ws[i])*maxCycle/float64(total)), 1)
+		}
+		top = max(top, ws[i])
+	}
+	var cycle []uint32
+	for round := range top {
+		for i, w := range ws {
+			if w > round {
+				cycle = append(cycle, uint32(i))
+			}
+		}
+	}
+	return cycle
+}
+
+func gcd(a, b uint64) uint64 {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
 }
 
 // hashed picks the admitted member of highest weighted rendezvous score

@@ -408,30 +408,7 @@ func (g *Gateway) buildTable(v *discovery.View) *table {
 		passthrough bool
 	}{{v.Routes(), false}, {v.PassthroughRoutes(), true}} {
 		for _, r := range rs.routes {
-			cl := &cluster{route: r, idle: g.cfg.IdleTimeout}
-			weights, prio, levels := g.localize(r)
-			for i, tg := range r.Targets {
-				w := uint64(tg.Weight)
-				if weights != nil {
-					if w = weights[i]; w == 0 {
-						continue // distribute sends its locality nothing
-					}
-				}
-				if prio != nil {
-					cl.prio = append(cl.prio, prio[i])
-				}
-				cl.target = append(cl.target, i)
-				u, ok := keep[tg.Address]
-				if !ok {
-					if u, ok = g.upstreams[tg.Address]; !ok {
-						u = &upstream{addr: tg.Address}
-					}
-					keep[tg.Address] = u
-				}
-				cl.add(u, w)
-			}
-			cl.levels = levels
-			id := routeID{host: r.Key.Host, port: r.Key.Port, subset: r.Key.Subset, passthrough: rs.passthrough}
+			id := routeID{key: r.Key, passthrough: rs.passthrough}
 			st, ok := keepRoutes[id]
 			if !ok {
 				if st, ok = g.routes[id]; !ok {
@@ -439,8 +416,7 @@ func (g *Gateway) buildTable(v *discovery.View) *table {
 				}
 				keepRoutes[id] = st
 			}
-			g.applyPolicy(cl, &r.Policy, st)
-			t.clusters[r] = cl
+			t.clusters[r] = g.buildCluster(r, st, keep)
 		}
 	}
 	g.routes = keepRoutes
@@ -450,6 +426,37 @@ func (g *Gateway) buildTable(v *discovery.View) *table {
 	}
 	slices.SortFunc(t.upstreams, func(a, b *upstream) int { return strings.Compare(a.addr, b.addr) })
 	return t
+}
+
+// buildCluster compiles r's endpoints, with st its route's state, under
+// its policy, taking each endpoint's state from keep or, for one new to
+// keep, from the last table. Called with g.mu held.
+func (g *Gateway) buildCluster(r *discovery.Route, st *routeState, keep map[string]*upstream) *cluster {
+	cl := &cluster{route: r, idle: g.cfg.IdleTimeout}
+	weights, prio, levels := g.localize(r)
+	for i, tg := range r.Targets {
+		w := uint64(tg.Weight)
+		if weights != nil {
+			if w = weights[i]; w == 0 {
+				continue // distribute sends its locality nothing
+			}
+		}
+		u, ok := keep[tg.Address]
+		if !ok {
+			if u, ok = g.upstreams[tg.Address]; !ok {
+				u = &upstream{addr: tg.Address}
+			}
+			keep[tg.Address] = u
+		}
+		cl.add(u, w)
+		cl.target = append(cl.target, i)
+		if prio != nil {
+			cl.prio = append(cl.prio, prio[i])
+		}
+	}
+	cl.levels = levels
+	g.applyPolicy(cl, &r.Policy, st)
+	return cl
 }
 
 // Healthy reports whether the endpoint at addr is known and not ejected,

@@ -32,6 +32,13 @@ func (g *Gateway) applyPolicy(cl *cluster, p *discovery.Policy, st *routeState) 
 	if p.IdleTimeout > 0 {
 		cl.idle = p.IdleTimeout
 	}
+	if p.LoadBalancer.Simple == "ROUND_ROBIN" && len(cl.members) > 0 {
+		weights := make([]uint64, len(cl.members))
+		for i := range weights {
+			weights[i] = cl.weight(i)
+		}
+		cl.cycle = roundRobinCycle(weights)
+	}
 	if p.LoadBalancer.HashSourceIP {
 		cl.addrHash = make([]uint64, len(cl.members))
 		for i, u := range cl.members {

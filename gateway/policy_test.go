@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -531,16 +532,20 @@ func TestOutlierEjectsAndReadmits(t *testing.T) {
 
 func TestRoundRobin(t *testing.T) {
 	t.Run("weighted", func(t *testing.T) {
-		cl := &cluster{policy: &discovery.Policy{LoadBalancer: discovery.LoadBalancer{Simple: "ROUND_ROBIN"}}, state: new(routeState)}
-		for i, w := range []uint64{1, 2, 1} {
+		cl := &cluster{}
+		for i, w := range []uint64{1 << 20, 3 << 20, 2 << 20} {
 			cl.add(&upstream{addr: strconv.Itoa(i)}, w)
 		}
+		p := &discovery.Policy{LoadBalancer: discovery.LoadBalancer{Simple: "ROUND_ROBIN"}}
+		New(Config{}).applyPolicy(cl, p, new(routeState))
 		var got []string
-		for range 8 {
+		for range 12 {
 			got = append(got, cl.members[cl.pick(nil, 0, 0)].addr)
 		}
-		if s := strings.Join(got, ""); s != "01120112" {
-			t.Fatalf("order %s, want 01120112", s)
+		// Weights 1:3:2, interleaved: not a million turns of one in a
+		// row.
+		if s := strings.Join(got, ""); s != "012121012121" {
+			t.Fatalf("order %s, want 012121012121", s)
 		}
 		// A member tried is skipped, to the next in turn.
 		if i := cl.pick([]int{0}, 0, 0); i != 1 {
@@ -632,4 +637,27 @@ func TestHashSourceIP(t *testing.T) {
 			t.Fatalf("every source went to %v", used)
 		}
 	})
+}
+
+func TestRoundRobinCycle(t *testing.T) {
+	tests := []struct {
+		weights []uint64
+		want    int // cycle length
+	}{
+		{[]uint64{1, 1, 1}, 3},
+		{[]uint64{100, 200}, 3},
+		{[]uint64{1 << 30, 1}, maxCycle}, // scaled, the light one keeps a turn
+		{[]uint64{1 << 52, 1 << 52, 1}, maxCycle + 1},
+	}
+	for _, tt := range tests {
+		c := roundRobinCycle(tt.weights)
+		if len(c) != tt.want {
+			t.Errorf("%v: cycle of %d, want %d", tt.weights, len(c), tt.want)
+		}
+		for i := range tt.weights {
+			if !slices.Contains(c, uint32(i)) {
+				t.Errorf("%v: member %d has no turn", tt.weights, i)
+			}
+		}
+	}
 }
