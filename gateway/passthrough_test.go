@@ -20,27 +20,11 @@ func TestPassthroughListener(t *testing.T) {
 	m := newMesh(t)
 	v1, v2 := m.backend("v1"), m.backend("v2")
 	port, pass := freePort(t), freePort(t)
-	m.start(echoYAML(port, v1, v2) + fmt.Sprintf(`---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: pass, namespace: istio-system}
-spec:
-  selector: {istio: eastwestgateway}
-  servers:
-  - {port: {number: %d, name: tls, protocol: TLS}, hosts: ["*"], tls: {mode: PASSTHROUGH}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: pass, namespace: istio-system}
-spec:
-  hosts: ["*"]
-  gateways: [pass]
-  tls:
+	m.start(echoYAML(port, v1, v2) + passthroughYAML(pass, fmt.Sprintf(`
   - match: [{sniHosts: [echo.example.com]}]
     route: [{destination: {host: %s, subset: v2}}]
   - match: [{sniHosts: ["*.example.com"]}]
-    route: [{destination: {host: %s, subset: v1}}]
-`, pass, workload.EchoHost, workload.EchoHost))
+    route: [{destination: {host: %s, subset: v1}}]`, workload.EchoHost, workload.EchoHost)))
 	dial := func(serverName string) (*workload.Conn, error) { return dialPort(m, pass, serverName) }
 	for sni, want := range map[string]string{"echo.example.com": "v2", "other.example.com": "v1"} {
 		c, err := dial(sni)
@@ -83,25 +67,9 @@ func TestPassthroughRoutePolicy(t *testing.T) {
 	m := newMesh(t)
 	v1 := m.backend("v1")
 	port, pass := freePort(t), freePort(t)
-	m.start(policyYAML(port, "connectionPool: {tcp: {maxConnections: 1}}", v1) + fmt.Sprintf(`---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: pass, namespace: istio-system}
-spec:
-  selector: {istio: eastwestgateway}
-  servers:
-  - {port: {number: %d, name: tls, protocol: TLS}, hosts: ["*"], tls: {mode: PASSTHROUGH}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: pass, namespace: istio-system}
-spec:
-  hosts: ["*"]
-  gateways: [pass]
-  tls:
+	m.start(policyYAML(port, "connectionPool: {tcp: {maxConnections: 1}}", v1) + passthroughYAML(pass, `
   - match: [{sniHosts: [echo.example.com]}]
-    route: [{destination: {host: %s}}]
-`, pass, workload.EchoHost))
+    route: [{destination: {host: `+workload.EchoHost+`}}]`))
 	held, err := dialPort(m, pass, "echo.example.com")
 	if err != nil {
 		t.Fatal(err)
@@ -129,4 +97,27 @@ func dialPort(m *mesh, port int, serverName string, alpn ...string) (*workload.C
 	defer cancel()
 	cl := workload.Client{Source: m.source("spiffe://cluster.local/ns/demo/sa/client"), ALPN: append([]string{}, alpn...)}
 	return cl.DialName(ctx, m.gw.Addrs()[uint32(port)].String(), serverName)
+}
+
+// passthroughYAML is a Gateway with a PASSTHROUGH server for every host
+// on port and its VirtualService, whose tls rules are tls (YAML list
+// items at the indentation of the tls field's).
+func passthroughYAML(port int, tls string) string {
+	return fmt.Sprintf(`---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: pass, namespace: istio-system}
+spec:
+  selector: {istio: eastwestgateway}
+  servers:
+  - {port: {number: %d, name: tls, protocol: TLS}, hosts: ["*"], tls: {mode: PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: pass, namespace: istio-system}
+spec:
+  hosts: ["*"]
+  gateways: [pass]
+  tls:%s
+`, port, tls)
 }
