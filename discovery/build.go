@@ -563,11 +563,19 @@ func (t *translator) attachSubsets(svcs []*Service) {
 			dr = byHost[best]
 		}
 		used[dr.Source] = true
+		svc.policy = dr.Spec.GetTrafficPolicy()
 		for _, ss := range dr.Spec.GetSubsets() {
-			svc.Subsets = append(svc.Subsets, Subset{Name: ss.GetName(), Labels: ss.GetLabels()})
+			svc.Subsets = append(svc.Subsets, Subset{Name: ss.GetName(), Labels: ss.GetLabels(), policy: ss.GetTrafficPolicy()})
 		}
 	}
 	for _, dr := range t.res.DestinationRules {
+		fields := unhonoured(dr.Spec.GetTrafficPolicy(), "spec.trafficPolicy")
+		for i, ss := range dr.Spec.GetSubsets() {
+			fields = append(fields, unhonoured(ss.GetTrafficPolicy(), fmt.Sprintf("spec.subsets[%d].trafficPolicy", i))...)
+		}
+		if len(fields) > 0 {
+			t.warn("config: DestinationRule settings an L4 gateway does not apply are ignored", "resource", dr.Source.String(), "fields", fields)
+		}
 		if !used[dr.Source] {
 			t.warn("config: DestinationRule matches no ServiceEntry host", "resource", dr.Source.String(), "host", dr.Spec.GetHost())
 		}

@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strings"
 
+	networking "istio.io/api/networking/v1alpha3"
+
 	"github.com/ewgate/ewgate/sni"
 )
 
@@ -163,6 +165,8 @@ type Service struct {
 	// RemoteAccounts are the SPIFFE IDs of the service's endpoints in
 	// other networks, sorted, as their gateways report them.
 	RemoteAccounts []string
+	// policy is the trafficPolicy of the service's DestinationRule.
+	policy *networking.TrafficPolicy
 }
 
 // Port is a service port.
@@ -180,6 +184,8 @@ type Port struct {
 type Subset struct {
 	Name   string
 	Labels map[string]string
+	// policy is the subset's own trafficPolicy.
+	policy *networking.TrafficPolicy
 	// Origin is where the subset was defined; a subset only other
 	// networks define routes only to them.
 	Origin Origin

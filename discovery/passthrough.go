@@ -276,6 +276,7 @@ func (v *View) destination(d RouteDestination, dests map[RouteDestination]*Route
 	if why != "" || port.Origin.Remote() || subset.Origin.Remote() {
 		return r, why
 	}
+	r.Policy = translatePolicy(resolvePolicy(svc.policy, subset.policy, port.Number))
 	for _, ep := range svc.Endpoints {
 		if ep.Network != "" && ep.Network != v.Node.Network || !labelsMatch(subset.Labels, ep.Labels) {
 			continue

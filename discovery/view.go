@@ -62,6 +62,9 @@ type Route struct {
 	// when another network did (the first of them that is remote); such a
 	// route has no Targets. Zero for routes this gateway's config defines.
 	Origin Origin
+	// Policy is the DestinationRule traffic policy of the route's port
+	// and subset.
+	Policy Policy
 }
 
 // Reason says why a key does not route; its value is a stable metric label.
@@ -173,7 +176,7 @@ func (c *Catalog) View(n Node) (*View, error) {
 
 func (sv *serviceView) add(v *View, n Node, p Port, ss Subset) {
 	r := &Route{Key: sni.Key{Host: sv.svc.Host, Port: uint16(p.Number), Subset: ss.Name}, Service: sv.svc,
-		Exported: sv.svc.exported(n.ExportDefault)}
+		Exported: sv.svc.exported(n.ExportDefault), Policy: translatePolicy(resolvePolicy(sv.svc.policy, ss.policy, p.Number))}
 	for _, o := range []Origin{sv.svc.Origin, p.Origin, ss.Origin} {
 		if o.Remote() {
 			r.Origin = o

@@ -2,11 +2,15 @@ package gateway
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"os"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ewgate/ewgate/discovery"
 )
 
 func TestResultEjectsOnlyForEndpointErrors(t *testing.T) {
@@ -30,12 +34,12 @@ func TestResultEjectsOnlyForEndpointErrors(t *testing.T) {
 			g := New(Config{EjectAfter: 2, EjectFor: time.Minute})
 			u := &upstream{addr: "192.0.2.1:80"}
 			for range 3 {
-				g.result(u, tt.err)
+				g.result(&cluster{}, u, tt.err)
 			}
 			if got := u.ejected(time.Now().UnixNano()); got != tt.eject {
 				t.Fatalf("ejected = %v after 3 %v errors, want %v", got, tt.err, tt.eject)
 			}
-			g.result(u, nil)
+			g.result(&cluster{}, u, nil)
 			if u.failures.Load() != 0 {
 				t.Fatal("a success must clear the failure streak")
 			}
@@ -53,7 +57,7 @@ func TestPickSpreadsByWeightAndSkipsEjected(t *testing.T) {
 	c.ejectedUntil.Store(now + int64(time.Minute))
 	counts := map[string]int{}
 	for range 4000 {
-		i := cl.pick(nil, now)
+		i := cl.pick(nil, now, 0)
 		u := cl.members[i]
 		counts[u.addr]++
 		u.active.Add(1) // connections stay open: load must follow weight
@@ -67,10 +71,46 @@ func TestPickSpreadsByWeightAndSkipsEjected(t *testing.T) {
 		t.Errorf("b/a = %.2f (%v), want about 3", r, counts)
 	}
 	// Excluding tried members, and falling back to ejected ones last.
-	if i := cl.pick([]int{0, 1}, now); i != 2 {
+	if i := cl.pick([]int{0, 1}, now, 0); i != 2 {
 		t.Errorf("with a and b tried, picked %d, want the ejected c as a last resort", i)
 	}
-	if i := cl.pick([]int{0, 1, 2}, now); i != -1 {
+	if i := cl.pick([]int{0, 1, 2}, now, 0); i != -1 {
 		t.Errorf("with all tried, picked %d, want -1", i)
+	}
+}
+
+// Picking allocates nothing, whatever the route's load balancer: it runs
+// once or more per connection.
+func TestPickAllocatesNothing(t *testing.T) {
+	outlier := &discovery.Outlier{ConsecutiveErrors: 1, MinHealthPercent: 50, MaxEjectionPercent: 100}
+	policies := map[string]*discovery.Policy{
+		"built-in":       nil,
+		"ROUND_ROBIN":    {LoadBalancer: discovery.LoadBalancer{Simple: "ROUND_ROBIN"}},
+		"RANDOM":         {LoadBalancer: discovery.LoadBalancer{Simple: "RANDOM"}},
+		"useSourceIp":    {LoadBalancer: discovery.LoadBalancer{HashSourceIP: true}},
+		"outlier":        {Outlier: outlier},
+		"locality ranks": {Outlier: outlier},
+	}
+	for name, p := range policies {
+		t.Run(name, func(t *testing.T) {
+			cl := &cluster{}
+			for i := range 4 {
+				cl.add(&upstream{addr: "10.0.0." + strconv.Itoa(i) + ":80"}, 1)
+			}
+			if p != nil {
+				New(Config{}).applyPolicy(cl, p, new(routeState))
+			}
+			if name == "locality ranks" {
+				cl.prio, cl.levels = []uint8{0, 0, 1, 2}, 3
+			}
+			cl.members[0].ejectedUntil.Store(math.MaxInt64)
+			tried := make([]int, 0, 4)
+			if n := testing.AllocsPerRun(100, func() {
+				tried = append(tried[:0], cl.pick(tried[:0], 1, 12345))
+				cl.pick(tried, 1, 12345)
+			}); n != 0 {
+				t.Fatalf("%v allocations per pick", n)
+			}
+		})
 	}
 }

@@ -52,12 +52,12 @@ func (g *Gateway) handle(port uint32, f *flow) {
 		g.refuse(c, ref)
 		return
 	}
-	up, u, ref := g.dial(t, p, c.RemoteAddr())
+	up, u, cl, ref := g.dial(t, p, c.RemoteAddr())
 	if ref != nil {
 		g.refuse(c, ref)
 		return
 	}
-	if !g.start(f, up, u, hello.Raw) {
+	if !g.start(f, up, u, cl, hello.Raw) {
 		return
 	}
 	forwarding = true
@@ -101,9 +101,16 @@ func (g *Gateway) parse(hello sni.Hello) (sni.Key, *refusal) {
 }
 
 // start replays the client's first bytes (its ClientHello) to the dialed
-// upstream side and makes the flow forward-ready; on failure it refuses
-// the client and returns false. Shutdown may cut the flow from here on.
-func (g *Gateway) start(f *flow, up end, u *upstream, first []byte) bool {
+// upstream side and makes the flow forward-ready under the policy of cl,
+// the route's cluster dial admitted it to (nil for a tunnel); on failure
+// it refuses the client and returns false. Shutdown may cut the flow
+// from here on.
+func (g *Gateway) start(f *flow, up end, u *upstream, cl *cluster, first []byte) bool {
+	f.idle = g.cfg.IdleTimeout
+	if cl != nil {
+		// release lets the route's connection go from here on.
+		f.cl, f.idle = cl, cl.idle
+	}
 	if len(first) > 0 {
 		if _, err := up.c.Write(first); err != nil {
 			g.m.ConnectErrors.Inc()
@@ -123,6 +130,9 @@ func (g *Gateway) start(f *flow, up end, u *upstream, first []byte) bool {
 		// upstream.
 		f.cut()
 	}
+	if cl != nil && cl.policy.MaxConnectionDuration > 0 {
+		f.expiry = time.AfterFunc(cl.policy.MaxConnectionDuration, f.expire)
+	}
 	g.m.Forwarded.Inc()
 	return true
 }
@@ -131,6 +141,9 @@ func (g *Gateway) start(f *flow, up end, u *upstream, first []byte) bool {
 func (g *Gateway) release(f *flow) {
 	if f.upstream != nil {
 		f.upstream.active.Add(-1)
+	}
+	if f.cl != nil {
+		f.cl.leave()
 	}
 	g.mu.Lock()
 	delete(g.flows, f)

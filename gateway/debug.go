@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -98,8 +99,12 @@ type DebugRoute struct {
 	// From is where the route's service, port or subset was defined:
 	// "local", or the other network that defines it (the route then
 	// leads to that network and has no endpoints here).
-	From      discovery.Origin `json:"from"`
-	Endpoints []DebugEndpoint  `json:"endpoints"`
+	From discovery.Origin `json:"from"`
+	// Active is the route's open connections on this gateway, which its
+	// DestinationRule's MaxConnections (0: none) caps.
+	Active         int64           `json:"active"`
+	MaxConnections uint32          `json:"maxConnections,omitempty"`
+	Endpoints      []DebugEndpoint `json:"endpoints"`
 }
 
 // DebugEndpoint is one eligible endpoint and its live state.
@@ -120,7 +125,7 @@ func (g *Gateway) Debug() *DebugConfig {
 		return nil
 	}
 	addrs := g.Addrs()
-	now := time.Now().UnixNano()
+	now := g.now()
 	d := &DebugConfig{Network: t.view.Node.Network, Listeners: []DebugListener{}, Services: []DebugService{},
 		Conflicts: append([]discovery.Conflict{}, t.view.Conflicts...), Routes: []DebugRoute{}}
 	for _, svc := range t.view.Services() {
@@ -157,7 +162,10 @@ func (g *Gateway) Debug() *DebugConfig {
 	for _, r := range t.view.Routes() {
 		dr := DebugRoute{SNI: r.Key.SNI(), Service: r.Service.Host, Namespace: r.Service.Namespace,
 			Port: r.Key.Port, Subset: r.Key.Subset, ExportTo: r.Service.ExportTo, Exported: r.Exported, From: r.Origin,
-			Endpoints: debugEndpoints(t.clusters[r], r, now)}
+			Endpoints: debugEndpoints(t.clusters[r], r, now), MaxConnections: r.Policy.MaxConnections}
+		if st := t.clusters[r].state; st != nil {
+			dr.Active = st.active.Load()
+		}
 		d.Routes = append(d.Routes, dr)
 	}
 	if tn := g.tunnels.Load(); tn != nil {
@@ -200,7 +208,7 @@ func debugService(svc *discovery.Service) DebugService {
 func debugEndpoints(cl *cluster, r *discovery.Route, now int64) []DebugEndpoint {
 	out := []DebugEndpoint{}
 	for i, u := range cl.members {
-		out = append(out, u.debug(uint32(cl.weight(i)), r.Targets[i].Locality, now))
+		out = append(out, u.debug(uint32(min(cl.weight(i), math.MaxUint32)), r.Targets[cl.target[i]].Locality, now))
 	}
 	return out
 }

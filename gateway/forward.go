@@ -16,6 +16,10 @@ import (
 // errIdle ends a connection on which nothing moved for the idle timeout.
 var errIdle = errors.New("idle timeout")
 
+// errMaxDuration ends a connection as old as its route's
+// MaxConnectionDuration.
+var errMaxDuration = errors.New("max connection duration")
+
 // halfConn is a connection whose sending side can be closed alone, as
 // TCP connections and tunnel streams can.
 type halfConn interface {
@@ -65,7 +69,15 @@ type flow struct {
 	upstream *upstream
 	// done, if not nil, is closed when the flow is released: ServeTunnel
 	// waits on it, since its stream is the tunnel handler's to hold.
-	done    chan struct{}
+	done chan struct{}
+	// cl is the route's cluster the flow counts against (its
+	// MaxConnections), set by start; nil for a tunnel.
+	cl *cluster
+	// idle is the flow's idle timeout: its route's, or the gateway's.
+	idle time.Duration
+	// expiry closes the flow at its route's MaxConnectionDuration; nil
+	// without one.
+	expiry  *time.Timer
 	running atomic.Int32 // directions still copying
 	ended   atomic.Bool  // both directions must stop
 	failed  atomic.Bool  // ended by an error: reset both sides
@@ -109,6 +121,9 @@ func (f *flow) run(dst, src end, d, other *direction, bytes counter) {
 	if f.running.Add(-1) > 0 {
 		return
 	}
+	if f.expiry != nil {
+		f.expiry.Stop()
+	}
 	if f.failed.Load() {
 		dst.reset()
 		src.reset()
@@ -141,7 +156,7 @@ func (f *flow) pipe(dst, src end, d, other *direction, bytes counter) {
 			d.pool = &f.g.relays
 		}
 	}
-	idle := f.g.cfg.IdleTimeout
+	idle := f.idle
 	var moved int64 // since the deadline was armed
 	arm := func() {
 		if idle > 0 {
@@ -152,6 +167,11 @@ func (f *flow) pipe(dst, src end, d, other *direction, bytes counter) {
 		moved = 0
 	}
 	arm()
+	if f.ended.Load() {
+		// Ended (expire) before the deadlines were armed, which armed
+		// over abort's.
+		return
+	}
 	for {
 		n, eof, err := d.move(f.g, dst, src)
 		moved += n
@@ -311,15 +331,24 @@ func (f *flow) abort(dst, src end, err error) {
 	if !f.ended.CompareAndSwap(false, true) {
 		return
 	}
-	if err == errIdle {
+	switch err {
+	case errIdle:
 		f.g.m.IdleClosed.Inc()
-	} else {
+	case errMaxDuration:
+		// Closed as the idle timeout closes: the connection did nothing
+		// wrong.
+		f.g.m.DurationClosed.Inc()
+	default:
 		f.failed.Store(true)
 	}
 	past := time.Unix(1, 0)
 	dst.c.SetDeadline(past)
 	src.c.SetDeadline(past)
 }
+
+// expire ends the flow at its route's MaxConnectionDuration: a
+// time.AfterFunc callback, which start arms after f.up is set.
+func (f *flow) expire() { f.abort(f.client, f.up, errMaxDuration) }
 
 // cut resets and closes the flow's sides at once, for a drain that ran
 // out of time or a tunnel link that closed. Callers hold g.mu, under

@@ -76,6 +76,10 @@ type Config struct {
 	// together; default 10000. Connections over the cap are reset at once
 	// and counted (over_limit).
 	MaxConnections int
+	// Locality is the gateway's own, "region/zone/subzone", which
+	// DestinationRule locality load balancing is relative to; "" (the
+	// default) turns locality load balancing off.
+	Locality string
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 	// Metrics receives counters; nil keeps them unexported.
@@ -143,8 +147,13 @@ type Gateway struct {
 	mu        sync.Mutex
 	listeners map[uint32]*listener
 	upstreams map[string]*upstream
+	routes    map[routeID]*routeState
 	flows     map[*flow]struct{} // every connection, accepted here or carried here by a tunnel
 	wg        sync.WaitGroup     // accept loops and connections
+
+	// now is the clock of ejections, in unix nanoseconds: time.Now, or
+	// a test's clock, so that ejection lengths can be asserted exactly.
+	now func() int64
 }
 
 // listener is one bound port.
@@ -162,6 +171,8 @@ func New(cfg Config) *Gateway {
 		m:         cfg.Metrics,
 		listeners: make(map[uint32]*listener),
 		upstreams: make(map[string]*upstream),
+		routes:    make(map[routeID]*routeState),
+		now:       func() int64 { return time.Now().UnixNano() },
 		flows:     make(map[*flow]struct{}),
 	}
 	g.dialer = net.Dialer{Timeout: cfg.DialTimeout, Control: cfg.DialControl}
@@ -391,26 +402,61 @@ func (g *Gateway) buildTable(v *discovery.View) *table {
 		t.passthrough[l.Port] = l
 	}
 	keep := make(map[string]*upstream)
-	for _, r := range slices.Concat(v.Routes(), v.PassthroughRoutes()) {
-		cl := &cluster{route: r}
-		for _, tg := range r.Targets {
-			u, ok := keep[tg.Address]
+	keepRoutes := make(map[routeID]*routeState)
+	for _, rs := range []struct {
+		routes      []*discovery.Route
+		passthrough bool
+	}{{v.Routes(), false}, {v.PassthroughRoutes(), true}} {
+		for _, r := range rs.routes {
+			id := routeID{key: r.Key, passthrough: rs.passthrough}
+			st, ok := keepRoutes[id]
 			if !ok {
-				if u, ok = g.upstreams[tg.Address]; !ok {
-					u = &upstream{addr: tg.Address}
+				if st, ok = g.routes[id]; !ok {
+					st = new(routeState)
 				}
-				keep[tg.Address] = u
+				keepRoutes[id] = st
 			}
-			cl.add(u, uint64(tg.Weight))
+			t.clusters[r] = g.buildCluster(r, st, keep)
 		}
-		t.clusters[r] = cl
 	}
+	g.routes = keepRoutes
 	g.upstreams = keep
 	for _, u := range keep {
 		t.upstreams = append(t.upstreams, u)
 	}
 	slices.SortFunc(t.upstreams, func(a, b *upstream) int { return strings.Compare(a.addr, b.addr) })
 	return t
+}
+
+// buildCluster compiles r's endpoints, with st its route's state, under
+// its policy, taking each endpoint's state from keep or, for one new to
+// keep, from the last table. Called with g.mu held.
+func (g *Gateway) buildCluster(r *discovery.Route, st *routeState, keep map[string]*upstream) *cluster {
+	cl := &cluster{route: r, idle: g.cfg.IdleTimeout}
+	weights, prio, levels := g.localize(r)
+	for i, tg := range r.Targets {
+		w := uint64(tg.Weight)
+		if weights != nil {
+			if w = weights[i]; w == 0 {
+				continue // distribute sends its locality nothing
+			}
+		}
+		u, ok := keep[tg.Address]
+		if !ok {
+			if u, ok = g.upstreams[tg.Address]; !ok {
+				u = &upstream{addr: tg.Address}
+			}
+			keep[tg.Address] = u
+		}
+		cl.add(u, w)
+		cl.target = append(cl.target, i)
+		if prio != nil {
+			cl.prio = append(cl.prio, prio[i])
+		}
+	}
+	cl.levels = levels
+	g.applyPolicy(cl, &r.Policy, st)
+	return cl
 }
 
 // Healthy reports whether the endpoint at addr is known and not ejected,
@@ -421,5 +467,5 @@ func (g *Gateway) Healthy(addr string) bool {
 		return false
 	}
 	i, ok := slices.BinarySearchFunc(t.upstreams, addr, func(u *upstream, a string) int { return strings.Compare(u.addr, a) })
-	return ok && !t.upstreams[i].ejected(time.Now().UnixNano())
+	return ok && !t.upstreams[i].ejected(g.now())
 }

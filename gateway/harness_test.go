@@ -35,6 +35,8 @@ type mesh struct {
 	epA, epB *tunnel.Endpoint
 	// farCfg configures far; nil takes cfg.
 	farCfg *Config
+	// setup, if set, is called with each gateway before it serves.
+	setup func(*Gateway)
 }
 
 // The paths a connection can take through the mesh.
@@ -122,6 +124,9 @@ func (m *mesh) start(yaml string) {
 	}
 	m.cfg.BindAddress = "127.0.0.1"
 	m.gw = New(m.cfg)
+	if m.setup != nil {
+		m.setup(m.gw)
+	}
 	m.t.Cleanup(func() { shutdown(m.gw) })
 	if m.path != pathLocal {
 		farCfg := m.cfg
@@ -131,6 +136,9 @@ func (m *mesh) start(yaml string) {
 		farCfg.Logger = m.cfg.Logger.With("gateway", "far")
 		farCfg.BindAddress = "127.0.0.2"
 		m.far = New(farCfg)
+		if m.setup != nil {
+			m.setup(m.far)
+		}
 		m.t.Cleanup(func() { shutdown(m.far) })
 		tr := tunnel.TransportQUIC
 		if m.path == pathTCP {

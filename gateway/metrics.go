@@ -16,10 +16,16 @@ type Metrics struct {
 	ConnectErrors *metrics.Counter
 	Ejections     *metrics.Counter
 	IdleClosed    *metrics.Counter
-	Readmitted    *metrics.Counter // ejected endpoints a probe readmitted
-	ProbeFailures *metrics.Counter
-	PeekSeconds   *metrics.Histogram
-	rejected      metrics.CounterVec
+	// DurationClosed counts connections closed at their route's
+	// maxConnectionDuration.
+	DurationClosed *metrics.Counter
+	// EjectionsOverMax counts outlier ejections not made because
+	// maxEjectionPercent of the route's endpoints were ejected.
+	EjectionsOverMax *metrics.Counter
+	Readmitted       *metrics.Counter // ejected endpoints a probe readmitted
+	ProbeFailures    *metrics.Counter
+	PeekSeconds      *metrics.Histogram
+	rejected         metrics.CounterVec
 	// byReason caches the counters of known reasons so that a refusal
 	// takes no lock.
 	byReason map[string]*metrics.Counter
@@ -42,6 +48,10 @@ func NewMetrics(r *metrics.Registry) *Metrics {
 		ConnectErrors: r.Counter("ewgate_upstream_connect_errors_total", "Failed connects to endpoints (each attempt)."),
 		Ejections:     r.Counter("ewgate_upstream_ejections_total", "Endpoints ejected after consecutive connect failures."),
 		IdleClosed:    r.Counter("ewgate_connections_idle_closed_total", "Connections closed by the idle timeout."),
+		DurationClosed: r.Counter("ewgate_connections_max_duration_closed_total",
+			"Connections closed at their route's DestinationRule connectionPool.tcp.maxConnectionDuration."),
+		EjectionsOverMax: r.Counter("ewgate_upstream_ejections_overflow_total",
+			"Outlier ejections not made because maxEjectionPercent of the route's endpoints were ejected."),
 		Readmitted:    r.Counter("ewgate_upstream_probe_readmissions_total", "Ejected endpoints readmitted because a probe connected (--endpoint-probe-interval)."),
 		ProbeFailures: r.Counter("ewgate_upstream_probe_failures_total", "Probes of ejected endpoints that did not connect; each extends the ejection."),
 		PeekSeconds: r.Histogram("ewgate_hello_peek_seconds", "Time to read a ClientHello.",
@@ -50,7 +60,7 @@ func NewMetrics(r *metrics.Registry) *Metrics {
 	}
 	// The packages that refuse list their reasons, so that a new one is
 	// registered (and cached) without an edit here.
-	reasons := []string{RejectNoData, RejectNoSNI, RejectBadSNI, RejectALPN, RejectNoEndpoints, RejectUnavailable, RejectOverLimit, RejectNoListener, RejectTooManyHops}
+	reasons := []string{RejectNoData, RejectNoSNI, RejectBadSNI, RejectALPN, RejectNoEndpoints, RejectUnavailable, RejectOverLimit, RejectRouteOverLimit, RejectNoListener, RejectTooManyHops}
 	for _, r := range discovery.Reasons() {
 		reasons = append(reasons, string(r))
 	}

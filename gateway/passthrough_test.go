@@ -20,34 +20,12 @@ func TestPassthroughListener(t *testing.T) {
 	m := newMesh(t)
 	v1, v2 := m.backend("v1"), m.backend("v2")
 	port, pass := freePort(t), freePort(t)
-	m.start(echoYAML(port, v1, v2) + fmt.Sprintf(`---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: pass, namespace: istio-system}
-spec:
-  selector: {istio: eastwestgateway}
-  servers:
-  - {port: {number: %d, name: tls, protocol: TLS}, hosts: ["*"], tls: {mode: PASSTHROUGH}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: pass, namespace: istio-system}
-spec:
-  hosts: ["*"]
-  gateways: [pass]
-  tls:
+	m.start(echoYAML(port, v1, v2) + passthroughYAML(pass, fmt.Sprintf(`
   - match: [{sniHosts: [echo.example.com]}]
     route: [{destination: {host: %s, subset: v2}}]
   - match: [{sniHosts: ["*.example.com"]}]
-    route: [{destination: {host: %s, subset: v1}}]
-`, pass, workload.EchoHost, workload.EchoHost))
-	addr := m.gw.Addrs()[uint32(pass)].String()
-	dial := func(serverName string) (*workload.Conn, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		cl := workload.Client{Source: m.source("spiffe://cluster.local/ns/demo/sa/client"), ALPN: []string{}}
-		return cl.DialName(ctx, addr, serverName)
-	}
+    route: [{destination: {host: %s, subset: v1}}]`, workload.EchoHost, workload.EchoHost)))
+	dial := func(serverName string) (*workload.Conn, error) { return dialPort(m, pass, serverName) }
 	for sni, want := range map[string]string{"echo.example.com": "v2", "other.example.com": "v1"} {
 		c, err := dial(sni)
 		if err != nil {
@@ -72,10 +50,74 @@ spec:
 	if n := v1.Accepted() + v2.Accepted(); n != accepted {
 		t.Errorf("backends accepted %d more connections; a refusal must not dial", n-accepted)
 	}
-	// The AUTO_PASSTHROUGH listener beside it is unchanged.
-	c, err := m.dial(echoSNI, "istio")
+	// The AUTO_PASSTHROUGH listener beside it is unchanged (m.dial would
+	// take either listener).
+	c, err := dialPort(m, port, echoSNI, "istio")
 	if err != nil {
 		t.Fatalf("AUTO_PASSTHROUGH: %v", err)
 	}
 	c.Close()
+}
+
+// A PASSTHROUGH listener's destinations follow their DestinationRule's
+// traffic policy, each its own cluster as in Istio (outbound, where
+// AUTO_PASSTHROUGH uses sni-dnat): a cap reached there leaves the same
+// subset's AUTO_PASSTHROUGH route its own connections.
+func TestPassthroughRoutePolicy(t *testing.T) {
+	m := newMesh(t)
+	v1 := m.backend("v1")
+	port, pass := freePort(t), freePort(t)
+	m.start(policyYAML(port, "connectionPool: {tcp: {maxConnections: 1}}", v1) + passthroughYAML(pass, `
+  - match: [{sniHosts: [echo.example.com]}]
+    route: [{destination: {host: `+workload.EchoHost+`}}]`))
+	held, err := dialPort(m, pass, "echo.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	before := m.gw.m.Rejected(RejectRouteOverLimit)
+	if c, err := dialPort(m, pass, "echo.example.com"); err == nil {
+		c.Close()
+		t.Fatal("a second connection over maxConnections 1 was forwarded")
+	} else if !strings.Contains(err.Error(), "internal error") {
+		t.Fatalf("client error %q, want the internal error alert", err)
+	}
+	await.True(t, 5*time.Second, "route_over_limit counted", func() bool { return m.gw.m.Rejected(RejectRouteOverLimit) == before+1 })
+	c, err := dialPort(m, port, echoSNI, "istio")
+	if err != nil {
+		t.Fatalf("AUTO_PASSTHROUGH route of the same service: %v", err)
+	}
+	c.Close()
+}
+
+// dialPort connects a client through the gateway's listener on port,
+// calling serverName with the ALPN protocols alpn (none if empty).
+func dialPort(m *mesh, port int, serverName string, alpn ...string) (*workload.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl := workload.Client{Source: m.source("spiffe://cluster.local/ns/demo/sa/client"), ALPN: append([]string{}, alpn...)}
+	return cl.DialName(ctx, m.gw.Addrs()[uint32(port)].String(), serverName)
+}
+
+// passthroughYAML is a Gateway with a PASSTHROUGH server for every host
+// on port and its VirtualService, whose tls rules are tls (YAML list
+// items at the indentation of the tls field's).
+func passthroughYAML(port int, tls string) string {
+	return fmt.Sprintf(`---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: pass, namespace: istio-system}
+spec:
+  selector: {istio: eastwestgateway}
+  servers:
+  - {port: {number: %d, name: tls, protocol: TLS}, hosts: ["*"], tls: {mode: PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: pass, namespace: istio-system}
+spec:
+  hosts: ["*"]
+  gateways: [pass]
+  tls:%s
+`, port, tls)
 }

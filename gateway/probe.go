@@ -59,7 +59,7 @@ func (g *Gateway) probeLoop() {
 		if t == nil {
 			continue
 		}
-		now := time.Now().UnixNano()
+		now := g.now()
 		for _, u := range t.upstreams {
 			if u.ejected(now) {
 				g.probeOne(u)
@@ -85,7 +85,14 @@ func (g *Gateway) probeOne(u *upstream) {
 	c, err := g.dialer.DialContext(ctx, "tcp", u.addr)
 	if err != nil {
 		if !localDialError(err) {
-			u.ejectedUntil.Store(time.Now().Add(g.cfg.EjectFor).UnixNano())
+			// Extended by the length of the ejection it is in: EjectFor
+			// under the built-in rule, the route's under an outlier
+			// policy.
+			d := u.ejectFor.Load()
+			if d <= 0 {
+				d = int64(g.cfg.EjectFor)
+			}
+			u.ejectedUntil.Store(g.now() + d)
 		}
 		g.m.ProbeFailures.Inc()
 		g.rlog.warn("probe", "ejected endpoint still down", "endpoint", u.addr, "err", err)
@@ -93,7 +100,9 @@ func (g *Gateway) probeOne(u *upstream) {
 	}
 	c.Close()
 	u.failures.Store(0)
-	u.ejectedUntil.Store(0)
+	// Readmitted now: the outlier policy's interval forgives repeat
+	// ejections from here.
+	u.ejectedUntil.Store(g.now())
 	g.m.Readmitted.Inc()
 	g.log.Info("ejected endpoint readmitted: probe connected", "endpoint", u.addr)
 }

@@ -18,8 +18,11 @@ const (
 	RejectNoEndpoints = "no_endpoints"
 	RejectUnavailable = "upstream_unavailable"
 	RejectOverLimit   = "over_limit"
-	RejectNoListener  = "no_listener"
-	RejectNoData      = "no_data"
+	// RejectRouteOverLimit refuses a connection to a route that has as
+	// many open as its DestinationRule's connectionPool.tcp.maxConnections.
+	RejectRouteOverLimit = "route_over_limit"
+	RejectNoListener     = "no_listener"
+	RejectNoData         = "no_data"
 	// RejectTooManyHops refuses a tunnel stream that already crossed a
 	// tunnel: a connection crosses at most one, so that no two gateways
 	// can bounce it between them.
@@ -52,7 +55,9 @@ type refusal struct {
 type plan struct {
 	key sni.Key
 	cl  *cluster // this network's endpoints; nil when tunneled
-	tn  *tunnels // the tunnels to dial through when tunneled
+	// tn are the tunnels to dial through when tunneled, or, with cl,
+	// when none of cl's endpoints connects.
+	tn *tunnels
 	// withheld: this network has the service but does not export it, so
 	// a tunnel that fails is refused as not_exported.
 	withheld bool
@@ -108,19 +113,38 @@ func (g *Gateway) resolve(t *table, li int, key sni.Key) (plan, *refusal) {
 		return plan{}, &refusal{reason: RejectNoEndpoints, alert: alertHandshakeFailure, key: key,
 			args: []any{"network", t.view.Node.Network}}
 	}
-	return plan{key: key, cl: cl}, nil
+	// Under an outlier policy, Istio's locality failover ends at other
+	// networks' gateways: when no endpoint here connects, the tunnels
+	// are next.
+	var failover *tunnels
+	if cl.outlier() != nil {
+		failover = tn
+	}
+	return plan{key: key, cl: cl, tn: failover}, nil
 }
 
 // dial connects p's upstream side: one of its cluster's endpoints, or a
 // tunnel stream to another network's gateway, trying up to DialAttempts
-// of them. client is the client's address, for the far gateway's logs.
-func (g *Gateway) dial(t *table, p plan, client net.Addr) (end, *upstream, *refusal) {
+// of them; with both, the tunnels when no endpoint connects. client is
+// the client's address, for source IP hashing and the far gateway's
+// logs. A connection dialed to p's cluster counts against its route's
+// MaxConnections until start's flow is released: dial returns that
+// cluster, nil when the connection was tunneled.
+func (g *Gateway) dial(t *table, p plan, client net.Addr) (end, *upstream, *cluster, *refusal) {
 	if p.cl != nil {
-		up, u, tried, err := g.dialCluster(p.cl, p.key, nil, client)
-		if err != nil {
-			return end{}, nil, &refusal{reason: RejectUnavailable, alert: alertInternalError, key: p.key, args: []any{"tried", tried}, err: err}
+		if !p.cl.admit() {
+			return end{}, nil, nil, &refusal{reason: RejectRouteOverLimit, alert: alertInternalError, key: p.key,
+				args: []any{"max_connections", p.cl.policy.MaxConnections}}
 		}
-		return up, u, nil
+		up, u, tried, err := g.dialCluster(p.cl, p.key, nil, client)
+		if err == nil {
+			return up, u, p.cl, nil
+		}
+		p.cl.leave()
+		if p.tn == nil {
+			return end{}, nil, nil, &refusal{reason: RejectUnavailable, alert: alertInternalError, key: p.key, args: []any{"tried", tried}, err: err}
+		}
+		g.rlog.warn("failover", "no endpoint of this network connects: trying other networks through tunnels", "sni", p.key.SNI(), "tried", tried, "err", err)
 	}
 	var up end
 	var u *upstream
@@ -130,13 +154,13 @@ func (g *Gateway) dial(t *table, p plan, client net.Addr) (end, *upstream, *refu
 		up, u, tried, err = g.dialCluster(cl, p.key, p.tn, client)
 	}
 	if err == nil {
-		return up, u, nil
+		return up, u, nil, nil
 	}
 	if p.withheld {
-		return end{}, nil, &refusal{reason: string(discovery.NotExported), alert: alertUnrecognizedName, key: p.key,
+		return end{}, nil, nil, &refusal{reason: string(discovery.NotExported), alert: alertUnrecognizedName, key: p.key,
 			args: []any{"network", t.view.Node.Network, "via", "tunnel"}, err: err}
 	}
-	return end{}, nil, &refusal{reason: RejectUnavailable, alert: alertInternalError, key: p.key,
+	return end{}, nil, nil, &refusal{reason: RejectUnavailable, alert: alertInternalError, key: p.key,
 		args: []any{"via", "tunnel", "tried", tried}, err: err}
 }
 
@@ -148,8 +172,16 @@ func (g *Gateway) dialCluster(cl *cluster, key sni.Key, tn *tunnels, client net.
 	var triedBuf [8]int
 	tried := triedBuf[:0]
 	err := errNoMember
+	var src uint64
+	if cl.addrHash != nil {
+		src = sourceHash(client)
+	}
+	dialer := &g.dialer
+	if cl.dialer != nil {
+		dialer = cl.dialer
+	}
 	for range g.cfg.DialAttempts {
-		i := cl.pick(tried, time.Now().UnixNano())
+		i := cl.pick(tried, g.now(), src)
 		if i < 0 {
 			break
 		}
@@ -161,11 +193,11 @@ func (g *Gateway) dialCluster(cl *cluster, key sni.Key, tn *tunnels, client net.
 			up, err = tn.dial(g.cfg.DialTimeout, u, key, client)
 		} else {
 			var c net.Conn
-			if c, err = g.dialer.Dial("tcp", u.addr); err == nil {
+			if c, err = dialer.Dial("tcp", u.addr); err == nil {
 				up = tcpEnd(c.(*net.TCPConn))
 			}
 		}
-		g.result(u, err)
+		g.result(cl, u, err)
 		if err == nil {
 			return up, u, len(tried), nil
 		}

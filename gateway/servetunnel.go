@@ -3,6 +3,8 @@ package gateway
 import (
 	"context"
 	"errors"
+	"net"
+	"net/netip"
 
 	"github.com/ewgate/ewgate/tunnel"
 )
@@ -75,10 +77,16 @@ func (g *Gateway) serveFlow(h tunnel.Header, f *flow) bool {
 		g.refuseFlow(f, ref)
 		return false
 	}
-	up, u, ref := g.dial(t, p, nil) // never tunneled on
+	// Never tunneled on; the client's address, which the near gateway
+	// passes on, is the source for the route's source IP hashing.
+	var client net.Addr
+	if ap, err := netip.ParseAddrPort(h.ClientAddr); err == nil {
+		client = net.TCPAddrFromAddrPort(ap)
+	}
+	up, u, cl, ref := g.dial(t, p, client)
 	if ref != nil {
 		g.refuseFlow(f, ref)
 		return false
 	}
-	return g.start(f, up, u, nil)
+	return g.start(f, up, u, cl, nil)
 }

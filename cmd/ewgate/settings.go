@@ -33,6 +33,7 @@ type settings struct {
 	Files        []string          `json:"files"`
 	Network      string            `json:"network"`
 	NodeLabels   map[string]string `json:"nodeLabels"`
+	Locality     string            `json:"locality"` // gateway.Config.Locality; "": from NodeLabels
 	BindAddress  string            `json:"bindAddress"`
 	AdminAddress string            `json:"adminAddress"`
 	// StatusAddress serves admin.StatusPath, Istio's gateway readiness
@@ -189,6 +190,7 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.StringVar(&s.SystemNamespace, "system-namespace", s.SystemNamespace, "Istio's `namespace`: its topology.istio.io/network label is the default network of pods")
 	fs.StringVar(&s.Network, "network", s.Network, "this node's network `name` (required)")
 	fs.Var(labelsFlag{&s.NodeLabels}, "node-labels", "node labels `k=v,...` matched by Gateway selectors")
+	fs.StringVar(&s.Locality, "locality", s.Locality, "the gateway's `region/zone/subzone`, for DestinationRule locality load balancing (default: from --node-labels' topology labels)")
 	fs.StringVar(&s.BindAddress, "bind-address", s.BindAddress, "`IP` the gateway listeners bind")
 	fs.StringVar(&s.AdminAddress, "admin-address", s.AdminAddress, "admin HTTP `address` (empty: off); loopback only unless --admin-allow-remote")
 	fs.BoolVar(&s.AdminAllowRemote, "admin-allow-remote", s.AdminAllowRemote, "allow a non-loopback --admin-address: metrics and debug views without authentication")
@@ -319,6 +321,9 @@ func (s *settings) check() error {
 	}
 	if _, err := tunnel.ParseTransport(s.TunnelTransport); err != nil {
 		return fmt.Errorf("--tunnel-transport (tunnelTransport): %w", err)
+	}
+	if strings.Count(s.Locality, "/") > 2 || strings.HasPrefix(s.Locality, "/") {
+		return fmt.Errorf("--locality (locality) %q: want region[/zone[/subzone]]", s.Locality)
 	}
 	if s.TunnelIdleTimeout <= 0 {
 		return fmt.Errorf("--tunnel-idle-timeout (tunnelIdleTimeout) %v: want more than 0", time.Duration(s.TunnelIdleTimeout))
