@@ -11,8 +11,9 @@ import (
 	"slices"
 	"strings"
 
-	"google.golang.org/protobuf/encoding/protojson"
+	"github.com/golang/protobuf/jsonpb"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/protoadapt"
 	"sigs.k8s.io/yaml"
 )
 
@@ -206,6 +207,13 @@ func (l *loader) addDocument(file, where string, d *document) {
 	}
 }
 
+// istioJSON decodes specs as Istio's own types do (their UnmarshalJSON,
+// github.com/golang/protobuf's jsonpb), so that what istiod accepts reads
+// the same here: durations in Go's syntax ("30ms", "5m") as well as
+// protobuf's ("0.030s"), enums by name or number. Unlike Istio's, it
+// refuses unknown fields.
+var istioJSON = jsonpb.Unmarshaler{}
+
 // addSpec decodes a spec strictly: an unknown field is an error, so a typo
 // never silently changes routing.
 func addSpec[T proto.Message](l *loader, src Source, d *document, out *[]Resource[T]) {
@@ -213,7 +221,7 @@ func addSpec[T proto.Message](l *loader, src Source, d *document, out *[]Resourc
 	var zero T
 	msg := zero.ProtoReflect().New().Interface().(T)
 	if len(spec) > 0 && string(spec) != "null" { // "spec:" with nothing after it
-		if err := protojson.Unmarshal(spec, msg); err != nil {
+		if err := istioJSON.Unmarshal(bytes.NewReader(spec), protoadapt.MessageV1Of(msg)); err != nil {
 			l.errorf(src, "spec: %v", err)
 			return
 		}

@@ -150,3 +150,18 @@ func TestPolicyUnhonouredWarned(t *testing.T) {
 		t.Errorf("tls settings warned about:\n%s", out)
 	}
 }
+
+// Durations read as istiod reads them (Istio's types decode with jsonpb,
+// which takes Go's syntax as well as protobuf's), so that a
+// DestinationRule copied from Istio's documentation loads unchanged.
+func TestPolicyDurationsInIstioSyntax(t *testing.T) {
+	p := policyOf(t, `{host: svc.demo.svc.cluster.local, trafficPolicy: {
+  connectionPool: {tcp: {connectTimeout: 30ms, idleTimeout: 5m, maxConnectionDuration: 0.5s}},
+  outlierDetection: {interval: 1m30s, baseEjectionTime: 15m}}}`)["outbound_.9080_."]
+	if p.ConnectTimeout != 30*time.Millisecond || p.IdleTimeout != 5*time.Minute || p.MaxConnectionDuration != 500*time.Millisecond {
+		t.Errorf("connectTimeout %v idleTimeout %v maxConnectionDuration %v", p.ConnectTimeout, p.IdleTimeout, p.MaxConnectionDuration)
+	}
+	if p.Outlier == nil || p.Outlier.Interval != 90*time.Second || p.Outlier.BaseEjectionTime != 15*time.Minute {
+		t.Errorf("outlier %+v", p.Outlier)
+	}
+}
