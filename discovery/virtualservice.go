@@ -62,31 +62,6 @@ type RouteDestination struct {
 	Weight int32
 }
 
-// visibleTo reports whether the VirtualService applies to proxies in
-// namespace ns under its exportTo, as Istio's default (public) and "."
-// (the VirtualService's namespace) rules say.
-func (vs *VirtualService) visibleTo(ns string) bool {
-	if len(vs.ExportTo) == 0 {
-		return true
-	}
-	for _, e := range vs.ExportTo {
-		switch e {
-		case "*":
-			return true
-		case ".":
-			if ns == vs.Source.Namespace {
-				return true
-			}
-		case "~":
-		default:
-			if e == ns {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 // buildVirtualService translates r, reporting, with the field named, what
 // the gateway would serve wrongly. Only tls rules are kept: http and tcp
 // rules configure other kinds of servers, which this gateway does not
