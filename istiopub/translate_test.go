@@ -2,8 +2,8 @@ package istiopub
 
 import (
 	"encoding/json"
-	"maps"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
