@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net/http"
 	"os"
 	"slices"
 	"sync"
@@ -16,6 +17,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -89,6 +91,7 @@ type Config struct {
 type Publisher struct {
 	cfg     Config
 	log     *slog.Logger
+	http    *http.Client // shared by the clients, so that Run can close its connections
 	kube    kubernetes.Interface
 	apply   applier
 	wake    chan struct{} // buffer 1: the local cluster changed
@@ -155,15 +158,21 @@ func New(cfg Config) (*Publisher, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	kc, err := kubernetes.NewForConfig(cfg.REST)
+	rc := rest.CopyConfig(cfg.REST)
+	rc.UserAgent = cmp.Or(rc.UserAgent, "ewgate-istio-publisher")
+	hc, err := rest.HTTPClientFor(rc)
 	if err != nil {
 		return nil, fmt.Errorf("istiopub: %w", err)
 	}
-	dc, err := dynamic.NewForConfig(cfg.REST)
+	kc, err := kubernetes.NewForConfigAndClient(rc, hc)
 	if err != nil {
 		return nil, fmt.Errorf("istiopub: %w", err)
 	}
-	return &Publisher{cfg: cfg, log: log, kube: kc, apply: applier{client: dc, log: log},
+	dc, err := dynamic.NewForConfigAndClient(rc, hc)
+	if err != nil {
+		return nil, fmt.Errorf("istiopub: %w", err)
+	}
+	return &Publisher{cfg: cfg, log: log, http: hc, kube: kc, apply: applier{client: dc, log: log},
 		wake: make(chan struct{}, 1), held: make(map[string]heldNetwork)}, nil
 }
 
@@ -202,6 +211,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		return err
 	}
 	factory.Start(ctx.Done())
+	defer p.closeIdle()
 	defer factory.Shutdown()
 	cl := listerCluster{services: services.Lister(), namespaces: namespaces.Lister()}
 
@@ -243,6 +253,17 @@ func (p *Publisher) Run(ctx context.Context) error {
 	return nil
 }
 
+// closeIdle closes the publisher's idle API server connections, now and
+// once more a moment later: HTTP/2 forgets a cancelled watch's stream
+// after the informer has returned, and until then the connection is not
+// idle.
+func (p *Publisher) closeIdle() {
+	// client-go wraps the transport: http.Client cannot reach it.
+	closeIdle := func() { utilnet.CloseIdleConnectionsFor(p.http.Transport) }
+	closeIdle()
+	time.AfterFunc(250*time.Millisecond, closeIdle)
+}
+
 func (p *Publisher) poke() {
 	select {
 	case p.wake <- struct{}{}:
@@ -273,7 +294,9 @@ func (p *Publisher) lead(ctx context.Context, cl Cluster, factory informers.Shar
 		case <-p.wake:
 			next = soonest(next, time.Now().Add(p.cfg.Debounce))
 		case <-poll.C:
-			if fp := fingerprints(p.cfg.Source.Summaries()); !slices.Equal(fp, last) {
+			live := p.cfg.Source.Summaries()
+			p.observe(live, time.Now())
+			if fp := fingerprints(live); !slices.Equal(fp, last) {
 				last = fp
 				next = soonest(next, time.Now().Add(p.cfg.Debounce))
 			}
@@ -348,15 +371,9 @@ func (p *Publisher) reconcile(ctx context.Context, cl Cluster) time.Time {
 // gateway reports whose grace period has not ended, those networks with
 // when it ends, and the earliest end.
 func (p *Publisher) withHeld(live []peer.NodeSummary, now time.Time) ([]peer.NodeSummary, map[string]time.Time, time.Time) {
+	byNet := p.observe(live, now)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	byNet := make(map[string][]peer.NodeSummary)
-	for _, s := range live {
-		byNet[s.Meta.Network] = append(byNet[s.Meta.Network], s)
-	}
-	for network, s := range byNet {
-		p.held[network] = heldNetwork{summaries: s, lastSeen: now}
-	}
 	out := slices.Clone(live)
 	var held map[string]time.Time
 	var earliest time.Time
@@ -378,6 +395,23 @@ func (p *Publisher) withHeld(live []peer.NodeSummary, now time.Time) ([]peer.Nod
 		out = append(out, h.summaries...)
 	}
 	return out, held, earliest
+}
+
+// observe records the networks of live as seen at now, with their
+// summaries, and returns live by network. It runs on every poll, so that
+// a network's grace period starts at most one poll after it was last
+// seen, however long ago the last reconcile was.
+func (p *Publisher) observe(live []peer.NodeSummary, now time.Time) map[string][]peer.NodeSummary {
+	byNet := make(map[string][]peer.NodeSummary)
+	for _, s := range live {
+		byNet[s.Meta.Network] = append(byNet[s.Meta.Network], s)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for network, s := range byNet {
+		p.held[network] = heldNetwork{summaries: s, lastSeen: now}
+	}
+	return byNet
 }
 
 // listerCluster answers Cluster from the informers' caches.
