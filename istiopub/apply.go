@@ -53,6 +53,18 @@ func (c *Counts) add(d Counts) {
 type applier struct {
 	client dynamic.Interface
 	log    *slog.Logger
+	// gatewayNamespace is Options.Namespace, where all Gateways are: they
+	// are listed there only, so the publisher needs no cluster-wide
+	// access to Gateways.
+	gatewayNamespace string
+}
+
+// listNamespace is where the objects of kind k are listed and watched.
+func (a *applier) listNamespace(k Kind) string {
+	if k == KindGateway {
+		return a.gatewayNamespace
+	}
+	return metav1.NamespaceAll
 }
 
 // reconcile makes the objects with LabelManagedBy exactly want: it
@@ -101,7 +113,7 @@ func (a *applier) reconcile(ctx context.Context, want []Object) (Counts, error) 
 // owned lists the objects of kind k with LabelManagedBy, by
 // namespace/name.
 func (a *applier) owned(ctx context.Context, k Kind) (map[string]*unstructured.Unstructured, error) {
-	list, err := a.client.Resource(resources[k]).Namespace(metav1.NamespaceAll).List(ctx,
+	list, err := a.client.Resource(resources[k]).Namespace(a.listNamespace(k)).List(ctx,
 		metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedByValue})
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", k, err)

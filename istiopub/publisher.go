@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
@@ -172,7 +173,7 @@ func New(cfg Config) (*Publisher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("istiopub: %w", err)
 	}
-	return &Publisher{cfg: cfg, log: log, http: hc, kube: kc, apply: applier{client: dc, log: log},
+	return &Publisher{cfg: cfg, log: log, http: hc, kube: kc, apply: applier{client: dc, log: log, gatewayNamespace: cfg.Options.Namespace},
 		wake: make(chan struct{}, 1), held: make(map[string]heldNetwork)}, nil
 }
 
@@ -213,6 +214,20 @@ func (p *Publisher) Run(ctx context.Context) error {
 	factory.Start(ctx.Done())
 	defer p.closeIdle()
 	defer factory.Shutdown()
+	// The publisher's own objects: a change by someone else (a deletion,
+	// an edit) is repaired at once rather than at the next resync. Not
+	// waited for: a kind whose CRD is missing must not stop the others.
+	for _, k := range kinds {
+		ns := p.apply.listNamespace(k)
+		own := dynamicinformer.NewFilteredDynamicSharedInformerFactory(p.apply.client, 0, ns, func(o *metav1.ListOptions) {
+			o.LabelSelector = LabelManagedBy + "=" + ManagedByValue
+		})
+		if _, err := own.ForResource(resources[k]).Informer().AddEventHandler(wake); err != nil {
+			return err
+		}
+		own.Start(ctx.Done())
+		defer own.Shutdown()
+	}
 	cl := listerCluster{services: services.Lister(), namespaces: namespaces.Lister()}
 
 	lock := &resourcelock.LeaseLock{
