@@ -69,9 +69,10 @@ func (a *applier) listNamespace(k Kind) string {
 
 // reconcile makes the objects with LabelManagedBy exactly want: it
 // creates what is missing, updates what differs and deletes the rest.
-// It never updates or deletes an object without the label. Errors of one
-// kind or object do not stop the others; all are returned joined.
-func (a *applier) reconcile(ctx context.Context, want []Object) (Counts, error) {
+// It never updates or deletes an object without the label. Without
+// collect it deletes nothing. Errors of one kind or object do not stop
+// the others; all are returned joined.
+func (a *applier) reconcile(ctx context.Context, want []Object, collect bool) (Counts, error) {
 	byKind := make(map[Kind][]Object)
 	for _, o := range want {
 		byKind[o.Kind] = append(byKind[o.Kind], o)
@@ -96,7 +97,7 @@ func (a *applier) reconcile(ctx context.Context, want []Object) (Counts, error) 
 	}
 	// Deletions run in reverse order: endpoints before their service,
 	// services before the gateways.
-	for i := len(kinds) - 1; i >= 0; i-- {
+	for i := len(kinds) - 1; i >= 0 && collect; i-- {
 		k := kinds[i]
 		if have[k] == nil {
 			continue

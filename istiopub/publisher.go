@@ -121,6 +121,9 @@ type Status struct {
 	// Held lists the networks no live gateway reports that stay
 	// published until their grace period ends.
 	Held map[string]time.Time `json:"held,omitempty"`
+	// CollectFrom, while set, is when the publisher starts deleting:
+	// the end of the grace period after it started leading.
+	CollectFrom time.Time `json:"collectFrom,omitzero"`
 	// Total counts every write since start.
 	Total     Counts `json:"total"`
 	Reconcile uint64 `json:"reconciles"`
@@ -300,7 +303,8 @@ func (p *Publisher) lead(ctx context.Context, cl Cluster, factory informers.Shar
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	var last []fingerprint
-	next := time.Now() // at once
+	leading := time.Now()
+	next := leading // at once
 	for {
 		timer.Reset(max(time.Until(next), 0))
 		select {
@@ -316,7 +320,7 @@ func (p *Publisher) lead(ctx context.Context, cl Cluster, factory informers.Shar
 				next = soonest(next, time.Now().Add(p.cfg.Debounce))
 			}
 		case <-timer.C:
-			graceEnd := p.reconcile(ctx, cl)
+			graceEnd := p.reconcile(ctx, cl, leading)
 			next = soonest(time.Now().Add(p.cfg.Resync), graceEnd)
 		}
 	}
@@ -353,11 +357,20 @@ func fingerprints(s []peer.NodeSummary) []fingerprint {
 
 // reconcile translates the current state and writes it, and returns when
 // the next held network's grace period ends (zero: none held).
-func (p *Publisher) reconcile(ctx context.Context, cl Cluster) time.Time {
+//
+// For the grace period after it started leading it deletes nothing: a
+// restarted gateway's gossip has not yet heard from every network, and
+// what it has not heard of yet must not be withdrawn from istiod.
+func (p *Publisher) reconcile(ctx context.Context, cl Cluster, leading time.Time) time.Time {
 	now := time.Now()
 	summaries, held, graceEnd := p.withHeld(p.cfg.Source.Summaries(), now)
 	want, skipped := Translate(p.cfg.Options, summaries, cl)
-	counts, err := p.apply.reconcile(ctx, want)
+	var collectFrom time.Time
+	if p.cfg.Grace > 0 && now.Before(leading.Add(p.cfg.Grace)) {
+		collectFrom = leading.Add(p.cfg.Grace)
+		graceEnd = soonest(graceEnd, collectFrom)
+	}
+	counts, err := p.apply.reconcile(ctx, want, collectFrom.IsZero())
 	objects := make(map[Kind]int)
 	for _, o := range want {
 		objects[o.Kind]++
@@ -366,6 +379,7 @@ func (p *Publisher) reconcile(ctx context.Context, cl Cluster) time.Time {
 	p.status.Reconcile++
 	p.status.Total.add(counts)
 	p.status.Objects, p.status.Skipped, p.status.Held = objects, skipped, held
+	p.status.CollectFrom = collectFrom
 	if err != nil {
 		p.status.Errors++
 		p.status.LastError = err.Error()

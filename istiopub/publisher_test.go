@@ -211,6 +211,16 @@ func TestPublisher(t *testing.T) {
 			"bookinfo net-b eu/1 app= version=v2 tls=istio sa=reviews: 1")
 	})
 
+	t.Run("deleted by hand", func(t *testing.T) {
+		we := list(t, srv, workloadEntries)[0]
+		do(t, srv, http.MethodDelete, "/apis/networking.istio.io/v1/namespaces/bookinfo/workloadentries/"+we.Metadata.Name, "")
+		// Nothing else changes: the publisher's watch of its own objects
+		// brings it back.
+		await.True(t, 30*time.Second, "the WorkloadEntry restored", func() bool {
+			return slices.ContainsFunc(list(t, srv, workloadEntries), func(it item) bool { return it.Metadata.Name == we.Metadata.Name })
+		})
+	})
+
 	t.Run("same-named local Service", func(t *testing.T) {
 		srv.Create(t, "bookinfo", []byte(`
 apiVersion: v1
@@ -359,5 +369,43 @@ func TestPublisherLease(t *testing.T) {
 	})
 	if follower.Status().Total.Updated == 0 {
 		t.Errorf("the new leader updated nothing: %+v", follower.Status())
+	}
+}
+
+// A publisher that starts leading (a restart, a hand-over) while gossip
+// has not heard of a network yet leaves that network's objects alone for
+// the grace period, then deletes them.
+func TestPublisherStartDoesNotWithdraw(t *testing.T) {
+	srv := kube.Get(t)
+	srv.Ensure(t, "", []byte(namespaces))
+	cleanup(t, srv)
+	leakcheck.Check(t)
+	a, b := gossipPair(t, "192.0.2.10:15443")
+	if err := b.Publish(reviewsSummary(2)); err != nil {
+		t.Fatal(err)
+	}
+	_, stop := startPublisher(t, srv, a, "replica-1", time.Minute)
+	await.True(t, 30*time.Second, "net-b's objects", func() bool { return len(list(t, srv, workloadEntries)) == 2 })
+	stop()
+	if err := b.Leave(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	await.True(t, 30*time.Second, "gossip to drop net-b", func() bool { return len(a.Summaries()) == 1 })
+
+	const grace = 2 * time.Second
+	started := time.Now()
+	p, _ := startPublisher(t, srv, a, "replica-2", grace)
+	await.True(t, 30*time.Second, "the new publisher to reconcile", func() bool {
+		st := p.Status()
+		return st.Leading && st.Reconcile > 0
+	})
+	if st := p.Status(); st.CollectFrom.IsZero() && time.Since(started) < grace {
+		t.Errorf("status %+v: no collectFrom during the grace period", st)
+	}
+	await.True(t, 30*time.Second, "net-b withdrawn after the grace period", func() bool {
+		return len(list(t, srv, gateways)) == 0 && len(list(t, srv, workloadEntries)) == 0
+	})
+	if d := time.Since(started); d < grace {
+		t.Errorf("withdrawn %v after the publisher started, before the %v grace period", d, grace)
 	}
 }
