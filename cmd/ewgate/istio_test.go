@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -167,5 +170,45 @@ func TestPublishToIstio(t *testing.T) {
 	})
 	if strings.Contains(pa.output(), "panic") {
 		t.Errorf("A panicked:\n%s", pa.output())
+	}
+}
+
+// The publisher's settings, from flags and from --config, and the
+// refusals that name the flag and the key.
+func TestPublishSettings(t *testing.T) {
+	dir := t.TempDir()
+	config := filepath.Join(dir, "node.yaml")
+	if err := os.WriteFile(config, []byte("network: n\nfiles: [x]\npublishToIstio: true\npublishLocal: true\npublishLocalGateways: [ewgate.ewgate-system.svc:15443]\npublishGrace: 30s\npublishNamespace: mesh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := parseSettings([]string{"--config", config}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := publishSettings{PublishToIstio: true, PublishNamespace: "mesh", PublishLocal: true,
+		PublishLocalGateways: []string{"ewgate.ewgate-system.svc:15443"}, PublishGrace: duration(30 * time.Second)}
+	if !reflect.DeepEqual(s.publishSettings, want) {
+		t.Errorf("from --config: %+v, want %+v", s.publishSettings, want)
+	}
+	s, err = parseSettings([]string{"--network", "n", "-f", "x"}, io.Discard)
+	if err != nil || s.PublishToIstio || s.PublishGrace != duration(istiopub.DefaultGrace) {
+		t.Errorf("defaults: %+v, %v", s.publishSettings, err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--publish-grace", "-1s"}, "--publish-grace (publishGrace) -1s: want 0 or more"},
+		{[]string{"--publish-local-gateways", "a:1"}, "--publish-local-gateways (publishLocalGateways) without --publish-local"},
+		{[]string{"--publish-local", "--publish-local-gateways", "nope"}, `--publish-local-gateways (publishLocalGateways) "nope"`},
+	} {
+		_, err := parseSettings(append([]string{"--network", "n", "-f", "x"}, tc.args...), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	s.PublishToIstio = true
+	if _, err := newPublisher(s, nil, nil); err == nil || !strings.Contains(err.Error(), "needs gossip") {
+		t.Errorf("without gossip: %v", err)
 	}
 }
