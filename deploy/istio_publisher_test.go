@@ -2,8 +2,6 @@ package deploy_test
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -93,16 +91,7 @@ func TestPublisherRunsWithTheServiceAccount(t *testing.T) {
 	applyPublisherRBAC(t, s)
 	s.Ensure(t, "", []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: bookinfo}\n"))
 	ctx := context.Background()
-	code, resp, err := s.Do(ctx, http.MethodPost,
-		fmt.Sprintf("/api/v1/namespaces/%s/serviceaccounts/%s/token", saNamespace, saName),
-		[]byte(`{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":600}}`))
-	if err != nil || code != http.StatusCreated {
-		t.Fatalf("TokenRequest: HTTP %d, %v: %s", code, err, resp)
-	}
-	var tr struct{ Status struct{ Token string } }
-	if err := json.Unmarshal(resp, &tr); err != nil || tr.Status.Token == "" {
-		t.Fatalf("TokenRequest: no token (%v): %s", err, resp)
-	}
+	tok := serviceAccountToken(t, s)
 	src := staticSource{{Node: "gw-b", Meta: peer.Meta{Network: "network-b", PassthroughAddr: "192.0.2.10:15443"},
 		Summary: peer.Summary{Network: "network-b", Services: []peer.ServiceSummary{
 			{Host: "reviews.bookinfo.svc.cluster.local", Namespace: "bookinfo", ServiceAccounts: []string{"spiffe://cluster.local/ns/bookinfo/sa/reviews"},
@@ -112,7 +101,7 @@ func TestPublisherRunsWithTheServiceAccount(t *testing.T) {
 		}}}}
 	p, err := istiopub.New(istiopub.Config{
 		Source:   src,
-		REST:     &rest.Config{Host: s.Host, BearerToken: tr.Status.Token, TLSClientConfig: rest.TLSClientConfig{CAFile: s.CAFile}},
+		REST:     &rest.Config{Host: s.Host, BearerToken: tok, TLSClientConfig: rest.TLSClientConfig{CAFile: s.CAFile}},
 		Identity: "ewgate-0",
 		Options:  istiopub.Options{Network: "network-a", Namespace: saNamespace},
 		Poll:     20 * time.Millisecond,

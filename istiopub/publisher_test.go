@@ -165,6 +165,22 @@ kind: Namespace
 metadata: {name: bookinfo}
 `
 
+// setup readies the shared API server (namespaces; what the publisher
+// writes is deleted at the end) and two gossip nodes, b publishing
+// reviews with two v1 pods. Leaks are checked from here on.
+func setup(t *testing.T) (srv *kubetest.Server, a, b *peer.Node) {
+	t.Helper()
+	srv = kube.Get(t)
+	srv.Ensure(t, "", []byte(namespaces))
+	cleanup(t, srv)
+	leakcheck.Check(t)
+	a, b = gossipPair(t, "192.0.2.10:15443")
+	if err := b.Publish(reviewsSummary(2)); err != nil {
+		t.Fatal(err)
+	}
+	return srv, a, b
+}
+
 // Against a real API server and real gossip: the publisher writes net-b's
 // Gateway, ServiceEntry and weighted WorkloadEntries; follows a change of
 // counts; switches to WorkloadEntries selected by a same-named local
@@ -172,14 +188,7 @@ metadata: {name: bookinfo}
 // without its label; deletes a service's objects when gossip drops it;
 // and withdraws net-b only once its grace period has passed.
 func TestPublisher(t *testing.T) {
-	srv := kube.Get(t)
-	srv.Ensure(t, "", []byte(namespaces))
-	cleanup(t, srv)
-	leakcheck.Check(t)
-	a, b := gossipPair(t, "192.0.2.10:15443")
-	if err := b.Publish(reviewsSummary(2)); err != nil {
-		t.Fatal(err)
-	}
+	srv, a, b := setup(t)
 	const grace = 3 * time.Second
 	p, _ := startPublisher(t, srv, a, "replica-1", grace)
 
@@ -314,14 +323,7 @@ spec:
 // leads, only the leader writes, and when it stops the other takes over
 // and keeps the objects.
 func TestPublisherLease(t *testing.T) {
-	srv := kube.Get(t)
-	srv.Ensure(t, "", []byte(namespaces))
-	cleanup(t, srv)
-	leakcheck.Check(t)
-	a, b := gossipPair(t, "192.0.2.10:15443")
-	if err := b.Publish(reviewsSummary(2)); err != nil {
-		t.Fatal(err)
-	}
+	srv, a, b := setup(t)
 	p1, stop1 := startPublisher(t, srv, a, "replica-1", time.Minute)
 	p2, stop2 := startPublisher(t, srv, a, "replica-2", time.Minute)
 	both := func() bool { return p1.Leading() && p2.Leading() }
@@ -376,14 +378,7 @@ func TestPublisherLease(t *testing.T) {
 // has not heard of a network yet leaves that network's objects alone for
 // the grace period, then deletes them.
 func TestPublisherStartDoesNotWithdraw(t *testing.T) {
-	srv := kube.Get(t)
-	srv.Ensure(t, "", []byte(namespaces))
-	cleanup(t, srv)
-	leakcheck.Check(t)
-	a, b := gossipPair(t, "192.0.2.10:15443")
-	if err := b.Publish(reviewsSummary(2)); err != nil {
-		t.Fatal(err)
-	}
+	srv, a, b := setup(t)
 	_, stop := startPublisher(t, srv, a, "replica-1", time.Minute)
 	await.True(t, 30*time.Second, "net-b's objects", func() bool { return len(list(t, srv, workloadEntries)) == 2 })
 	stop()
