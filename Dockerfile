@@ -10,7 +10,7 @@
 #   15443/tcp        AUTO_PASSTHROUGH listener (from the Istio Gateway server port)
 #   15444/udp+tcp    tunnels: QUIC on UDP, TCP + TLS 1.3 fallback on the same port number
 #   15445/udp+tcp    gossip (memberlist: UDP probes and gossip, TCP push/pull)
-#   15000/tcp        admin HTTP (/healthz, /readyz, /metrics, /debug/...)
+#   15446/tcp        admin HTTP (/healthz, /readyz, /metrics, /debug/...)
 
 # Go version: go.mod says "go 1.26.0"; any 1.26.x toolchain builds it.
 ARG GO_VERSION=1.26
@@ -32,6 +32,6 @@ RUN --mount=type=cache,target=/go/pkg/mod \
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/ewgate /ewgate
 USER 65532:65532
-EXPOSE 15443/tcp 15444/udp 15444/tcp 15445/udp 15445/tcp 15000/tcp
+EXPOSE 15443/tcp 15444/udp 15444/tcp 15445/udp 15445/tcp 15446/tcp
 ENTRYPOINT ["/ewgate"]
 CMD ["--help"]

@@ -168,7 +168,13 @@ type served struct {
 // the test ends, and checks that it stops cleanly.
 func serveUnix(t *testing.T, cfg ServerConfig) served {
 	t.Helper()
-	srv := NewServer(cfg)
+	return serveUnixOn(t, NewServer(cfg))
+}
+
+// serveUnixOn is serveUnix for a Server the test made, which may serve
+// other listeners too.
+func serveUnixOn(t *testing.T, srv *Server) served {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "api.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

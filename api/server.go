@@ -38,7 +38,8 @@ type Resolver interface {
 	Resolve(key sni.Key, fromNetwork string) (*discovery.Resolution, error)
 	// Changed returns a channel that receives a value after anything
 	// Resolve depends on changed (catalog or membership). Notifications
-	// may coalesce. The Server is its only receiver while it serves.
+	// may coalesce. The Server is its only receiver while it serves, on
+	// however many listeners.
 	Changed() <-chan struct{}
 }
 
@@ -70,12 +71,14 @@ type Registry interface {
 // MemberState is a gateway's state as gossip reports it.
 type MemberState string
 
-// Member states; their values are those the peer package prints.
+// Member states; their values are those the peer package prints. There
+// is no suspect state: memberlist does not expose suspicion, so a gateway
+// that stops answering is alive until the failure detector declares it
+// dead.
 const (
-	MemberAlive   MemberState = "alive"   // joined and answering
-	MemberSuspect MemberState = "suspect" // not answering, not yet declared dead
-	MemberDead    MemberState = "dead"    // declared dead by the failure detector
-	MemberLeft    MemberState = "left"    // left gracefully
+	MemberAlive MemberState = "alive" // joined, not declared dead
+	MemberDead  MemberState = "dead"  // declared dead by the failure detector
+	MemberLeft  MemberState = "left"  // left gracefully
 )
 
 // Member is one gateway of the mesh.
@@ -171,6 +174,10 @@ type Server struct {
 	accessErr error // an invalid cfg.Access: every serve method fails with it
 	watchers  atomic.Int64
 	denied    atomic.Uint64
+	// changes wakes the watchers of every listener after a change the
+	// Resolver reports; relay feeds it while any listener serves.
+	changes *broadcast
+	relay   relay
 }
 
 // NewServer returns a Server for cfg, with defaults filled in. If
@@ -187,7 +194,12 @@ func NewServer(cfg ServerConfig) *Server {
 		log = slog.New(slog.DiscardHandler)
 	}
 	acc, err := newAccess(cfg.Access)
-	return &Server{cfg: cfg, log: log, access: acc, accessErr: err}
+	s := &Server{cfg: cfg, log: log, access: acc, accessErr: err, changes: newBroadcast()}
+	s.relay.out = s.changes
+	if cfg.Resolver != nil {
+		s.relay.changed = cfg.Resolver.Changed()
+	}
+	return s
 }
 
 // Watchers returns the number of WatchResolve streams open, for metrics.
@@ -237,7 +249,7 @@ func (s *Server) serve(ctx context.Context, lis net.Listener, creds credentials.
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	svc := &service{srv: s, changes: newBroadcast(), stopping: make(chan struct{})}
+	svc := &service{srv: s, stopping: make(chan struct{})}
 	lis = netutil.LimitListener(lis, s.cfg.MaxConnections)
 	gs := grpc.NewServer(grpc.Creds(creds),
 		grpc.ConnectionTimeout(DefaultHandshakeTimeout),
@@ -254,9 +266,7 @@ func (s *Server) serve(ctx context.Context, lis net.Listener, creds credentials.
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	if r := s.cfg.Resolver; r != nil {
-		wg.Go(func() { svc.relayChanges(ctx, r.Changed()) })
-	}
+	defer s.relay.acquire()()
 	served := make(chan error, 1)
 	wg.Go(func() { served <- gs.Serve(lis) })
 	addr := lis.Addr()

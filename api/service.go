@@ -22,7 +22,6 @@ type service struct {
 	ewgatev1.UnimplementedGatewayServiceServer
 
 	srv      *Server
-	changes  *broadcast    // woken after every change the Resolver reports
 	stopping chan struct{} // closed when the listener stops: ends watches
 }
 
@@ -74,7 +73,7 @@ func (s *service) WatchResolve(req *ewgatev1.WatchResolveRequest, stream ewgatev
 	for {
 		// Take the wake-up channel before reading the state, so that a
 		// change made while resolving wakes the next round.
-		changed := s.changes.wait()
+		changed := s.srv.changes.wait()
 		resp := &ewgatev1.WatchResolveResponse{Sni: key.SNI(), Service: keyProto(key)}
 		res, err := r.Resolve(key, from)
 		var re *discovery.RouteError
@@ -102,19 +101,6 @@ func (s *service) WatchResolve(req *ewgatev1.WatchResolveRequest, stream ewgatev
 	}
 }
 
-// relayChanges wakes the watchers after each change notification until
-// ctx is done.
-func (s *service) relayChanges(ctx context.Context, changed <-chan struct{}) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-			s.changes.notify()
-		}
-	}
-}
-
 // ListMembers implements GatewayService.ListMembers.
 func (s *service) ListMembers(context.Context, *ewgatev1.ListMembersRequest) (*ewgatev1.ListMembersResponse, error) {
 	m := s.srv.cfg.Membership
@@ -138,10 +124,9 @@ func (s *service) ListMembers(context.Context, *ewgatev1.ListMembersRequest) (*e
 }
 
 var memberStates = map[MemberState]ewgatev1.MemberState{
-	MemberAlive:   ewgatev1.MemberState_MEMBER_STATE_ALIVE,
-	MemberSuspect: ewgatev1.MemberState_MEMBER_STATE_SUSPECT,
-	MemberDead:    ewgatev1.MemberState_MEMBER_STATE_DEAD,
-	MemberLeft:    ewgatev1.MemberState_MEMBER_STATE_LEFT,
+	MemberAlive: ewgatev1.MemberState_MEMBER_STATE_ALIVE,
+	MemberDead:  ewgatev1.MemberState_MEMBER_STATE_DEAD,
+	MemberLeft:  ewgatev1.MemberState_MEMBER_STATE_LEFT,
 }
 
 // ListNetworks implements GatewayService.ListNetworks.
@@ -254,15 +239,18 @@ func (s *service) parseQuery(q query) (sni.Key, string, error) {
 	var key sni.Key
 	switch sk := q.GetService(); {
 	case sk != nil:
-		host, err := dnsName(sk.GetHost())
+		// The rules of sni.ParseName, as if the key came as an SNI name.
+		host, err := sni.ParseHost(sk.GetHost())
 		if err != nil {
 			return key, "", invalidArgument(&FieldError{Field: "service.host", Reason: err.Error()})
 		}
 		if p := sk.GetPort(); p < 1 || p > 65535 {
 			return key, "", invalidArgument(fieldErrorf("service.port", "%d is not in 1..65535", p))
 		}
-		if sub := sk.GetSubset(); sub != "" && !isDNSLabel(sub) {
-			return key, "", invalidArgument(fieldErrorf("service.subset", "%s must be a lower-case DNS label", quote(sub)))
+		if sub := sk.GetSubset(); sub != "" {
+			if err := sni.CheckSubset(sub); err != nil {
+				return key, "", invalidArgument(&FieldError{Field: "service.subset", Reason: err.Error()})
+			}
 		}
 		key = sni.Key{Host: host, Port: uint16(sk.GetPort()), Subset: sk.GetSubset()}
 	case q.GetSni() != "":

@@ -79,7 +79,8 @@ func isToken(s string) bool {
 // IPv6 addresses as IPv4.
 func normalizeEndpoint(i int, re RegisteredEndpoint) (RegisteredEndpoint, error) {
 	field := func(name string) string { return fmt.Sprintf("endpoints[%d].%s", i, name) }
-	host, err := dnsName(re.ServiceHost)
+	// sni's rule, so that every registered service host is routable.
+	host, err := sni.ParseHost(re.ServiceHost)
 	if err != nil {
 		return RegisteredEndpoint{}, &FieldError{Field: field("service_host"), Reason: err.Error()}
 	}
@@ -137,17 +138,6 @@ func endpointAddress(s string) (string, error) {
 		return "", fmt.Errorf("%s has an IPv6 zone", quote(s))
 	}
 	return ip.Unmap().String(), nil
-}
-
-// dnsName checks that s is a DNS name that is not an address in any form,
-// by the rules sni.ParseName applies to the host of an SNI name, so that
-// every registered service host is routable. It returns s in lower case.
-func dnsName(s string) (string, error) {
-	k, err := sni.ParseName(sni.Key{Host: s, Port: 1}.SNI())
-	if err != nil {
-		return "", fmt.Errorf("%s must be a DNS name: %w", quote(s), err)
-	}
-	return k.Host, nil
 }
 
 // isDNSLabel reports whether s is a lower-case RFC 1123 label: what Istio

@@ -84,6 +84,55 @@ func TestWatchResolveSendsUpdates(t *testing.T) {
 	wantStatus(t, err, codes.Internal, "")
 }
 
+// TestWatchResolveOnEveryListener watches through the unix socket and
+// loopback TCP of one Server, as ewgate's --api-socket and --api-address
+// do: every change reaches the watchers of both listeners. With a relay per
+// listener, the two took turns receiving the Resolver's one channel, and a
+// change woke only one listener's watchers.
+func TestWatchResolveOnEveryListener(t *testing.T) {
+	leakcheck.Check(t)
+	res := newFakeResolver()
+	res.set(reviews, gatewayTarget(0))
+	srv := NewServer(ServerConfig{Resolver: res})
+	unix := serveUnixOn(t, srv)
+	tcp := serveTCP(t, srv, srv.Serve)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	listeners := map[string]string{"unix socket": unix.target, "loopback TCP": tcp}
+	var streams []ewgatev1.GatewayService_WatchResolveClient
+	var names []string
+	for name, target := range listeners {
+		c := dial(t, target)
+		for range 2 {
+			stream := watchReviews(t, ctx, c)
+			if v := recv(t, stream).GetTargets()[0].GetLocality(); v != "v0" {
+				t.Fatalf("%s: initial answer %s, want v0", name, v)
+			}
+			streams = append(streams, stream)
+			names = append(names, name)
+		}
+	}
+	for v := 1; v <= 5; v++ {
+		res.set(reviews, gatewayTarget(v))
+		want := fmt.Sprintf("v%d", v)
+		for i, stream := range streams {
+			got := make(chan string, 1)
+			go func() {
+				resp, err := stream.Recv()
+				if err != nil {
+					got <- err.Error()
+					return
+				}
+				got <- resp.GetTargets()[0].GetLocality()
+			}()
+			if g := receive(t, fmt.Sprintf("change %d on the %s", v, names[i]), got); g != want {
+				t.Fatalf("%s: got %s after change %d, want %s", names[i], g, v, want)
+			}
+		}
+	}
+}
+
 func TestWatchResolveRejectsBadQuery(t *testing.T) {
 	leakcheck.Check(t)
 	s := serveUnix(t, ServerConfig{Resolver: newFakeResolver(), Network: "net-a"})

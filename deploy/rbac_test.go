@@ -37,6 +37,7 @@ var watched = []resource{
 	{"networking.istio.io", "serviceentries", true, ""},
 	{"networking.istio.io", "workloadentries", true, ""},
 	{"networking.istio.io", "destinationrules", true, ""},
+	{"networking.istio.io", "virtualservices", true, ""},
 }
 
 // applyRBAC creates the gateway's namespace, ServiceAccount, ClusterRole
@@ -125,7 +126,6 @@ func TestClusterRoleGrantsNothingElse(t *testing.T) {
 		{"", "configmaps", true, ""},
 		{"", "endpoints", true, ""},
 		{"", "serviceaccounts", true, ""},
-		{"networking.istio.io", "virtualservices", true, ""},
 		{"networking.istio.io", "sidecars", true, ""},
 		{"networking.istio.io", "workloadgroups", true, ""},
 		{"security.istio.io", "authorizationpolicies", true, ""},

@@ -10,6 +10,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/ewgate/ewgate/sni"
 )
 
 // DefaultClusterDomain is the Kubernetes cluster domain Istio assumes when
@@ -49,6 +51,9 @@ type Resources struct {
 	ServiceEntries   []Resource[*networking.ServiceEntry]
 	WorkloadEntries  []Resource[*networking.WorkloadEntry]
 	DestinationRules []Resource[*networking.DestinationRule]
+	// VirtualServices route PASSTHROUGH servers by their tls rules, in
+	// the order Istio considers them (a cluster's by creation time).
+	VirtualServices []Resource[*networking.VirtualService]
 	// Services are a registry's services, already translated, with their
 	// endpoints. DestinationRules give them subsets as they do to
 	// ServiceEntry hosts, and a host may be defined only once across
@@ -108,6 +113,7 @@ func (r *Resources) without(bad map[Source]bool) *Resources {
 	out.ServiceEntries, n = keep(r.ServiceEntries, bad, n)
 	out.WorkloadEntries, n = keep(r.WorkloadEntries, bad, n)
 	out.DestinationRules, n = keep(r.DestinationRules, bad, n)
+	out.VirtualServices, n = keep(r.VirtualServices, bad, n)
 	for _, s := range r.Services {
 		if bad[s.Source] {
 			n++
@@ -169,6 +175,7 @@ func Merge(log *slog.Logger, cats ...*Catalog) (*Catalog, error) {
 		all.ServiceEntries = append(all.ServiceEntries, r.ServiceEntries...)
 		all.WorkloadEntries = append(all.WorkloadEntries, r.WorkloadEntries...)
 		all.DestinationRules = append(all.DestinationRules, r.DestinationRules...)
+		all.VirtualServices = append(all.VirtualServices, r.VirtualServices...)
 		all.Services = append(all.Services, r.Services...)
 	}
 	return all.Build(log)
@@ -232,7 +239,15 @@ func (t *translator) build() (*Catalog, error) {
 		return true
 	}
 	for _, svc := range t.res.Services {
+		// A registry's hosts obey the rule of ServiceEntry hosts; the
+		// Kubernetes source's are <name>.<namespace>.svc.<domain>.
+		host, err := sni.ParseHost(svc.Host)
+		if err != nil {
+			t.errorf(svc.Source, "host: %v", err)
+			continue
+		}
 		cp := *svc
+		cp.Host = host
 		cp.Subsets = nil // DestinationRules give subsets, below
 		add(&cp)
 	}
@@ -242,6 +257,11 @@ func (t *translator) build() (*Catalog, error) {
 		}
 	}
 	t.attachSubsets(c.Services)
+	for _, vs := range t.res.VirtualServices {
+		if v := t.buildVirtualService(vs, c.Gateways); v != nil {
+			c.VirtualServices = append(c.VirtualServices, v)
+		}
+	}
 	if len(t.errs) > 0 {
 		return nil, errors.Join(t.errs...)
 	}
@@ -272,6 +292,9 @@ func (t *translator) checkUnique() {
 	for _, r := range t.res.DestinationRules {
 		check(r.Source)
 	}
+	for _, r := range t.res.VirtualServices {
+		check(r.Source)
+	}
 	for _, s := range t.res.Services {
 		check(s.Source)
 	}
@@ -279,7 +302,7 @@ func (t *translator) checkUnique() {
 
 // supportedModes names the tls modes a selecting Gateway's servers may use,
 // for errors.
-const supportedModes = "AUTO_PASSTHROUGH; PASSTHROUGH servers are skipped with a warning"
+const supportedModes = "AUTO_PASSTHROUGH, PASSTHROUGH"
 
 func (t *translator) buildGateway(r Resource[*networking.Gateway]) *Gateway {
 	gw := &Gateway{Source: r.Source, Selector: r.Spec.GetSelector()}
@@ -325,22 +348,19 @@ func (t *translator) buildGateway(r Resource[*networking.Gateway]) *Gateway {
 		}
 		switch mode := s.GetTls().GetMode(); mode {
 		case networking.ServerTLSSettings_AUTO_PASSTHROUGH:
+			srv.Mode = AutoPassthrough
+			if !strings.EqualFold(p.GetProtocol(), "TLS") {
+				fail(".port.protocol: AUTO_PASSTHROUGH needs protocol TLS, not %q", p.GetProtocol())
+				continue
+			}
 		case networking.ServerTLSSettings_PASSTHROUGH:
-			// Routing PASSTHROUGH needs VirtualService tls routes, which
-			// the gateway does not read yet (issue 13, item 2). Not
-			// serving the port cannot misroute a connection, and Istio's
-			// own multi-network install (expose-istiod.yaml) puts such
-			// servers next to the AUTO_PASSTHROUGH one: serve the rest.
-			t.warn("config: PASSTHROUGH server not served (VirtualService tls routes are not supported yet); the gateway's other servers are",
-				"resource", r.Source.String(), "field", field, "port", p.GetNumber())
-			continue
+			srv.Mode = Passthrough
+			if !strings.EqualFold(p.GetProtocol(), "TLS") && !strings.EqualFold(p.GetProtocol(), "HTTPS") {
+				fail(".port.protocol: PASSTHROUGH needs protocol TLS or HTTPS, not %q", p.GetProtocol())
+				continue
+			}
 		default:
 			fail(".tls.mode: %s is not supported (supported: %s)", mode, supportedModes)
-			continue
-		}
-		srv.Mode = AutoPassthrough
-		if !strings.EqualFold(p.GetProtocol(), "TLS") {
-			fail(".port.protocol: AUTO_PASSTHROUGH needs protocol TLS, not %q", p.GetProtocol())
 			continue
 		}
 		if s.GetBind() != "" {
@@ -418,8 +438,10 @@ func (t *translator) buildServices(r Resource[*networking.ServiceEntry]) []*Serv
 	}
 	var svcs []*Service
 	for i, h := range spec.GetHosts() {
-		host := strings.ToLower(h)
-		if err := checkDNSName(host); err != nil {
+		// The SNI parser's rule: a host it refuses could never be
+		// routed, so it is refused here, where the operator sees it.
+		host, err := sni.ParseHost(h)
+		if err != nil {
 			fail("spec.hosts[%d]: %v", i, err)
 			continue
 		}
@@ -464,10 +486,13 @@ func newEndpoint(we *networking.WorkloadEntry) (Endpoint, error) {
 		return Endpoint{}, errNoAddress
 	}
 	if _, err := netip.ParseAddr(addr); err != nil {
-		if err := checkDNSName(strings.ToLower(addr)); err != nil {
+		// A name that resolvers read as an address ("10.1") is refused
+		// too: it would reach an IP the address policy never saw.
+		name, err := sni.ParseHost(addr)
+		if err != nil {
 			return Endpoint{}, fmt.Errorf("address: %q is neither an IP address nor a DNS name (unix sockets are not supported)", addr)
 		}
-		addr = strings.ToLower(addr)
+		addr = name
 	}
 	for name, p := range we.GetPorts() {
 		if p == 0 || p > 65535 {
@@ -510,7 +535,7 @@ func (t *translator) attachSubsets(svcs []*Service) {
 		}
 		names := make(map[string]bool)
 		for i, ss := range dr.Spec.GetSubsets() {
-			if err := checkLabel(ss.GetName()); err != nil {
+			if err := sni.CheckSubset(ss.GetName()); err != nil {
 				t.errorf(dr.Source, "spec.subsets[%d].name: %v", i, err)
 			} else if names[ss.GetName()] {
 				t.errorf(dr.Source, "spec.subsets[%d].name: %q is listed twice", i, ss.GetName())

@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -84,4 +85,41 @@ func TestBuildValidLeavesOutOnlyTheBad(t *testing.T) {
 	if _, err := Merge(nil, c, registry(t, "other.local")); err != nil {
 		t.Error(err)
 	}
+}
+
+// TestBuildValidSkipsUnroutableHosts gives BuildValid, as the Kubernetes
+// source does, a Service and a ServiceEntry whose hosts the SNI parser
+// refuses: each is left out with a problem naming its host field, and the
+// rest is kept.
+func TestBuildValidSkipsUnroutableHosts(t *testing.T) {
+	svc := func(name, host string) *Service {
+		return &Service{Source: Source{File: "kubernetes", Kind: "Service", Namespace: "bookinfo", Name: name},
+			Host: host, Namespace: "bookinfo", Ports: []Port{{Number: 9080, Name: "http"}}}
+	}
+	var l loader
+	l.addFile("kubernetes", []byte(serviceEntry("bookinfo", "numeric", "reviews.123", "")+"---\n"+
+		serviceEntry("bookinfo", "ok", "ok.local", "")))
+	if len(l.errs) > 0 {
+		t.Fatal(l.errs)
+	}
+	l.res.Services = []*Service{svc("short-ip", "10.1"), svc("hex", "ratings.bookinfo.svc.0x1f"), svc("reviews", "Reviews.bookinfo.svc.cluster.local")}
+
+	if _, err := l.res.Build(nil); err == nil {
+		t.Fatal("Build accepted hosts the SNI parser refuses")
+	}
+	c, err := l.res.BuildValid(nil)
+	if c == nil {
+		t.Fatalf("BuildValid kept nothing: %v", err)
+	}
+	var hosts []string
+	for _, s := range c.Services {
+		hosts = append(hosts, s.Host)
+	}
+	if want := []string{"reviews.bookinfo.svc.cluster.local", "ok.local"}; !slices.Equal(hosts, want) {
+		t.Errorf("kept hosts %q, want %q", hosts, want)
+	}
+	wantErrContains(t, err,
+		`ServiceEntry bookinfo/numeric: spec.hosts[0]: host "reviews.123" is an IP address`,
+		`Service bookinfo/short-ip: host: host "10.1" is an IP address`,
+		`Service bookinfo/hex: host: host "ratings.bookinfo.svc.0x1f" is an IP address`)
 }

@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/ewgate/ewgate/sni"
 )
 
 // Istio's labels and defaults the catalog relies on.
@@ -35,6 +37,9 @@ type Catalog struct {
 	// their DestinationRule subsets attached, in load order; a registry's
 	// services (Resources.Services) come first.
 	Services []*Service
+	// VirtualServices are the VirtualService resources whose tls rules
+	// route the PASSTHROUGH servers of Gateways, in load order.
+	VirtualServices []*VirtualService
 	// Conflicts are the disagreements between networks' definitions that
 	// Merge settled; empty in a catalog built from config alone.
 	Conflicts []Conflict
@@ -118,7 +123,12 @@ type TLSMode string
 
 // The tls modes the gateway honours.
 const (
+	// AutoPassthrough routes by the Istio SNI of an mTLS connection
+	// (outbound_.<port>_.<subset>_.<host>), with no VirtualService.
 	AutoPassthrough TLSMode = "AUTO_PASSTHROUGH"
+	// Passthrough routes by the plain server name, as the tls rules of
+	// the VirtualServices bound to the server say.
+	Passthrough TLSMode = "PASSTHROUGH"
 )
 
 // Server is one entry of a Gateway's servers list.
@@ -281,7 +291,8 @@ func ParseHostPattern(s string) (HostPattern, error) {
 			return HostPattern{}, fmt.Errorf("host %q: namespace: %w", s, err)
 		}
 	}
-	host = strings.ToLower(host)
+	// The host part follows sni.ParseHost, the rule of routable hosts: a
+	// pattern that no routable host could match is a mistake.
 	switch {
 	case host == "":
 		return HostPattern{}, fmt.Errorf("host %q: empty host", s)
@@ -290,15 +301,22 @@ func ParseHostPattern(s string) (HostPattern, error) {
 		if strings.Contains(host[2:], "*") || len(host) == 2 {
 			return HostPattern{}, fmt.Errorf("host %q: a wildcard may only be the whole first label", s)
 		}
-		if err := checkDNSName(host[2:]); err != nil {
+		suffix, err := sni.ParseHost(host[2:])
+		if err != nil {
 			return HostPattern{}, fmt.Errorf("host %q: %w", s, err)
 		}
+		host = "*." + suffix
 	case strings.Contains(host, "*"):
 		return HostPattern{}, fmt.Errorf("host %q: a wildcard may only be the whole first label", s)
 	default:
-		if err := checkDNSName(host); err != nil {
+		h, err := sni.ParseHost(host)
+		switch {
+		case err != nil && host == s:
+			return HostPattern{}, err // it quotes s
+		case err != nil:
 			return HostPattern{}, fmt.Errorf("host %q: %w", s, err)
 		}
+		host = h
 	}
 	return HostPattern{Namespace: ns, Host: host}, nil
 }
@@ -342,7 +360,7 @@ func (c *Catalog) WithEndpoints(extra map[string][]Endpoint) (*Catalog, []string
 	if len(extra) == 0 {
 		return c, nil
 	}
-	out := &Catalog{Gateways: c.Gateways, Services: make([]*Service, len(c.Services))}
+	out := &Catalog{Gateways: c.Gateways, VirtualServices: c.VirtualServices, Services: make([]*Service, len(c.Services))}
 	used := make(map[string]bool, len(extra))
 	for i, svc := range c.Services {
 		eps, ok := extra[svc.Host]

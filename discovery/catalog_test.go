@@ -27,13 +27,17 @@ func TestParseHostPattern(t *testing.T) {
 		{in: "*.*.local", wantErr: "wildcard"},
 		{in: "**", wantErr: "wildcard"},
 		{in: "*.", wantErr: "wildcard"},
-		{in: "*..local", wantErr: `label ""`},
-		{in: "a..local", wantErr: `label ""`},
+		{in: "*..local", wantErr: "empty label"},
+		{in: "a..local", wantErr: "empty label"},
 		{in: "a/b/c", wantErr: `host "a/b/c"`},
 		{in: "foo bar", wantErr: `host "foo bar"`},
 		{in: "Bad_NS/x.local", wantErr: "namespace"},
 		{in: "~/x.local", wantErr: "namespace"},
 		{in: "10.0.0.1", wantErr: "IP address"},
+		// The SNI parser's host rule: no client could send these.
+		{in: "reviews.123", wantErr: "IP address"},
+		{in: "*.0x1f", wantErr: "IP address"},
+		{in: "bookinfo/10.1", wantErr: "IP address"},
 	}
 	for _, tt := range tests {
 		got, err := ParseHostPattern(tt.in)

@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -29,22 +30,38 @@ func TestLoadIstioMulticlusterDirectory(t *testing.T) {
 		ports = append(ports, l.Port)
 	}
 	equal(t, "listener ports", ports, []uint32{15443})
+	var pass []string
+	for _, l := range v.Passthrough {
+		for _, r := range l.Routes {
+			for _, d := range r.Destinations {
+				pass = append(pass, fmt.Sprintf("%d %v %s -> %s:%d", l.Port, r.SNIHosts, r.Field, d.Route.Key.Host, d.Route.Key.Port))
+			}
+		}
+	}
+	equal(t, "passthrough routes", pass, []string{
+		"15012 [*] spec.tls[0].match[0] -> istiod.istio-system.svc.cluster.local:15012",
+		"15017 [*] spec.tls[1].match[0] -> istiod.istio-system.svc.cluster.local:443",
+	})
+	// The directory has no istiod service: the routes are kept, the
+	// operator told why they have nowhere to go.
+	if len(v.Ignored) == 0 || !strings.Contains(v.Ignored[0].Reason, "no service istiod.istio-system.svc.cluster.local") {
+		t.Errorf("ignored = %+v, want the missing istiod service named", v.Ignored)
+	}
 	equal(t, "echo endpoints", endpointAddresses(service(t, c, "echo.demo.svc.cluster.local")), []string{"10.0.0.1"})
 
 	out := b.String()
 	for _, want := range []string{
-		`level=WARN msg="config: PASSTHROUGH server not served`,
-		`field=spec.servers[0] port=15012`,
-		`field=spec.servers[1] port=15017`,
 		`level=WARN msg="config: WorkloadEntry without an address is not dialed" resource="`,
 		`WorkloadEntry demo/echo-elsewhere" field=spec.address network=network-b`,
 		`level=DEBUG msg="config: Gateway does not select this node, ignored"`,
 		`Gateway istio-system/bookinfo-gateway"`,
-		`VirtualService default/istiod-vs`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %q:\n%s", want, out)
 		}
+	}
+	if strings.Contains(out, "VirtualService istio-system/bookinfo") {
+		t.Errorf("the ingress gateway's VirtualService is warned about:\n%s", out)
 	}
 	if n := strings.Count(out, "echo-elsewhere"); n != 1 {
 		t.Errorf("address-less WorkloadEntry logged %d times, want once:\n%s", n, out)
@@ -67,7 +84,7 @@ func TestSelectingGatewayWithUnsupportedMode(t *testing.T) {
   {port: {number: 15443, protocol: TLS}, hosts: ["*.local"], tls: {mode: AUTO_PASSTHROUGH}},
   {port: {number: 8443, protocol: tls}, hosts: ["*"], tls: {mode: `+mode+`}}]}`)))
 			_, err := l.build()
-			wantErrContains(t, err, "test.yaml: Gateway istio-system/ew: spec.servers[1].tls.mode: "+mode+" is not supported (supported: AUTO_PASSTHROUGH; PASSTHROUGH servers are skipped with a warning)")
+			wantErrContains(t, err, "test.yaml: Gateway istio-system/ew: spec.servers[1].tls.mode: "+mode+" is not supported (supported: AUTO_PASSTHROUGH, PASSTHROUGH)")
 		})
 	}
 }
@@ -160,14 +177,14 @@ func TestWarningsOncePerLoad(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	count := func() int { return strings.Count(b.String(), "PASSTHROUGH server not served") }
-	if n := count(); n != 2 {
-		t.Errorf("after a load and three merges, %d PASSTHROUGH warnings, want 2 (one per server):\n%s", n, b)
+	count := func() int { return strings.Count(b.String(), "WorkloadEntry without an address") }
+	if n := count(); n != 1 {
+		t.Errorf("after a load and three merges, %d address warnings, want 1:\n%s", n, b)
 	}
 	if _, err := LoadFilesFor([]string{"testdata/istio-multicluster"}, istioNode, log); err != nil {
 		t.Fatal(err)
 	}
-	if n := count(); n != 4 {
-		t.Errorf("after a second load, %d PASSTHROUGH warnings, want 4", n)
+	if n := count(); n != 2 {
+		t.Errorf("after a second load, %d address warnings, want 2", n)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -198,7 +197,9 @@ func (l *loader) addDocument(file, where string, d *document) {
 		addSpec(l, src, d, &l.res.WorkloadEntries)
 	case "DestinationRule":
 		addSpec(l, src, d, &l.res.DestinationRules)
-	case "VirtualService", "Sidecar", "EnvoyFilter", "WorkloadGroup", "ProxyConfig":
+	case "VirtualService":
+		addSpec(l, src, d, &l.res.VirtualServices)
+	case "Sidecar", "EnvoyFilter", "WorkloadGroup", "ProxyConfig":
 		warn(l.log, "config: resource kind not used by the gateway, ignored", "resource", src.String())
 	default:
 		l.errorf(src, "unknown kind %q in %s", d.Kind, istioGroup)
@@ -241,25 +242,6 @@ func splitDocuments(data []byte) [][]byte {
 		i = next
 	}
 	return append(docs, data[start:])
-}
-
-// checkDNSName validates a lower-case DNS name of at most 253 characters.
-func checkDNSName(h string) error {
-	if h == "" {
-		return errors.New("empty host")
-	}
-	if len(h) > 253 {
-		return fmt.Errorf("host %q is longer than 253 characters", h)
-	}
-	if _, err := netip.ParseAddr(h); err == nil {
-		return fmt.Errorf("host %q is an IP address, not a name", h)
-	}
-	for _, label := range strings.Split(h, ".") {
-		if err := checkLabel(label); err != nil {
-			return fmt.Errorf("host %q: %w", h, err)
-		}
-	}
-	return nil
 }
 
 // checkLabel validates a DNS-1123 label.

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/ewgate/ewgate/sni"
 )
 
 func TestParseAPIVersions(t *testing.T) {
@@ -85,10 +87,15 @@ func TestParseSkipsUnusedIstioKindsWithWarning(t *testing.T) {
 	}
 	equal(t, "gateways", gatewayNames(c), []string{"istio-system/ew"})
 	out := buf.String()
-	for _, want := range []string{"level=WARN", "VirtualService bookinfo/reviews", "Sidecar bookinfo/default"} {
+	for _, want := range []string{"level=WARN", "Sidecar bookinfo/default"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log %q does not contain %q", out, want)
 		}
+	}
+	// A VirtualService of the sidecars (bound to no gateway) is not this
+	// gateway's business: read, not warned about.
+	if strings.Contains(out, "VirtualService") {
+		t.Errorf("log %q mentions the sidecars' VirtualService", out)
 	}
 	// A nil logger must not panic.
 	if _, err := Parse("test.yaml", join(vs), nil); err != nil {
@@ -302,7 +309,7 @@ func TestGatewayValidation(t *testing.T) {
 		{"valid", ok, ""},
 		{"lower-case protocol", server("15443", "tls", `["*"]`, ap), ""},
 		{"two servers", ok + ", " + server("15444", "TLS", `["bookinfo/*.local", "./*", "*/x.ns.svc.cluster.local"]`, ap), ""},
-		{"SIMPLE", server("15443", "TLS", `["*"]`, `{mode: SIMPLE}`), "spec.servers[0].tls.mode: SIMPLE is not supported (supported: AUTO_PASSTHROUGH;"},
+		{"SIMPLE", server("15443", "TLS", `["*"]`, `{mode: SIMPLE}`), "spec.servers[0].tls.mode: SIMPLE is not supported (supported: AUTO_PASSTHROUGH, PASSTHROUGH)"},
 		{"MUTUAL", server("15443", "TLS", `["*"]`, `{mode: MUTUAL}`), "spec.servers[0].tls.mode: MUTUAL is not supported"},
 		{"ISTIO_MUTUAL", server("15443", "TLS", `["*"]`, `{mode: ISTIO_MUTUAL}`), "spec.servers[0].tls.mode: ISTIO_MUTUAL is not supported"},
 		{"OPTIONAL_MUTUAL", server("15443", "TLS", `["*"]`, `{mode: OPTIONAL_MUTUAL}`), "spec.servers[0].tls.mode: OPTIONAL_MUTUAL is not supported"},
@@ -403,6 +410,11 @@ func TestServiceEntryErrors(t *testing.T) {
 		{"IPv6 host", []string{se(`{hosts: ["fd00::1"], ` + ports + `}`)}, []string{`spec.hosts[0]: host "fd00::1" is an IP address`}},
 		{"host with underscore", []string{se(`{hosts: [my_svc.local], ` + ports + `}`)}, []string{`spec.hosts[0]: host "my_svc.local"`}},
 		{"host too long", []string{se(`{hosts: [` + strings.Repeat("a.", 127) + `local], ` + ports + `}`)}, []string{"spec.hosts[0]", "longer than 253"}},
+		// Hosts the SNI parser refuses, which no client could ever reach.
+		{"numeric top-level label", []string{se(`{hosts: [reviews.123], ` + ports + `}`)}, []string{`ServiceEntry bookinfo/se: spec.hosts[0]: host "reviews.123" is an IP address`}},
+		{"hexadecimal top-level label", []string{se(`{hosts: [a.local, reviews.0x1f], ` + ports + `}`)}, []string{`spec.hosts[1]: host "reviews.0x1f" is an IP address`}},
+		{"short IPv4 form", []string{se(`{hosts: ["10.1"], ` + ports + `}`)}, []string{`spec.hosts[0]: host "10.1" is an IP address`}},
+		{"endpoint name read as an address", []string{se(`{hosts: [a.local], ` + ports + `, endpoints: [{address: "10.1"}]}`)}, []string{`spec.endpoints[0].address: "10.1"`}},
 		{"port 0", []string{se(`{hosts: [a.local], ports: [{number: 0, name: http}]}`)}, []string{"spec.ports[0].number: must be 1-65535"}},
 		{"port too big", []string{se(`{hosts: [a.local], ports: [{number: 70000, name: http}]}`)}, []string{"spec.ports[0].number: must be 1-65535"}},
 		{"targetPort too big", []string{se(`{hosts: [a.local], ports: [{number: 80, name: http, targetPort: 70000}]}`)}, []string{"spec.ports[0].targetPort: must be 0-65535"}},
@@ -428,6 +440,39 @@ func TestServiceEntryErrors(t *testing.T) {
 			wantErrContains(t, err, tt.want...)
 			if !strings.Contains(err.Error(), "test.yaml: ") {
 				t.Errorf("error %q does not name the file", err)
+			}
+		})
+	}
+}
+
+// TestLoadedHostsAreSNIKeys checks that the loader and the SNI parser
+// apply one host rule: every ServiceEntry host the loader accepts parses
+// back from a client's SNI name as the catalog's host, and every host it
+// refuses, the SNI parser refuses too.
+func TestLoadedHostsAreSNIKeys(t *testing.T) {
+	for _, h := range []string{
+		"reviews.bookinfo.svc.cluster.local", "Reviews.BookInfo.svc.cluster.local", "a", "a-b.c0.d",
+		"1.2.3.example", "0x1.example", "host.x0a", "x-1.local", strings.Repeat("a", 63) + ".local",
+		strings.Repeat("a.", 126) + "b",
+		"reviews.123", "reviews.0x1f", "reviews.0X1F", "10.1", "167772161", "0xa.0.0.1", "010.0.0.1", "10.0.0.1", "fd00::1",
+		"*.local", "a..b", "-a.b", "a-.b", "reviews.", strings.Repeat("a", 64) + ".local", strings.Repeat("a.", 127) + "b",
+		"my_svc.local", "réviews.local", "rev iews.local",
+	} {
+		t.Run(h, func(t *testing.T) {
+			c, err := Parse("test.yaml", []byte(serviceEntry("bookinfo", "se", h, "")), nil)
+			_, sniErr := sni.ParseName(sni.Key{Host: h, Port: 9080}.SNI())
+			if err != nil {
+				if sniErr == nil {
+					t.Errorf("the loader refuses host %q, which the SNI parser accepts: %v", h, err)
+				}
+				wantErrContains(t, err, "ServiceEntry bookinfo/se: spec.hosts[0]: ")
+				return
+			}
+			for _, svc := range c.Services {
+				k, err := sni.ParseName(sni.Key{Host: svc.Host, Port: 9080}.SNI())
+				if err != nil || k.Host != svc.Host {
+					t.Errorf("the loader accepts host %q as %q, but the SNI parser reads %q, %v", h, svc.Host, k.Host, err)
+				}
 			}
 		})
 	}
@@ -542,10 +587,10 @@ func TestDestinationRuleErrors(t *testing.T) {
 		want string
 	}{
 		{"duplicate subset", []string{dr("r", `{host: reviews, subsets: [{name: v1}, {name: v2}, {name: v1}]}`)}, `DestinationRule bookinfo/r: spec.subsets[2].name: "v1" is listed twice`},
-		{"upper-case subset", []string{dr("r", `{host: reviews, subsets: [{name: V1}]}`)}, `DestinationRule bookinfo/r: spec.subsets[0].name: label "V1"`},
-		{"underscore subset", []string{dr("r", `{host: reviews, subsets: [{name: v1}, {name: v_1}]}`)}, `spec.subsets[1].name: label "v_1"`},
-		{"dotted subset", []string{dr("r", `{host: reviews, subsets: [{name: v1.2}]}`)}, `spec.subsets[0].name: label "v1.2"`},
-		{"empty subset", []string{dr("r", `{host: reviews, subsets: [{labels: {a: b}}]}`)}, `spec.subsets[0].name: label ""`},
+		{"upper-case subset", []string{dr("r", `{host: reviews, subsets: [{name: V1}]}`)}, `DestinationRule bookinfo/r: spec.subsets[0].name: subset "V1"`},
+		{"underscore subset", []string{dr("r", `{host: reviews, subsets: [{name: v1}, {name: v_1}]}`)}, `spec.subsets[1].name: subset "v_1"`},
+		{"dotted subset", []string{dr("r", `{host: reviews, subsets: [{name: v1.2}]}`)}, `spec.subsets[0].name: subset "v1.2"`},
+		{"empty subset", []string{dr("r", `{host: reviews, subsets: [{labels: {a: b}}]}`)}, `spec.subsets[0].name: subset ""`},
 		{"subset too long", []string{dr("r", `{host: reviews, subsets: [{name: `+strings.Repeat("v", 64)+`}]}`)}, "spec.subsets[0].name"},
 		{"no host", []string{dr("r", `{subsets: [{name: v1}]}`)}, "DestinationRule bookinfo/r: spec.host: required"},
 		{"two rules for one host", []string{

@@ -96,7 +96,7 @@ func (c *Catalog) Merge(defs []Definition) *Catalog {
 	if len(defs) == 0 {
 		return c
 	}
-	out := &Catalog{Gateways: c.Gateways, Services: make([]*Service, 0, len(c.Services))}
+	out := &Catalog{Gateways: c.Gateways, VirtualServices: c.VirtualServices, Services: make([]*Service, 0, len(c.Services))}
 	byHost := make(map[string]*Service, len(c.Services))
 	for _, svc := range c.Services {
 		cp := *svc

@@ -81,7 +81,7 @@ func Summarize(v *View, healthy func(addr string) bool) Summary {
 	for _, host := range slices.Sorted(slices.Values(v.hosts)) {
 		sv := v.services[host]
 		svc := sv.svc
-		if svc.Origin.Remote() || !svc.exported(v.Node.ExportDefault) || !slices.Contains(sv.exposed, true) {
+		if svc.Origin.Remote() || !svc.exported(v.Node.ExportDefault) || sv.exposedOn() < 0 {
 			continue
 		}
 		ss := ServiceSummary{Host: host, Namespace: svc.Namespace, ExportTo: slices.Clone(svc.ExportTo),

@@ -76,6 +76,13 @@ const (
 	UnknownSubset  Reason = "unknown_subset"
 )
 
+// Reasons returns every Reason a routing key (View.Route) or a server name
+// (PassthroughListener.Match) is refused for, in a stable order, for
+// pre-registering metric labels.
+func Reasons() []Reason {
+	return []Reason{UnknownService, HostNotExposed, NotExported, UnknownPort, UnknownSubset, NoTLSRoute}
+}
+
 // RouteError reports a routing key the view refuses.
 type RouteError struct {
 	Key    sni.Key
@@ -89,14 +96,23 @@ func (e *RouteError) Error() string {
 // View is what one node serves: its listeners and, for each service, port
 // and subset, the eligible endpoints of its own network. It is immutable.
 type View struct {
-	Node      Node
+	Node Node
+	// Listeners are the node's AUTO_PASSTHROUGH ports, by port number.
 	Listeners []*Listener
+	// Passthrough are the node's PASSTHROUGH ports, by port number.
+	Passthrough []*PassthroughListener
+	// Ignored are the rules of the config the view does not serve (a tls
+	// match whose server names an earlier one took, a destination the
+	// catalog lacks), for the operator.
+	Ignored []Ignored
 	// Conflicts are the disagreements between networks' definitions that
 	// the catalog's merge settled (see [Catalog.Merge]).
 	Conflicts []Conflict
 	services  map[string]*serviceView
 	routes    []*Route
 	hosts     []string // service hosts, in catalog order
+	// passthroughRoutes are the Passthrough listeners' destinations.
+	passthroughRoutes []*Route
 }
 
 type serviceView struct {
@@ -115,18 +131,21 @@ type portSubset struct {
 // select the node claim the same port.
 func (c *Catalog) View(n Node) (*View, error) {
 	v := &View{Node: n, Conflicts: c.Conflicts, services: make(map[string]*serviceView, len(c.Services))}
-	byPort := make(map[uint32]*Listener)
+	byPort := make(map[uint32]*Gateway)
 	for _, g := range c.Gateways {
 		if !g.Selects(n.Labels) {
 			continue
 		}
 		for _, s := range g.Servers {
 			if prev, ok := byPort[s.Port]; ok {
-				return nil, fmt.Errorf("%v: port %d is already served by %v", g.Source, s.Port, prev.Gateway.Source)
+				return nil, fmt.Errorf("%v: port %d is already served by %v", g.Source, s.Port, prev.Source)
 			}
-			l := &Listener{Port: s.Port, Server: s, Gateway: g}
-			byPort[s.Port] = l
-			v.Listeners = append(v.Listeners, l)
+			byPort[s.Port] = g
+			if s.Mode == Passthrough {
+				v.Passthrough = append(v.Passthrough, &PassthroughListener{Port: s.Port, Server: s, Gateway: g})
+				continue
+			}
+			v.Listeners = append(v.Listeners, &Listener{Port: s.Port, Server: s, Gateway: g})
 		}
 	}
 	slices.SortFunc(v.Listeners, func(a, b *Listener) int { return cmp.Compare(a.Port, b.Port) })
@@ -143,6 +162,11 @@ func (c *Catalog) View(n Node) (*View, error) {
 		}
 		v.services[svc.Host] = sv
 		v.hosts = append(v.hosts, svc.Host)
+	}
+	slices.SortFunc(v.Passthrough, func(a, b *PassthroughListener) int { return cmp.Compare(a.Port, b.Port) })
+	dests := make(map[RouteDestination]*Route)
+	for _, l := range v.Passthrough {
+		v.bindPassthrough(c, l, dests)
 	}
 	return v, nil
 }
@@ -220,6 +244,31 @@ func (v *View) Route(li int, key sni.Key) (*Route, error) {
 	}
 	return r, nil
 }
+
+// RouteExposed returns the route for key of a connection that arrived on
+// no listener, such as a stream another network's gateway carried here:
+// it routes through any of Listeners that exposes the service, the rule
+// by which Summarize advertises services to other networks. It fails as
+// Route does; when no listener exposes the service, with the reason the
+// first listener gives (HostNotExposed without listeners).
+func (v *View) RouteExposed(key sni.Key) (*Route, error) {
+	sv, ok := v.services[key.Host]
+	if !ok {
+		return nil, &RouteError{Key: key, Reason: UnknownService}
+	}
+	li := sv.exposedOn()
+	if li < 0 {
+		if len(v.Listeners) == 0 {
+			return nil, &RouteError{Key: key, Reason: HostNotExposed}
+		}
+		li = 0
+	}
+	return v.Route(li, key)
+}
+
+// exposedOn returns the index of the first listener that exposes the
+// service, or -1: other networks may reach it only if one does.
+func (sv *serviceView) exposedOn() int { return slices.Index(sv.exposed, true) }
 
 // Routes returns every route of the view, in catalog order.
 func (v *View) Routes() []*Route { return v.routes }

@@ -3,6 +3,7 @@ package discovery
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -201,13 +202,14 @@ func TestViewRouteReasons(t *testing.T) {
 		remote  = "remote.bookinfo.svc.cluster.local"
 		own     = "own.istio-system.svc.cluster.local"
 	)
-	tests := []struct {
+	type routeCase struct {
 		name    string
 		port    uint32
 		key     sni.Key
 		want    Reason // "" routes
 		targets int
-	}{
+	}
+	tests := []routeCase{
 		{"routes", 15443, key(reviews, 9080, ""), "", 1},
 		{"routes subset", 15443, key(reviews, 9080, "v1"), "", 0},
 		{"unknown service", 15443, key("nope.bookinfo.svc.cluster.local", 9080, ""), UnknownService, 0},
@@ -254,7 +256,71 @@ func TestViewRouteReasons(t *testing.T) {
 			if !strings.Contains(err.Error(), string(tt.want)) {
 				t.Errorf("error %q does not name reason %q", err, tt.want)
 			}
+			if !slices.Contains(Reasons(), re.Reason) {
+				t.Errorf("reason %q is not in Reasons() %q, which metrics pre-register", re.Reason, Reasons())
+			}
 		})
+	}
+	// Every reason is one this table produces: Reasons lists no label
+	// that is never counted.
+	for _, r := range Reasons() {
+		if r == NoTLSRoute {
+			continue // PassthroughListener.Match's, TestPassthroughRouting's
+		}
+		if !slices.ContainsFunc(tests, func(tt routeCase) bool { return tt.want == r }) {
+			t.Errorf("Reasons() lists %q, which no case of this test produces", r)
+		}
+	}
+}
+
+// RouteExposed routes through any listener that exposes the service,
+// and so agrees with Summarize on what this network offers: a key it
+// routes is advertised, and the refusals say why one is not.
+func TestViewRouteExposed(t *testing.T) {
+	c := mustParse(t,
+		doc("Gateway", "istio-system", "ew", `{selector: {istio: eastwestgateway}, servers: [
+  {port: {number: 15443, protocol: TLS}, hosts: ["*.example.com"], tls: {mode: AUTO_PASSTHROUGH}},
+  {port: {number: 15444, protocol: TLS}, hosts: ["*.local"], tls: {mode: AUTO_PASSTHROUGH}}]}`),
+		serviceEntry("bookinfo", "reviews", "reviews.bookinfo.svc.cluster.local", `[{address: 10.0.0.1, labels: {security.istio.io/tlsMode: istio}}]`),
+		serviceEntry("ext", "api", "api.other.org", ""),
+		doc("ServiceEntry", "bookinfo", "private", `{hosts: [private.bookinfo.svc.cluster.local], exportTo: ["."], ports: [{number: 9080, name: http}]}`),
+	)
+	v, err := c.View(ewNode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	advertised := map[string]bool{}
+	for _, s := range Summarize(v, nil).Services {
+		advertised[s.Host] = true
+	}
+	tests := []struct {
+		name string
+		key  sni.Key
+		want Reason // "" routes
+	}{
+		{"exposed by the second listener only", sni.Key{Host: "reviews.bookinfo.svc.cluster.local", Port: 9080}, ""},
+		{"unknown port", sni.Key{Host: "reviews.bookinfo.svc.cluster.local", Port: 9081}, UnknownPort},
+		{"unknown service", sni.Key{Host: "nope.bookinfo.svc.cluster.local", Port: 9080}, UnknownService},
+		{"no listener exposes it", sni.Key{Host: "api.other.org", Port: 9080}, HostNotExposed},
+		{"not exported to the gateway's namespace", sni.Key{Host: "private.bookinfo.svc.cluster.local", Port: 9080}, NotExported},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := v.RouteExposed(tt.key)
+			var re *RouteError
+			switch {
+			case tt.want == "" && (err != nil || r.Key != tt.key):
+				t.Fatalf("RouteExposed(%v) = %+v, %v; want its route", tt.key, r, err)
+			case tt.want != "" && (!errors.As(err, &re) || re.Reason != tt.want):
+				t.Fatalf("RouteExposed(%v) error %v, want reason %s", tt.key, err, tt.want)
+			}
+			if routes := err == nil || tt.want == UnknownPort; routes != advertised[tt.key.Host] {
+				t.Errorf("RouteExposed routes %s: %v; Summarize advertises it: %v", tt.key.Host, routes, advertised[tt.key.Host])
+			}
+		})
+	}
+	if _, err := v.Route(0, tests[0].key); err == nil {
+		t.Error("the first listener routes the service too: the test shows nothing")
 	}
 }
 

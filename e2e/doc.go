@@ -29,8 +29,8 @@
 //
 // Every gateway has its own SVID from one in-process dev CA (gw-x-otherca
 // excepted), gossips on its WAN address with a shared keyring (gw-x-badkey
-// excepted), advertises WAN:15443 for passthrough and WAN:15008 for
-// tunnels, serves admin on 127.0.0.1:15000 inside its namespace and the
+// excepted), advertises WAN:15443 for passthrough and WAN:15444 for
+// tunnels, serves admin on 127.0.0.1:15446 inside its namespace and the
 // mTLS gRPC API on LAN:15020. Workloads run in the test process: their
 // sockets are created on an OS thread that has entered the namespace.
 //

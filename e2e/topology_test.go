@@ -44,10 +44,10 @@ var (
 // Ports every gateway uses, on its own addresses.
 const (
 	passthroughPort = 15443
-	tunnelPort      = 15008
-	gossipPort      = 15012
+	tunnelPort      = 15444
+	gossipPort      = 15445
 	apiPort         = 15020
-	adminAddr       = "127.0.0.1:15000" // inside the gateway's namespace
+	adminAddr       = "127.0.0.1:15446" // inside the gateway's namespace
 	echoPort        = 9080              // service port of both echo services
 )
 
@@ -316,6 +316,22 @@ var gatewaySpecs = []gatewaySpec{
 	{"x-otherca", "network-x", "", "", "192.0.2.6"}, // SVID of another CA
 }
 
+// gatewayID is the SPIFFE ID of the gateway with key: each has its own
+// service account.
+func gatewayID(key string) string {
+	return "spiffe://cluster.local/ns/istio-system/sa/eastwest-" + key
+}
+
+// gatewayIDs are the IDs of every gateway, their tunnel peer policy
+// (--peer-ids; the default would be each gateway's own ID alone).
+func gatewayIDs() []string {
+	var ids []string
+	for _, s := range gatewaySpecs {
+		ids = append(ids, gatewayID(s.key))
+	}
+	return ids
+}
+
 // newTopology builds the namespaces, links, workloads and gateways of
 // doc.go and waits until network A's gateway sees networks B and C. The
 // gateways x-* are created but not started. Everything is removed by a
@@ -538,7 +554,7 @@ func (tp *topology) newGateway(t *testing.T, s gatewaySpec, ca *identity.DevCA, 
 		t.Fatal(err)
 	}
 	svidDir := filepath.Join(runDir, "svid-"+s.key)
-	svid, err := ca.Issue(spiffeid.RequireFromPath(ca.TrustDomain(), "/ns/istio-system/sa/eastwest-"+s.key), identity.IssueOptions{})
+	svid, err := ca.Issue(spiffeid.RequireFromString(gatewayID(s.key)), identity.IssueOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -555,7 +571,8 @@ func (tp *topology) newGateway(t *testing.T, s gatewaySpec, ca *identity.DevCA, 
 		"--svid-cert", filepath.Join(svidDir, identity.FileCert), "--svid-key", filepath.Join(svidDir, identity.FileKey),
 		"--trust-bundle", filepath.Join(svidDir, identity.FileBundle),
 		"--gossip-address", wan(gossipPort), "--gossip-key-file", keyFile, "--gossip-profile", gossipProfile(),
-		"--mesh-id", "e2e", "--passthrough-advertise", wan(passthroughPort), "--tunnel-address", wan(tunnelPort)}
+		"--mesh-id", "e2e", "--passthrough-advertise", wan(passthroughPort), "--tunnel-address", wan(tunnelPort),
+		"--peer-ids", strings.Join(gatewayIDs(), ",")}
 	if s.lanIP != "" {
 		args = append(args, "--api-address", net.JoinHostPort(s.lanIP, strconv.Itoa(apiPort)))
 	}

@@ -12,7 +12,8 @@ import (
 )
 
 // upstream is the live state of one endpoint address, shared by every
-// cluster that holds it and kept across config reloads.
+// cluster that holds it and kept across config reloads, or of one peer
+// gateway's tunnel address.
 type upstream struct {
 	addr         string
 	active       atomic.Int64 // open connections
@@ -22,20 +23,22 @@ type upstream struct {
 
 func (u *upstream) ejected(now int64) bool { return u.ejectedUntil.Load() > now }
 
-// cluster is a route's endpoints with their weights.
+// cluster is what one connection may be sent to, with weights: a route's
+// endpoints, or the gateways of other networks that serve a key through
+// tunnels. Both are picked from by the same rule.
 type cluster struct {
 	route   *discovery.Route
 	members []*upstream
 	cum     []uint64 // cumulative weights, for weighted random choice
 }
 
-func (c *cluster) add(u *upstream, w uint32) {
+func (c *cluster) add(u *upstream, w uint64) {
 	var base uint64
 	if n := len(c.cum); n > 0 {
 		base = c.cum[n-1]
 	}
 	c.members = append(c.members, u)
-	c.cum = append(c.cum, base+uint64(w))
+	c.cum = append(c.cum, base+w)
 }
 
 func (c *cluster) weight(i int) uint64 {

@@ -6,8 +6,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/ewgate/ewgate/internal/await"
-	"github.com/ewgate/ewgate/internal/leakcheck"
 	"io"
 	"net"
 	"runtime"
@@ -15,6 +13,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ewgate/ewgate/internal/await"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 
 	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/workload"

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/ewgate/ewgate/discovery"
@@ -16,6 +18,10 @@ type DebugConfig struct {
 	// Conflicts are the definitions the merge did not use, and why.
 	Conflicts []discovery.Conflict `json:"conflicts"`
 	Routes    []DebugRoute         `json:"routes"`
+	// TunnelPeers are the other networks' gateways that tunneled
+	// connections were tried on, by tunnel address, with their open
+	// streams and ejection (Weight is per key, so 0 here).
+	TunnelPeers []DebugEndpoint `json:"tunnelPeers,omitempty"`
 }
 
 // DebugService is one service of the merged catalog. Each From is "local"
@@ -55,6 +61,26 @@ type DebugListener struct {
 	Gateway string   `json:"gateway"`
 	Mode    string   `json:"mode"`
 	Hosts   []string `json:"hosts"`
+	// TLSRoutes are a PASSTHROUGH listener's VirtualService tls matches,
+	// in the order they claimed their server names.
+	TLSRoutes []DebugTLSRoute `json:"tlsRoutes,omitempty"`
+}
+
+// DebugTLSRoute is one VirtualService tls match of a PASSTHROUGH listener.
+type DebugTLSRoute struct {
+	VirtualService string             `json:"virtualService"`
+	Field          string             `json:"field"`
+	SNIHosts       []string           `json:"sniHosts"`
+	Destinations   []DebugDestination `json:"destinations"`
+}
+
+// DebugDestination is one weighted destination of a DebugTLSRoute.
+type DebugDestination struct {
+	Host      string          `json:"host"`
+	Port      uint16          `json:"port"`
+	Subset    string          `json:"subset,omitempty"`
+	Weight    uint32          `json:"weight"`
+	Endpoints []DebugEndpoint `json:"endpoints"`
 }
 
 // DebugRoute is one service, port and subset with its eligible endpoints.
@@ -110,22 +136,49 @@ func (g *Gateway) Debug() *DebugConfig {
 		}
 		d.Listeners = append(d.Listeners, dl)
 	}
+	for _, l := range t.view.Passthrough {
+		dl := DebugListener{Port: l.Port, Gateway: l.Gateway.Source.String(), Mode: string(l.Server.Mode), TLSRoutes: []DebugTLSRoute{}}
+		if a, ok := addrs[l.Port]; ok {
+			dl.Address = a.String()
+		}
+		for _, h := range l.Server.Hosts {
+			dl.Hosts = append(dl.Hosts, h.String())
+		}
+		for _, r := range l.Routes {
+			dr := DebugTLSRoute{VirtualService: r.VirtualService.String(), Field: r.Field, SNIHosts: r.SNIHosts}
+			for _, dst := range r.Destinations {
+				dr.Destinations = append(dr.Destinations, DebugDestination{Host: dst.Route.Key.Host, Port: dst.Route.Key.Port,
+					Subset: dst.Route.Key.Subset, Weight: dst.Weight, Endpoints: debugEndpoints(t.clusters[dst.Route], dst.Route, now)})
+			}
+			dl.TLSRoutes = append(dl.TLSRoutes, dr)
+		}
+		d.Listeners = append(d.Listeners, dl)
+	}
 	for _, r := range t.view.Routes() {
 		dr := DebugRoute{SNI: r.Key.SNI(), Service: r.Service.Host, Namespace: r.Service.Namespace,
 			Port: r.Key.Port, Subset: r.Key.Subset, ExportTo: r.Service.ExportTo, Exported: r.Exported, From: r.Origin,
-			Endpoints: []DebugEndpoint{}}
-		cl := t.clusters[r]
-		for i, u := range cl.members {
-			de := DebugEndpoint{Address: u.addr, Weight: uint32(cl.weight(i)), Locality: r.Targets[i].Locality, Active: u.active.Load()}
-			if until := u.ejectedUntil.Load(); until > now {
-				tu := time.Unix(0, until)
-				de.Ejected, de.EjectedUntil = true, &tu
-			}
-			dr.Endpoints = append(dr.Endpoints, de)
-		}
+			Endpoints: debugEndpoints(t.clusters[r], r, now)}
 		d.Routes = append(d.Routes, dr)
 	}
+	if tn := g.tunnels.Load(); tn != nil {
+		tn.mu.Lock()
+		for _, u := range tn.state {
+			d.TunnelPeers = append(d.TunnelPeers, u.debug(0, "", now))
+		}
+		tn.mu.Unlock()
+		slices.SortFunc(d.TunnelPeers, func(a, b DebugEndpoint) int { return strings.Compare(a.Address, b.Address) })
+	}
 	return d
+}
+
+// debug describes u's live state.
+func (u *upstream) debug(weight uint32, locality string, now int64) DebugEndpoint {
+	de := DebugEndpoint{Address: u.addr, Weight: weight, Locality: locality, Active: u.active.Load()}
+	if until := u.ejectedUntil.Load(); until > now {
+		tu := time.Unix(0, until)
+		de.Ejected, de.EjectedUntil = true, &tu
+	}
+	return de
 }
 
 func debugService(svc *discovery.Service) DebugService {
@@ -141,4 +194,13 @@ func debugService(svc *discovery.Service) DebugService {
 		ds.Subsets = append(ds.Subsets, DebugSubset{Name: ss.Name, Labels: ss.Labels, From: ss.Origin})
 	}
 	return ds
+}
+
+// debugEndpoints describes the members of cl, the cluster of route r.
+func debugEndpoints(cl *cluster, r *discovery.Route, now int64) []DebugEndpoint {
+	out := []DebugEndpoint{}
+	for i, u := range cl.members {
+		out = append(out, u.debug(uint32(cl.weight(i)), r.Targets[i].Locality, now))
+	}
+	return out
 }

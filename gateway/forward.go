@@ -16,60 +16,105 @@ import (
 // errIdle ends a connection on which nothing moved for the idle timeout.
 var errIdle = errors.New("idle timeout")
 
-// flow is one client connection and, once dialed, its upstream.
+// halfConn is a connection whose sending side can be closed alone, as
+// TCP connections and tunnel streams can.
+type halfConn interface {
+	net.Conn
+	CloseWrite() error
+}
+
+// stream is a tunnel stream as the gateway forwards it (a
+// *tunnel.Stream): a halfConn that can also be reset.
+type stream interface {
+	halfConn
+	// Abort resets both directions, the tunnel's TCP RST.
+	Abort()
+}
+
+// end is one half-connection of a flow: a TCP socket or a tunnel stream.
+type end struct {
+	c   halfConn
+	tcp *net.TCPConn // c as a socket; nil for a stream
+}
+
+func tcpEnd(c *net.TCPConn) end { return end{c: c, tcp: c} }
+func streamEnd(s stream) end    { return end{c: s} }
+
+// reset makes the end's close a reset: a TCP RST, or a stream reset.
+func (e end) reset() {
+	if e.tcp != nil {
+		e.tcp.SetLinger(0)
+	} else if s, ok := e.c.(stream); ok {
+		s.Abort()
+	}
+}
+
+// flow is one forwarded connection: the client side (a client of this
+// gateway, or a stream another network's gateway carried here) and, once
+// dialed, the upstream side (an endpoint of this network, or a stream to
+// another network's gateway). Every path runs through the same engine, so
+// the idle timeout, the connection limit, resets, half-closes and drain
+// hold alike for all of them.
 type flow struct {
 	g      *Gateway
-	client *net.TCPConn
-	up     atomic.Pointer[net.TCPConn]
-	// remote is the tunnel stream of a connection carried to another
-	// network, set instead of up.
-	remote atomic.Pointer[HalfConn]
-	// upstream is the endpoint's shared state, set before forwarding.
+	client end
+	// up is set under g.mu once dialed, so that Shutdown's cut sees it.
+	up end
+	// upstream is the endpoint's or peer gateway's shared state, set
+	// before forwarding; nil for none.
 	upstream *upstream
-	running  atomic.Int32 // directions still copying
-	ended    atomic.Bool  // both directions must stop
-	failed   atomic.Bool  // ended by an error: reset both sides
-	toUp     direction    // client to upstream
-	toDown   direction    // upstream to client
+	// done, if not nil, is closed when the flow is released: ServeTunnel
+	// waits on it, since its stream is the tunnel handler's to hold.
+	done    chan struct{}
+	running atomic.Int32 // directions still copying
+	ended   atomic.Bool  // both directions must stop
+	failed  atomic.Bool  // ended by an error: reset both sides
+	toUp    direction    // client to upstream
+	toDown  direction    // upstream to client
 }
 
 // direction is one half of a flow. Its fields are reused for every chunk
 // so that forwarding allocates nothing.
 type direction struct {
-	idle  atomic.Bool // saw a whole idle period without bytes, or ended
-	pool  *sync.Pool  // of *[]byte chunk buffers, shared by the gateway
-	src   syscall.RawConn
-	ready func(fd uintptr) bool // d.poll, bound once
-	buf   *[]byte               // chunk read by poll
-	n     int                   // bytes in buf; 0 at EOF
-	err   error                 // socket error seen by poll
-	lr    io.LimitedReader
+	idle atomic.Bool // saw a whole idle period without bytes, or ended
+	pool *sync.Pool  // of *[]byte buffers for the next read
+	// src is the source socket, whose readiness is awaited before a
+	// buffer is taken; nil for a stream, read by blocking reads.
+	src    syscall.RawConn
+	splice bool                  // both ends are sockets: backlogs are spliced
+	ready  func(fd uintptr) bool // d.poll, bound once
+	buf    *[]byte               // chunk read and not yet all written
+	from   *sync.Pool            // buf's pool
+	off, n int                   // (*buf)[off:n] is still to write
+	err    error                 // read error seen with the last chunk
+	lr     io.LimitedReader
 }
 
-// forward copies bytes both ways between the client and upstream, one
-// goroutine per direction, and returns at once; the direction that ends
-// last closes both sockets and releases the flow. Fresh goroutines start
-// with small stacks, where the caller's grew while dialing: an idle
+// forward copies bytes both ways between the client and upstream sides,
+// one goroutine per direction, and returns at once; the direction that
+// ends last closes both sides and releases the flow. Fresh goroutines
+// start with small stacks, where the caller's grew while dialing: an idle
 // connection costs less. A direction that reads EOF half-closes its
-// destination; an error in either direction resets both connections, so a
+// destination; an error in either direction resets both sides, so a
 // reset on one side is seen as a reset on the other.
-func (f *flow) forward(up *net.TCPConn) {
+func (f *flow) forward() {
 	f.running.Store(2)
-	go f.run(f.client, up, &f.toDown, &f.toUp, f.g.m.BytesDown)
-	go f.run(up, f.client, &f.toUp, &f.toDown, f.g.m.BytesUp)
+	go f.run(f.client, f.up, &f.toDown, &f.toUp, f.g.m.BytesDown)
+	go f.run(f.up, f.client, &f.toUp, &f.toDown, f.g.m.BytesUp)
 }
 
-func (f *flow) run(dst, src *net.TCPConn, d, other *direction, bytes counter) {
+func (f *flow) run(dst, src end, d, other *direction, bytes counter) {
 	f.pipe(dst, src, d, other, bytes)
+	d.drop()
 	if f.running.Add(-1) > 0 {
 		return
 	}
 	if f.failed.Load() {
-		dst.SetLinger(0)
-		src.SetLinger(0)
+		dst.reset()
+		src.reset()
 	}
-	dst.Close()
-	src.Close()
+	dst.c.Close()
+	src.c.Close()
 	f.g.release(f)
 }
 
@@ -79,26 +124,36 @@ type counter interface{ Add(uint64) }
 // a period in which bytes moved arms the next one; a period without bytes
 // marks this direction idle, and the connection ends once the other
 // direction is idle too.
-func (f *flow) pipe(dst, src *net.TCPConn, d, other *direction, bytes counter) {
-	rc, err := src.SyscallConn()
-	if err != nil {
-		f.abort(dst, src, err)
-		return
+func (f *flow) pipe(dst, src end, d, other *direction, bytes counter) {
+	d.pool = &f.g.bufs
+	if src.tcp != nil {
+		rc, err := src.tcp.SyscallConn()
+		if err != nil {
+			f.abort(dst, src, err)
+			return
+		}
+		d.src, d.ready = rc, d.poll
+		d.splice = dst.tcp != nil
+		// Readiness is awaited without a buffer, so the read may take a
+		// large one: a chunk size for splicing, relay's for streams.
+		d.pool = &f.g.chunks
+		if !d.splice {
+			d.pool = &f.g.relays
+		}
 	}
-	d.src, d.ready, d.pool = rc, d.poll, &f.g.chunks
 	idle := f.g.cfg.IdleTimeout
 	var moved int64 // since the deadline was armed
 	arm := func() {
 		if idle > 0 {
 			t := time.Now().Add(idle)
-			src.SetReadDeadline(t)
-			dst.SetWriteDeadline(t)
+			src.c.SetReadDeadline(t)
+			dst.c.SetWriteDeadline(t)
 		}
 		moved = 0
 	}
 	arm()
 	for {
-		n, eof, err := d.copyAvailable(dst, src)
+		n, eof, err := d.move(f.g, dst, src)
 		moved += n
 		bytes.Add(uint64(n))
 		if f.ended.Load() {
@@ -107,11 +162,11 @@ func (f *flow) pipe(dst, src *net.TCPConn, d, other *direction, bytes counter) {
 		switch {
 		case eof:
 			d.idle.Store(true)
-			dst.CloseWrite()
+			dst.c.CloseWrite()
 			return
 		case err == nil:
 			d.idle.Store(false)
-		case idle > 0 && errors.Is(err, os.ErrDeadlineExceeded):
+		case idle > 0 && isTimeout(err):
 			if moved == 0 {
 				d.idle.Store(true)
 				if other.idle.Load() {
@@ -127,33 +182,51 @@ func (f *flow) pipe(dst, src *net.TCPConn, d, other *direction, bytes counter) {
 	}
 }
 
-// copyAvailable waits until src is readable and moves what is there to
-// dst. A chunk that fits a buffer is read and written (two system calls, as
-// small messages want); a full buffer means a stream, whose backlog is then
-// spliced without entering user space. While it waits it holds no buffer and
-// no splice pipe: an idle connection costs its two sockets and its
-// goroutines, where a plain io.Copy would keep a pipe (two more descriptors
-// and kernel buffers) per direction.
-func (d *direction) copyAvailable(dst, src *net.TCPConn) (n int64, eof bool, err error) {
-	if err := d.src.Read(d.ready); err != nil {
-		return 0, false, err
-	}
-	bp, got, rerr := d.buf, d.n, d.err
-	d.buf = nil
-	if rerr != nil || got == 0 {
-		d.pool.Put(bp)
-		if rerr != nil {
-			return 0, false, os.NewSyscallError("read", rerr)
+// isTimeout reports whether err is a deadline's: os.ErrDeadlineExceeded
+// from sockets and QUIC streams, a timeout net.Error from yamux.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// move moves one chunk from src to dst: what is left of the last one, if
+// a deadline cut its write short, or a new one. From a socket it waits
+// until src is readable before it takes a buffer; a chunk that fits a
+// buffer is read and written (two system calls, as small messages want);
+// a full buffer between two sockets means a stream, whose backlog is then
+// spliced without entering user space. While it waits on a socket it
+// holds no buffer and no splice pipe: an idle connection costs its two
+// sockets and its goroutines, where a plain io.Copy would keep a pipe
+// (two more descriptors and kernel buffers) per direction. A stream is
+// read with a small buffer until a read fills one, then with relay-sized
+// ones, as io.Copy's throughput needs.
+func (d *direction) move(g *Gateway, dst, src end) (n int64, eof bool, err error) {
+	if d.buf == nil {
+		if eof, err := d.read(g, src); eof || err != nil {
+			return 0, eof, err
 		}
-		return 0, true, nil
 	}
-	_, err = dst.Write((*bp)[:got])
-	d.pool.Put(bp)
+	w, err := dst.c.Write((*d.buf)[d.off:d.n])
+	d.off += w
+	n = int64(w)
 	if err != nil {
-		return 0, false, err
+		if d.off == d.n {
+			d.drop()
+		}
+		return n, false, err
 	}
-	n = int64(got)
-	if got < len(*bp) {
+	full := d.n == len(*d.buf)
+	d.drop()
+	if !full {
+		if d.src == nil {
+			d.pool = &g.bufs
+		}
+		return n, false, nil
+	}
+	if !d.splice {
+		if d.src == nil {
+			d.pool = &g.relays
+		}
 		return n, false, nil
 	}
 	var avail int
@@ -163,9 +236,59 @@ func (d *direction) copyAvailable(dst, src *net.TCPConn) (n int64, eof bool, err
 	if avail == 0 {
 		return n, false, nil
 	}
-	d.lr.R, d.lr.N = src, int64(avail)
-	m, err := io.Copy(dst, &d.lr)
+	d.lr.R, d.lr.N = src.tcp, int64(avail)
+	m, err := io.Copy(dst.tcp, &d.lr)
 	return n + m, false, err
+}
+
+// read fills d.buf with the next chunk of src. A read error that came
+// with bytes is kept for the next read, after the bytes are written.
+func (d *direction) read(g *Gateway, src end) (eof bool, err error) {
+	if err := d.err; err != nil {
+		d.err = nil
+		return err == io.EOF, ignoreEOF(err)
+	}
+	if d.src != nil {
+		if err := d.src.Read(d.ready); err != nil {
+			return false, err
+		}
+		if d.err != nil || d.n == 0 {
+			d.drop()
+			err := d.err
+			d.err = nil
+			if err != nil {
+				return false, os.NewSyscallError("read", err)
+			}
+			return true, nil
+		}
+		return false, nil
+	}
+	bp := d.pool.Get().(*[]byte)
+	n, err := src.c.Read(*bp)
+	if n == 0 {
+		d.pool.Put(bp)
+		if err == nil {
+			return false, nil
+		}
+		return err == io.EOF, ignoreEOF(err)
+	}
+	d.buf, d.from, d.off, d.n, d.err = bp, d.pool, 0, n, err
+	return false, nil
+}
+
+func ignoreEOF(err error) error {
+	if err == io.EOF {
+		return nil
+	}
+	return err
+}
+
+// drop returns the chunk buffer, if any, to its pool.
+func (d *direction) drop() {
+	if d.buf != nil {
+		d.from.Put(d.buf)
+		d.buf = nil
+	}
 }
 
 // poll is the RawConn.Read callback: it reads a chunk into a pooled buffer,
@@ -178,13 +301,13 @@ func (d *direction) poll(fd uintptr) bool {
 		d.pool.Put(bp)
 		return false
 	}
-	d.buf, d.n, d.err = bp, max(n, 0), err
+	d.buf, d.from, d.off, d.n, d.err = bp, d.pool, 0, max(n, 0), err
 	return true
 }
 
 // abort ends both directions at once: deadlines in the past unblock the
-// other direction's wait without closing the sockets under it.
-func (f *flow) abort(dst, src *net.TCPConn, err error) {
+// other direction's wait without closing the sides under it.
+func (f *flow) abort(dst, src end, err error) {
 	if !f.ended.CompareAndSwap(false, true) {
 		return
 	}
@@ -194,18 +317,19 @@ func (f *flow) abort(dst, src *net.TCPConn, err error) {
 		f.failed.Store(true)
 	}
 	past := time.Unix(1, 0)
-	dst.SetDeadline(past)
-	src.SetDeadline(past)
+	dst.c.SetDeadline(past)
+	src.c.SetDeadline(past)
 }
 
-// cut closes the flow's sockets at once, for a drain that ran out of time.
+// cut resets and closes the flow's sides at once, for a drain that ran
+// out of time or a tunnel link that closed. Callers hold g.mu, under
+// which f.up is set, or are the goroutine that set it.
 func (f *flow) cut() {
-	f.client.Close()
-	if up := f.up.Load(); up != nil {
-		up.Close()
-	}
-	// A relay whose client half-closed waits on the remote side alone.
-	if r := f.remote.Load(); r != nil {
-		(*r).Close()
+	f.failed.Store(true)
+	for _, e := range []end{f.client, f.up} {
+		if e.c != nil {
+			e.reset()
+			e.c.Close()
+		}
 	}
 }

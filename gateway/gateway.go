@@ -54,18 +54,27 @@ type Config struct {
 	// so that an endpoint named by DNS cannot resolve to an address the
 	// policy refuses.
 	DialControl func(network, address string, c syscall.RawConn) error
-	// DialAttempts is how many endpoints are tried per connection; default 3.
+	// DialAttempts is how many endpoints, or other networks' gateways for
+	// a tunneled connection, are tried per connection; default 3.
 	DialAttempts int
 	// EjectAfter consecutive connect failures eject an endpoint; default 3.
 	EjectAfter int
 	// EjectFor is how long an ejected endpoint is skipped; default 30s.
 	EjectFor time.Duration
+	// ProbeInterval, if positive, probes each ejected endpoint with a TCP
+	// connect that often: one that connects is readmitted at once, one
+	// that fails stays ejected for another EjectFor. Default 0: no
+	// probes, an ejection lasts EjectFor.
+	ProbeInterval time.Duration
 	// IdleTimeout closes a connection on which no byte moved either way for
 	// that long (detected within twice that); default 1h, like Envoy's
-	// tcp_proxy. Negative disables it.
+	// tcp_proxy. Negative disables it. It holds for every path: to an
+	// endpoint, into a tunnel, and out of one.
 	IdleTimeout time.Duration
-	// MaxConnections caps concurrent client connections; default 10000.
-	// Connections over the cap are closed at once and counted.
+	// MaxConnections caps concurrent connections, the listeners' clients
+	// and the tunnel streams other networks' gateways carry here counted
+	// together; default 10000. Connections over the cap are reset at once
+	// and counted (over_limit).
 	MaxConnections int
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
@@ -122,20 +131,20 @@ type Gateway struct {
 	rlog   rateLog
 	bufs   sync.Pool // *[]byte ClientHello buffers
 	chunks sync.Pool // *[]byte forwarding buffers, held only while a chunk moves
-	relays sync.Pool // *[]byte buffers of relay's busy reads
+	relays sync.Pool // *[]byte buffers of reads that a stream end takes part in, while data is flowing
 
 	table    atomic.Pointer[table]
 	active   atomic.Int64
 	draining atomic.Bool
 	cutting  atomic.Bool // drain timed out: flows must close
-	remote   atomic.Pointer[remoteDialer]
+	tunnels  atomic.Pointer[tunnels]
+	probe    prober
 
 	mu        sync.Mutex
 	listeners map[uint32]*listener
 	upstreams map[string]*upstream
-	flows     map[*flow]struct{}
-	tunneled  map[HalfConn]struct{} // streams other gateways carried here
-	wg        sync.WaitGroup        // accept loops and connections
+	flows     map[*flow]struct{} // every connection, accepted here or carried here by a tunnel
+	wg        sync.WaitGroup     // accept loops and connections
 }
 
 // listener is one bound port.
@@ -154,7 +163,6 @@ func New(cfg Config) *Gateway {
 		listeners: make(map[uint32]*listener),
 		upstreams: make(map[string]*upstream),
 		flows:     make(map[*flow]struct{}),
-		tunneled:  make(map[HalfConn]struct{}),
 	}
 	g.dialer = net.Dialer{Timeout: cfg.DialTimeout, Control: cfg.DialControl}
 	g.rlog.log = cfg.Logger
@@ -175,9 +183,9 @@ func New(cfg Config) *Gateway {
 	return g
 }
 
-// relayChunkSize is the buffer of relay's reads while data is flowing:
-// as large as io.Copy's, which tunnel throughput needs (16 KiB cost
-// 10-15%).
+// relayChunkSize is the buffer of reads to or from a tunnel stream while
+// data is flowing: as large as io.Copy's, which tunnel throughput needs
+// (16 KiB cost 10-15%).
 const relayChunkSize = 32 << 10
 
 // chunkSize is the forwarding buffer: messages up to this size are copied
@@ -196,22 +204,23 @@ func (g *Gateway) Apply(v *discovery.View) error {
 	}
 	want := make(map[uint32]bool)
 	var added []*listener
-	for _, l := range v.Listeners {
-		want[l.Port] = true
-		if _, ok := g.listeners[l.Port]; ok {
+	for port, gw := range servedPorts(v) {
+		want[port] = true
+		if _, ok := g.listeners[port]; ok {
 			continue
 		}
-		addr := net.JoinHostPort(g.cfg.BindAddress, strconv.Itoa(int(l.Port)))
+		addr := net.JoinHostPort(g.cfg.BindAddress, strconv.Itoa(int(port)))
 		ln, err := listen(addr)
 		if err != nil {
 			for _, a := range added {
 				a.ln.Close()
 			}
-			return fmt.Errorf("listener for %v port %d: %w", l.Gateway.Source, l.Port, err)
+			return fmt.Errorf("listener for %v port %d: %w", gw.Source, port, err)
 		}
-		added = append(added, &listener{port: l.Port, ln: ln})
+		added = append(added, &listener{port: port, ln: ln})
 	}
 	g.table.Store(g.buildTable(v))
+	g.startProbing()
 	for _, l := range added {
 		g.listeners[l.port] = l
 		g.wg.Add(1)
@@ -226,6 +235,19 @@ func (g *Gateway) Apply(v *discovery.View) error {
 		}
 	}
 	return nil
+}
+
+// servedPorts returns every port v serves, AUTO_PASSTHROUGH and
+// PASSTHROUGH, with the Gateway that claims it.
+func servedPorts(v *discovery.View) map[uint32]*discovery.Gateway {
+	out := make(map[uint32]*discovery.Gateway, len(v.Listeners)+len(v.Passthrough))
+	for _, l := range v.Listeners {
+		out[l.Port] = l.Gateway
+	}
+	for _, l := range v.Passthrough {
+		out[l.Port] = l.Gateway
+	}
+	return out
 }
 
 // listen binds a TCP listener without MPTCP, whose extra subflows the
@@ -259,15 +281,16 @@ func (g *Gateway) Ready() bool {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for _, l := range t.view.Listeners {
-		if _, ok := g.listeners[l.Port]; !ok {
+	for port := range servedPorts(t.view) {
+		if _, ok := g.listeners[port]; !ok {
 			return false
 		}
 	}
 	return true
 }
 
-// Active returns the number of open client connections.
+// Active returns the number of open connections: the listeners' clients
+// and the streams other networks' gateways carried here.
 func (g *Gateway) Active() int64 { return g.active.Load() }
 
 // HelloMemory returns the bytes ClientHello reads in progress hold beyond
@@ -291,6 +314,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		delete(g.listeners, port)
 	}
 	g.mu.Unlock()
+	g.stopProbing()
 	done := make(chan struct{})
 	go func() {
 		g.wg.Wait()
@@ -305,9 +329,6 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.mu.Lock()
 	for f := range g.flows {
 		f.cut()
-	}
-	for c := range g.tunneled {
-		c.Close()
 	}
 	g.mu.Unlock()
 	<-done
@@ -333,47 +354,44 @@ func (g *Gateway) serve(l *listener) {
 		g.m.Accepted.Inc()
 		if n := g.active.Add(1); n > int64(g.cfg.MaxConnections) {
 			g.active.Add(-1)
-			g.m.reject(RejectOverLimit)
-			g.rlog.warn(RejectOverLimit, "connection refused: over the connection limit", "limit", g.cfg.MaxConnections, "client", c.RemoteAddr().String())
+			g.answer(c, &refusal{reason: RejectOverLimit, args: []any{"limit", g.cfg.MaxConnections}})
 			c.SetLinger(0)
 			c.Close()
 			continue
 		}
 		g.m.Active.Add(1)
-		f := &flow{g: g, client: c}
-		g.track(f, true)
+		f := &flow{g: g, client: tcpEnd(c)}
+		g.mu.Lock()
+		g.flows[f] = struct{}{}
+		g.mu.Unlock()
 		g.wg.Add(1)
 		go g.handle(l.port, f)
 	}
 }
 
-func (g *Gateway) track(f *flow, add bool) {
-	g.mu.Lock()
-	if add {
-		g.flows[f] = struct{}{}
-	} else {
-		delete(g.flows, f)
-	}
-	g.mu.Unlock()
-}
-
 // table is an immutable routing snapshot.
 type table struct {
-	view      *discovery.View
-	listener  map[uint32]int // port -> index in view.Listeners
-	clusters  map[*discovery.Route]*cluster
-	upstreams []*upstream
+	view     *discovery.View
+	listener map[uint32]int // port -> index in view.Listeners
+	// passthrough holds the view's PASSTHROUGH listeners by port.
+	passthrough map[uint32]*discovery.PassthroughListener
+	clusters    map[*discovery.Route]*cluster
+	upstreams   []*upstream
 }
 
 // buildTable compiles v, reusing the upstream state (active connections,
 // ejections) of endpoints that stay. Called with g.mu held.
 func (g *Gateway) buildTable(v *discovery.View) *table {
-	t := &table{view: v, listener: make(map[uint32]int), clusters: make(map[*discovery.Route]*cluster)}
+	t := &table{view: v, listener: make(map[uint32]int), passthrough: make(map[uint32]*discovery.PassthroughListener),
+		clusters: make(map[*discovery.Route]*cluster)}
 	for i, l := range v.Listeners {
 		t.listener[l.Port] = i
 	}
+	for _, l := range v.Passthrough {
+		t.passthrough[l.Port] = l
+	}
 	keep := make(map[string]*upstream)
-	for _, r := range v.Routes() {
+	for _, r := range slices.Concat(v.Routes(), v.PassthroughRoutes()) {
 		cl := &cluster{route: r}
 		for _, tg := range r.Targets {
 			u, ok := keep[tg.Address]
@@ -383,7 +401,7 @@ func (g *Gateway) buildTable(v *discovery.View) *table {
 				}
 				keep[tg.Address] = u
 			}
-			cl.add(u, tg.Weight)
+			cl.add(u, uint64(tg.Weight))
 		}
 		t.clusters[r] = cl
 	}

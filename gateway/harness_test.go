@@ -2,37 +2,94 @@ package gateway
 
 import (
 	"context"
-	"github.com/ewgate/ewgate/internal/leakcheck"
 	"log/slog"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ewgate/ewgate/internal/leakcheck"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/peer"
+	"github.com/ewgate/ewgate/tunnel"
 	"github.com/ewgate/ewgate/workload"
 )
 
 // mesh is a test world: a dev CA, mTLS backends that identify themselves
-// and echo, and a gateway in front of them.
+// and echo, and a gateway in front of them. On a tunneled path, the
+// gateway clients dial (gw, of network net-a) has no endpoint of its own
+// and carries every connection through real tunnel endpoints to a second
+// gateway (far, of network net-b), in front of the backends.
 type mesh struct {
-	t   *testing.T
-	ca  *identity.DevCA
-	gw  *Gateway
-	cfg Config
+	t    *testing.T
+	ca   *identity.DevCA
+	path string // pathLocal, pathQUIC or pathTCP
+	gw   *Gateway
+	cfg  Config
+	far  *Gateway // nil on pathLocal
+	// epA and epB are the tunnel endpoints of gw and far.
+	epA, epB *tunnel.Endpoint
+	// farCfg configures far; nil takes cfg.
+	farCfg *Config
 }
 
-func newMesh(t *testing.T) *mesh {
+// The paths a connection can take through the mesh.
+const (
+	pathLocal = "local"
+	pathQUIC  = "tunnel-quic"
+	pathTCP   = "tunnel-tcp"
+)
+
+// allPaths are the paths the forwarding tests run over.
+var allPaths = []string{pathLocal, pathQUIC, pathTCP}
+
+func newMesh(t *testing.T) *mesh { return newMeshPath(t, pathLocal) }
+
+func newMeshPath(t *testing.T, path string) *mesh {
 	t.Helper()
 	leakcheck.Check(t)
 	ca, err := identity.NewDevCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &mesh{t: t, ca: ca}
+	return &mesh{t: t, ca: ca, path: path}
+}
+
+// forSides runs f as a subtest for each gateway of each path that a rule
+// under test may be set on: the one clients dial (far false) and, on a
+// tunneled path, the far one.
+func forSides(t *testing.T, f func(t *testing.T, m *mesh, far bool)) {
+	for _, path := range allPaths {
+		t.Run(path, func(t *testing.T) {
+			for _, far := range []bool{false, true} {
+				if far && path == pathLocal {
+					continue
+				}
+				t.Run(map[bool]string{false: "gateway", true: "far gateway"}[far], func(t *testing.T) {
+					f(t, newMeshPath(t, path), far)
+				})
+			}
+		})
+	}
+}
+
+// side returns the far gateway if far, else the one clients dial.
+func (m *mesh) side(far bool) *Gateway {
+	if far {
+		return m.far
+	}
+	return m.gw
+}
+
+// forPaths runs f as a subtest over every path.
+func forPaths(t *testing.T, f func(t *testing.T, m *mesh)) {
+	for _, path := range allPaths {
+		t.Run(path, func(t *testing.T) { f(t, newMeshPath(t, path)) })
+	}
 }
 
 func (m *mesh) source(id string) identity.Source {
@@ -56,7 +113,8 @@ func (m *mesh) backend(name string) *workload.EchoServer {
 	return b
 }
 
-// start builds the catalog from YAML and runs a gateway on 127.0.0.1.
+// start builds the catalog from YAML and runs a gateway on 127.0.0.1;
+// on a tunneled path, the far gateway on 127.0.0.2 and the tunnels.
 func (m *mesh) start(yaml string) {
 	m.t.Helper()
 	if m.cfg.Logger == nil {
@@ -64,27 +122,99 @@ func (m *mesh) start(yaml string) {
 	}
 	m.cfg.BindAddress = "127.0.0.1"
 	m.gw = New(m.cfg)
+	m.t.Cleanup(func() { shutdown(m.gw) })
+	if m.path != pathLocal {
+		farCfg := m.cfg
+		if m.farCfg != nil {
+			farCfg = *m.farCfg
+		}
+		farCfg.Logger = m.cfg.Logger.With("gateway", "far")
+		farCfg.BindAddress = "127.0.0.2"
+		m.far = New(farCfg)
+		m.t.Cleanup(func() { shutdown(m.far) })
+		tr := tunnel.TransportQUIC
+		if m.path == pathTCP {
+			tr = tunnel.TransportTCP
+		}
+		m.epB = m.tunnelEndpoint("eastwest-b", tunnel.Config{Handler: m.far.ServeTunnel})
+		m.epA = m.tunnelEndpoint("eastwest-a", tunnel.Config{Transport: tr})
+		m.gw.SetTunnelDialer(m.epA, farPeers{m, m.epB.Addr().String()})
+	}
 	m.apply(yaml)
-	m.t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		m.gw.Shutdown(ctx)
-	})
 }
 
+// tunnelEndpoint starts a tunnel endpoint on 127.0.0.1 with an SVID of
+// service account sa in istio-system.
+func (m *mesh) tunnelEndpoint(sa string, cfg tunnel.Config) *tunnel.Endpoint {
+	m.t.Helper()
+	cfg.Source = m.source("spiffe://cluster.local/ns/istio-system/sa/" + sa)
+	cfg.Logger = m.cfg.Logger.With("tunnel", sa)
+	ep, err := tunnel.New("127.0.0.1:0", cfg)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	m.t.Cleanup(func() { ep.Close() })
+	return ep
+}
+
+// farPeers is the gossip view of the mesh's gateway: the far gateway,
+// live, with the summary of its current view. A static list, where a
+// real peer.Node would carry the same summary: these tests are about the
+// data plane, cmd/ewgate's about gossip.
+type farPeers struct {
+	m    *mesh
+	addr string
+}
+
+func (p farPeers) Summaries() []peer.NodeSummary {
+	t := p.m.far.table.Load()
+	if t == nil {
+		return nil
+	}
+	return []peer.NodeSummary{{Node: "gw-b", Meta: peer.Meta{Network: "net-b", TunnelAddr: p.addr},
+		Summary: discovery.Summarize(t.view, p.m.far.Healthy)}}
+}
+
+func shutdown(g *Gateway) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	g.Shutdown(ctx)
+}
+
+// apply makes yaml the config of the mesh's gateways. On a tunneled
+// path the endpoints move to network net-b, where the far gateway serves
+// them; the gateway clients dial keeps the services but none of their
+// endpoints.
 func (m *mesh) apply(yaml string) {
+	m.t.Helper()
+	if m.far != nil {
+		yaml = strings.ReplaceAll(yaml, "network: net-a", "network: net-b")
+		m.applyTo(m.far, "net-b", yaml)
+	}
+	m.applyTo(m.gw, "net-a", yaml)
+}
+
+func (m *mesh) applyTo(g *Gateway, network, yaml string) {
 	m.t.Helper()
 	c, err := discovery.Parse("test.yaml", []byte(yaml), nil)
 	if err != nil {
 		m.t.Fatal(err)
 	}
-	v, err := c.View(discovery.Node{Network: "net-a", Labels: map[string]string{"istio": "eastwestgateway"}})
+	v, err := c.View(discovery.Node{Network: network, Labels: map[string]string{"istio": "eastwestgateway"}})
 	if err != nil {
 		m.t.Fatal(err)
 	}
-	if err := m.gw.Apply(v); err != nil {
+	if err := g.Apply(v); err != nil {
 		m.t.Fatal(err)
 	}
+}
+
+// last is the gateway that dials the endpoints: far on a tunneled path.
+func (m *mesh) last() *Gateway {
+	if m.far != nil {
+		return m.far
+	}
+	return m.gw
 }
 
 // addr returns the gateway's listener address.

@@ -3,6 +3,7 @@ package gateway
 import (
 	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/metrics"
+	"github.com/ewgate/ewgate/sni"
 )
 
 // Metrics are the data plane's counters. Build them with NewMetrics.
@@ -15,6 +16,8 @@ type Metrics struct {
 	ConnectErrors *metrics.Counter
 	Ejections     *metrics.Counter
 	IdleClosed    *metrics.Counter
+	Readmitted    *metrics.Counter // ejected endpoints a probe readmitted
+	ProbeFailures *metrics.Counter
 	PeekSeconds   *metrics.Histogram
 	rejected      metrics.CounterVec
 	// byReason caches the counters of known reasons so that a refusal
@@ -39,16 +42,22 @@ func NewMetrics(r *metrics.Registry) *Metrics {
 		ConnectErrors: r.Counter("ewgate_upstream_connect_errors_total", "Failed connects to endpoints (each attempt)."),
 		Ejections:     r.Counter("ewgate_upstream_ejections_total", "Endpoints ejected after consecutive connect failures."),
 		IdleClosed:    r.Counter("ewgate_connections_idle_closed_total", "Connections closed by the idle timeout."),
+		Readmitted:    r.Counter("ewgate_upstream_probe_readmissions_total", "Ejected endpoints readmitted because a probe connected (--endpoint-probe-interval)."),
+		ProbeFailures: r.Counter("ewgate_upstream_probe_failures_total", "Probes of ejected endpoints that did not connect; each extends the ejection."),
 		PeekSeconds: r.Histogram("ewgate_hello_peek_seconds", "Time to read a ClientHello.",
 			[]float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}),
 		byReason: make(map[string]*metrics.Counter),
 	}
-	for _, reason := range []string{
-		RejectNoData, RejectNoSNI, RejectBadSNI, RejectALPN, RejectNoEndpoints, RejectUnavailable, RejectOverLimit, RejectNoListener,
-		string(discovery.UnknownService), string(discovery.HostNotExposed), string(discovery.NotExported),
-		string(discovery.UnknownPort), string(discovery.UnknownSubset),
-		"hello_not_tls", "hello_sslv2", "hello_not_client_hello", "hello_malformed", "hello_truncated", "hello_too_large", "hello_timeout", "hello_over_budget",
-	} {
+	// The packages that refuse list their reasons, so that a new one is
+	// registered (and cached) without an edit here.
+	reasons := []string{RejectNoData, RejectNoSNI, RejectBadSNI, RejectALPN, RejectNoEndpoints, RejectUnavailable, RejectOverLimit, RejectNoListener, RejectTooManyHops}
+	for _, r := range discovery.Reasons() {
+		reasons = append(reasons, string(r))
+	}
+	for _, r := range sni.PeekReasons() {
+		reasons = append(reasons, rejectPeekPrefix+r)
+	}
+	for _, reason := range reasons {
 		m.byReason[reason] = m.rejected.With(reason)
 	}
 	return m

@@ -13,10 +13,11 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/internal/await"
 	"github.com/ewgate/ewgate/internal/leakcheck"
-	"github.com/ewgate/ewgate/sni"
+	"github.com/ewgate/ewgate/peer"
 	"github.com/ewgate/ewgate/tunnel"
 )
 
@@ -270,10 +271,8 @@ func tunnelPath(b *testing.B, gB *Gateway, tr tunnel.Transport) (string, *tunnel
 		return src
 	}
 	epB, err := tunnel.New("127.0.0.1:0", tunnel.Config{
-		Source: source("eastwest-b"),
-		Handler: func(_ context.Context, h tunnel.Header, st *tunnel.Stream) {
-			_ = gB.ServeTunnel(h.Key, st)
-		},
+		Source:  source("eastwest-b"),
+		Handler: gB.ServeTunnel,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -285,22 +284,28 @@ func tunnelPath(b *testing.B, gB *Gateway, tr tunnel.Transport) (string, *tunnel
 	}
 	b.Cleanup(func() { epA.Close() })
 	gA, addrA := benchGateway(b, "")
-	d := &tunnelDialer{ep: epA, addr: epB.Addr().String(), want: tr}
-	gA.SetRemote(d)
+	d := &tunnelDialer{ep: epA, want: tr}
+	// Both gateways are of net-a in benchGateway: B is announced as the
+	// one gateway of net-b, with its own view's summary.
+	peers := peersFunc(func() []peer.NodeSummary {
+		s := discovery.Summarize(gB.table.Load().view, nil)
+		s.Network = "net-b"
+		return []peer.NodeSummary{{Node: "gw-b", Meta: peer.Meta{Network: "net-b", TunnelAddr: epB.Addr().String()}, Summary: s}}
+	})
+	gA.SetTunnelDialer(d, peers)
 	return addrA, d
 }
 
-// tunnelDialer is the RemoteDialer of tunnelPath's gateway A: it opens a
-// stream to one peer and checks that it runs over the wanted transport.
+// tunnelDialer is the TunnelDialer of tunnelPath's gateway A: it checks
+// that each stream runs over the wanted transport.
 type tunnelDialer struct {
 	ep      *tunnel.Endpoint
-	addr    string
 	want    tunnel.Transport
 	lastErr atomic.Pointer[error]
 }
 
-func (d *tunnelDialer) DialRemote(ctx context.Context, key sni.Key, client net.Addr) (HalfConn, error) {
-	st, err := d.ep.Dial(ctx, d.addr, tunnel.Header{Key: key, ClientAddr: client.String()})
+func (d *tunnelDialer) Dial(ctx context.Context, addr string, h tunnel.Header) (*tunnel.Stream, error) {
+	st, err := d.ep.Dial(ctx, addr, h)
 	if err == nil && st.Transport() != d.want {
 		st.Close()
 		err = fmt.Errorf("stream runs over %s, want %s", st.Transport(), d.want)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/internal/leakcheck"
 	"reflect"
 	"slices"
@@ -212,10 +213,12 @@ func TestStartRejectsBadConfig(t *testing.T) {
 		{"no network", nil, func(c *Config) { c.Network = "" }, nil, "Network is required"},
 		{"short key", nil, func(c *Config) { c.Keys = [][]byte{[]byte("short")} }, nil, "Keys[0]"},
 		{"bad profile", nil, func(c *Config) { c.Profile = "moon" }, nil, "Profile"},
-		{"meta too large", nil, func(c *Config) { c.SPIFFEID = "spiffe://td/" + strings.Repeat("x", 600) }, nil, "512-byte limit"},
+		{"meta too large", nil, func(c *Config) { c.Identity, c.SPIFFEID = nil, "spiffe://td/"+strings.Repeat("x", 600) }, nil, "512-byte limit"},
 		{"bad passthrough", nil, func(c *Config) { c.PassthroughAddr = "no-port" }, nil, "PassthroughAddr"},
 		{"long mesh id", nil, func(c *Config) { c.MeshID = strings.Repeat("m", 300) }, nil, "MeshID"},
 		{"negative reconnect timeout", nil, func(c *Config) { c.ReconnectTimeout = -time.Second }, nil, "ReconnectTimeout"},
+		{"SPIFFEID not the SVID's", nil, func(c *Config) { c.SPIFFEID = gatewayIDPrefix + "other" }, nil, "not the ID of Config.Identity's SVID"},
+		{"identity without SVID", nil, func(c *Config) { c.Identity = identity.NewMemorySource(nil) }, nil, "identity"},
 		{"canceled", canceled, func(c *Config) {}, context.Canceled, ""},
 	}
 	for _, tt := range tests {

@@ -1,15 +1,11 @@
 package peer
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -47,6 +43,9 @@ const (
 	// 30 MB. memberlist itself refuses push/pull user state over 20 MiB as
 	// sent (compressed, about 2.3 MB for those).
 	DefaultMaxStateBytes = 64 << 20
+	// DefaultMaxEntryBytes bounds one received entry (after
+	// decompression): 10,000 services of one network take about 4 MB.
+	DefaultMaxEntryBytes = 16 << 20
 )
 
 // ErrNoKeys is returned by [Start] when no gossip key is configured and
@@ -104,7 +103,25 @@ type Config struct {
 	// has none. Advertised in the node meta.
 	TunnelAddr string
 	// SPIFFEID is this gateway's identity, advertised in the node meta.
+	// Default: the ID of Identity's SVID, which it must equal when both
+	// are set.
 	SPIFFEID string
+
+	// Identity, if set, signs this node's entries with its SVID, and makes
+	// the node accept another origin's entry only if it is signed by a
+	// certificate chain that verifies against Identity's trust bundles,
+	// whose SPIFFE ID AllowGateway allows, and which equals the SPIFFE ID
+	// the origin member announces in its meta. Unsigned entries are then
+	// refused (RejectUnsigned): the gateways of one mesh either all have
+	// identities or none. Without Identity, any node holding the gossip
+	// key can publish under any name (docs/security.md).
+	Identity IdentitySource
+	// AllowGateway reports whether a verified SPIFFE ID may publish a
+	// gateway's entries (a nil error allows it), for example the peer
+	// policy of the tunnels. It is called once per new certificate chain.
+	// Default: only the SPIFFE ID of Identity's SVID, which suits
+	// gateways that share one service account. Ignored without Identity.
+	AllowGateway func(spiffeID string) error
 
 	// ReconnectInterval is how often the node tries to rejoin members that
 	// failed (were declared dead without leaving gracefully), so that the
@@ -128,9 +145,17 @@ type Config struct {
 	DeadNodeReclaimTime time.Duration
 
 	// MaxStateBytes bounds received push/pull state and reliably sent
-	// entries (after decompression) and the entry a Publish may produce.
-	// Default DefaultMaxStateBytes.
+	// messages (after decompression), and the entries this node holds
+	// together: a remote entry that would make them exceed it is refused
+	// alone (RejectStateBudget), so that the state this node sends in
+	// push/pull stays within what its peers accept. Default
+	// DefaultMaxStateBytes.
 	MaxStateBytes int
+	// MaxEntryBytes bounds one entry, received (refused alone,
+	// RejectEntryTooLarge: the rest of a push/pull state still merges) or
+	// published (Publish fails). Default DefaultMaxEntryBytes, at most
+	// MaxStateBytes.
+	MaxEntryBytes int
 
 	// Logger receives the node's and memberlist's logs. Default: discard.
 	Logger *slog.Logger
@@ -213,6 +238,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxStateBytes <= 0 {
 		c.MaxStateBytes = DefaultMaxStateBytes
 	}
+	if c.MaxEntryBytes <= 0 {
+		c.MaxEntryBytes = DefaultMaxEntryBytes
+	}
+	c.MaxEntryBytes = min(c.MaxEntryBytes, c.MaxStateBytes)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -229,48 +258,4 @@ func memberlistConfig(profile string) *memberlist.Config {
 	default:
 		return memberlist.DefaultLANConfig()
 	}
-}
-
-// LoadKeyring reads a keyring file: one base64 (standard encoding) AES key
-// of 16, 24 or 32 bytes per line, the first being the primary. Blank lines
-// and lines starting with # are ignored; surrounding spaces are trimmed.
-// Errors name the file and line. A file without keys or with a repeated
-// key is an error.
-func LoadKeyring(path string) ([][]byte, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("peer: keyring: %w", err)
-	}
-	return parseKeyring(path, data)
-}
-
-func parseKeyring(path string, data []byte) ([][]byte, error) {
-	var keys [][]byte
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for line := 1; sc.Scan(); line++ {
-		s := strings.TrimSpace(sc.Text())
-		if s == "" || strings.HasPrefix(s, "#") {
-			continue
-		}
-		k, err := base64.StdEncoding.DecodeString(s)
-		if err != nil {
-			return nil, fmt.Errorf("peer: keyring %s:%d: not base64: %w", path, line, err)
-		}
-		if err := memberlist.ValidateKey(k); err != nil {
-			return nil, fmt.Errorf("peer: keyring %s:%d: %w", path, line, err)
-		}
-		for _, prev := range keys {
-			if bytes.Equal(prev, k) {
-				return nil, fmt.Errorf("peer: keyring %s:%d: duplicate key", path, line)
-			}
-		}
-		keys = append(keys, k)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("peer: keyring %s: %w", path, err)
-	}
-	if len(keys) == 0 {
-		return nil, fmt.Errorf("peer: keyring %s: no keys", path)
-	}
-	return keys, nil
 }

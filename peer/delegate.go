@@ -3,7 +3,7 @@ package peer
 import (
 	"bytes"
 	"context"
-	"errors"
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -44,11 +44,11 @@ func (d *delegate) NotifyMsg(buf []byte) {
 	n := d.node()
 	msg := bytes.Clone(buf) // memberlist reuses buf
 	kind, body, err := decodeMessage(msg, n.cfg.MaxStateBytes)
-	var e *entry
+	var m entryMessage
 	switch {
 	case err != nil:
 	case kind == kindEntry:
-		e, err = decodeEntry(body)
+		m, err = decodeEntryMessage(body)
 	case kind == kindDelta:
 		var d *delta
 		if d, err = decodeDelta(body); err == nil {
@@ -67,20 +67,15 @@ func (d *delegate) NotifyMsg(buf []byte) {
 			return
 		}
 	default:
-		err = fmt.Errorf("message kind %d, want entry or bye: %w", kind, errMalformed)
+		err = fmt.Errorf("message kind %d, want entry, delta or bye: %w", kind, errMalformed)
 	}
 	if err != nil {
-		if errors.Is(err, errTooLarge) {
-			n.reject(rMessageTooLarge, err)
-		} else if errors.Is(err, errVersion) {
-			n.reject(rVersion, err)
-		} else {
-			n.reject(rMessageMalformed, err)
-		}
+		n.reject(reasonFor(err, rMessageTooLarge, rMessageMalformed), err)
 		return
 	}
-	if n.applyEntries([]*entry{e})[0] && len(msg) <= n.maxBroadcast {
-		n.queue.QueueBroadcast(&entryBroadcast{origin: e.origin, msg: msg})
+	chain := func([sha256.Size]byte) []byte { return m.chain }
+	if n.applyEntries([]*entry{m.entry}, chain)[0] && len(msg) <= n.maxBroadcast {
+		n.queue.QueueBroadcast(&entryBroadcast{origin: m.entry.origin, msg: msg})
 		n.c.broadcasts.Add(1)
 	}
 }
@@ -95,9 +90,13 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 const maxPushStateBytes = 20 << 20
 
 // LocalState returns every live origin's entry, each distinct summary
-// once, compressed, for push/pull, or nil (counted in
-// Stats.StatesTooLarge) when a peer would refuse it.
-// The bytes are cached until an entry or the membership changes.
+// and chain once, compressed, for push/pull. A state a peer would refuse
+// (over MaxStateBytes, or memberlist's 20 MiB as sent) leaves out the
+// largest summaries of other origins until it fits, counted in
+// Stats.StatesTooLarge: memberlist would fail the whole exchange,
+// membership included, and one large entry must not stop anti-entropy
+// for the others. The bytes are cached until an entry or the membership
+// changes.
 func (d *delegate) LocalState(join bool) []byte {
 	n := d.node()
 	n.mu.Lock()
@@ -111,16 +110,24 @@ func (d *delegate) LocalState(join bool) []byte {
 	n.mu.Unlock()
 
 	// Entries are immutable once stored: encode and compress outside the lock.
-	body := encodeSharedState(live)
-	b := encodeMessage(kindSharedState, body)
-	n.c.stateBuilds.Add(1)
-	if len(body) > n.cfg.MaxStateBytes || len(b) > maxPushStateBytes {
-		// Peers would refuse it, memberlist's limit failing the whole
-		// exchange, membership included: send no catalog instead.
+	var b []byte
+	for range 8 {
+		body := encodeSharedState(live)
+		b = encodeMessage(kindSharedState, body)
+		n.c.stateBuilds.Add(1)
+		over := max(len(body)-n.cfg.MaxStateBytes, (len(b)-maxPushStateBytes)*len(body)/max(len(b), 1))
+		if over <= 0 {
+			break
+		}
 		n.c.statesTooLarge.Add(1)
-		n.log.Error("push/pull catalog state too large; not sent (peers rely on broadcasts and deltas)",
-			"bytes", len(body), "compressed", len(b), "limit", n.cfg.MaxStateBytes, "memberlist_limit", maxPushStateBytes)
-		b = nil
+		trimmed := trimState(live, n.cfg.Name, over)
+		n.log.Error("push/pull catalog state too large; leaving out the largest summaries of other gateways (peers get them by broadcast and deltas)",
+			"bytes", len(body), "compressed", len(b), "limit", n.cfg.MaxStateBytes, "memberlist_limit", maxPushStateBytes, "left_out", len(live)-len(trimmed))
+		if len(trimmed) == len(live) {
+			b = nil
+			break
+		}
+		live, b = trimmed, nil
 	}
 	n.mu.Lock()
 	if n.gen == gen {
@@ -130,36 +137,30 @@ func (d *delegate) LocalState(join bool) []byte {
 	return b
 }
 
-// MergeRemoteState merges a peer's push/pull state; one malformed entry
-// rejects it all.
+// MergeRemoteState merges a peer's push/pull state. A state that does not
+// parse is refused whole; an entry that is malformed, too large, over the
+// state budget or not authentic is refused alone.
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 	n := d.node()
 	start := time.Now()
 	kind, body, err := decodeMessage(buf, n.cfg.MaxStateBytes)
-	var entries []*entry
+	var st *sharedState
 	switch {
 	case err != nil:
 	case kind == kindSharedState:
-		var st *sharedState
-		if st, err = parseSharedState(body); err == nil {
-			entries, err = st.entries(n.knownSummary)
-		}
-	case kind == kindState:
-		entries, err = decodeState(body)
+		st, err = parseSharedState(body)
 	default:
 		err = fmt.Errorf("message kind %d, want state: %w", kind, errMalformed)
 	}
 	if err != nil {
-		if errors.Is(err, errTooLarge) {
-			n.reject(rStateTooLarge, err)
-		} else if errors.Is(err, errVersion) {
-			n.reject(rVersion, err)
-		} else {
-			n.reject(rStateMalformed, err)
-		}
+		n.reject(reasonFor(err, rStateTooLarge, rStateMalformed), err)
 		return
 	}
-	n.applyEntries(entries)
+	entries, refused := st.entries(n.knownSummary, n.cfg.MaxEntryBytes)
+	for _, r := range refused {
+		n.reject(r.reason, r.err)
+	}
+	n.applyEntries(entries, st.chain)
 	n.c.pushPulls.Add(1)
 	n.c.lastPushPull.Store(int64(time.Since(start)))
 }
@@ -192,6 +193,11 @@ func (d *delegate) NotifyLeave(nd *memberlist.Node)  { d.handOff(memberlist.Node
 // handOff copies what the event loop needs while memberlist still holds
 // its lock, queues it and returns.
 func (d *delegate) handOff(kind memberlist.NodeEventType, nd *memberlist.Node) {
+	if kind != memberlist.NodeLeave && nd.Name != d.cfg.Name {
+		if m, err := decodeMeta(nd.Meta); err == nil {
+			d.node().setAnnounced(nd.Name, m.SPIFFEID)
+		}
+	}
 	ev := event{
 		kind: kind,
 		name: nd.Name,

@@ -19,8 +19,9 @@ import (
 // a summary by encodeEntry, whatever a service carries.
 //
 // Body: base epoch, base seq (uvarints), the changed services as an entry
-// body (origin, new version, network, services), then the count of removed
-// hosts and each host.
+// (origin, new version, the chain digest and signature of the whole new
+// entry, network, services), the count of removed hosts and each host,
+// then the signing chain when sent over TCP (empty in broadcasts).
 const kindDelta byte = 4
 
 // maxPendingDeltas bounds the deltas queued for reliable sending; past it
@@ -29,9 +30,12 @@ const maxPendingDeltas = 64
 
 // delta is one origin's change from base to the version of upserts.
 type delta struct {
-	base    Version
-	upserts *entry   // origin, new version, network, changed services
+	base Version
+	// upserts holds origin, new version, network and the changed
+	// services, with the signature of the whole entry the delta makes.
+	upserts *entry
 	removed []string // hosts, sorted
+	chain   []byte   // the signing chain, if carried
 }
 
 func encodeDelta(d *delta) []byte {
@@ -43,6 +47,7 @@ func encodeDelta(d *delta) []byte {
 	for _, h := range d.removed {
 		w.str(h)
 	}
+	w.bytes(d.chain)
 	return w.b
 }
 
@@ -52,6 +57,9 @@ func decodeDelta(b []byte) (*delta, error) {
 	eb := r.bytes()
 	for n := r.count(); n > 0 && r.err == nil; n-- {
 		d.removed = append(d.removed, r.str())
+	}
+	if d.chain = r.bytes(); len(d.chain) == 0 {
+		d.chain = nil
 	}
 	if r.err != nil {
 		return nil, fmt.Errorf("delta: %w", r.err)
@@ -80,10 +88,11 @@ func decodeDelta(b []byte) (*delta, error) {
 
 func byHost(s ServiceSummary, h string) int { return cmp.Compare(s.Host, h) }
 
-// diffSummary returns the delta from old (at version base) to cur, both
-// canonical, as a delta entry of origin at version v.
-func diffSummary(origin string, base, v Version, old, cur *Summary) *delta {
-	d := &delta{base: base}
+// diffSummary returns the delta from base to e, entries of one origin
+// with canonical summaries, carrying e's signature.
+func diffSummary(base, e *entry) *delta {
+	old, cur := &base.summary, &e.summary
+	d := &delta{base: base.version}
 	up := Summary{Network: cur.Network}
 	i, j := 0, 0
 	for i < len(old.Services) || j < len(cur.Services) {
@@ -102,7 +111,8 @@ func diffSummary(origin string, base, v Version, old, cur *Summary) *delta {
 			j++
 		}
 	}
-	d.upserts = newEntry(origin, v, up, time.Time{})
+	d.upserts = newEntry(e.origin, e.version, up, time.Time{})
+	d.upserts.sig, d.upserts.chainDigest = e.sig, e.chainDigest
 	return d
 }
 
@@ -130,10 +140,11 @@ func (d *delta) apply(base *Summary) Summary {
 	return out
 }
 
-// applyDelta applies a remote delta if this node holds its base, and
-// reports whether it did.
+// applyDelta applies a remote delta if this node holds its base and the
+// entry it makes is authentic, and reports whether it did.
 func (n *Node) applyDelta(d *delta) bool {
 	origin := d.upserts.origin
+	now := time.Now()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if origin == n.cfg.Name {
@@ -154,17 +165,9 @@ func (n *Node) applyDelta(d *delta) bool {
 		n.reject(rMessageMalformed, fmt.Errorf("delta from %q changes its network from %q to %q", origin, cur.summary.Network, s.Network))
 		return false
 	}
-	e := newEntry(origin, d.upserts.version, s, time.Now())
-	if e.size() > n.cfg.MaxStateBytes {
-		n.reject(rMessageTooLarge, fmt.Errorf("delta from %q makes its entry %d bytes, over %d", origin, e.size(), n.cfg.MaxStateBytes))
-		return false
-	}
-	n.store.merge(e)
-	n.c.accepted.Add(1)
-	n.c.deltasApplied.Add(1)
-	n.gen++
-	n.notify()
-	return true
+	e := newEntry(origin, d.upserts.version, s, now)
+	e.sig, e.chainDigest = d.upserts.sig, d.upserts.chainDigest
+	return n.acceptLocked(e, d.chain, now) && n.c.deltasApplied.Add(1) > 0
 }
 
 // deltaBroadcast is one delta in memberlist's broadcast queue. Unlike

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"testing"
+	"time"
 )
 
 // meshSummary is the scale shape: services with 3 ports, each with the
@@ -43,7 +44,7 @@ func TestDiffApply(t *testing.T) {
 		{"from empty", sum(), sum(svc("a", 1)), 1, 0},
 	}
 	for _, tt := range tests {
-		d := diffSummary("o", Version{1, 1}, Version{1, 2}, &tt.old, &tt.cur)
+		d := diffSummary(newEntry("o", Version{1, 1}, tt.old, time.Time{}), newEntry("o", Version{1, 2}, tt.cur, time.Time{}))
 		if len(d.upserts.summary.Services) != tt.upserts || len(d.removed) != tt.removed {
 			t.Errorf("%s: %d upserts, %d removed; want %d, %d", tt.name, len(d.upserts.summary.Services), len(d.removed), tt.upserts, tt.removed)
 		}
@@ -113,7 +114,7 @@ func TestDeltaSpreads(t *testing.T) {
 	held, _ := summaryFrom(n, "da")
 	before := n.Stats().DeltaMisses
 	base := Version{Epoch: held.Version.Epoch, Seq: held.Version.Seq + 5}
-	d := diffSummary("da", base, Version{Epoch: base.Epoch, Seq: base.Seq + 1}, &Summary{Network: "net-a"}, &s)
+	d := diffSummary(newEntry("da", base, Summary{Network: "net-a"}, time.Time{}), newEntry("da", Version{Epoch: base.Epoch, Seq: base.Seq + 1}, s, time.Time{}))
 	if n.applyDelta(d) {
 		t.Error("a delta on a base not held was applied")
 	}

@@ -32,7 +32,10 @@
 // same one), compressed with DEFLATE and cached until something changes;
 // it repairs anything a broadcast missed. Equal summaries are also stored
 // once. Every received message and state is bounded by
-// [Config.MaxStateBytes]; a state a peer would refuse is not sent.
+// [Config.MaxStateBytes], every entry by [Config.MaxEntryBytes]; an entry
+// over its limit, or that would make the held entries exceed the state
+// limit, is refused alone. A state a peer would refuse leaves out the
+// largest summaries of other origins.
 //
 // # Liveness
 //
@@ -66,6 +69,17 @@
 // entries. Plaintext gossip must be asked for with [Config.Insecure].
 // [Config.MeshID] becomes memberlist's label, which keeps two meshes on one
 // network apart but authenticates nothing.
+//
+// With [Config.Identity] a node signs its entry with its SVID (over the
+// origin name, the version and the digest of the summary) and accepts
+// another origin's entry only when its certificate chain verifies against
+// the trust bundle, [Config.AllowGateway] allows the chain's SPIFFE ID and
+// that ID is the one the origin member announces in its [Meta]: a member
+// holding the gossip key cannot speak for another gateway. Chains travel
+// once (push/pull states, TCP sends, an introduction to each new member);
+// verification is cached by digest. Versions ([MaxSeq], [MaxClockSkew]) and
+// healthy counts ([MaxHealthyCount]) are bounded with or without an
+// identity.
 //
 // Nothing received from the network can make a node panic: malformed meta,
 // state or messages are counted in [Stats].Rejected, logged and ignored.

@@ -7,8 +7,13 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"os"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/ewgate/ewgate/identity"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // waitTimeout bounds every poll in the tests; it is a deadline for a
@@ -25,7 +30,43 @@ func loopbackFor(name string) string {
 	return fmt.Sprintf("127.0.0.%d", h.Sum32()%30+1)
 }
 
-// testConfig returns a fast local-profile config for a node of network.
+// gatewayIDPrefix is where the test gateways' SPIFFE IDs live: each node
+// has its own service account, so that one gateway's SVID cannot pass
+// for another's.
+const gatewayIDPrefix = "spiffe://cluster.local/ns/istio-system/sa/"
+
+// testCA is the trust domain of every test node, shared by the package's
+// tests (keys are costly to generate under -race).
+var testCA = sync.OnceValues(func() (*identity.DevCA, error) {
+	return identity.NewDevCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
+})
+
+// testIdentity returns a real SVID source for id from testCA. It panics
+// on errors, which a valid ID cannot cause, so that testConfig needs no
+// testing.TB.
+func testIdentity(id string) *identity.MemorySource {
+	ca, err := testCA()
+	if err != nil {
+		panic(err)
+	}
+	src, err := ca.NewSource(spiffeid.RequireFromString(id), identity.IssueOptions{})
+	if err != nil {
+		panic(err)
+	}
+	return src
+}
+
+// allowGateways is the test nodes' gateway policy: every ID under
+// gatewayIDPrefix.
+func allowGateways(id string) error {
+	if !strings.HasPrefix(id, gatewayIDPrefix) {
+		return fmt.Errorf("%s is not under %s", id, gatewayIDPrefix)
+	}
+	return nil
+}
+
+// testConfig returns a fast local-profile config for a node of network,
+// with its own SVID (gatewayIDPrefix + name).
 func testConfig(name, network string) Config {
 	return Config{
 		Name:            name,
@@ -35,7 +76,8 @@ func testConfig(name, network string) Config {
 		Profile:         ProfileLocal,
 		PassthroughAddr: name + ".example:15443",
 		TunnelAddr:      name + ".example:15008",
-		SPIFFEID:        "spiffe://cluster.local/ns/istio-system/sa/" + name,
+		Identity:        testIdentity(gatewayIDPrefix + name),
+		AllowGateway:    allowGateways,
 		JoinBackoff:     20 * time.Millisecond,
 		JoinBackoffMax:  200 * time.Millisecond,
 		Logger:          testLogger(),

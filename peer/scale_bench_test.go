@@ -75,7 +75,7 @@ func heapInUse() uint64 {
 //	go test -run='^$' -bench=ScaleSummary -benchtime=5x ./peer/
 func BenchmarkScaleSummary(b *testing.B) {
 	s := scaleSummary("network-0", scaleServices, 0)
-	wire := encodeEntry("gw-0-00", Version{Epoch: 1, Seq: 1}, &s)
+	wire := newEntry("gw-0-00", Version{Epoch: 1, Seq: 1}, s, time.Time{}).wire()
 	msg := encodeMessage(kindEntry, wire)
 	before := heapInUse()
 	e, err := decodeEntry(slices.Clone(wire))

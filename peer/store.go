@@ -10,40 +10,66 @@ type entry struct {
 	origin  string
 	version Version
 	summary Summary
-	// body is the encoded summary (the entry's wire form after origin and
-	// version), reused for push/pull state and relaying without
-	// re-encoding. Entries with equal bodies share one body and one
-	// decoded summary in the store: the gateways of one network usually
-	// publish the same services.
+	// body is the encoded summary (the entry's wire form after its head),
+	// reused for push/pull state and relaying without re-encoding.
+	// Entries with equal bodies share one body and one decoded summary in
+	// the store: the gateways of one network usually publish the same
+	// services.
 	body []byte
-	hash [sha256.Size]byte // of body, set by the store
+	hash [sha256.Size]byte // of body
+	// sig is the origin's signature of signedEntry(origin, version, hash),
+	// made with the key of the certificate chain whose digest is
+	// chainDigest; nil, and chainDigest zero, for an unsigned entry.
+	sig         []byte
+	chainDigest [sha256.Size]byte
+	// chain is the verified chain that signed the entry: set when the
+	// entry was signed here or verified on receipt, nil otherwise.
+	chain *chain
 	// received is when this version arrived (or was published).
 	received time.Time
 }
 
-// newEntry encodes s as origin's entry at version v.
+// newEntry encodes s as origin's unsigned entry at version v.
 func newEntry(origin string, v Version, s Summary, received time.Time) *entry {
-	head := encodeHead(origin, v)
-	wire := encodeEntry(origin, v, &s)
-	return &entry{origin: origin, version: v, summary: s, body: wire[len(head):], received: received}
+	var w writer
+	encodeSummary(&w, &s)
+	return &entry{origin: origin, version: v, summary: s, body: w.b, hash: sha256.Sum256(w.b), received: received}
 }
 
-// wire returns the entry's wire form (encodeEntry's), a new slice.
+// signed reports whether the entry carries a signature.
+func (e *entry) signed() bool { return e.sig != nil }
+
+// signer is the SPIFFE ID of the verified chain that signed e, or "".
+func (e *entry) signer() string {
+	if e.chain == nil {
+		return ""
+	}
+	return e.chain.id
+}
+
+// wire returns the entry's wire form: its head, then its body.
 func (e *entry) wire() []byte {
-	return append(encodeHead(e.origin, e.version), e.body...)
+	return append(e.head(), e.body...)
+}
+
+// head is the start of an entry's wire form: origin, version, the digest
+// of the signing chain and the signature (both empty when unsigned).
+func (e *entry) head() []byte {
+	var w writer
+	w.str(e.origin)
+	w.uvarint(e.version.Epoch)
+	w.uvarint(e.version.Seq)
+	if e.signed() {
+		w.bytes(e.chainDigest[:])
+	} else {
+		w.bytes(nil)
+	}
+	w.bytes(e.sig)
+	return w.b
 }
 
 // size is the length of the entry's wire form.
-func (e *entry) size() int { return len(encodeHead(e.origin, e.version)) + len(e.body) }
-
-// encodeHead is the start of an entry's wire form: origin and version.
-func encodeHead(origin string, v Version) []byte {
-	var w writer
-	w.str(origin)
-	w.uvarint(v.Epoch)
-	w.uvarint(v.Seq)
-	return w.b
-}
+func (e *entry) size() int { return len(e.head()) + len(e.body) }
 
 // content is one distinct summary body with the entries using it.
 type content struct {
@@ -57,6 +83,22 @@ type content struct {
 type store struct {
 	entries  map[string]*entry
 	contents map[[sha256.Size]byte]*content
+	// bytes estimates the push/pull state of what is held (see cost):
+	// each distinct body once, each entry's head and chain.
+	bytes int
+}
+
+// entryOverhead bounds what an entry adds to a push/pull state besides
+// its origin, body and chain: version, chain digest, signature, index.
+const entryOverhead = 160
+
+// cost is what e adds to the state besides its body.
+func (e *entry) cost() int {
+	n := len(e.origin) + entryOverhead
+	if e.chain != nil {
+		n += len(e.chain.der) // counted per entry: an upper bound
+	}
+	return n
 }
 
 func newStore() *store {
@@ -88,27 +130,47 @@ func (s *store) merge(e *entry) mergeResult {
 // put stores e under its origin unconditionally, replacing what was held.
 func (s *store) put(e *entry) {
 	s.intern(e)
+	s.bytes += e.cost()
 	if cur, ok := s.entries[e.origin]; ok {
 		s.release(cur)
 	}
 	s.entries[e.origin] = e
 }
 
+// sizeWith returns what bytes would be with e in place of the entry held
+// for its origin.
+func (s *store) sizeWith(e *entry) int {
+	n := s.bytes + e.cost()
+	if _, ok := s.contents[e.hash]; !ok {
+		n += len(e.body)
+	}
+	if cur, ok := s.entries[e.origin]; ok {
+		n -= cur.cost()
+		if c := s.contents[cur.hash]; c != nil && c.refs == 1 && cur.hash != e.hash {
+			n -= len(c.body)
+		}
+	}
+	return n
+}
+
 // intern points e at the shared copy of its body and summary.
 func (s *store) intern(e *entry) {
-	e.hash = sha256.Sum256(e.body)
 	if c, ok := s.contents[e.hash]; ok {
 		e.body, e.summary = c.body, c.summary
 		c.refs++
 		return
 	}
 	s.contents[e.hash] = &content{body: e.body, summary: e.summary, refs: 1}
+	s.bytes += len(e.body)
 }
 
+// release drops e's share of the store's bytes and of its content.
 func (s *store) release(e *entry) {
+	s.bytes -= e.cost()
 	if c, ok := s.contents[e.hash]; ok {
 		if c.refs--; c.refs <= 0 {
 			delete(s.contents, e.hash)
+			s.bytes -= len(c.body)
 		}
 	}
 }

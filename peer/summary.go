@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"time"
 
 	"github.com/ewgate/ewgate/discovery"
 )
@@ -43,6 +44,33 @@ func (v Version) Compare(w Version) int {
 		return c
 	}
 	return cmp.Compare(v.Seq, w.Seq)
+}
+
+// Bounds on what a received entry may claim. A gateway's own publishes
+// stay far below them; entries beyond them are refused, counted and
+// logged (RejectVersionImplausible, RejectCountTooLarge).
+const (
+	// MaxSeq bounds Version.Seq: a publish a second for a hundred million
+	// years stays below it, and Seq+1, which supersedes an entry, cannot
+	// wrap.
+	MaxSeq = 1 << 62
+	// MaxClockSkew is how far in the future of this node's clock an
+	// entry's Version.Epoch (its origin's start time) may be.
+	MaxClockSkew = time.Hour
+	// MaxHealthyCount bounds a healthy endpoint count (per port, subset
+	// and locality). Publish lowers larger counts to it.
+	MaxHealthyCount = 1 << 20
+)
+
+// plausible reports whether an origin could have made v by now: an epoch
+// no further ahead of now than MaxClockSkew (MaxSeq is checked when
+// decoding).
+func (v Version) plausible(now time.Time) error {
+	if limit := uint64(now.Add(MaxClockSkew).UnixNano()); v.Epoch > limit {
+		return fmt.Errorf("epoch %s is more than %v ahead of this node's clock: %w",
+			time.Unix(0, int64(min(v.Epoch, math.MaxInt64))).UTC().Format(time.RFC3339), MaxClockSkew, errImplausible)
+	}
+	return nil
 }
 
 // NodeSummary is the latest summary of one live node, as returned by
@@ -87,6 +115,20 @@ func cloneSummary(s Summary) Summary {
 			ServiceAccounts: slices.Clone(svc.ServiceAccounts), Ports: ports, Subsets: defs}
 	}
 	return c
+}
+
+// capCounts lowers the healthy counts of s over MaxHealthyCount to it.
+func capCounts(s *Summary) {
+	for i := range s.Services {
+		for j := range s.Services[i].Ports {
+			for k := range s.Services[i].Ports[j].Subsets {
+				for l := range s.Services[i].Ports[j].Subsets[k].Healthy {
+					lc := &s.Services[i].Ports[j].Subsets[k].Healthy[l]
+					lc.Count = min(lc.Count, MaxHealthyCount)
+				}
+			}
+		}
+	}
 }
 
 // canonicalize sorts s in place into canonical order and reports the
@@ -187,6 +229,9 @@ func checkService(svc *ServiceSummary) error {
 			for l, lc := range ss.Healthy {
 				if err := checkLen("locality", lc.Locality, maxLocalityLen); err != nil {
 					return err
+				}
+				if lc.Count > MaxHealthyCount {
+					return fmt.Errorf("port %d subset %q locality %q: count %d: %w", p.Port, ss.Name, lc.Locality, lc.Count, errCount)
 				}
 				if l > 0 && ss.Healthy[l-1].Locality >= lc.Locality {
 					return fmt.Errorf("port %d subset %q: locality %q duplicated or out of order", p.Port, ss.Name, lc.Locality)

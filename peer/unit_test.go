@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"fmt"
 	"github.com/ewgate/ewgate/internal/await"
 	"github.com/ewgate/ewgate/internal/leakcheck"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -78,20 +80,30 @@ func TestWireRoundTrip(t *testing.T) {
 
 	s := bigSummary("net-a", 500)
 	v := Version{Epoch: 42, Seq: 7}
-	kind, body, err := decodeMessage(encodeMessage(kindEntry, encodeEntry("a1", v, &s)), DefaultMaxStateBytes)
+	src := newEntry("a1", v, s, time.Time{})
+	src.sig, src.chainDigest = []byte("signature"), [32]byte{1}
+	chain := []byte("chain")
+	kind, body, err := decodeMessage(encodeMessage(kindEntry, encodeEntryMessage(src, chain)), DefaultMaxStateBytes)
 	if err != nil || kind != kindEntry {
 		t.Fatalf("decodeMessage: kind %d, %v", kind, err)
 	}
-	e, err := decodeEntry(body)
+	em, err := decodeEntryMessage(body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.origin != "a1" || e.version != v || !reflect.DeepEqual(e.summary, s) {
+	e := em.entry
+	if e.origin != "a1" || e.version != v || !reflect.DeepEqual(e.summary, s) || e.hash != src.hash ||
+		!bytes.Equal(e.sig, src.sig) || e.chainDigest != src.chainDigest || !bytes.Equal(em.chain, chain) {
 		t.Errorf("entry round trip differs")
 	}
-	entries, err := decodeState(encodeState([][]byte{e.wire(), encodeEntry("b1", v, &Summary{Network: "b"})}))
-	if err != nil || len(entries) != 2 || entries[1].origin != "b1" {
-		t.Errorf("state round trip: %d entries, %v", len(entries), err)
+	b1 := newEntry("b1", v, Summary{Network: "b"}, time.Time{})
+	st, err := parseSharedState(encodeSharedState([]*entry{e, b1}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, refused := st.entries(func([32]byte) (Summary, bool) { return Summary{}, false }, DefaultMaxEntryBytes)
+	if len(entries) != 2 || len(refused) != 0 || entries[1].origin != "b1" || entries[1].signed() || !bytes.Equal(entries[0].sig, src.sig) {
+		t.Errorf("state round trip: %d entries, %v", len(entries), refused)
 	}
 }
 
@@ -109,14 +121,18 @@ func TestDelegateRejectsGarbage(t *testing.T) {
 	leakcheck.Check(t)
 	n := testNode(t, func(c *Config) { c.MaxStateBytes = 4096 })
 	d := (*delegate)(n)
-	valid := encodeEntry("peer", Version{1, 1}, &Summary{Network: "b"})
+	entryMsg := func(v Version, s Summary) []byte { return encodeEntryMessage(newEntry("peer", v, s, time.Time{}), nil) }
+	valid := entryMsg(Version{1, 1}, Summary{Network: "b"})
 	unsorted := Summary{Network: "b", Services: []ServiceSummary{{Host: "z"}, {Host: "a"}}}
 	longKey := Summary{Network: "b", Services: []ServiceSummary{{Host: "a", Subsets: []SubsetDefinition{
 		{Name: "v1", Labels: map[string]string{strings.Repeat("k", maxKeyLen+1): "v"}}}}}}
-	bomb := encodeMessage(kindState, make([]byte, 1<<20)) // 1 MiB of zeros, compressed small
+	inflated := summaryOf("b", MaxHealthyCount+1, "a")
+	bomb := encodeMessage(kindSharedState, make([]byte, 1<<20)) // 1 MiB of zeros, compressed small
 	hdr := func(kind, flags byte, body []byte) []byte {
 		return append([]byte{ProtocolVersion, kind, flags}, body...)
 	}
+	future := Version{Epoch: uint64(time.Now().Add(2 * MaxClockSkew).UnixNano())}
+	head := []byte{6, 1, 'p', 1, 1, 0, 0} // length-prefixed head: origin "p", version 1.1, unsigned
 
 	tests := []struct {
 		name   string
@@ -127,15 +143,20 @@ func TestDelegateRejectsGarbage(t *testing.T) {
 		{"empty message", []byte{}, nil, RejectMessageMalformed},
 		{"short header", []byte{1, 1}, nil, RejectMessageMalformed},
 		{"unknown wire version", hdr(kindEntry, 0, valid)[0:0:0], nil, RejectVersion},
-		{"state of another wire version", nil, append([]byte{ProtocolVersion - 1}, hdr(kindState, 0, encodeState(nil))[1:]...), RejectVersion},
-		{"oversized label key", hdr(kindEntry, 0, encodeEntry("peer", Version{1, 3}, &longKey)), nil, RejectMessageMalformed},
+		{"state of another wire version", nil, append([]byte{ProtocolVersion - 1}, hdr(kindSharedState, 0, encodeSharedState(nil))[1:]...), RejectVersion},
+		{"oversized label key", hdr(kindEntry, 0, entryMsg(Version{1, 3}, longKey)), nil, RejectMessageMalformed},
 		{"unknown kind", hdr(9, 0, valid), nil, RejectMessageMalformed},
 		{"unknown flag", hdr(kindEntry, 0x80, valid), nil, RejectMessageMalformed},
-		{"state as message", hdr(kindState, 0, encodeState(nil)), nil, RejectMessageMalformed},
+		{"state as message", hdr(kindSharedState, 0, encodeSharedState(nil)), nil, RejectMessageMalformed},
 		{"truncated entry", hdr(kindEntry, 0, valid[:len(valid)-1]), nil, RejectMessageMalformed},
 		{"trailing bytes", hdr(kindEntry, 0, append(bytes.Clone(valid), 0)), nil, RejectMessageMalformed},
-		{"huge count", hdr(kindEntry, 0, []byte{1, 'p', 1, 1, 1, 'b', 0xff, 0xff, 0xff, 0xff, 0x0f}), nil, RejectMessageMalformed},
-		{"non-canonical summary", hdr(kindEntry, 0, encodeEntry("peer", Version{1, 2}, &unsorted)), nil, RejectMessageMalformed},
+		{"huge count", hdr(kindEntry, 0, []byte{0xff, 0xff, 0xff, 0xff, 0x0f}), nil, RejectMessageMalformed},
+		{"non-canonical summary", hdr(kindEntry, 0, entryMsg(Version{1, 2}, unsorted)), nil, RejectMessageMalformed},
+		{"signature without chain digest", hdr(kindEntry, 0, []byte{10, 1, 'p', 1, 1, 0, 1, 's', 1, 'b', 0, 0}), nil, RejectMessageMalformed},
+		{"sequence at MaxSeq", hdr(kindEntry, 0, entryMsg(Version{1, MaxSeq}, Summary{Network: "b"})), nil, RejectVersionImplausible},
+		{"epoch far in the future", hdr(kindEntry, 0, entryMsg(future, Summary{Network: "b"})), nil, RejectVersionImplausible},
+		{"inflated count", hdr(kindEntry, 0, entryMsg(Version{1, 4}, inflated)), nil, RejectCountTooLarge},
+		{"unsigned entry", hdr(kindEntry, 0, valid), nil, RejectUnsigned},
 		{"bad deflate", hdr(kindEntry, flagDeflate, []byte{0xff, 0xfe, 0xfd}), nil, RejectMessageMalformed},
 		{"bye without origin", hdr(kindBye, 0, []byte{0, 1, 1}), nil, RejectMessageMalformed},
 		{"oversize message", hdr(kindEntry, 0, make([]byte, 5000)), nil, RejectMessageTooLarge},
@@ -143,14 +164,13 @@ func TestDelegateRejectsGarbage(t *testing.T) {
 		{"delta not after its base", hdr(kindDelta, 0, encodeDelta(&delta{base: Version{1, 2}, upserts: newEntry("peer", Version{1, 1}, Summary{Network: "b"}, time.Time{})})), nil, RejectMessageMalformed},
 		{"delta removing unsorted hosts", hdr(kindDelta, 0, encodeDelta(&delta{base: Version{1, 0}, upserts: newEntry("peer", Version{1, 1}, Summary{Network: "b"}, time.Time{}), removed: []string{"z", "a"}})), nil, RejectMessageMalformed},
 		{"oversize delta", hdr(kindDelta, 0, make([]byte, 5000)), nil, RejectMessageTooLarge},
-		{"shared state index out of range", nil, hdr(kindSharedState, 0, []byte{1, 0, 1, 4, 1, 'p', 1, 1, 5}), RejectStateMalformed},
-		{"shared state head without bodies", nil, hdr(kindSharedState, 0, []byte{0, 1, 4, 1, 'p', 1, 1, 0}), RejectStateMalformed},
-		{"shared state with a bad body", nil, hdr(kindSharedState, 0, []byte{1, 2, 9, 9, 1, 4, 1, 'p', 1, 1, 0}), RejectStateMalformed},
-		{"shared state trailing bytes", nil, hdr(kindSharedState, 0, []byte{0, 0, 7}), RejectStateMalformed},
+		{"shared state index out of range", nil, hdr(kindSharedState, 0, slices.Concat([]byte{1, 0, 0, 1}, head, []byte{5})), RejectStateMalformed},
+		{"shared state head without bodies", nil, hdr(kindSharedState, 0, slices.Concat([]byte{0, 0, 1}, head, []byte{0})), RejectStateMalformed},
+		{"shared state with a bad body", nil, hdr(kindSharedState, 0, slices.Concat([]byte{1, 2, 9, 9, 0, 1}, head, []byte{0})), RejectStateMalformed},
+		{"shared state trailing bytes", nil, hdr(kindSharedState, 0, []byte{0, 0, 0, 7}), RejectStateMalformed},
 		{"empty state", nil, []byte{}, RejectStateMalformed},
 		{"entry as state", nil, hdr(kindEntry, 0, valid), RejectStateMalformed},
-		{"state with bad entry", nil, hdr(kindState, 0, encodeState([][]byte{valid, {1, 2, 3}})), RejectStateMalformed},
-		{"state count over bytes", nil, hdr(kindState, 0, []byte{0x7f}), RejectStateMalformed},
+		{"state count over bytes", nil, hdr(kindSharedState, 0, []byte{0x7f}), RejectStateMalformed},
 		{"decompression bomb", nil, bomb, RejectStateTooLarge},
 	}
 	// A corrupted header version, since hdr always writes the right one.
@@ -187,7 +207,7 @@ func TestDelegateRejectsGarbage(t *testing.T) {
 
 	t.Run("node of another wire version", func(t *testing.T) {
 		old := Meta{Network: "b", PassthroughAddr: "10.0.0.2:15443", Version: ProtocolVersion - 1}
-		if err := d.NotifyAlive(&memberlist.Node{Name: "old", Meta: old.encode()}); err == nil || !strings.Contains(err.Error(), "wire version 1") {
+		if err := d.NotifyAlive(&memberlist.Node{Name: "old", Meta: old.encode()}); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("wire version %d", ProtocolVersion-1)) {
 			t.Errorf("NotifyAlive of a version %d node: %v", old.Version, err)
 		}
 		if got := n.Stats().Rejected[RejectVersion]; got != 3 {
@@ -203,7 +223,7 @@ func TestDelegateRejectsGarbage(t *testing.T) {
 				b[i] = byte(rng.UintN(256))
 			}
 			if len(b) > 1 && rng.IntN(2) == 0 {
-				b[0], b[1] = ProtocolVersion, byte(1+rng.IntN(4))
+				b[0], b[1] = ProtocolVersion, byte(1+rng.IntN(5))
 			}
 			d.NotifyMsg(b)
 			d.MergeRemoteState(b, false)
@@ -261,7 +281,11 @@ func TestPublish(t *testing.T) {
 	t.Run("earlier incarnation superseded", func(t *testing.T) {
 		cur := version()
 		old := Version{Epoch: cur.Epoch + 1000, Seq: 3} // a previous run, clock ahead
-		d.MergeRemoteState(encodeMessage(kindState, encodeState([][]byte{encodeEntry("self", old, &Summary{Network: "a"})})), false)
+		e := newEntry("self", old, Summary{Network: "a"}, time.Time{})
+		if err := n.signer.sign(e); err != nil { // with this gateway's SVID, as that run did
+			t.Fatal(err)
+		}
+		d.MergeRemoteState(encodeMessage(kindSharedState, encodeSharedState([]*entry{e})), false)
 		s, _ := summaryFrom(n, "self")
 		if s.Version.Compare(old) <= 0 || len(s.Summary.Services) != 2 {
 			t.Errorf("after an earlier incarnation's entry: %v with %d services", s.Version, len(s.Summary.Services))

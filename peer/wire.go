@@ -3,6 +3,7 @@ package peer
 import (
 	"bytes"
 	"compress/flate"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -11,14 +12,15 @@ import (
 
 // ProtocolVersion is the version of this package's wire formats (node
 // meta, messages, push/pull state). It is advertised in [Meta].Version.
-// Version 2 added service definitions to summaries; nodes and messages of
-// any other version are refused (RejectVersion).
-const ProtocolVersion uint8 = 2
+// Version 2 added service definitions to summaries, version 3 signatures
+// (entries carry their origin's signature and name its certificate chain;
+// entry messages, deltas and push/pull states carry chains). Nodes and
+// messages of any other version are refused (RejectVersion).
+const ProtocolVersion uint8 = 3
 
 // Message header: wire version, kind, flags; then the body.
 const (
 	kindEntry byte = 1 // one origin's entry: broadcast or reliable send
-	kindState byte = 2 // every live origin's entry: push/pull
 	kindBye   byte = 3 // an origin leaves
 
 	flagDeflate byte = 1 << 0 // body is DEFLATE-compressed
@@ -28,10 +30,28 @@ const (
 
 // Errors of the wire decoders; rejection reasons are derived from them.
 var (
-	errMalformed = errors.New("malformed")
-	errTooLarge  = errors.New("too large")
-	errVersion   = errors.New("another wire version")
+	errMalformed   = errors.New("malformed")
+	errTooLarge    = errors.New("too large")
+	errVersion     = errors.New("another wire version")
+	errCount       = errors.New("healthy count over MaxHealthyCount")
+	errImplausible = errors.New("implausible version")
 )
+
+// reasonFor classifies a decoding error; other is the reason of errors
+// that are none of the classified ones.
+func reasonFor(err error, tooLarge, other reason) reason {
+	switch {
+	case errors.Is(err, errTooLarge):
+		return tooLarge
+	case errors.Is(err, errVersion):
+		return rVersion
+	case errors.Is(err, errCount):
+		return rCountTooLarge
+	case errors.Is(err, errImplausible):
+		return rVersionImplausible
+	}
+	return other
+}
 
 // Meta is a node's memberlist metadata: what other networks need to reach
 // and authenticate its gateway. Encoded, it must fit memberlist's 512-byte
@@ -90,44 +110,94 @@ func decodeMeta(b []byte) (Meta, error) {
 	return m, nil
 }
 
-// encodeEntry returns the wire body of one origin's entry.
-func encodeEntry(origin string, v Version, s *Summary) []byte {
-	var w writer
-	w.str(origin)
-	w.uvarint(v.Epoch)
-	w.uvarint(v.Seq)
-	encodeSummary(&w, s)
-	return w.b
-}
-
-// decodeEntry parses an entry body. It validates every count against the
-// bytes left, so garbage cannot make it allocate more than len(b) elements,
-// and requires the summary to be canonical.
+// decodeEntry parses an entry's wire form (entry.wire). It validates
+// every count against the bytes left, so garbage cannot make it allocate
+// more than len(b) elements, and requires the summary to be canonical.
 func decodeEntry(b []byte) (*entry, error) {
 	r := reader{b: b}
+	e, err := decodeHead(&r)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.decodeBody(r.b); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// decodeHead reads an entry's head (entry.head) from r.
+func decodeHead(r *reader) (*entry, error) {
 	e := &entry{origin: r.str()}
 	e.version.Epoch = r.uvarint()
 	e.version.Seq = r.uvarint()
-	bodyAt := len(b) - len(r.b)
-	e.summary = decodeSummary(&r)
-	s := &e.summary
-	if r.err != nil {
-		return nil, fmt.Errorf("entry: %w", r.err)
-	}
-	if len(r.b) != 0 {
-		return nil, fmt.Errorf("entry: %d trailing bytes: %w", len(r.b), errMalformed)
-	}
-	if e.origin == "" {
+	digest, sig := r.bytes(), r.bytes()
+	switch {
+	case r.err != nil:
+		return nil, fmt.Errorf("entry head: %w", r.err)
+	case e.origin == "":
 		return nil, fmt.Errorf("entry: no origin: %w", errMalformed)
+	case e.version.Seq >= MaxSeq:
+		return nil, fmt.Errorf("entry from %q: sequence %d at or over %d: %w", e.origin, e.version.Seq, uint64(MaxSeq), errImplausible)
+	case len(digest) == 0 && len(sig) == 0:
+	case len(digest) != len(e.chainDigest) || len(sig) == 0 || len(sig) > maxSignatureLen:
+		return nil, fmt.Errorf("entry from %q: chain digest of %d bytes, signature of %d: %w", e.origin, len(digest), len(sig), errMalformed)
+	default:
+		copy(e.chainDigest[:], digest)
+		e.sig = sig
 	}
-	if s.Network == "" {
-		return nil, fmt.Errorf("entry from %q: no network: %w", e.origin, errMalformed)
-	}
-	if err := checkCanonical(s); err != nil {
-		return nil, fmt.Errorf("entry from %q: %v: %w", e.origin, err, errMalformed)
-	}
-	e.body = b[bodyAt:]
 	return e, nil
+}
+
+// decodeBody sets e's summary from its encoded body, which it keeps.
+func (e *entry) decodeBody(body []byte) error {
+	r := reader{b: body}
+	s := decodeSummary(&r)
+	switch {
+	case r.err != nil:
+		return fmt.Errorf("entry from %q: %w", e.origin, r.err)
+	case len(r.b) != 0:
+		return fmt.Errorf("entry from %q: %d trailing bytes: %w", e.origin, len(r.b), errMalformed)
+	case s.Network == "":
+		return fmt.Errorf("entry from %q: no network: %w", e.origin, errMalformed)
+	}
+	if err := checkCanonical(&s); err != nil {
+		return fmt.Errorf("entry from %q: %w: %w", e.origin, err, errMalformed)
+	}
+	e.summary, e.body, e.hash = s, body, sha256.Sum256(body)
+	return nil
+}
+
+// entryMessage is a kindEntry body: an entry and, when sent over TCP,
+// the certificate chain that signed it.
+type entryMessage struct {
+	entry *entry
+	chain []byte // concatenated DER certificates, leaf first; nil if not carried
+}
+
+func encodeEntryMessage(e *entry, chain []byte) []byte {
+	var w writer
+	w.bytes(e.wire())
+	w.bytes(chain)
+	return w.b
+}
+
+func decodeEntryMessage(b []byte) (entryMessage, error) {
+	r := reader{b: b}
+	eb, chain := r.bytes(), r.bytes()
+	switch {
+	case r.err != nil:
+		return entryMessage{}, fmt.Errorf("entry message: %w", r.err)
+	case len(r.b) != 0:
+		return entryMessage{}, fmt.Errorf("entry message: %d trailing bytes: %w", len(r.b), errMalformed)
+	}
+	e, err := decodeEntry(eb)
+	if err != nil {
+		return entryMessage{}, err
+	}
+	if len(chain) == 0 {
+		chain = nil
+	}
+	return entryMessage{entry: e, chain: chain}, nil
 }
 
 // encodeMessage frames body as a message of the given kind, compressing it
@@ -153,7 +223,7 @@ func decodeMessage(b []byte, limit int) (kind byte, body []byte, err error) {
 		return 0, nil, fmt.Errorf("message: wire version %d, this node speaks %d (upgrade every gateway of the mesh): %w", b[0], ProtocolVersion, errVersion)
 	}
 	kind, flags, body := b[1], b[2], b[headerLen:]
-	if kind != kindEntry && kind != kindState && kind != kindBye && kind != kindDelta && kind != kindSharedState {
+	if kind != kindEntry && kind != kindBye && kind != kindDelta && kind != kindSharedState {
 		return 0, nil, fmt.Errorf("message: kind %d: %w", kind, errMalformed)
 	}
 	if flags&^flagDeflate != 0 {
@@ -168,45 +238,6 @@ func decodeMessage(b []byte, limit int) (kind byte, body []byte, err error) {
 		}
 	}
 	return kind, body, nil
-}
-
-// encodeState returns the push/pull body: a count, then each entry's wire
-// body, length-prefixed.
-func encodeState(wires [][]byte) []byte {
-	n := binary.MaxVarintLen64
-	for _, b := range wires {
-		n += binary.MaxVarintLen64 + len(b)
-	}
-	w := writer{b: make([]byte, 0, n)}
-	w.uvarint(uint64(len(wires)))
-	for _, b := range wires {
-		w.bytes(b)
-	}
-	return w.b
-}
-
-// decodeState parses a push/pull body; any malformed entry rejects it all.
-func decodeState(b []byte) ([]*entry, error) {
-	r := reader{b: b}
-	var entries []*entry
-	for n := r.count(); n > 0 && r.err == nil; n-- {
-		eb := r.bytes()
-		if r.err != nil {
-			break
-		}
-		e, err := decodeEntry(eb)
-		if err != nil {
-			return nil, fmt.Errorf("state entry %d: %w", len(entries), err)
-		}
-		entries = append(entries, e)
-	}
-	if r.err != nil {
-		return nil, fmt.Errorf("state: %w", r.err)
-	}
-	if len(r.b) != 0 {
-		return nil, fmt.Errorf("state: %d trailing bytes: %w", len(r.b), errMalformed)
-	}
-	return entries, nil
 }
 
 func deflate(b []byte) []byte {
@@ -319,6 +350,9 @@ func (r *reader) strs() []string {
 type bye struct {
 	origin  string
 	version Version // the leaving node's entry version
+	// sig is the origin's signature of signedBye(origin, version), by the
+	// chain of that entry; nil when unsigned.
+	sig []byte
 }
 
 func encodeBye(b bye) []byte {
@@ -326,13 +360,19 @@ func encodeBye(b bye) []byte {
 	w.str(b.origin)
 	w.uvarint(b.version.Epoch)
 	w.uvarint(b.version.Seq)
+	w.bytes(b.sig)
 	return w.b
 }
 
 func decodeBye(body []byte) (bye, error) {
 	r := reader{b: body}
 	b := bye{origin: r.str(), version: Version{Epoch: r.uvarint(), Seq: r.uvarint()}}
+	if b.sig = r.bytes(); len(b.sig) == 0 {
+		b.sig = nil
+	}
 	switch {
+	case len(b.sig) > maxSignatureLen:
+		return bye{}, fmt.Errorf("bye: signature of %d bytes: %w", len(b.sig), errMalformed)
 	case r.err != nil:
 		return bye{}, fmt.Errorf("bye: %w", r.err)
 	case len(r.b) != 0:

@@ -11,7 +11,10 @@
 //	outbound_.9080_.v1_.reviews.bookinfo.svc.cluster.local
 //
 // into a [Key] (service host, service port, subset) and refuses every name
-// that could make the gateway dial an address a client chose.
+// that could make the gateway dial an address a client chose. Its rules for
+// the parts of a key, [ParseHost] and [CheckSubset], are the rules of
+// service hosts and subset names wherever they are defined, so that every
+// service the gateway accepts is one a client can name.
 //
 // Errors wrap one of the package's sentinel errors; [Reason] maps an error to
 // a short, stable label for metrics.

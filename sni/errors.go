@@ -49,6 +49,17 @@ var (
 	ErrBadName = errors.New("sni: bad Istio name")
 )
 
+// PeekReasons returns the labels [Reason] gives the errors of
+// [Peeker.Peek], in a stable order, for pre-registering metric labels:
+// "not_tls", "sslv2", "not_client_hello", "malformed", "truncated",
+// "too_large", "timeout" and "over_budget".
+func PeekReasons() []string {
+	return []string{
+		Reason(ErrNotTLS), Reason(ErrSSLv2), Reason(ErrNotClientHello), Reason(ErrMalformed),
+		Reason(ErrTruncated), Reason(ErrTooLarge), Reason(ErrTimeout), Reason(ErrOverBudget),
+	}
+}
+
 // Reason returns a short label for err that is stable across releases and
 // safe to use as a metric label: "not_tls", "sslv2", "not_client_hello",
 // "malformed", "truncated", "too_large", "timeout", "over_budget" or

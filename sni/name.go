@@ -76,14 +76,86 @@ func ParseName(s string) (Key, error) {
 	if !ok {
 		return Key{}, badName("port", port, "must be a decimal number from 1 to 65535 without leading zeros")
 	}
-	if subset != "" && !isDNSLabel(subset) {
-		return Key{}, badName("subset", subset, "must be a lower-case DNS-1123 label")
+	if subset != "" {
+		if err := CheckSubset(subset); err != nil {
+			return Key{}, fmt.Errorf("%w: %w", ErrBadName, err)
+		}
 	}
-	host, err := normalizeHost(host)
+	host, err := ParseHost(host)
 	if err != nil {
-		return Key{}, err
+		return Key{}, fmt.Errorf("%w: %w", ErrBadName, err)
 	}
 	return Key{Host: host, Port: p, Subset: subset}, nil
+}
+
+// ParseHost checks that s may be the host of a [Key], by the rule ParseName
+// applies to the host of a name: a DNS name of letters, digits and
+// hyphens, at most 253 bytes in labels of 1 to 63 that neither start nor
+// end with a hyphen, and not a wildcard or an IP address in any form
+// (including "10.1", "167772161" or "reviews.0x1f", which resolvers may
+// read as one). It returns s in lower case, allocating only if s has
+// upper-case letters. This is the one rule for service hosts: whatever
+// defines a service (a config file, the Kubernetes API, the registration
+// API) refuses a host that fails it, since no client could ever reach
+// that service through a gateway. Errors satisfy errors.Is(err,
+// [ErrBadName]) and say what is wrong with the host, as in
+// `host "reviews.123" is an IP address; a DNS name is required`.
+func ParseHost(s string) (string, error) {
+	switch {
+	case s == "":
+		return "", badPart("host", s, "is empty")
+	case len(s) > maxHostLen:
+		return "", badPart("host", s, "is longer than 253 bytes")
+	case strings.ContainsAny(s, ":[]"):
+		return "", badPart("host", s, "is an IP address; a DNS name is required")
+	case strings.Contains(s, "*"):
+		return "", badPart("host", s, "is a wildcard; a DNS name is required")
+	}
+	upper := false
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i < len(s) && s[i] != '.' {
+			switch c := s[i]; {
+			case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-':
+			case 'A' <= c && c <= 'Z':
+				upper = true
+			default:
+				return "", badPart("host", s, fmt.Sprintf("has invalid character %q", c))
+			}
+			continue
+		}
+		label := s[start:i]
+		switch {
+		case label == "":
+			return "", badPart("host", s, "has an empty label")
+		case len(label) > maxLabelLen:
+			return "", badPart("host", s, "has a label longer than 63 bytes")
+		case label[0] == '-' || label[len(label)-1] == '-':
+			return "", badPart("host", s, "has a label that starts or ends with a hyphen")
+		}
+		if i == len(s) && isNumeric(label) {
+			// No top-level domain is numeric (RFC 3696 section 2), but
+			// inet_aton and browsers read such names as IPv4 addresses:
+			// "10.0.0.1", "10.1", "167772161", "0xa.0.0.1".
+			return "", badPart("host", s, "is an IP address; a DNS name is required")
+		}
+		start = i + 1
+	}
+	if upper {
+		s = strings.ToLower(s)
+	}
+	return s, nil
+}
+
+// CheckSubset checks that s may be the subset of a [Key], by the rule
+// ParseName applies: a lower-case DNS-1123 label of at most 63 bytes, as
+// Istio requires of DestinationRule subset names. Errors satisfy
+// errors.Is(err, [ErrBadName]) and say what is wrong with the subset.
+func CheckSubset(s string) error {
+	if !isDNSLabel(s) {
+		return badPart("subset", s, "must be a lower-case DNS-1123 label of at most 63 bytes")
+	}
+	return nil
 }
 
 // SNI returns k as Istio's SNI name, outbound_.<port>_.<subset>_.<host>; an
@@ -151,55 +223,6 @@ func isDNSLabel(s string) bool {
 	return true
 }
 
-// normalizeHost checks that s is a DNS host name and not an address, and
-// returns it in lower case.
-func normalizeHost(s string) (string, error) {
-	switch {
-	case s == "":
-		return "", badName("host", s, "is empty")
-	case len(s) > maxHostLen:
-		return "", badName("host", s, "is longer than 253 bytes")
-	case strings.ContainsAny(s, ":[]"):
-		return "", badName("host", s, "is an IP address; a DNS name is required")
-	case strings.Contains(s, "*"):
-		return "", badName("host", s, "is a wildcard; a DNS name is required")
-	}
-	upper := false
-	start := 0
-	for i := 0; i <= len(s); i++ {
-		if i < len(s) && s[i] != '.' {
-			switch c := s[i]; {
-			case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-':
-			case 'A' <= c && c <= 'Z':
-				upper = true
-			default:
-				return "", badName("host", s, fmt.Sprintf("has invalid character %q", c))
-			}
-			continue
-		}
-		label := s[start:i]
-		switch {
-		case label == "":
-			return "", badName("host", s, "has an empty label")
-		case len(label) > maxLabelLen:
-			return "", badName("host", s, "has a label longer than 63 bytes")
-		case label[0] == '-' || label[len(label)-1] == '-':
-			return "", badName("host", s, "has a label that starts or ends with a hyphen")
-		}
-		if i == len(s) && isNumeric(label) {
-			// No top-level domain is numeric (RFC 3696 section 2), but
-			// inet_aton and browsers read such names as IPv4 addresses:
-			// "10.0.0.1", "10.1", "167772161", "0xa.0.0.1".
-			return "", badName("host", s, "is an IP address; a DNS name is required")
-		}
-		start = i + 1
-	}
-	if upper {
-		s = strings.ToLower(s)
-	}
-	return s, nil
-}
-
 // isNumeric reports whether a label reads as a number in decimal, octal or
 // hexadecimal notation (as in "0x1f", or just "0x").
 func isNumeric(label string) bool {
@@ -216,13 +239,28 @@ func isNumeric(label string) bool {
 	return true
 }
 
-// badName returns an ErrBadName error about one part of a name. It quotes
-// and shortens the part, which comes from the network, so that the error is
-// safe and small in a log line.
+// badName returns an ErrBadName error about one part of a name.
 func badName(part, value, why string) error {
+	return fmt.Errorf("%w: %w", ErrBadName, badPart(part, value, why))
+}
+
+// badPart returns an error about one part of a name that satisfies
+// errors.Is(err, ErrBadName) without saying so in its message, for the
+// checks of a part alone (ParseHost, CheckSubset). It quotes and shortens
+// the part, which comes from the network, so that the error is safe and
+// small in a log line.
+func badPart(part, value, why string) error {
 	const maxShown = 64
 	if len(value) > maxShown {
-		return fmt.Errorf("%w: %s %q... %s", ErrBadName, part, value[:maxShown], why)
+		return &partError{fmt.Sprintf("%s %q... %s", part, value[:maxShown], why)}
 	}
-	return fmt.Errorf("%w: %s %q %s", ErrBadName, part, value, why)
+	return &partError{fmt.Sprintf("%s %q %s", part, value, why)}
 }
+
+// partError is badPart's error.
+type partError struct{ msg string }
+
+func (e *partError) Error() string { return e.msg }
+
+// Is makes a part's error an ErrBadName, as the name's would be.
+func (e *partError) Is(target error) bool { return target == ErrBadName }

@@ -196,3 +196,42 @@ func TestParseNameAllocs(t *testing.T) {
 		t.Errorf("ParseName of a lower-case name allocates %v times, want 0", allocs)
 	}
 }
+
+// TestParseHost checks that ParseHost is the host rule of ParseName: a host
+// passes exactly when a name carrying it parses, with the same host.
+func TestParseHost(t *testing.T) {
+	for _, h := range []string{
+		"reviews.bookinfo.svc.cluster.local", "Reviews.BookInfo.svc.cluster.local", "a", "a-b.c0.d",
+		"1.2.3.example", "0x1.example", "host.x0a", longHost(253), strings.Repeat("a", 63),
+		"", "reviews.123", "reviews.0x1f", "10.1", "167772161", "10.0.0.1", "::1", "[::1]",
+		"*.local", "*", "a..b", "-a.b", "a-.b", "reviews.", longHost(254), strings.Repeat("a", 64),
+		"rev iews", "réviews", "reviews_.x", "a|b", "reviews\x00",
+	} {
+		got, err := ParseHost(h)
+		k, kerr := ParseName(Key{Host: h, Port: 1}.SNI())
+		if (err == nil) != (kerr == nil) || got != k.Host {
+			t.Errorf("ParseHost(%q) = %q, %v; but ParseName of its SNI name gives host %q, %v", h, got, err, k.Host, kerr)
+		}
+		if err != nil && !errors.Is(err, ErrBadName) {
+			t.Errorf("ParseHost(%q): error %v does not wrap ErrBadName", h, err)
+		}
+	}
+}
+
+// TestCheckSubset checks that CheckSubset is the subset rule of ParseName.
+func TestCheckSubset(t *testing.T) {
+	for _, s := range []string{"v1", "v-2", strings.Repeat("s", 63), "", "V1", "-v1", "v1-", "v.1", "v_1", strings.Repeat("s", 64)} {
+		err := CheckSubset(s)
+		_, kerr := ParseName(Key{Host: "h", Port: 1, Subset: s}.ClusterName())
+		if s == "" {
+			// No subset is a valid key, but not a valid subset name.
+			if err == nil {
+				t.Errorf("CheckSubset(%q) = nil, want an error", s)
+			}
+			continue
+		}
+		if (err == nil) != (kerr == nil) {
+			t.Errorf("CheckSubset(%q) = %v, but ParseName of a name with it gives %v", s, err, kerr)
+		}
+	}
+}

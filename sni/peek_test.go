@@ -320,6 +320,9 @@ func TestPeekErrors(t *testing.T) {
 			if got, want := Reason(err), Reason(tt.want); got != want {
 				t.Errorf("Reason = %q, want %q", got, want)
 			}
+			if !slices.Contains(PeekReasons(), Reason(err)) {
+				t.Errorf("Reason %q is not in PeekReasons() %q", Reason(err), PeekReasons())
+			}
 			if h.ServerName != "" || h.ALPN != nil {
 				t.Errorf("failed Peek returned ServerName %q, ALPN %q", h.ServerName, h.ALPN)
 			}
@@ -488,6 +491,21 @@ func TestPeekAllocs(t *testing.T) {
 	})
 	if allocs > 2 {
 		t.Errorf("Peek allocates %v times, want at most 2", allocs)
+	}
+}
+
+// TestPeekReasons checks that PeekReasons lists each label once, none
+// that is not a peek error's; TestPeekErrors checks that every peek error
+// has one of them.
+func TestPeekReasons(t *testing.T) {
+	got := PeekReasons()
+	if len(got) != 8 || len(slices.Compact(slices.Sorted(slices.Values(got)))) != len(got) {
+		t.Errorf("PeekReasons() = %q, want 8 distinct labels", got)
+	}
+	for _, bad := range []string{"", "other", Reason(ErrBadName)} {
+		if slices.Contains(got, bad) {
+			t.Errorf("PeekReasons() = %q holds %q, which Peek never returns", got, bad)
+		}
 	}
 }
 

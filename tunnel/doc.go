@@ -13,16 +13,27 @@
 // stream, to its [Handler]; the stream's PeerID is the dialing gateway's
 // verified SPIFFE ID.
 //
-// A link is authorized twice on the accepting side: the peer's certificate
-// by an identity.Authorizer during the TLS handshake, then its SPIFFE ID by
-// the optional [Config.Allow] hook (the gateway checks for a live gossip
-// member). Because a TLS 1.3 client finishes its handshake before the server
-// has checked the client's certificate, the accepting side sends a one-byte
-// ready signal on a unidirectional stream once it has accepted the peer,
-// and the dialing side waits for it before it uses a new link. A refused
-// gateway therefore gets a clear error wrapping [ErrRejected] from its
-// first [Endpoint.Dial] rather than a stream that fails later. This costs
-// one extra half round trip per link, none per stream.
+// A link is authorized on both sides: the peer's certificate by an
+// identity.Authorizer during the TLS handshake, then, with
+// [Config.Members], its binding to one gossip member. The dialer checks
+// that a live member announcing the dialed address announces the SPIFFE
+// ID the peer presented ([ErrWrongPeer] otherwise) and sends a hello
+// naming its own member ([Config.Name]); the accepting side admits the
+// link only if that live member announces exactly the ID the dialer
+// presented, and within [Config.MaxLinksPerPeer]. Because a TLS 1.3
+// client finishes its handshake before the server has checked the
+// client's certificate, the accepting side then sends a verdict (ready or
+// refused), and the dialer waits for it before it uses a new link. A
+// refused gateway therefore gets a clear error wrapping [ErrRejected]
+// from its first [Endpoint.Dial] rather than a stream that fails later.
+// The hello travels with the dialer's TLS Finished, so this costs one
+// extra half round trip per link, none per stream. The link setup is
+// described in setup.go.
+//
+// Inbound links are bounded before they prove anything
+// ([Config.MaxHandshakes]) and after ([Config.MaxLinksPerPeer],
+// [Config.MaxIncomingStreams], [Config.MaxTCPLinkMemory]); accept errors
+// are retried after a backoff.
 //
 // Where UDP is blocked, links run over TCP + TLS 1.3 on the same port
 // number instead, with the same certificates, ALPN and stream header;

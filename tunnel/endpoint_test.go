@@ -286,49 +286,6 @@ func TestUnauthorizedClient(t *testing.T) {
 	})
 }
 
-// TestAllowHook: a peer that passes the certificate policy but not the
-// Allow hook is refused with a clear reason.
-func TestAllowHook(t *testing.T) {
-	forTransports(t, func(t *testing.T, tr Transport) {
-		leakcheck.Check(t)
-		ctx := testContext(t)
-		ca := newCA(t, "a.test")
-		var asked sync.Map
-		server := newEndpoint(t, "127.0.0.1:0", Config{
-			Source:  newSource(t, ca, "/gw/server"),
-			Handler: echo,
-			Allow: func(id string) bool {
-				asked.Store(id, true)
-				return id == "spiffe://a.test/gw/member"
-			},
-		})
-		stranger := newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, ca, "/gw/stranger"), Transport: tr})
-		_, err := stranger.Dial(ctx, server.Addr().String(), key("x.test"))
-		if !errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), "spiffe://a.test/gw/stranger is not a live gateway member") {
-			t.Fatalf("Dial error %v, want ErrRejected naming the non-member", err)
-		}
-		if st := peerStats1(t, stranger.Stats(), Outbound); st.HandshakeFailures[ReasonNotMember] != 1 {
-			t.Errorf("stranger stats %+v", st)
-		}
-		if n := server.Stats().InboundRejections[ReasonNotMember]; n != 1 {
-			t.Errorf("server InboundRejections %v", server.Stats().InboundRejections)
-		}
-
-		member := newEndpoint(t, "127.0.0.1:0", Config{Source: newSource(t, ca, "/gw/member"), Transport: tr})
-		s, err := member.Dial(ctx, server.Addr().String(), key("x.test"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		if err := sendAndClose(s, 9, 1000); err != nil {
-			t.Fatal(err)
-		}
-		if digest(t, s) != digest(t, data(9, 1000)) {
-			t.Error("echo differs")
-		}
-	})
-}
-
 // TestConcurrentStreams runs 1,000 concurrent streams over one link.
 func TestConcurrentStreams(t *testing.T) {
 	forTransports(t, func(t *testing.T, tr Transport) {
@@ -554,7 +511,7 @@ func TestBadHeader(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s := newStream(rs, l.conn, l.stats, l.peerID)
+		s := newStream(rs, l.conn, l.stats, l.peer)
 		defer s.Close()
 		if _, err := s.Write([]byte{9, 0, 0, 80, 1, 0, 0, 'h'}); err != nil {
 			t.Fatal(err)

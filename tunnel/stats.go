@@ -1,10 +1,16 @@
 package tunnel
 
 import (
+	"context"
+	"errors"
 	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/ewgate/ewgate/identity"
 )
 
 // Handshake failure reasons counted in [PeerStats.HandshakeFailures] and
@@ -14,8 +20,22 @@ import (
 const (
 	// ReasonRejectedByPeer: the peer refused our certificate.
 	ReasonRejectedByPeer = "rejected_by_peer"
-	// ReasonNotMember: the accepting gateway's Allow hook refused the ID.
+	// ReasonNotMember: the accepting gateway knows no live member by the
+	// name the dialer gave (Config.Members).
 	ReasonNotMember = "not_member"
+	// ReasonIDMismatch: the member the dialer named announces another
+	// SPIFFE ID than the one the dialer presented.
+	ReasonIDMismatch = "id_mismatch"
+	// ReasonWrongPeer: the dialer found that the peer is not the member
+	// announcing the dialed address (outbound only).
+	ReasonWrongPeer = "wrong_peer"
+	// ReasonTooManyLinks: the peer holds Config.MaxLinksPerPeer links.
+	ReasonTooManyLinks = "too_many_links"
+	// ReasonTooManyHandshakes: Config.MaxHandshakes inbound handshakes
+	// were in progress (inbound only).
+	ReasonTooManyHandshakes = "too_many_handshakes"
+	// ReasonBadHello: the dialer sent no valid link hello in time.
+	ReasonBadHello = "bad_hello"
 	// ReasonTimeout: the handshake did not finish in time.
 	ReasonTimeout = "timeout"
 	// ReasonOther: any other failure (address, network, protocol).
@@ -42,6 +62,9 @@ type PeerStats struct {
 	Addr string
 	// PeerID is the peer's SPIFFE ID once a handshake succeeded.
 	PeerID string
+	// Member and Network are the gossip member the link is bound to and
+	// its network, "" without Config.Members.
+	Member, Network string
 	// Connected reports whether a QUIC connection is currently up.
 	Connected bool
 	// StreamsOpen is the number of streams open now.
@@ -75,6 +98,12 @@ type Stats struct {
 	Peers []PeerStats
 	// InboundRejections counts refused inbound handshakes by reason.
 	InboundRejections map[string]uint64
+	// AcceptErrors counts failed accepts of either listener, such as
+	// running out of file descriptors; each is retried after a backoff.
+	AcceptErrors uint64
+	// Handshakes is the number of inbound links between their first
+	// packet and their admission now (at most Config.MaxHandshakes).
+	Handshakes int
 }
 
 // peerStats holds one peer's live counters.
@@ -88,7 +117,7 @@ type peerStats struct {
 	bytesReceived atomic.Uint64
 
 	mu        sync.Mutex
-	peerID    string
+	peer      Member
 	dials     uint64
 	fallbacks uint64
 	silences  uint64
@@ -113,10 +142,10 @@ func (p *peerStats) silent() {
 
 // connected records a new connection; fallback says it is on TCP because
 // QUIC failed.
-func (p *peerStats) connected(peerID string, c conn, fallback bool) {
+func (p *peerStats) connected(peer Member, c conn, fallback bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.peerID = peerID
+	p.peer = peer
 	p.dials++
 	if fallback {
 		p.fallbacks++
@@ -135,7 +164,7 @@ func (p *peerStats) snapshot() PeerStats {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	s.PeerID = p.peerID
+	s.PeerID, s.Member, s.Network = p.peer.ID, p.peer.Name, p.peer.Network
 	s.Dials = p.dials
 	s.Fallbacks = p.fallbacks
 	s.Silences = p.silences
@@ -149,4 +178,35 @@ func (p *peerStats) snapshot() PeerStats {
 		s.Transport = p.conn.transport()
 	}
 	return s
+}
+
+// failureReason classifies a failed outbound link setup.
+func failureReason(err error) string {
+	var rej *identity.RejectError
+	var idle *quic.IdleTimeoutError
+	var hs *quic.HandshakeTimeoutError
+	var refused *rejectedError
+	switch {
+	case errors.As(err, &rej):
+		return string(rej.Reason)
+	case errors.As(err, &refused):
+		return refused.reason
+	case errors.Is(err, ErrWrongPeer):
+		return ReasonWrongPeer
+	case errors.Is(err, ErrRejected):
+		return ReasonRejectedByPeer
+	case errors.As(err, &idle), errors.As(err, &hs), errors.Is(err, context.DeadlineExceeded):
+		return ReasonTimeout
+	default:
+		return ReasonOther
+	}
+}
+
+// rejectReason returns the identity.Reason of a verification error.
+func rejectReason(err error) string {
+	var rej *identity.RejectError
+	if errors.As(err, &rej) {
+		return string(rej.Reason)
+	}
+	return ReasonOther
 }

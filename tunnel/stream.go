@@ -22,18 +22,23 @@ type Stream struct {
 	rs     rawStream
 	conn   conn
 	peer   *peerStats
-	peerID string
+	member Member // the peer gateway
 	once   sync.Once
 }
 
-func newStream(rs rawStream, c conn, peer *peerStats, peerID string) *Stream {
+func newStream(rs rawStream, c conn, peer *peerStats, m Member) *Stream {
 	peer.streamsOpen.Add(1)
 	peer.streamsTotal.Add(1)
-	return &Stream{rs: rs, conn: c, peer: peer, peerID: peerID}
+	return &Stream{rs: rs, conn: c, peer: peer, member: m}
 }
 
 // PeerID returns the verified SPIFFE ID of the gateway at the other end.
-func (s *Stream) PeerID() string { return s.peerID }
+func (s *Stream) PeerID() string { return s.member.ID }
+
+// Peer returns the gateway at the other end: its verified SPIFFE ID and,
+// with Config.Members, the gossip member the link is bound to and that
+// member's network, the network an accepted stream comes from.
+func (s *Stream) Peer() Member { return s.member }
 
 // Transport returns the transport of the stream's link.
 func (s *Stream) Transport() Transport { return s.conn.transport() }

@@ -22,11 +22,9 @@ import (
 // stream header as QUIC. yamux brings per-stream flow control, half-close
 // (FIN) and resets (RST).
 
-// Status bytes the accepting side writes after the TLS handshake.
-const (
-	statusReady  = readyByte
-	statusRefuse = 2 // followed by a one-byte length and the reason
-)
+// yamuxStreamWindow is the receive window every yamux stream starts
+// with, fixed by yamux.
+const yamuxStreamWindow = 256 << 10
 
 // yamuxConfig returns the yamux settings for one side of a TCP link.
 func (c Config) yamuxConfig(log *slog.Logger) *yamux.Config {
@@ -37,73 +35,71 @@ func (c Config) yamuxConfig(log *slog.Logger) *yamux.Config {
 	// on a ping or a frame write after ConnectionWriteTimeout: together
 	// they make MaxIdleTimeout, as for QUIC.
 	yc.ConnectionWriteTimeout = c.MaxIdleTimeout - c.KeepAlivePeriod
-	yc.MaxIncomingStreams = uint32(min(c.MaxIncomingStreams, 1<<31))
-	yc.AcceptBacklog = int(min(c.MaxIncomingStreams, 1<<16))
-	yc.MaxStreamWindowSize = uint32(max(min(c.MaxStreamReceiveWindow, 1<<31), 256<<10))
+	streams := c.tcpStreams()
+	yc.MaxIncomingStreams = uint32(min(streams, 1<<31))
+	yc.AcceptBacklog = int(min(streams, 1<<16))
+	yc.MaxStreamWindowSize = uint32(max(min(c.MaxStreamReceiveWindow, 1<<31), yamuxStreamWindow))
 	yc.LogOutput = slog.NewLogLogger(log.Handler(), slog.LevelWarn).Writer()
 	return yc
 }
 
-// dialTCP sets up a link over TCP + TLS 1.3 and waits for the accepting
-// side's status.
-func (e *Endpoint) dialTCP(ctx context.Context, addr string) (conn, error) {
+// dialTCP sets up a link over TCP + TLS 1.3: the handshake, the check
+// that the peer is the member it should be, our hello, then the
+// accepting side's verdict.
+func (e *Endpoint) dialTCP(ctx context.Context, addr string) (conn, Member, error) {
 	d := net.Dialer{}
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, err
+		return nil, Member{}, err
 	}
 	counted := &countingConn{Conn: raw}
 	tc := tls.Client(counted, e.clientTLS)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()
-		return nil, tlsError(err)
+		return nil, Member{}, tlsError(err)
 	}
-	// The status read also carries the peer's verdict on our certificate:
+	peer, err := e.expectPeer(addr, tc.ConnectionState())
+	if err != nil {
+		_ = raw.Close()
+		return nil, Member{}, err
+	}
+	// The verdict read also carries the peer's verdict on our certificate:
 	// a TLS 1.3 client learns of a refusal only when it reads.
-	stop := context.AfterFunc(ctx, func() { _ = raw.SetReadDeadline(time.Now()) })
-	err = readStatus(tc)
+	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Now()) })
+	streams, err := e.tcpSetup(tc)
 	if !stop() {
 		err = errors.Join(err, ctx.Err())
 	}
 	if err != nil {
 		_ = tc.Close()
-		return nil, err
+		return nil, Member{}, err
 	}
-	_ = raw.SetReadDeadline(time.Time{})
-	sess, err := yamux.Client(tc, e.cfg.yamuxConfig(e.log), nil)
+	_ = raw.SetDeadline(time.Time{})
+	budget := newLinkBudget(e.cfg.MaxTCPLinkMemory)
+	sess, err := yamux.Client(tc, e.cfg.yamuxConfig(e.log), budget.span)
 	if err != nil {
 		_ = tc.Close()
-		return nil, fmt.Errorf("starting yamux: %w", err)
+		return nil, Member{}, fmt.Errorf("starting yamux: %w", err)
 	}
-	return newTCPConn(sess, tc, counted), nil
+	// Open no more streams than the peer accepts, or than our own budget
+	// holds the answers of: past that, openStream waits as QUIC does.
+	return newTCPConn(sess, tc, counted, min(streams, e.cfg.tcpStreams())), peer, nil
 }
 
-// readStatus reads the accepting side's verdict.
-func readStatus(r io.Reader) error {
-	var b [2]byte
-	if _, err := io.ReadFull(r, b[:1]); err != nil {
-		return tlsError(err)
+// tcpSetup sends the hello and reads the verdict: the number of streams
+// the peer allows on the link.
+func (e *Endpoint) tcpSetup(tc *tls.Conn) (int64, error) {
+	if err := writeHello(tc, e.cfg.Name); err != nil {
+		return 0, tlsError(err)
 	}
-	switch b[0] {
-	case statusReady:
-		return nil
-	case statusRefuse:
-		if _, err := io.ReadFull(r, b[1:]); err != nil {
-			return fmt.Errorf("%w: %w", ErrRejected, errNotMember)
-		}
-		why := make([]byte, b[1])
-		n, _ := io.ReadFull(r, why)
-		return fmt.Errorf("%w: %w: %s", ErrRejected, errNotMember, why[:n])
-	default:
-		return fmt.Errorf("tunnel: unexpected status byte %#x", b[0])
+	streams, err := readVerdict(tc)
+	if err != nil {
+		return 0, tlsError(err)
 	}
-}
-
-// writeRefusal tells a dialer why it was refused.
-func writeRefusal(w io.Writer, why string) error {
-	why = why[:min(len(why), 255)]
-	_, err := w.Write(append([]byte{statusRefuse, byte(len(why))}, why...))
-	return err
+	if streams <= 0 {
+		return 0, fmt.Errorf("%w: the peer allows no streams", errBadVerdict)
+	}
+	return streams, nil
 }
 
 // tlsError explains a TLS failure: an alert from the peer during or just
@@ -116,56 +112,97 @@ func tlsError(err error) error {
 	return err
 }
 
-// acceptTCP accepts TCP links until the listener closes.
+// acceptTCP accepts TCP links until the listener closes. An accept error,
+// such as running out of file descriptors, is retried after a backoff.
+// A connection over MaxHandshakes is closed at once.
 func (e *Endpoint) acceptTCP() {
 	defer e.wg.Done()
+	var backoff time.Duration
 	for {
 		c, err := e.tcpLn.Accept()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				e.log.Error("tunnel: TCP accept failed; no more TCP links", "err", err)
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			if backoff = e.acceptFailed(TransportTCP, err, backoff); backoff == 0 {
+				return
+			}
+			continue
+		}
+		backoff = 0
+		done, ok := e.startHandshake(c.RemoteAddr(), TransportTCP)
+		if !ok {
+			_ = c.Close()
+			continue
 		}
 		e.wg.Add(1)
-		go e.serveTCP(c)
+		go e.serveTCP(c, done)
 	}
 }
 
-// serveTCP runs the TLS handshake of an inbound TCP link, authorizes the
-// peer, answers with its status and serves the link's streams.
-func (e *Endpoint) serveTCP(raw net.Conn) {
+// serveTCP runs the TLS handshake of an inbound TCP link, reads the
+// dialer's hello, admits the peer, answers with its verdict and serves
+// the link's streams. done gives back the handshake slot.
+func (e *Endpoint) serveTCP(raw net.Conn, done func()) {
 	defer e.wg.Done()
 	log := e.log.With("peer", raw.RemoteAddr().String(), "transport", TransportTCP)
-	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.HandshakeTimeout)
-	defer cancel()
 	counted := &countingConn{Conn: raw}
 	tc := tls.Server(counted, e.serverTLS)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		// Certificate refusals were counted by VerifyConnection.
-		log.Warn("inbound tunnel handshake failed", "err", err)
-		_ = raw.Close()
-		return
-	}
-	peerID, err := e.admit(tc.ConnectionState(), log)
+	peer, err := e.tcpAdmit(tc, log)
+	done()
 	if err != nil {
-		_ = raw.SetWriteDeadline(time.Now().Add(time.Second))
-		_ = writeRefusal(tc, err.Error())
+		var r *refusal
+		if errors.As(err, &r) {
+			_ = raw.SetWriteDeadline(time.Now().Add(time.Second))
+			_ = writeRefusal(tc, r)
+		}
 		_ = tc.Close()
 		return
 	}
-	if _, err := tc.Write([]byte{statusReady}); err != nil {
-		log.Warn("inbound link failed", "err", err)
-		_ = raw.Close()
-		return
-	}
-	sess, err := yamux.Server(tc, e.cfg.yamuxConfig(e.log), nil)
+	_ = raw.SetDeadline(time.Time{})
+	budget := newLinkBudget(e.cfg.MaxTCPLinkMemory)
+	sess, err := yamux.Server(tc, e.cfg.yamuxConfig(e.log), budget.span)
 	if err != nil {
 		log.Error("inbound link failed", "err", err)
+		e.unadmit(peer)
 		_ = raw.Close()
 		return
 	}
-	e.serveConn(newTCPConn(sess, tc, counted), peerID, log.With("peer_id", peerID))
+	e.serveConn(newTCPConn(sess, tc, counted, 0), peer, log.With("peer_id", peer.ID, "member", peer.Name))
+}
+
+// tcpAdmit runs the handshake, reads the hello, admits the peer and sends
+// the ready status, all within HandshakeTimeout. A *refusal error is to be
+// sent to the peer; a peer admitted holds a link slot that serveConn
+// gives back.
+func (e *Endpoint) tcpAdmit(tc *tls.Conn, log *slog.Logger) (Member, error) {
+	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.HandshakeTimeout)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { _ = tc.NetConn().SetDeadline(time.Now()) })
+	defer stop()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		// Certificate refusals were counted by VerifyConnection.
+		log.Warn("inbound tunnel handshake failed", "err", err)
+		return Member{}, err
+	}
+	name, err := readHello(tc)
+	if err != nil {
+		return Member{}, e.badHello(log, err)
+	}
+	peer, err := e.admit(tc.ConnectionState(), name, log)
+	if err != nil {
+		return Member{}, err
+	}
+	if err := writeReady(tc, e.cfg.tcpStreams()); err != nil {
+		log.Warn("inbound link failed", "err", err)
+		e.unadmit(peer)
+		return Member{}, err
+	}
+	if !stop() {
+		e.unadmit(peer)
+		return Member{}, ctx.Err()
+	}
+	return peer, nil
 }
 
 // countingConn counts the bytes read from a TCP connection, so that a
@@ -187,19 +224,37 @@ type tcpConn struct {
 	tc   *tls.Conn
 	raw  *countingConn
 	open atomic.Int64
+	// slots holds a token per stream opened and not yet released, up to
+	// what the peer allows (yamux resets streams past that instead of
+	// making the opener wait); nil on the accepting side.
+	slots chan struct{}
 }
 
-func newTCPConn(sess *yamux.Session, tc *tls.Conn, raw *countingConn) *tcpConn {
-	return &tcpConn{sess: sess, tc: tc, raw: raw}
+// newTCPConn returns a link over sess; streams is how many streams the
+// dialing side may have open at once (0 on the accepting side).
+func newTCPConn(sess *yamux.Session, tc *tls.Conn, raw *countingConn, streams int64) *tcpConn {
+	c := &tcpConn{sess: sess, tc: tc, raw: raw}
+	if streams > 0 {
+		c.slots = make(chan struct{}, streams)
+	}
+	return c
 }
 
 func (c *tcpConn) openStream(ctx context.Context) (rawStream, error) {
+	select {
+	case c.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for one of the peer's %d streams: %w", cap(c.slots), ctx.Err())
+	case <-c.sess.CloseChan():
+		return nil, yamuxError(yamux.ErrSessionShutdown)
+	}
 	ys, err := c.sess.OpenStream(ctx)
 	if err != nil {
+		<-c.slots
 		return nil, yamuxError(err)
 	}
 	c.open.Add(1)
-	return &tcpStream{Stream: ys, open: &c.open}, nil
+	return &tcpStream{Stream: ys, open: &c.open, slots: c.slots}, nil
 }
 
 func (c *tcpConn) acceptStream(ctx context.Context) (rawStream, error) {
@@ -228,8 +283,9 @@ func (c *tcpConn) RemoteAddr() net.Addr          { return c.tc.RemoteAddr() }
 // tcpStream is a yamux stream of a tcpConn.
 type tcpStream struct {
 	*yamux.Stream
-	open *atomic.Int64
-	eof  atomic.Bool // Read returned io.EOF: the peer finished sending
+	open  *atomic.Int64
+	slots chan struct{} // the link's, or nil
+	eof   atomic.Bool   // Read returned io.EOF: the peer finished sending
 }
 
 func (s *tcpStream) Read(p []byte) (int, error) {
@@ -261,6 +317,11 @@ func (s *tcpStream) release() {
 		_ = s.ResetWithError(codeCanceled)
 	}
 	s.open.Add(-1)
+	if s.slots != nil {
+		// The FIN or reset just queued ends the stream on the peer's
+		// side before any later stream's SYN reaches it.
+		<-s.slots
+	}
 }
 
 // yamuxError maps yamux errors: resets wrap ErrReset; io.EOF and timeouts

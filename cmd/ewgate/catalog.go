@@ -26,8 +26,9 @@ type catalogState struct {
 	log    *slog.Logger
 	addrs  discovery.AddressPolicy // endpoint addresses files may carry
 
-	// remote returns the live gateways of all networks; nil without gossip.
-	remote func() []discovery.RemoteGateway
+	// gateways returns the live gateways of all networks; nil without
+	// gossip.
+	gateways func() []discovery.RemoteGateway
 
 	// withKube: a Kubernetes source runs, and nothing is applied before
 	// its first catalog, so that the gateway never serves a partial view.
@@ -140,6 +141,11 @@ func (cs *catalogState) rebuildLocked(files, kube *discovery.Catalog) error {
 				"ignored", c.Ignored.String(), "ignored_value", c.IgnoredValue)
 		}
 	}
+	if old := cs.view.Load(); old == nil || !slices.Equal(old.Ignored, v.Ignored) {
+		for _, ig := range v.Ignored {
+			cs.log.Warn("config: VirtualService rule not served", "resource", ig.Source.String(), "field", ig.Field, "reason", ig.Reason)
+		}
+	}
 	cs.view.Store(v)
 	wake(cs.viewChanged)
 	cs.notify()
@@ -164,10 +170,10 @@ func (cs *catalogState) setTrustDomain(td string) {
 	}
 }
 
-// applyRemote merges the service definitions of other networks' live
+// applyOtherNetworks merges the service definitions of other networks' live
 // gateways into the view, when they changed; health counts alone change
 // nothing here (resolution reads them from gossip directly).
-func (cs *catalogState) applyRemote(gws []discovery.RemoteGateway) {
+func (cs *catalogState) applyOtherNetworks(gws []discovery.RemoteGateway) {
 	defs := discovery.Definitions(cs.spec.Network, gws)
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
@@ -233,11 +239,11 @@ func (cs *catalogState) Resolve(key sni.Key, from string) (*discovery.Resolution
 	if v == nil {
 		return nil, &discovery.RouteError{Key: key, Reason: discovery.UnknownService}
 	}
-	var remote []discovery.RemoteGateway
-	if cs.remote != nil {
-		remote = cs.remote()
+	var gws []discovery.RemoteGateway
+	if cs.gateways != nil {
+		gws = cs.gateways()
 	}
-	return v.Resolve(key, from, remote, cs.gw.Healthy)
+	return v.Resolve(key, from, gws, cs.gw.Healthy)
 }
 
 // Changed implements api.Resolver.

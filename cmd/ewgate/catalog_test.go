@@ -223,7 +223,8 @@ func forgeStream(t *testing.T, wa *world, addr string, key sni.Key) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ep, err := tunnel.New("127.0.0.1:0", tunnel.Config{Source: src, Transport: tunnel.TransportQUIC})
+	// It names itself as network-a's gateway, whose ID it presents.
+	ep, err := tunnel.New("127.0.0.1:0", tunnel.Config{Source: src, Name: "a", Transport: tunnel.TransportQUIC})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,6 +73,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return src, id, err
 	}
 	nets := []*demoNetwork{{name: "network-a", version: "v1"}, {name: "network-b", version: "v2"}}
+	// Each gateway has its network's own service account, so the tunnel
+	// peer policy lists them all (it defaults to the gateway's own ID).
+	var peerIDs []string
+	for _, nw := range nets {
+		peerIDs = append(peerIDs, demoGatewayID(td, nw.name).String())
+	}
 	var seed string // gossip address of the first gateway
 	for _, nw := range nets {
 		src, _, err := issue("echo-" + nw.version)
@@ -83,7 +89,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return err
 		}
 		defer nw.echo.Close()
-		s, err := demoGateway(dir, ca, nw, seed)
+		s, err := demoGateway(dir, ca, nw, seed, peerIDs)
 		if err != nil {
 			return err
 		}
@@ -194,9 +200,15 @@ func knowsAll(n *node, networks int) bool {
 	return seen >= networks
 }
 
+// demoGatewayID is the SPIFFE ID of network's demo gateway.
+func demoGatewayID(td spiffeid.TrustDomain, network string) spiffeid.ID {
+	return spiffeid.RequireFromPath(td, "/ns/istio-system/sa/eastwest-"+network)
+}
+
 // demoGateway writes network nw's config and its gateway's SVID under dir
-// and returns the gateway's settings; seed is a gossip address to join.
-func demoGateway(dir string, ca *identity.DevCA, nw *demoNetwork, seed string) (settings, error) {
+// and returns the gateway's settings; seed is a gossip address to join,
+// peerIDs the IDs of every demo gateway.
+func demoGateway(dir string, ca *identity.DevCA, nw *demoNetwork, seed string, peerIDs []string) (settings, error) {
 	ports := make([]int, 3) // passthrough, gossip, tunnel
 	for i := range ports {
 		p, err := freeLoopbackPort()
@@ -207,7 +219,7 @@ func demoGateway(dir string, ca *identity.DevCA, nw *demoNetwork, seed string) (
 	}
 	ndir := filepath.Join(dir, nw.name)
 	cfgFile := filepath.Join(ndir, "mesh.yaml")
-	svid, err := ca.Issue(spiffeid.RequireFromPath(ca.TrustDomain(), "/ns/istio-system/sa/eastwest-"+nw.name), identity.IssueOptions{})
+	svid, err := ca.Issue(demoGatewayID(ca.TrustDomain(), nw.name), identity.IssueOptions{})
 	if err != nil {
 		return settings{}, err
 	}
@@ -238,6 +250,7 @@ func demoGateway(dir string, ca *identity.DevCA, nw *demoNetwork, seed string) (
 	s.InsecureGossip = true // a demo on one host; real meshes use --gossip-key-file
 	s.PassthroughAdvertise = nw.gwAddr
 	s.TunnelAddress = fmt.Sprintf("127.0.0.1:%d", ports[2])
+	s.PeerIDs = peerIDs
 	if seed != "" {
 		s.Join = []string{seed}
 	}

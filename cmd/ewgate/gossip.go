@@ -13,10 +13,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/ewgate/ewgate/api"
 	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/metrics"
 	"github.com/ewgate/ewgate/peer"
+	"github.com/ewgate/ewgate/tunnel"
 )
 
 // gossip connects the node's catalog to the other gateways: it publishes
@@ -39,15 +43,17 @@ type gossip struct {
 	underivable     string // last derivation error logged; run's goroutine only
 }
 
-// startGossip starts the gossip node described by s, announcing spiffeID
-// (may be empty), or returns nil when --gossip-address is not set. The
-// config must be loaded: without --passthrough-advertise the address is
-// derived from the view's listener.
-func startGossip(ctx context.Context, s settings, spiffeID string, cs *catalogState, log *slog.Logger) (*gossip, error) {
+// startGossip starts the gossip node described by s, or returns nil when
+// --gossip-address is not set. With an identity (id not nil) the node
+// announces its SVID's SPIFFE ID, signs its entries with it and accepts
+// only entries signed by gateways (gatewayPolicy). The config must be
+// loaded: without --passthrough-advertise the address is derived from the
+// view's listener.
+func startGossip(ctx context.Context, s settings, id identity.Source, cs *catalogState, log *slog.Logger) (*gossip, error) {
 	if s.GossipAddress == "" {
 		return nil, nil
 	}
-	cfg, err := peerConfig(s, spiffeID)
+	cfg, err := peerConfig(s, id)
 	if err != nil {
 		return nil, err
 	}
@@ -107,10 +113,11 @@ func defaultNodeName(s settings) (string, error) {
 	return h + "-" + s.Network + "-" + port, nil
 }
 
-// peerConfig maps the gossip settings to peer.Config, reading the keyring
-// file; errors name the flag at fault. PassthroughAddr is left empty when
-// --passthrough-advertise is: startGossip derives it.
-func peerConfig(s settings, spiffeID string) (peer.Config, error) {
+// peerConfig maps the gossip settings and the identity (nil: none) to
+// peer.Config, reading the keyring file; errors name the flag at fault.
+// PassthroughAddr is left empty when --passthrough-advertise is:
+// startGossip derives it.
+func peerConfig(s settings, id identity.Source) (peer.Config, error) {
 	tunnelAddr := s.TunnelAdvertise
 	if tunnelAddr == "" {
 		tunnelAddr = s.TunnelAddress
@@ -135,7 +142,6 @@ func peerConfig(s settings, spiffeID string) (peer.Config, error) {
 		MeshID:            s.MeshID,
 		Profile:           s.GossipProfile,
 		PassthroughAddr:   s.PassthroughAdvertise,
-		SPIFFEID:          spiffeID,
 		TunnelAddr:        tunnelAddr,
 		ReconnectInterval: time.Duration(s.GossipReconnectInterval),
 		ReconnectTimeout:  time.Duration(s.GossipReconnectTimeout),
@@ -153,7 +159,38 @@ func peerConfig(s settings, spiffeID string) (peer.Config, error) {
 			return peer.Config{}, fmt.Errorf("--gossip-key-file: %w", err)
 		}
 	}
+	if id != nil {
+		// One rule for who is a gateway: the tunnels' peer policy.
+		pol, err := tunnelPolicy(s, id)
+		if err != nil {
+			return peer.Config{}, err
+		}
+		if cfg.AllowGateway, err = gatewayPolicy(pol); err != nil {
+			return peer.Config{}, err
+		}
+		cfg.Identity = id
+	}
 	return cfg, nil
+}
+
+// gatewayPolicy turns the policy of the SPIFFE IDs other gateways may
+// present (the tunnels' peer policy) into who may publish gateway entries
+// in gossip: one rule for both.
+func gatewayPolicy(pol identity.Policy) (func(string) error, error) {
+	m, err := identity.NewMatcher(pol)
+	if err != nil {
+		return nil, fmt.Errorf("gossip: gateway policy: %w", err)
+	}
+	return func(s string) error {
+		id, err := spiffeid.FromString(s)
+		if err != nil {
+			return err
+		}
+		if !m.Allows(id) {
+			return fmt.Errorf("not allowed by the gateway peer policy (%s)", m)
+		}
+		return nil
+	}, nil
 }
 
 // readiness is gossip's part of /readyz: a gateway whose node name another
@@ -215,7 +252,7 @@ func (g *gossip) run(ctx context.Context, keyFile string) {
 		case <-g.cs.viewChanged:
 			publish()
 		case <-g.node.Changed():
-			g.cs.applyRemote(g.remoteGateways())
+			g.cs.applyOtherNetworks(g.liveGateways())
 			g.cs.notify()
 			if g.retireLink != nil {
 				var gone []linkDeparture
@@ -261,40 +298,43 @@ func (g *gossip) stop() {
 	g.node.Shutdown()
 }
 
-// remoteGateways returns the live gateways as resolution needs them.
-func (g *gossip) remoteGateways() []discovery.RemoteGateway {
+// liveGateways returns the live gateways of every network as resolution
+// needs them.
+func (g *gossip) liveGateways() []discovery.RemoteGateway {
 	var out []discovery.RemoteGateway
 	for _, ns := range g.node.Summaries() {
-		out = append(out, discovery.RemoteGateway{
-			Node:            ns.Node,
-			Network:         ns.Meta.Network,
-			PassthroughAddr: ns.Meta.PassthroughAddr,
-			Summary:         ns.Summary,
-		})
+		out = append(out, ns.RemoteGateway())
 	}
 	return out
 }
 
-// isLiveMember reports whether a live gossip member presents spiffeID:
-// tunnels accept only gateways that are part of the mesh now.
-func (g *gossip) isLiveMember(spiffeID string) bool {
+// Member implements tunnel.Members: the live member called name, if it
+// is not this gateway. A tunnel link is admitted only if it announces
+// the SPIFFE ID the link's dialer presented.
+func (g *gossip) Member(name string) (tunnel.Member, bool) {
 	for _, m := range g.node.Members() {
-		if m.State == peer.StateAlive && m.Meta.SPIFFEID == spiffeID && m.Name != g.node.Name() {
-			return true
+		if m.Name == name && m.State == peer.StateAlive && m.Name != g.node.Name() {
+			return tunnelMember(m), true
 		}
 	}
-	return false
+	return tunnel.Member{}, false
 }
 
-// tunnelAddrs maps live members' node names to their tunnel addresses.
-func (g *gossip) tunnelAddrs() map[string]string {
-	out := make(map[string]string)
+// MembersAt implements tunnel.Members: the live members other than this
+// gateway that announce addr as their tunnel address. A dialed link is
+// kept only if its peer presents the SPIFFE ID one of them announces.
+func (g *gossip) MembersAt(addr string) []tunnel.Member {
+	var out []tunnel.Member
 	for _, m := range g.node.Members() {
-		if m.State == peer.StateAlive && m.Meta.TunnelAddr != "" {
-			out[m.Name] = m.Meta.TunnelAddr
+		if m.Meta.TunnelAddr == addr && m.State == peer.StateAlive && m.Name != g.node.Name() {
+			out = append(out, tunnelMember(m))
 		}
 	}
 	return out
+}
+
+func tunnelMember(m peer.Member) tunnel.Member {
+	return tunnel.Member{Name: m.Name, Network: m.Meta.Network, ID: m.Meta.SPIFFEID}
 }
 
 // liveTunnels maps the live members other than self that advertise a
@@ -447,6 +487,11 @@ func (g *gossip) register(reg *metrics.Registry) {
 	reg.GaugeFunc("ewgate_gossip_reconnect_pending", "Failed gateways (declared dead, not left) being retried.", stat(func(s peer.Stats) float64 { return float64(s.ReconnectPending) }))
 	reg.CounterFunc("ewgate_gossip_reconnect_attempts_total", "Reconnect joins tried, one per address: failed gateways, and the seeds while alone.", stat(func(s peer.Stats) float64 { return float64(s.ReconnectAttempts) }))
 	reg.CounterFunc("ewgate_gossip_reconnect_successes_total", "Reconnect joins that reached another gateway.", stat(func(s peer.Stats) float64 { return float64(s.ReconnectSuccesses) }))
+	rejected := reg.CounterVec("ewgate_gossip_rejected_total", "Gossip input refused, by reason: malformed, too large, another wire version, unsigned or forged entries, implausible versions, inflated counts.", "reason")
+	for _, r := range peer.RejectReasons() {
+		rejected.Func(r, stat(func(s peer.Stats) float64 { return float64(s.Rejected[r]) }))
+	}
+	reg.CounterFunc("ewgate_gossip_unverified_total", "Gossip entries ignored until push/pull because their signing chain or origin was not known yet.", stat(func(s peer.Stats) float64 { return float64(s.Unverified) }))
 }
 
 func splitHostPort(s string) (string, int, error) {

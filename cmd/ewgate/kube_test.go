@@ -478,3 +478,75 @@ func TestKubernetesTwoClusters(t *testing.T) {
 		})
 	})
 }
+
+// expose-istiod from the cluster: a PASSTHROUGH Gateway and its
+// VirtualService in istio-system route a remote cluster's TLS, by the
+// plain name istiod.istio-system.svc, to the istiod Service's ready
+// endpoints (a pod without a sidecar), never terminated.
+func TestKubernetesPassthroughToIstiod(t *testing.T) {
+	c := newCluster(t)
+	addr := c.ns.Addr.String()
+	ln, err := c.ns.Listen("tcp", net.JoinHostPort(addr, "15012"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	istiod := newTLSStandIn(t, ln, "istiod.istio-system.svc", "istiod-1")
+	pass, err := freeLoopbackPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.srv.Create(t, "istio-system", []byte(fmt.Sprintf(`
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: istiod, namespace: istio-system}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: istiod-1, namespace: istio-system, labels: {app: istiod}}
+spec:
+  serviceAccountName: istiod
+  nodeName: node-a
+  containers: [{name: discovery, image: istiod}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: istiod, namespace: istio-system}
+spec:
+  selector: {app: istiod}
+  ports: [{name: https-dns, port: 15012, targetPort: 15012}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: istiod-gateway, namespace: istio-system}
+spec:
+  selector: {istio: eastwestgateway}
+  servers:
+  - port: {name: tls-istiod, number: %d, protocol: tls}
+    tls: {mode: PASSTHROUGH}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: istiod-vs, namespace: istio-system}
+spec:
+  hosts: ["*"]
+  gateways: [istiod-gateway]
+  tls:
+  - match: [{port: %d, sniHosts: ["*"]}]
+    route: [{destination: {host: istiod.istio-system.svc.cluster.local, port: {number: 15012}}}]
+`, pass, pass)))
+	c.do("PATCH", "/api/v1/namespaces/istio-system/pods/istiod-1/status", fmt.Sprintf(
+		`{"status": {"phase": "Running", "podIP": %q, "podIPs": [{"ip": %q}], "conditions": [{"type": "Ready", "status": "True"}]}}`, addr, addr))
+	c.do("POST", "/apis/discovery.k8s.io/v1/namespaces/istio-system/endpointslices", fmt.Sprintf(`{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+"metadata": {"name": "istiod-1", "namespace": "istio-system", "labels": {"kubernetes.io/service-name": "istiod"}},
+"addressType": "IPv4", "ports": [{"name": "https-dns", "port": 15012, "protocol": "TCP"}],
+"endpoints": [{"addresses": [%q], "conditions": {"ready": true}, "nodeName": "node-a", "targetRef": {"kind": "Pod", "namespace": "istio-system", "name": "istiod-1"}}]}`, addr))
+	p := c.run()
+	through := net.JoinHostPort("127.0.0.1", fmt.Sprint(pass))
+	await.True(t, 30*time.Second, "istiod reached through the PASSTHROUGH port", func() bool {
+		return istiod.roundTrip(t, through) == "istiod-1"
+	})
+	if out := p.output(); strings.Contains(out, "VirtualService rule not served") {
+		t.Errorf("rules reported as not served:\n%s", out)
+	}
+}

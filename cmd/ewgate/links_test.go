@@ -134,7 +134,7 @@ func TestPeerConfig(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := base()
 			tt.edit(&s)
-			c, err := peerConfig(s, "")
+			c, err := peerConfig(s, nil)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tt.wantErr)

@@ -92,6 +92,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		Peek:           sni.Peeker{MaxBytes: s.HelloMaxBytes, Timeout: time.Duration(s.HelloTimeout)},
 		HelloMemory:    cmp.Or(s.HelloMemory, -1),
 		DialTimeout:    time.Duration(s.DialTimeout),
+		ProbeInterval:  time.Duration(s.ProbeInterval),
 		IdleTimeout:    idleTimeout(s.IdleTimeout),
 		MaxConnections: s.MaxConns,
 		Logger:         log,
@@ -178,11 +179,9 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		n.id = id
 		watchIdentity(ctx, id, reg, s, log)
 	}
-	var spiffeID string
 	trustDomain := cmp.Or(s.TrustDomain, discovery.DefaultTrustDomain)
 	if n.id != nil {
 		if svid, err := n.id.GetX509SVID(); err == nil {
-			spiffeID = svid.ID.String()
 			td := svid.ID.TrustDomain().Name()
 			switch {
 			case s.TrustDomain == "":
@@ -197,7 +196,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		}
 	}
 	cs.setTrustDomain(trustDomain)
-	g, err := startGossip(ctx, s, spiffeID, cs, log)
+	g, err := startGossip(ctx, s, n.id, cs, log)
 	if err != nil {
 		return abort(err)
 	}
@@ -218,7 +217,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	n.serving = ready
 	if g != nil {
 		n.gossip = g
-		cs.remote = g.remoteGateways
+		cs.gateways = g.liveGateways
 		membership = g
 		g.register(reg)
 		debug["members"] = func() any { return g.Members() }
@@ -238,12 +237,12 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		})
 	}
 	if s.TunnelAddress != "" {
-		tn, err := startTunnels(s, n.id, gw, cs, g, log)
+		tn, err := startTunnels(s, n.id, gw, g, log)
 		if err != nil {
 			return abort(err)
 		}
 		n.tunnels = tn
-		gw.SetRemote(tn)
+		gw.SetTunnelDialer(tn.ep, g.node)
 		tn.register(reg)
 		debug["tunnels"] = func() any { return tn.ep.Stats() }
 		g.retireLink = tn.memberDown
@@ -325,6 +324,8 @@ func (n *node) serveAPI(ctx context.Context, cs *catalogState, membership api.Me
 		Access: n.s.apiAccess(), Logger: n.log})
 	n.reg.CounterFunc("ewgate_api_denied_total", "API calls refused by the access policy or a lease held by another caller.",
 		func() float64 { return float64(srv.Denied()) })
+	n.reg.GaugeFunc("ewgate_api_watchers", "WatchResolve streams open, over all API listeners.",
+		func() float64 { return float64(srv.Watchers()) })
 	var tlsLn net.Listener
 	if n.s.APIAddress != "" {
 		if n.id == nil {
@@ -353,6 +354,12 @@ func (n *node) serveAPI(ctx context.Context, cs *catalogState, membership api.Me
 		az, err := identity.NewAuthorizer(n.s.apiHandshakePolicy(svid.ID.TrustDomain().Name()), n.log)
 		if err != nil {
 			return err
+		}
+		// Callers the handshake refuses never reach the access policy:
+		// without this they would be logged but not counted.
+		rejected := n.reg.CounterVec("ewgate_api_handshakes_rejected_total", "API TLS handshakes refused by the handshake's certificate checks or ID policy, by reason.", "reason")
+		for _, r := range identity.Reasons() {
+			rejected.Func(string(r), func() float64 { return float64(az.Stats().Rejected[r]) })
 		}
 		n.bg(func() {
 			if err := srv.ServeTLS(ctx, tlsLn, identity.ServerTLSConfig(n.id, az)); err != nil {

@@ -528,6 +528,13 @@ func TestRunAwkwardClients(t *testing.T) {
 	}
 }
 
+// testGatewayIDs are the SPIFFE IDs tunnelArgs gives gateways: each has
+// its own, so their tunnel peer policy lists them all.
+var testGatewayIDs = []string{
+	"spiffe://cluster.local/ns/demo/sa/gw-a", "spiffe://cluster.local/ns/demo/sa/gw-b", "spiffe://cluster.local/ns/demo/sa/gw-c",
+	"spiffe://cluster.local/ns/demo/sa/gw-b1", "spiffe://cluster.local/ns/demo/sa/gw-b2",
+}
+
 // tunnelArgs returns the flags of a gateway named name that gossips on
 // gossip (joining join) and tunnels, with an SVID of w's CA.
 func tunnelArgs(t *testing.T, w *world, key, name, gossip string, join ...string) []string {
@@ -538,6 +545,7 @@ func tunnelArgs(t *testing.T, w *world, key, name, gossip string, join ...string
 	}
 	id := w.svidFiles("gw-" + name)
 	a := []string{"--node-name", name, "--gossip-address", gossip, "--gossip-key-file", key, "--gossip-profile", "local",
+		"--peer-ids", strings.Join(testGatewayIDs, ","),
 		"--passthrough-advertise", w.gwAddr(), "--tunnel-address", fmt.Sprintf("127.0.0.1:%d", tunnelPort),
 		"--svid-cert", filepath.Join(id, "cert.pem"), "--svid-key", filepath.Join(id, "key.pem"), "--trust-bundle", filepath.Join(id, "bundle.pem")}
 	if len(join) > 0 {

@@ -136,13 +136,13 @@ func TestAdminAddressLoopbackOnly(t *testing.T) {
 		allow bool
 		want  string // "" accepted
 	}{
-		{"127.0.0.1:15000", false, ""},
-		{"[::1]:15000", false, ""},
-		{"localhost:15000", false, ""},
-		{"0.0.0.0:15000", false, "--admin-allow-remote"},
-		{":15000", false, "--admin-allow-remote"},
-		{"10.0.0.1:15000", false, "is not a loopback address"},
-		{"0.0.0.0:15000", true, ""},
+		{"127.0.0.1:15446", false, ""},
+		{"[::1]:15446", false, ""},
+		{"localhost:15446", false, ""},
+		{"0.0.0.0:15446", false, "--admin-allow-remote"},
+		{":15446", false, "--admin-allow-remote"},
+		{"10.0.0.1:15446", false, "is not a loopback address"},
+		{"0.0.0.0:15446", true, ""},
 	} {
 		s := defaultSettings()
 		s.AdminAddress, s.AdminAllowRemote = tt.addr, tt.allow
@@ -163,5 +163,57 @@ func TestAdminAddressLoopbackOnly(t *testing.T) {
 	w2.run("--admin-pprof")
 	if code, _, err := httpGet("http://" + w2.admin + "/debug/pprof/"); err != nil || code != 200 {
 		t.Fatalf("pprof with --admin-pprof: %d %v, want 200", code, err)
+	}
+}
+
+// TestRunAPIMetrics: a caller that the API's TLS handshake refuses (its
+// ID is in no API policy) never reaches the access policy, so
+// ewgate_api_denied_total does not see it; the handshake's own counter
+// does, by reason. A reader's watch shows in ewgate_api_watchers.
+func TestRunAPIMetrics(t *testing.T) {
+	w := newWorld(t, "v1")
+	w.writeConfig("v1")
+	apiAddr := w.runWithAPI("--api-read-ids", "spiffe://cluster.local/ns/demo/sa/reader")
+	metric := func(name string) string {
+		_, body, err := httpGet("http://" + w.admin + "/metrics")
+		if err != nil {
+			return err.Error()
+		}
+		for line := range strings.Lines(body) {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				return strings.TrimSpace(v)
+			}
+		}
+		return "absent"
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Dial checks the server's health, which the refused handshake fails.
+	_, closer, err := api.Dial(ctx, apiAddr, identity.ClientTLSConfig(w.source("intruder"), nil))
+	if err == nil {
+		closer.Close()
+		t.Fatal("an ID no API policy names got through the handshake")
+	}
+	await.True(t, 10*time.Second, "the refused handshake counted", func() bool {
+		v := metric(`ewgate_api_handshakes_rejected_total{reason="not_allowed"}`)
+		return v != "0" && v != "absent"
+	})
+
+	c, closer, err := api.Dial(ctx, apiAddr, identity.ClientTLSConfig(w.source("reader"), nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	stream, err := c.WatchResolve(ctx, &ewgatev1.WatchResolveRequest{
+		Target: &ewgatev1.WatchResolveRequest_Sni{Sni: "outbound_.9080_._." + workload.EchoHost}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if v := metric("ewgate_api_watchers"); v != "1" {
+		t.Errorf("ewgate_api_watchers = %s with one watch open, want 1", v)
 	}
 }

@@ -43,15 +43,17 @@ type settings struct {
 	// DrainDelay is how long a stopping node reports not ready, still
 	// accepting connections, before its listeners close: time for load
 	// balancers probing the status port to stop sending new ones.
-	DrainDelay    duration `json:"drainDelay"`
-	LogLevel      string   `json:"logLevel"`
-	LogFormat     string   `json:"logFormat"`
-	ALPN          []string `json:"alpn"`
-	AnyALPN       bool     `json:"anyALPN"`
-	AnyTLSMode    bool     `json:"anyTLSMode"`
-	MaxConns      int      `json:"maxConnections"`
-	IdleTimeout   duration `json:"idleTimeout"`
-	DialTimeout   duration `json:"dialTimeout"`
+	DrainDelay  duration `json:"drainDelay"`
+	LogLevel    string   `json:"logLevel"`
+	LogFormat   string   `json:"logFormat"`
+	ALPN        []string `json:"alpn"`
+	AnyALPN     bool     `json:"anyALPN"`
+	AnyTLSMode  bool     `json:"anyTLSMode"`
+	MaxConns    int      `json:"maxConnections"`
+	IdleTimeout duration `json:"idleTimeout"`
+	DialTimeout duration `json:"dialTimeout"`
+	// ProbeInterval is gateway.Config.ProbeInterval: 0, no probes.
+	ProbeInterval duration `json:"endpointProbeInterval"`
 	HelloTimeout  duration `json:"helloTimeout"`
 	HelloMaxBytes int      `json:"helloMaxBytes"`
 	// HelloMemory is gateway.Config.HelloMemory; 0 is no bound.
@@ -110,6 +112,16 @@ type settings struct {
 	// TunnelIdleTimeout is tunnel.Config.MaxIdleTimeout: how long a link
 	// may hear nothing from its peer before it is closed.
 	TunnelIdleTimeout duration `json:"tunnelIdleTimeout"`
+	// PeerIDs and PeerIDPrefixes are the SPIFFE IDs tunnel peers may
+	// present (tunnelPolicy); both empty: this gateway's own ID.
+	PeerIDs        []string `json:"peerIDs"`
+	PeerIDPrefixes []string `json:"peerIDPrefixes"`
+	// Tunnel limits: tunnel.Config's MaxIncomingStreams, MaxLinksPerPeer,
+	// MaxHandshakes and MaxTCPLinkMemory.
+	TunnelMaxStreams      int64 `json:"tunnelMaxStreams"`
+	TunnelMaxLinksPerPeer int   `json:"tunnelMaxLinksPerPeer"`
+	TunnelMaxHandshakes   int   `json:"tunnelMaxHandshakes"`
+	TunnelTCPLinkMemory   int64 `json:"tunnelTCPLinkMemory"`
 	// GossipReconnectInterval is peer.Config.ReconnectInterval, except
 	// that 0 turns reconnecting off (peer takes 0 as its default).
 	GossipReconnectInterval duration `json:"gossipReconnectInterval"`
@@ -121,7 +133,7 @@ type settings struct {
 func defaultSettings() settings {
 	return settings{
 		BindAddress:   "0.0.0.0",
-		AdminAddress:  "127.0.0.1:15000",
+		AdminAddress:  "127.0.0.1:15446",
 		DrainTimeout:  duration(30 * time.Second),
 		LogLevel:      "info",
 		LogFormat:     "text",
@@ -144,6 +156,10 @@ func defaultSettings() settings {
 
 		TunnelTransport:         string(tunnel.TransportAuto),
 		TunnelIdleTimeout:       duration(tunnel.DefaultMaxIdleTimeout),
+		TunnelMaxStreams:        tunnel.DefaultMaxIncomingStreams,
+		TunnelMaxLinksPerPeer:   tunnel.DefaultMaxLinksPerPeer,
+		TunnelMaxHandshakes:     tunnel.DefaultMaxHandshakes,
+		TunnelTCPLinkMemory:     tunnel.DefaultMaxTCPLinkMemory,
 		GossipReconnectInterval: duration(peer.DefaultReconnectInterval),
 		GossipReconnectTimeout:  duration(peer.DefaultReconnectTimeout),
 
@@ -194,6 +210,7 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.BoolVar(&s.AnyTLSMode, "any-tls-mode", s.AnyTLSMode, "route to endpoints without the security.istio.io/tlsMode=istio label")
 	fs.IntVar(&s.MaxConns, "max-connections", s.MaxConns, "concurrent client connections; more are refused")
 	fs.Var(&s.IdleTimeout, "idle-timeout", "close connections idle this long both ways (0: never)")
+	fs.Var(&s.ProbeInterval, "endpoint-probe-interval", "probe each ejected endpoint with a TCP connect this often: readmitted when it connects, kept ejected while it does not (0: off, an ejection lasts 30s)")
 	fs.Var(&s.DialTimeout, "dial-timeout", "timeout of each endpoint connect")
 	fs.Var(&s.HelloTimeout, "hello-timeout", "deadline for a client's whole ClientHello")
 	fs.IntVar(&s.HelloMaxBytes, "hello-max-bytes", s.HelloMaxBytes, "largest ClientHello read, record headers included")
@@ -229,6 +246,12 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.StringVar(&s.TunnelAddress, "tunnel-address", s.TunnelAddress, "accept and open tunnels to other networks' gateways on this `ip:port`: UDP for QUIC and TCP for the fallback (needs an identity and gossip)")
 	fs.StringVar(&s.TunnelAdvertise, "tunnel-advertise", s.TunnelAdvertise, "tunnel `ip:port` other gateways dial (default: --tunnel-address)")
 	fs.StringVar(&s.TunnelTransport, "tunnel-transport", s.TunnelTransport, "how tunnel links are dialed: auto (QUIC, TCP when UDP is blocked), quic or tcp")
+	fs.Var(&listFlag{list: &s.PeerIDs, comma: true}, "peer-ids", "SPIFFE `IDs` tunnel peers (other gateways) may present, both ways (default: this gateway's own ID, the gateways' service account)")
+	fs.Var(&listFlag{list: &s.PeerIDPrefixes, comma: true}, "peer-id-prefixes", "SPIFFE ID `prefixes` (path-segment boundary) tunnel peers may present, as --peer-ids")
+	fs.Int64Var(&s.TunnelMaxStreams, "tunnel-max-streams", s.TunnelMaxStreams, "concurrent streams (tunneled connections) a peer may open on one tunnel link")
+	fs.IntVar(&s.TunnelMaxLinksPerPeer, "tunnel-max-links-per-peer", s.TunnelMaxLinksPerPeer, "inbound tunnel links one peer gateway may hold at once")
+	fs.IntVar(&s.TunnelMaxHandshakes, "tunnel-max-handshakes", s.TunnelMaxHandshakes, "inbound tunnel links that may be in their handshake at once; more are refused before any TLS work")
+	fs.Int64Var(&s.TunnelTCPLinkMemory, "tunnel-tcp-link-memory", s.TunnelTCPLinkMemory, "`bytes` one tunnel link over the TCP fallback may buffer; it carries at most this / 256 KiB concurrent streams")
 	fs.Var(&s.TunnelIdleTimeout, "tunnel-idle-timeout", "close a tunnel link that hears nothing from its peer for this long (keep-alives every fifth of it); its streams fail and new ones get a new link")
 	fs.Var(&s.SVIDExpiryWarning, "svid-expiry-warning", "warn when the SVID has less validity left (0: a third of its lifetime)")
 	s.publishSettings.flags(fs)
@@ -307,6 +330,22 @@ func (s *settings) check() error {
 	}
 	if s.TunnelIdleTimeout <= 0 {
 		return fmt.Errorf("--tunnel-idle-timeout (tunnelIdleTimeout) %v: want more than 0", time.Duration(s.TunnelIdleTimeout))
+	}
+	for _, l := range []struct {
+		flag, key string
+		v, min    int64
+	}{
+		{"--tunnel-max-streams", "tunnelMaxStreams", s.TunnelMaxStreams, 1},
+		{"--tunnel-max-links-per-peer", "tunnelMaxLinksPerPeer", int64(s.TunnelMaxLinksPerPeer), 1},
+		{"--tunnel-max-handshakes", "tunnelMaxHandshakes", int64(s.TunnelMaxHandshakes), 1},
+		{"--tunnel-tcp-link-memory", "tunnelTCPLinkMemory", s.TunnelTCPLinkMemory, 256 << 10},
+	} {
+		if l.v < l.min {
+			return fmt.Errorf("%s (%s) %d: want %d or more", l.flag, l.key, l.v, l.min)
+		}
+	}
+	if _, err := identity.NewMatcher(identity.Policy{IDs: s.PeerIDs, IDPrefixes: s.PeerIDPrefixes}); err != nil {
+		return fmt.Errorf("--peer-ids, --peer-id-prefixes (peerIDs, peerIDPrefixes): %w", err)
 	}
 	if s.GossipReconnectInterval < 0 {
 		return fmt.Errorf("--gossip-reconnect-interval (gossipReconnectInterval) %v: want 0 (off) or more", time.Duration(s.GossipReconnectInterval))

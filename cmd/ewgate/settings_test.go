@@ -44,7 +44,7 @@ alpn: [istio]
 			func(s settings) bool {
 				return reflect.DeepEqual(s.Files, []string{"a.yaml", "dir"}) && s.Network == "n1" &&
 					reflect.DeepEqual(s.NodeLabels, map[string]string{"istio": "eastwestgateway", "x": "y"}) &&
-					s.AdminAddress == "127.0.0.1:15000" && s.BindAddress == "0.0.0.0" && time.Duration(s.DrainTimeout) == 30*time.Second
+					s.AdminAddress == "127.0.0.1:15446" && s.BindAddress == "0.0.0.0" && time.Duration(s.DrainTimeout) == 30*time.Second
 			}, ""},
 		{"config file", []string{"--config", config},
 			func(s settings) bool {

@@ -1,42 +1,36 @@
 package main
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
-	"net"
 	"strings"
 	"time"
 
-	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/gateway"
 	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/metrics"
-	"github.com/ewgate/ewgate/sni"
 	"github.com/ewgate/ewgate/tunnel"
 )
 
-// tunnels joins the gateway to the other networks' gateways over QUIC (or
-// its TCP fallback): it carries connections this network cannot serve to a
-// gateway of a network that can, and serves those other gateways carry
-// here.
+// tunnels is the gateway's tunnel endpoint, over QUIC (or its TCP
+// fallback) to the other networks' gateways: the gateway carries through
+// it connections this network cannot serve (gateway.SetTunnelDialer) and
+// serves those other gateways carry here (gateway.ServeTunnel).
 type tunnels struct {
-	ep          *tunnel.Endpoint
-	cs          *catalogState
-	g           *gossip
-	dialTimeout time.Duration // per peer gateway tried
-	log         *slog.Logger
+	ep  *tunnel.Endpoint
+	log *slog.Logger
 }
 
 // startTunnels listens for tunnels on s.TunnelAddress, UDP for QUIC and TCP
 // on the same port for the fallback, and dials them as s.TunnelTransport
-// says. Links are authenticated with the node's SVID, and a peer must also
-// be a live gossip member with the SPIFFE ID it presents.
-func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, cs *catalogState, g *gossip, log *slog.Logger) (*tunnels, error) {
+// says. Links are authenticated with the node's SVID; a peer's ID must be
+// in the peer policy (tunnelPolicy), and each link is bound to the live
+// gossip member that announces that ID: the one its dialer names, or the
+// one announcing the dialed address.
+func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, g *gossip, log *slog.Logger) (*tunnels, error) {
 	if id == nil || g == nil {
 		return nil, errors.New("--tunnel-address needs an identity (--spiffe-socket or --svid-cert...) and gossip (--gossip-address): links are mTLS between live members")
 	}
@@ -44,39 +38,58 @@ func startTunnels(s settings, id identity.Source, gw *gateway.Gateway, cs *catal
 	if err != nil {
 		return nil, fmt.Errorf("--tunnel-transport: %w", err)
 	}
-	t := &tunnels{cs: cs, g: g, dialTimeout: time.Duration(s.DialTimeout), log: log}
+	t := &tunnels{log: log}
 	var resetKey *[32]byte
 	if g.primaryKey != nil {
 		resetKey = statelessResetKey(g.primaryKey, g.node.Name())
 	} else {
 		log.Info("tunnel: no QUIC stateless reset key, since gossip has no key (--insecure-gossip): after a restart of this gateway, peers keep their stale links until the idle timeout or gossip ends them")
 	}
+	pol, err := tunnelPolicy(s, id)
+	if err != nil {
+		return nil, err
+	}
+	az, err := identity.NewAuthorizer(pol, log.With("component", "tunnel"))
+	if err != nil {
+		return nil, fmt.Errorf("--peer-ids, --peer-id-prefixes: %w", err)
+	}
 	ep, err := tunnel.New(s.TunnelAddress, tunnel.Config{
-		Source:            id,
-		Allow:             g.isLiveMember,
-		Transport:         transport,
-		MaxIdleTimeout:    time.Duration(s.TunnelIdleTimeout),
-		StatelessResetKey: resetKey,
-		Handler: func(ctx context.Context, h tunnel.Header, st *tunnel.Stream) {
-			if h.Hops > 0 {
-				// Multi-hop is not configured: a connection crosses at most
-				// one tunnel.
-				log.Warn("tunnel: stream refused: too many hops", "key", h.Key.SNI(), "hops", h.Hops, "peer", st.PeerID())
-				return
-			}
-			if err := gw.ServeTunnel(h.Key, st); err != nil {
-				// The gateway counted it and logged it, rate-limited.
-				log.Debug("tunnel: stream refused", "key", h.Key.SNI(), "client", h.ClientAddr, "peer", st.PeerID(), "err", err)
-			}
-		},
-		Logger: log,
+		Source:             id,
+		Authorizer:         az,
+		Name:               g.node.Name(),
+		Members:            g,
+		Transport:          transport,
+		MaxIdleTimeout:     time.Duration(s.TunnelIdleTimeout),
+		MaxIncomingStreams: s.TunnelMaxStreams,
+		MaxLinksPerPeer:    s.TunnelMaxLinksPerPeer,
+		MaxHandshakes:      s.TunnelMaxHandshakes,
+		MaxTCPLinkMemory:   s.TunnelTCPLinkMemory,
+		StatelessResetKey:  resetKey,
+		Handler:            gw.ServeTunnel,
+		Logger:             log,
 	})
 	if err != nil {
 		return nil, err
 	}
 	t.ep = ep
-	log.Info("tunnels listening", "address", ep.Addr().String(), "transport", transport)
+	log.Info("tunnels listening", "address", ep.Addr().String(), "transport", transport, "peer_ids", pol.IDs, "peer_id_prefixes", pol.IDPrefixes)
 	return t, nil
+}
+
+// tunnelPolicy is the SPIFFE IDs tunnel peers may present, both ways:
+// those of --peer-ids and --peer-id-prefixes, or by default this
+// gateway's own ID alone, the gateways' service account (Istio gives every
+// east-west gateway of a mesh the same one), rather than every workload
+// of the trust domain.
+func tunnelPolicy(s settings, id identity.Source) (identity.Policy, error) {
+	if len(s.PeerIDs) > 0 || len(s.PeerIDPrefixes) > 0 {
+		return identity.Policy{IDs: s.PeerIDs, IDPrefixes: s.PeerIDPrefixes}, nil
+	}
+	svid, err := id.GetX509SVID()
+	if err != nil {
+		return identity.Policy{}, fmt.Errorf("tunnel peer policy: this gateway's SVID: %w", err)
+	}
+	return identity.Policy{IDs: []string{svid.ID.String()}}, nil
 }
 
 // resetKeyLabel separates the stateless reset key from any other use of
@@ -111,64 +124,6 @@ func (t *tunnels) memberDown(addr, why string) {
 	if !t.ep.RetireLink(addr, why) {
 		t.log.Debug("tunnel: no link to retire", "peer", addr, "why", why)
 	}
-}
-
-// DialRemote implements gateway.RemoteDialer: it picks, by weight, live
-// gateways of other networks that have healthy endpoints for key and opens
-// a stream to the first that answers.
-func (t *tunnels) DialRemote(ctx context.Context, key sni.Key, client net.Addr) (gateway.HalfConn, error) {
-	v := t.cs.view.Load()
-	if v == nil {
-		return nil, errors.New("no config")
-	}
-	res, err := v.Resolve(key, v.Node.Network, t.g.remoteGateways(), nil)
-	if err != nil {
-		return nil, err
-	}
-	addrs := t.g.tunnelAddrs()
-	var candidates []discovery.ResolvedTarget
-	for _, tg := range res.Targets {
-		if tg.Via == discovery.ViaGateway && addrs[tg.Gateway] != "" {
-			candidates = append(candidates, tg)
-		}
-	}
-	if len(candidates) == 0 {
-		return nil, fmt.Errorf("no live gateway of another network has healthy endpoints for %s", key)
-	}
-	var errs []error
-	for range min(3, len(candidates)) {
-		i := pickWeighted(candidates)
-		tg := candidates[i]
-		candidates = append(candidates[:i], candidates[i+1:]...)
-		actx, cancel := context.WithTimeout(ctx, t.dialTimeout)
-		st, err := t.ep.Dial(actx, addrs[tg.Gateway], tunnel.Header{Key: key, ClientAddr: client.String()})
-		cancel()
-		if err == nil {
-			return st, nil
-		}
-		errs = append(errs, fmt.Errorf("gateway %s of %s: %w", tg.Gateway, tg.Network, err))
-	}
-	return nil, errors.Join(errs...)
-}
-
-// pickWeighted returns the index of a target chosen with probability
-// proportional to its weight.
-func pickWeighted(ts []discovery.ResolvedTarget) int {
-	var total uint64
-	for _, t := range ts {
-		total += uint64(t.Weight)
-	}
-	if total == 0 {
-		return 0
-	}
-	r := rand.Uint64N(total)
-	for i, t := range ts {
-		if r < uint64(t.Weight) {
-			return i
-		}
-		r -= uint64(t.Weight)
-	}
-	return len(ts) - 1
 }
 
 func (t *tunnels) close() { t.ep.Close() }
@@ -207,6 +162,14 @@ func (t *tunnels) register(reg *metrics.Registry) {
 	reg.CounterFunc("ewgate_tunnel_streams_total", "Tunnel streams opened since start.", sum(func(p tunnel.PeerStats) float64 { return float64(p.StreamsTotal) }))
 	reg.CounterFunc("ewgate_tunnel_bytes_sent_total", "Bytes sent on tunnel streams.", sum(func(p tunnel.PeerStats) float64 { return float64(p.BytesSent) }))
 	reg.CounterFunc("ewgate_tunnel_bytes_received_total", "Bytes received on tunnel streams.", sum(func(p tunnel.PeerStats) float64 { return float64(p.BytesReceived) }))
+	reg.CounterFunc("ewgate_tunnel_inbound_rejections_total", "Inbound tunnel links refused, all reasons (by reason in /debug/tunnels): peer policy, member binding, link and handshake caps.", func() float64 {
+		var n uint64
+		for _, c := range t.ep.Stats().InboundRejections {
+			n += c
+		}
+		return float64(n)
+	})
+	reg.CounterFunc("ewgate_tunnel_accept_errors_total", "Failed accepts on the tunnel port (such as too many open files), each retried after a backoff.", func() float64 { return float64(t.ep.Stats().AcceptErrors) })
 	reg.CounterFunc("ewgate_tunnel_handshake_failures_total", "Tunnel handshakes that failed, all reasons.", sum(func(p tunnel.PeerStats) float64 {
 		var n uint64
 		for _, c := range p.HandshakeFailures {

@@ -21,7 +21,7 @@ import (
 // informers are the source's shared informers, one per resource.
 type informers struct {
 	services, slices, pods, nodes, namespaces cache.SharedIndexInformer
-	gateways, entries, workloads, rules       cache.SharedIndexInformer
+	gateways, entries, workloads, rules, vs   cache.SharedIndexInformer
 	all                                       map[string]cache.SharedIndexInformer
 }
 
@@ -61,10 +61,12 @@ func newInformers(kc kubernetes.Interface, ic istioclient.Interface, systemNS st
 		entries:    mk("serviceentries.networking.istio.io", cache.NewListWatchFromClient(istio, "serviceentries", "", fields.Everything()), &istionet.ServiceEntry{}),
 		workloads:  mk("workloadentries.networking.istio.io", cache.NewListWatchFromClient(istio, "workloadentries", "", fields.Everything()), &istionet.WorkloadEntry{}),
 		rules:      mk("destinationrules.networking.istio.io", cache.NewListWatchFromClient(istio, "destinationrules", "", fields.Everything()), &istionet.DestinationRule{}),
+		vs:         mk("virtualservices.networking.istio.io", cache.NewListWatchFromClient(istio, "virtualservices", "", fields.Everything()), &istionet.VirtualService{}),
 	}
 	i.all = map[string]cache.SharedIndexInformer{
 		"services": i.services, "endpointslices": i.slices, "pods": i.pods, "nodes": i.nodes, "namespaces": i.namespaces,
 		"gateways": i.gateways, "serviceentries": i.entries, "workloadentries": i.workloads, "destinationrules": i.rules,
+		"virtualservices": i.vs,
 	}
 	return i
 }
@@ -145,6 +147,7 @@ func (i *informers) snapshot() *snapshot {
 		entries:   list[*istionet.ServiceEntry](i.entries),
 		workloads: list[*istionet.WorkloadEntry](i.workloads),
 		rules:     list[*istionet.DestinationRule](i.rules),
+		vs:        list[*istionet.VirtualService](i.vs),
 		pods:      make(map[string]*corev1.Pod),
 		nodes:     make(map[string]*corev1.Node),
 	}

@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/sni"
 )
 
 // Defaults of Config.
@@ -38,7 +39,9 @@ type Config struct {
 	// REST is the API server's client config (clientcmd or in-cluster).
 	REST *rest.Config
 	// ClusterDomain is the cluster's DNS domain; default
-	// discovery.DefaultClusterDomain.
+	// discovery.DefaultClusterDomain. Services are
+	// <name>.<namespace>.svc.<ClusterDomain>, so New refuses a domain that
+	// sni.ParseHost refuses.
 	ClusterDomain string
 	// SystemNamespace is Istio's namespace, whose network label is the
 	// default network of pods; default DefaultSystemNamespace.
@@ -93,6 +96,11 @@ func New(cfg Config) (*Source, error) {
 	}
 	if cfg.ClusterDomain == "" {
 		cfg.ClusterDomain = discovery.DefaultClusterDomain
+	}
+	// Service hosts end in the domain: one the SNI parser refuses would
+	// leave every Service out, each with its own warning.
+	if _, err := sni.ParseHost(cfg.ClusterDomain); err != nil {
+		return nil, fmt.Errorf("kubernetes source: cluster domain: %w", err)
 	}
 	if cfg.SystemNamespace == "" {
 		cfg.SystemNamespace = DefaultSystemNamespace

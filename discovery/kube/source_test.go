@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ewgate/ewgate/discovery"
@@ -214,4 +215,19 @@ func BenchmarkScale(b *testing.B) {
 	}
 	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(1<<20), "heap-MiB")
 	b.ReportMetric(syncTime.Seconds(), "first-sync-s")
+}
+
+// New refuses a cluster domain that would make every Service's host one
+// the SNI parser refuses; it needs no API server to do so.
+func TestNewRefusesUnroutableClusterDomain(t *testing.T) {
+	apply := func(*discovery.Catalog) error { return nil }
+	for _, domain := range []string{"123", "cluster.0x1f", "cluster..local", "*.local", "cluster_local"} {
+		_, err := New(Config{REST: &rest.Config{Host: "https://127.0.0.1:1"}, ClusterDomain: domain, Apply: apply})
+		if err == nil || !strings.Contains(err.Error(), "cluster domain") || !strings.Contains(err.Error(), domain) {
+			t.Errorf("New with cluster domain %q: %v, want an error naming it", domain, err)
+		}
+	}
+	if _, err := New(Config{REST: &rest.Config{Host: "https://127.0.0.1:1"}, ClusterDomain: "cluster.local", Apply: apply}); err != nil {
+		t.Errorf("New with cluster domain cluster.local: %v", err)
+	}
 }

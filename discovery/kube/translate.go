@@ -49,6 +49,7 @@ type snapshot struct {
 	entries   []*istionet.ServiceEntry
 	workloads []*istionet.WorkloadEntry
 	rules     []*istionet.DestinationRule
+	vs        []*istionet.VirtualService
 }
 
 // translation holds what a translation needs besides the snapshot.
@@ -82,6 +83,15 @@ func (t *translation) resources(s *snapshot) (*discovery.Resources, error) {
 	}
 	for _, d := range sorted(s.rules) {
 		r.DestinationRules = append(r.DestinationRules, discovery.Resource[*networking.DestinationRule]{Source: source("DestinationRule", d.Namespace, d.Name), Spec: &d.Spec})
+	}
+	// Istio considers VirtualServices oldest first: on a server name two
+	// of them claim, the older one wins.
+	vss := sorted(s.vs)
+	slices.SortStableFunc(vss, func(a, b *istionet.VirtualService) int {
+		return a.CreationTimestamp.Compare(b.CreationTimestamp.Time)
+	})
+	for _, v := range vss {
+		r.VirtualServices = append(r.VirtualServices, discovery.Resource[*networking.VirtualService]{Source: source("VirtualService", v.Namespace, v.Name), Spec: &v.Spec})
 	}
 	bySvc := make(map[string][]*discoveryv1.EndpointSlice)
 	for _, es := range s.slices {

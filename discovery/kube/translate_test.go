@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -206,7 +207,10 @@ func TestTranslatePublishNotReady(t *testing.T) {
 func TestTranslateLeavesOutBadResources(t *testing.T) {
 	s := baseSnapshot()
 	s.entries = []*istionet.ServiceEntry{{ObjectMeta: metav1.ObjectMeta{Name: "wild", Namespace: "demo"},
-		Spec: networking.ServiceEntry{Hosts: []string{"*.example.com"}}}}
+		Spec: networking.ServiceEntry{Hosts: []string{"*.example.com"}}},
+		// A host the SNI parser refuses: no client could reach it.
+		{ObjectMeta: metav1.ObjectMeta{Name: "numeric", Namespace: "demo"},
+			Spec: networking.ServiceEntry{Hosts: []string{"reviews.123"}, Ports: []*networking.ServicePort{{Number: 80, Name: "http"}}}}}
 	tr := translation{clusterDomain: "cluster.local", nodeLabels: map[string]string{"istio": "eastwestgateway"}}
 	r, err := tr.resources(s)
 	if err != nil {
@@ -216,8 +220,10 @@ func TestTranslateLeavesOutBadResources(t *testing.T) {
 	if c == nil || len(c.Services) != 1 || len(c.Gateways) != 1 {
 		t.Fatalf("catalog %+v", c)
 	}
-	if err == nil || !strings.Contains(err.Error(), "kubernetes: ServiceEntry demo/wild") {
-		t.Errorf("err %v: want the ServiceEntry named", err)
+	for _, want := range []string{"kubernetes: ServiceEntry demo/wild", `kubernetes: ServiceEntry demo/numeric: spec.hosts[0]: host "reviews.123" is an IP address`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("err %v: want %s", err, want)
+		}
 	}
 }
 
@@ -348,5 +354,38 @@ func TestTranslateExportLabel(t *testing.T) {
 				t.Error("the Service lost its endpoints: it must stay routable in its own network")
 			}
 		})
+	}
+}
+
+// VirtualServices reach the catalog oldest first, whatever their names:
+// on a server name two of them claim, the older one wins, as in Istio.
+func TestTranslateVirtualServicesOldestFirst(t *testing.T) {
+	s := baseSnapshot()
+	s.gateways = append(s.gateways, &istionet.Gateway{ObjectMeta: metav1.ObjectMeta{Name: "pass", Namespace: "istio-system"}, Spec: networking.Gateway{
+		Selector: map[string]string{"istio": "eastwestgateway"},
+		Servers: []*networking.Server{{Port: &networking.Port{Number: 15012, Name: "tls-istiod", Protocol: "tls"},
+			Hosts: []string{"*"}, Tls: &networking.ServerTLSSettings{Mode: networking.ServerTLSSettings_PASSTHROUGH}}}}})
+	vs := func(name string, created time.Time, port uint32) *istionet.VirtualService {
+		return &istionet.VirtualService{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "istio-system", CreationTimestamp: metav1.NewTime(created)},
+			Spec: networking.VirtualService{Hosts: []string{"*"}, Gateways: []string{"pass"}, Tls: []*networking.TLSRoute{{
+				Match: []*networking.TLSMatchAttributes{{SniHosts: []string{"*"}}},
+				Route: []*networking.RouteDestination{{Destination: &networking.Destination{Host: "echo.demo.svc.cluster.local", Port: &networking.PortSelector{Number: port}}}},
+			}}}}
+	}
+	now := time.Now()
+	s.vs = []*istionet.VirtualService{vs("a-newer", now, 80), vs("b-older", now.Add(-time.Hour), 9080)}
+	v, err := translate(t, s).View(discovery.Node{Network: "node-net", Labels: map[string]string{"istio": "eastwestgateway"}, AnyTLSMode: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Passthrough) != 1 {
+		t.Fatalf("passthrough listeners %d, want 1", len(v.Passthrough))
+	}
+	r, ok := v.Passthrough[0].Match("istiod.istio-system.svc")
+	if !ok || r.VirtualService.Name != "b-older" || r.Destinations[0].Route.Key.Port != 9080 {
+		t.Fatalf("route %+v, want the older VirtualService's", r)
+	}
+	if len(v.Ignored) != 1 || v.Ignored[0].Source.Name != "a-newer" {
+		t.Errorf("ignored %+v, want the newer VirtualService's match", v.Ignored)
 	}
 }

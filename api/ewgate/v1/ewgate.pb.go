@@ -88,7 +88,8 @@ const (
 	MemberState_MEMBER_STATE_UNSPECIFIED MemberState = 0
 	// Joined and answering.
 	MemberState_MEMBER_STATE_ALIVE MemberState = 1
-	// Not answering; not yet declared dead.
+	// Not sent: memberlist does not expose suspicion, so a gateway that stops
+	// answering stays ALIVE until it is declared DEAD. Kept for the numbering.
 	MemberState_MEMBER_STATE_SUSPECT MemberState = 2
 	// Declared dead by the failure detector.
 	MemberState_MEMBER_STATE_DEAD MemberState = 3
