@@ -97,6 +97,7 @@ type Publisher struct {
 	apply   applier
 	wake    chan struct{} // buffer 1: the local cluster changed
 	leading atomic.Bool
+	leadMu  sync.Mutex // held while leading: writes happen only under it
 
 	mu     sync.Mutex
 	held   map[string]heldNetwork // networks last seen, for Grace
@@ -247,15 +248,21 @@ func (p *Publisher) Run(ctx context.Context) error {
 			ReleaseOnCancel: true,
 			Name:            p.cfg.LeaseName,
 			Callbacks: leaderelection.LeaderCallbacks{
+				// client-go runs this in a goroutine it does not wait
+				// for; leadMu lets Run wait for it (see below).
 				OnStartedLeading: func(ctx context.Context) {
+					p.leadMu.Lock()
+					defer p.leadMu.Unlock()
+					if ctx.Err() != nil {
+						return // lost already: Run may have returned
+					}
 					p.leading.Store(true)
+					defer p.leading.Store(false)
 					p.log.Info("istio publisher: leading; writing this cluster's Istio resources", "lease", p.cfg.Options.Namespace+"/"+p.cfg.LeaseName, "identity", p.cfg.Identity)
 					p.lead(ctx, cl, factory)
+					p.log.Info("istio publisher: not leading any more; stopped writing", "identity", p.cfg.Identity)
 				},
-				OnStoppedLeading: func() {
-					p.leading.Store(false)
-					p.log.Info("istio publisher: not leading", "identity", p.cfg.Identity)
-				},
+				OnStoppedLeading: func() {},
 				OnNewLeader: func(id string) {
 					if id != p.cfg.Identity {
 						p.log.Info("istio publisher: another replica writes", "leader", id)
@@ -267,6 +274,11 @@ func (p *Publisher) Run(ctx context.Context) error {
 			return fmt.Errorf("istiopub: %w", err)
 		}
 		le.Run(ctx)
+		// The lease is lost or released: wait until no write is in
+		// flight before campaigning again or returning. A lead that
+		// starts after this finds its context done and writes nothing.
+		p.leadMu.Lock()
+		p.leadMu.Unlock()
 	}
 	return nil
 }
