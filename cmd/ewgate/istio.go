@@ -111,13 +111,16 @@ func registerPublisher(reg *metrics.Registry, p *istiopub.Publisher) {
 	reg.GaugeFunc("ewgate_istio_publisher_leading", "1 while this gateway holds the Lease and writes this cluster's Istio resources, else 0.",
 		func() float64 { return b2f(p.Leading()) })
 	writes := reg.CounterVec("ewgate_istio_publisher_writes_total", "Istio resources written by the publisher, by operation (refused: an object of that name exists without the ownership label).", "op")
-	for op, f := range map[string]func(istiopub.Counts) int{
-		"created": func(c istiopub.Counts) int { return c.Created },
-		"updated": func(c istiopub.Counts) int { return c.Updated },
-		"deleted": func(c istiopub.Counts) int { return c.Deleted },
-		"refused": func(c istiopub.Counts) int { return c.Refused },
+	for _, op := range []struct {
+		name  string
+		count func(istiopub.Counts) int
+	}{
+		{"created", func(c istiopub.Counts) int { return c.Created }},
+		{"updated", func(c istiopub.Counts) int { return c.Updated }},
+		{"deleted", func(c istiopub.Counts) int { return c.Deleted }},
+		{"refused", func(c istiopub.Counts) int { return c.Refused }},
 	} {
-		writes.Func(op, func() float64 { return float64(f(p.Status().Total)) })
+		writes.Func(op.name, func() float64 { return float64(op.count(p.Status().Total)) })
 	}
 	reg.CounterFunc("ewgate_istio_publisher_errors_total", "Publisher reconciles that did not write every object (retried).",
 		func() float64 { return float64(p.Status().Errors) })
