@@ -153,14 +153,11 @@ func TestClusterRoleGrantsNothingElse(t *testing.T) {
 	}
 }
 
-// TestServiceAccountToken uses a real token of the ServiceAccount, as the
-// pod gets it, against the API server: what SubjectAccessReview answered
-// is what a request with that token gets.
-func TestServiceAccountToken(t *testing.T) {
-	s := kube.Get(t)
-	applyRBAC(t, s)
-	ctx := context.Background()
-	code, resp, err := s.Do(ctx, http.MethodPost,
+// serviceAccountToken returns a real token of the gateway's
+// ServiceAccount, as the pod gets it.
+func serviceAccountToken(t *testing.T, s *kubetest.Server) string {
+	t.Helper()
+	code, resp, err := s.Do(context.Background(), http.MethodPost,
 		fmt.Sprintf("/api/v1/namespaces/%s/serviceaccounts/%s/token", saNamespace, saName),
 		[]byte(`{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":600}}`))
 	if err != nil || code != http.StatusCreated {
@@ -170,7 +167,17 @@ func TestServiceAccountToken(t *testing.T) {
 	if err := json.Unmarshal(resp, &tr); err != nil || tr.Status.Token == "" {
 		t.Fatalf("TokenRequest: no token (%v): %s", err, resp)
 	}
-	tok := tr.Status.Token
+	return tr.Status.Token
+}
+
+// TestServiceAccountToken uses a real token of the ServiceAccount, as the
+// pod gets it, against the API server: what SubjectAccessReview answered
+// is what a request with that token gets.
+func TestServiceAccountToken(t *testing.T) {
+	s := kube.Get(t)
+	applyRBAC(t, s)
+	ctx := context.Background()
+	tok := serviceAccountToken(t, s)
 	for _, tc := range []struct {
 		method, path string
 		body         string

@@ -224,6 +224,19 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		debug["members"] = func() any { return g.Members() }
 		debug["networks"] = func() any { return g.Networks() }
 	}
+	pub, err := newPublisher(s, g, log)
+	if err != nil {
+		return abort(err)
+	}
+	if pub != nil {
+		registerPublisher(reg, pub)
+		debug["istio"] = func() any { return pub.Status() }
+		n.bg(func() {
+			if err := pub.Run(ctx); err != nil {
+				log.Error("istio publisher stopped", "err", err)
+			}
+		})
+	}
 	if s.TunnelAddress != "" {
 		tn, err := startTunnels(s, n.id, gw, g, log)
 		if err != nil {

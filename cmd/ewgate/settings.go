@@ -127,6 +127,8 @@ type settings struct {
 	// that 0 turns reconnecting off (peer takes 0 as its default).
 	GossipReconnectInterval duration `json:"gossipReconnectInterval"`
 	GossipReconnectTimeout  duration `json:"gossipReconnectTimeout"`
+
+	publishSettings // the Istio publisher's (istio.go)
 }
 
 func defaultSettings() settings {
@@ -161,6 +163,8 @@ func defaultSettings() settings {
 		TunnelTCPLinkMemory:     tunnel.DefaultMaxTCPLinkMemory,
 		GossipReconnectInterval: duration(peer.DefaultReconnectInterval),
 		GossipReconnectTimeout:  duration(peer.DefaultReconnectTimeout),
+
+		publishSettings: defaultPublishSettings(),
 	}
 }
 
@@ -252,6 +256,7 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.Int64Var(&s.TunnelTCPLinkMemory, "tunnel-tcp-link-memory", s.TunnelTCPLinkMemory, "`bytes` one tunnel link over the TCP fallback may buffer; it carries at most this / 256 KiB concurrent streams")
 	fs.Var(&s.TunnelIdleTimeout, "tunnel-idle-timeout", "close a tunnel link that hears nothing from its peer for this long (keep-alives every fifth of it); its streams fail and new ones get a new link")
 	fs.Var(&s.SVIDExpiryWarning, "svid-expiry-warning", "warn when the SVID has less validity left (0: a third of its lifetime)")
+	s.publishSettings.flags(fs)
 	return fs
 }
 
@@ -317,6 +322,9 @@ func (s *settings) check() error {
 		return fmt.Errorf("--trust-domain (trustDomain) %q: %w", s.TrustDomain, err)
 	}
 	if _, _, err := kubeMode(*s, inPod()); err != nil {
+		return err
+	}
+	if err := s.publishSettings.check(); err != nil {
 		return err
 	}
 	if _, err := tunnel.ParseTransport(s.TunnelTransport); err != nil {

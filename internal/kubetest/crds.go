@@ -18,26 +18,76 @@ import (
 // istioCRDFile is where the istio.io/api module ships Istio's CRDs.
 const istioCRDFile = "kubernetes/customresourcedefinitions.gen.yaml"
 
+// gatewayAPICRDDir is where the sigs.k8s.io/gateway-api module ships the
+// standard channel's CRDs, one file per kind (and, beside them, a
+// ValidatingAdmissionPolicy that is not a CRD).
+const gatewayAPICRDDir = "config/crd/standard"
+
 // istioCRDs returns Istio's CustomResourceDefinitions as JSON documents,
 // from the istio.io/api version the repository's go.mod requires
 // (downloaded into the module cache if it is not there yet).
 func istioCRDs() ([][]byte, error) {
-	out, err := exec.Command("go", "mod", "download", "-json", "istio.io/api").Output()
+	dir, err := moduleDir("istio.io/api")
+	if err != nil {
+		return nil, err
+	}
+	return crdFile(filepath.Join(dir, istioCRDFile))
+}
+
+// gatewayAPICRDs returns the Gateway API's standard CRDs (Gateway,
+// GatewayClass, the routes, ReferenceGrant, ...), from the
+// sigs.k8s.io/gateway-api version go.mod requires: Istio reads Gateways of
+// class istio-remote to learn other networks' gateways.
+func gatewayAPICRDs() ([][]byte, error) {
+	dir, err := moduleDir("sigs.k8s.io/gateway-api")
+	if err != nil {
+		return nil, err
+	}
+	files, err := filepath.Glob(filepath.Join(dir, gatewayAPICRDDir, "gateway.networking.k8s.io_*.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	var docs [][]byte
+	for _, f := range files {
+		if strings.HasSuffix(f, "_vap_safeupgrades.yaml") {
+			continue // an admission policy against mixing channels, not a CRD
+		}
+		d, err := crdFile(f)
+		if err != nil {
+			return nil, err
+		}
+		docs = append(docs, d...)
+	}
+	if len(docs) == 0 {
+		return nil, fmt.Errorf("no Gateway API CRDs in %s", filepath.Join(dir, gatewayAPICRDDir))
+	}
+	return docs, nil
+}
+
+// moduleDir returns the directory of module, at the version the
+// repository's go.mod requires, downloading it into the module cache if
+// it is not there yet.
+func moduleDir(module string) (string, error) {
+	out, err := exec.Command("go", "mod", "download", "-json", module).Output()
 	if err != nil {
 		var stderr []byte
 		if ee, ok := err.(*exec.ExitError); ok {
 			stderr = ee.Stderr
 		}
-		return nil, fmt.Errorf("go mod download istio.io/api: %w: %s%s", err, stderr, out)
+		return "", fmt.Errorf("go mod download %s: %w: %s%s", module, err, stderr, out)
 	}
 	var mod struct{ Dir, Version, Error string }
 	if err := json.Unmarshal(out, &mod); err != nil {
-		return nil, fmt.Errorf("go mod download istio.io/api: %w", err)
+		return "", fmt.Errorf("go mod download %s: %w", module, err)
 	}
 	if mod.Dir == "" {
-		return nil, fmt.Errorf("go mod download istio.io/api: no module directory (%s)", mod.Error)
+		return "", fmt.Errorf("go mod download %s: no module directory (%s)", module, mod.Error)
 	}
-	path := filepath.Join(mod.Dir, istioCRDFile)
+	return mod.Dir, nil
+}
+
+// crdFile reads a YAML stream of CRDs as JSON documents.
+func crdFile(path string) ([][]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err

@@ -31,7 +31,8 @@
 // token file, RBAC authorization, service-account signing keys, a serving
 // certificate from a CA of its own, the ServiceAccount "default" in the
 // namespace "default" (there is no controller manager to create it, and
-// pods need it), and Istio's CRDs from the istio.io/api module the
+// pods need it), and Istio's CRDs from the istio.io/api module and the
+// Gateway API's standard CRDs from the sigs.k8s.io/gateway-api module the
 // repository requires, Established. There is no controller manager,
 // scheduler or kubelet: nothing reacts to the objects tests create, so
 // tests set pod status themselves through the status subresource.

@@ -218,3 +218,33 @@ func TestEnsure(t *testing.T) {
 		t.Errorf("data %v after Ensure of an existing object, want the first", got.Data)
 	}
 }
+
+// The Gateway API's CRDs are installed with their validation: an
+// istio-remote Gateway as Istio reads it is stored, and a listener
+// without a protocol is refused.
+func TestGatewayAPICRDs(t *testing.T) {
+	s := kube.Get(t)
+	const path = "/apis/gateway.networking.k8s.io/v1/namespaces/default/gateways"
+	do(t, s, http.MethodPost, path, `{"apiVersion":"gateway.networking.k8s.io/v1","kind":"Gateway",
+		"metadata":{"name":"kubetest-remote","labels":{"topology.istio.io/network":"network-b"}},
+		"spec":{"gatewayClassName":"istio-remote","addresses":[{"type":"IPAddress","value":"192.0.2.10"}],
+		"listeners":[{"name":"cross-network","port":15443,"protocol":"TLS",
+		"tls":{"mode":"Passthrough","options":{"gateway.istio.io/listener-protocol":"auto-passthrough"}}}]}}`, http.StatusCreated)
+	var gw struct {
+		Spec struct {
+			Listeners []struct {
+				TLS struct{ Options map[string]string }
+			}
+		}
+	}
+	if err := json.Unmarshal(do(t, s, http.MethodGet, path+"/kubetest-remote", "", http.StatusOK), &gw); err != nil {
+		t.Fatal(err)
+	}
+	if len(gw.Spec.Listeners) != 1 || gw.Spec.Listeners[0].TLS.Options["gateway.istio.io/listener-protocol"] != "auto-passthrough" {
+		t.Errorf("Gateway spec = %+v", gw.Spec)
+	}
+	do(t, s, http.MethodPost, path, `{"apiVersion":"gateway.networking.k8s.io/v1","kind":"Gateway",
+		"metadata":{"name":"kubetest-bad"},"spec":{"gatewayClassName":"istio-remote","listeners":[{"name":"x","port":15443}]}}`,
+		http.StatusUnprocessableEntity)
+	do(t, s, http.MethodDelete, path+"/kubetest-remote", "", http.StatusOK)
+}

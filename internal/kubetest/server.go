@@ -81,6 +81,11 @@ func launch(bin binaries, dir string) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	gwCRDs, err := gatewayAPICRDs()
+	if err != nil {
+		return nil, err
+	}
+	crds = append(crds, gwCRDs...)
 	creds, err := writeCredentials(dir)
 	if err != nil {
 		return nil, fmt.Errorf("credentials: %w", err)
