@@ -146,14 +146,14 @@ func runRR(args []string) error {
 	wg.Wait()
 	elapsed := time.Since(start)
 	lat := latencies(parts)
-	fmt.Printf("| %s | %d | %d | %.0f | %d | %d |\n", *cf.label, *conc, *size,
+	fmt.Printf("| %s | %d | %d | %.0f | %d | %d | %d |\n", *cf.label, *conc, *size,
 		float64(len(lat))/elapsed.Seconds(),
-		percentile(lat, 50).Microseconds(), percentile(lat, 99).Microseconds())
+		percentile(lat, 50).Microseconds(), percentile(lat, 99).Microseconds(), percentile(lat, 99.9).Microseconds())
 	return errors.Join(errs...)
 }
 
-const rrHeader = `| proxy | connections | bytes | round trips/s | p50 µs | p99 µs |
-|---|---:|---:|---:|---:|---:|`
+const rrHeader = `| proxy | connections | bytes | round trips/s | p50 µs | p99 µs | p99.9 µs |
+|---|---:|---:|---:|---:|---:|---:|`
 
 // runConnect implements "loadgen connect": -c workers each open a
 // connection, send the ClientHello, wait for the backend's byte and close,
@@ -203,15 +203,15 @@ func runConnect(args []string) error {
 	for _, f := range fails {
 		failed += f
 	}
-	fmt.Printf("| %s | %d | %.0f | %.2f | %.2f | %d |\n", *cf.label, *conc,
+	fmt.Printf("| %s | %d | %.0f | %.2f | %.2f | %.2f | %d |\n", *cf.label, *conc,
 		float64(len(lat))/elapsed.Seconds(),
 		float64(percentile(lat, 50).Microseconds())/1000, float64(percentile(lat, 99).Microseconds())/1000,
-		failed)
+		float64(percentile(lat, 99.9).Microseconds())/1000, failed)
 	if failed > 0 {
 		fmt.Fprintf(os.Stderr, "connect %s: %d failed, first: %v\n", *cf.label, failed, firstErr)
 	}
 	return nil
 }
 
-const connectHeader = `| proxy | workers | connections/s | p50 ms | p99 ms | failed |
-|---|---:|---:|---:|---:|---:|`
+const connectHeader = `| proxy | workers | connections/s | p50 ms | p99 ms | p99.9 ms | failed |
+|---|---:|---:|---:|---:|---:|---:|`
