@@ -80,6 +80,7 @@ EOF
 	"$ew" ca issue --ca "$work/ca" --spiffe-id "spiffe://cluster.local/ns/istio-system/sa/eastwest-$name" --out "$dir/svid" >/dev/null
 	"$ew" run -f "$dir/mesh.yaml" --network "$network" --node-name "$name" --node-labels istio=eastwestgateway \
 		--bind-address 127.0.0.1 --admin-address "127.0.0.1:${admin[$name]}" --status-address "" --log-level warn --drain-timeout 1s \
+		--endpoint-allow-loopback --peer-ids "$peer_ids" \
 		--svid-cert "$dir/svid/cert.pem" --svid-key "$dir/svid/key.pem" --trust-bundle "$dir/svid/bundle.pem" \
 		--gossip-address "127.0.0.1:${gossip[$name]}" --gossip-key-file "$work/gossip.key" --gossip-profile local \
 		--passthrough-advertise "127.0.0.1:${port[$name]}" --tunnel-address "127.0.0.1:$tunnel_port" \
@@ -89,6 +90,8 @@ EOF
 	wait_port "${port[$name]}" "$pid" || { log "gateway $name did not start"; cat "$work/$name.log" >&2; exit 1; }
 }
 
+# Each gateway has its own service account; all three are peers.
+peer_ids=spiffe://cluster.local/ns/istio-system/sa/eastwest-b,spiffe://cluster.local/ns/istio-system/sa/eastwest-a-quic,spiffe://cluster.local/ns/istio-system/sa/eastwest-a-tcp
 start_gateway b network-b auto
 start_gateway a-quic network-a quic "127.0.0.1:${gossip[b]}"
 start_gateway a-tcp network-a tcp "127.0.0.1:${gossip[b]}"
