@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -263,13 +264,32 @@ func echoYAML(port int, backends ...*workload.EchoServer) string {
 	return workload.IstioConfig("net-a", port, backends...)
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
+// freePort returns a loopback TCP port that was free a moment ago and that
+// no test of the package was given before: two ports a test picks before
+// binding either (a gateway's two listeners) must differ even when the
+// kernel hands the same free port out twice.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	givenPorts.Lock()
+	defer givenPorts.Unlock()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if !givenPorts.m[p] {
+			givenPorts.m[p] = true
+			return p
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no loopback port that was not handed out already")
+	return 0
 }
+
+// givenPorts are the ports freePort handed out.
+var givenPorts = struct {
+	sync.Mutex
+	m map[int]bool
+}{m: make(map[int]bool)}

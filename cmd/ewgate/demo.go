@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -80,6 +81,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		peerIDs = append(peerIDs, demoGatewayID(td, nw.name).String())
 	}
 	var seed string // gossip address of the first gateway
+	var ports loopbackPorts
 	for _, nw := range nets {
 		src, _, err := issue("echo-" + nw.version)
 		if err != nil {
@@ -89,7 +91,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return err
 		}
 		defer nw.echo.Close()
-		s, err := demoGateway(dir, ca, nw, seed, peerIDs)
+		s, err := demoGateway(dir, ca, nw, seed, peerIDs, &ports)
 		if err != nil {
 			return err
 		}
@@ -207,11 +209,11 @@ func demoGatewayID(td spiffeid.TrustDomain, network string) spiffeid.ID {
 
 // demoGateway writes network nw's config and its gateway's SVID under dir
 // and returns the gateway's settings; seed is a gossip address to join,
-// peerIDs the IDs of every demo gateway.
-func demoGateway(dir string, ca *identity.DevCA, nw *demoNetwork, seed string, peerIDs []string) (settings, error) {
+// peerIDs the IDs of every demo gateway; its ports come from free.
+func demoGateway(dir string, ca *identity.DevCA, nw *demoNetwork, seed string, peerIDs []string, free *loopbackPorts) (settings, error) {
 	ports := make([]int, 3) // passthrough, gossip, tunnel
 	for i := range ports {
-		p, err := freeLoopbackPort()
+		p, err := free.pick()
 		if err != nil {
 			return settings{}, err
 		}
@@ -257,15 +259,34 @@ func demoGateway(dir string, ca *identity.DevCA, nw *demoNetwork, seed string, p
 	return s, nil
 }
 
-// freeLoopbackPort returns a port that was free on 127.0.0.1 a moment ago.
-func freeLoopbackPort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// loopbackPorts hands out ports that were free on 127.0.0.1 a moment ago,
+// never the same one twice: ports picked before any is bound (a gateway's
+// passthrough, gossip and tunnel ports) would otherwise collide whenever
+// the kernel hands the same free port out again. The zero value is ready;
+// it is safe for concurrent use.
+type loopbackPorts struct {
+	mu    sync.Mutex
+	given map[int]bool
+}
+
+// pick returns a free loopback port not handed out before.
+func (lp *loopbackPorts) pick() (int, error) {
+	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		p := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if !lp.given[p] {
+			if lp.given == nil {
+				lp.given = make(map[int]bool)
+			}
+			lp.given[p] = true
+			return p, nil
+		}
 	}
-	defer ln.Close()
-	if a, ok := ln.Addr().(*net.TCPAddr); ok {
-		return a.Port, nil
-	}
-	return 0, errors.New("not a TCP address")
+	return 0, errors.New("no loopback port that was not handed out already")
 }

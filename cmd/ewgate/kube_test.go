@@ -271,7 +271,7 @@ spec:
   hosts: [echo.demo.svc.cluster.local]
   ports: [{number: 9080, name: tls-echo}]
 `), 0o644)
-		adminPort, err := freeLoopbackPort()
+		adminPort, err := testPorts.pick()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -491,7 +491,7 @@ func TestKubernetesPassthroughToIstiod(t *testing.T) {
 		t.Fatal(err)
 	}
 	istiod := newTLSStandIn(t, ln, "istiod.istio-system.svc", "istiod-1")
-	pass, err := freeLoopbackPort()
+	pass, err := testPorts.pick()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -63,7 +63,7 @@ func TestRunDefaultsOnOneHost(t *testing.T) {
 	})
 
 	// B's Gateway moves to another port: the advertised address follows.
-	newPort, err := freeLoopbackPort()
+	newPort, err := testPorts.pick()
 	if err != nil {
 		t.Fatal(err)
 	}

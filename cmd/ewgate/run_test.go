@@ -57,10 +57,10 @@ func newWorldCA(t *testing.T, ca *identity.DevCA, network string, versions ...st
 		t.Cleanup(func() { e.Close() })
 		w.echoes[v] = e
 	}
-	if w.port, err = freeLoopbackPort(); err != nil {
+	if w.port, err = testPorts.pick(); err != nil {
 		t.Fatal(err)
 	}
-	adminPort, err := freeLoopbackPort()
+	adminPort, err := testPorts.pick()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func (w *world) run(extra ...string) *proc {
 func (w *world) runWithAPI(extra ...string) string {
 	w.t.Helper()
 	gwID := w.svidFiles("eastwest")
-	apiPort, err := freeLoopbackPort()
+	apiPort, err := testPorts.pick()
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -370,7 +370,7 @@ func TestRunGossipResolvesAcrossNetworks(t *testing.T) {
 	key := filepath.Join(t.TempDir(), "gossip.key")
 	os.WriteFile(key, []byte("# shared by the gateways of this mesh\nq0Yh4n8ZbC3Tj9v6Xk2LmA==\n"), 0o600)
 	gossipAddr := func() string {
-		p, err := freeLoopbackPort()
+		p, err := testPorts.pick()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -539,7 +539,7 @@ var testGatewayIDs = []string{
 // gossip (joining join) and tunnels, with an SVID of w's CA.
 func tunnelArgs(t *testing.T, w *world, key, name, gossip string, join ...string) []string {
 	t.Helper()
-	tunnelPort, err := freeLoopbackPort()
+	tunnelPort, err := testPorts.pick()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -564,9 +564,13 @@ func gossipKeyFile(t *testing.T) string {
 	return key
 }
 
+// testPorts hands out the loopback ports of every test of the package, so
+// that no two ports a test picks before binding them are the same.
+var testPorts loopbackPorts
+
 func loopbackAddr(t *testing.T) string {
 	t.Helper()
-	p, err := freeLoopbackPort()
+	p, err := testPorts.pick()
 	if err != nil {
 		t.Fatal(err)
 	}
