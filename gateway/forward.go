@@ -45,7 +45,7 @@ func tcpEnd(c *net.TCPConn) end { return end{c: c, tcp: c} }
 func streamEnd(s stream) end    { return end{c: s} }
 
 // reset makes the end's close a reset: a TCP RST, or a stream reset.
-func (e end) reset() {
+func (e *end) reset() {
 	if e.tcp != nil {
 		e.tcp.SetLinger(0)
 	} else if s, ok := e.c.(stream); ok {
@@ -86,13 +86,23 @@ type flow struct {
 }
 
 // direction is one half of a flow. Its fields are reused for every chunk
-// so that forwarding allocates nothing.
+// so that forwarding allocates nothing. What the direction copies between
+// (its ends, the other direction, its byte counter) is kept here too, not
+// passed down the calls: each goroutine parks on an idle connection with
+// run's and pipe's frames on its stack, and arguments passed by value
+// (an end is three words) made those frames, and the stack that holds
+// them, twice as large.
 type direction struct {
-	idle atomic.Bool // saw a whole idle period without bytes, or ended
-	pool *sync.Pool  // of *[]byte buffers for the next read
-	// src is the source socket, whose readiness is awaited before a
+	idle  atomic.Bool // saw a whole idle period without bytes, or ended
+	src   *end        // read from: the flow's client or up
+	dst   *end        // written to: the flow's other side
+	other *direction
+	bytes counter
+	moved int64      // bytes moved since the deadlines were armed
+	pool  *sync.Pool // of *[]byte buffers for the next read
+	// raw is the source socket, whose readiness is awaited before a
 	// buffer is taken; nil for a stream, read by blocking reads.
-	src    syscall.RawConn
+	raw    syscall.RawConn
 	splice bool                  // both ends are sockets: backlogs are spliced
 	ready  func(fd uintptr) bool // d.poll, bound once
 	buf    *[]byte               // chunk read and not yet all written
@@ -110,13 +120,19 @@ type direction struct {
 // destination; an error in either direction resets both sides, so a
 // reset on one side is seen as a reset on the other.
 func (f *flow) forward() {
+	f.toUp.src, f.toUp.dst, f.toUp.other, f.toUp.bytes = &f.client, &f.up, &f.toDown, f.g.m.BytesUp
+	f.toDown.src, f.toDown.dst, f.toDown.other, f.toDown.bytes = &f.up, &f.client, &f.toUp, f.g.m.BytesDown
 	f.running.Store(2)
-	go f.run(f.client, f.up, &f.toDown, &f.toUp, f.g.m.BytesDown)
-	go f.run(f.up, f.client, &f.toUp, &f.toDown, f.g.m.BytesUp)
+	go f.run(&f.toDown)
+	go f.run(&f.toUp)
 }
 
-func (f *flow) run(dst, src end, d, other *direction, bytes counter) {
-	f.pipe(dst, src, d, other, bytes)
+// run is a direction's goroutine. Its frame, with pipe's, is what an idle
+// connection keeps on each of its two stacks: both are kept small, so
+// that the parked stack fits the 2 KiB a goroutine starts with (the
+// runtime's frames under RawConn.Read and the stack guard take the rest).
+func (f *flow) run(d *direction) {
+	f.pipe(d)
 	d.drop()
 	if f.running.Add(-1) > 0 {
 		return
@@ -125,30 +141,30 @@ func (f *flow) run(dst, src end, d, other *direction, bytes counter) {
 		f.expiry.Stop()
 	}
 	if f.failed.Load() {
-		dst.reset()
-		src.reset()
+		f.client.reset()
+		f.up.reset()
 	}
-	dst.c.Close()
-	src.c.Close()
+	f.client.c.Close()
+	f.up.c.Close()
 	f.g.release(f)
 }
 
 type counter interface{ Add(uint64) }
 
-// pipe copies src to dst. With an idle timeout, deadlines bound the wait:
-// a period in which bytes moved arms the next one; a period without bytes
-// marks this direction idle, and the connection ends once the other
+// pipe copies d.src to d.dst. With an idle timeout, deadlines bound the
+// wait: a period in which bytes moved arms the next one; a period without
+// bytes marks this direction idle, and the connection ends once the other
 // direction is idle too.
-func (f *flow) pipe(dst, src end, d, other *direction, bytes counter) {
+func (f *flow) pipe(d *direction) {
 	d.pool = &f.g.bufs
-	if src.tcp != nil {
-		rc, err := src.tcp.SyscallConn()
+	if src := d.src.tcp; src != nil {
+		rc, err := src.SyscallConn()
 		if err != nil {
-			f.abort(dst, src, err)
+			f.abort(err)
 			return
 		}
-		d.src, d.ready = rc, d.poll
-		d.splice = dst.tcp != nil
+		d.raw, d.ready = rc, d.poll
+		d.splice = d.dst.tcp != nil
 		// Readiness is awaited without a buffer, so the read may take a
 		// large one: a chunk size for splicing, relay's for streams.
 		d.pool = &f.g.chunks
@@ -156,50 +172,64 @@ func (f *flow) pipe(dst, src end, d, other *direction, bytes counter) {
 			d.pool = &f.g.relays
 		}
 	}
-	idle := f.idle
-	var moved int64 // since the deadline was armed
-	arm := func() {
-		if idle > 0 {
-			t := time.Now().Add(idle)
-			src.c.SetReadDeadline(t)
-			dst.c.SetWriteDeadline(t)
-		}
-		moved = 0
-	}
-	arm()
+	d.arm(f.idle)
 	if f.ended.Load() {
 		// Ended (expire) before the deadlines were armed, which armed
 		// over abort's.
 		return
 	}
 	for {
-		n, eof, err := d.move(f.g, dst, src)
-		moved += n
-		bytes.Add(uint64(n))
+		var n int64
+		var eof bool
+		var err error
+		if d.raw != nil && d.buf == nil {
+			// The wait on a socket is called from here, not from move,
+			// so that a parked direction holds no frame but run's and
+			// pipe's: move's and read's would double its stack.
+			if err = d.raw.Read(d.ready); err == nil {
+				eof, err = d.took()
+			}
+		}
+		if !eof && err == nil {
+			n, eof, err = d.move(f.g)
+		}
+		d.moved += n
+		d.bytes.Add(uint64(n))
 		if f.ended.Load() {
 			return
 		}
 		switch {
 		case eof:
 			d.idle.Store(true)
-			dst.c.CloseWrite()
+			d.dst.c.CloseWrite()
 			return
 		case err == nil:
 			d.idle.Store(false)
-		case idle > 0 && isTimeout(err):
-			if moved == 0 {
+		case f.idle > 0 && isTimeout(err):
+			if d.moved == 0 {
 				d.idle.Store(true)
-				if other.idle.Load() {
-					f.abort(dst, src, errIdle)
+				if d.other.idle.Load() {
+					f.abort(errIdle)
 					return
 				}
 			}
-			arm()
+			d.arm(f.idle)
 		default:
-			f.abort(dst, src, err)
+			f.abort(err)
 			return
 		}
 	}
+}
+
+// arm starts an idle period: with an idle timeout, the deadlines of the
+// next read and write are set that far ahead.
+func (d *direction) arm(idle time.Duration) {
+	if idle > 0 {
+		t := time.Now().Add(idle)
+		d.src.c.SetReadDeadline(t)
+		d.dst.c.SetWriteDeadline(t)
+	}
+	d.moved = 0
 }
 
 // isTimeout reports whether err is a deadline's: os.ErrDeadlineExceeded
@@ -219,14 +249,15 @@ func isTimeout(err error) bool {
 // sockets and its goroutines, where a plain io.Copy would keep a pipe
 // (two more descriptors and kernel buffers) per direction. A stream is
 // read with a small buffer until a read fills one, then with relay-sized
-// ones, as io.Copy's throughput needs.
-func (d *direction) move(g *Gateway, dst, src end) (n int64, eof bool, err error) {
+// ones, as io.Copy's throughput needs. From a socket, pipe has waited
+// and d.buf holds the chunk.
+func (d *direction) move(g *Gateway) (n int64, eof bool, err error) {
 	if d.buf == nil {
-		if eof, err := d.read(g, src); eof || err != nil {
+		if eof, err := d.read(g); eof || err != nil {
 			return 0, eof, err
 		}
 	}
-	w, err := dst.c.Write((*d.buf)[d.off:d.n])
+	w, err := d.dst.c.Write((*d.buf)[d.off:d.n])
 	d.off += w
 	n = int64(w)
 	if err != nil {
@@ -238,53 +269,53 @@ func (d *direction) move(g *Gateway, dst, src end) (n int64, eof bool, err error
 	full := d.n == len(*d.buf)
 	d.drop()
 	if !full {
-		if d.src == nil {
+		if d.raw == nil {
 			d.pool = &g.bufs
 		}
 		return n, false, nil
 	}
 	if !d.splice {
-		if d.src == nil {
+		if d.raw == nil {
 			d.pool = &g.relays
 		}
 		return n, false, nil
 	}
 	var avail int
-	d.src.Control(func(fd uintptr) {
+	d.raw.Control(func(fd uintptr) {
 		avail, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
 	})
 	if avail == 0 {
 		return n, false, nil
 	}
-	d.lr.R, d.lr.N = src.tcp, int64(avail)
-	m, err := io.Copy(dst.tcp, &d.lr)
+	d.lr.R, d.lr.N = d.src.tcp, int64(avail)
+	m, err := io.Copy(d.dst.tcp, &d.lr)
 	return n + m, false, err
 }
 
-// read fills d.buf with the next chunk of src. A read error that came
-// with bytes is kept for the next read, after the bytes are written.
-func (d *direction) read(g *Gateway, src end) (eof bool, err error) {
+// took reports what the chunk poll took from the socket says: bytes to
+// write (in d.buf), EOF or a read error.
+func (d *direction) took() (eof bool, err error) {
+	if d.err == nil && d.n > 0 {
+		return false, nil
+	}
+	d.drop()
+	err = d.err
+	d.err = nil
+	if err != nil {
+		return false, os.NewSyscallError("read", err)
+	}
+	return true, nil
+}
+
+// read fills d.buf with the next chunk of a stream. A read error that
+// came with bytes is kept for the next read, after the bytes are written.
+func (d *direction) read(g *Gateway) (eof bool, err error) {
 	if err := d.err; err != nil {
 		d.err = nil
 		return err == io.EOF, ignoreEOF(err)
 	}
-	if d.src != nil {
-		if err := d.src.Read(d.ready); err != nil {
-			return false, err
-		}
-		if d.err != nil || d.n == 0 {
-			d.drop()
-			err := d.err
-			d.err = nil
-			if err != nil {
-				return false, os.NewSyscallError("read", err)
-			}
-			return true, nil
-		}
-		return false, nil
-	}
 	bp := d.pool.Get().(*[]byte)
-	n, err := src.c.Read(*bp)
+	n, err := d.src.c.Read(*bp)
 	if n == 0 {
 		d.pool.Put(bp)
 		if err == nil {
@@ -327,7 +358,7 @@ func (d *direction) poll(fd uintptr) bool {
 
 // abort ends both directions at once: deadlines in the past unblock the
 // other direction's wait without closing the sides under it.
-func (f *flow) abort(dst, src end, err error) {
+func (f *flow) abort(err error) {
 	if !f.ended.CompareAndSwap(false, true) {
 		return
 	}
@@ -342,20 +373,20 @@ func (f *flow) abort(dst, src end, err error) {
 		f.failed.Store(true)
 	}
 	past := time.Unix(1, 0)
-	dst.c.SetDeadline(past)
-	src.c.SetDeadline(past)
+	f.client.c.SetDeadline(past)
+	f.up.c.SetDeadline(past)
 }
 
 // expire ends the flow at its route's MaxConnectionDuration: a
 // time.AfterFunc callback, which start arms after f.up is set.
-func (f *flow) expire() { f.abort(f.client, f.up, errMaxDuration) }
+func (f *flow) expire() { f.abort(errMaxDuration) }
 
 // cut resets and closes the flow's sides at once, for a drain that ran
 // out of time or a tunnel link that closed. Callers hold g.mu, under
 // which f.up is set, or are the goroutine that set it.
 func (f *flow) cut() {
 	f.failed.Store(true)
-	for _, e := range []end{f.client, f.up} {
+	for _, e := range []*end{&f.client, &f.up} {
 		if e.c != nil {
 			e.reset()
 			e.c.Close()
