@@ -257,9 +257,10 @@ func TestRunStatusPort(t *testing.T) {
 		t.Fatalf("listener closed while the drain delay runs: %v", err)
 	}
 	c.Close()
-	if !strings.Contains(p.output(), "not ready; listeners close after the drain delay") {
-		t.Errorf("no drain delay log:\n%s", p.output())
-	}
+	// The status port turns 503 before the line is logged.
+	await.True(t, 10*time.Second, "drain delay log", func() bool {
+		return strings.Contains(p.output(), "not ready; listeners close after the drain delay")
+	})
 }
 
 // Before the first config, here a Kubernetes source whose API server does
