@@ -2,9 +2,7 @@ package discovery
 
 import (
 	"fmt"
-	"net"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/ewgate/ewgate/sni"
@@ -277,16 +275,8 @@ func (v *View) destination(d RouteDestination, dests map[RouteDestination]*Route
 		return r, why
 	}
 	r.Policy = translatePolicy(resolvePolicy(svc.policy, subset.policy, port.Number))
-	for _, ep := range svc.Endpoints {
-		if ep.Network != "" && ep.Network != v.Node.Network || !labelsMatch(subset.Labels, ep.Labels) {
-			continue
-		}
-		r.Targets = append(r.Targets, Target{
-			Address:  net.JoinHostPort(ep.Address, strconv.FormatUint(uint64(ep.TargetPort(port)), 10)),
-			Weight:   max(ep.Weight, 1),
-			Locality: ep.Locality,
-		})
-	}
+	// Any tls mode: what passes through is the client's own TLS.
+	r.Targets = targets(svc, port, subset, v.Node.Network, true)
 	return r, ""
 }
 

@@ -190,22 +190,31 @@ func (sv *serviceView) add(v *View, n Node, p Port, ss Subset) {
 		// their endpoints serve it.
 		return
 	}
-	for _, ep := range sv.svc.Endpoints {
-		if ep.Network != "" && ep.Network != n.Network {
+	r.Targets = targets(sv.svc, p, ss, n.Network, n.AnyTLSMode)
+}
+
+// targets returns svc's endpoints in network for port p and subset ss
+// (the zero Subset: all), those without Istio's tlsMode label only if
+// anyTLSMode: what a route of each listener kind may dial.
+func targets(svc *Service, p Port, ss Subset, network string, anyTLSMode bool) []Target {
+	var out []Target
+	for _, ep := range svc.Endpoints {
+		if ep.Network != "" && ep.Network != network {
 			continue
 		}
-		if !n.AnyTLSMode && ep.Labels[TLSModeLabel] != TLSModeIstio {
+		if !anyTLSMode && ep.Labels[TLSModeLabel] != TLSModeIstio {
 			continue
 		}
 		if !labelsMatch(ss.Labels, ep.Labels) {
 			continue
 		}
-		r.Targets = append(r.Targets, Target{
+		out = append(out, Target{
 			Address:  net.JoinHostPort(ep.Address, strconv.FormatUint(uint64(ep.TargetPort(p)), 10)),
 			Weight:   max(ep.Weight, 1),
 			Locality: ep.Locality,
 		})
 	}
+	return out
 }
 
 // exposes reports whether listener l may route to svc: one of its server's
