@@ -366,7 +366,9 @@ func (c *Catalog) WithEndpoints(extra map[string][]Endpoint) (*Catalog, []string
 	if len(extra) == 0 {
 		return c, nil
 	}
-	out := &Catalog{Gateways: c.Gateways, VirtualServices: c.VirtualServices, Services: make([]*Service, len(c.Services))}
+	cp := *c // every other field as it is
+	out := &cp
+	out.Services = make([]*Service, len(c.Services))
 	used := make(map[string]bool, len(extra))
 	for i, svc := range c.Services {
 		eps, ok := extra[svc.Host]

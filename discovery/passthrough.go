@@ -141,7 +141,7 @@ func (v *View) bindPassthrough(c *Catalog, l *PassthroughListener, dests map[Rou
 					if why != "" {
 						v.Ignored = append(v.Ignored, Ignored{Source: vs.Source, Field: fmt.Sprintf("spec.tls[%d].route[%d].destination", i, k), Reason: why})
 					}
-					w := uint32(max(d.Weight, 0))
+					w := uint32(d.Weight) // never negative: refused at load
 					if len(rule.Routes) == 1 {
 						w = 1
 					}

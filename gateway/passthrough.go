@@ -18,8 +18,8 @@ func (g *Gateway) routePassthrough(t *table, l *discovery.PassthroughListener, s
 		return plan{}, &refusal{reason: string(discovery.NoTLSRoute), alert: alertUnrecognizedName, args: []any{"sni", serverName, "port", l.Port}}
 	}
 	d := pickDestination(r.Destinations)
-	cl := t.clusters[d.Route]
-	if cl == nil || len(cl.members) == 0 {
+	cl := t.clusters[d.Route] // every destination has one: buildTable makes them from PassthroughRoutes
+	if len(cl.members) == 0 {
 		return plan{}, &refusal{reason: RejectNoEndpoints, alert: alertHandshakeFailure, key: d.Route.Key, args: []any{"sni", serverName,
 			"virtualservice", r.VirtualService.String(), "network", t.view.Node.Network}}
 	}

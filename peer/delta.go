@@ -24,10 +24,6 @@ import (
 // then the signing chain when sent over TCP (empty in broadcasts).
 const kindDelta byte = 4
 
-// maxPendingDeltas bounds the deltas queued for reliable sending; past it
-// the whole entry is sent instead.
-const maxPendingDeltas = 64
-
 // delta is one origin's change from base to the version of upserts.
 type delta struct {
 	base Version

@@ -274,7 +274,7 @@ func signedBye(origin string, v Version) []byte {
 	return w.b
 }
 
-// authenticBye checks, with an identity, that b is signed by the chain
+// authenticByeLocked checks, with an identity, that b is signed by the chain
 // that signed the entry held for its origin. n.mu must be held.
 func (n *Node) authenticByeLocked(b bye) (reason, error) {
 	if n.signer == nil {
@@ -349,19 +349,6 @@ func (n *Node) signOwn(e *entry) error {
 		return nil
 	}
 	return n.signer.sign(e)
-}
-
-// ownChain returns the DER chain that signs this node's entries, nil
-// without an identity.
-func (n *Node) ownChain() []byte {
-	if n.signer == nil {
-		return nil
-	}
-	c, _, err := n.signer.current()
-	if err != nil {
-		return nil
-	}
-	return c.der
 }
 
 // resign signs this node's entry again, under a new version, when its
