@@ -233,8 +233,8 @@ func hostsOverlap(a, b string) bool {
 }
 
 // destination returns the route of one tls route destination, shared by
-// every listener that names it, and why it has no targets when that is a
-// mistake in the config.
+// every listener and rule that names it, and, the first time, why it has
+// no targets when that is a mistake in the config.
 func (v *View) destination(d RouteDestination, dests map[RouteDestination]*Route) (*Route, string) {
 	key := RouteDestination{Host: d.Host, Port: d.Port, Subset: d.Subset}
 	var svc *Service
@@ -266,7 +266,7 @@ func (v *View) destination(d RouteDestination, dests map[RouteDestination]*Route
 		}
 	}
 	if r, ok := dests[key]; ok {
-		return r, why
+		return r, "" // reported when it was made
 	}
 	r := &Route{Key: sni.Key{Host: key.Host, Port: uint16(key.Port), Subset: key.Subset}, Service: svc}
 	dests[key] = r
