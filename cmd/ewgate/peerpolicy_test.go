@@ -96,6 +96,9 @@ func TestTunnelPeerPolicy(t *testing.T) {
 	if _, err := client.Dial(ctx, fake.Addr().String(), hdr); err == nil {
 		t.Error("a gateway kept a link to a workload SVID")
 	}
+	if n := len(client.Stats().Peers); n != 1 {
+		t.Fatalf("client stats list %d peers, want the one it dialed", n)
+	}
 	for _, p := range client.Stats().Peers {
 		if p.HandshakeFailures[string(identity.ReasonNotAllowed)] != 1 {
 			t.Errorf("gateway's outbound stats %+v, want one %s", p, identity.ReasonNotAllowed)
