@@ -466,7 +466,7 @@ func TestProbeFollowsOutlierEjection(t *testing.T) {
 	ln.Close() // refuses now
 	g.result(cl, u, errRefused)
 	clock.add(time.Minute)
-	g.probeOne(u)
+	g.probeOne(context.Background(), u)
 	if got := time.Duration(u.ejectedUntil.Load() - clock.now()); got != 7*time.Minute {
 		t.Fatalf("failed probe extended the ejection to %v from now, want the ejection's 7m", got)
 	}
@@ -475,7 +475,7 @@ func TestProbeFollowsOutlierEjection(t *testing.T) {
 		t.Skipf("port taken meanwhile: %v", err)
 	}
 	defer back.Close()
-	g.probeOne(u)
+	g.probeOne(context.Background(), u)
 	if u.ejected(clock.now()) {
 		t.Fatal("a probe that connected did not readmit the endpoint")
 	}

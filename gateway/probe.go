@@ -47,6 +47,16 @@ func (g *Gateway) stopProbing() {
 
 func (g *Gateway) probeLoop() {
 	defer close(g.probe.done)
+	// Shutdown must not wait a whole dial timeout for a probe.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-g.probe.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	tick := time.NewTicker(g.cfg.ProbeInterval)
 	defer tick.Stop()
 	for {
@@ -62,26 +72,18 @@ func (g *Gateway) probeLoop() {
 		now := g.now()
 		for _, u := range t.upstreams {
 			if u.ejected(now) {
-				g.probeOne(u)
+				g.probeOne(ctx, u)
 			}
 		}
 	}
 }
 
-// probeOne connects to an ejected endpoint and readmits it or extends its
-// ejection. The dial goes through the gateway's dialer, so the address
+// probeOne connects to an ejected endpoint, within ctx, and readmits it or
+// extends its ejection. The dial goes through the gateway's dialer, so the address
 // policy applies to probes as to clients' connections.
-func (g *Gateway) probeOne(u *upstream) {
-	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.DialTimeout)
+func (g *Gateway) probeOne(ctx context.Context, u *upstream) {
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.DialTimeout)
 	defer cancel()
-	go func() {
-		// Shutdown must not wait a whole dial timeout for a probe.
-		select {
-		case <-g.probe.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	c, err := g.dialer.DialContext(ctx, "tcp", u.addr)
 	if err != nil {
 		if !localDialError(err) {
