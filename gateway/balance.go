@@ -67,6 +67,7 @@ type cluster struct {
 	// timeout or keep-alive; nil: the gateway's.
 	dialer *net.Dialer
 	idle   time.Duration // the flows' idle timeout
+	lb     lbKind
 	// addrHash are the members' address hashes, for source IP hashing.
 	addrHash []uint64
 	// cycle is the order of round robin, member indexes.
@@ -166,19 +167,39 @@ func (c *cluster) panicking(o *discovery.Outlier, now int64) bool {
 // choose picks among the members ok admits by the route's load balancer,
 // or returns -1.
 func (c *cluster) choose(ok func(int) bool, src uint64) int {
-	var lb discovery.LoadBalancer
-	if c.policy != nil {
-		lb = c.policy.LoadBalancer
-	}
-	switch {
-	case lb.HashSourceIP:
+	switch c.lb {
+	case lbHashSourceIP:
 		return c.hashed(ok, src)
-	case lb.Simple == "ROUND_ROBIN":
+	case lbRoundRobin:
 		return c.roundRobin(ok)
-	case lb.Simple == "RANDOM":
+	case lbRandom:
 		return c.random(ok, false)
 	}
 	return c.random(ok, true)
+}
+
+// lbKind is a cluster's load balancer, decoded from its policy once per
+// config rather than on every pick.
+type lbKind uint8
+
+const (
+	lbLeastRequest lbKind = iota // the default, and LEAST_REQUEST
+	lbRoundRobin
+	lbRandom
+	lbHashSourceIP
+)
+
+// lbKindOf returns the load balancer lb asks for.
+func lbKindOf(lb discovery.LoadBalancer) lbKind {
+	switch {
+	case lb.HashSourceIP:
+		return lbHashSourceIP
+	case lb.Simple == "ROUND_ROBIN":
+		return lbRoundRobin
+	case lb.Simple == "RANDOM":
+		return lbRandom
+	}
+	return lbLeastRequest
 }
 
 // random draws members by weight; with leastLoaded it keeps the less

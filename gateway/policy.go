@@ -13,7 +13,7 @@ import (
 // needs. Work done here, once per reload, keeps it off the connection
 // path.
 func (g *Gateway) applyPolicy(cl *cluster, p *discovery.Policy, st *routeState) {
-	cl.policy, cl.state = p, st
+	cl.policy, cl.state, cl.lb = p, st, lbKindOf(p.LoadBalancer)
 	if p.ConnectTimeout > 0 || p.Keepalive != nil {
 		d := g.dialer
 		if p.ConnectTimeout > 0 {
