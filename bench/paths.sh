@@ -31,6 +31,8 @@
 #            tunnel row there (PROFILE_SECS seconds from the row's start,
 #            --admin-pprof)                                   []
 #   PROFILE_SECS                                              [10]
+#   ROUNDS   measure every path this many times, one after the other;
+#            the ratios use the means                        [1]
 set -euo pipefail
 
 MIB=${MIB:-1024}
@@ -39,6 +41,7 @@ KEEP=${KEEP:-0}
 BASE=${BASE:-}
 PROFILE=${PROFILE:-}
 PROFILE_SECS=${PROFILE_SECS:-10}
+ROUNDS=${ROUNDS:-1}
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/ewgate-paths.XXXXXX)
@@ -80,7 +83,7 @@ start_gateway() {
 	gossip[$name]=$("$lg" freeport)
 	tport[$name]=$("$lg" freeport)
 	if [[ $network == network-b || $network == network-c ]]; then
-		endpoints="[{address: 127.0.0.1, ports: {tcp-echo: $sink_port}, network: network-b, labels: {app: echo, security.istio.io/tlsMode: istio}}]"
+		endpoints="[{address: 127.0.0.1, ports: {tcp-echo: $sink_port}, network: $network, labels: {app: echo, security.istio.io/tlsMode: istio}}]"
 	fi
 	cat >"$dir/mesh.yaml" <<EOF
 apiVersion: networking.istio.io/v1
@@ -172,7 +175,7 @@ declare -A gbps # "LABEL up" and "LABEL down": a row's figures, for the ratios
 # client is one of them; every process is the relays, the client and the
 # sink. PROFILED names the gateways to profile with PROFILE.
 measure() {
-	local label=$1 relays=$2 profiled=$3 name pids=() with_client=0 r0 r1 s0 s1 client hz rel all row
+	local label=$1 relays=$2 profiled=$3 name pids=() with_client=0 r0 r1 s0 s1 client hz rel all row curls=()
 	shift 3
 	for name in $relays; do
 		if [[ $name == client ]]; then with_client=1; else pids+=("$name"); fi
@@ -182,6 +185,7 @@ measure() {
 		for name in $profiled; do
 			curl -fsS -o "$PROFILE/${label//[^A-Za-z0-9@]/_}.$name.pprof" \
 				"http://127.0.0.1:${admin[$name]}/debug/pprof/profile?seconds=$PROFILE_SECS" &
+			curls+=($!)
 		done
 	fi
 	r0=$(proc_ticks "${pids[@]}")
@@ -191,7 +195,7 @@ measure() {
 		{ log "$label failed"; cat "$work/client.err" >&2; exit 1; }
 	r1=$(proc_ticks "${pids[@]}")
 	s1=$(proc_ticks "$sink_pid")
-	[[ -z $PROFILE ]] || wait
+	((${#curls[@]} == 0)) || wait "${curls[@]}"
 	hz=$(getconf CLK_TCK)
 	client=$(awk '{print $1 + $2}' "$work/client.time")
 	rel=$(awk -v d=$((r1 - r0)) -v hz="$hz" -v c="$client" -v w=$with_client 'BEGIN {print d / hz + w * c}')
@@ -200,26 +204,29 @@ measure() {
 	[[ $row == "| $label | "* ]] || { log "$label: unexpected row $row"; exit 1; }
 	if ((${#pids[@]} + with_client > 0)); then rel=$(per_gb "$rel"); else rel=-; fi
 	rows+="$row $rel | $(per_gb "$all") |"$'\n'
-	gbps[$label up]=$(awk -F'|' '{gsub(/ /, "", $4); print $4}' <<<"$row")
-	gbps[$label down]=$(awk -F'|' '{gsub(/ /, "", $5); print $5}' <<<"$row")
+	gbps[$label up]+=" $(awk -F'|' '{gsub(/ /, "", $4); print $4}' <<<"$row")"
+	gbps[$label down]+=" $(awk -F'|' '{gsub(/ /, "", $5); print $5}' <<<"$row")"
 }
 
-# ratio A B: A's up and down figures over B's.
+# ratio A B: the mean of A's up and down figures over B's.
 ratio() {
-	awk -v a="${gbps[$1 up]}" -v b="${gbps[$2 up]}" -v c="${gbps[$1 down]}" -v d="${gbps[$2 down]}" \
-		'BEGIN {printf "up %.2f×, down %.2f×", a / b, c / d}'
+	awk -v a="${gbps[$1 up]}" -v b="${gbps[$2 up]}" -v c="${gbps[$1 down]}" -v d="${gbps[$2 down]}" '
+	function mean(s, f, n, i, t) { n = split(s, f, " "); for (i = 1; i <= n; i++) t += f[i]; return t / n }
+	BEGIN {printf "up %.2f×, down %.2f×", mean(a) / mean(b), mean(c) / mean(d)}'
 }
 
 tls_args=(-cert "$work/a-quic/svid/cert.pem" -key "$work/a-quic/svid/key.pem" -ca "$work/a-quic/svid/bundle.pem")
-measure "direct (no gateway)" "" "" "$lg" throughput -addr "127.0.0.1:$sink_port"
-measure "one gateway hop (B)" "${pid[b]}" "" "$lg" throughput -addr "127.0.0.1:${port[b]}"
-measure "quic-go, two processes" "$qb_pid client" "" "$qb" throughput -addr "127.0.0.1:$qb_port" "${tls_args[@]}"
-measure "A, QUIC tunnel, B" "${pid[a-quic]} ${pid[b]}" "a-quic b" "$lg" throughput -addr "127.0.0.1:${port[a-quic]}"
-measure "A, TCP fallback tunnel, B" "${pid[a-tcp]} ${pid[b]}" "a-tcp b" "$lg" throughput -addr "127.0.0.1:${port[a-tcp]}"
-if [[ -n $BASE ]]; then
-	measure "A, QUIC tunnel, B (ewgate@$BASE)" "${pid[a-quic-base]} ${pid[b-base]}" "a-quic-base b-base" "$lg" throughput -addr "127.0.0.1:${port[a-quic-base]}"
-	measure "A, TCP fallback tunnel, B (ewgate@$BASE)" "${pid[a-tcp-base]} ${pid[b-base]}" "a-tcp-base b-base" "$lg" throughput -addr "127.0.0.1:${port[a-tcp-base]}"
-fi
+for ((round = 1; round <= ROUNDS; round++)); do
+	measure "direct (no gateway)" "" "" "$lg" throughput -addr "127.0.0.1:$sink_port"
+	measure "one gateway hop (B)" "${pid[b]}" "" "$lg" throughput -addr "127.0.0.1:${port[b]}"
+	measure "quic-go, two processes" "$qb_pid client" "" "$qb" throughput -addr "127.0.0.1:$qb_port" "${tls_args[@]}"
+	measure "A, QUIC tunnel, B" "${pid[a-quic]} ${pid[b]}" "a-quic b" "$lg" throughput -addr "127.0.0.1:${port[a-quic]}"
+	measure "A, TCP fallback tunnel, B" "${pid[a-tcp]} ${pid[b]}" "a-tcp b" "$lg" throughput -addr "127.0.0.1:${port[a-tcp]}"
+	if [[ -n $BASE ]]; then
+		measure "A, QUIC tunnel, B (ewgate@$BASE)" "${pid[a-quic-base]} ${pid[b-base]}" "a-quic-base b-base" "$lg" throughput -addr "127.0.0.1:${port[a-quic-base]}"
+		measure "A, TCP fallback tunnel, B (ewgate@$BASE)" "${pid[a-tcp-base]} ${pid[b-base]}" "a-tcp-base b-base" "$lg" throughput -addr "127.0.0.1:${port[a-tcp-base]}"
+	fi
+done
 
 # The links must have run over the transport each row names.
 for name in $tunnels; do
@@ -237,7 +244,7 @@ done
 udp_bufs=${udp_bufs%, }
 
 report=$(
-	echo "Command: \`${BASE:+BASE=$BASE }MIB=$MIB bench/paths.sh\`; $when; ewgate at $built;"
+	echo "Command: \`${BASE:+BASE=$BASE }${PROFILE:+PROFILE=$PROFILE PROFILE_SECS=$PROFILE_SECS }$( ((ROUNDS == 1)) || echo "ROUNDS=$ROUNDS ")MIB=$MIB bench/paths.sh\`; $when; ewgate at $built;"
 	echo "$(nproc) cores, load average before the traffic $load, $(go version | cut -d' ' -f3)."
 	echo
 	echo "| path | MiB each way | up Gbit/s | down Gbit/s | relays' CPU s/GB | all processes' CPU s/GB |"
