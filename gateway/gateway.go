@@ -195,9 +195,14 @@ func New(cfg Config) *Gateway {
 }
 
 // relayChunkSize is the buffer of reads to or from a tunnel stream while
-// data is flowing: as large as io.Copy's, which tunnel throughput needs
-// (16 KiB cost 10-15%).
-const relayChunkSize = 32 << 10
+// data is flowing. Each read from a socket is then one write into the
+// stream: 128 KiB makes a QUIC stream write, or a frame of the TCP
+// fallback, four times io.Copy's 32 KiB, which cut the tunnels' CPU per
+// GB by 10-25% (docs/benchmarks.md, "Tunnels"). Only directions moving
+// bulk hold one: a direction waiting on a socket holds no buffer, one
+// waiting on a stream a 4 KiB one unless its last read filled a relay
+// buffer (see move).
+const relayChunkSize = 128 << 10
 
 // chunkSize is the forwarding buffer: messages up to this size are copied
 // through it, larger backlogs are spliced.
