@@ -177,8 +177,11 @@ func listen(addr string, withTCP bool) (*net.UDPConn, net.Listener, error) {
 			return pc, ln, nil
 		}
 		_ = pc.Close()
-		// A port picked for UDP may be taken on TCP: pick another.
-		if udpAddr.Port != 0 || attempt == 10 {
+		// A port picked for UDP may be taken on TCP: pick another. On a
+		// host whose ephemeral TCP ports are mostly in use (tens of
+		// thousands of TIME-WAIT sockets of busy clients), ten tries were
+		// seen to fail.
+		if udpAddr.Port != 0 || attempt == 100 {
 			return nil, nil, fmt.Errorf("tunnel: listening on TCP %s for the fallback: %w", local, err)
 		}
 	}
