@@ -33,6 +33,8 @@
 #   PROFILE_SECS                                              [10]
 #   ROUNDS   measure every path this many times, one after the other;
 #            the ratios use the means                        [1]
+#   PERF     1: also the relays' system calls and context switches per
+#            MiB, from perf stat        [1 where perf stat works, else 0]
 set -euo pipefail
 
 MIB=${MIB:-1024}
@@ -42,6 +44,14 @@ BASE=${BASE:-}
 PROFILE=${PROFILE:-}
 PROFILE_SECS=${PROFILE_SECS:-10}
 ROUNDS=${ROUNDS:-1}
+# PERF=1 (the default where perf works) adds the relays' system calls and
+# context switches per MiB (perf stat software events: they count what the
+# relays asked of the kernel, whatever else loads the machine).
+perf_events=raw_syscalls:sys_enter,context-switches
+if [[ -z ${PERF:-} ]]; then
+	PERF=0
+	perf stat -x, -e "$perf_events" -o /dev/null -- true 2>/dev/null && PERF=1
+fi
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/ewgate-paths.XXXXXX)
@@ -188,13 +198,26 @@ measure() {
 			curls+=($!)
 		done
 	fi
+	local perf_pid= wrap=()
+	rm -f "$work/relays.perf" "$work/client.perf"
+	if [[ $PERF == 1 ]]; then
+		if ((${#pids[@]} > 0)); then
+			perf stat -x, -e "$perf_events" -o "$work/relays.perf" -p "$(IFS=,; echo "${pids[*]}")" &
+			perf_pid=$!
+		fi
+		((with_client == 0)) || wrap=(perf stat -x, -e "$perf_events" -o "$work/client.perf" --)
+	fi
 	r0=$(proc_ticks "${pids[@]}")
 	s0=$(proc_ticks "$sink_pid")
 	local TIMEFORMAT='%3U %3S'
-	{ time "$@" -label "$label" -mib "$MIB" >"$work/row" 2>"$work/client.err"; } 2>"$work/client.time" ||
+	{ time "${wrap[@]}" "$@" -label "$label" -mib "$MIB" >"$work/row" 2>"$work/client.err"; } 2>"$work/client.time" ||
 		{ log "$label failed"; cat "$work/client.err" >&2; exit 1; }
 	r1=$(proc_ticks "${pids[@]}")
 	s1=$(proc_ticks "$sink_pid")
+	if [[ -n $perf_pid ]]; then
+		kill -INT "$perf_pid"
+		wait "$perf_pid" || true
+	fi
 	((${#curls[@]} == 0)) || wait "${curls[@]}"
 	hz=$(getconf CLK_TCK)
 	client=$(awk '{print $1 + $2}' "$work/client.time")
@@ -203,7 +226,16 @@ measure() {
 	row=$(cat "$work/row")
 	[[ $row == "| $label | "* ]] || { log "$label: unexpected row $row"; exit 1; }
 	if ((${#pids[@]} + with_client > 0)); then rel=$(per_gb "$rel"); else rel=-; fi
-	rows+="$row $rel | $(per_gb "$all") |"$'\n'
+	row+=" $rel | $(per_gb "$all") |"
+	if [[ $PERF == 1 ]]; then
+		# Events per MiB moved (both directions), relays only.
+		local counts
+		counts=$(cat "$work/relays.perf" "$work/client.perf" 2>/dev/null || true)
+		row+=$(awk -F, -v mib="$MIB" -v any=$((${#pids[@]} + with_client)) '
+			$3 == "raw_syscalls:sys_enter" { sc += $1 } $3 == "context-switches" { cs += $1 }
+			END { if (any) printf " %.0f | %.0f |", sc / (2 * mib), cs / (2 * mib); else printf " - | - |" }' <<<"$counts")
+	fi
+	rows+="$row"$'\n'
 	gbps[$label up]+=" $(awk -F'|' '{gsub(/ /, "", $4); print $4}' <<<"$row")"
 	gbps[$label down]+=" $(awk -F'|' '{gsub(/ /, "", $5); print $5}' <<<"$row")"
 }
@@ -247,8 +279,13 @@ report=$(
 	echo "Command: \`${BASE:+BASE=$BASE }${PROFILE:+PROFILE=$PROFILE PROFILE_SECS=$PROFILE_SECS }$( ((ROUNDS == 1)) || echo "ROUNDS=$ROUNDS ")MIB=$MIB bench/paths.sh\`; $when; ewgate at $built;"
 	echo "$(nproc) cores, load average before the traffic $load, $(go version | cut -d' ' -f3)."
 	echo
-	echo "| path | MiB each way | up Gbit/s | down Gbit/s | relays' CPU s/GB | all processes' CPU s/GB |"
-	echo "|---|---:|---:|---:|---:|---:|"
+	if [[ $PERF == 1 ]]; then
+		echo "| path | MiB each way | up Gbit/s | down Gbit/s | relays' CPU s/GB | all processes' CPU s/GB | relays' syscalls/MiB | relays' context switches/MiB |"
+		echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+	else
+		echo "| path | MiB each way | up Gbit/s | down Gbit/s | relays' CPU s/GB | all processes' CPU s/GB |"
+		echo "|---|---:|---:|---:|---:|---:|"
+	fi
 	printf '%s' "$rows"
 	echo
 	echo "QUIC tunnel / quic-go: $(ratio "A, QUIC tunnel, B" "quic-go, two processes") (aim: 0.8×)."
