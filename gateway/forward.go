@@ -77,7 +77,12 @@ type flow struct {
 	idle time.Duration
 	// expiry closes the flow at its route's MaxConnectionDuration; nil
 	// without one.
-	expiry  *time.Timer
+	expiry *time.Timer
+	// loop, once set, is the event loop that pumps the flow in place of
+	// forward's goroutines; lf is the flow's state there, the loop's
+	// alone.
+	loop    atomic.Pointer[loop]
+	lf      *loopFlow
 	running atomic.Int32 // directions still copying
 	ended   atomic.Bool  // both directions must stop
 	failed  atomic.Bool  // ended by an error: reset both sides
@@ -372,6 +377,12 @@ func (f *flow) abort(err error) {
 	default:
 		f.failed.Store(true)
 	}
+	if l := f.loop.Load(); l != nil {
+		// Only the loop closes what it polls. A flow aborted before the
+		// loop had it is ended as the loop adopts it.
+		l.send(command{f: f})
+		return
+	}
 	past := time.Unix(1, 0)
 	f.client.c.SetDeadline(past)
 	f.up.c.SetDeadline(past)
@@ -386,6 +397,12 @@ func (f *flow) expire() { f.abort(errMaxDuration) }
 // which f.up is set, or are the goroutine that set it.
 func (f *flow) cut() {
 	f.failed.Store(true)
+	if l := f.loop.Load(); l != nil {
+		if f.ended.CompareAndSwap(false, true) {
+			l.send(command{f: f})
+		}
+		return
+	}
 	for _, e := range []*end{&f.client, &f.up} {
 		if e.c != nil {
 			e.reset()

@@ -136,6 +136,7 @@ type Gateway struct {
 	bufs   sync.Pool // *[]byte ClientHello buffers
 	chunks sync.Pool // *[]byte forwarding buffers, held only while a chunk moves
 	relays sync.Pool // *[]byte buffers of reads that a stream end takes part in, while data is flowing
+	loops  loops     // pump the socket-to-socket flows
 
 	table    atomic.Pointer[table]
 	active   atomic.Int64
@@ -318,6 +319,8 @@ func (g *Gateway) HelloMemory() int64 {
 // connections finish until ctx is done, then closes the rest. It returns
 // ctx's error if connections had to be cut.
 func (g *Gateway) Shutdown(ctx context.Context) error {
+	// After the wait for every flow, which the loops release.
+	defer g.loops.stop()
 	g.mu.Lock()
 	g.draining.Store(true)
 	for port, l := range g.listeners {
