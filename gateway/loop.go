@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -99,7 +100,8 @@ type command struct {
 type loop struct {
 	g    *Gateway
 	epfd int
-	wake int // eventfd
+	file *os.File // epfd in Go's netpoller, which wakes the loop
+	wake int      // eventfd
 
 	mu    sync.Mutex
 	cmds  []command
@@ -116,7 +118,11 @@ type loop struct {
 	// how often the sweep runs; 0 for none.
 	minIdle time.Duration
 	sweepAt int64 // when the next sweep is due, on the coarse clock
+	armed   int64 // sweepAt as the wait's deadline; 0 for none
 	spare   []command
+	events  []unix.EpollEvent
+	// stopping is set by the stop command: run returns.
+	stopping bool
 }
 
 // maxPooledPipes bounds the empty pipes a loop keeps: a bulk transfer
@@ -139,7 +145,14 @@ func newLoop(g *Gateway) (*loop, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("epoll_ctl eventfd: %w", err)
 	}
-	return &loop{g: g, epfd: epfd, wake: wake, buf: make([]byte, chunkSize), base: time.Now()}, nil
+	// Non-blocking, so that os.NewFile registers it with the netpoller.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(wake)
+		unix.Close(epfd)
+		return nil, fmt.Errorf("epoll set non-blocking: %w", err)
+	}
+	return &loop{g: g, epfd: epfd, file: os.NewFile(uintptr(epfd), "epoll"), wake: wake,
+		buf: make([]byte, chunkSize), base: time.Now(), events: make([]unix.EpollEvent, 128)}, nil
 }
 
 // close releases the loop's descriptors; its goroutine has returned or
@@ -150,7 +163,7 @@ func (l *loop) close() {
 	}
 	l.pipes = nil
 	unix.Close(l.wake)
-	unix.Close(l.epfd)
+	l.file.Close()
 }
 
 // send queues c for the loop and wakes it.
@@ -166,20 +179,50 @@ func (l *loop) send(c command) {
 	}
 }
 
-// run is the loop's goroutine: it waits for events, pumps the flows they
-// concern, then runs the commands and, when due, the idle sweep.
+// run is the loop's goroutine. It waits for its epoll set to be
+// readable in Go's netpoller, as any socket's goroutine does, rather than
+// blocking a thread in epoll_wait: a thread blocked in a system call
+// keeps its P from every other goroutine until sysmon takes it back (up
+// to 10ms), which with a loop per P starved the accept and dial paths.
+// One wake-up serves every flow that has events.
 func (l *loop) run() {
 	defer l.close()
-	events := make([]unix.EpollEvent, 128)
+	rc, err := l.file.SyscallConn()
+	if err != nil {
+		l.g.log.Error("event loop cannot wait", "err", err)
+		return
+	}
+	for !l.stopping {
+		if err := rc.Read(l.poll); err != nil {
+			if !isTimeout(err) {
+				l.g.log.Error("event loop cannot wait", "err", err)
+				return
+			}
+			// The sweep is due: prepareRead refuses to call poll with
+			// the deadline passed, so poll here, which sweeps and sets
+			// the next deadline.
+			l.poll(0)
+		}
+	}
+}
+
+// poll is the loop's work, as a RawConn.Read callback: it takes the
+// ready events without waiting, pumps the flows they concern, then runs
+// the commands and, when due, the idle sweep. It reports true once the
+// loop is stopped; false waits for the epoll set to be readable again,
+// which any event that arrived since epoll_wait has already made it.
+func (l *loop) poll(uintptr) bool {
 	for {
-		n, err := unix.EpollWait(l.epfd, events, l.timeout())
+		n, err := unix.EpollWait(l.epfd, l.events, 0)
 		if err != nil && err != unix.EINTR {
 			// Only a bad epfd fails here: nothing can be polled.
 			l.g.log.Error("epoll_wait failed", "err", err)
+			l.stopping = true
+			return true
 		}
 		l.now = int64(time.Since(l.base))
 		woken := false
-		for _, ev := range events[:max(n, 0)] {
+		for _, ev := range l.events[:max(n, 0)] {
 			fd := int(ev.Fd)
 			if fd == l.wake {
 				woken = true
@@ -192,24 +235,34 @@ func (l *loop) run() {
 			}
 		}
 		if woken && l.commands() {
-			return
+			l.stopping = true
+			return true
 		}
 		if l.minIdle > 0 && l.now >= l.sweepAt {
 			l.sweep()
 		}
+		l.arm()
+		if n < len(l.events) {
+			return false
+		}
 	}
 }
 
-// timeout is epoll_wait's: until the next idle sweep, or none.
-func (l *loop) timeout() int {
+// arm sets the wait's deadline to the next sweep, or none.
+func (l *loop) arm() {
+	at := l.sweepAt
 	if l.minIdle == 0 || len(l.flows) == 0 {
-		return -1
+		at = 0
 	}
-	d := l.sweepAt - int64(time.Since(l.base))
-	if d <= 0 {
-		return 0
+	if at == l.armed {
+		return
 	}
-	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+	l.armed = at
+	var t time.Time
+	if at != 0 {
+		t = l.base.Add(time.Duration(at))
+	}
+	l.file.SetReadDeadline(t)
 }
 
 // commands runs the queued commands; it reports whether one was stop.

@@ -27,8 +27,12 @@ type side struct {
 	fd       int
 	readable bool // read may return bytes: no short read since the last edge
 	writable bool // write may take bytes: no short write since the last edge
-	eof      bool // read EOF: the other socket is half-closed once pend is written
-	shut     bool // the direction reading this side has ended
+	// hup: the peer's FIN or an error arrived; the reads that follow
+	// end in EOF or the error, which no further edge announces, so a
+	// short read does not clear readable.
+	hup  bool
+	eof  bool // read EOF: the other socket is half-closed once pend is written
+	shut bool // the direction reading this side has ended
 	// pend is what was read from this side and the other did not take:
 	// (*pend)[off:n]. While it is there this side is not read, so that
 	// a slow reader costs at most one chunk.
@@ -162,6 +166,9 @@ func (l *loop) ready(s *side, ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		s.readable = true
 	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.hup = true
+	}
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		s.writable = true
 	}
@@ -234,6 +241,9 @@ func (l *loop) pump(lf *loopFlow, i int) error {
 			return nil
 		}
 		if n < len(l.buf) {
+			if s.hup {
+				continue
+			}
 			// A short read drained the socket: the next bytes are a new
 			// edge.
 			s.readable = false
