@@ -75,7 +75,9 @@ func (ls *loops) stop() {
 	ls.mu.Lock()
 	ls.done = true
 	ls.mu.Unlock()
-	ls.stopped.Store(true)
+	if ls.stopped.Swap(true) {
+		return // a second Shutdown
+	}
 	// Waits for a pick that is starting the loops; none starts after.
 	ls.once.Do(func() { ls.err = errors.New("loops stopped") })
 	for _, l := range ls.all {
@@ -93,6 +95,9 @@ type command struct {
 	fds  [2]int // add: the client's and the upstream's sockets
 	add  bool   // f is new to the loop; otherwise end it
 	stop bool
+	// fn, if set, is run by the loop, with nothing else: how a test
+	// reads the loop's state.
+	fn func()
 }
 
 // loop is one event loop: a goroutine blocked in epoll_wait on the
@@ -103,9 +108,10 @@ type loop struct {
 	file *os.File // epfd in Go's netpoller, which wakes the loop
 	wake int      // eventfd
 
-	mu    sync.Mutex
-	cmds  []command
-	woken bool // an eventfd write is pending: no need for another
+	mu     sync.Mutex
+	cmds   []command
+	woken  bool // an eventfd write is pending: no need for another
+	closed bool // the eventfd is closed, or about to be
 
 	// The rest is the loop goroutine's alone.
 	byFD  []*side     // the flow side polled at each descriptor
@@ -158,6 +164,9 @@ func newLoop(g *Gateway) (*loop, error) {
 // close releases the loop's descriptors; its goroutine has returned or
 // never started.
 func (l *loop) close() {
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
 	for _, p := range l.pipes {
 		p.close()
 	}
@@ -166,9 +175,15 @@ func (l *loop) close() {
 	l.file.Close()
 }
 
-// send queues c for the loop and wakes it.
+// send queues c for the loop and wakes it. A command for a closed loop
+// is dropped: only an abort that lost the race with its flow's end can
+// come that late.
 func (l *loop) send(c command) {
 	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
 	l.cmds = append(l.cmds, c)
 	wake := !l.woken
 	l.woken = true
@@ -278,6 +293,8 @@ func (l *loop) commands() (stop bool) {
 		switch {
 		case c.stop:
 			stop = true
+		case c.fn != nil:
+			c.fn()
 		case c.add:
 			l.adopt(c.f, c.fds)
 		case c.f.lf != nil && !c.f.lf.done:
