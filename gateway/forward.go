@@ -82,10 +82,18 @@ type flow struct {
 	// forward's goroutines; lf is the flow's state there, the loop's
 	// alone.
 	loop    atomic.Pointer[loop]
-	lf      *loopFlow
+	lf     *loopFlow
+	ended  atomic.Bool // both directions must stop
+	failed atomic.Bool // ended by an error: reset both sides
+	// pumps is forward's goroutine state, allocated by forward alone:
+	// the flows in a loop, most of them, do not carry it.
+	pumps *pumps
+}
+
+// pumps are the two directions of a flow that forward copies with
+// goroutines.
+type pumps struct {
 	running atomic.Int32 // directions still copying
-	ended   atomic.Bool  // both directions must stop
-	failed  atomic.Bool  // ended by an error: reset both sides
 	toUp    direction    // client to upstream
 	toDown  direction    // upstream to client
 }
@@ -125,11 +133,13 @@ type direction struct {
 // destination; an error in either direction resets both sides, so a
 // reset on one side is seen as a reset on the other.
 func (f *flow) forward() {
-	f.toUp.src, f.toUp.dst, f.toUp.other, f.toUp.bytes = &f.client, &f.up, &f.toDown, f.g.m.BytesUp
-	f.toDown.src, f.toDown.dst, f.toDown.other, f.toDown.bytes = &f.up, &f.client, &f.toUp, f.g.m.BytesDown
-	f.running.Store(2)
-	go f.run(&f.toDown)
-	go f.run(&f.toUp)
+	p := new(pumps)
+	f.pumps = p
+	p.toUp.src, p.toUp.dst, p.toUp.other, p.toUp.bytes = &f.client, &f.up, &p.toDown, f.g.m.BytesUp
+	p.toDown.src, p.toDown.dst, p.toDown.other, p.toDown.bytes = &f.up, &f.client, &p.toUp, f.g.m.BytesDown
+	p.running.Store(2)
+	go f.run(&p.toDown)
+	go f.run(&p.toUp)
 }
 
 // run is a direction's goroutine. Its frame, with pipe's, is what an idle
@@ -139,7 +149,7 @@ func (f *flow) forward() {
 func (f *flow) run(d *direction) {
 	f.pipe(d)
 	d.drop()
-	if f.running.Add(-1) > 0 {
+	if f.pumps.running.Add(-1) > 0 {
 		return
 	}
 	if f.expiry != nil {
