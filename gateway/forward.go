@@ -81,7 +81,7 @@ type flow struct {
 	// loop, once set, is the event loop that pumps the flow in place of
 	// forward's goroutines; lf is the flow's state there, the loop's
 	// alone.
-	loop    atomic.Pointer[loop]
+	loop   atomic.Pointer[loop]
 	lf     *loopFlow
 	ended  atomic.Bool // both directions must stop
 	failed atomic.Bool // ended by an error: reset both sides
@@ -152,6 +152,12 @@ func (f *flow) run(d *direction) {
 	if f.pumps.running.Add(-1) > 0 {
 		return
 	}
+	f.close()
+}
+
+// close ends a flow whose pump has stopped: it stops the expiry, resets
+// both sides if the flow failed, closes them and releases the flow.
+func (f *flow) close() {
 	if f.expiry != nil {
 		f.expiry.Stop()
 	}

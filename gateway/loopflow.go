@@ -119,9 +119,8 @@ func (l *loop) adopt(f *flow, fds [2]int) {
 	// The registration reports the sockets' state as a first edge.
 }
 
-// finish ends lf as the goroutine engine's last direction does: it stops
-// the expiry, resets both sockets if the flow failed, closes them and
-// releases the flow.
+// finish ends lf: it forgets the flow's sockets and what it held, then
+// closes the flow as forward's last direction does.
 func (l *loop) finish(lf *loopFlow) {
 	lf.done = true
 	f := lf.f
@@ -147,18 +146,9 @@ func (l *loop) finish(lf *loopFlow) {
 			s.pipe = nil
 		}
 	}
-	if f.expiry != nil {
-		f.expiry.Stop()
-	}
-	if f.failed.Load() {
-		f.client.reset()
-		f.up.reset()
-	}
 	// Closing removes the descriptors from the loop's epoll set: no
 	// descriptor is duplicated, so these are the last references.
-	f.client.c.Close()
-	f.up.c.Close()
-	f.g.release(f)
+	f.close()
 }
 
 // ready takes an event on s's socket and pumps its flow both ways.
