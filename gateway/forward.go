@@ -58,7 +58,8 @@ func (e *end) reset() {
 // dialed, the upstream side (an endpoint of this network, or a stream to
 // another network's gateway). Every path runs through the same engine, so
 // the idle timeout, the connection limit, resets, half-closes and drain
-// hold alike for all of them.
+// hold alike for all of them. A flow between two sockets is pumped by an
+// event loop (handover); one with a stream end by forward's goroutines.
 type flow struct {
 	g      *Gateway
 	client end
@@ -126,7 +127,8 @@ type direction struct {
 }
 
 // forward copies bytes both ways between the client and upstream sides,
-// one goroutine per direction, and returns at once; the direction that
+// one goroutine per direction, and returns at once: the pump of a flow
+// with a stream end, or of any flow if the loops are unavailable; the direction that
 // ends last closes both sides and releases the flow. Fresh goroutines
 // start with small stacks, where the caller's grew while dialing: an idle
 // connection costs less. A direction that reads EOF half-closes its
@@ -377,8 +379,10 @@ func (d *direction) poll(fd uintptr) bool {
 	return true
 }
 
-// abort ends both directions at once: deadlines in the past unblock the
-// other direction's wait without closing the sides under it.
+// abort ends both directions at once: for a flow in a loop, a command
+// to the loop, which alone closes what it polls; for forward's
+// goroutines, deadlines in the past unblock the other direction's wait
+// without closing the sides under it.
 func (f *flow) abort(err error) {
 	if !f.ended.CompareAndSwap(false, true) {
 		return
@@ -409,7 +413,8 @@ func (f *flow) abort(err error) {
 func (f *flow) expire() { f.abort(errMaxDuration) }
 
 // cut resets and closes the flow's sides at once, for a drain that ran
-// out of time or a tunnel link that closed. Callers hold g.mu, under
+// out of time or a tunnel link that closed; a flow in a loop is ended by
+// the loop, at the next command it runs. Callers hold g.mu, under
 // which f.up is set, or are the goroutine that set it.
 func (f *flow) cut() {
 	f.failed.Store(true)
