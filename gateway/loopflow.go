@@ -41,6 +41,9 @@ type side struct {
 	// pipe holds inPipe bytes spliced from this side for the other.
 	pipe   *pipe
 	inPipe int
+	// bulk: the last edge's bytes were a stream of more than a chunk,
+	// so the next edge's are spliced at once, not copied first.
+	bulk bool
 }
 
 // pipe is a splice pipe: bulk data goes socket to pipe to socket without
@@ -201,6 +204,12 @@ func (l *loop) pump(lf *loopFlow, i int) error {
 		if !s.readable {
 			return nil
 		}
+		if s.bulk {
+			if err := l.splice(lf, i); err != nil {
+				return err
+			}
+			continue
+		}
 		n, err := ignoringEINTR(func() (int, error) { return unix.Read(s.fd, l.buf) })
 		switch {
 		case err == unix.EAGAIN:
@@ -280,6 +289,7 @@ func (l *loop) flush(lf *loopFlow, i int) error {
 // the pool once empty, so that an idle flow holds none.
 func (l *loop) splice(lf *loopFlow, i int) error {
 	s := &lf.side[i]
+	moved := 0
 	for {
 		if s.pipe == nil {
 			p, err := l.getPipe()
@@ -304,8 +314,12 @@ func (l *loop) splice(lf *loopFlow, i int) error {
 		if n <= 0 {
 			l.putPipe(s.pipe, true)
 			s.pipe = nil
+			// Less than a chunk this edge: back to copying, as small
+			// messages want.
+			s.bulk = moved >= chunkSize
 			return nil
 		}
+		moved += n
 		s.inPipe = n
 		lf.last = l.now
 		if err := l.drain(lf, i); err != nil || s.inPipe > 0 {
