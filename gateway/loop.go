@@ -91,9 +91,7 @@ func (ls *loops) stop() {
 // number that the kernel reuses for a new connection while the loop still
 // polls it.
 type command struct {
-	f    *flow
-	fds  [2]int // add: the client's and the upstream's sockets
-	add  bool   // f is new to the loop; otherwise end it
+	f    *flow // end f
 	stop bool
 	// fn, if set, is run by the loop, with nothing else: how a test
 	// reads the loop's state.
@@ -112,6 +110,8 @@ type loop struct {
 	cmds   []command
 	woken  bool // an eventfd write is pending: no need for another
 	closed bool // the eventfd is closed, or about to be
+	// incoming are the flows registered and not yet adopted.
+	incoming, spareIn []*loopFlow
 
 	// The rest is the loop goroutine's alone.
 	byFD  []*side     // the flow side polled at each descriptor
@@ -243,11 +243,18 @@ func (l *loop) poll(uintptr) bool {
 				woken = true
 				continue
 			}
-			// A flow ended earlier in this batch left nil at its
-			// descriptors, whose events are stale.
-			if fd < len(l.byFD) && l.byFD[fd] != nil {
-				l.ready(l.byFD[fd], ev.Events)
+			if fd >= len(l.byFD) || l.byFD[fd] == nil {
+				// A new flow's first edge, or a stale event of a flow
+				// ended earlier in this batch, which left nil at its
+				// descriptors (a new flow that reuses one takes the
+				// stale event's flags: a read or write that finds
+				// nothing).
+				l.adoptIncoming()
+				if fd >= len(l.byFD) || l.byFD[fd] == nil {
+					continue
+				}
 			}
+			l.ready(l.byFD[fd], ev.Events)
 		}
 		if woken && l.commands() {
 			l.stopping = true
@@ -289,14 +296,14 @@ func (l *loop) commands() (stop bool) {
 	l.cmds, l.spare = l.spare[:0], cmds
 	l.woken = false
 	l.mu.Unlock()
+	// An end may be for a flow registered since the last edge.
+	l.adoptIncoming()
 	for i, c := range cmds {
 		switch {
 		case c.stop:
 			stop = true
 		case c.fn != nil:
 			c.fn()
-		case c.add:
-			l.adopt(c.f, c.fds)
 		case c.f.lf != nil && !c.f.lf.done:
 			l.finish(c.f.lf)
 		}
@@ -374,7 +381,10 @@ func (g *Gateway) handover(f *flow) bool {
 	}
 	f.loop.Store(l)
 	g.mu.Unlock()
-	l.send(command{f: f, add: true, fds: [2]int{cfd, ufd}})
+	lf := &loopFlow{f: f, i: -1}
+	lf.side[0].lf, lf.side[0].fd = lf, cfd
+	lf.side[1].lf, lf.side[1].fd = lf, ufd
+	l.register(lf)
 	return true
 }
 

@@ -85,27 +85,51 @@ func (l *loop) putPipe(p *pipe, empty bool) {
 	p.close()
 }
 
-// adopt starts pumping f, whose sockets are fds, in this loop.
-func (l *loop) adopt(f *flow, fds [2]int) {
-	lf := &loopFlow{f: f, last: l.now, i: -1}
-	f.lf = lf
+// register hands lf to the loop from the goroutine that dialed: it
+// queues lf, then adds its sockets to the epoll set itself, so that the
+// loop needs no wake-up of its own for a new flow. Registering a
+// connected socket reports its state (writable at least) as a first
+// edge, on which the loop, finding no flow at that descriptor, adopts
+// the queued ones.
+func (l *loop) register(lf *loopFlow) {
+	l.mu.Lock()
+	l.incoming = append(l.incoming, lf)
+	l.mu.Unlock()
 	for i := range lf.side {
-		lf.side[i].lf, lf.side[i].fd = lf, fds[i]
+		fd := lf.side[i].fd
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			// No edge may come: the loop must be asked to end it.
+			l.g.log.Warn("epoll_ctl add failed", "err", err)
+			lf.f.abort(err)
+			return
+		}
 	}
+}
+
+// adoptIncoming starts pumping the flows register queued.
+func (l *loop) adoptIncoming() {
+	l.mu.Lock()
+	in := l.incoming
+	l.incoming, l.spareIn = l.spareIn[:0], in
+	l.mu.Unlock()
+	for i, lf := range in {
+		l.adopt(lf)
+		in[i] = nil
+	}
+}
+
+// adopt starts pumping lf in this loop.
+func (l *loop) adopt(lf *loopFlow) {
+	f := lf.f
+	f.lf, lf.last = lf, l.now
 	if f.ended.Load() {
-		// Aborted before the loop had it: its abort found no loop.
+		// Aborted before the loop had it: its abort found no flow.
 		l.finish(lf)
 		return
 	}
 	for i := range lf.side {
-		fd := fds[i]
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-			l.g.log.Warn("epoll_ctl add failed", "err", err)
-			f.failed.Store(true)
-			l.finish(lf)
-			return
-		}
+		fd := lf.side[i].fd
 		for fd >= len(l.byFD) {
 			l.byFD = append(l.byFD, nil)
 		}
@@ -119,7 +143,6 @@ func (l *loop) adopt(f *flow, fds [2]int) {
 		}
 		l.minIdle = f.idle
 	}
-	// The registration reports the sockets' state as a first edge.
 }
 
 // finish ends lf: it forgets the flow's sockets and what it held, then
