@@ -175,7 +175,9 @@ func New(cfg Config) *Gateway {
 		now:       func() int64 { return time.Now().UnixNano() },
 		flows:     make(map[*flow]struct{}),
 	}
-	g.dialer = net.Dialer{Timeout: cfg.DialTimeout, Control: cfg.DialControl}
+	// Upstream sockets get keep-alive only from a route's tcpKeepalive
+	// (applyPolicy), as Envoy's: not Go's default, 4 system calls per dial.
+	g.dialer = net.Dialer{Timeout: cfg.DialTimeout, Control: cfg.DialControl, KeepAlive: -1}
 	g.rlog.log = cfg.Logger
 	g.bufs.New = func() any {
 		// Big enough for Go's and browsers' hellos (1.5-2 KB) in one read;
@@ -262,9 +264,12 @@ func servedPorts(v *discovery.View) map[uint32]*discovery.Gateway {
 }
 
 // listen binds a TCP listener without MPTCP, whose extra subflows the
-// splice fast path cannot use.
+// splice fast path cannot use, with the options of listenerOptions.
+// KeepAlive -1 keeps Go from setting the keep-alive options again on
+// every accepted socket (4 system calls each): Linux copies them from
+// the listening socket.
 func listen(addr string) (*net.TCPListener, error) {
-	var lc net.ListenConfig
+	lc := net.ListenConfig{KeepAlive: -1, Control: listenerOptions}
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {

@@ -203,10 +203,13 @@ func TestRouteKeepalive(t *testing.T) {
 	tests := []struct {
 		name             string
 		policy           string
+		on               int    // SO_KEEPALIVE
 		idle, intvl, cnt string // "" is the system's
 	}{
-		{"all set", "connectionPool: {tcp: {tcpKeepalive: {time: 7s, interval: 3s, probes: 4}}}", "7", "3", "4"},
-		{"none set keeps the system's", "connectionPool: {tcp: {tcpKeepalive: {}}}", strings.TrimSpace(string(sysIdle)), "", ""},
+		{"all set", "connectionPool: {tcp: {tcpKeepalive: {time: 7s, interval: 3s, probes: 4}}}", 1, "7", "3", "4"},
+		{"none set keeps the system's", "connectionPool: {tcp: {tcpKeepalive: {}}}", 1, strings.TrimSpace(string(sysIdle)), "", ""},
+		// Without tcpKeepalive none, as Envoy: not Go's default of 15 s.
+		{"no tcpKeepalive: none", "connectionPool: {tcp: {maxConnections: 10}}", 0, strings.TrimSpace(string(sysIdle)), "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -233,8 +236,8 @@ func TestRouteKeepalive(t *testing.T) {
 			if err := errors.Join(errs[:]...); err != nil {
 				t.Fatal(err)
 			}
-			if on != 1 || strconv.Itoa(idle) != tt.idle || (tt.intvl != "" && strconv.Itoa(intvl) != tt.intvl) || (tt.cnt != "" && strconv.Itoa(cnt) != tt.cnt) {
-				t.Fatalf("upstream socket SO_KEEPALIVE %d, TCP_KEEPIDLE %d, TCP_KEEPINTVL %d, TCP_KEEPCNT %d; want 1, %s, %s, %s", on, idle, intvl, cnt, tt.idle, tt.intvl, tt.cnt)
+			if on != tt.on || strconv.Itoa(idle) != tt.idle || (tt.intvl != "" && strconv.Itoa(intvl) != tt.intvl) || (tt.cnt != "" && strconv.Itoa(cnt) != tt.cnt) {
+				t.Fatalf("upstream socket SO_KEEPALIVE %d, TCP_KEEPIDLE %d, TCP_KEEPINTVL %d, TCP_KEEPCNT %d; want %d, %s, %s, %s", on, idle, intvl, cnt, tt.on, tt.idle, tt.intvl, tt.cnt)
 			}
 		})
 	}
