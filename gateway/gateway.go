@@ -143,6 +143,7 @@ type Gateway struct {
 	cutting  atomic.Bool // drain timed out: flows must close
 	tunnels  atomic.Pointer[tunnels]
 	probe    prober
+	handlers *handlers
 
 	mu        sync.Mutex
 	listeners map[uint32]*listener
@@ -174,6 +175,7 @@ func New(cfg Config) *Gateway {
 		routes:    make(map[routeID]*routeState),
 		now:       func() int64 { return time.Now().UnixNano() },
 		flows:     make(map[*flow]struct{}),
+		handlers:  newHandlers(),
 	}
 	// Upstream sockets get keep-alive only from a route's tcpKeepalive
 	// (applyPolicy), as Envoy's: not Go's default, 4 system calls per dial.
@@ -323,6 +325,8 @@ func (g *Gateway) HelloMemory() int64 {
 // connections finish until ctx is done, then closes the rest. It returns
 // ctx's error if connections had to be cut.
 func (g *Gateway) Shutdown(ctx context.Context) error {
+	// Once the accept loops and connections are done, no handler is busy.
+	defer g.handlers.stop()
 	g.mu.Lock()
 	g.draining.Store(true)
 	for port, l := range g.listeners {
@@ -381,7 +385,7 @@ func (g *Gateway) serve(l *listener) {
 		g.flows[f] = struct{}{}
 		g.mu.Unlock()
 		g.wg.Add(1)
-		go g.handle(l.port, f)
+		g.dispatch(l.port, f)
 	}
 }
 
