@@ -15,8 +15,8 @@ const maxPooledHelloSize = 16 << 10
 
 // handle routes one accepted client connection and starts forwarding it;
 // the flow releases itself when forwarding ends. A connection that is not
-// forwarded is released here.
-func (g *Gateway) handle(port uint32, f *flow) {
+// forwarded is released here. dc bounds its dials: the handler's.
+func (g *Gateway) handle(port uint32, f *flow, dc *dialContext) {
 	c := f.client.tcp
 	forwarding := false
 	defer func() {
@@ -52,7 +52,7 @@ func (g *Gateway) handle(port uint32, f *flow) {
 		g.refuse(c, ref)
 		return
 	}
-	up, u, cl, ref := g.dial(t, p, c.RemoteAddr())
+	up, u, cl, ref := g.dial(t, p, c.RemoteAddr(), dc)
 	if ref != nil {
 		g.refuse(c, ref)
 		return

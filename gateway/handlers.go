@@ -57,8 +57,9 @@ func (g *Gateway) handler(port uint32, f *flow) {
 		h.live.Add(-1)
 		h.wg.Done()
 	}()
+	dc := newDialContext()
 	for {
-		g.handle(port, f)
+		g.handle(port, f, dc)
 		if h.idle.Add(1) > maxIdleHandlers {
 			h.idle.Add(-1)
 			return
