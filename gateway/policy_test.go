@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"errors"
 	"net"
 	"os"
 	"slices"
@@ -221,21 +220,10 @@ func TestRouteKeepalive(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			rc, err := upstreamSocket(t, m.gw).SyscallConn()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var on, idle, intvl, cnt int
-			var errs [4]error
-			rc.Control(func(fd uintptr) {
-				on, errs[0] = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_KEEPALIVE)
-				idle, errs[1] = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE)
-				intvl, errs[2] = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL)
-				cnt, errs[3] = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT)
-			})
-			if err := errors.Join(errs[:]...); err != nil {
-				t.Fatal(err)
-			}
+			got := sockopts(t, upstreamSocket(t, m.gw),
+				[2]int{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE}, [2]int{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE},
+				[2]int{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL}, [2]int{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT})
+			on, idle, intvl, cnt := got[0], got[1], got[2], got[3]
 			if on != tt.on || strconv.Itoa(idle) != tt.idle || (tt.intvl != "" && strconv.Itoa(intvl) != tt.intvl) || (tt.cnt != "" && strconv.Itoa(cnt) != tt.cnt) {
 				t.Fatalf("upstream socket SO_KEEPALIVE %d, TCP_KEEPIDLE %d, TCP_KEEPINTVL %d, TCP_KEEPCNT %d; want %d, %s, %s, %s", on, idle, intvl, cnt, tt.on, tt.idle, tt.intvl, tt.cnt)
 			}
