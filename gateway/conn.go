@@ -61,7 +61,9 @@ func (g *Gateway) handle(port uint32, f *flow, dc *dialContext) {
 		return
 	}
 	forwarding = true
-	f.forward()
+	if !g.handover(f) {
+		f.forward()
+	}
 }
 
 // route decides where a client's connection to port goes, from its

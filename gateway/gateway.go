@@ -136,6 +136,7 @@ type Gateway struct {
 	bufs   sync.Pool // *[]byte ClientHello buffers
 	chunks sync.Pool // *[]byte forwarding buffers, held only while a chunk moves
 	relays sync.Pool // *[]byte buffers of reads that a stream end takes part in, while data is flowing
+	loops  loops     // pump the socket-to-socket flows
 
 	table    atomic.Pointer[table]
 	active   atomic.Int64
@@ -325,8 +326,11 @@ func (g *Gateway) HelloMemory() int64 {
 // connections finish until ctx is done, then closes the rest. It returns
 // ctx's error if connections had to be cut.
 func (g *Gateway) Shutdown(ctx context.Context) error {
-	// Once the accept loops and connections are done, no handler is busy.
+	// Once the accept loops and connections are done, no handler is
+	// busy; the loops stop after the wait for every flow, which they
+	// release.
 	defer g.handlers.stop()
+	defer g.loops.stop()
 	g.mu.Lock()
 	g.draining.Store(true)
 	for port, l := range g.listeners {
