@@ -69,9 +69,12 @@ func (e *errorCount) String() string {
 	return strings.Join(parts, "; ")
 }
 
-// report writes the detail of a mode's failures to stderr, if any.
-func (e *errorCount) report(mode, label string) {
-	if e.total() > 0 {
-		logf("%s %s: errors: %s", mode, label, e)
+// result is a client mode's outcome once its row is printed: nil if
+// nothing failed, else an error with the detail by kind, so that loadgen
+// exits non-zero (scripts that wait for a route retry on it).
+func (e *errorCount) result(label string) error {
+	if n := e.total(); n > 0 {
+		return fmt.Errorf("%s: %d errors: %s", label, n, e)
 	}
+	return nil
 }

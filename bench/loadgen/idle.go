@@ -79,8 +79,7 @@ func runIdle(args []string) error {
 		per(with.rssKiB-base.rssKiB), per(with.pssKiB-base.pssKiB), per(with.privKiB-base.privKiB),
 		per(int64(with.fds-start.fds)), per(with.slabKiB-base.slabKiB),
 		float64(with.rssKiB)/1024, opened.Seconds(), errs.total())
-	errs.report("idle", *cf.label)
-	return nil
+	return errs.result(*cf.label)
 }
 
 // idleHeader is the table header of runIdle's rows.

@@ -39,13 +39,13 @@ func runThroughput(args []string) error {
 		}
 		return fmt.Sprintf("%.2f", float64(per)*float64(*conc)*8/d.Seconds()/1e9)
 	}
-	fmt.Printf("| %s | %d | %d | %s | %s | %d |\n", *cf.label, *conc, *mib,
-		gbps(up, failedUp > 0), gbps(down, errs.total() > failedUp), errs.total())
-	errs.report("throughput", *cf.label)
-	return nil
+	// The columns paths.sh prints under its own header come first.
+	fmt.Printf("| %s | %d | %s | %s | %d | %d |\n", *cf.label, *mib,
+		gbps(up, failedUp > 0), gbps(down, errs.total() > failedUp), *conc, errs.total())
+	return errs.result(*cf.label)
 }
 
-const throughputHeader = `| proxy | connections | MiB each way | up Gbit/s | down Gbit/s | errors |
+const throughputHeader = `| proxy | MiB each way | up Gbit/s | down Gbit/s | connections | errors |
 |---|---:|---:|---:|---:|---:|`
 
 // parallel runs f n times at once and returns the time until all ended.
@@ -158,8 +158,7 @@ func runRR(args []string) error {
 	fmt.Printf("| %s | %d | %d | %d | %.0f | %s | %s | %s | %d |\n", *cf.label, *conc, *size,
 		len(lat), float64(len(lat))/elapsed.Seconds(),
 		micros(percentile(lat, 50)), micros(percentile(lat, 99)), micros(percentile(lat, 99.9)), errs.total())
-	errs.report("rr", *cf.label)
-	return nil
+	return errs.result(*cf.label)
 }
 
 const rrHeader = `| proxy | connections | bytes | round trips | round trips/s | p50 µs | p99 µs | p99.9 µs | errors |
@@ -252,8 +251,7 @@ func runConnect(args []string) error {
 	fmt.Printf("| %s | %d | %d | %.0f | %s | %s | %s | %d |\n", *cf.label, *conc,
 		len(lat), float64(len(lat))/elapsed.Seconds(),
 		ms(percentile(lat, 50)), ms(percentile(lat, 99)), ms(percentile(lat, 99.9)), errs.total())
-	errs.report("connect", *cf.label)
-	return nil
+	return errs.result(*cf.label)
 }
 
 const connectHeader = `| proxy | workers | connections | connections/s | p50 ms | p99 ms | p99.9 ms | errors |
