@@ -123,8 +123,12 @@ func serveSink(tc *net.TCPConn, cfg *tls.Config) {
 		}
 		tc.SetDeadline(time.Time{})
 		c = s
-	} else if _, err := readHello(tc); err != nil {
-		logf("sink: %s: %v", tc.RemoteAddr(), err)
+	} else if n, err := readHello(tc); err != nil {
+		// A connection closed before its first byte is a port probe
+		// (compare.sh's wait for the sink), not a failed client.
+		if n > 0 || !errors.Is(err, io.EOF) {
+			logf("sink: %s: %v", tc.RemoteAddr(), err)
+		}
 		return
 	}
 	if err := sinkConn(c); err != nil && !errors.Is(err, io.EOF) {
