@@ -83,7 +83,9 @@ if [[ -n $BASE ]]; then
 	(cd "$work/base" && go build -o "$work/bin/ewgate@$BASE" ./cmd/ewgate)
 	PROXIES="ewgate@$BASE $PROXIES"
 fi
-hap_version=$(haproxy -v | head -1 | cut -d' ' -f1-3)
+# sed, not head: head would exit early, haproxy get SIGPIPE, and pipefail
+# end the script.
+hap_version=$(haproxy -v | sed -n '1s/^\([^ ]* [^ ]* [^ ]*\).*/\1/p')
 ngx_version=$(nginx -v 2>&1 | cut -d' ' -f3)
 
 # Two routes, as Istio names them: port 9080 to the sink's plain listener
