@@ -304,6 +304,12 @@ measure() {
 		sed "s/^/$mode: /" "$work/last.err" >>"$work/errors.log"
 	fi
 	row=${row:-| $label | failed, see stderr |}
+	# rr -paired prints the paired direct set's row after the proxy's.
+	local paired=
+	if [[ $row == *$'\n'* ]]; then
+		paired="${row#*$'\n'} - |"
+		row=${row%%$'\n'*}
+	fi
 	if [[ $mode != idle ]]; then
 		fig=-
 		[[ -z $cpu_pid ]] || fig=$(cpu_figure "$mode" "$row" $((c1 - c0)))
@@ -311,6 +317,10 @@ measure() {
 	fi
 	echo "$row" >>"$work/$mode.md"
 	record "$mode" "$row"
+	if [[ -n $paired ]]; then
+		echo "$paired" >>"$work/$mode.md"
+		record "$mode" "$paired"
+	fi
 }
 
 # with_ratio MODE: the rows of MODE with a last column, each figure's ratio
@@ -349,16 +359,18 @@ if has_mode idle; then
 	done
 fi
 
-# run_rr LABEL ADDR: the rr mode against one address.
-run_rr() { measure rr "$1" -addr "$2" -c "$RR_C" -size "$RR_SIZE" -d "${SECS}s"; }
-
-# run_traffic LABEL HOST PORT TLSPORT [norr]: the traffic modes against one
+# run_traffic LABEL HOST PORT TLSPORT: the traffic modes against one
 # address (TLSPORT: the port whose connections reach the TLS sink; the
-# same as PORT behind a proxy, which routes by SNI), rr unless norr.
+# same as PORT behind a proxy, which routes by SNI). Behind a proxy, with
+# DIRECT=1, rr takes turns of 250 ms with as many connections straight to
+# the sink ("direct (paired with PROXY)"), each set active SECS: the load
+# of the moment (the machine is shared) then weighs on both alike, and
+# their difference is the latency the proxy adds.
 run_traffic() {
-	local addr=$2:$3
+	local addr=$2:$3 pair=()
 	! has_mode throughput || measure throughput "$1" -addr "$addr" -mib "$MIB" -c "$THR_C"
-	[[ ${5:-} == norr ]] || ! has_mode rr || run_rr "$1" "$addr"
+	[[ $DIRECT != 1 || $3 == "$sink_port" ]] || pair=(-paired "127.0.0.1:$sink_port" -paired-label "direct (paired with $1)")
+	[[ $3 == "$sink_port" && $DIRECT == 1 ]] || ! has_mode rr || measure rr "$1" -addr "$addr" -c "$RR_C" -size "$RR_SIZE" -d "${SECS}s" "${pair[@]}"
 	! has_mode connect || measure connect "$1" -addr "$addr" -c "$CONN_C" -d "${SECS}s"
 	! has_mode tls || measure tls "$1" -addr "$2:$4" -sni "$sni_tls" -tls-ca "$work/ca" -c "$CONN_C" -d "${SECS}s"
 	sleep 1 # let TIME_WAIT sockets of connect age before the next target
@@ -366,12 +378,8 @@ run_traffic() {
 
 if has_mode throughput || has_mode rr || has_mode connect || has_mode tls; then
 	cpu_pid=
-	[[ $DIRECT != 1 ]] || run_traffic "direct (no proxy)" 127.0.0.1 "$sink_port" "$sink_tls_port" norr
+	[[ $DIRECT != 1 ]] || run_traffic "direct (no proxy)" 127.0.0.1 "$sink_port" "$sink_tls_port"
 	for p in $PROXIES; do
-		# Added latency is each proxy's rr percentiles minus those of a
-		# direct rr run just before it, so that the load of the moment
-		# (the machine is shared) weighs on both alike.
-		[[ $DIRECT != 1 ]] || ! has_mode rr || run_rr "direct (before $p)" "127.0.0.1:$sink_port"
 		if ! start_proxy "$p"; then
 			echo -e "errors\t$p\tfailed" >>"$work/figures"
 			continue
@@ -399,19 +407,19 @@ cpu_unit() {
 }
 
 # added_latency prints the rr percentiles of each proxy minus those of the
-# direct run just before it, with the ratio of each to the best peer's.
+# direct set paired with it, with the ratio of each to the best peer's.
 added_latency() {
 	awk -F'\t' '
 	$1 ~ /^p(50|99|999)$/ { v[$1, $2] = $3; if ($2 !~ /^direct/ && !($2 in seen)) { seen[$2] = 1; order[++n] = $2 } }
 	END {
 		split("p50 p99 p999", ps, " ")
-		for (j = 1; j <= 3; j++) { p = ps[j]; for (i = 1; i <= n; i++) { l = order[i]; d = "direct (before " l ")"
+		for (j = 1; j <= 3; j++) { p = ps[j]; for (i = 1; i <= n; i++) { l = order[i]; d = "direct (paired with " l ")"
 			if (!((p, l) in v) || !((p, d) in v)) continue
 			add[p, l] = v[p, l] - v[p, d]
 			if ((l == "haproxy" || l == "nginx") && (!(p in best) || add[p, l] < best[p])) { best[p] = add[p, l]; who[p] = l } } }
 		print "| proxy | added p50 µs | added p99 µs | added p99.9 µs | p99 ratio to best peer | p99.9 ratio to best peer |"
 		print "|---|---:|---:|---:|---:|---:|"
-		if (!(("p99", "ewgate") in add) && !(("p99", "haproxy") in add)) { print "No direct rr runs (DIRECT=0): added latency not computed."; exit }
+		if (!(("p99", "ewgate") in add) && !(("p99", "haproxy") in add)) { print "No paired direct rr sets (DIRECT=0): added latency not computed."; exit }
 		for (i = 1; i <= n; i++) { l = order[i]; if (!(("p99", l) in add)) continue
 			r99 = ("p99" in best && best["p99"] > 0) ? sprintf("%.2f× %s", add["p99", l] / best["p99"], who["p99"]) : "-"
 			r999 = ("p999" in best && best["p999"] > 0) ? sprintf("%.2f× %s", add["p999", l] / best["p999"], who["p999"]) : "-"
@@ -446,7 +454,7 @@ summary() {
 		ratio = (ref + 0 > 0) ? sprintf("%.2f×", e / ref) : "-"
 		printf "| %s | %s | %s %s | %s | ≤ %.2f× | %s |\n", what, fmt(e, unit), who, fmt(ref, unit), ratio, goal, ok ? "met" : "**not met**"
 	}
-	function added(p, l,   d) { d = "direct (before " l ")"; return ((p, l) in v && (p, d) in v) ? v[p, l] - v[p, d] : "" }
+	function added(p, l,   d) { d = "direct (paired with " l ")"; return ((p, l) in v && (p, d) in v) ? v[p, l] - v[p, d] : "" }
 	END {
 		print "| target (lower is better) | ewgate | reference | ratio | goal | verdict |"
 		print "|---|---:|---|---:|---:|---|"
@@ -461,8 +469,8 @@ summary() {
 			e = added(p, "ewgate")
 			# Added latency can be 0 or below in noise; compare it then without a ratio.
 			if (e != "" && bv != "" && bv <= 0) { total++; ok = (e <= bv); met += ok
-				printf "| %s added latency (rr, minus the direct run before it) | %.1f µs | %s %.1f µs | - | ≤ best peer | %s |\n", (p == "p99" ? "p99" : "p99.9"), e, bw, bv, ok ? "met" : "**not met**"
-			} else row((p == "p99" ? "p99" : "p99.9") " added latency (rr, minus the direct run before it)", e, bv, bw, 1, "µs") }
+				printf "| %s added latency (rr, minus the paired direct set) | %.1f µs | %s %.1f µs | - | ≤ best peer | %s |\n", (p == "p99" ? "p99" : "p99.9"), e, bw, bv, ok ? "met" : "**not met**"
+			} else row((p == "p99" ? "p99" : "p99.9") " added latency (rr, minus the paired direct set)", e, bv, bw, 1, "µs") }
 		total++
 		peers = ""
 		direct = 0
@@ -518,7 +526,7 @@ report() {
 		esac
 		with_ratio "$mode"
 		if [[ $mode == rr ]]; then
-			printf '\nAdded latency: each proxy'"'"'s percentiles minus those of the direct run just before it.\n\n'
+			printf '\nAdded latency: each proxy'"'"'s percentiles minus those of the direct set that took turns with it (250 ms each).\n\n'
 			added_latency
 		fi
 	done

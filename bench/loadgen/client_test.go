@@ -187,11 +187,17 @@ func TestPingPongCountsErrors(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			samples := pingPong(c, 32, time.Now().Add(200*time.Millisecond), &errs)
+			p := newPinger(c, 32, &errs)
+			if p == nil {
+				t.Fatalf("newPinger: %v", &errs)
+			}
+			// Two turns: a pinger that failed stays failed, counted once.
+			p.run(time.Now().Add(100*time.Millisecond), &errs)
+			p.run(time.Now().Add(100*time.Millisecond), &errs)
 			if errs.total() != tt.count || errs.n[tt.kind] != tt.count {
 				t.Fatalf("errors: %v, want %d of kind %s", &errs, tt.count, tt.kind)
 			}
-			if tt.count == 0 && len(samples) == 0 {
+			if tt.count == 0 && len(p.samples) == 0 {
 				t.Error("no round trips measured")
 			}
 		})
@@ -227,5 +233,33 @@ func TestCheckOpen(t *testing.T) {
 	checkOpen(conns, 200*time.Millisecond, &errs)
 	if errs.n[errClosed] != 2 || errs.total() != 2 {
 		t.Fatalf("errors %v, want closed 2 (the closing backend's)", &errs)
+	}
+}
+
+func TestInterleaveTakesTurns(t *testing.T) {
+	leakcheck.Check(t)
+	proxy := newRRSet("proxy", newTestClient(t, startSink(t, nil), ""), 2, 64)
+	direct := newRRSet("direct", newTestClient(t, startSink(t, nil), ""), 2, 64)
+	defer proxy.close()
+	defer direct.close()
+	dur := 200 * time.Millisecond
+	interleave([]*rrSet{proxy, direct}, dur, 50*time.Millisecond)
+	for _, s := range []*rrSet{proxy, direct} {
+		n := 0
+		for _, p := range s.pingers {
+			n += len(p.samples)
+		}
+		if n == 0 || s.errs.total() != 0 {
+			t.Errorf("%s: %d round trips, errors %v", s.label, n, &s.errs)
+		}
+	}
+	if proxy.active < dur {
+		t.Errorf("proxy set active %v, want at least %v", proxy.active, dur)
+	}
+	if direct.active <= 0 {
+		t.Errorf("direct set never active")
+	}
+	if row := direct.row(2, 64); !strings.HasPrefix(row, "| direct | 2 | 64 | ") || !strings.HasSuffix(row, " | 0 |") {
+		t.Errorf("row %q", row)
 	}
 }

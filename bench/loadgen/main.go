@@ -7,6 +7,7 @@
 //	loadgen idle -addr A -pid P -n N   memory and fds per idle connection
 //	loadgen throughput -addr A -c C    C connections, bulk up, then down
 //	loadgen rr -addr A -c C -d T       ping-pong on C connections, checked
+//	                  [-paired ADDR]   taking turns with C more to ADDR
 //	loadgen connect -addr A -c C -d T  a new connection per operation
 //	                  [-tls-ca D]      with a full TLS 1.3 mTLS handshake
 //	loadgen header MODE                the markdown header of MODE's rows

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"encoding/binary"
 	"flag"
 	"fmt"
-	"io"
 	"sync"
 	"time"
 )
@@ -116,93 +114,6 @@ func streamDown(cl *client, size int64, errs *errorCount) {
 		errs.add(errRead, fmt.Errorf("streaming down: %w", err))
 	case got != size:
 		errs.add(errMismatch, fmt.Errorf("received %d bytes, want %d", got, size))
-	}
-}
-
-// runRR implements "loadgen rr": -c connections each doing -size byte
-// ping-pongs with the echoing sink for -d. Every echo is compared with
-// its request, and every round trip's time is kept.
-func runRR(args []string) error {
-	fs := flag.NewFlagSet("rr", flag.ContinueOnError)
-	cf := newClientFlags(fs)
-	conc := fs.Int("c", 50, "concurrent connections")
-	dur := fs.Duration("d", 5*time.Second, "duration")
-	size := fs.Int("size", 1024, "message size in bytes")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *size < 1 {
-		return fmt.Errorf("-size must be positive")
-	}
-	cl, err := cf.client()
-	if err != nil {
-		return err
-	}
-	var errs errorCount
-	conns := cl.openMany(*conc, *conc, &errs)
-	defer closeAll(conns)
-	parts := make([][]time.Duration, len(conns))
-	var wg sync.WaitGroup
-	start := time.Now()
-	end := start.Add(*dur)
-	for i, c := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			parts[i] = pingPong(c, *size, end, &errs)
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	lat := latencies(parts)
-	fmt.Printf("| %s | %d | %d | %d | %.0f | %s | %s | %s | %d |\n", *cf.label, *conc, *size,
-		len(lat), float64(len(lat))/elapsed.Seconds(),
-		micros(percentile(lat, 50)), micros(percentile(lat, 99)), micros(percentile(lat, 99.9)), errs.total())
-	return errs.result(*cf.label)
-}
-
-const rrHeader = `| proxy | connections | bytes | round trips | round trips/s | p50 µs | p99 µs | p99.9 µs | errors |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|`
-
-// pingPong asks the sink to echo, then writes size-byte requests and reads
-// their echoes until end, and returns each round trip's time. A request
-// carries its sequence number, so a stale or misrouted echo is a mismatch.
-// It stops at the first failure, which it counts.
-func pingPong(c conn, size int, end time.Time, errs *errorCount) []time.Duration {
-	c.SetDeadline(end.Add(10 * time.Second))
-	if _, err := c.Write([]byte{cmdEcho}); err != nil {
-		errs.add(errWrite, err)
-		return nil
-	}
-	out, in := make([]byte, size), make([]byte, size)
-	var samples []time.Duration
-	for seq := uint64(0); time.Now().Before(end); seq++ {
-		stamp(out, seq)
-		t := time.Now()
-		if _, err := c.Write(out); err != nil {
-			errs.add(errWrite, err)
-			return samples
-		}
-		if _, err := io.ReadFull(c, in); err != nil {
-			errs.add(errRead, err)
-			return samples
-		}
-		samples = append(samples, time.Since(t))
-		if !bytes.Equal(in, out) {
-			errs.add(errMismatch, fmt.Errorf("echo of request %d differs from it", seq))
-			return samples
-		}
-	}
-	return samples
-}
-
-// stamp fills b with a pattern of seq: its 8 bytes, big endian, repeated
-// (truncated to len(b)).
-func stamp(b []byte, seq uint64) {
-	var s [8]byte
-	binary.BigEndian.PutUint64(s[:], seq)
-	for i := range b {
-		b[i] = s[i%8]
 	}
 }
 
