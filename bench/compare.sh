@@ -417,9 +417,11 @@ added_latency() {
 			if (!((p, l) in v) || !((p, d) in v)) continue
 			add[p, l] = v[p, l] - v[p, d]
 			if ((l == "haproxy" || l == "nginx") && (!(p in best) || add[p, l] < best[p])) { best[p] = add[p, l]; who[p] = l } } }
+		found = 0
+		for (i = 1; i <= n; i++) if (("p99", order[i]) in add) found = 1
+		if (!found) { print "No paired direct rr sets (DIRECT=0): added latency not computed."; exit }
 		print "| proxy | added p50 µs | added p99 µs | added p99.9 µs | p99 ratio to best peer | p99.9 ratio to best peer |"
 		print "|---|---:|---:|---:|---:|---:|"
-		if (!(("p99", "ewgate") in add) && !(("p99", "haproxy") in add)) { print "No paired direct rr sets (DIRECT=0): added latency not computed."; exit }
 		for (i = 1; i <= n; i++) { l = order[i]; if (!(("p99", l) in add)) continue
 			r99 = ("p99" in best && best["p99"] > 0) ? sprintf("%.2f× %s", add["p99", l] / best["p99"], who["p99"]) : "-"
 			r999 = ("p999" in best && best["p999"] > 0) ? sprintf("%.2f× %s", add["p999", l] / best["p999"], who["p999"]) : "-"
