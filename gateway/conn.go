@@ -3,7 +3,7 @@ package gateway
 import (
 	"errors"
 	"io"
-	"slices"
+	"strings"
 	"time"
 
 	"github.com/ewgate/ewgate/sni"
@@ -15,8 +15,8 @@ const maxPooledHelloSize = 16 << 10
 
 // handle routes one accepted client connection and starts forwarding it;
 // the flow releases itself when forwarding ends. A connection that is not
-// forwarded is released here.
-func (g *Gateway) handle(port uint32, f *flow) {
+// forwarded is released here. dc bounds its dials: the handler's.
+func (g *Gateway) handle(port uint32, f *flow, dc *dialContext) {
 	c := f.client.tcp
 	forwarding := false
 	defer func() {
@@ -52,7 +52,7 @@ func (g *Gateway) handle(port uint32, f *flow) {
 		g.refuse(c, ref)
 		return
 	}
-	up, u, cl, ref := g.dial(t, p, c.RemoteAddr())
+	up, u, cl, ref := g.dial(t, p, c.RemoteAddr(), dc)
 	if ref != nil {
 		g.refuse(c, ref)
 		return
@@ -61,7 +61,9 @@ func (g *Gateway) handle(port uint32, f *flow) {
 		return
 	}
 	forwarding = true
-	f.forward()
+	if !g.handover(f) {
+		f.forward()
+	}
 }
 
 // route decides where a client's connection to port goes, from its
@@ -86,18 +88,32 @@ func (g *Gateway) route(t *table, port uint32, hello sni.Hello) (plan, *refusal)
 
 // parse checks the hello's ALPN and decodes its server name into a
 // routing key, or says why it does not route.
+//
+// The key's strings, like the hello's, are views of the pooled hello
+// buffer (sni.Hello): valid until handle returns. A refusal's log
+// arguments are copies, since a log handler may keep them.
 func (g *Gateway) parse(hello sni.Hello) (sni.Key, *refusal) {
-	if !g.cfg.AnyALPN && !slices.ContainsFunc(hello.ALPN, func(p string) bool { return slices.Contains(g.cfg.ALPN, p) }) {
-		return sni.Key{}, &refusal{reason: RejectALPN, alert: alertNoALPN, args: []any{"alpn", hello.ALPN, "sni", hello.ServerName}}
+	if !g.cfg.AnyALPN && !offersOneOf(hello.ALPN, g.cfg.ALPN) {
+		return sni.Key{}, &refusal{reason: RejectALPN, alert: alertNoALPN, args: []any{"alpn", hello.ALPN.Strings(), "sni", strings.Clone(hello.ServerName)}}
 	}
 	if hello.ServerName == "" {
 		return sni.Key{}, &refusal{reason: RejectNoSNI, alert: alertUnrecognizedName}
 	}
 	key, err := sni.ParseName(hello.ServerName)
 	if err != nil {
-		return sni.Key{}, &refusal{reason: RejectBadSNI, alert: alertUnrecognizedName, args: []any{"sni", hello.ServerName}, err: err}
+		return sni.Key{}, &refusal{reason: RejectBadSNI, alert: alertUnrecognizedName, args: []any{"sni", strings.Clone(hello.ServerName)}, err: err}
 	}
 	return key, nil
+}
+
+// offersOneOf reports whether offered holds one of want.
+func offersOneOf(offered sni.Protocols, want []string) bool {
+	for _, p := range want {
+		if offered.Contains(p) {
+			return true
+		}
+	}
+	return false
 }
 
 // start replays the client's first bytes (its ClientHello) to the dialed

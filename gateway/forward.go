@@ -58,7 +58,8 @@ func (e *end) reset() {
 // dialed, the upstream side (an endpoint of this network, or a stream to
 // another network's gateway). Every path runs through the same engine, so
 // the idle timeout, the connection limit, resets, half-closes and drain
-// hold alike for all of them.
+// hold alike for all of them. A flow between two sockets is pumped by an
+// event loop (handover); one with a stream end by forward's goroutines.
 type flow struct {
 	g      *Gateway
 	client end
@@ -77,10 +78,23 @@ type flow struct {
 	idle time.Duration
 	// expiry closes the flow at its route's MaxConnectionDuration; nil
 	// without one.
-	expiry  *time.Timer
+	expiry *time.Timer
+	// loop, once set, is the event loop that pumps the flow in place of
+	// forward's goroutines; lf is the flow's state there, the loop's
+	// alone.
+	loop   atomic.Pointer[loop]
+	lf     *loopFlow
+	ended  atomic.Bool // both directions must stop
+	failed atomic.Bool // ended by an error: reset both sides
+	// pumps is forward's goroutine state, allocated by forward alone:
+	// the flows in a loop, most of them, do not carry it.
+	pumps *pumps
+}
+
+// pumps are the two directions of a flow that forward copies with
+// goroutines.
+type pumps struct {
 	running atomic.Int32 // directions still copying
-	ended   atomic.Bool  // both directions must stop
-	failed  atomic.Bool  // ended by an error: reset both sides
 	toUp    direction    // client to upstream
 	toDown  direction    // upstream to client
 }
@@ -113,18 +127,21 @@ type direction struct {
 }
 
 // forward copies bytes both ways between the client and upstream sides,
-// one goroutine per direction, and returns at once; the direction that
+// one goroutine per direction, and returns at once: the pump of a flow
+// with a stream end, or of any flow if the loops are unavailable; the direction that
 // ends last closes both sides and releases the flow. Fresh goroutines
 // start with small stacks, where the caller's grew while dialing: an idle
 // connection costs less. A direction that reads EOF half-closes its
 // destination; an error in either direction resets both sides, so a
 // reset on one side is seen as a reset on the other.
 func (f *flow) forward() {
-	f.toUp.src, f.toUp.dst, f.toUp.other, f.toUp.bytes = &f.client, &f.up, &f.toDown, f.g.m.BytesUp
-	f.toDown.src, f.toDown.dst, f.toDown.other, f.toDown.bytes = &f.up, &f.client, &f.toUp, f.g.m.BytesDown
-	f.running.Store(2)
-	go f.run(&f.toDown)
-	go f.run(&f.toUp)
+	p := new(pumps)
+	f.pumps = p
+	p.toUp.src, p.toUp.dst, p.toUp.other, p.toUp.bytes = &f.client, &f.up, &p.toDown, f.g.m.BytesUp
+	p.toDown.src, p.toDown.dst, p.toDown.other, p.toDown.bytes = &f.up, &f.client, &p.toUp, f.g.m.BytesDown
+	p.running.Store(2)
+	go f.run(&p.toDown)
+	go f.run(&p.toUp)
 }
 
 // run is a direction's goroutine. Its frame, with pipe's, is what an idle
@@ -134,9 +151,15 @@ func (f *flow) forward() {
 func (f *flow) run(d *direction) {
 	f.pipe(d)
 	d.drop()
-	if f.running.Add(-1) > 0 {
+	if f.pumps.running.Add(-1) > 0 {
 		return
 	}
+	f.close()
+}
+
+// close ends a flow whose pump has stopped: it stops the expiry, resets
+// both sides if the flow failed, closes them and releases the flow.
+func (f *flow) close() {
 	if f.expiry != nil {
 		f.expiry.Stop()
 	}
@@ -356,8 +379,10 @@ func (d *direction) poll(fd uintptr) bool {
 	return true
 }
 
-// abort ends both directions at once: deadlines in the past unblock the
-// other direction's wait without closing the sides under it.
+// abort ends both directions at once: for a flow in a loop, a command
+// to the loop, which alone closes what it polls; for forward's
+// goroutines, deadlines in the past unblock the other direction's wait
+// without closing the sides under it.
 func (f *flow) abort(err error) {
 	if !f.ended.CompareAndSwap(false, true) {
 		return
@@ -372,6 +397,12 @@ func (f *flow) abort(err error) {
 	default:
 		f.failed.Store(true)
 	}
+	if l := f.loop.Load(); l != nil {
+		// Only the loop closes what it polls. A flow aborted before the
+		// loop had it is ended as the loop adopts it.
+		l.send(command{f: f})
+		return
+	}
 	past := time.Unix(1, 0)
 	f.client.c.SetDeadline(past)
 	f.up.c.SetDeadline(past)
@@ -382,10 +413,17 @@ func (f *flow) abort(err error) {
 func (f *flow) expire() { f.abort(errMaxDuration) }
 
 // cut resets and closes the flow's sides at once, for a drain that ran
-// out of time or a tunnel link that closed. Callers hold g.mu, under
+// out of time or a tunnel link that closed; a flow in a loop is ended by
+// the loop, at the next command it runs. Callers hold g.mu, under
 // which f.up is set, or are the goroutine that set it.
 func (f *flow) cut() {
 	f.failed.Store(true)
+	if l := f.loop.Load(); l != nil {
+		if f.ended.CompareAndSwap(false, true) {
+			l.send(command{f: f})
+		}
+		return
+	}
 	for _, e := range []*end{&f.client, &f.up} {
 		if e.c != nil {
 			e.reset()

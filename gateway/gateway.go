@@ -136,6 +136,7 @@ type Gateway struct {
 	bufs   sync.Pool // *[]byte ClientHello buffers
 	chunks sync.Pool // *[]byte forwarding buffers, held only while a chunk moves
 	relays sync.Pool // *[]byte buffers of reads that a stream end takes part in, while data is flowing
+	loops  loops     // pump the socket-to-socket flows
 
 	table    atomic.Pointer[table]
 	active   atomic.Int64
@@ -143,6 +144,7 @@ type Gateway struct {
 	cutting  atomic.Bool // drain timed out: flows must close
 	tunnels  atomic.Pointer[tunnels]
 	probe    prober
+	handlers *handlers
 
 	mu        sync.Mutex
 	listeners map[uint32]*listener
@@ -174,8 +176,11 @@ func New(cfg Config) *Gateway {
 		routes:    make(map[routeID]*routeState),
 		now:       func() int64 { return time.Now().UnixNano() },
 		flows:     make(map[*flow]struct{}),
+		handlers:  newHandlers(),
 	}
-	g.dialer = net.Dialer{Timeout: cfg.DialTimeout, Control: cfg.DialControl}
+	// Upstream sockets get keep-alive only from a route's tcpKeepalive
+	// (applyPolicy), as Envoy's: not Go's default, 4 system calls per dial.
+	g.dialer = net.Dialer{Timeout: cfg.DialTimeout, Control: cfg.DialControl, KeepAlive: -1}
 	g.rlog.log = cfg.Logger
 	g.bufs.New = func() any {
 		// Big enough for Go's and browsers' hellos (1.5-2 KB) in one read;
@@ -268,9 +273,12 @@ func servedPorts(v *discovery.View) map[uint32]*discovery.Gateway {
 }
 
 // listen binds a TCP listener without MPTCP, whose extra subflows the
-// splice fast path cannot use.
+// splice fast path cannot use, with the options of listenerOptions.
+// KeepAlive -1 keeps Go from setting the keep-alive options again on
+// every accepted socket (4 system calls each): Linux copies them from
+// the listening socket.
 func listen(addr string) (*net.TCPListener, error) {
-	var lc net.ListenConfig
+	lc := net.ListenConfig{KeepAlive: -1, Control: listenerOptions}
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
@@ -324,6 +332,11 @@ func (g *Gateway) HelloMemory() int64 {
 // connections finish until ctx is done, then closes the rest. It returns
 // ctx's error if connections had to be cut.
 func (g *Gateway) Shutdown(ctx context.Context) error {
+	// Once the accept loops and connections are done, no handler is
+	// busy; the loops stop after the wait for every flow, which they
+	// release.
+	defer g.handlers.stop()
+	defer g.loops.stop()
 	g.mu.Lock()
 	g.draining.Store(true)
 	for port, l := range g.listeners {
@@ -382,7 +395,7 @@ func (g *Gateway) serve(l *listener) {
 		g.flows[f] = struct{}{}
 		g.mu.Unlock()
 		g.wg.Add(1)
-		go g.handle(l.port, f)
+		g.dispatch(l.port, f)
 	}
 }
 

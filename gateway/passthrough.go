@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"math/rand/v2"
+	"strings"
 
 	"github.com/ewgate/ewgate/discovery"
 )
@@ -11,16 +12,17 @@ import (
 // endpoints of the chosen destination in this network, or refuses it. No
 // ALPN is required and no tunnel is used: the client's TLS is its own,
 // not Istio's mTLS, and another network's gateway could not route the
-// plain name.
+// plain name. serverName is a view of the pooled hello buffer (sni.Hello):
+// the refusals copy it.
 func (g *Gateway) routePassthrough(t *table, l *discovery.PassthroughListener, serverName string) (plan, *refusal) {
 	r, ok := l.Match(serverName)
 	if !ok {
-		return plan{}, &refusal{reason: string(discovery.NoTLSRoute), alert: alertUnrecognizedName, args: []any{"sni", serverName, "port", l.Port}}
+		return plan{}, &refusal{reason: string(discovery.NoTLSRoute), alert: alertUnrecognizedName, args: []any{"sni", strings.Clone(serverName), "port", l.Port}}
 	}
 	d := pickDestination(r.Destinations)
 	cl := t.clusters[d.Route] // every destination has one: buildTable makes them from PassthroughRoutes
 	if len(cl.members) == 0 {
-		return plan{}, &refusal{reason: RejectNoEndpoints, alert: alertHandshakeFailure, key: d.Route.Key, args: []any{"sni", serverName,
+		return plan{}, &refusal{reason: RejectNoEndpoints, alert: alertHandshakeFailure, key: d.Route.Key, args: []any{"sni", strings.Clone(serverName),
 			"virtualservice", r.VirtualService.String(), "network", t.view.Node.Network}}
 	}
 	return plan{key: d.Route.Key, cl: cl}, nil

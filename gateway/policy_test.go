@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"errors"
 	"net"
 	"os"
 	"slices"
@@ -203,10 +202,13 @@ func TestRouteKeepalive(t *testing.T) {
 	tests := []struct {
 		name             string
 		policy           string
+		on               int    // SO_KEEPALIVE
 		idle, intvl, cnt string // "" is the system's
 	}{
-		{"all set", "connectionPool: {tcp: {tcpKeepalive: {time: 7s, interval: 3s, probes: 4}}}", "7", "3", "4"},
-		{"none set keeps the system's", "connectionPool: {tcp: {tcpKeepalive: {}}}", strings.TrimSpace(string(sysIdle)), "", ""},
+		{"all set", "connectionPool: {tcp: {tcpKeepalive: {time: 7s, interval: 3s, probes: 4}}}", 1, "7", "3", "4"},
+		{"none set keeps the system's", "connectionPool: {tcp: {tcpKeepalive: {}}}", 1, strings.TrimSpace(string(sysIdle)), "", ""},
+		// Without tcpKeepalive none, as Envoy: not Go's default of 15 s.
+		{"no tcpKeepalive: none", "connectionPool: {tcp: {maxConnections: 10}}", 0, strings.TrimSpace(string(sysIdle)), "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -218,23 +220,12 @@ func TestRouteKeepalive(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			rc, err := upstreamSocket(t, m.gw).SyscallConn()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var on, idle, intvl, cnt int
-			var errs [4]error
-			rc.Control(func(fd uintptr) {
-				on, errs[0] = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_KEEPALIVE)
-				idle, errs[1] = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE)
-				intvl, errs[2] = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL)
-				cnt, errs[3] = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT)
-			})
-			if err := errors.Join(errs[:]...); err != nil {
-				t.Fatal(err)
-			}
-			if on != 1 || strconv.Itoa(idle) != tt.idle || (tt.intvl != "" && strconv.Itoa(intvl) != tt.intvl) || (tt.cnt != "" && strconv.Itoa(cnt) != tt.cnt) {
-				t.Fatalf("upstream socket SO_KEEPALIVE %d, TCP_KEEPIDLE %d, TCP_KEEPINTVL %d, TCP_KEEPCNT %d; want 1, %s, %s, %s", on, idle, intvl, cnt, tt.idle, tt.intvl, tt.cnt)
+			got := sockopts(t, upstreamSocket(t, m.gw),
+				[2]int{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE}, [2]int{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE},
+				[2]int{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL}, [2]int{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT})
+			on, idle, intvl, cnt := got[0], got[1], got[2], got[3]
+			if on != tt.on || strconv.Itoa(idle) != tt.idle || (tt.intvl != "" && strconv.Itoa(intvl) != tt.intvl) || (tt.cnt != "" && strconv.Itoa(cnt) != tt.cnt) {
+				t.Fatalf("upstream socket SO_KEEPALIVE %d, TCP_KEEPIDLE %d, TCP_KEEPINTVL %d, TCP_KEEPCNT %d; want %d, %s, %s, %s", on, idle, intvl, cnt, tt.on, tt.idle, tt.intvl, tt.cnt)
 			}
 		})
 	}

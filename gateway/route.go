@@ -129,14 +129,15 @@ func (g *Gateway) resolve(t *table, li int, key sni.Key) (plan, *refusal) {
 // the client's address, for source IP hashing and the far gateway's
 // logs. A connection dialed to p's cluster counts against its route's
 // MaxConnections until start's flow is released: dial returns that
-// cluster, nil when the connection was tunneled.
-func (g *Gateway) dial(t *table, p plan, client net.Addr) (end, *upstream, *cluster, *refusal) {
+// cluster, nil when the connection was tunneled. dc, if not nil, bounds
+// the TCP connects instead of a context of their own (dialContext).
+func (g *Gateway) dial(t *table, p plan, client net.Addr, dc *dialContext) (end, *upstream, *cluster, *refusal) {
 	if p.cl != nil {
 		if !p.cl.admit() {
 			return end{}, nil, nil, &refusal{reason: RejectRouteOverLimit, alert: alertInternalError, key: p.key,
 				args: []any{"max_connections", p.cl.policy.MaxConnections}}
 		}
-		up, u, tried, err := g.dialCluster(p.cl, p.key, nil, client)
+		up, u, tried, err := g.dialCluster(p.cl, p.key, nil, client, dc)
 		if err == nil {
 			return up, u, p.cl, nil
 		}
@@ -151,7 +152,7 @@ func (g *Gateway) dial(t *table, p plan, client net.Addr) (end, *upstream, *clus
 	var tried int
 	cl, err := p.tn.cluster(t, p.key)
 	if err == nil {
-		up, u, tried, err = g.dialCluster(cl, p.key, p.tn, client)
+		up, u, tried, err = g.dialCluster(cl, p.key, p.tn, client, nil)
 	}
 	if err == nil {
 		return up, u, nil, nil
@@ -167,8 +168,8 @@ func (g *Gateway) dial(t *table, p plan, client net.Addr) (end, *upstream, *clus
 // dialCluster connects to one of cl's members, trying up to DialAttempts
 // of them in the order cluster.pick chooses: endpoints by TCP, or, with
 // tn set, other networks' gateways by tunnel stream. It returns the
-// number tried, and the last error on failure.
-func (g *Gateway) dialCluster(cl *cluster, key sni.Key, tn *tunnels, client net.Addr) (end, *upstream, int, error) {
+// number tried, and the last error on failure. dc is dial's.
+func (g *Gateway) dialCluster(cl *cluster, key sni.Key, tn *tunnels, client net.Addr, dc *dialContext) (end, *upstream, int, error) {
 	var triedBuf [8]int
 	tried := triedBuf[:0]
 	err := errNoMember
@@ -193,7 +194,17 @@ func (g *Gateway) dialCluster(cl *cluster, key sni.Key, tn *tunnels, client net.
 			up, err = tn.dial(g.cfg.DialTimeout, u, key, client)
 		} else {
 			var c net.Conn
-			if c, err = dialer.Dial("tcp", u.addr); err == nil {
+			if dc != nil {
+				// The dialer's Timeout is the same bound, from a
+				// moment later: net keeps dc's deadline and makes no
+				// context of its own.
+				dc.begin(dialer.Timeout)
+				c, err = dialer.DialContext(dc, "tcp", u.addr)
+				dc.end()
+			} else {
+				c, err = dialer.Dial("tcp", u.addr)
+			}
+			if err == nil {
 				up = tcpEnd(c.(*net.TCPConn))
 			}
 		}

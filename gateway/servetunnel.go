@@ -83,7 +83,7 @@ func (g *Gateway) serveFlow(h tunnel.Header, f *flow) bool {
 	if ap, err := netip.ParseAddrPort(h.ClientAddr); err == nil {
 		client = net.TCPAddrFromAddrPort(ap)
 	}
-	up, u, cl, ref := g.dial(t, p, client)
+	up, u, cl, ref := g.dial(t, p, client, nil)
 	if ref != nil {
 		g.refuseFlow(f, ref)
 		return false

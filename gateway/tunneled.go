@@ -117,7 +117,9 @@ func (tn *tunnels) cluster(t *table, key sni.Key) (*cluster, error) {
 func (tn *tunnels) dial(timeout time.Duration, u *upstream, key sni.Key, client net.Addr) (end, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	h := tunnel.Header{Key: key}
+	// The key is a view of the client's pooled hello buffer (parse): the
+	// header, the tunnel's from here, gets a copy.
+	h := tunnel.Header{Key: key.Clone()}
 	if client != nil {
 		h.ClientAddr = client.String()
 	}

@@ -51,7 +51,7 @@ func FuzzParseClientHello(f *testing.F) {
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		h, err := ParseClientHello(msg)
 		if err == nil {
-			if slices.Contains(h.ALPN, "") {
+			if slices.Contains(h.ALPN.Strings(), "") {
 				t.Fatalf("empty protocol name in %q", h.ALPN)
 			}
 		} else if Reason(err) != "malformed" && Reason(err) != "not_client_hello" {
@@ -71,7 +71,7 @@ func FuzzParseClientHello(f *testing.F) {
 		if err != nil {
 			t.Fatalf("crypto/tls accepts the hello, ParseClientHello: %v", err)
 		}
-		if h.ServerName != sn || !slices.Equal(h.ALPN, alpn) {
+		if h.ServerName != sn || !slices.Equal(h.ALPN.Strings(), alpn) {
 			t.Fatalf("got %q %q, crypto/tls sees %q %q", h.ServerName, h.ALPN, sn, alpn)
 		}
 	})
@@ -99,7 +99,7 @@ func FuzzPeek(f *testing.F) {
 				t.Fatalf("read %d bytes, limit %d", len(h.Raw), p.maxBytes())
 			}
 		}
-		if Reason(werr) != Reason(serr) || whole.ServerName != split.ServerName || !slices.Equal(whole.ALPN, split.ALPN) {
+		if Reason(werr) != Reason(serr) || whole.ServerName != split.ServerName || !slices.Equal(whole.ALPN.Strings(), split.ALPN.Strings()) {
 			t.Fatalf("in one read: %q %q %v; in reads of %d bytes: %q %q %v",
 				whole.ServerName, whole.ALPN, werr, chunk, split.ServerName, split.ALPN, serr)
 		}

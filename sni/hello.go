@@ -2,7 +2,7 @@ package sni
 
 import (
 	"fmt"
-	"strings"
+	"unsafe"
 
 	"golang.org/x/crypto/cryptobyte"
 )
@@ -15,15 +15,22 @@ const (
 )
 
 // Hello is what a ClientHello offers.
+//
+// ServerName and ALPN are views of the bytes parsed, not copies, so that
+// reading a hello allocates nothing: after Peek, of the buffer Raw is in
+// (or of the message reassembled from several records); after
+// ParseClientHello, of msg. They are valid only while those bytes are
+// not reused: copy what must outlive them (strings.Clone,
+// Protocols.Strings).
 type Hello struct {
 	// ServerName is the host_name from the server_name extension, exactly as
 	// sent (not validated or case-folded), or "" if the hello has none.
 	ServerName string
 
-	// ALPN lists the protocols offered in the ALPN extension, in the
-	// client's order of preference; nil if the hello has no such extension.
-	// ServerName and the ALPN strings share one allocation.
-	ALPN []string
+	// ALPN holds the protocols offered in the ALPN extension, in the
+	// client's order of preference; empty if the hello has no such
+	// extension.
+	ALPN Protocols
 
 	// Raw holds every byte Peek read from the connection, record headers
 	// included, in order: replaying Raw and then the rest of the connection
@@ -34,9 +41,40 @@ type Hello struct {
 	Raw []byte
 }
 
+// Protocols is the protocol list of an ALPN extension as the client sent
+// it (each name after its length byte), checked: no name is empty or
+// overruns the list. The zero value is no extension.
+type Protocols struct {
+	list []byte
+}
+
+// Contains reports whether proto is one of p's protocols.
+func (p Protocols) Contains(proto string) bool {
+	for l := p.list; len(l) > 0; l = l[1+int(l[0]):] {
+		if string(l[1:1+int(l[0])]) == proto {
+			return true
+		}
+	}
+	return false
+}
+
+// Strings returns copies of p's protocols in the client's order, or nil
+// for no extension.
+func (p Protocols) Strings() []string {
+	var out []string
+	for l := p.list; len(l) > 0; l = l[1+int(l[0]):] {
+		out = append(out, string(l[1:1+int(l[0])]))
+	}
+	return out
+}
+
+// String returns p's protocols as a list, for logs.
+func (p Protocols) String() string { return fmt.Sprintf("%q", p.Strings()) }
+
 // ParseClientHello parses msg, one complete handshake message as carried in
 // TLS handshake records (the 4-byte type and length header included), and
-// returns the server name and ALPN protocols it offers; Raw is left nil.
+// returns the server name and ALPN protocols it offers, as views of msg
+// (see Hello); Raw is left nil.
 //
 // It checks the structure it must walk to reach the extensions and the two
 // extensions it decodes, and ignores the contents of all other extensions:
@@ -80,8 +118,6 @@ func ParseClientHello(msg []byte) (Hello, error) {
 		seen       extSet
 		serverName []byte
 		alpn       cryptobyte.String
-		nProtos    int
-		protoBytes int
 	)
 	for !exts.Empty() {
 		var typ uint16
@@ -97,13 +133,13 @@ func ParseClientHello(msg []byte) (Hello, error) {
 		case extServerName:
 			serverName, err = parseServerName(data)
 		case extALPN:
-			alpn, nProtos, protoBytes, err = parseALPN(data)
+			alpn, err = parseALPN(data)
 		}
 		if err != nil {
 			return Hello{}, err
 		}
 	}
-	return newHello(serverName, alpn, nProtos, protoBytes), nil
+	return Hello{ServerName: unsafe.String(unsafe.SliceData(serverName), len(serverName)), ALPN: Protocols{alpn}}, nil
 }
 
 // parseServerName returns the host_name in a server_name extension's data,
@@ -134,49 +170,20 @@ func parseServerName(data cryptobyte.String) ([]byte, error) {
 	return name, nil
 }
 
-// parseALPN checks an ALPN extension's data and returns its protocol list
-// with the number of protocols and their total length, so that the caller
-// can copy them out in one allocation.
-func parseALPN(data cryptobyte.String) (list cryptobyte.String, n, size int, err error) {
+// parseALPN checks an ALPN extension's data and returns its protocol
+// list.
+func parseALPN(data cryptobyte.String) (cryptobyte.String, error) {
+	var list cryptobyte.String
 	if !data.ReadUint16LengthPrefixed(&list) || list.Empty() || !data.Empty() {
-		return nil, 0, 0, fmt.Errorf("%w: bad ALPN extension", ErrMalformed)
+		return nil, fmt.Errorf("%w: bad ALPN extension", ErrMalformed)
 	}
-	for l := list; !l.Empty(); n++ {
+	for l := list; !l.Empty(); {
 		var proto cryptobyte.String
 		if !l.ReadUint8LengthPrefixed(&proto) || proto.Empty() {
-			return nil, 0, 0, fmt.Errorf("%w: bad ALPN protocol name", ErrMalformed)
-		}
-		size += len(proto)
-	}
-	return list, n, size, nil
-}
-
-// newHello copies the server name and the n protocols of the checked ALPN
-// list alpn (size bytes in all) out of the message, which the caller may
-// reuse. One string holds them all, so that a hello costs at most two
-// allocations: that string and the ALPN slice.
-func newHello(serverName []byte, alpn cryptobyte.String, n, size int) Hello {
-	var b strings.Builder
-	b.Grow(len(serverName) + size)
-	b.Write(serverName)
-	for l := alpn; !l.Empty(); {
-		var proto cryptobyte.String
-		l.ReadUint8LengthPrefixed(&proto) // cannot fail: parseALPN checked the list
-		b.Write(proto)
-	}
-	all := b.String()
-	h := Hello{ServerName: all[:len(serverName)]}
-	if n > 0 {
-		h.ALPN = make([]string, n)
-		off := len(serverName)
-		for i := range h.ALPN {
-			l := int(alpn[0])
-			h.ALPN[i] = all[off : off+l]
-			off += l
-			alpn = alpn[1+l:]
+			return nil, fmt.Errorf("%w: bad ALPN protocol name", ErrMalformed)
 		}
 	}
-	return h
+	return list, nil
 }
 
 // extSet records the extension types seen in one ClientHello. Real hellos

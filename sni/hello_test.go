@@ -1,8 +1,10 @@
 package sni
 
 import (
+	"bytes"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -120,7 +122,7 @@ func TestParseClientHello(t *testing.T) {
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("got error %v, want %v", err, tt.wantErr)
 			}
-			if h.ServerName != tt.wantSNI || !slices.Equal(h.ALPN, tt.wantALPN) || h.Raw != nil {
+			if h.ServerName != tt.wantSNI || !slices.Equal(h.ALPN.Strings(), tt.wantALPN) || h.Raw != nil {
 				t.Errorf("got %q %q Raw %d bytes, want %q %q no Raw", h.ServerName, h.ALPN, len(h.Raw), tt.wantSNI, tt.wantALPN)
 			}
 		})
@@ -146,16 +148,52 @@ func trailingByte(msg []byte) []byte {
 	return msg
 }
 
-// TestParseClientHelloDoesNotAlias checks that the Hello stays valid after
-// the message's buffer is reused.
-func TestParseClientHelloDoesNotAlias(t *testing.T) {
+// TestParseClientHelloAliases checks that the Hello's server name and
+// protocols are views of the message, not copies: what Peek saves by
+// not allocating them, which the caller must copy where they outlive
+// the message.
+func TestParseClientHelloAliases(t *testing.T) {
 	msg := buildHello([]ext{{extServerName, sniExt(sniEntry{0, "a.b"})}, {extALPN, alpnExt("istio")}})
 	h, err := ParseClientHello(msg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	clear(msg)
-	if h.ServerName != "a.b" || !slices.Equal(h.ALPN, []string{"istio"}) {
-		t.Fatalf("after clearing the message: %q %q", h.ServerName, h.ALPN)
+	name, protos := strings.Clone(h.ServerName), h.ALPN.Strings()
+	i := bytes.Index(msg, []byte("a.b"))
+	j := bytes.Index(msg, []byte("istio"))
+	msg[i], msg[j] = 'x', 'X'
+	if h.ServerName != "x.b" || !h.ALPN.Contains("Xstio") {
+		t.Fatalf("after changing the message: %q %q, want views of it", h.ServerName, h.ALPN)
+	}
+	if name != "a.b" || !slices.Equal(protos, []string{"istio"}) {
+		t.Fatalf("copies changed with the message: %q %q", name, protos)
+	}
+}
+
+func TestProtocolsContains(t *testing.T) {
+	h, err := ParseClientHello(buildHello([]ext{{extALPN, alpnExt("istio-peer-exchange", "istio", "h2")}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		p    Protocols
+		name string
+		want bool
+	}{
+		{h.ALPN, "istio", true},
+		{h.ALPN, "istio-peer-exchange", true},
+		{h.ALPN, "h2", true},
+		{h.ALPN, "istio-peer", false}, // a prefix of one
+		{h.ALPN, "h", false},
+		{h.ALPN, "", false},
+		{Protocols{}, "istio", false},
+	}
+	for _, tt := range tests {
+		if got := tt.p.Contains(tt.name); got != tt.want {
+			t.Errorf("%q.Contains(%q) = %v, want %v", tt.p, tt.name, got, tt.want)
+		}
+	}
+	if got := (Protocols{}).Strings(); got != nil {
+		t.Errorf("no extension: Strings() = %q, want nil", got)
 	}
 }

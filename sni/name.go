@@ -32,6 +32,12 @@ type Key struct {
 	Subset string
 }
 
+// Clone returns k with its strings copied, for a key parsed from bytes
+// that will be reused, such as a [Hello]'s server name.
+func (k Key) Clone() Key {
+	return Key{Host: strings.Clone(k.Host), Port: k.Port, Subset: strings.Clone(k.Subset)}
+}
+
 // ParseName parses an Istio SNI name or cluster name, such as
 //
 //	outbound_.9080_.v1_.reviews.bookinfo.svc.cluster.local
@@ -49,7 +55,8 @@ type Key struct {
 // form, including those like "10.1" or "0x0a000001" that some resolvers read
 // as one: a client must never choose the address the gateway dials.
 //
-// ParseName allocates only to fold an upper-case host to lower case. Errors
+// ParseName allocates only to fold an upper-case host to lower case: the
+// key's strings are otherwise substrings of s (see [Key.Clone]). Errors
 // wrap [ErrBadName] and say which part is wrong.
 func ParseName(s string) (Key, error) {
 	var port, subset, host string

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 func TestParseName(t *testing.T) {
@@ -233,5 +234,22 @@ func TestCheckSubset(t *testing.T) {
 		if (err == nil) != (kerr == nil) {
 			t.Errorf("CheckSubset(%q) = %v, but ParseName of a name with it gives %v", s, err, kerr)
 		}
+	}
+}
+
+// TestKeyClone: a clone equals the key and shares no bytes with the name
+// it was parsed from.
+func TestKeyClone(t *testing.T) {
+	name := []byte("outbound_.9080_.v1_.reviews.bookinfo.svc.cluster.local")
+	k, err := ParseName(string(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := k.Clone()
+	if c != k {
+		t.Fatalf("Clone() = %+v, want %+v", c, k)
+	}
+	if unsafe.StringData(c.Host) == unsafe.StringData(k.Host) || unsafe.StringData(c.Subset) == unsafe.StringData(k.Subset) {
+		t.Fatal("the clone shares the key's bytes")
 	}
 }

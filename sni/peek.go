@@ -122,9 +122,10 @@ func (p *Peeker) timeout() time.Duration {
 // but no more than the hello's records need. What Peek holds thus grows
 // with the bytes the client has actually sent, never with the length its
 // hello announces: at most twice the bytes received, plus buf. With a big
-// enough buf, the only allocations are the string holding the server name
-// and protocol names, and the ALPN slice; a hello split across records
-// costs one more, to reassemble it once all of it has arrived.
+// enough buf, Peek allocates nothing: the Hello's server name and ALPN
+// are views of buf (see Hello); a hello split across records costs one
+// allocation, to reassemble it once all of it has arrived, and then they
+// are views of that.
 //
 // The error, if any, wraps one of ErrNotTLS, ErrSSLv2, ErrNotClientHello,
 // ErrMalformed, ErrTruncated, ErrTooLarge, ErrTimeout or ErrOverBudget.

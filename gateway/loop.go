@@ -1,0 +1,402 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// loops are the gateway's event loops, which pump the flows whose two
+// ends are sockets without a goroutine per flow, as nginx's and HAProxy's
+// workers do: an idle connection costs its sockets and a few hundred
+// bytes of heap, not two goroutine stacks, and a chunk costs a read and a
+// write, not a wake-up of a parked goroutine and a read that finds
+// nothing. They start with the first flow handed to them and stop when
+// Shutdown has released every flow.
+type loops struct {
+	once    sync.Once
+	all     []*loop
+	err     error // why the loops could not start: flows fall back to forward
+	next    atomic.Uint32
+	wg      sync.WaitGroup // the loops' goroutines
+	mu      sync.Mutex
+	done    bool        // stopping: the loops must not start
+	stopped atomic.Bool // a later pick gets no loop
+}
+
+// pick returns the loop for a new flow, starting the loops on first use:
+// GOMAXPROCS of them, round robin. It returns nil if they could not start
+// or are stopped.
+func (ls *loops) pick(g *Gateway) *loop {
+	ls.once.Do(func() {
+		ls.mu.Lock()
+		defer ls.mu.Unlock()
+		if ls.done {
+			ls.err = errors.New("loops stopped")
+			return
+		}
+		for range max(1, runtime.GOMAXPROCS(0)) {
+			l, err := newLoop(g)
+			if err != nil {
+				ls.err = err
+				for _, l := range ls.all {
+					l.close()
+				}
+				ls.all = nil
+				g.log.Warn("event loops unavailable, forwarding with goroutines", "err", err)
+				return
+			}
+			ls.all = append(ls.all, l)
+		}
+		for _, l := range ls.all {
+			ls.wg.Add(1)
+			go func() {
+				defer ls.wg.Done()
+				l.run()
+			}()
+		}
+	})
+	if ls.err != nil || len(ls.all) == 0 || ls.stopped.Load() {
+		return nil
+	}
+	return ls.all[int(ls.next.Add(1))%len(ls.all)]
+}
+
+// stop ends the loops once the flows they pumped are released, and waits
+// for their goroutines. A flow still in a loop is reset.
+func (ls *loops) stop() {
+	ls.mu.Lock()
+	ls.done = true
+	ls.mu.Unlock()
+	if ls.stopped.Swap(true) {
+		return // a second Shutdown
+	}
+	// Waits for a pick that is starting the loops; none starts after.
+	ls.once.Do(func() { ls.err = errors.New("loops stopped") })
+	for _, l := range ls.all {
+		l.send(command{stop: true})
+	}
+	ls.wg.Wait()
+}
+
+// command is what other goroutines ask of a loop, which alone touches
+// the descriptors it polls: closing one from outside could close a
+// number that the kernel reuses for a new connection while the loop still
+// polls it.
+type command struct {
+	f    *flow // end f
+	stop bool
+	// fn, if set, is run by the loop, with nothing else: how a test
+	// reads the loop's state.
+	fn func()
+}
+
+// loop is one event loop: a goroutine blocked in epoll_wait on the
+// sockets of its flows and an eventfd that wakes it for commands.
+type loop struct {
+	g    *Gateway
+	epfd int
+	file *os.File // epfd in Go's netpoller, which wakes the loop
+	wake int      // eventfd
+
+	mu     sync.Mutex
+	cmds   []command
+	woken  bool // an eventfd write is pending: no need for another
+	closed bool // the eventfd is closed, or about to be
+	// incoming are the flows registered and not yet adopted.
+	incoming, spareIn []*loopFlow
+
+	// The rest is the loop goroutine's alone.
+	byFD  []*side     // the flow side polled at each descriptor
+	flows []*loopFlow // every flow, for the idle sweep
+	buf   []byte      // the chunk read and written at once
+	pipes []*pipe     // empty splice pipes for reuse
+	base  time.Time
+	now   int64 // nanoseconds since base at the last wake-up: the coarse clock
+	// minIdle is the shortest idle timeout among the flows, which sets
+	// how often the sweep runs; 0 for none.
+	minIdle time.Duration
+	sweepAt int64 // when the next sweep is due, on the coarse clock
+	armed   int64 // sweepAt as the wait's deadline; 0 for none
+	spare   []command
+	events  []unix.EpollEvent
+	// stopping is set by the stop command: run returns.
+	stopping bool
+}
+
+// maxPooledPipes bounds the empty pipes a loop keeps: a bulk transfer
+// holds one pipe per direction only while it has bytes in it.
+const maxPooledPipes = 16
+
+func newLoop(g *Gateway) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &ev); err != nil {
+		unix.Close(wake)
+		unix.Close(epfd)
+		return nil, fmt.Errorf("epoll_ctl eventfd: %w", err)
+	}
+	// Non-blocking, so that os.NewFile registers it with the netpoller.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(wake)
+		unix.Close(epfd)
+		return nil, fmt.Errorf("epoll set non-blocking: %w", err)
+	}
+	return &loop{g: g, epfd: epfd, file: os.NewFile(uintptr(epfd), "epoll"), wake: wake,
+		buf: make([]byte, chunkSize), base: time.Now(), events: make([]unix.EpollEvent, 128)}, nil
+}
+
+// close releases the loop's descriptors; its goroutine has returned or
+// never started.
+func (l *loop) close() {
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+	for _, p := range l.pipes {
+		p.close()
+	}
+	l.pipes = nil
+	unix.Close(l.wake)
+	l.file.Close()
+}
+
+// send queues c for the loop and wakes it. A command for a closed loop
+// is dropped: only an abort that lost the race with its flow's end can
+// come that late.
+func (l *loop) send(c command) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.cmds = append(l.cmds, c)
+	wake := !l.woken
+	l.woken = true
+	l.mu.Unlock()
+	if wake {
+		var one = [8]byte{1}
+		unix.Write(l.wake, one[:])
+	}
+}
+
+// run is the loop's goroutine. It waits for its epoll set to be
+// readable in Go's netpoller, as any socket's goroutine does, rather than
+// blocking a thread in epoll_wait: a thread blocked in a system call
+// keeps its P from every other goroutine until sysmon takes it back (up
+// to 10ms), which with a loop per P starved the accept and dial paths.
+// One wake-up serves every flow that has events.
+func (l *loop) run() {
+	defer l.close()
+	rc, err := l.file.SyscallConn()
+	if err != nil {
+		l.g.log.Error("event loop cannot wait", "err", err)
+		return
+	}
+	for !l.stopping {
+		if err := rc.Read(l.poll); err != nil {
+			if !isTimeout(err) {
+				l.g.log.Error("event loop cannot wait", "err", err)
+				return
+			}
+			// The sweep is due: prepareRead refuses to call poll with
+			// the deadline passed, so poll here, which sweeps and sets
+			// the next deadline.
+			l.poll(0)
+		}
+	}
+}
+
+// poll is the loop's work, as a RawConn.Read callback: it takes the
+// ready events without waiting, pumps the flows they concern, then runs
+// the commands and, when due, the idle sweep. It reports true once the
+// loop is stopped; false waits for the epoll set to be readable again,
+// which any event that arrived since epoll_wait has already made it.
+func (l *loop) poll(uintptr) bool {
+	for {
+		n, err := unix.EpollWait(l.epfd, l.events, 0)
+		if err != nil && err != unix.EINTR {
+			// Only a bad epfd fails here: nothing can be polled.
+			l.g.log.Error("epoll_wait failed", "err", err)
+			l.stopping = true
+			return true
+		}
+		l.now = int64(time.Since(l.base))
+		woken := false
+		for _, ev := range l.events[:max(n, 0)] {
+			fd := int(ev.Fd)
+			if fd == l.wake {
+				woken = true
+				continue
+			}
+			if fd >= len(l.byFD) || l.byFD[fd] == nil {
+				// A new flow's first edge, or a stale event of a flow
+				// ended earlier in this batch, which left nil at its
+				// descriptors (a new flow that reuses one takes the
+				// stale event's flags: a read or write that finds
+				// nothing).
+				l.adoptIncoming()
+				if fd >= len(l.byFD) || l.byFD[fd] == nil {
+					continue
+				}
+			}
+			l.ready(l.byFD[fd], ev.Events)
+		}
+		if woken && l.commands() {
+			l.stopping = true
+			return true
+		}
+		if l.minIdle > 0 && l.now >= l.sweepAt {
+			l.sweep()
+		}
+		l.arm()
+		if n < len(l.events) {
+			return false
+		}
+	}
+}
+
+// arm sets the wait's deadline to the next sweep, or none.
+func (l *loop) arm() {
+	at := l.sweepAt
+	if l.minIdle == 0 || len(l.flows) == 0 {
+		at = 0
+	}
+	if at == l.armed {
+		return
+	}
+	l.armed = at
+	var t time.Time
+	if at != 0 {
+		t = l.base.Add(time.Duration(at))
+	}
+	l.file.SetReadDeadline(t)
+}
+
+// commands runs the queued commands; it reports whether one was stop.
+func (l *loop) commands() (stop bool) {
+	var b [8]byte
+	unix.Read(l.wake, b[:])
+	l.mu.Lock()
+	cmds := l.cmds
+	l.cmds, l.spare = l.spare[:0], cmds
+	l.woken = false
+	l.mu.Unlock()
+	// An end may be for a flow registered since the last edge.
+	l.adoptIncoming()
+	for i, c := range cmds {
+		switch {
+		case c.stop:
+			stop = true
+		case c.fn != nil:
+			c.fn()
+		case c.f.lf != nil && !c.f.lf.done:
+			l.finish(c.f.lf)
+		}
+		cmds[i] = command{}
+	}
+	if stop {
+		// Shutdown released every flow before it stopped the loops;
+		// anything left is reset rather than leaked.
+		for len(l.flows) > 0 {
+			lf := l.flows[0]
+			lf.f.failed.Store(true)
+			l.finish(lf)
+		}
+	}
+	return stop
+}
+
+// sweepPeriod is how often the idle sweep runs for a shortest idle
+// timeout of idle: a flow idles out between idle and idle plus this, as
+// the goroutine engine's deadlines, renewed once per period, allowed.
+func sweepPeriod(idle time.Duration) int64 {
+	return int64(min(max(idle/4, time.Millisecond), time.Second))
+}
+
+// sweep ends the flows that moved no byte for their idle timeout and
+// schedules the next sweep.
+func (l *loop) sweep() {
+	l.minIdle = 0
+	for i := 0; i < len(l.flows); {
+		lf := l.flows[i]
+		idle := lf.f.idle
+		if idle > 0 && l.now-lf.last >= int64(idle) {
+			if lf.f.ended.CompareAndSwap(false, true) {
+				l.g.m.IdleClosed.Inc()
+			}
+			l.finish(lf) // moves the last flow to i
+			continue
+		}
+		if idle > 0 && (l.minIdle == 0 || idle < l.minIdle) {
+			l.minIdle = idle
+		}
+		i++
+	}
+	if l.minIdle > 0 {
+		l.sweepAt = l.now + sweepPeriod(l.minIdle)
+	}
+}
+
+// handover gives f, whose upstream is dialed, to an event loop if both
+// its ends are sockets, and reports whether it did; otherwise, or if the
+// loops are unavailable, the caller forwards it with goroutines.
+func (g *Gateway) handover(f *flow) bool {
+	if f.client.tcp == nil || f.up.tcp == nil {
+		return false
+	}
+	l := g.loops.pick(g)
+	if l == nil {
+		return false
+	}
+	cfd, ok := sysfd(f.client.tcp)
+	if !ok {
+		return false
+	}
+	ufd, ok := sysfd(f.up.tcp)
+	if !ok {
+		return false
+	}
+	// Under g.mu, as Shutdown's cut: a flow Shutdown may already have
+	// cut (its sockets closed) stays with forward, which sees them
+	// closed; a later cut sees f.loop and asks the loop.
+	g.mu.Lock()
+	if g.cutting.Load() {
+		g.mu.Unlock()
+		return false
+	}
+	f.loop.Store(l)
+	g.mu.Unlock()
+	lf := &loopFlow{f: f, i: -1}
+	lf.side[0].lf, lf.side[0].fd = lf, cfd
+	lf.side[1].lf, lf.side[1].fd = lf, ufd
+	l.register(lf)
+	return true
+}
+
+// sysfd returns c's descriptor, which stays open until c is closed.
+func sysfd(c *net.TCPConn) (int, bool) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	fd := -1
+	if rc.Control(func(s uintptr) { fd = int(s) }) != nil || fd < 0 {
+		return 0, false
+	}
+	return fd, true
+}
