@@ -223,8 +223,10 @@ measure() {
 	client=$(awk '{print $1 + $2}' "$work/client.time")
 	rel=$(awk -v d=$((r1 - r0)) -v hz="$hz" -v c="$client" -v w=$with_client 'BEGIN {print d / hz + w * c}')
 	all=$(awk -v d=$((r1 - r0 + s1 - s0)) -v hz="$hz" -v c="$client" 'BEGIN {print d / hz + c}')
-	row=$(cat "$work/row")
-	[[ $row == "| $label | "* ]] || { log "$label: unexpected row $row"; exit 1; }
+	# loadgen's first four columns are this table's; it exits non-zero
+	# on any error, which ended the script above.
+	row=$(awk -F'|' '{printf "|%s|%s|%s|%s|", $2, $3, $4, $5}' "$work/row")
+	[[ $row == "| $label | "* ]] || { log "$label: unexpected row $(cat "$work/row")"; exit 1; }
 	if ((${#pids[@]} + with_client > 0)); then rel=$(per_gb "$rel"); else rel=-; fi
 	row+=" $rel | $(per_gb "$all") |"
 	if [[ $PERF == 1 ]]; then
