@@ -6,7 +6,7 @@
 #   one gateway hop          loadgen -> gateway B (AUTO_PASSTHROUGH, splice) -> sink
 #   tunnel, QUIC             loadgen -> gateway A -> QUIC tunnel -> gateway B -> sink
 #   tunnel, TCP fallback     the same with A started with --tunnel-transport tcp
-#   quic-go baseline         quicbase throughput -> quicbase serve: quic-go
+#   quic-go baseline         loadgen quicbase -> loadgen quicsink: quic-go
 #                            alone, one stream, mutual TLS 1.3, two processes
 #
 # Gateway B serves network-b, whose endpoint is the sink. Two gateways of
@@ -60,10 +60,9 @@ source "$repo/bench/lib.sh"
 
 log "building ewgate and loadgen into $work"
 mkdir "$work/bin"
-(cd "$repo" && go build -o "$work/bin/ewgate" ./cmd/ewgate && go build -o "$work/bin/loadgen" ./bench/loadgen && go build -o "$work/bin/quicbase" ./bench/quicbase)
+(cd "$repo" && go build -o "$work/bin/ewgate" ./cmd/ewgate && go build -o "$work/bin/loadgen" ./bench/loadgen)
 ew=$work/bin/ewgate
 lg=$work/bin/loadgen
-qb=$work/bin/quicbase
 if [[ -n $BASE ]]; then
 	log "building ewgate@$BASE"
 	mkdir "$work/base"
@@ -147,9 +146,10 @@ if [[ -n $BASE ]]; then
 	tunnels+=" a-quic-base a-tcp-base"
 fi
 
-# The quic-go baseline's server, with B's SVID and trust bundle.
+# The quic-go baseline's server, with an SVID of loadgen's own CA.
 qb_port=$("$lg" freeport)
-"$qb" serve -listen "127.0.0.1:$qb_port" -cert "$work/b/svid/cert.pem" -key "$work/b/svid/key.pem" -ca "$work/b/svid/bundle.pem" >"$work/quicbase.log" 2>&1 &
+"$lg" ca -dir "$work/lgca"
+"$lg" quicsink -listen "127.0.0.1:$qb_port" -tls-ca "$work/lgca" >"$work/quicsink.log" 2>&1 &
 qb_pid=$!
 started+=("$qb_pid")
 
@@ -249,11 +249,10 @@ ratio() {
 	BEGIN {printf "up %.2f×, down %.2f×", mean(a) / mean(b), mean(c) / mean(d)}'
 }
 
-tls_args=(-cert "$work/a-quic/svid/cert.pem" -key "$work/a-quic/svid/key.pem" -ca "$work/a-quic/svid/bundle.pem")
 for ((round = 1; round <= ROUNDS; round++)); do
 	measure "direct (no gateway)" "" "" "$lg" throughput -addr "127.0.0.1:$sink_port"
 	measure "one gateway hop (B)" "${pid[b]}" "" "$lg" throughput -addr "127.0.0.1:${port[b]}"
-	measure "quic-go, two processes" "$qb_pid client" "" "$qb" throughput -addr "127.0.0.1:$qb_port" "${tls_args[@]}"
+	measure "quic-go, two processes" "$qb_pid client" "" "$lg" quicbase -addr "127.0.0.1:$qb_port" -tls-ca "$work/lgca"
 	measure "A, QUIC tunnel, B" "${pid[a-quic]} ${pid[b]}" "a-quic b" "$lg" throughput -addr "127.0.0.1:${port[a-quic]}"
 	measure "A, TCP fallback tunnel, B" "${pid[a-tcp]} ${pid[b]}" "a-tcp b" "$lg" throughput -addr "127.0.0.1:${port[a-tcp]}"
 	if [[ -n $BASE ]]; then

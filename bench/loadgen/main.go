@@ -10,6 +10,8 @@
 //	                  [-paired ADDR]   taking turns with C more to ADDR
 //	loadgen connect -addr A -c C -d T  a new connection per operation
 //	                  [-tls-ca D]      with a full TLS 1.3 mTLS handshake
+//	loadgen quicsink -listen ADDR -tls-ca D   quic-go alone: the server
+//	loadgen quicbase -addr A -tls-ca D        and one stream up, then down
 //	loadgen header MODE                the markdown header of MODE's rows
 //	loadgen freeport                   print a free loopback TCP port
 //
@@ -33,7 +35,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: loadgen ca|sink|idle|throughput|rr|connect|header|freeport [flags]")
+		fmt.Fprintln(os.Stderr, "usage: loadgen ca|sink|idle|throughput|rr|connect|quicsink|quicbase|header|freeport [flags]")
 		os.Exit(2)
 	}
 	err := run(os.Args[1], os.Args[2:])
@@ -60,6 +62,10 @@ func run(mode string, args []string) error {
 		return runRR(args)
 	case "connect":
 		return runConnect(args)
+	case "quicsink":
+		return runQUICSink(args)
+	case "quicbase":
+		return runQUICBase(args)
 	case "header":
 		return printHeader(args)
 	case "freeport":
