@@ -202,8 +202,8 @@ func New(cfg Config) *Gateway {
 // relayChunkSize is the buffer of reads to or from a tunnel stream while
 // data is flowing. Each read from a socket is then one write into the
 // stream: 128 KiB makes a QUIC stream write, or a frame of the TCP
-// fallback, four times io.Copy's 32 KiB, for 10% (QUIC) to 31% (TCP
-// fallback) fewer system calls per MiB through a tunnel, and less CPU
+// fallback, four times io.Copy's 32 KiB, for 10-16% (QUIC) to 31-35%
+// (TCP fallback) fewer system calls per MiB through a tunnel
 // (docs/benchmarks.md, "Tunnels"); 256 KiB did no better. Only
 // directions moving bulk hold one: a direction waiting on a socket holds
 // no buffer, one waiting on a stream a 4 KiB one unless its last read
