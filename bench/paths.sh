@@ -211,7 +211,7 @@ measure() {
 	s0=$(proc_ticks "$sink_pid")
 	local TIMEFORMAT='%3U %3S'
 	{ time "${wrap[@]}" "$@" -label "$label" -mib "$MIB" >"$work/row" 2>"$work/client.err"; } 2>"$work/client.time" ||
-		{ log "$label failed"; cat "$work/client.err" >&2; exit 1; }
+		{ log "$label failed"; cat "$work/client.err" >&2; dump_logs $profiled; exit 1; }
 	r1=$(proc_ticks "${pids[@]}")
 	s1=$(proc_ticks "$sink_pid")
 	if [[ -n $perf_pid ]]; then
@@ -240,6 +240,16 @@ measure() {
 	rows+="$row"$'\n'
 	gbps[$label up]+=" $(awk -F'|' '{gsub(/ /, "", $4); print $4}' <<<"$row")"
 	gbps[$label down]+=" $(awk -F'|' '{gsub(/ /, "", $5); print $5}' <<<"$row")"
+}
+
+# dump_logs NAME...: the last lines of the named gateways' logs, past the
+# warm-up's refusals, to stderr: why a row failed.
+dump_logs() {
+	local name
+	for name in "$@"; do
+		log "last lines of gateway $name's log:"
+		grep -v 'reason=upstream_unavailable.*tried=0' "$work/$name.log" | tail -20 >&2 || true
+	done
 }
 
 # ratio A B: the mean of A's up and down figures over B's.
