@@ -225,29 +225,10 @@ func (s *Service) Subset(name string) (Subset, bool) {
 	return Subset{}, false
 }
 
-// ExportedTo reports whether the service is visible from namespace ns under
-// Istio's exportTo rules: "*" everywhere, "." its own namespace, "~" nowhere,
-// otherwise the listed namespaces. An empty list means "*".
+// ExportedTo reports whether the service is visible from namespace ns
+// under Istio's exportTo rules (exportVisibility).
 func (s *Service) ExportedTo(ns string) bool {
-	if len(s.ExportTo) == 0 {
-		return true
-	}
-	for _, e := range s.ExportTo {
-		switch e {
-		case "*":
-			return true
-		case ".":
-			if ns == s.Namespace {
-				return true
-			}
-		case "~":
-		default:
-			if e == ns {
-				return true
-			}
-		}
-	}
-	return false
+	return exportVisibility(s.ExportTo, s.Namespace, ns) != hidden
 }
 
 // TargetPort returns the port on endpoint e that serves service port p: the

@@ -169,22 +169,21 @@ func (v *View) bindPassthrough(c *Catalog, l *PassthroughListener, dests map[Rou
 // (PushContext.VirtualServicesForGateway): those private to ns, those
 // exported to it by name, then the public ones, each in catalog order.
 func visibleVirtualServices(all []*VirtualService, gw, ns string) []*VirtualService {
-	var private, named, public []*VirtualService
+	var privateVS, namedVS, publicVS []*VirtualService
 	for _, vs := range all {
 		if !slices.Contains(vs.Gateways, gw) {
 			continue
 		}
-		switch exp := vs.ExportTo; {
-		case len(exp) == 0 || slices.Contains(exp, "*"):
-			public = append(public, vs)
-		case slices.Contains(exp, "~"):
-		case ns == vs.Source.Namespace && (slices.Contains(exp, ".") || slices.Contains(exp, ns)):
-			private = append(private, vs)
-		case slices.Contains(exp, ns):
-			named = append(named, vs)
+		switch exportVisibility(vs.ExportTo, vs.Source.Namespace, ns) {
+		case private:
+			privateVS = append(privateVS, vs)
+		case named:
+			namedVS = append(namedVS, vs)
+		case public:
+			publicVS = append(publicVS, vs)
 		}
 	}
-	return slices.Concat(private, named, public)
+	return slices.Concat(privateVS, namedVS, publicVS)
 }
 
 // serverHostsMeet reports whether one of the VirtualService's hosts meets
