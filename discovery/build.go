@@ -516,17 +516,14 @@ func newEndpoint(we *networking.WorkloadEntry) (Endpoint, error) {
 func (t *translator) attachSubsets(svcs []*Service) {
 	byHost := make(map[string]Resource[*networking.DestinationRule])
 	for _, dr := range t.res.DestinationRules {
-		host := strings.ToLower(dr.Spec.GetHost())
-		if host == "" {
+		if dr.Spec.GetHost() == "" {
 			t.errorf(dr.Source, "spec.host: required")
 			continue
 		}
-		if !strings.Contains(host, ".") && host != "*" {
-			host = host + "." + dr.Source.Namespace + ".svc." + t.domain
-		}
-		if _, err := ParseHostPattern(host); err != nil || strings.Contains(host, "/") {
-			// Without this, "*foo.local" would match "barfoo.local".
-			t.errorf(dr.Source, "spec.host: %q is neither a DNS name nor a wildcard \"*.suffix\"", dr.Spec.GetHost())
+		// Refused, or "*foo.local" would match "barfoo.local".
+		host, err := parseHost(resolveShortName(strings.ToLower(dr.Spec.GetHost()), dr.Source.Namespace, t.domain))
+		if err != nil {
+			t.errorf(dr.Source, "spec.host: %v", err)
 			continue
 		}
 		if prev, ok := byHost[host]; ok {

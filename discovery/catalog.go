@@ -14,8 +14,6 @@ import (
 	"strings"
 
 	networking "istio.io/api/networking/v1alpha3"
-
-	"github.com/ewgate/ewgate/sni"
 )
 
 // Istio's labels and defaults the catalog relies on.
@@ -253,90 +251,6 @@ func labelsMatch(selector, labels map[string]string) bool {
 	}
 	return true
 }
-
-// HostPattern is a Gateway server host: an optional namespace part and a host
-// that may start with a "*" wildcard label.
-type HostPattern struct {
-	// Namespace is "*" for any namespace, "." for the Gateway's own, or a
-	// namespace name. It is "*" when the host was written without "ns/".
-	Namespace string
-	// Host is a DNS name, "*" or "*.suffix", lower case.
-	Host string
-}
-
-// ParseHostPattern parses Istio's "[namespace/]host" server host syntax.
-func ParseHostPattern(s string) (HostPattern, error) {
-	ns, host := "*", s
-	if i := strings.IndexByte(s, '/'); i >= 0 {
-		ns, host = s[:i], s[i+1:]
-		if ns == "" {
-			return HostPattern{}, fmt.Errorf("host %q: empty namespace before '/'", s)
-		}
-	}
-	if ns != "*" && ns != "." {
-		if err := checkLabel(ns); err != nil {
-			return HostPattern{}, fmt.Errorf("host %q: namespace: %w", s, err)
-		}
-	}
-	// The host part follows sni.ParseHost, the rule of routable hosts: a
-	// pattern that no routable host could match is a mistake.
-	switch {
-	case host == "":
-		return HostPattern{}, fmt.Errorf("host %q: empty host", s)
-	case host == "*":
-	case strings.HasPrefix(host, "*."):
-		if strings.Contains(host[2:], "*") || len(host) == 2 {
-			return HostPattern{}, fmt.Errorf("host %q: a wildcard may only be the whole first label", s)
-		}
-		suffix, err := sni.ParseHost(host[2:])
-		if err != nil {
-			return HostPattern{}, fmt.Errorf("host %q: %w", s, err)
-		}
-		host = "*." + suffix
-	case strings.Contains(host, "*"):
-		return HostPattern{}, fmt.Errorf("host %q: a wildcard may only be the whole first label", s)
-	default:
-		h, err := sni.ParseHost(host)
-		switch {
-		case err != nil && host == s:
-			return HostPattern{}, err // it quotes s
-		case err != nil:
-			return HostPattern{}, fmt.Errorf("host %q: %w", s, err)
-		}
-		host = h
-	}
-	return HostPattern{Namespace: ns, Host: host}, nil
-}
-
-// Matches reports whether the pattern admits a service with host h in
-// namespace svcNS, for a Gateway in namespace gwNS. Unlike Istio, which
-// ignores the namespace part of AUTO_PASSTHROUGH hosts, the namespace is
-// enforced: "bookinfo/*.local" admits only services of namespace bookinfo.
-func (p HostPattern) Matches(h, svcNS, gwNS string) bool {
-	switch p.Namespace {
-	case "*":
-	case ".":
-		if svcNS != gwNS {
-			return false
-		}
-	default:
-		if svcNS != p.Namespace {
-			return false
-		}
-	}
-	switch {
-	case p.Host == "*":
-		return true
-	case p.Host[0] == '*':
-		// "*.local" admits "a.local" but not "local".
-		return len(h) > len(p.Host)-1 && strings.HasSuffix(h, p.Host[1:])
-	default:
-		return h == p.Host
-	}
-}
-
-// String returns the pattern in Istio's "namespace/host" syntax.
-func (p HostPattern) String() string { return p.Namespace + "/" + p.Host }
 
 // WithEndpoints returns a catalog like c in which the services named by
 // extra's keys (service hosts) also have extra's endpoints, as registered

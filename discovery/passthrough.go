@@ -193,16 +193,8 @@ func visibleVirtualServices(all []*VirtualService, gw, ns string) []*VirtualServ
 // Gateway's namespace, which "./host" names.
 func serverHostsMeet(server []HostPattern, gwNS string, vs *VirtualService) bool {
 	for _, sh := range server {
-		switch sh.Namespace {
-		case "*":
-		case ".":
-			if vs.Source.Namespace != gwNS {
-				continue
-			}
-		default:
-			if sh.Namespace != vs.Source.Namespace {
-				continue
-			}
+		if !sh.admitsNamespace(vs.Source.Namespace, gwNS) {
+			continue
 		}
 		for _, h := range vs.Hosts {
 			if hostsOverlap(sh.Host, h) {
@@ -211,24 +203,6 @@ func serverHostsMeet(server []HostPattern, gwNS string, vs *VirtualService) bool
 		}
 	}
 	return false
-}
-
-// hostsOverlap is Istio's host.Name.Matches: equal names, or a wildcard
-// ("*" or "*.suffix") that covers the other name or wildcard.
-func hostsOverlap(a, b string) bool {
-	aw, bw := strings.HasPrefix(a, "*"), strings.HasPrefix(b, "*")
-	switch {
-	case aw && bw:
-		if len(a) < len(b) {
-			return strings.HasSuffix(b[1:], a[1:])
-		}
-		return strings.HasSuffix(a[1:], b[1:])
-	case aw:
-		return strings.HasSuffix(b, a[1:])
-	case bw:
-		return strings.HasSuffix(a, b[1:])
-	}
-	return a == b
 }
 
 // destination returns the route of one tls route destination, shared by
