@@ -432,6 +432,9 @@ func (t *translator) buildServices(r Resource[*networking.ServiceEntry]) []*Serv
 			}
 		}
 	}
+	if err := checkExportTo(spec.GetExportTo(), r.Source.Namespace, true); err != nil {
+		fail("spec.%v", err)
+	}
 	exp, err := ParseExport(r.Labels, r.Annotations)
 	if err != nil {
 		fail("%v", err)

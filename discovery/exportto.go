@@ -1,6 +1,10 @@
 package discovery
 
-import "slices"
+import (
+	"errors"
+	"fmt"
+	"slices"
+)
 
 // visibility is how a resource's exportTo list exposes it to one
 // namespace. Istio orders what a namespace sees by it: private resources
@@ -34,4 +38,38 @@ func exportVisibility(exportTo []string, own, from string) visibility {
 		return named
 	}
 	return hidden
+}
+
+// checkExportTo reports why an exportTo list of a resource of namespace
+// own is one Istio's validation refuses (ValidateExportTo): each entry
+// must be "*", ".", a namespace name or, for a ServiceEntry (noneOK), "~";
+// "*" and "~" only alone; no namespace twice, "." counting as own. Such a
+// list would be read one way here and refused, or read another way, by
+// istiod.
+func checkExportTo(exportTo []string, own string, noneOK bool) error {
+	seen := make(map[string]bool, len(exportTo))
+	for i, e := range exportTo {
+		key := e
+		switch e {
+		case "*":
+		case "~":
+			if !noneOK {
+				return fmt.Errorf("exportTo[%d]: \"~\" is for ServiceEntries only", i)
+			}
+		case ".":
+			key = own
+		default:
+			if err := checkLabel(e); err != nil {
+				return fmt.Errorf("exportTo[%d]: %q is neither \"*\", \".\" nor a namespace: %w", i, e, err)
+			}
+		}
+		if seen[key] {
+			return fmt.Errorf("exportTo[%d]: namespace %q is listed twice", i, key)
+		}
+		seen[key] = true
+	}
+	if len(exportTo) > 1 && (seen["*"] || seen["~"]) {
+		return errors.New(`exportTo: "*" and "~" cannot be combined with other entries`)
+	}
+	return nil
 }

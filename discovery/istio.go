@@ -251,18 +251,3 @@ func splitDocuments(data []byte) [][]byte {
 	}
 	return append(docs, data[start:])
 }
-
-// checkLabel validates a DNS-1123 label.
-func checkLabel(s string) error {
-	if s == "" || len(s) > 63 {
-		return fmt.Errorf("label %q must be 1-63 characters", s)
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		alnum := c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
-		if !alnum && (c != '-' || i == 0 || i == len(s)-1) {
-			return fmt.Errorf("label %q: only a-z, 0-9 and inner '-' are allowed", s)
-		}
-	}
-	return nil
-}

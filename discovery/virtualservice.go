@@ -76,6 +76,9 @@ func (t *translator) buildVirtualService(r Resource[*networking.VirtualService],
 		t.errorf(r.Source, format, args...)
 		ok = false
 	}
+	if err := checkExportTo(vs.ExportTo, ns, false); err != nil {
+		fail("spec.%v", err)
+	}
 	for i, h := range spec.GetHosts() {
 		h, err := parseHost(h)
 		if err != nil {
