@@ -216,7 +216,7 @@ func (t *translator) build() (*Catalog, error) {
 	c := &Catalog{resources: t.res}
 	t.checkUnique()
 	for _, g := range t.res.Gateways {
-		if n := t.res.Node; n != nil && !labelsMatch(g.Spec.GetSelector(), n.Labels) {
+		if n := t.res.Node; n != nil && !SelectorMatches(g.Spec.GetSelector(), n.Labels) {
 			t.res.Warned.log(t.log, slog.LevelDebug, "config: Gateway does not select this node, ignored", "resource", g.Source.String(), "selector", g.Spec.GetSelector())
 			continue
 		}
@@ -418,7 +418,7 @@ func (t *translator) buildServices(r Resource[*networking.ServiceEntry]) []*Serv
 	}
 	if sel := spec.GetWorkloadSelector(); sel != nil {
 		for _, w := range t.res.WorkloadEntries {
-			if w.Source.Namespace != r.Source.Namespace || !labelsMatch(sel.GetLabels(), w.Spec.GetLabels()) {
+			if w.Source.Namespace != r.Source.Namespace || !SelectorMatches(sel.GetLabels(), w.Spec.GetLabels()) {
 				continue
 			}
 			switch ep, err := newEndpoint(w.Spec); {

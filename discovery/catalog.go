@@ -115,7 +115,7 @@ type Gateway struct {
 
 // Selects reports whether the gateway applies to a node with the given labels.
 func (g *Gateway) Selects(nodeLabels map[string]string) bool {
-	return labelsMatch(g.Selector, nodeLabels)
+	return SelectorMatches(g.Selector, nodeLabels)
 }
 
 // TLSMode is a server's tls.mode, using Istio's enum names.
@@ -242,8 +242,10 @@ func (e *Endpoint) TargetPort(p Port) uint32 {
 	return p.Number
 }
 
-// labelsMatch reports whether every selector label is present in labels.
-func labelsMatch(selector, labels map[string]string) bool {
+// SelectorMatches reports whether labels hold every label of selector
+// with its value, as Istio's selectors (Gateway selector, workloadSelector,
+// subset labels) match: an empty selector matches any labels.
+func SelectorMatches(selector, labels map[string]string) bool {
 	for k, v := range selector {
 		if got, ok := labels[k]; !ok || got != v {
 			return false

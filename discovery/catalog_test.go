@@ -50,7 +50,7 @@ func TestEndpointTargetPort(t *testing.T) {
 	}
 }
 
-func TestGatewaySelects(t *testing.T) {
+func TestSelectorMatches(t *testing.T) {
 	node := map[string]string{"istio": "eastwestgateway", "topology.istio.io/network": "net-a"}
 	tests := []struct {
 		selector map[string]string
@@ -68,9 +68,8 @@ func TestGatewaySelects(t *testing.T) {
 		{map[string]string{"istio": "eastwestgateway"}, nil, false},
 	}
 	for _, tt := range tests {
-		g := &Gateway{Selector: tt.selector}
-		if got := g.Selects(tt.labels); got != tt.want {
-			t.Errorf("selector %v, labels %v: Selects = %v, want %v", tt.selector, tt.labels, got, tt.want)
+		if got := SelectorMatches(tt.selector, tt.labels); got != tt.want {
+			t.Errorf("selector %v, labels %v: SelectorMatches = %v, want %v", tt.selector, tt.labels, got, tt.want)
 		}
 	}
 }

@@ -70,7 +70,7 @@ type translation struct {
 func (t *translation) resources(s *snapshot) (*discovery.Resources, error) {
 	r := &discovery.Resources{ClusterDomain: t.clusterDomain}
 	for _, g := range sorted(s.gateways) {
-		if !labelsMatch(g.Spec.GetSelector(), t.nodeLabels) {
+		if !discovery.SelectorMatches(g.Spec.GetSelector(), t.nodeLabels) {
 			continue
 		}
 		r.Gateways = append(r.Gateways, discovery.Resource[*networking.Gateway]{Source: source("Gateway", g.Namespace, g.Name), Spec: &g.Spec})
@@ -292,16 +292,6 @@ func protocol(p corev1.ServicePort) string {
 
 func source(kind, ns, name string) discovery.Source {
 	return discovery.Source{File: SourceName, Kind: kind, Namespace: ns, Name: name}
-}
-
-// labelsMatch reports whether every selector label is in labels.
-func labelsMatch(selector, labels map[string]string) bool {
-	for k, v := range selector {
-		if got, ok := labels[k]; !ok || got != v {
-			return false
-		}
-	}
-	return true
 }
 
 // object is what sorted needs of an API object.
