@@ -9,18 +9,6 @@ import (
 	"github.com/ewgate/ewgate/discovery"
 )
 
-// LocalityFromLabels returns the locality, "region/zone/subzone", that
-// Kubernetes' topology labels give a node or pod (topology.kubernetes.io/region
-// and zone, topology.istio.io/subzone), as Istio reads a proxy's; "" if
-// they give no region.
-func LocalityFromLabels(labels map[string]string) string {
-	region := labels["topology.kubernetes.io/region"]
-	if region == "" {
-		return ""
-	}
-	return strings.TrimRight(region+"/"+labels["topology.kubernetes.io/zone"]+"/"+labels["topology.istio.io/subzone"], "/")
-}
-
 // locality is a "region/zone/subzone" split; missing parts are "".
 type locality [3]string
 

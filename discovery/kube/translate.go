@@ -22,11 +22,6 @@ const (
 	// NetworkLabel names the network of a pod, or of every pod when set on
 	// the system namespace.
 	NetworkLabel = "topology.istio.io/network"
-	// SubzoneLabel is the node label of the subzone part of a locality.
-	SubzoneLabel = "topology.istio.io/subzone"
-	// LocalityLabel on a pod overrides its node's locality; Kubernetes
-	// labels cannot hold '/', so it is written "region.zone.subzone".
-	LocalityLabel = "istio-locality"
 	// ExportToAnnotation on a Service is its exportTo list, comma-separated.
 	ExportToAnnotation = "networking.istio.io/exportTo"
 	// ServiceNameLabel ties an EndpointSlice to its Service.
@@ -219,7 +214,11 @@ func (t *translation) endpoint(s *snapshot, svc *corev1.Service, e discoveryv1.E
 	if nodeName == "" && e.NodeName != nil {
 		nodeName = *e.NodeName
 	}
-	ep.Locality = locality(pod, s.nodes[nodeName])
+	var nodeLabels map[string]string
+	if n := s.nodes[nodeName]; n != nil {
+		nodeLabels = n.Labels
+	}
+	ep.Locality = discovery.LocalityFromLabels(pod.Labels, nodeLabels)
 	return ep, true
 }
 
@@ -232,24 +231,6 @@ func (t *translation) defaultNetwork(s *snapshot) string {
 		}
 	}
 	return t.network
-}
-
-// locality is Istio's "region/zone/subzone" of a pod: its istio-locality
-// label, else its node's topology labels; "" when none is known.
-func locality(pod *corev1.Pod, node *corev1.Node) string {
-	if l := pod.Labels[LocalityLabel]; l != "" {
-		return strings.ReplaceAll(l, ".", "/")
-	}
-	if node == nil {
-		return ""
-	}
-	region := node.Labels[corev1.LabelTopologyRegion]
-	zone := node.Labels[corev1.LabelTopologyZone]
-	subzone := node.Labels[SubzoneLabel]
-	if region == "" && zone == "" && subzone == "" {
-		return ""
-	}
-	return region + "/" + zone + "/" + subzone
 }
 
 // exportTo parses the exportTo annotation; empty means "*".
