@@ -189,6 +189,12 @@ func (l *loader) addDocument(file, where string, d *document) {
 		l.errs = append(l.errs, fmt.Errorf("%s: %s: metadata.name is required", where, d.Kind))
 		return
 	}
+	if err := checkLabel(src.Namespace); err != nil {
+		// Kubernetes refuses it too; the namespace is matched against
+		// exportTo lists and server host namespaces.
+		l.errorf(src, "metadata.namespace: %v", err)
+		return
+	}
 	switch d.Kind {
 	case "Gateway":
 		addSpec(l, src, d, &l.res.Gateways)

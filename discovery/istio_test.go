@@ -120,6 +120,11 @@ func TestParseErrors(t *testing.T) {
 			want: []string{"test.yaml (document 1)", "invalid YAML", "hosts"},
 		},
 		{
+			name: "namespace not a DNS label",
+			yaml: join(doc("ServiceEntry", "Book_Info", "se", `{hosts: [a.local], ports: [{number: 80, name: http}]}`)),
+			want: []string{`ServiceEntry Book_Info/se: metadata.namespace: label "Book_Info"`},
+		},
+		{
 			name: "not a mapping",
 			yaml: join("- a\n- b\n"),
 			want: []string{"test.yaml (document 1)", "not a Kubernetes resource"},
