@@ -140,7 +140,7 @@ func (g *Gateway) localize(r *discovery.Route) (weights []uint64, prio []uint8, 
 	self := g.cfg.Locality
 	lb := r.Policy.LoadBalancer.Locality
 	if lb != nil && self == "" && !lb.Disabled {
-		g.rlog.warn("locality", "DestinationRule localityLbSetting not applied: the gateway's locality is unknown (--locality)", "route", r.Key.String())
+		g.rlog.Warn(g.log, "locality", "DestinationRule localityLbSetting not applied: the gateway's locality is unknown (--locality)", "route", r.Key.String())
 	}
 	if self == "" || (lb != nil && lb.Disabled) || len(r.Targets) == 0 {
 		return nil, nil, 0
