@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/internal/ratelog"
 	"github.com/ewgate/ewgate/sni"
 )
 
@@ -132,7 +133,7 @@ type Gateway struct {
 	log    *slog.Logger
 	m      *Metrics
 	dialer net.Dialer
-	rlog   rateLog
+	rlog   ratelog.Logger
 	bufs   sync.Pool // *[]byte ClientHello buffers
 	chunks sync.Pool // *[]byte forwarding buffers, held only while a chunk moves
 	relays sync.Pool // *[]byte buffers of reads that a stream end takes part in, while data is flowing
@@ -181,7 +182,6 @@ func New(cfg Config) *Gateway {
 	// Upstream sockets get keep-alive only from a route's tcpKeepalive
 	// (applyPolicy), as Envoy's: not Go's default, 4 system calls per dial.
 	g.dialer = net.Dialer{Timeout: cfg.DialTimeout, Control: cfg.DialControl, KeepAlive: -1}
-	g.rlog.log = cfg.Logger
 	g.bufs.New = func() any {
 		// Big enough for Go's and browsers' hellos (1.5-2 KB) in one read;
 		// Peek grows it for larger ones.

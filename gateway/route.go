@@ -145,7 +145,7 @@ func (g *Gateway) dial(t *table, p plan, client net.Addr, dc *dialContext) (end,
 		if p.tn == nil {
 			return end{}, nil, nil, &refusal{reason: RejectUnavailable, alert: alertInternalError, key: p.key, args: []any{"tried", tried}, err: err}
 		}
-		g.rlog.warn("failover", "no endpoint of this network connects: trying other networks through tunnels", "sni", p.key.SNI(), "tried", tried, "err", err)
+		g.rlog.Warn(g.log, "failover", "no endpoint of this network connects: trying other networks through tunnels", "sni", p.key.SNI(), "tried", tried, "err", err)
 	}
 	var up end
 	var u *upstream
@@ -214,7 +214,7 @@ func (g *Gateway) dialCluster(cl *cluster, key sni.Key, tn *tunnels, client net.
 		}
 		u.active.Add(-1)
 		g.m.ConnectErrors.Inc()
-		g.rlog.warn("connect", "upstream connect failed", "upstream", u.addr, "tunnel", tn != nil, "sni", key.SNI(), "err", err)
+		g.rlog.Warn(g.log, "connect", "upstream connect failed", "upstream", u.addr, "tunnel", tn != nil, "sni", key.SNI(), "err", err)
 	}
 	return end{}, nil, len(tried), err
 }
@@ -238,7 +238,7 @@ func (g *Gateway) answer(c net.Conn, ref *refusal) bool {
 	if ref.err != nil {
 		args = append(args, "err", ref.err)
 	}
-	g.rlog.warn(ref.reason, "connection refused", args...)
+	g.rlog.Warn(g.log, ref.reason, "connection refused", args...)
 	if ref.alert == 0 {
 		return false
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/internal/ratelog"
 )
 
 // ALPN is the TLS application protocol of gateway tunnels. Version 2
@@ -78,7 +79,7 @@ type Endpoint struct {
 	inConns      map[conn]*peerStats
 	inLinks      map[string]int // admitted inbound links by peerKey
 	inReject     map[string]uint64
-	rejectLogged map[string]rejectLog // by reason
+	rejectLogged ratelog.Logger // by reason
 	acceptErrors uint64
 }
 
@@ -110,8 +111,7 @@ func New(addr string, cfg Config) (*Endpoint, error) {
 		inLinks:  make(map[string]int),
 		inReject: make(map[string]uint64),
 
-		handshakes:   make(chan struct{}, cfg.MaxHandshakes),
-		rejectLogged: make(map[string]rejectLog),
+		handshakes: make(chan struct{}, cfg.MaxHandshakes),
 	}
 	e.clientTLS = identity.ClientTLSConfig(cfg.Source, cfg.Authorizer)
 	e.clientTLS.NextProtos = []string{ALPN}
