@@ -6,8 +6,6 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"runtime/debug"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,17 +42,7 @@ func (ls *loops) pick(g *Gateway) *loop {
 			ls.err = errors.New("loops stopped")
 			return
 		}
-		if n, _ := strconv.Atoi(os.Getenv("EWGATE_EXP_PROCS")); n > 0 {
-			runtime.GOMAXPROCS(n)
-		}
-		if n, err := strconv.Atoi(os.Getenv("EWGATE_EXP_GOGC")); err == nil {
-			debug.SetGCPercent(n)
-		}
-		nl := max(1, runtime.GOMAXPROCS(0))
-		if n, _ := strconv.Atoi(os.Getenv("EWGATE_EXP_LOOPS")); n > 0 {
-			nl = n
-		}
-		for range nl {
+		for range max(1, runtime.GOMAXPROCS(0)) {
 			l, err := newLoop(g)
 			if err != nil {
 				ls.err = err
@@ -169,16 +157,8 @@ func newLoop(g *Gateway) (*loop, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("epoll set non-blocking: %w", err)
 	}
-	nev, _ := strconv.Atoi(os.Getenv("EWGATE_LOOPEVENTS"))
-	if nev == 0 {
-		nev = 128
-	}
-	l := &loop{g: g, epfd: epfd, wake: wake,
-		buf: make([]byte, chunkSize), base: time.Now(), events: make([]unix.EpollEvent, nev)}
-	if expMode == "" {
-		l.file = os.NewFile(uintptr(epfd), "epoll")
-	}
-	return l, nil
+	return &loop{g: g, epfd: epfd, file: os.NewFile(uintptr(epfd), "epoll"), wake: wake,
+		buf: make([]byte, chunkSize), base: time.Now(), events: make([]unix.EpollEvent, 128)}, nil
 }
 
 // close releases the loop's descriptors; its goroutine has returned or
@@ -192,11 +172,7 @@ func (l *loop) close() {
 	}
 	l.pipes = nil
 	unix.Close(l.wake)
-	if l.file != nil {
-		l.file.Close()
-	} else {
-		unix.Close(l.epfd)
-	}
+	l.file.Close()
 }
 
 // send queues c for the loop and wakes it. A command for a closed loop
@@ -218,20 +194,14 @@ func (l *loop) send(c command) {
 	}
 }
 
-// run is the loop's goroutine.
+// run is the loop's goroutine. It waits for its epoll set to be
+// readable in Go's netpoller, as any socket's goroutine does, rather than
+// blocking a thread in epoll_wait: a thread blocked in a system call
+// keeps its P from every other goroutine until sysmon takes it back (up
+// to 10ms), which with a loop per P starved the accept and dial paths.
+// One wake-up serves every flow that has events.
 func (l *loop) run() {
 	defer l.close()
-	switch expMode {
-	case "block", "lock":
-		if expMode == "lock" {
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-		}
-		for !l.stopping {
-			l.pollWait(l.timeout())
-		}
-		return
-	}
 	rc, err := l.file.SyscallConn()
 	if err != nil {
 		l.g.log.Error("event loop cannot wait", "err", err)
@@ -243,89 +213,61 @@ func (l *loop) run() {
 				l.g.log.Error("event loop cannot wait", "err", err)
 				return
 			}
+			// The sweep is due: prepareRead refuses to call poll with
+			// the deadline passed, so poll here, which sweeps and sets
+			// the next deadline.
 			l.poll(0)
 		}
 	}
 }
 
-var expMode = os.Getenv("EWGATE_LOOPWAIT")
-var expSpin = func() int { n, _ := strconv.Atoi(os.Getenv("EWGATE_LOOPSPIN")); return n }()
-
-// timeout is epoll_wait's timeout in milliseconds: until the next sweep, or -1.
-func (l *loop) timeout() int {
-	if l.minIdle == 0 || len(l.flows) == 0 {
-		return -1
-	}
-	d := l.sweepAt - int64(time.Since(l.base))
-	if d <= 0 {
-		return 0
-	}
-	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
-}
-
+// poll is the loop's work, as a RawConn.Read callback: it takes the
+// ready events without waiting, pumps the flows they concern, then runs
+// the commands and, when due, the idle sweep. It reports true once the
+// loop is stopped; false waits for the epoll set to be readable again,
+// which any event that arrived since epoll_wait has already made it.
 func (l *loop) poll(uintptr) bool {
-	spins := 0
 	for {
-		n := l.once(0)
-		if n < 0 {
+		n, err := unix.EpollWait(l.epfd, l.events, 0)
+		if err != nil && err != unix.EINTR {
+			// Only a bad epfd fails here: nothing can be polled.
+			l.g.log.Error("epoll_wait failed", "err", err)
+			l.stopping = true
 			return true
 		}
-		if n == len(l.events) {
-			continue
-		}
-		if n > 0 && spins < expSpin {
-			spins++
-			continue
-		}
-		return false
-	}
-}
-
-func (l *loop) pollWait(ms int) {
-	n := l.once(ms)
-	spins := 0
-	for n >= 0 && !l.stopping && (n == len(l.events) || (n > 0 && spins < expSpin)) {
-		spins++
-		n = l.once(0)
-	}
-}
-
-// once takes the ready events, waiting up to ms, pumps the flows, runs
-// commands and the sweep; it returns the events' count, -1 once stopped.
-func (l *loop) once(ms int) int {
-	n, err := unix.EpollWait(l.epfd, l.events, ms)
-	if err != nil && err != unix.EINTR {
-		l.g.log.Error("epoll_wait failed", "err", err)
-		l.stopping = true
-		return -1
-	}
-	l.now = int64(time.Since(l.base))
-	woken := false
-	for _, ev := range l.events[:max(n, 0)] {
-		fd := int(ev.Fd)
-		if fd == l.wake {
-			woken = true
-			continue
-		}
-		if fd >= len(l.byFD) || l.byFD[fd] == nil {
-			l.adoptIncoming()
-			if fd >= len(l.byFD) || l.byFD[fd] == nil {
+		l.now = int64(time.Since(l.base))
+		woken := false
+		for _, ev := range l.events[:max(n, 0)] {
+			fd := int(ev.Fd)
+			if fd == l.wake {
+				woken = true
 				continue
 			}
+			if fd >= len(l.byFD) || l.byFD[fd] == nil {
+				// A new flow's first edge, or a stale event of a flow
+				// ended earlier in this batch, which left nil at its
+				// descriptors (a new flow that reuses one takes the
+				// stale event's flags: a read or write that finds
+				// nothing).
+				l.adoptIncoming()
+				if fd >= len(l.byFD) || l.byFD[fd] == nil {
+					continue
+				}
+			}
+			l.ready(l.byFD[fd], ev.Events)
 		}
-		l.ready(l.byFD[fd], ev.Events)
-	}
-	if woken && l.commands() {
-		l.stopping = true
-		return -1
-	}
-	if l.minIdle > 0 && l.now >= l.sweepAt {
-		l.sweep()
-	}
-	if expMode == "" {
+		if woken && l.commands() {
+			l.stopping = true
+			return true
+		}
+		if l.minIdle > 0 && l.now >= l.sweepAt {
+			l.sweep()
+		}
 		l.arm()
+		if n < len(l.events) {
+			return false
+		}
 	}
-	return max(n, 0)
 }
 
 // arm sets the wait's deadline to the next sweep, or none.
