@@ -13,13 +13,16 @@ import (
 
 	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/sni"
+	"golang.org/x/sys/unix"
 )
 
 // upstream is the live state of one endpoint address, shared by every
 // cluster that holds it and kept across config reloads, or of one peer
 // gateway's tunnel address.
 type upstream struct {
-	addr         string
+	addr string
+	sa   unix.Sockaddr // addr for a raw connect; nil for a name
+
 	active       atomic.Int64 // open connections
 	failures     atomic.Int64 // consecutive connect failures
 	ejectedUntil atomic.Int64 // unix nanoseconds; 0 when never ejected
@@ -58,7 +61,10 @@ type routeID struct {
 type cluster struct {
 	route   *discovery.Route
 	members []*upstream
-	cum     []uint64 // cumulative weights, for weighted random choice
+	// raw: every member has an address (not a name), which the event
+	// loops can connect to themselves.
+	raw bool
+	cum []uint64 // cumulative weights, for weighted random choice
 	// policy is the route's traffic policy; nil for tunnel peers, which
 	// the gateway's own rules govern.
 	policy *discovery.Policy

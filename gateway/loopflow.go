@@ -16,6 +16,9 @@ type loopFlow struct {
 	last int64 // the loop's clock when a byte last moved
 	i    int   // index in the loop's flows; -1 while not in it
 	done bool  // finished: later events and commands are stale
+	// dial, while the loop connects the upstream socket, is the
+	// connect's state (loopaccept.go); the flow is not pumped yet.
+	dial *loopDial
 }
 
 // side is one socket of a loop flow. Both sockets are registered once,
@@ -23,8 +26,11 @@ type loopFlow struct {
 // the edges, cleared by a read or write that comes short, so no chunk
 // costs a system call beyond its read and write.
 type side struct {
-	lf       *loopFlow
-	fd       int
+	lf *loopFlow
+	fd int
+	// gen tags the socket's events (EpollEvent.Pad) for a socket the
+	// loop registered itself (watch); 0 for register's.
+	gen      int32
 	readable bool // read may return bytes: no short read since the last edge
 	writable bool // write may take bytes: no short write since the last edge
 	// hup: the peer's FIN or an error arrived; the reads that follow
@@ -135,6 +141,14 @@ func (l *loop) adopt(lf *loopFlow) {
 		}
 		l.byFD[fd] = &lf.side[i]
 	}
+	l.track(lf)
+}
+
+// track adds lf, whose sockets are polled, to the flows the idle sweep
+// looks at.
+func (l *loop) track(lf *loopFlow) {
+	f := lf.f
+	lf.last = l.now
 	lf.i = len(l.flows)
 	l.flows = append(l.flows, lf)
 	if f.idle > 0 && (l.minIdle == 0 || f.idle < l.minIdle) {
@@ -151,6 +165,9 @@ func (l *loop) finish(lf *loopFlow) {
 	lf.done = true
 	f := lf.f
 	f.ended.Store(true)
+	if lf.dial != nil {
+		l.abandonDial(lf)
+	}
 	if lf.i >= 0 {
 		last := l.flows[len(l.flows)-1]
 		l.flows[lf.i], last.i = last, lf.i
@@ -189,6 +206,18 @@ func (l *loop) ready(s *side, ev uint32) {
 		s.writable = true
 	}
 	lf := s.lf
+	if lf.dial != nil {
+		if s == &lf.side[1] {
+			l.dialEvent(lf, ev)
+		}
+		return
+	}
+	l.pumpBoth(lf)
+}
+
+// pumpBoth pumps lf both ways and ends it on an error or once both
+// directions are done.
+func (l *loop) pumpBoth(lf *loopFlow) {
 	err := l.pump(lf, 0)
 	if err == nil {
 		err = l.pump(lf, 1)

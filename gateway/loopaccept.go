@@ -1,0 +1,529 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ewgate/ewgate/sni"
+)
+
+// The accept path of Config.LoopAccept: the event loops accept a
+// listener's connections themselves, read and parse the ClientHello,
+// route it and dial a local endpoint with raw non-blocking sockets, so
+// that the common connection never enters Go's net (nor its netpoller,
+// nor a handler goroutine). What the loops do not do themselves (a hello
+// that did not arrive whole in the first read, a tunneled route, an
+// endpoint named by DNS) is handed to the handlers with what was read
+// (preread), where handle carries on after its peek.
+
+// padListener tags a listening socket's events (EpollEvent.Pad); a
+// flow's sockets carry their side's generation there (side.gen).
+const padListener = -1
+
+// rawListen makes ln's socket one the loops accept on: a duplicate,
+// non-blocking, outside Go's netpoller; ln itself is closed. It returns
+// the descriptor.
+func rawListen(ln *net.TCPListener) (int, error) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, os.NewSyscallError("fcntl", derr)
+	}
+	ln.Close()
+	return fd, nil
+}
+
+// listenInLoops gives l's socket to every loop, which accept on it from
+// now on, and reports whether it could; false leaves l to serve.
+// Called with g.mu held.
+func (g *Gateway) listenInLoops(l *listener) bool {
+	all := g.loops.started(g)
+	if len(all) == 0 {
+		return false
+	}
+	fd, err := rawListen(l.ln)
+	if err != nil {
+		g.log.Warn("listener stays with Go's accept", "port", l.port, "err", err)
+		return false
+	}
+	l.ln, l.fd, l.closed = nil, fd, make(chan struct{})
+	l.holders.Store(int32(len(all)))
+	g.wg.Add(1) // until the last loop closes the socket
+	for _, lp := range all {
+		lp.send(command{listen: l})
+	}
+	return true
+}
+
+// closeListener stops accepting on l: at once for one Go accepts on;
+// for the loops' one, once every loop has let it go (wait for
+// l.closed), so that no loop accepts on a descriptor number that was
+// closed and reused.
+func (g *Gateway) closeListener(l *listener) {
+	if l.ln != nil {
+		l.ln.Close()
+		return
+	}
+	for _, lp := range g.loops.all {
+		lp.send(command{unlisten: l})
+	}
+}
+
+// listen registers l's socket in the loop's epoll set, exclusively (one
+// loop is woken per connection) and edge-triggered: accept takes every
+// connection queued.
+func (l *loop) listen(ln *listener) {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET | unix.EPOLLEXCLUSIVE, Fd: int32(ln.fd), Pad: padListener}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &ev); err != nil {
+		// Kept in lns all the same: unlisten lets it go as from the
+		// others.
+		l.g.log.Error("listener not polled by an event loop", "port", ln.port, "err", err)
+	}
+	l.lns = append(l.lns, ln)
+}
+
+// unlisten lets ln go; the last loop to do so closes its socket.
+func (l *loop) unlisten(ln *listener) {
+	for i, x := range l.lns {
+		if x == ln {
+			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
+			l.lns = append(l.lns[:i], l.lns[i+1:]...)
+			break
+		}
+	}
+	if ln.holders.Add(-1) == 0 {
+		unix.Close(ln.fd)
+		close(ln.closed)
+		l.g.wg.Done()
+	}
+}
+
+// listenerAt returns the listener polled at fd.
+func (l *loop) listenerAt(fd int) *listener {
+	for _, ln := range l.lns {
+		if ln.fd == fd {
+			return ln
+		}
+	}
+	return nil
+}
+
+// accept takes every connection queued on ln. A failure (out of
+// descriptors) is logged and left for the next connection's edge, by
+// which the backlog is retried.
+func (l *loop) accept(ln *listener) {
+	for {
+		fd, sa, err := unix.Accept4(ln.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		switch err {
+		case nil:
+			l.serve(ln.port, fd, sa)
+		case unix.EINTR, unix.ECONNABORTED:
+		case unix.EAGAIN:
+			return
+		default:
+			l.g.rlog.warn("accept", "accept failed", "port", ln.port, "err", os.NewSyscallError("accept4", err))
+			return
+		}
+	}
+}
+
+// serve is a connection's path from accept to dial: what serve and
+// handle do for a connection Go accepted, with the same rules, shared.
+func (l *loop) serve(port uint32, fd int, sa unix.Sockaddr) {
+	g := l.g
+	if ref := g.admitConn(); ref != nil {
+		g.note(sockaddrString(sa), ref)
+		e := rawEnd(fd)
+		e.reset()
+		e.close()
+		return
+	}
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	bp := g.bufs.Get().(*[]byte)
+	start := time.Now()
+	b := (*bp)[:cap(*bp)]
+	if m := g.cfg.Peek.MaxBytes; m > 0 && m < len(b) {
+		b = b[:m]
+	}
+	n, err := ignoringEINTR(func() (int, error) { return unix.Read(fd, b) })
+	var hello sni.Hello
+	switch {
+	case err == unix.EAGAIN:
+		// Sent nothing yet (after the deferral): the handler waits.
+		l.handOff(port, fd, sa, &preread{bp: bp})
+		return
+	case err != nil:
+		err = fmt.Errorf("%w after 0 bytes: %w", sni.ErrTruncated, os.NewSyscallError("read", err))
+	case n == 0:
+		err = fmt.Errorf("%w after 0 bytes: %w", sni.ErrTruncated, io.EOF)
+	default:
+		hello, err = g.cfg.Peek.Parse(b[:n])
+		if err == sni.ErrIncomplete {
+			l.handOff(port, fd, sa, &preread{bp: bp, n: n})
+			return
+		}
+	}
+	g.m.PeekSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		g.bufs.Put(bp)
+		l.refuse(fd, sa, peekRefusal(hello, err))
+		g.leaveConn()
+		return
+	}
+	t := g.table.Load()
+	p, ref := g.route(t, port, hello)
+	if ref != nil {
+		g.bufs.Put(bp)
+		l.refuse(fd, sa, ref)
+		g.leaveConn()
+		return
+	}
+	if p.cl == nil || p.tn != nil || !p.cl.raw {
+		l.handOff(port, fd, sa, &preread{bp: bp, n: n, parsed: true, hello: hello})
+		return
+	}
+	if !p.cl.admit() {
+		g.bufs.Put(bp)
+		l.refuse(fd, sa, routeOverLimit(p))
+		g.leaveConn()
+		return
+	}
+	f := &flow{g: g, client: rawEnd(fd)}
+	f.loop.Store(l)
+	g.track(f)
+	lf := &loopFlow{f: f, i: -1, dial: &loopDial{p: p, bp: bp, n: n, sa: sa, i: -1}}
+	f.lf, lf.side[0].lf, lf.side[1].lf = lf, lf, lf
+	lf.dial.a.begin(p.cl, nil)
+	if p.cl.addrHash != nil {
+		lf.dial.a.src = sourceHash(sockaddrTCP(sa))
+	}
+	if !l.watch(&lf.side[0], fd) {
+		l.finish(lf)
+		return
+	}
+	l.connectNext(lf)
+}
+
+// refuse answers a refused client of the loop's, as Gateway.refuse
+// does: counted and logged by note, the alert written (the socket's
+// buffer is empty: a few bytes always fit) and the socket closed. The
+// caller lets the connection's count go.
+func (l *loop) refuse(fd int, sa unix.Sockaddr, ref *refusal) {
+	g := l.g
+	g.note(sockaddrString(sa), ref)
+	if ref.alert != 0 {
+		unix.Write(fd, alertRecord(ref.alert))
+	}
+	unix.Close(fd)
+}
+
+// handOff gives a connection the loop does not dial itself to a handler,
+// with what was read of it: a *net.TCPConn of its own (a duplicate; the
+// loop's descriptor is closed), registered with the flows as serve does.
+func (l *loop) handOff(port uint32, fd int, sa unix.Sockaddr, pre *preread) {
+	g := l.g
+	file := os.NewFile(uintptr(fd), "")
+	c, err := net.FileConn(file)
+	file.Close()
+	if err != nil {
+		g.bufs.Put(pre.bp)
+		g.log.Warn("connection not handed to a handler", "client", sockaddrString(sa), "err", err)
+		g.leaveConn()
+		return
+	}
+	f := &flow{g: g, client: tcpEnd(c.(*net.TCPConn))}
+	g.track(f)
+	g.dispatch(port, f, pre)
+}
+
+// loopDial is the state of a flow whose upstream the loop is dialing.
+type loopDial struct {
+	p   plan
+	a   attempts
+	u   *upstream // the member being dialed
+	bp  *[]byte   // the pooled hello buffer: the hello is (*bp)[:n]
+	n   int
+	sa  unix.Sockaddr // the client's address, for refusals
+	due int64         // the connect's deadline, on the loop's clock
+	i   int           // index in the loop's dials; -1 while not in it
+}
+
+// watch registers the socket of s at fd in the loop's epoll set, for
+// every edge, tagged with a new generation so that an event of a socket
+// closed earlier in the same batch, whose number fd reuses, is not taken
+// for this one's.
+func (l *loop) watch(s *side, fd int) bool {
+	l.gen++
+	if l.gen <= 0 {
+		l.gen = 1
+	}
+	s.fd, s.gen = fd, l.gen
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd), Pad: s.gen}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		l.g.log.Warn("epoll_ctl add failed", "err", err)
+		return false
+	}
+	for fd >= len(l.byFD) {
+		l.byFD = append(l.byFD, nil)
+	}
+	l.byFD[fd] = s
+	return true
+}
+
+// connectNext starts the connect to the next member dialCluster's rule
+// picks, or refuses the client once none is left.
+func (l *loop) connectNext(lf *loopFlow) {
+	g, d := l.g, lf.dial
+	cl := d.p.cl
+	for {
+		u := g.nextMember(cl, &d.a)
+		if u == nil {
+			// As dial: no member connects.
+			ref := unavailable(d.p, len(d.a.tried), d.a.err)
+			f := lf.f
+			lf.done = true
+			f.ended.Store(true)
+			l.forget(&lf.side[0])
+			l.refuse(f.client.fd, d.sa, ref) // before the hello's buffer, which ref's key views, goes
+			l.abandonDial(lf)
+			f.client = end{}
+			g.release(f)
+			return
+		}
+		fd, err := g.connectRaw(cl, u)
+		if err == nil {
+			lf.side[1].lf = lf
+			if l.watch(&lf.side[1], fd) {
+				d.u = u
+				d.due = l.now + int64(cl.dialerOr(&g.dialer).Timeout)
+				if d.i < 0 {
+					d.i = len(l.dials)
+					l.dials = append(l.dials, lf)
+				}
+				return
+			}
+			unix.Close(fd)
+			err = errors.New("epoll_ctl add failed")
+		}
+		g.dialed(cl, u, &d.a, d.p.key, false, err)
+	}
+}
+
+// connectRaw starts a non-blocking connect to u with the options of cl's
+// dialer, as net.Dialer would: TCP_NODELAY, the route's keep-alive, the
+// gateway's DialControl.
+func (g *Gateway) connectRaw(cl *cluster, u *upstream) (int, error) {
+	family, network := unix.AF_INET, "tcp4"
+	if _, ok := u.sa.(*unix.SockaddrInet6); ok {
+		family, network = unix.AF_INET6, "tcp6"
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	err = g.rawOptions(fd, network, u.addr, cl.dialerOr(&g.dialer))
+	if err == nil {
+		err = unix.Connect(fd, u.sa)
+		if err == unix.EINPROGRESS || err == unix.EINTR {
+			err = nil
+		} else if err != nil {
+			err = os.NewSyscallError("connect", err)
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("dial tcp %s: %w", u.addr, err)
+	}
+	return fd, nil
+}
+
+// rawOptions sets what net.Dialer d would on a socket before it
+// connects.
+func (g *Gateway) rawOptions(fd int, network, addr string, d *net.Dialer) error {
+	set := func(level, name, v int) error {
+		return os.NewSyscallError("setsockopt", unix.SetsockoptInt(fd, level, name, v))
+	}
+	if err := set(unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+		return err
+	}
+	if ka := d.KeepAliveConfig; ka.Enable {
+		if err := set(unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1); err != nil {
+			return err
+		}
+		for _, o := range [...]struct {
+			name int
+			v    int
+		}{{unix.TCP_KEEPIDLE, int(ka.Idle / time.Second)}, {unix.TCP_KEEPINTVL, int(ka.Interval / time.Second)}, {unix.TCP_KEEPCNT, ka.Count}} {
+			if o.v > 0 {
+				if err := set(unix.IPPROTO_TCP, o.name, o.v); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if d.Control != nil {
+		return d.Control(network, addr, rawConn(fd))
+	}
+	return nil
+}
+
+// dialEvent takes an event of a socket being connected: an error is the
+// connect's failure, the first writable edge its success.
+func (l *loop) dialEvent(lf *loopFlow, ev uint32) {
+	g, d := l.g, lf.dial
+	s := &lf.side[1]
+	if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+		errno, err := unix.GetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		if err == nil {
+			err = unix.Errno(errno)
+			if errno == 0 {
+				err = unix.ECONNREFUSED
+			}
+		}
+		l.dialFailed(lf, fmt.Errorf("dial tcp %s: %w", d.u.addr, os.NewSyscallError("connect", err)))
+		return
+	}
+	if ev&unix.EPOLLOUT == 0 {
+		return
+	}
+	g.dialed(d.p.cl, d.u, &d.a, d.p.key, false, nil)
+	u, cl := d.u, d.p.cl
+	// The hello is the first chunk the client side has for the upstream.
+	c := &lf.side[0]
+	c.pend = g.chunks.Get().(*[]byte)
+	c.off, c.n = 0, copy(*c.pend, (*d.bp)[:d.n])
+	l.endDial(lf)
+	g.bufs.Put(d.bp)
+	g.start(lf.f, rawEnd(s.fd), u, cl, nil)
+	l.track(lf)
+	l.pumpBoth(lf)
+}
+
+// dialFailed records a failed connect and tries the next member.
+func (l *loop) dialFailed(lf *loopFlow, err error) {
+	d := lf.dial
+	s := &lf.side[1]
+	l.forget(s)
+	unix.Close(s.fd)
+	*s = side{}
+	l.g.dialed(d.p.cl, d.u, &d.a, d.p.key, false, err)
+	d.u = nil
+	l.connectNext(lf)
+}
+
+// expireDials fails the connects whose deadline passed.
+func (l *loop) expireDials() {
+	for i := 0; i < len(l.dials); {
+		lf := l.dials[i]
+		if d := lf.dial; l.now >= d.due {
+			l.dialFailed(lf, fmt.Errorf("dial tcp %s: %w", d.u.addr, os.ErrDeadlineExceeded))
+			if i < len(l.dials) && l.dials[i] == lf {
+				i++
+			}
+			continue
+		}
+		i++
+	}
+}
+
+// dialDue returns the earliest connect deadline, or 0.
+func (l *loop) dialDue() int64 {
+	var at int64
+	for _, lf := range l.dials {
+		if at == 0 || lf.dial.due < at {
+			at = lf.dial.due
+		}
+	}
+	return at
+}
+
+// endDial takes lf out of the dials.
+func (l *loop) endDial(lf *loopFlow) {
+	d := lf.dial
+	if d.i >= 0 {
+		last := l.dials[len(l.dials)-1]
+		l.dials[d.i], last.dial.i = last, d.i
+		l.dials[len(l.dials)-1] = nil
+		l.dials = l.dials[:len(l.dials)-1]
+		d.i = -1
+	}
+	lf.dial = nil
+}
+
+// abandonDial undoes what a flow ended while dialing holds: the member
+// being dialed, its socket, the route's count and the hello buffer.
+func (l *loop) abandonDial(lf *loopFlow) {
+	d := lf.dial
+	if d.u != nil {
+		s := &lf.side[1]
+		l.forget(s)
+		unix.Close(s.fd)
+		*s = side{}
+		d.u.active.Add(-1)
+	}
+	d.p.cl.leave()
+	l.g.bufs.Put(d.bp)
+	l.endDial(lf)
+}
+
+// forget clears the descriptor table's entry of s.
+func (l *loop) forget(s *side) {
+	if s.lf != nil && s.fd < len(l.byFD) && l.byFD[s.fd] == s {
+		l.byFD[s.fd] = nil
+	}
+}
+
+// rawConn is a socket of the loop's as DialControl sees it: Control
+// only.
+type rawConn int
+
+func (c rawConn) Control(f func(fd uintptr)) error  { f(uintptr(c)); return nil }
+func (c rawConn) Read(func(fd uintptr) bool) error  { return errors.ErrUnsupported }
+func (c rawConn) Write(func(fd uintptr) bool) error { return errors.ErrUnsupported }
+
+var _ syscall.RawConn = rawConn(0)
+
+// sockaddrOf returns the socket address of addr, "ip:port", or nil for
+// a name, which only net's dialer resolves.
+func sockaddrOf(addr string) unix.Sockaddr {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil
+	}
+	if a := ap.Addr(); a.Is4() || a.Is4In6() {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}
+	}
+	if ap.Addr().Zone() != "" {
+		return nil
+	}
+	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+}
+
+// sockaddrTCP returns sa as net would report it.
+func sockaddrTCP(sa unix.Sockaddr) *net.TCPAddr {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)))
+	case *unix.SockaddrInet6:
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port)))
+	}
+	return &net.TCPAddr{}
+}
+
+// sockaddrString is sa as RemoteAddr().String() gives it.
+func sockaddrString(sa unix.Sockaddr) string { return sockaddrTCP(sa).String() }
