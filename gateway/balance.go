@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -13,7 +14,6 @@ import (
 
 	"github.com/ewgate/ewgate/discovery"
 	"github.com/ewgate/ewgate/sni"
-	"golang.org/x/sys/unix"
 )
 
 // upstream is the live state of one endpoint address, shared by every
@@ -21,7 +21,7 @@ import (
 // gateway's tunnel address.
 type upstream struct {
 	addr string
-	sa   unix.Sockaddr // addr for a raw connect; nil for a name
+	ap   netip.AddrPort // addr for a raw connect; invalid for a name
 
 	active       atomic.Int64 // open connections
 	failures     atomic.Int64 // consecutive connect failures

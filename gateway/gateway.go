@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -98,6 +99,9 @@ type Config struct {
 const DefaultHelloMemory = 64 << 20
 
 func (c *Config) setDefaults() {
+	if os.Getenv("EWGATE_LOOPACCEPT_TMP") != "" {
+		c.LoopAccept = true
+	}
 	if c.HelloMemory == 0 {
 		c.HelloMemory = DefaultHelloMemory
 	}
@@ -509,12 +513,12 @@ func (g *Gateway) buildCluster(r *discovery.Route, st *routeState, keep map[stri
 		u, ok := keep[tg.Address]
 		if !ok {
 			if u, ok = g.upstreams[tg.Address]; !ok {
-				u = &upstream{addr: tg.Address, sa: sockaddrOf(tg.Address)}
+				u = &upstream{addr: tg.Address, ap: addrPortOf(tg.Address)}
 			}
 			keep[tg.Address] = u
 		}
 		cl.add(u, w)
-		cl.raw = cl.raw && u.sa != nil
+		cl.raw = cl.raw && u.ap.IsValid()
 		cl.target = append(cl.target, i)
 		if prio != nil {
 			cl.prio = append(cl.prio, prio[i])

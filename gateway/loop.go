@@ -147,6 +147,9 @@ type loop struct {
 	lns   []*listener
 	dials []*loopFlow
 	gen   int32
+	// sa4 and sa6 are the addresses connectRaw passes, reused.
+	sa4 unix.SockaddrInet4
+	sa6 unix.SockaddrInet6
 }
 
 // maxPooledPipes bounds the empty pipes a loop keeps: a bulk transfer

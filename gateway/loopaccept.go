@@ -305,7 +305,7 @@ func (l *loop) connectNext(lf *loopFlow) {
 			g.release(f)
 			return
 		}
-		fd, err := g.connectRaw(cl, u)
+		fd, err := l.connectRaw(cl, u)
 		if err == nil {
 			lf.side[1].lf = lf
 			if l.watch(&lf.side[1], fd) {
@@ -327,10 +327,18 @@ func (l *loop) connectNext(lf *loopFlow) {
 // connectRaw starts a non-blocking connect to u with the options of cl's
 // dialer, as net.Dialer would: TCP_NODELAY, the route's keep-alive, the
 // gateway's DialControl.
-func (g *Gateway) connectRaw(cl *cluster, u *upstream) (int, error) {
+func (l *loop) connectRaw(cl *cluster, u *upstream) (int, error) {
+	g := l.g
 	family, network := unix.AF_INET, "tcp4"
-	if _, ok := u.sa.(*unix.SockaddrInet6); ok {
+	var sa unix.Sockaddr
+	// The loop's own sockaddr, which Connect writes into.
+	if a := u.ap.Addr(); a.Is4() {
+		l.sa4.Port, l.sa4.Addr = int(u.ap.Port()), a.As4()
+		sa = &l.sa4
+	} else {
 		family, network = unix.AF_INET6, "tcp6"
+		l.sa6.Port, l.sa6.Addr = int(u.ap.Port()), a.As16()
+		sa = &l.sa6
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -338,7 +346,7 @@ func (g *Gateway) connectRaw(cl *cluster, u *upstream) (int, error) {
 	}
 	err = g.rawOptions(fd, network, u.addr, cl.dialerOr(&g.dialer))
 	if err == nil {
-		err = unix.Connect(fd, u.sa)
+		err = unix.Connect(fd, sa)
 		if err == unix.EINPROGRESS || err == unix.EINTR {
 			err = nil
 		} else if err != nil {
@@ -401,12 +409,27 @@ func (l *loop) dialEvent(lf *loopFlow, ev uint32) {
 	if ev&unix.EPOLLOUT == 0 {
 		return
 	}
+	// The hello goes first, written here as start writes it: not
+	// counted as forwarded bytes. A fresh socket's buffer takes it
+	// whole but for a rare short write, whose rest the pump writes.
+	hello := (*d.bp)[:d.n]
+	w, err := ignoringEINTR(func() (int, error) { return unix.Write(s.fd, hello) })
+	if err == unix.EAGAIN {
+		w, err = 0, nil
+	}
+	if err != nil {
+		l.dialFailed(lf, fmt.Errorf("dial tcp %s: %w", d.u.addr, os.NewSyscallError("write", err)))
+		return
+	}
 	g.dialed(d.p.cl, d.u, &d.a, d.p.key, false, nil)
 	u, cl := d.u, d.p.cl
-	// The hello is the first chunk the client side has for the upstream.
-	c := &lf.side[0]
-	c.pend = g.chunks.Get().(*[]byte)
-	c.off, c.n = 0, copy(*c.pend, (*d.bp)[:d.n])
+	if w < len(hello) {
+		c := &lf.side[0]
+		c.pend = g.chunks.Get().(*[]byte)
+		c.off, c.n = 0, copy(*c.pend, hello[w:])
+		c.uncounted = c.n
+		s.writable = false
+	}
 	l.endDial(lf)
 	g.bufs.Put(d.bp)
 	g.start(lf.f, rawEnd(s.fd), u, cl, nil)
@@ -498,20 +521,14 @@ func (c rawConn) Write(func(fd uintptr) bool) error { return errors.ErrUnsupport
 
 var _ syscall.RawConn = rawConn(0)
 
-// sockaddrOf returns the socket address of addr, "ip:port", or nil for
-// a name, which only net's dialer resolves.
-func sockaddrOf(addr string) unix.Sockaddr {
+// addrPortOf returns addr, "ip:port", as the loops connect to it, or
+// the zero AddrPort for a name, which only net's dialer resolves.
+func addrPortOf(addr string) netip.AddrPort {
 	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return nil
+	if err != nil || ap.Addr().Zone() != "" {
+		return netip.AddrPort{}
 	}
-	if a := ap.Addr(); a.Is4() || a.Is4In6() {
-		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}
-	}
-	if ap.Addr().Zone() != "" {
-		return nil
-	}
-	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // sockaddrTCP returns sa as net would report it.

@@ -44,6 +44,9 @@ type side struct {
 	// a slow reader costs at most one chunk.
 	pend   *[]byte
 	off, n int
+	// uncounted: the first bytes of pend are the rest of the hello,
+	// which is not counted as forwarded.
+	uncounted int
 	// pipe holds inPipe bytes spliced from this side for the other.
 	pipe   *pipe
 	inPipe int
@@ -321,7 +324,9 @@ func (l *loop) flush(lf *loopFlow, i int) error {
 			return os.NewSyscallError("write", err)
 		}
 		s.off += w
-		l.count(i, w)
+		skip := min(w, s.uncounted)
+		s.uncounted -= skip
+		l.count(i, w-skip)
 		lf.last = l.now
 		if s.off < s.n {
 			t.writable = false
