@@ -169,9 +169,7 @@ func TestLoopAcceptRefusals(t *testing.T) {
 			if n := m.gw.handlers.live.Load(); n != 0 {
 				t.Errorf("%d handlers: the loop should refuse itself", n)
 			}
-			if n := m.gw.Active(); n != 0 {
-				t.Errorf("%d connections still counted", n)
-			}
+			await.True(t, 5*time.Second, "the connection's count released", func() bool { return m.gw.Active() == 0 })
 		})
 	}
 	if n := b.Accepted(); n != 0 {
