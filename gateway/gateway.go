@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -99,9 +98,6 @@ type Config struct {
 const DefaultHelloMemory = 64 << 20
 
 func (c *Config) setDefaults() {
-	if os.Getenv("EWGATE_LOOPACCEPT_TMP") != "" {
-		c.LoopAccept = true
-	}
 	if c.HelloMemory == 0 {
 		c.HelloMemory = DefaultHelloMemory
 	}
