@@ -150,6 +150,7 @@ type loop struct {
 	// sa4 and sa6 are the addresses connectRaw passes, reused.
 	sa4 unix.SockaddrInet4
 	sa6 unix.SockaddrInet6
+	rsa unix.RawSockaddrAny // accept4's
 }
 
 // maxPooledPipes bounds the empty pipes a loop keeps: a bulk transfer

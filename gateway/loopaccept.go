@@ -9,6 +9,7 @@ import (
 	"os"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -128,7 +129,7 @@ func (l *loop) listenerAt(fd int) *listener {
 // which the backlog is retried.
 func (l *loop) accept(ln *listener) {
 	for {
-		fd, sa, err := unix.Accept4(ln.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		fd, sa, err := l.accept4(ln.fd)
 		switch err {
 		case nil:
 			l.serve(ln.port, fd, sa)
@@ -144,10 +145,10 @@ func (l *loop) accept(ln *listener) {
 
 // serve is a connection's path from accept to dial: what serve and
 // handle do for a connection Go accepted, with the same rules, shared.
-func (l *loop) serve(port uint32, fd int, sa unix.Sockaddr) {
+func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
 	g := l.g
 	if ref := g.admitConn(); ref != nil {
-		g.note(sockaddrString(sa), ref)
+		g.note(sa.String(), ref)
 		e := rawEnd(fd)
 		e.reset()
 		e.close()
@@ -210,7 +211,7 @@ func (l *loop) serve(port uint32, fd int, sa unix.Sockaddr) {
 	f.lf, lf.side[0].lf, lf.side[1].lf = lf, lf, lf
 	lf.dial.a.begin(p.cl, nil)
 	if p.cl.addrHash != nil {
-		lf.dial.a.src = sourceHash(sockaddrTCP(sa))
+		lf.dial.a.src = sourceHash(net.TCPAddrFromAddrPort(sa))
 	}
 	if !l.watch(&lf.side[0], fd) {
 		l.finish(lf)
@@ -223,9 +224,9 @@ func (l *loop) serve(port uint32, fd int, sa unix.Sockaddr) {
 // does: counted and logged by note, the alert written (the socket's
 // buffer is empty: a few bytes always fit) and the socket closed. The
 // caller lets the connection's count go.
-func (l *loop) refuse(fd int, sa unix.Sockaddr, ref *refusal) {
+func (l *loop) refuse(fd int, sa netip.AddrPort, ref *refusal) {
 	g := l.g
-	g.note(sockaddrString(sa), ref)
+	g.note(sa.String(), ref)
 	if ref.alert != 0 {
 		unix.Write(fd, alertRecord(ref.alert))
 	}
@@ -235,14 +236,14 @@ func (l *loop) refuse(fd int, sa unix.Sockaddr, ref *refusal) {
 // handOff gives a connection the loop does not dial itself to a handler,
 // with what was read of it: a *net.TCPConn of its own (a duplicate; the
 // loop's descriptor is closed), registered with the flows as serve does.
-func (l *loop) handOff(port uint32, fd int, sa unix.Sockaddr, pre *preread) {
+func (l *loop) handOff(port uint32, fd int, sa netip.AddrPort, pre *preread) {
 	g := l.g
 	file := os.NewFile(uintptr(fd), "")
 	c, err := net.FileConn(file)
 	file.Close()
 	if err != nil {
 		g.bufs.Put(pre.bp)
-		g.log.Warn("connection not handed to a handler", "client", sockaddrString(sa), "err", err)
+		g.log.Warn("connection not handed to a handler", "client", sa.String(), "err", err)
 		g.leaveConn()
 		return
 	}
@@ -258,7 +259,7 @@ type loopDial struct {
 	u   *upstream // the member being dialed
 	bp  *[]byte   // the pooled hello buffer: the hello is (*bp)[:n]
 	n   int
-	sa  unix.Sockaddr // the client's address, for refusals
+	sa  netip.AddrPort // the client's address, for refusals
 	due int64         // the connect's deadline, on the loop's clock
 	i   int           // index in the loop's dials; -1 while not in it
 }
@@ -531,16 +532,31 @@ func addrPortOf(addr string) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// sockaddrTCP returns sa as net would report it.
-func sockaddrTCP(sa unix.Sockaddr) *net.TCPAddr {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)))
-	case *unix.SockaddrInet6:
-		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port)))
+// accept4 accepts a connection on the listening socket fd, non-blocking,
+// with its peer's address. unix.Accept4 would also ask the listening
+// socket for its protocol (a getsockopt per connection) and allocate the
+// address.
+func (l *loop) accept4(fd int) (int, netip.AddrPort, error) {
+	n := uint32(unsafe.Sizeof(l.rsa))
+	nfd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(&l.rsa)), uintptr(unsafe.Pointer(&n)),
+		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, netip.AddrPort{}, e
 	}
-	return &net.TCPAddr{}
+	var ap netip.AddrPort
+	switch l.rsa.Addr.Family {
+	case unix.AF_INET:
+		a := (*unix.RawSockaddrInet4)(unsafe.Pointer(&l.rsa))
+		ap = netip.AddrPortFrom(netip.AddrFrom4(a.Addr), ntohs(a.Port))
+	case unix.AF_INET6:
+		a := (*unix.RawSockaddrInet6)(unsafe.Pointer(&l.rsa))
+		ap = netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), ntohs(a.Port))
+	}
+	return int(nfd), ap, nil
 }
 
-// sockaddrString is sa as RemoteAddr().String() gives it.
-func sockaddrString(sa unix.Sockaddr) string { return sockaddrTCP(sa).String() }
+// ntohs reads a port in network byte order.
+func ntohs(p uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(&p))
+	return uint16(b[0])<<8 | uint16(b[1])
+}

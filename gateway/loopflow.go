@@ -251,8 +251,12 @@ func (l *loop) pump(lf *loopFlow, i int) error {
 		}
 		if s.eof {
 			// As forward's CloseWrite: an error here is the other
-			// direction's to see.
-			unix.Shutdown(t.fd, unix.SHUT_WR)
+			// direction's to see. The last direction to end leaves the
+			// FIN to finish's close: the other read t to its end, so
+			// the close cannot turn into a reset.
+			if !t.shut {
+				unix.Shutdown(t.fd, unix.SHUT_WR)
+			}
 			s.shut = true
 			return nil
 		}
