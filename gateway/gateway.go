@@ -172,9 +172,9 @@ type listener struct {
 	port uint32
 	ln   *net.TCPListener
 	addr net.Addr
-	// The loops' socket: fd, the loops that still poll it, and closed,
-	// closed once the last has let it go and closed fd.
-	fd      int
+	// The loops' sockets, one per loop (SO_REUSEPORT), the loops that
+	// still poll theirs, and closed, closed once the last closed its.
+	fds     []int
 	holders atomic.Int32
 	closed  chan struct{}
 }
@@ -253,7 +253,7 @@ func (g *Gateway) apply(v *discovery.View) ([]*listener, error) {
 			continue
 		}
 		addr := net.JoinHostPort(g.cfg.BindAddress, strconv.Itoa(int(port)))
-		ln, err := listen(addr)
+		ln, err := listen(addr, g.cfg.LoopAccept)
 		if err != nil {
 			for _, a := range added {
 				a.ln.Close()
@@ -301,9 +301,13 @@ func servedPorts(v *discovery.View) map[uint32]*discovery.Gateway {
 // splice fast path cannot use, with the options of listenerOptions.
 // KeepAlive -1 keeps Go from setting the keep-alive options again on
 // every accepted socket (4 system calls each): Linux copies them from
-// the listening socket.
-func listen(addr string) (*net.TCPListener, error) {
+// the listening socket. With reusePort, further sockets can bind the
+// same address (listenInLoops).
+func listen(addr string, reusePort bool) (*net.TCPListener, error) {
 	lc := net.ListenConfig{KeepAlive: -1, Control: listenerOptions}
+	if reusePort {
+		lc.Control = reusePortOptions
+	}
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {

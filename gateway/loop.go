@@ -105,6 +105,7 @@ type command struct {
 	// listen and unlisten give the loop a listening socket to accept
 	// on, or take it back (loopaccept.go).
 	listen, unlisten *listener
+	fd               int // the loop's socket of listen
 	// fn, if set, is run by the loop, with nothing else: how a test
 	// reads the loop's state.
 	fn func()
@@ -144,7 +145,7 @@ type loop struct {
 	// lns are the listening sockets the loop accepts on; dials the flows
 	// whose upstream it is connecting; gen the generation of the last
 	// socket it registered (side.gen).
-	lns   []*listener
+	lns   []loopListener
 	dials []*loopFlow
 	gen   int32
 	// sa4 and sa6 are the addresses connectRaw passes, reused.
@@ -341,7 +342,7 @@ func (l *loop) commands() (stop bool) {
 		case c.stop:
 			stop = true
 		case c.listen != nil:
-			l.listen(c.listen)
+			l.listen(c.listen, c.fd)
 		case c.unlisten != nil:
 			l.unlisten(c.unlisten)
 		case c.fn != nil:

@@ -49,30 +49,51 @@ func rawListen(ln *net.TCPListener) (int, error) {
 	return fd, nil
 }
 
-// listenInLoops gives l's socket to every loop, which accept on it from
-// now on, and reports whether it could; false leaves l to serve.
-// Called with g.mu held.
+// listenInLoops gives each loop a listening socket of l's port of its
+// own, SO_REUSEPORT, which the loops accept on from now on, and reports
+// whether it could; false leaves l to serve. Called with g.mu held.
 func (g *Gateway) listenInLoops(l *listener) bool {
 	all := g.loops.started(g)
 	if len(all) == 0 {
 		return false
 	}
-	fd, err := rawListen(l.ln)
-	if err != nil {
+	fds := make([]int, 0, len(all))
+	fail := func(err error) bool {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
 		g.log.Warn("listener stays with Go's accept", "port", l.port, "err", err)
 		return false
 	}
-	l.ln, l.fd, l.closed = nil, fd, make(chan struct{})
+	// The other loops' sockets first: l.ln is kept until they are bound.
+	for range len(all) - 1 {
+		ln, err := listen(l.addr.String(), true)
+		if err != nil {
+			return fail(err)
+		}
+		fd, err := rawListen(ln)
+		if err != nil {
+			ln.Close()
+			return fail(err)
+		}
+		fds = append(fds, fd)
+	}
+	fd, err := rawListen(l.ln)
+	if err != nil {
+		return fail(err)
+	}
+	fds = append(fds, fd)
+	l.ln, l.fds, l.closed = nil, fds, make(chan struct{})
 	l.holders.Store(int32(len(all)))
-	g.wg.Add(1) // until the last loop closes the socket
-	for _, lp := range all {
-		lp.send(command{listen: l})
+	g.wg.Add(1) // until the last loop closes its socket
+	for i, lp := range all {
+		lp.send(command{listen: l, fd: fds[i]})
 	}
 	return true
 }
 
 // closeListener stops accepting on l: at once for one Go accepts on;
-// for the loops' one, once every loop has let it go (wait for
+// for the loops' sockets, once every loop has closed its own (wait for
 // l.closed), so that no loop accepts on a descriptor number that was
 // closed and reused.
 func (g *Gateway) closeListener(l *listener) {
@@ -85,40 +106,47 @@ func (g *Gateway) closeListener(l *listener) {
 	}
 }
 
-// listen registers l's socket in the loop's epoll set, exclusively (one
-// loop is woken per connection) and edge-triggered: accept takes every
-// connection queued.
-func (l *loop) listen(ln *listener) {
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET | unix.EPOLLEXCLUSIVE, Fd: int32(ln.fd), Pad: padListener}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &ev); err != nil {
-		// Kept in lns all the same: unlisten lets it go as from the
-		// others.
-		l.g.log.Error("listener not polled by an event loop", "port", ln.port, "err", err)
-	}
-	l.lns = append(l.lns, ln)
+// loopListener is a listening socket of a loop's: its own of l's port.
+type loopListener struct {
+	l  *listener
+	fd int
 }
 
-// unlisten lets ln go; the last loop to do so closes its socket.
+// listen registers fd, the loop's socket of ln, in its epoll set,
+// edge-triggered: accept takes every connection queued.
+func (l *loop) listen(ln *listener, fd int) {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(fd), Pad: padListener}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		// Kept in lns all the same, for unlisten to close. Its
+		// connections wait in its backlog until then: the kernel
+		// spreads them by hash.
+		l.g.log.Error("listener not polled by an event loop", "port", ln.port, "err", err)
+	}
+	l.lns = append(l.lns, loopListener{ln, fd})
+}
+
+// unlisten closes the loop's socket of ln; the last loop to do so
+// releases ln.
 func (l *loop) unlisten(ln *listener) {
 	for i, x := range l.lns {
-		if x == ln {
-			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, ln.fd, nil)
+		if x.l == ln {
+			// Closing removes it from the epoll set.
+			unix.Close(x.fd)
 			l.lns = append(l.lns[:i], l.lns[i+1:]...)
 			break
 		}
 	}
 	if ln.holders.Add(-1) == 0 {
-		unix.Close(ln.fd)
 		close(ln.closed)
 		l.g.wg.Done()
 	}
 }
 
-// listenerAt returns the listener polled at fd.
-func (l *loop) listenerAt(fd int) *listener {
-	for _, ln := range l.lns {
-		if ln.fd == fd {
-			return ln
+// listenerAt returns the loop's listening socket at fd.
+func (l *loop) listenerAt(fd int) *loopListener {
+	for i := range l.lns {
+		if l.lns[i].fd == fd {
+			return &l.lns[i]
 		}
 	}
 	return nil
@@ -127,17 +155,17 @@ func (l *loop) listenerAt(fd int) *listener {
 // accept takes every connection queued on ln. A failure (out of
 // descriptors) is logged and left for the next connection's edge, by
 // which the backlog is retried.
-func (l *loop) accept(ln *listener) {
+func (l *loop) accept(ln *loopListener) {
 	for {
 		fd, sa, err := l.accept4(ln.fd)
 		switch err {
 		case nil:
-			l.serve(ln.port, fd, sa)
+			l.serve(ln.l.port, fd, sa)
 		case unix.EINTR, unix.ECONNABORTED:
 		case unix.EAGAIN:
 			return
 		default:
-			l.g.rlog.warn("accept", "accept failed", "port", ln.port, "err", os.NewSyscallError("accept4", err))
+			l.g.rlog.warn("accept", "accept failed", "port", ln.l.port, "err", os.NewSyscallError("accept4", err))
 			return
 		}
 	}

@@ -374,3 +374,44 @@ func TestLoopAcceptKeepalive(t *testing.T) {
 		}
 	}
 }
+
+// Each loop accepts on a socket of its own (SO_REUSEPORT), between
+// which the kernel spreads connections by hash: a burst of connections,
+// which one socket polled by every loop would give to the loop that
+// happens to be awake, is spread over the loops, and each is forwarded
+// byte for byte.
+func TestLoopAcceptSpread(t *testing.T) {
+	m, _, hello := loopMesh(t, Config{LoopAccept: true}, echo)
+	const conns = 32
+	var wg sync.WaitGroup
+	cs := make(chan *net.TCPConn, conns)
+	for range conns {
+		wg.Go(func() { cs <- m.rawConn(hello) })
+	}
+	wg.Wait()
+	close(cs)
+	await.True(t, 5*time.Second, "every flow in a loop", func() bool { return loopsState(t, m.gw).flows == conns })
+	fds := map[int]bool{}
+	onLoops(t, m.gw, func(l *loop) {
+		if len(l.flows) == 0 {
+			t.Errorf("a loop holds none of %d flows", conns)
+		}
+		for _, ln := range l.lns {
+			fds[ln.fd] = true
+		}
+	})
+	if want := len(m.gw.loops.all); len(fds) != want {
+		t.Errorf("%d listening sockets for %d loops", len(fds), want)
+	}
+	for c := range cs {
+		msg := []byte("spread\n")
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
+			t.Fatalf("echo %q, %v", got, err)
+		}
+	}
+}
