@@ -288,8 +288,8 @@ type loopDial struct {
 	bp  *[]byte   // the pooled hello buffer: the hello is (*bp)[:n]
 	n   int
 	sa  netip.AddrPort // the client's address, for refusals
-	due int64         // the connect's deadline, on the loop's clock
-	i   int           // index in the loop's dials; -1 while not in it
+	due int64          // the connect's deadline, on the loop's clock
+	i   int            // index in the loop's dials; -1 while not in it
 }
 
 // watch registers the socket of s at fd in the loop's epoll set, for
