@@ -139,9 +139,9 @@ func (p *Peeker) Peek(conn net.Conn, buf []byte) (Hello, error) {
 }
 
 // PeekFrom is Peek for a connection of which the first n bytes were
-// read already, into buf[:n] (as Parse found them incomplete): it reads
-// the rest under the same rule and limits, the timeout counting from the
-// call.
+// read already, into buf[:n] (as Parse found them incomplete), n at most
+// MaxBytes: it reads the rest under the same rule and limits, the
+// timeout counting from the call.
 func (p *Peeker) PeekFrom(conn net.Conn, buf []byte, n int) (Hello, error) {
 	limit := p.maxBytes()
 	if t := p.timeout(); t > 0 {
