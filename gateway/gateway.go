@@ -172,9 +172,9 @@ type listener struct {
 	port uint32
 	ln   *net.TCPListener
 	addr net.Addr
-	// The loops' sockets, one per loop (SO_REUSEPORT), the loops that
-	// still poll theirs, and closed, closed once the last closed its.
-	fds     []int
+	// With the loops' sockets (one per loop, SO_REUSEPORT): the loops
+	// that still poll theirs, and closed, closed once the last closed
+	// its.
 	holders atomic.Int32
 	closed  chan struct{}
 }

@@ -83,7 +83,7 @@ func (g *Gateway) listenInLoops(l *listener) bool {
 		return fail(err)
 	}
 	fds = append(fds, fd)
-	l.ln, l.fds, l.closed = nil, fds, make(chan struct{})
+	l.ln, l.closed = nil, make(chan struct{})
 	l.holders.Store(int32(len(all)))
 	g.wg.Add(1) // until the last loop closes its socket
 	for i, lp := range all {
