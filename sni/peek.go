@@ -168,13 +168,7 @@ func (p *Peeker) PeekFrom(conn net.Conn, buf []byte, n int) (Hello, error) {
 	a.budget = p.budget()
 	defer func() { a.budget.release(a.held) }()
 	if n > 0 {
-		msg, err := a.advance(buf[:n], limit)
-		if err != nil {
-			return Hello{Raw: buf[:n]}, err
-		}
-		if msg != nil {
-			h, err := ParseClientHello(msg)
-			h.Raw = buf[:n]
+		if h, done, err := a.hello(buf[:n], limit); done {
 			return h, err
 		}
 	}
@@ -202,13 +196,7 @@ func (p *Peeker) PeekFrom(conn net.Conn, buf []byte, n int) (Hello, error) {
 		n += m
 		// Look at the data before the error: a client may send its last
 		// bytes and close at once.
-		msg, err := a.advance(buf[:n], limit)
-		if err != nil {
-			return Hello{Raw: buf[:n]}, err
-		}
-		if msg != nil {
-			h, err := ParseClientHello(msg)
-			h.Raw = buf[:n]
+		if h, done, err := a.hello(buf[:n], limit); done {
 			return h, err
 		}
 		if rerr != nil {
@@ -241,18 +229,29 @@ func (p *Peeker) Parse(raw []byte) (Hello, error) {
 	var a assembler
 	a.budget = p.budget()
 	defer func() { a.budget.release(a.held) }()
-	msg, err := a.advance(raw, limit)
-	switch {
-	case err != nil:
-		return Hello{Raw: raw}, err
-	case msg == nil && len(raw) >= limit:
+	if h, done, err := a.hello(raw, limit); done {
+		return h, err
+	}
+	if len(raw) >= limit {
 		return Hello{Raw: raw}, fmt.Errorf("%w: no complete ClientHello in %d bytes", ErrTooLarge, len(raw))
-	case msg == nil:
-		return Hello{Raw: raw}, ErrIncomplete
+	}
+	return Hello{Raw: raw}, ErrIncomplete
+}
+
+// hello examines raw, the bytes read so far, and reports whether they
+// decide the peek: the ClientHello they hold, or the error that proves
+// they cannot hold an acceptable one.
+func (a *assembler) hello(raw []byte, limit int) (Hello, bool, error) {
+	msg, err := a.advance(raw, limit)
+	if err != nil {
+		return Hello{Raw: raw}, true, err
+	}
+	if msg == nil {
+		return Hello{}, false, nil
 	}
 	h, err := ParseClientHello(msg)
 	h.Raw = raw
-	return h, err
+	return h, true, err
 }
 
 func (p *Peeker) budget() *Budget {
