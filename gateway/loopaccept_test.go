@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -413,5 +414,35 @@ func TestLoopAcceptSpread(t *testing.T) {
 		if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
 			t.Fatalf("echo %q, %v", got, err)
 		}
+	}
+}
+
+// A drain that runs out of time cuts the flows in the loops, those
+// still connecting their upstream too: Shutdown returns, the client is
+// reset, and nothing the dial held is left (the counts, and the
+// descriptors: the mesh's leak check).
+func TestLoopAcceptDrainCutsDials(t *testing.T) {
+	m := loopAcceptMesh(t, pathLocal)
+	m.cfg.DialTimeout = time.Hour
+	b := m.backend("v1")
+	m.start(withAddress(echoYAML(freePort(t), b), b, blackHole(t)))
+	hello := recordHello(t, echoSNI)
+	c := m.rawConn(hello)
+	dialing := func() (n int) {
+		onLoops(t, m.gw, func(l *loop) { n += len(l.dials) })
+		return n
+	}
+	await.True(t, 5*time.Second, "the loop to be connecting", func() bool { return dialing() == 1 })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := m.gw.Shutdown(ctx); err == nil {
+		t.Fatal("Shutdown cut a connecting flow without saying so")
+	}
+	if n := m.gw.Active(); n != 0 {
+		t.Errorf("%d connections counted after Shutdown", n)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, c); !isReset(err) {
+		t.Errorf("client read %v, want a reset", err)
 	}
 }
