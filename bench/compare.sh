@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # compare.sh: ewgate against HAProxy and nginx as SNI-routing TCP proxies,
-# on loopback, one proxy at a time. See bench/README.md.
+# on loopback, one proxy at a time, with each figure's ratio to the best
+# peer and issue 15's targets checked at the end. See bench/README.md.
 #
 # Environment (defaults in brackets):
 #   PROXIES    proxies to measure                     [ewgate haproxy nginx]
-#   MODES      loadgen modes to run                   [idle throughput rr connect]
-#   IDLE_N     idle connection counts                 [1000 3000]
-#   MIB        MiB streamed each way (throughput)     [1024]
+#   MODES      loadgen modes to run                   [idle throughput rr connect tls]
+#   IDLE_N     idle connection counts                 [3000 9000]
+#   MIB        MiB streamed each way, in all (throughput) [1024]
+#   THR_C      throughput connections at once         [4]
 #   RR_C       rr connections                         [32]
 #   RR_SIZE    rr request (and echo) size in bytes    [128]
-#   CONN_C     connect workers                        [16]
-#   SECS       seconds of each rr and connect run     [5]
+#   CONN_C     connect and tls workers                [16]
+#   SECS       seconds of each rr, connect and tls run [5]
 #   DIRECT     1: add a "direct (no proxy)" row       [1]
 #   OUT        also write the report to this file     []
 #   KEEP       1: keep the work directory (configs, logs) [0]
@@ -19,9 +21,10 @@
 set -euo pipefail
 
 PROXIES=${PROXIES:-ewgate haproxy nginx}
-MODES=${MODES:-idle throughput rr connect}
-IDLE_N=${IDLE_N:-1000 3000}
+MODES=${MODES:-idle throughput rr connect tls}
+IDLE_N=${IDLE_N:-3000 9000}
 MIB=${MIB:-1024}
+THR_C=${THR_C:-4}
 RR_C=${RR_C:-32}
 RR_SIZE=${RR_SIZE:-128}
 CONN_C=${CONN_C:-16}
@@ -36,11 +39,33 @@ work=$(mktemp -d /tmp/ewgate-bench.XXXXXX)
 # shellcheck source=lib.sh
 source "$repo/bench/lib.sh"
 
+t_start=$(date +%s)
+date_start=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+
 for bin in haproxy nginx go; do
 	command -v "$bin" >/dev/null || { log "$bin not found (apt-get install -y haproxy nginx libnginx-mod-stream)"; exit 1; }
 done
 stream_module=/usr/lib/nginx/modules/ngx_stream_module.so
 [[ -f $stream_module ]] || { log "$stream_module missing (apt-get install -y libnginx-mod-stream)"; exit 1; }
+
+# Every process started from here inherits the hard open-file limit as its
+# soft one (Go programs raise it themselves; HAProxy and nginx size their
+# tables from it). A proxied connection takes 2 descriptors in the proxy
+# and 1 in the client and the sink each.
+ulimit -n "$(ulimit -Hn)"
+nofile=$(ulimit -n)
+max_n=0
+for n in $IDLE_N; do ((n <= max_n)) || max_n=$n; done
+if [[ $nofile != unlimited ]] && ((2 * max_n + 500 > nofile)); then
+	log "open-file limit $nofile is too low for IDLE_N up to $max_n (2 per proxied connection and some)"
+	exit 1
+fi
+# The peers' limits, sized for the largest N (HAProxy's pipes take 2
+# descriptors each, and maxconn counts client connections).
+hap_maxconn=$((max_n + 500))
+hap_maxpipes=250
+ngx_conns=$((2 * max_n + 1000)) # per worker: client and upstream sides, all on one worker at worst
 
 log "building ewgate and loadgen into $work"
 mkdir "$work/bin"
@@ -48,8 +73,9 @@ mkdir "$work/bin"
 lg=$work/bin/loadgen
 # What was built: the commit, whether the tree differs from it, and a hash
 # of the data-plane sources (others may be editing them).
-built="$(cd "$repo" && git rev-parse --short HEAD)$(cd "$repo" && git diff --quiet HEAD -- . ':!bench' ':!docs' || echo ' + uncommitted changes'), gateway/ and sni/ sources sha256 $(cat "$repo"/gateway/*.go "$repo"/sni/*.go | sha256sum | cut -c1-12)"
-command="${BASE:+BASE=$BASE }PROXIES=\"$PROXIES\" MODES=\"$MODES\" IDLE_N=\"$IDLE_N\" MIB=$MIB RR_C=$RR_C RR_SIZE=$RR_SIZE CONN_C=$CONN_C SECS=$SECS bench/compare.sh"
+commit=$(cd "$repo" && git rev-parse --short HEAD)
+built="$commit$(cd "$repo" && git diff --quiet HEAD -- . ':!bench' ':!docs' || echo ' + uncommitted changes'), gateway/ and sni/ sources sha256 $(cat "$repo"/gateway/*.go "$repo"/sni/*.go | sha256sum | cut -c1-12)"
+command="${BASE:+BASE=$BASE }PROXIES=\"$PROXIES\" MODES=\"$MODES\" IDLE_N=\"$IDLE_N\" MIB=$MIB THR_C=$THR_C RR_C=$RR_C RR_SIZE=$RR_SIZE CONN_C=$CONN_C SECS=$SECS DIRECT=$DIRECT bench/compare.sh"
 if [[ -n $BASE ]]; then
 	log "building ewgate@$BASE"
 	mkdir "$work/base"
@@ -57,9 +83,18 @@ if [[ -n $BASE ]]; then
 	(cd "$work/base" && go build -o "$work/bin/ewgate@$BASE" ./cmd/ewgate)
 	PROXIES="ewgate@$BASE $PROXIES"
 fi
-sni=outbound_.9080_._.echo.demo.svc.cluster.local
+# sed, not head: head would exit early, haproxy get SIGPIPE, and pipefail
+# end the script.
+hap_version=$(haproxy -v | sed -n '1s/^\([^ ]* [^ ]* [^ ]*\).*/\1/p')
+ngx_version=$(nginx -v 2>&1 | cut -d' ' -f3)
 
-start_sink "$lg"
+# Two routes, as Istio names them: port 9080 to the sink's plain listener
+# (replayed ClientHello), port 9443 to its TLS 1.3 mTLS listener.
+sni=outbound_.9080_._.echo.demo.svc.cluster.local
+sni_tls=outbound_.9443_._.echo.demo.svc.cluster.local
+"$lg" ca -dir "$work/ca"
+sink_tls_port=$("$lg" freeport)
+start_sink "$lg" -tls-listen "127.0.0.1:$sink_tls_port" -tls-ca "$work/ca"
 
 # start_<proxy> writes the proxy's config, starts it in the foreground as
 # a child of this script and sets proxy_pid and proxy_port.
@@ -88,10 +123,12 @@ spec:
   hosts: [echo.demo.svc.cluster.local]
   location: MESH_INTERNAL
   resolution: STATIC
-  ports: [{number: 9080, name: tcp-echo, protocol: TCP}]
+  ports:
+  - {number: 9080, name: tcp-echo, protocol: TCP}
+  - {number: 9443, name: tcp-echo-tls, protocol: TCP}
   endpoints:
   - address: 127.0.0.1
-    ports: {tcp-echo: $sink_port}
+    ports: {tcp-echo: $sink_port, tcp-echo-tls: $sink_tls_port}
     network: bench
     labels: {app: echo, security.istio.io/tlsMode: istio}
 EOF
@@ -106,36 +143,47 @@ EOF
 	started+=($proxy_pid)
 }
 
+# start_haproxy: with option splice-auto, or with splicing forced both
+# ways if hap_splice is "forced" (its config is then haproxy-forced.cfg).
 start_haproxy() {
-	local dir=$work/haproxy
+	local dir=$work/haproxy cfg=haproxy.cfg splice="option splice-auto"
+	if [[ ${hap_splice:-auto} == forced ]]; then
+		cfg=haproxy-forced.cfg
+		splice=$'option splice-request\n    option splice-response'
+	fi
 	mkdir -p "$dir"
 	proxy_port=$("$lg" freeport)
-	cat >"$dir/haproxy.cfg" <<EOF
+	cat >"$dir/$cfg" <<EOF
 global
     nbthread 2
-    maxconn 9000
-    # splice-auto reserves maxpipes (default maxconn/4) pipes of two
-    # descriptors: 500 keeps the total under the 20,000 open-file limit.
-    maxpipes 500
+    # maxconn counts client connections (2 descriptors each) and each
+    # pipe takes 2 more: $hap_maxconn and $hap_maxpipes stay under the
+    # $nofile open-file limit ($((2 * hap_maxconn + 2 * hap_maxpipes)) plus listeners).
+    maxconn $hap_maxconn
+    maxpipes $hap_maxpipes
 
 defaults
     mode tcp
-    maxconn 9000
+    maxconn $hap_maxconn
     timeout connect 5s
     timeout client 1h
     timeout server 1h
-    option splice-auto
+    $splice
 
 frontend sni
     bind 127.0.0.1:$proxy_port
     tcp-request inspect-delay 5s
     tcp-request content accept if { req_ssl_hello_type 1 }
     use_backend echo if { req.ssl_sni -i $sni }
+    use_backend echo-tls if { req.ssl_sni -i $sni_tls }
 
 backend echo
     server sink 127.0.0.1:$sink_port
+
+backend echo-tls
+    server sink-tls 127.0.0.1:$sink_tls_port
 EOF
-	haproxy -db -f "$dir/haproxy.cfg" >>"$work/haproxy.log" 2>&1 &
+	haproxy -db -f "$dir/$cfg" >>"$work/haproxy.log" 2>&1 &
 	proxy_pid=$!
 	started+=($proxy_pid)
 }
@@ -148,17 +196,19 @@ start_nginx() {
 load_module $stream_module;
 daemon off;
 worker_processes 2;
-worker_rlimit_nofile 19000;
+worker_rlimit_nofile $nofile;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 
 events {
-    worker_connections 9000;
+    # Per worker, and a proxied connection is two (client and upstream).
+    worker_connections $ngx_conns;
 }
 
 stream {
     map \$ssl_preread_server_name \$upstream {
         $sni 127.0.0.1:$sink_port;
+        $sni_tls 127.0.0.1:$sink_tls_port;
         default 127.0.0.1:9;
     }
     server {
@@ -213,47 +263,81 @@ proc_cpu() {
 # cpu_figure MODE ROW TICKS: the proxy's CPU per operation from a loadgen
 # row and the CPU ticks the proxy used during it: s per GB moved (both
 # ways) in throughput, µs per round trip in rr, s per 1,000 connections in
-# connect. The operation counts are the row's rates times SECS.
+# connect and tls. The operation counts are the row's own (all round trips,
+# all connections), the bytes MIB each way.
 cpu_figure() {
 	local s
 	s=$(echo "$3 / $(getconf CLK_TCK)" | bc -l)
-	echo "$2" | awk -F'|' -v m="$1" -v s="$s" -v mib="$MIB" -v secs="$SECS" '{
+	echo "$2" | awk -F'|' -v m="$1" -v s="$s" -v mib="$MIB" '{
 		gsub(/ /, "")
 		if (m == "throughput") printf "%.3f", s / (2 * mib * 1048576 / 1e9)
-		else if (m == "rr" && $5 > 0) printf "%.1f", s * 1e6 / ($5 * secs)
-		else if (m == "connect" && $4 > 0) printf "%.3f", s * 1000 / ($4 * secs)
+		else if (m == "rr" && $5 > 0) printf "%.1f", s * 1e6 / $5
+		else if ((m == "connect" || m == "tls") && $4 > 0) printf "%.3f", s * 1000 / $4
 		else printf "-"
 	}'
+}
+
+# record MODE ROW: the figures of a finished row (CPU column last) that the
+# summary needs, as "key<TAB>label<TAB>value" lines in $work/figures.
+record() {
+	echo "$2" | awk -F'|' -v m="$1" 'BEGIN { OFS = "\t" }
+	function t(x) { gsub(/^ +| +$/, "", x); return x }
+	{
+		l = t($2)
+		if (t($3) ~ /^failed/ || t($4) ~ /^did not/) { print "errors", l, "failed"; next }
+		if (m == "idle") { print "idle_" t($3), l, t($6); print "errors", l, t($12); next }
+		print "cpu_" m, l, t($(NF - 1))
+		if (m == "throughput") print "errors", l, t($7)
+		if (m == "rr") { print "p50", l, t($7); print "p99", l, t($8); print "p999", l, t($9); print "errors", l, t($10) }
+		if (m == "connect" || m == "tls") print "errors", l, t($9)
+	}' >>"$work/figures"
 }
 
 # measure MODE LABEL ARGS...: one loadgen row, or a row saying it failed.
 # In the traffic modes the row gets the proxy's CPU per operation
 # (cpu_figure), for the proxy started last (cpu_pid; "-" for none).
+# loadgen's error detail goes to stderr and to the report.
 measure() {
-	local mode=$1 label=$2 row c0 c1 fig
+	local mode=$1 label=$2 row c0 c1 fig lgmode=$1
 	shift 2
+	[[ $mode != tls ]] || lgmode=connect
 	log "$mode $label $*"
 	c0=$(proc_cpu "$cpu_pid")
-	row=$("$lg" "$mode" -label "$label" "$@") || log "$mode $label failed (row kept if printed)"
+	row=$("$lg" "$lgmode" -label "$label" "$@" 2>"$work/last.err") || log "$mode $label: loadgen exited non-zero (row kept if printed)"
 	c1=$(proc_cpu "$cpu_pid")
+	if [[ -s $work/last.err ]]; then
+		cat "$work/last.err" >&2
+		sed "s/^/$mode: /" "$work/last.err" >>"$work/errors.log"
+	fi
 	row=${row:-| $label | failed, see stderr |}
+	# rr -paired prints the paired direct set's row after the proxy's.
+	local paired=
+	if [[ $row == *$'\n'* ]]; then
+		paired="${row#*$'\n'} - |"
+		row=${row%%$'\n'*}
+	fi
 	if [[ $mode != idle ]]; then
 		fig=-
 		[[ -z $cpu_pid ]] || fig=$(cpu_figure "$mode" "$row" $((c1 - c0)))
 		row="$row $fig |"
 	fi
 	echo "$row" >>"$work/$mode.md"
+	record "$mode" "$row"
+	if [[ -n $paired ]]; then
+		echo "$paired" >>"$work/$mode.md"
+		record "$mode" "$paired"
+	fi
 }
 
 # with_ratio MODE: the rows of MODE with a last column, each figure's ratio
 # to the best (lowest) figure of haproxy or nginx in the same table (and,
-# for idle, the same N): RSS KiB per connection for idle, the proxy CPU
+# for idle, the same N): Pss KiB per connection for idle, the proxy CPU
 # column otherwise. Lower is better in all of them.
 with_ratio() {
 	awk -F'|' -v m="$1" '
 	function trim(x) { gsub(/^ +| +$/, "", x); return x }
 	{ rows[NR] = $0; label = trim($2); key = (m == "idle") ? trim($3) : "all"
-	  fig[NR] = (m == "idle") ? trim($5) : trim($(NF - 1)); k[NR] = key
+	  fig[NR] = (m == "idle") ? trim($6) : trim($(NF - 1)); k[NR] = key
 	  if ((label == "haproxy" || label == "nginx") && fig[NR] + 0 > 0 && (!(key in best) || fig[NR] + 0 < best[key] + 0)) { best[key] = fig[NR]; who[key] = label } }
 	END { for (i = 1; i <= NR; i++) {
 		r = "-"
@@ -261,74 +345,228 @@ with_ratio() {
 		print rows[i] " " r " |" } }' "$work/$1.md"
 }
 
-has_mode() { [[ " $MODES " == *" $1 "* ]]; }
+# has_mode MODE: whether MODE is to run (of MODES, and of only_modes
+# while that is set).
+has_mode() { [[ " $MODES " == *" $1 "* && (-z ${only_modes:-} || " $only_modes " == *" $1 "*) ]]; }
 
 cpu_pid= # the proxy whose CPU measure counts; none for idle and direct
-
-has_mode() { [[ " $MODES " == *" $1 "* ]]; }
 
 if has_mode idle; then
 	# A fresh proxy for each N, so that each baseline is a warmed-up but
 	# otherwise unused process.
 	for n in $IDLE_N; do
 		for p in $PROXIES; do
-			start_proxy "$p" || { echo "| $p | $n | did not start |" >>"$work/idle.md"; continue; }
+			if ! start_proxy "$p"; then
+				echo "| $p | $n | did not start |" >>"$work/idle.md"
+				record idle "| $p | $n | did not start |"
+				continue
+			fi
 			measure idle "$p" -addr "127.0.0.1:$proxy_port" -pid "$proxy_pid" -n "$n"
 			stop_proxy
 		done
 	done
 fi
 
-# run_traffic LABEL ADDR: the traffic modes against one address.
+# run_traffic LABEL HOST PORT TLSPORT: the traffic modes against one
+# address (TLSPORT: the port whose connections reach the TLS sink; the
+# same as PORT behind a proxy, which routes by SNI). Behind a proxy, with
+# DIRECT=1, rr takes turns of 250 ms with as many connections straight to
+# the sink ("direct (paired with PROXY)"), each set active SECS: the load
+# of the moment (the machine is shared) then weighs on both alike, and
+# their difference is the latency the proxy adds.
 run_traffic() {
-	! has_mode throughput || measure throughput "$1" -addr "$2" -mib "$MIB"
-	! has_mode rr || measure rr "$1" -addr "$2" -c "$RR_C" -size "$RR_SIZE" -d "${SECS}s"
-	! has_mode connect || measure connect "$1" -addr "$2" -c "$CONN_C" -d "${SECS}s"
+	local addr=$2:$3 pair=()
+	! has_mode throughput || measure throughput "$1" -addr "$addr" -mib "$MIB" -c "$THR_C"
+	[[ $DIRECT != 1 || $3 == "$sink_port" ]] || pair=(-paired "127.0.0.1:$sink_port" -paired-label "direct (paired with $1)")
+	[[ $3 == "$sink_port" && $DIRECT == 1 ]] || ! has_mode rr || measure rr "$1" -addr "$addr" -c "$RR_C" -size "$RR_SIZE" -d "${SECS}s" "${pair[@]}"
+	! has_mode connect || measure connect "$1" -addr "$addr" -c "$CONN_C" -d "${SECS}s"
+	! has_mode tls || measure tls "$1" -addr "$2:$4" -sni "$sni_tls" -tls-ca "$work/ca" -c "$CONN_C" -d "${SECS}s"
 	sleep 1 # let TIME_WAIT sockets of connect age before the next target
 }
 
-if has_mode throughput || has_mode rr || has_mode connect; then
+if has_mode throughput || has_mode rr || has_mode connect || has_mode tls; then
 	cpu_pid=
-	[[ $DIRECT != 1 ]] || run_traffic "direct (no proxy)" "127.0.0.1:$sink_port"
+	[[ $DIRECT != 1 ]] || run_traffic "direct (no proxy)" 127.0.0.1 "$sink_port" "$sink_tls_port"
 	for p in $PROXIES; do
-		start_proxy "$p" || continue
-		cpu_pid=$proxy_pid
-		run_traffic "$p" "127.0.0.1:$proxy_port"
-		stop_proxy
-		cpu_pid=
+		# HAProxy gets its best setting for each mode: splicing forced
+		# both ways (option splice-request, splice-response) for bulk,
+		# where splice-auto did not splice these transfers (no pipes in
+		# /proc/PID/fd; 0.82 s per GB against 0.61 forced, 2026-12-03),
+		# and splice-auto for the rest, where forced splicing cost it
+		# half as much again per 128 B round trip (16.3 µs against 10.7).
+		runs=("all")
+		if [[ $p == haproxy ]] && has_mode throughput; then
+			runs=("throughput")
+			! { has_mode rr || has_mode connect || has_mode tls; } || runs+=("rr connect tls")
+		fi
+		for only_modes in "${runs[@]}"; do
+			[[ $only_modes != all ]] || only_modes=
+			hap_splice=auto
+			[[ $only_modes != throughput ]] || hap_splice=forced
+			if ! start_proxy "$p"; then
+				echo -e "errors\t$p\tfailed" >>"$work/figures"
+				continue
+			fi
+			cpu_pid=$proxy_pid
+			run_traffic "$p" 127.0.0.1 "$proxy_port" "$proxy_port"
+			stop_proxy
+			cpu_pid=
+		done
+		only_modes=
 	done
 fi
 
-report() {
-	echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-	echo "Command: $command"
-	echo "ewgate built from: $built"
-	echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), Linux $(uname -r), $(go version | cut -d' ' -f3-), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(nginx -v 2>&1 | cut -d' ' -f3)"
-	local mode title
-	for mode in idle throughput rr connect; do
-		[[ -f $work/$mode.md ]] || continue
-		case $mode in
-		idle) title="Idle connections: per-connection cost to the proxy process(es)" ;;
-		throughput) title="Throughput: one connection, $MIB MiB each way" ;;
-		rr) title="Request/response: $RR_C connections, $RR_SIZE B ping-pong, ${SECS}s" ;;
-		connect) title="Connection rate: hello, 1-byte answer, close; $CONN_C workers, ${SECS}s" ;;
-		esac
-		printf '\n### %s\n\n' "$title"
-		case $mode in
-		idle) "$lg" header "$mode" | sed '1s/$/ RSS ratio to best peer |/; 2s/$/---:|/' ;;
-		*) "$lg" header "$mode" | sed "1s#\$# proxy CPU $(cpu_unit "$mode") | ratio to best peer |#; 2s#\$#---:|---:|#" ;;
-		esac
-		with_ratio "$mode"
-	done
-	settings
-}
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+date_end=$(date -u '+%H:%M:%S UTC')
+took=$(($(date +%s) - t_start))
+# The sink logs every connection it could not serve to the end of its
+# protocol (a handshake that failed, a reset, an unknown command).
+sink_errors=$(grep -c '^loadgen sink' "$work/sink.log" || true)
 
 cpu_unit() {
 	case $1 in
 	throughput) echo "s/GB" ;;
 	rr) echo "µs/round trip" ;;
-	connect) echo "s/1000 conns" ;;
+	connect | tls) echo "s/1000 conns" ;;
 	esac
+}
+
+# added_latency prints the rr percentiles of each proxy minus those of the
+# direct set paired with it, with the ratio of each to the best peer's.
+added_latency() {
+	awk -F'\t' '
+	$1 ~ /^p(50|99|999)$/ { v[$1, $2] = $3; if ($2 !~ /^direct/ && !($2 in seen)) { seen[$2] = 1; order[++n] = $2 } }
+	END {
+		split("p50 p99 p999", ps, " ")
+		for (j = 1; j <= 3; j++) { p = ps[j]; for (i = 1; i <= n; i++) { l = order[i]; d = "direct (paired with " l ")"
+			if (!((p, l) in v) || !((p, d) in v)) continue
+			add[p, l] = v[p, l] - v[p, d]
+			if ((l == "haproxy" || l == "nginx") && (!(p in best) || add[p, l] < best[p])) { best[p] = add[p, l]; who[p] = l } } }
+		found = 0
+		for (i = 1; i <= n; i++) if (("p99", order[i]) in add) found = 1
+		if (!found) { print "No paired direct rr sets (DIRECT=0): added latency not computed."; exit }
+		print "| proxy | added p50 µs | added p99 µs | added p99.9 µs | p99 ratio to best peer | p99.9 ratio to best peer |"
+		print "|---|---:|---:|---:|---:|---:|"
+		for (i = 1; i <= n; i++) { l = order[i]; if (!(("p99", l) in add)) continue
+			r99 = ("p99" in best && best["p99"] > 0) ? sprintf("%.2f× %s", add["p99", l] / best["p99"], who["p99"]) : "-"
+			r999 = ("p999" in best && best["p999"] > 0) ? sprintf("%.2f× %s", add["p999", l] / best["p999"], who["p999"]) : "-"
+			printf "| %s | %.1f | %.1f | %.1f | %s | %s |\n", l, add["p50", l], add["p99", l], add["p999", l], r99, r999 }
+	}' "$work/figures"
+}
+
+# errors_line: "none", or each label whose rows counted errors.
+errors_line() {
+	awk -F'\t' '$1 == "errors" { if ($3 == "failed") f[$2] = 1; else e[$2] += $3; if (!($2 in seen)) { seen[$2] = 1; order[++n] = $2 } }
+	END { s = ""
+		for (i = 1; i <= n; i++) { l = order[i]
+			if (l in f) s = s (s == "" ? "" : ", ") l ": a row failed"
+			else if (e[l] > 0) s = s (s == "" ? "" : ", ") l ": " e[l] }
+		print (s == "" ? "none" : s) }' "$work/figures"
+}
+
+# summary prints issue 15's targets with ewgate's figure, the reference
+# peer's, the ratio and whether the target is met in this run.
+summary() {
+	awk -F'\t' -v rr_size="$RR_SIZE" -v rr_c="$RR_C" -v conn_c="$CONN_C" -v thr_c="$THR_C" -v idle_n="$IDLE_N" -v sink_errors="$sink_errors" '
+	{ v[$1, $2] = $3
+	  if ($1 == "errors") { if ($3 == "failed") failed[$2] = 1; else errs[$2] += $3; if (!($2 in seen)) { seen[$2] = 1; labels[++nl] = $2 } } }
+	function fmt(x, unit) { return (unit == "µs") ? sprintf("%.1f µs", x) : (unit == "KiB") ? sprintf("%.1f KiB", x) : sprintf("%.3f s", x) }
+	# row: ewgate figure e against reference ref of peer who; met if
+	# e <= goal * ref.
+	function row(what, e, ref, who, goal, unit,   ratio, ok) {
+		total++
+		if (e == "" || ref == "" || e == "-" || ref == "-") { unmeasured++; printf "| %s | %s | %s | - | ≤ %.2f× | not measured |\n", what, (e == "" ? "-" : e), (ref == "" ? "-" : who " " ref), goal; return }
+		ok = (e + 0 <= goal * ref)
+		met += ok
+		ratio = (ref + 0 > 0) ? sprintf("%.2f×", e / ref) : "-"
+		printf "| %s | %s | %s %s | %s | ≤ %.2f× | %s |\n", what, fmt(e, unit), who, fmt(ref, unit), ratio, goal, ok ? "met" : "**not met**"
+	}
+	function added(p, l,   d) { d = "direct (paired with " l ")"; return ((p, l) in v && (p, d) in v) ? v[p, l] - v[p, d] : "" }
+	END {
+		print "| target (lower is better) | ewgate | reference | ratio | goal | verdict |"
+		print "|---|---:|---|---:|---:|---|"
+		row("proxy CPU per " rr_size " B request, " rr_c " connections", v["cpu_rr", "ewgate"], v["cpu_rr", "nginx"], "nginx", 0.8, "µs")
+		row("proxy CPU per 1,000 new TLS 1.3 mTLS connections (full handshake), " conn_c " workers", v["cpu_tls", "ewgate"], v["cpu_tls", "nginx"], "nginx", 1, "s")
+		row("proxy CPU per GB, " thr_c " connections", v["cpu_throughput", "ewgate"], v["cpu_throughput", "haproxy"], "haproxy (splice-request/response)", 1, "s")
+		n = split(idle_n, ns, " ")
+		for (i = 1; i <= n; i++) row("memory (Pss) per idle connection, " ns[i] " held", v["idle_" ns[i], "ewgate"], v["idle_" ns[i], "haproxy"], "haproxy", 1, "KiB")
+		for (j = 1; j <= 2; j++) { p = (j == 1) ? "p99" : "p999"
+			bw = ""; bv = ""
+			for (k = 1; k <= 2; k++) { l = (k == 1) ? "haproxy" : "nginx"; a = added(p, l); if (a != "" && (bv == "" || a < bv)) { bw = l; bv = a } }
+			e = added(p, "ewgate")
+			# An added latency of 0 or below is noise (a stall in the direct
+			# set): no ratio, and no verdict either way.
+			if (e != "" && bv != "" && (bv <= 0 || e <= 0)) { total++; inconclusive++
+				printf "| %s added latency (rr, minus the paired direct set) | %.1f µs | %s %.1f µs | - | ≤ 1.00× | inconclusive (added latency ≤ 0 is noise) |\n", (p == "p99" ? "p99" : "p99.9"), e, bw, bv
+			} else row((p == "p99" ? "p99" : "p99.9") " added latency (rr, minus the paired direct set)", e, bv, bw, 1, "µs") }
+		total++
+		peers = ""
+		direct = 0
+		for (i = 1; i <= nl; i++) {
+			l = labels[i]
+			if (l ~ /^direct/) { direct += (l in failed) ? 1 : errs[l]; continue }
+			if (l != "ewgate") peers = peers (peers == "" ? "" : ", ") l " " ((l in failed) ? "a row failed" : errs[l] + 0)
+		}
+		peers = peers (peers == "" ? "" : ", ") "direct runs " direct
+		e = ("ewgate" in failed) ? "a row failed" : errs["ewgate"] + 0
+		ok = (!("ewgate" in failed) && errs["ewgate"] + 0 == 0)
+		met += ok
+		printf "| errors (failed connections, short reads, wrong bytes, shed idle connections) | %s | %s; sink: %d | - | 0 | %s |\n", e, peers, sink_errors, ok ? "met" : "**not met**"
+		print ""
+		printf "Targets met in this run: %d of %d%s%s.\n", met, total, unmeasured ? sprintf("; %d not measured", unmeasured) : "", inconclusive ? sprintf("; %d inconclusive", inconclusive) : ""
+	}' "$work/figures"
+	if grep -q "^cpu_connect	ewgate	" "$work/figures" 2>/dev/null; then
+		awk -F'\t' '$1 == "cpu_connect" { v[$2] = $3 } END {
+			if (v["nginx"] + 0 > 0) r = sprintf(", %.2f× nginx (%s s)", v["ewgate"] / v["nginx"], v["nginx"]); else r = ""
+			printf "\nNot a target, for the profile: proxy CPU per 1,000 new connections with a replayed ClientHello and no handshake (mode connect) %s s%s.\n", v["ewgate"], r }' "$work/figures"
+	fi
+}
+
+report() {
+	local errs
+	errs=$(errors_line)
+	echo "Date: $date_start to $date_end ($((took / 60)) min $((took % 60)) s)"
+	echo "Command: \`$command\`"
+	echo "ewgate built from: $built"
+	echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), Linux $(uname -r), $(go version | cut -d' ' -f3), open-file limit $nofile"
+	echo "Load average (1, 5, 15 min): $load_start at the start, $load_end at the end"
+	echo "Peers: $hap_version (nbthread 2, option splice-request and splice-response in throughput, option splice-auto otherwise, maxconn $hap_maxconn, maxpipes $hap_maxpipes); nginx $ngx_version (worker_processes 2, listen reuseport, worker_connections $ngx_conns, worker_rlimit_nofile $nofile)"
+	if [[ $errs == none && $sink_errors == 0 ]]; then
+		echo "Errors: none"
+	else
+		echo "**Errors in this run**: $errs; sink log: $sink_errors lines (details at the end)"
+	fi
+	local mode title
+	for mode in idle throughput rr connect tls; do
+		[[ -f $work/$mode.md ]] || continue
+		case $mode in
+		idle) title="Idle connections: per-connection cost to the proxy process(es)" ;;
+		throughput) title="Throughput: $THR_C connections at once, $MIB MiB each way in all" ;;
+		rr) title="Request/response: $RR_C connections, $RR_SIZE B ping-pong, ${SECS}s" ;;
+		connect) title="Connection rate, replayed ClientHello (no handshake), 1-byte answer, close; $CONN_C workers, ${SECS}s" ;;
+		tls) title="New TLS connections: full TLS 1.3 mTLS handshake (ECDSA P-256 SVIDs) with the sink through the proxy, 1-byte answer, close; $CONN_C workers, ${SECS}s" ;;
+		esac
+		printf '\n### %s\n\n' "$title"
+		case $mode in
+		idle) "$lg" header "$mode" | sed '1s/$/ Pss ratio to best peer |/; 2s/$/---:|/' ;;
+		tls) "$lg" header connect | sed "1s#\$# proxy CPU $(cpu_unit "$mode") | ratio to best peer |#; 2s#\$#---:|---:|#" ;;
+		*) "$lg" header "$mode" | sed "1s#\$# proxy CPU $(cpu_unit "$mode") | ratio to best peer |#; 2s#\$#---:|---:|#" ;;
+		esac
+		with_ratio "$mode"
+		if [[ $mode == rr ]]; then
+			printf '\nAdded latency: each proxy'"'"'s percentiles minus those of the direct set that took turns with it (250 ms each).\n\n'
+			added_latency
+		fi
+	done
+	settings
+	printf '\n### Issue 15 targets\n\n'
+	summary
+	if [[ -s $work/errors.log || $sink_errors != 0 ]]; then
+		printf '\n### Error detail\n\n```\n'
+		cat "$work/errors.log" 2>/dev/null || true
+		grep '^loadgen sink' "$work/sink.log" | head -20 || true
+		printf '```\n'
+	fi
 }
 
 # settings prints each measured proxy's configuration as it ran.
@@ -338,8 +576,11 @@ settings() {
 	for p in $PROXIES; do
 		case $p in
 		ewgate*) printf '%s: `%s`, on\n\n```yaml\n%s\n```\n\n' "$p" "$ewgate_cmd" "$(cat "$work/ewgate/mesh.yaml")" ;;
-		haproxy) printf 'haproxy (%s):\n\n```\n%s\n```\n\n' "$(haproxy -v | head -1 | cut -d' ' -f1-3)" "$(cat "$work/haproxy/haproxy.cfg")" ;;
-		nginx) printf 'nginx (%s):\n\n```\n%s\n```\n\n' "$(nginx -v 2>&1 | cut -d' ' -f3)" "$(cat "$work/nginx/nginx.conf")" ;;
+		haproxy)
+			printf 'haproxy (%s):\n\n```\n%s\n```\n\n' "$hap_version" "$(cat "$work/haproxy/haproxy.cfg")"
+			[[ ! -f $work/haproxy/haproxy-forced.cfg ]] || printf 'haproxy in throughput:\n\n```\n%s\n```\n\n' "$(cat "$work/haproxy/haproxy-forced.cfg")"
+			;;
+		nginx) printf 'nginx (%s):\n\n```\n%s\n```\n\n' "$ngx_version" "$(cat "$work/nginx/nginx.conf")" ;;
 		esac
 	done
 }

@@ -38,12 +38,15 @@ wait_port() {
 	return 1
 }
 
-# start_sink starts "loadgen sink" ($1 is the loadgen binary) on a free
-# loopback port, in its own process so that its sockets do not count
-# against the client's open-file limit, and sets sink_port.
+# start_sink starts "loadgen sink" ($1 is the loadgen binary, any further
+# arguments are the sink's) on a free loopback port, in its own process so
+# that its sockets do not count against the client's open-file limit, and
+# sets sink_port.
 start_sink() {
-	sink_port=$("$1" freeport)
-	"$1" sink -listen "127.0.0.1:$sink_port" >"$work/sink.log" 2>&1 &
+	local lg=$1
+	shift
+	sink_port=$("$lg" freeport)
+	"$lg" sink -listen "127.0.0.1:$sink_port" "$@" >"$work/sink.log" 2>&1 &
 	started+=($!)
 	wait_port "$sink_port" "$!" || { log "sink did not start"; cat "$work/sink.log" >&2; exit 1; }
 }

@@ -216,7 +216,7 @@ func (t *translator) build() (*Catalog, error) {
 	c := &Catalog{resources: t.res}
 	t.checkUnique()
 	for _, g := range t.res.Gateways {
-		if n := t.res.Node; n != nil && !labelsMatch(g.Spec.GetSelector(), n.Labels) {
+		if n := t.res.Node; n != nil && !SelectorMatches(g.Spec.GetSelector(), n.Labels) {
 			t.res.Warned.log(t.log, slog.LevelDebug, "config: Gateway does not select this node, ignored", "resource", g.Source.String(), "selector", g.Spec.GetSelector())
 			continue
 		}
@@ -418,7 +418,7 @@ func (t *translator) buildServices(r Resource[*networking.ServiceEntry]) []*Serv
 	}
 	if sel := spec.GetWorkloadSelector(); sel != nil {
 		for _, w := range t.res.WorkloadEntries {
-			if w.Source.Namespace != r.Source.Namespace || !labelsMatch(sel.GetLabels(), w.Spec.GetLabels()) {
+			if w.Source.Namespace != r.Source.Namespace || !SelectorMatches(sel.GetLabels(), w.Spec.GetLabels()) {
 				continue
 			}
 			switch ep, err := newEndpoint(w.Spec); {
@@ -431,6 +431,9 @@ func (t *translator) buildServices(r Resource[*networking.ServiceEntry]) []*Serv
 				eps = append(eps, ep)
 			}
 		}
+	}
+	if err := checkExportTo(spec.GetExportTo(), r.Source.Namespace, true); err != nil {
+		fail("spec.%v", err)
 	}
 	exp, err := ParseExport(r.Labels, r.Annotations)
 	if err != nil {
@@ -516,17 +519,14 @@ func newEndpoint(we *networking.WorkloadEntry) (Endpoint, error) {
 func (t *translator) attachSubsets(svcs []*Service) {
 	byHost := make(map[string]Resource[*networking.DestinationRule])
 	for _, dr := range t.res.DestinationRules {
-		host := strings.ToLower(dr.Spec.GetHost())
-		if host == "" {
+		if dr.Spec.GetHost() == "" {
 			t.errorf(dr.Source, "spec.host: required")
 			continue
 		}
-		if !strings.Contains(host, ".") && host != "*" {
-			host = host + "." + dr.Source.Namespace + ".svc." + t.domain
-		}
-		if _, err := ParseHostPattern(host); err != nil || strings.Contains(host, "/") {
-			// Without this, "*foo.local" would match "barfoo.local".
-			t.errorf(dr.Source, "spec.host: %q is neither a DNS name nor a wildcard \"*.suffix\"", dr.Spec.GetHost())
+		// Refused, or "*foo.local" would match "barfoo.local".
+		host, err := parseHost(resolveShortName(strings.ToLower(dr.Spec.GetHost()), dr.Source.Namespace, t.domain))
+		if err != nil {
+			t.errorf(dr.Source, "spec.host: %v", err)
 			continue
 		}
 		if prev, ok := byHost[host]; ok {

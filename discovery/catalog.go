@@ -14,8 +14,6 @@ import (
 	"strings"
 
 	networking "istio.io/api/networking/v1alpha3"
-
-	"github.com/ewgate/ewgate/sni"
 )
 
 // Istio's labels and defaults the catalog relies on.
@@ -117,7 +115,7 @@ type Gateway struct {
 
 // Selects reports whether the gateway applies to a node with the given labels.
 func (g *Gateway) Selects(nodeLabels map[string]string) bool {
-	return labelsMatch(g.Selector, nodeLabels)
+	return SelectorMatches(g.Selector, nodeLabels)
 }
 
 // TLSMode is a server's tls.mode, using Istio's enum names.
@@ -225,29 +223,10 @@ func (s *Service) Subset(name string) (Subset, bool) {
 	return Subset{}, false
 }
 
-// ExportedTo reports whether the service is visible from namespace ns under
-// Istio's exportTo rules: "*" everywhere, "." its own namespace, "~" nowhere,
-// otherwise the listed namespaces. An empty list means "*".
+// ExportedTo reports whether the service is visible from namespace ns
+// under Istio's exportTo rules (exportVisibility).
 func (s *Service) ExportedTo(ns string) bool {
-	if len(s.ExportTo) == 0 {
-		return true
-	}
-	for _, e := range s.ExportTo {
-		switch e {
-		case "*":
-			return true
-		case ".":
-			if ns == s.Namespace {
-				return true
-			}
-		case "~":
-		default:
-			if e == ns {
-				return true
-			}
-		}
-	}
-	return false
+	return exportVisibility(s.ExportTo, s.Namespace, ns) != hidden
 }
 
 // TargetPort returns the port on endpoint e that serves service port p: the
@@ -263,8 +242,10 @@ func (e *Endpoint) TargetPort(p Port) uint32 {
 	return p.Number
 }
 
-// labelsMatch reports whether every selector label is present in labels.
-func labelsMatch(selector, labels map[string]string) bool {
+// SelectorMatches reports whether labels hold every label of selector
+// with its value, as Istio's selectors (Gateway selector, workloadSelector,
+// subset labels) match: an empty selector matches any labels.
+func SelectorMatches(selector, labels map[string]string) bool {
 	for k, v := range selector {
 		if got, ok := labels[k]; !ok || got != v {
 			return false
@@ -272,90 +253,6 @@ func labelsMatch(selector, labels map[string]string) bool {
 	}
 	return true
 }
-
-// HostPattern is a Gateway server host: an optional namespace part and a host
-// that may start with a "*" wildcard label.
-type HostPattern struct {
-	// Namespace is "*" for any namespace, "." for the Gateway's own, or a
-	// namespace name. It is "*" when the host was written without "ns/".
-	Namespace string
-	// Host is a DNS name, "*" or "*.suffix", lower case.
-	Host string
-}
-
-// ParseHostPattern parses Istio's "[namespace/]host" server host syntax.
-func ParseHostPattern(s string) (HostPattern, error) {
-	ns, host := "*", s
-	if i := strings.IndexByte(s, '/'); i >= 0 {
-		ns, host = s[:i], s[i+1:]
-		if ns == "" {
-			return HostPattern{}, fmt.Errorf("host %q: empty namespace before '/'", s)
-		}
-	}
-	if ns != "*" && ns != "." {
-		if err := checkLabel(ns); err != nil {
-			return HostPattern{}, fmt.Errorf("host %q: namespace: %w", s, err)
-		}
-	}
-	// The host part follows sni.ParseHost, the rule of routable hosts: a
-	// pattern that no routable host could match is a mistake.
-	switch {
-	case host == "":
-		return HostPattern{}, fmt.Errorf("host %q: empty host", s)
-	case host == "*":
-	case strings.HasPrefix(host, "*."):
-		if strings.Contains(host[2:], "*") || len(host) == 2 {
-			return HostPattern{}, fmt.Errorf("host %q: a wildcard may only be the whole first label", s)
-		}
-		suffix, err := sni.ParseHost(host[2:])
-		if err != nil {
-			return HostPattern{}, fmt.Errorf("host %q: %w", s, err)
-		}
-		host = "*." + suffix
-	case strings.Contains(host, "*"):
-		return HostPattern{}, fmt.Errorf("host %q: a wildcard may only be the whole first label", s)
-	default:
-		h, err := sni.ParseHost(host)
-		switch {
-		case err != nil && host == s:
-			return HostPattern{}, err // it quotes s
-		case err != nil:
-			return HostPattern{}, fmt.Errorf("host %q: %w", s, err)
-		}
-		host = h
-	}
-	return HostPattern{Namespace: ns, Host: host}, nil
-}
-
-// Matches reports whether the pattern admits a service with host h in
-// namespace svcNS, for a Gateway in namespace gwNS. Unlike Istio, which
-// ignores the namespace part of AUTO_PASSTHROUGH hosts, the namespace is
-// enforced: "bookinfo/*.local" admits only services of namespace bookinfo.
-func (p HostPattern) Matches(h, svcNS, gwNS string) bool {
-	switch p.Namespace {
-	case "*":
-	case ".":
-		if svcNS != gwNS {
-			return false
-		}
-	default:
-		if svcNS != p.Namespace {
-			return false
-		}
-	}
-	switch {
-	case p.Host == "*":
-		return true
-	case p.Host[0] == '*':
-		// "*.local" admits "a.local" but not "local".
-		return len(h) > len(p.Host)-1 && strings.HasSuffix(h, p.Host[1:])
-	default:
-		return h == p.Host
-	}
-}
-
-// String returns the pattern in Istio's "namespace/host" syntax.
-func (p HostPattern) String() string { return p.Namespace + "/" + p.Host }
 
 // WithEndpoints returns a catalog like c in which the services named by
 // extra's keys (service hosts) also have extra's endpoints, as registered

@@ -189,6 +189,12 @@ func (l *loader) addDocument(file, where string, d *document) {
 		l.errs = append(l.errs, fmt.Errorf("%s: %s: metadata.name is required", where, d.Kind))
 		return
 	}
+	if err := checkLabel(src.Namespace); err != nil {
+		// Kubernetes refuses it too; the namespace is matched against
+		// exportTo lists and server host namespaces.
+		l.errorf(src, "metadata.namespace: %v", err)
+		return
+	}
 	switch d.Kind {
 	case "Gateway":
 		addSpec(l, src, d, &l.res.Gateways)
@@ -250,19 +256,4 @@ func splitDocuments(data []byte) [][]byte {
 		i = next
 	}
 	return append(docs, data[start:])
-}
-
-// checkLabel validates a DNS-1123 label.
-func checkLabel(s string) error {
-	if s == "" || len(s) > 63 {
-		return fmt.Errorf("label %q must be 1-63 characters", s)
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		alnum := c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
-		if !alnum && (c != '-' || i == 0 || i == len(s)-1) {
-			return fmt.Errorf("label %q: only a-z, 0-9 and inner '-' are allowed", s)
-		}
-	}
-	return nil
 }

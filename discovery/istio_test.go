@@ -120,6 +120,11 @@ func TestParseErrors(t *testing.T) {
 			want: []string{"test.yaml (document 1)", "invalid YAML", "hosts"},
 		},
 		{
+			name: "namespace not a DNS label",
+			yaml: join(doc("ServiceEntry", "Book_Info", "se", `{hosts: [a.local], ports: [{number: 80, name: http}]}`)),
+			want: []string{`ServiceEntry Book_Info/se: metadata.namespace: label "Book_Info"`},
+		},
+		{
 			name: "not a mapping",
 			yaml: join("- a\n- b\n"),
 			want: []string{"test.yaml (document 1)", "not a Kubernetes resource"},
@@ -415,6 +420,11 @@ func TestServiceEntryErrors(t *testing.T) {
 		{"hexadecimal top-level label", []string{se(`{hosts: [a.local, reviews.0x1f], ` + ports + `}`)}, []string{`spec.hosts[1]: host "reviews.0x1f" is an IP address`}},
 		{"short IPv4 form", []string{se(`{hosts: ["10.1"], ` + ports + `}`)}, []string{`spec.hosts[0]: host "10.1" is an IP address`}},
 		{"endpoint name read as an address", []string{se(`{hosts: [a.local], ` + ports + `, endpoints: [{address: "10.1"}]}`)}, []string{`spec.endpoints[0].address: "10.1"`}},
+		// Lists Istio's validation refuses, which istiod would not read as
+		// the gateway does.
+		{"exportTo nowhere and somewhere", []string{se(`{hosts: [a.local], ` + ports + `, exportTo: ["~", istio-system]}`)}, []string{`ServiceEntry bookinfo/se: spec.exportTo: "*" and "~" cannot be combined`}},
+		{"exportTo own namespace twice", []string{se(`{hosts: [a.local], ` + ports + `, exportTo: [".", bookinfo]}`)}, []string{`spec.exportTo[1]: namespace "bookinfo" is listed twice`}},
+		{"exportTo not a namespace", []string{se(`{hosts: [a.local], ` + ports + `, exportTo: ["istio-system/x"]}`)}, []string{`spec.exportTo[0]: "istio-system/x" is neither`}},
 		{"port 0", []string{se(`{hosts: [a.local], ports: [{number: 0, name: http}]}`)}, []string{"spec.ports[0].number: must be 1-65535"}},
 		{"port too big", []string{se(`{hosts: [a.local], ports: [{number: 70000, name: http}]}`)}, []string{"spec.ports[0].number: must be 1-65535"}},
 		{"targetPort too big", []string{se(`{hosts: [a.local], ports: [{number: 80, name: http, targetPort: 70000}]}`)}, []string{"spec.ports[0].targetPort: must be 0-65535"}},

@@ -169,22 +169,21 @@ func (v *View) bindPassthrough(c *Catalog, l *PassthroughListener, dests map[Rou
 // (PushContext.VirtualServicesForGateway): those private to ns, those
 // exported to it by name, then the public ones, each in catalog order.
 func visibleVirtualServices(all []*VirtualService, gw, ns string) []*VirtualService {
-	var private, named, public []*VirtualService
+	var privateVS, namedVS, publicVS []*VirtualService
 	for _, vs := range all {
 		if !slices.Contains(vs.Gateways, gw) {
 			continue
 		}
-		switch exp := vs.ExportTo; {
-		case len(exp) == 0 || slices.Contains(exp, "*"):
-			public = append(public, vs)
-		case slices.Contains(exp, "~"):
-		case ns == vs.Source.Namespace && (slices.Contains(exp, ".") || slices.Contains(exp, ns)):
-			private = append(private, vs)
-		case slices.Contains(exp, ns):
-			named = append(named, vs)
+		switch exportVisibility(vs.ExportTo, vs.Source.Namespace, ns) {
+		case private:
+			privateVS = append(privateVS, vs)
+		case named:
+			namedVS = append(namedVS, vs)
+		case public:
+			publicVS = append(publicVS, vs)
 		}
 	}
-	return slices.Concat(private, named, public)
+	return slices.Concat(privateVS, namedVS, publicVS)
 }
 
 // serverHostsMeet reports whether one of the VirtualService's hosts meets
@@ -194,16 +193,8 @@ func visibleVirtualServices(all []*VirtualService, gw, ns string) []*VirtualServ
 // Gateway's namespace, which "./host" names.
 func serverHostsMeet(server []HostPattern, gwNS string, vs *VirtualService) bool {
 	for _, sh := range server {
-		switch sh.Namespace {
-		case "*":
-		case ".":
-			if vs.Source.Namespace != gwNS {
-				continue
-			}
-		default:
-			if sh.Namespace != vs.Source.Namespace {
-				continue
-			}
+		if !sh.admitsNamespace(vs.Source.Namespace, gwNS) {
+			continue
 		}
 		for _, h := range vs.Hosts {
 			if hostsOverlap(sh.Host, h) {
@@ -212,24 +203,6 @@ func serverHostsMeet(server []HostPattern, gwNS string, vs *VirtualService) bool
 		}
 	}
 	return false
-}
-
-// hostsOverlap is Istio's host.Name.Matches: equal names, or a wildcard
-// ("*" or "*.suffix") that covers the other name or wildcard.
-func hostsOverlap(a, b string) bool {
-	aw, bw := strings.HasPrefix(a, "*"), strings.HasPrefix(b, "*")
-	switch {
-	case aw && bw:
-		if len(a) < len(b) {
-			return strings.HasSuffix(b[1:], a[1:])
-		}
-		return strings.HasSuffix(a[1:], b[1:])
-	case aw:
-		return strings.HasSuffix(b, a[1:])
-	case bw:
-		return strings.HasSuffix(a, b[1:])
-	}
-	return a == b
 }
 
 // destination returns the route of one tls route destination, shared by

@@ -155,11 +155,17 @@ func resolvePolicy(rule, sub *networking.TrafficPolicy, port uint32) *networking
 func portLevel(p *networking.TrafficPolicy, port uint32) *networking.TrafficPolicy {
 	for _, pl := range p.GetPortLevelSettings() {
 		if pl.GetPort().GetNumber() == port {
-			return &networking.TrafficPolicy{ConnectionPool: pl.GetConnectionPool(), LoadBalancer: pl.GetLoadBalancer(),
-				OutlierDetection: pl.GetOutlierDetection(), Tls: pl.GetTls()}
+			return portPolicy(pl)
 		}
 	}
 	return p
+}
+
+// portPolicy returns a portLevelSettings entry as a traffic policy of its
+// own, the shape Istio gives it when it replaces the rule's.
+func portPolicy(pl *networking.TrafficPolicy_PortTrafficPolicy) *networking.TrafficPolicy {
+	return &networking.TrafficPolicy{ConnectionPool: pl.GetConnectionPool(), LoadBalancer: pl.GetLoadBalancer(),
+		OutlierDetection: pl.GetOutlierDetection(), Tls: pl.GetTls()}
 }
 
 // translatePolicy turns a resolved traffic policy into the gateway's Policy.
@@ -276,8 +282,7 @@ func unhonoured(p *networking.TrafficPolicy, field string) []string {
 		}
 	}
 	for i, pl := range p.GetPortLevelSettings() {
-		out = append(out, unhonoured(&networking.TrafficPolicy{ConnectionPool: pl.GetConnectionPool(), LoadBalancer: pl.GetLoadBalancer(),
-			OutlierDetection: pl.GetOutlierDetection()}, fmt.Sprintf("%s.portLevelSettings[%d]", field, i))...)
+		out = append(out, unhonoured(portPolicy(pl), fmt.Sprintf("%s.portLevelSettings[%d]", field, i))...)
 	}
 	return out
 }

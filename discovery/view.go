@@ -205,7 +205,7 @@ func targets(svc *Service, p Port, ss Subset, network string, anyTLSMode bool) [
 		if !anyTLSMode && ep.Labels[TLSModeLabel] != TLSModeIstio {
 			continue
 		}
-		if !labelsMatch(ss.Labels, ep.Labels) {
+		if !SelectorMatches(ss.Labels, ep.Labels) {
 			continue
 		}
 		out = append(out, Target{

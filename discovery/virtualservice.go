@@ -76,10 +76,13 @@ func (t *translator) buildVirtualService(r Resource[*networking.VirtualService],
 		t.errorf(r.Source, format, args...)
 		ok = false
 	}
+	if err := checkExportTo(vs.ExportTo, ns, false); err != nil {
+		fail("spec.%v", err)
+	}
 	for i, h := range spec.GetHosts() {
-		h = strings.ToLower(h)
-		if _, err := ParseHostPattern(h); err != nil || strings.Contains(h, "/") {
-			fail("spec.hosts[%d]: %q is neither a DNS name nor a wildcard \"*.suffix\" or \"*\"", i, spec.GetHosts()[i])
+		h, err := parseHost(h)
+		if err != nil {
+			fail("spec.hosts[%d]: %v", i, err)
 			continue
 		}
 		vs.Hosts = append(vs.Hosts, h)
@@ -111,9 +114,9 @@ func (t *translator) buildVirtualService(r Resource[*networking.VirtualService],
 			}
 			match := TLSMatch{Port: m.GetPort()}
 			for k, h := range m.GetSniHosts() {
-				h = strings.ToLower(h)
-				if _, err := ParseHostPattern(h); err != nil || strings.Contains(h, "/") {
-					fail("%s.sniHosts[%d]: %q is neither a DNS name nor a wildcard \"*.suffix\" or \"*\"", mf, k, m.GetSniHosts()[k])
+				h, err := parseHost(h)
+				if err != nil {
+					fail("%s.sniHosts[%d]: %v", mf, k, err)
 					continue
 				}
 				match.SNIHosts = append(match.SNIHosts, h)

@@ -410,7 +410,7 @@ func (g *Gateway) eject(cl *cluster, u *upstream, o *discovery.Outlier) {
 	// the cap, so at least one member always can be.
 	if int64(ejected)*100 >= int64(o.MaxEjectionPercent)*int64(len(cl.members)) {
 		g.m.EjectionsOverMax.Inc()
-		g.rlog.warn("eject", "endpoint not ejected: maxEjectionPercent of the route's endpoints are", "endpoint", u.addr,
+		g.rlog.Warn(g.log, "eject", "endpoint not ejected: maxEjectionPercent of the route's endpoints are", "endpoint", u.addr,
 			"route", cl.route.Key.String(), "ejected", ejected, "max_percent", o.MaxEjectionPercent)
 		return
 	}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ewgate/ewgate/discovery"
+	"github.com/ewgate/ewgate/internal/ratelog"
 	"github.com/ewgate/ewgate/sni"
 )
 
@@ -140,7 +141,7 @@ type Gateway struct {
 	log    *slog.Logger
 	m      *Metrics
 	dialer net.Dialer
-	rlog   rateLog
+	rlog   ratelog.Logger
 	bufs   sync.Pool // *[]byte ClientHello buffers
 	chunks sync.Pool // *[]byte forwarding buffers, held only while a chunk moves
 	relays sync.Pool // *[]byte buffers of reads that a stream end takes part in, while data is flowing
@@ -196,7 +197,6 @@ func New(cfg Config) *Gateway {
 	// Upstream sockets get keep-alive only from a route's tcpKeepalive
 	// (applyPolicy), as Envoy's: not Go's default, 4 system calls per dial.
 	g.dialer = net.Dialer{Timeout: cfg.DialTimeout, Control: cfg.DialControl, KeepAlive: -1}
-	g.rlog.log = cfg.Logger
 	g.bufs.New = func() any {
 		// Big enough for Go's and browsers' hellos (1.5-2 KB) in one read;
 		// Peek grows it for larger ones.
@@ -215,9 +215,15 @@ func New(cfg Config) *Gateway {
 }
 
 // relayChunkSize is the buffer of reads to or from a tunnel stream while
-// data is flowing: as large as io.Copy's, which tunnel throughput needs
-// (16 KiB cost 10-15%).
-const relayChunkSize = 32 << 10
+// data is flowing. Each read from a socket is then one write into the
+// stream: 128 KiB makes a QUIC stream write, or a frame of the TCP
+// fallback, four times io.Copy's 32 KiB, for 10-16% (QUIC) to 31-35%
+// (TCP fallback) fewer system calls per MiB through a tunnel
+// (docs/benchmarks.md, "Tunnels"); 256 KiB did no better. Only
+// directions moving bulk hold one: a direction waiting on a socket holds
+// no buffer, one waiting on a stream a 4 KiB one unless its last read
+// filled a relay buffer (see move).
+const relayChunkSize = 128 << 10
 
 // chunkSize is the forwarding buffer: messages up to this size are copied
 // through it, larger backlogs are spliced.

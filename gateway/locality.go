@@ -9,18 +9,6 @@ import (
 	"github.com/ewgate/ewgate/discovery"
 )
 
-// LocalityFromLabels returns the locality, "region/zone/subzone", that
-// Kubernetes' topology labels give a node or pod (topology.kubernetes.io/region
-// and zone, topology.istio.io/subzone), as Istio reads a proxy's; "" if
-// they give no region.
-func LocalityFromLabels(labels map[string]string) string {
-	region := labels["topology.kubernetes.io/region"]
-	if region == "" {
-		return ""
-	}
-	return strings.TrimRight(region+"/"+labels["topology.kubernetes.io/zone"]+"/"+labels["topology.istio.io/subzone"], "/")
-}
-
 // locality is a "region/zone/subzone" split; missing parts are "".
 type locality [3]string
 
@@ -152,7 +140,7 @@ func (g *Gateway) localize(r *discovery.Route) (weights []uint64, prio []uint8, 
 	self := g.cfg.Locality
 	lb := r.Policy.LoadBalancer.Locality
 	if lb != nil && self == "" && !lb.Disabled {
-		g.rlog.warn("locality", "DestinationRule localityLbSetting not applied: the gateway's locality is unknown (--locality)", "route", r.Key.String())
+		g.rlog.Warn(g.log, "locality", "DestinationRule localityLbSetting not applied: the gateway's locality is unknown (--locality)", "route", r.Key.String())
 	}
 	if self == "" || (lb != nil && lb.Disabled) || len(r.Targets) == 0 {
 		return nil, nil, 0

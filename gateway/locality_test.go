@@ -10,23 +10,6 @@ import (
 	"github.com/ewgate/ewgate/workload"
 )
 
-func TestLocalityFromLabels(t *testing.T) {
-	tests := []struct {
-		labels map[string]string
-		want   string
-	}{
-		{map[string]string{"topology.kubernetes.io/region": "eu", "topology.kubernetes.io/zone": "eu-1", "topology.istio.io/subzone": "rack9"}, "eu/eu-1/rack9"},
-		{map[string]string{"topology.kubernetes.io/region": "eu", "topology.kubernetes.io/zone": "eu-1"}, "eu/eu-1"},
-		{map[string]string{"topology.kubernetes.io/zone": "eu-1"}, ""},
-		{nil, ""},
-	}
-	for _, tt := range tests {
-		if got := LocalityFromLabels(tt.labels); got != tt.want {
-			t.Errorf("%v: %q, want %q", tt.labels, got, tt.want)
-		}
-	}
-}
-
 func targetsIn(localities ...string) []discovery.Target {
 	out := make([]discovery.Target, len(localities))
 	for i, l := range localities {

@@ -165,7 +165,7 @@ func (l *loop) accept(ln *loopListener) {
 		case unix.EAGAIN:
 			return
 		default:
-			l.g.rlog.warn("accept", "accept failed", "port", ln.l.port, "err", os.NewSyscallError("accept4", err))
+			l.g.rlog.Warn(l.g.log, "accept", "accept failed", "port", ln.l.port, "err", os.NewSyscallError("accept4", err))
 			return
 		}
 	}

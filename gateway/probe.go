@@ -97,7 +97,7 @@ func (g *Gateway) probeOne(ctx context.Context, u *upstream) {
 			u.ejectedUntil.Store(g.now() + d)
 		}
 		g.m.ProbeFailures.Inc()
-		g.rlog.warn("probe", "ejected endpoint still down", "endpoint", u.addr, "err", err)
+		g.rlog.Warn(g.log, "probe", "ejected endpoint still down", "endpoint", u.addr, "err", err)
 		return
 	}
 	c.Close()

@@ -145,7 +145,7 @@ func (g *Gateway) dial(t *table, p plan, client net.Addr, dc *dialContext) (end,
 		if p.tn == nil {
 			return end{}, nil, nil, unavailable(p, tried, err)
 		}
-		g.rlog.warn("failover", "no endpoint of this network connects: trying other networks through tunnels", "sni", p.key.SNI(), "tried", tried, "err", err)
+		g.rlog.Warn(g.log, "failover", "no endpoint of this network connects: trying other networks through tunnels", "sni", p.key.SNI(), "tried", tried, "err", err)
 	}
 	var up end
 	var u *upstream
@@ -263,7 +263,7 @@ func (g *Gateway) dialed(cl *cluster, u *upstream, a *attempts, key sni.Key, tun
 	a.err = err
 	u.active.Add(-1)
 	g.m.ConnectErrors.Inc()
-	g.rlog.warn("connect", "upstream connect failed", "upstream", u.addr, "tunnel", tunnel, "sni", key.SNI(), "err", err)
+	g.rlog.Warn(g.log, "connect", "upstream connect failed", "upstream", u.addr, "tunnel", tunnel, "sni", key.SNI(), "err", err)
 	return false
 }
 
@@ -310,7 +310,7 @@ func (g *Gateway) note(client string, ref *refusal) {
 	if ref.err != nil {
 		args = append(args, "err", ref.err)
 	}
-	g.rlog.warn(ref.reason, "connection refused", args...)
+	g.rlog.Warn(g.log, ref.reason, "connection refused", args...)
 }
 
 // refuse answers a client of this gateway that will not be forwarded and

@@ -111,8 +111,11 @@ type heldNetwork struct {
 
 // Status is the publisher's state, for /debug and metrics.
 type Status struct {
-	Leading bool      `json:"leading"`
-	Synced  time.Time `json:"lastSync,omitzero"` // the last reconcile without error
+	Leading bool `json:"leading"`
+	// LeadingSince is when this replica took the Lease; zero while it
+	// does not lead.
+	LeadingSince time.Time `json:"leadingSince,omitzero"`
+	Synced       time.Time `json:"lastSync,omitzero"` // the last reconcile without error
 	// LastError is the last reconcile's error; "" after a clean one.
 	LastError string `json:"lastError,omitempty"`
 	// Objects counts the objects last wanted, by kind.
@@ -316,6 +319,8 @@ func (p *Publisher) lead(ctx context.Context, cl Cluster, factory informers.Shar
 	defer timer.Stop()
 	var last []fingerprint
 	leading := time.Now()
+	p.setLeadingSince(leading)
+	defer p.setLeadingSince(time.Time{})
 	next := leading // at once
 	for {
 		timer.Reset(max(time.Until(next), 0))
@@ -336,6 +341,13 @@ func (p *Publisher) lead(ctx context.Context, cl Cluster, factory informers.Shar
 			next = soonest(time.Now().Add(p.cfg.Resync), graceEnd)
 		}
 	}
+}
+
+// setLeadingSince records in the status when this replica took the Lease.
+func (p *Publisher) setLeadingSince(t time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.status.LeadingSince = t
 }
 
 // soonest returns the earlier of a and b, ignoring a zero time.

@@ -294,7 +294,7 @@ spec:
 	})
 
 	t.Run("network gone", func(t *testing.T) {
-		before := time.Now()
+		deleted := p.Status().Total.Deleted
 		if err := b.Leave(5 * time.Second); err != nil {
 			t.Fatal(err)
 		}
@@ -306,16 +306,31 @@ spec:
 			}
 			return true
 		})
-		await.True(t, 30*time.Second, "net-b held", func() bool { _, ok := p.Status().Held["net-b"]; return ok })
+		var end time.Time
+		await.True(t, 30*time.Second, "net-b held", func() bool {
+			st := p.Status()
+			var ok bool
+			if end, ok = st.Held["net-b"]; ok && st.Total.Deleted != deleted {
+				t.Errorf("net-b held until %v, yet %d objects deleted", end, st.Total.Deleted-deleted)
+			}
+			return ok
+		})
+		// The order of the publisher's own clock readings, no timing
+		// threshold: the reconcile that ends net-b's hold (and so deletes
+		// its objects) runs at or after the end the publisher reported.
+		await.True(t, 30*time.Second, "net-b's hold to end", func() bool {
+			st := p.Status()
+			if _, held := st.Held["net-b"]; held || st.LastError != "" {
+				return false
+			}
+			if st.Synced.Before(end) {
+				t.Errorf("net-b's hold ended at the reconcile of %v, before its end %v", st.Synced, end)
+			}
+			return true
+		})
 		await.True(t, 30*time.Second, "net-b withdrawn", func() bool {
 			return len(list(t, srv, gateways)) == 0 && len(list(t, srv, serviceEntries)) == 0 && len(list(t, srv, workloadEntries)) == 0
 		})
-		// Not a timing threshold but the contract: the publisher last saw
-		// net-b at most one poll before it left, and holds it for the
-		// grace period from then.
-		if d := time.Since(before); d < grace-pollEvery {
-			t.Errorf("net-b withdrawn %v after it left, before the %v grace period", d, grace)
-		}
 	})
 }
 
@@ -389,19 +404,34 @@ func TestPublisherStartDoesNotWithdraw(t *testing.T) {
 	await.True(t, 30*time.Second, "gossip to drop net-b", func() bool { return len(a.Summaries()) == 1 })
 
 	const grace = 2 * time.Second
-	started := time.Now()
 	p, _ := startPublisher(t, srv, a, "replica-2", grace)
+	var first Status
 	await.True(t, 30*time.Second, "the new publisher to reconcile", func() bool {
-		st := p.Status()
-		return st.Leading && st.Reconcile > 0
+		first = p.Status()
+		return first.Leading && first.Reconcile > 0
 	})
-	if st := p.Status(); st.CollectFrom.IsZero() && time.Since(started) < grace {
-		t.Errorf("status %+v: no collectFrom during the grace period", st)
+	// The order of the publisher's own clock readings, no timing
+	// threshold: a reconcile before the end of the grace period after it
+	// took the Lease deletes nothing and says until when; the one that
+	// deletes runs after it.
+	collectFrom := first.LeadingSince.Add(grace)
+	if first.LeadingSince.IsZero() {
+		t.Fatalf("status %+v: leading without leadingSince", first)
+	}
+	if first.Synced.Before(collectFrom) && (!first.CollectFrom.Equal(collectFrom) || first.Total.Deleted != 0) {
+		t.Errorf("status %+v: a reconcile in the grace period, want collectFrom %v and nothing deleted", first, collectFrom)
 	}
 	await.True(t, 30*time.Second, "net-b withdrawn after the grace period", func() bool {
 		return len(list(t, srv, gateways)) == 0 && len(list(t, srv, workloadEntries)) == 0
 	})
-	if d := time.Since(started); d < grace {
-		t.Errorf("withdrawn %v after the publisher started, before the %v grace period", d, grace)
-	}
+	await.True(t, 30*time.Second, "the status of the reconcile that deleted", func() bool {
+		st := p.Status()
+		if st.Total.Deleted == 0 || st.LastError != "" {
+			return false
+		}
+		if st.Synced.Before(collectFrom) || !st.CollectFrom.IsZero() {
+			t.Errorf("status %+v: deleted at the reconcile of %v, before the end of the grace period %v", st, st.Synced, collectFrom)
+		}
+		return true
+	})
 }

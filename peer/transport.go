@@ -33,6 +33,14 @@ type countingTransport struct {
 	innerDone chan struct{} // closed when inner has shut down: stop draining
 	stopOnce  sync.Once
 	wg        sync.WaitGroup
+	// sendMu orders packet sends before Shutdown closes the socket:
+	// memberlist shuts its transport down before it stops its gossip and
+	// probe timers (Memberlist.Shutdown), so a tick in flight would write
+	// to the closed socket, and memberlist log an error, on a clean
+	// shutdown. Once closed, packets are dropped, as those of a node that
+	// is gone.
+	sendMu sync.RWMutex
+	closed bool
 }
 
 var _ memberlist.NodeAwareTransport = (*countingTransport)(nil)
@@ -114,15 +122,18 @@ func (t *countingTransport) blocked(addr string) bool {
 }
 
 func (t *countingTransport) WriteTo(b []byte, addr string) (time.Time, error) {
-	if t.blocked(addr) {
-		return time.Now(), nil // lost on the way, as on a cut link
-	}
-	t.out.Add(uint64(len(b)))
-	return t.inner.WriteTo(b, addr)
+	return t.WriteToAddress(b, memberlist.Address{Addr: addr})
 }
 
+// WriteToAddress sends a packet; after Shutdown it drops it, without an
+// error (see sendMu).
 func (t *countingTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
 	if t.blocked(a.Addr) {
+		return time.Now(), nil // lost on the way, as on a cut link
+	}
+	t.sendMu.RLock()
+	defer t.sendMu.RUnlock()
+	if t.closed {
 		return time.Now(), nil
 	}
 	t.out.Add(uint64(len(b)))
@@ -150,10 +161,14 @@ func (t *countingTransport) DialAddressTimeout(a memberlist.Address, timeout tim
 
 func (t *countingTransport) StreamCh() <-chan net.Conn { return t.streamCh }
 
-// Shutdown stops the forwarders and the inner transport and waits for both.
+// Shutdown stops sending, the forwarders and the inner transport, and
+// waits for the forwarders and the sends in flight.
 func (t *countingTransport) Shutdown() error {
 	var err error
 	t.stopOnce.Do(func() {
+		t.sendMu.Lock()
+		t.closed = true
+		t.sendMu.Unlock()
 		t.cancel()
 		close(t.done)
 		err = t.inner.Shutdown()

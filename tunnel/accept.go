@@ -57,29 +57,10 @@ func (e *Endpoint) startHandshake(addr net.Addr, t Transport) (done func(), ok b
 // most once a second per reason (with the number left unlogged), so that
 // a flood of refusals does not flood the log.
 func (e *Endpoint) refuseInbound(log *slog.Logger, reason, msg string, args ...any) {
-	now := time.Now()
 	e.mu.Lock()
 	e.inReject[reason]++
-	last := e.rejectLogged[reason]
-	logIt := now.Sub(last.at) >= time.Second
-	suppressed := last.suppressed
-	if logIt {
-		e.rejectLogged[reason] = rejectLog{at: now}
-	} else {
-		last.suppressed++
-		e.rejectLogged[reason] = last
-	}
 	e.mu.Unlock()
-	if logIt {
-		log.Warn(msg, append(args, "reason", reason, "unlogged_before", suppressed)...)
-	}
-}
-
-// rejectLog is when a refusal reason was last logged, and how many
-// refusals for it went unlogged since.
-type rejectLog struct {
-	at         time.Time
-	suppressed uint64
+	e.rejectLogged.Warn(log, reason, msg, append(args, "reason", reason)...)
 }
 
 // badHello refuses a link whose dialer sent no valid hello in time.

@@ -12,6 +12,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/internal/ratelog"
 )
 
 // ALPN is the TLS application protocol of gateway tunnels. Version 2
@@ -78,7 +79,7 @@ type Endpoint struct {
 	inConns      map[conn]*peerStats
 	inLinks      map[string]int // admitted inbound links by peerKey
 	inReject     map[string]uint64
-	rejectLogged map[string]rejectLog // by reason
+	rejectLogged ratelog.Logger // by reason
 	acceptErrors uint64
 }
 
@@ -110,8 +111,7 @@ func New(addr string, cfg Config) (*Endpoint, error) {
 		inLinks:  make(map[string]int),
 		inReject: make(map[string]uint64),
 
-		handshakes:   make(chan struct{}, cfg.MaxHandshakes),
-		rejectLogged: make(map[string]rejectLog),
+		handshakes: make(chan struct{}, cfg.MaxHandshakes),
 	}
 	e.clientTLS = identity.ClientTLSConfig(cfg.Source, cfg.Authorizer)
 	e.clientTLS.NextProtos = []string{ALPN}
@@ -177,8 +177,11 @@ func listen(addr string, withTCP bool) (*net.UDPConn, net.Listener, error) {
 			return pc, ln, nil
 		}
 		_ = pc.Close()
-		// A port picked for UDP may be taken on TCP: pick another.
-		if udpAddr.Port != 0 || attempt == 10 {
+		// A port picked for UDP may be taken on TCP: pick another. On a
+		// host whose ephemeral TCP ports are mostly in use (tens of
+		// thousands of TIME-WAIT sockets of busy clients), ten tries were
+		// seen to fail.
+		if udpAddr.Port != 0 || attempt == 100 {
 			return nil, nil, fmt.Errorf("tunnel: listening on TCP %s for the fallback: %w", local, err)
 		}
 	}

@@ -68,11 +68,8 @@ func newFirewall(t *testing.T, server string) *firewall {
 	fw := &firewall{open: make(chan struct{}), done: make(chan struct{})}
 	close(fw.open)
 	var err error
-	if fw.udp, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}); err != nil {
-		t.Fatal(err)
-	}
-	port := fw.udp.LocalAddr().(*net.UDPAddr).Port
-	if fw.tcp, err = net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}); err != nil {
+	// The Endpoint's own listen: it picks a port free on both UDP and TCP.
+	if fw.udp, fw.tcp, err = listen("127.0.0.1:0", true); err != nil {
 		t.Fatal(err)
 	}
 	serverAddr, err := net.ResolveUDPAddr("udp", server)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync/atomic"
@@ -94,11 +95,12 @@ func (s *quicStream) release() {
 // connection closes are explained by quicError; io.EOF and timeouts pass
 // through unchanged.
 func quicStreamError(err error) error {
-	if err == nil {
-		return nil
+	if err == nil || err == io.EOF {
+		return err
 	}
-	var se *quic.StreamError
-	if errors.As(err, &se) {
+	// errors.AsType, unlike errors.As with a pointer, does not allocate:
+	// every stream ends through here.
+	if se, ok := errors.AsType[*quic.StreamError](err); ok {
 		return resetError(se.Remote, uint64(se.ErrorCode), err)
 	}
 	return quicError(err)
@@ -116,13 +118,11 @@ func resetError(byPeer bool, code uint64, err error) error {
 // quicError explains connection-level failures: a peer that refused our
 // certificate or ID gives an error wrapping ErrRejected.
 func quicError(err error) error {
-	var te *quic.TransportError
-	if errors.As(err, &te) && te.Remote && te.ErrorCode.IsCryptoError() {
+	if te, ok := errors.AsType[*quic.TransportError](err); ok && te.Remote && te.ErrorCode.IsCryptoError() {
 		return fmt.Errorf("%w: it refused our certificate (TLS alert %d): %w",
 			ErrRejected, uint8(te.ErrorCode-0x100), err)
 	}
-	var ae *quic.ApplicationError
-	if errors.As(err, &ae) && ae.Remote {
+	if ae, ok := errors.AsType[*quic.ApplicationError](err); ok && ae.Remote {
 		if rerr := peerRefused(uint64(ae.ErrorCode), ae.ErrorMessage); rerr != nil {
 			return rerr
 		}

@@ -26,6 +26,13 @@ import (
 // with, fixed by yamux.
 const yamuxStreamWindow = 256 << 10
 
+// yamuxMaxFrame is the largest data frame a TCP link sends: a stream
+// write of up to this size (the gateway relays 128 KiB) travels as one
+// frame, one hand-off to the session's send loop and one TLS write,
+// instead of yamux's default 64 KiB pieces. It costs no memory: the
+// receive window, not the frame, bounds what a stream buffers.
+const yamuxMaxFrame = 256 << 10
+
 // yamuxConfig returns the yamux settings for one side of a TCP link.
 func (c Config) yamuxConfig(log *slog.Logger) *yamux.Config {
 	yc := yamux.DefaultConfig()
@@ -39,6 +46,7 @@ func (c Config) yamuxConfig(log *slog.Logger) *yamux.Config {
 	yc.MaxIncomingStreams = uint32(min(streams, 1<<31))
 	yc.AcceptBacklog = int(min(streams, 1<<16))
 	yc.MaxStreamWindowSize = uint32(max(min(c.MaxStreamReceiveWindow, 1<<31), yamuxStreamWindow))
+	yc.MaxMessageSize = yamuxMaxFrame
 	yc.LogOutput = slog.NewLogLogger(log.Handler(), slog.LevelWarn).Writer()
 	return yc
 }
@@ -330,8 +338,7 @@ func yamuxError(err error) error {
 	if err == nil || err == io.EOF {
 		return err
 	}
-	var se *yamux.StreamError
-	if errors.As(err, &se) {
+	if se, ok := errors.AsType[*yamux.StreamError](err); ok {
 		return resetError(se.Remote, uint64(se.ErrorCode), err)
 	}
 	if errors.Is(err, yamux.ErrStreamReset) {

@@ -1,11 +1,11 @@
 package main
 
 import (
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
 	"net"
-	"slices"
 	"sync"
 	"time"
 
@@ -15,20 +15,30 @@ import (
 // defaultSNI is the Istio SNI every proxy under test routes to the sink.
 var defaultSNI = sni.Key{Host: "echo.demo.svc.cluster.local", Port: 9080}.SNI()
 
-// client opens connections to a proxy as a sidecar would: it sends a
-// recorded ClientHello and waits for the sink's ack, which proves that the
-// proxy routed the connection to the backend.
+// conn is a client connection: plain TCP after a replayed ClientHello, or
+// TLS over TCP after a completed handshake.
+type conn interface {
+	net.Conn
+	CloseWrite() error
+}
+
+// client opens connections to a proxy as a sidecar would. Without TLS it
+// sends a recorded ClientHello and waits for the sink's ack, which proves
+// that the proxy routed the connection to the backend; with TLS it
+// completes a TLS 1.3 mTLS handshake with the (TLS) sink through the proxy
+// and reads the ack over TLS.
 type client struct {
 	addr    string
 	hello   []byte
-	timeout time.Duration // bound of dial, hello and ack
+	tls     *tls.Config   // nil: replay hello, no handshake
+	timeout time.Duration // bound of dial, hello or handshake, and ack
 	dialer  net.Dialer
 }
 
-// clientFlags registers the flags every client mode shares; call init
+// clientFlags registers the flags every client mode shares; call client
 // after parsing.
 type clientFlags struct {
-	addr, sni, alpn, label *string
+	addr, sni, alpn, label, tlsCA *string
 }
 
 func newClientFlags(fs *flag.FlagSet) clientFlags {
@@ -37,10 +47,12 @@ func newClientFlags(fs *flag.FlagSet) clientFlags {
 		sni:   fs.String("sni", defaultSNI, "server `name` of the ClientHello"),
 		alpn:  fs.String("alpn", "istio", "ALPN `protocol` of the ClientHello"),
 		label: fs.String("label", "", "row `label` in the output table (default: addr)"),
+		tlsCA: fs.String("tls-ca", "", "complete a TLS 1.3 mTLS handshake, with an SVID from the CA in `dir` (loadgen ca), instead of replaying a ClientHello; the address must lead to a sink with the same -tls-ca"),
 	}
 }
 
-// client records the ClientHello and returns a client for the flags.
+// client records the ClientHello (or builds the TLS configuration) and
+// returns a client for the flags.
 func (f clientFlags) client() (*client, error) {
 	if *f.addr == "" {
 		return nil, fmt.Errorf("-addr is required")
@@ -48,49 +60,68 @@ func (f clientFlags) client() (*client, error) {
 	if *f.label == "" {
 		*f.label = *f.addr
 	}
+	cl := &client{
+		addr:    *f.addr,
+		timeout: 10 * time.Second,
+		// No keepalive probes: they would wake idle connections.
+		dialer: net.Dialer{Timeout: 10 * time.Second, KeepAlive: -1},
+	}
+	if *f.tlsCA != "" {
+		cfg, err := mtlsConfig(*f.tlsCA, clientID, false, *f.alpn)
+		if err != nil {
+			return nil, err
+		}
+		cfg.ServerName = *f.sni
+		cl.tls = cfg
+		return cl, nil
+	}
 	hello, err := recordHello(*f.sni, []string{*f.alpn})
 	if err != nil {
 		return nil, err
 	}
-	return &client{
-		addr:    *f.addr,
-		hello:   hello,
-		timeout: 10 * time.Second,
-		// No keepalive probes: they would wake idle connections.
-		dialer: net.Dialer{Timeout: 10 * time.Second, KeepAlive: -1},
-	}, nil
+	cl.hello = hello
+	return cl, nil
 }
 
-// open dials, sends the ClientHello and reads the sink's ack.
-func (cl *client) open() (*net.TCPConn, error) {
-	c, err := cl.dialer.Dial("tcp", cl.addr)
+// open dials, sends the ClientHello (or completes the TLS handshake) and
+// reads the sink's ack.
+func (cl *client) open() (conn, error) {
+	nc, err := cl.dialer.Dial("tcp", cl.addr)
 	if err != nil {
 		return nil, err
 	}
-	tc := c.(*net.TCPConn)
-	tc.SetDeadline(time.Now().Add(cl.timeout))
-	if _, err := tc.Write(cl.hello); err != nil {
-		tc.Close()
+	var c conn = nc.(*net.TCPConn)
+	c.SetDeadline(time.Now().Add(cl.timeout))
+	if cl.tls != nil {
+		tc := tls.Client(c, cl.tls)
+		if err := tc.Handshake(); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("TLS handshake through the proxy: %w", err)
+		}
+		c = tc
+	} else if _, err := c.Write(cl.hello); err != nil {
+		c.Close()
 		return nil, fmt.Errorf("writing ClientHello: %w", err)
 	}
 	var ack [1]byte
-	if _, err := io.ReadFull(tc, ack[:]); err != nil {
-		tc.Close()
+	if _, err := io.ReadFull(c, ack[:]); err != nil {
+		c.Close()
 		return nil, fmt.Errorf("waiting for the backend's ack (not routed?): %w", err)
 	}
 	if ack[0] != ackByte {
-		tc.Close()
+		c.Close()
 		return nil, fmt.Errorf("backend answered %q, want %q", ack[0], ackByte)
 	}
-	tc.SetDeadline(time.Time{})
-	return tc, nil
+	c.SetDeadline(time.Time{})
+	return c, nil
 }
 
 // openMany opens n connections, at most conc at a time, and returns those
-// that the backend acknowledged, how many failed and the first error.
-func (cl *client) openMany(n, conc int) (conns []*net.TCPConn, failed int, firstErr error) {
+// that the backend acknowledged; each failure is counted in errs.
+func (cl *client) openMany(n, conc int, errs *errorCount) []conn {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	var conns []conn
 	sem := make(chan struct{}, conc)
 	for range n {
 		sem <- struct{}{}
@@ -98,41 +129,22 @@ func (cl *client) openMany(n, conc int) (conns []*net.TCPConn, failed int, first
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			c, err := cl.open()
-			mu.Lock()
-			defer mu.Unlock()
 			if err != nil {
-				failed++
-				if firstErr == nil {
-					firstErr = err
-				}
+				errs.add(errConnect, err)
 				return
 			}
+			mu.Lock()
 			conns = append(conns, c)
+			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	return conns, failed, firstErr
+	return conns
 }
 
 // closeAll closes every connection.
-func closeAll(conns []*net.TCPConn) {
+func closeAll(conns []conn) {
 	for _, c := range conns {
 		c.Close()
 	}
-}
-
-// percentile returns the p-th percentile (0 < p < 100) of sorted samples.
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(float64(len(sorted)-1) * p / 100)
-	return sorted[i]
-}
-
-// latencies merges per-worker samples into one sorted slice.
-func latencies(parts [][]time.Duration) []time.Duration {
-	all := slices.Concat(parts...)
-	slices.Sort(all)
-	return all
 }

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 )
 
@@ -37,10 +39,10 @@ func runIdle(args []string) error {
 	// File descriptors are counted from the fresh process instead: a Go
 	// proxy keeps the splice pipes of closed connections in a pool, which
 	// new connections reuse, so a baseline after warm-up would hide them.
-	warm, failed, err := cl.openMany(*warmup, *conc)
-	closeAll(warm)
-	if failed > 0 {
-		return fmt.Errorf("warm-up: %d of %d connections failed: %v", failed, *warmup, err)
+	var warmErrs errorCount
+	closeAll(cl.openMany(*warmup, *conc, &warmErrs))
+	if warmErrs.total() > 0 {
+		return fmt.Errorf("warm-up: %d of %d connections failed: %v", warmErrs.total(), *warmup, &warmErrs)
 	}
 	waitFds(*pid, start.fds, 3*time.Second)
 	time.Sleep(*settle)
@@ -49,21 +51,22 @@ func runIdle(args []string) error {
 		return err
 	}
 
+	var errs errorCount
 	began := time.Now()
-	conns, failed, firstErr := cl.openMany(*n, *conc)
+	conns := cl.openMany(*n, *conc, &errs)
 	opened := time.Since(began)
 	defer func() {
 		closeAll(conns)
 		waitFds(*pid, start.fds, 3*time.Second)
 	}()
-	if failed > 0 {
-		fmt.Fprintf(os.Stderr, "idle %s: %d of %d connections failed, first: %v\n", *cf.label, failed, *n, firstErr)
-	}
 	time.Sleep(*settle)
 	with, err := sampleUsage(*pid)
 	if err != nil {
 		return err
 	}
+	// Every connection must still be open after the sample: a proxy that
+	// shed some would look cheaper than it is.
+	checkOpen(conns, 100*time.Millisecond, &errs)
 	ok := len(conns)
 	per := func(d int64) string {
 		if ok == 0 {
@@ -71,20 +74,42 @@ func runIdle(args []string) error {
 		}
 		return fmt.Sprintf("%.1f", float64(d)/float64(ok))
 	}
-	fmt.Printf("| %s | %d | %d | %s | %s | %s | %s | %s | %.1f | %.1f |\n",
+	fmt.Printf("| %s | %d | %d | %s | %s | %s | %s | %s | %.1f | %.1f | %d |\n",
 		*cf.label, *n, ok,
 		per(with.rssKiB-base.rssKiB), per(with.pssKiB-base.pssKiB), per(with.privKiB-base.privKiB),
 		per(int64(with.fds-start.fds)), per(with.slabKiB-base.slabKiB),
-		float64(with.rssKiB)/1024, opened.Seconds())
-	if failed > 0 {
-		return fmt.Errorf("%d of %d connections failed: %v", failed, *n, firstErr)
-	}
-	return nil
+		float64(with.rssKiB)/1024, opened.Seconds(), errs.total())
+	return errs.result(*cf.label)
 }
 
 // idleHeader is the table header of runIdle's rows.
-const idleHeader = `| proxy | N | routed | RSS KiB/conn | Pss KiB/conn | Private KiB/conn | fds/conn | kernel Slab KiB/conn (system-wide) | proxy RSS MiB at N | open time s |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|`
+const idleHeader = `| proxy | N | routed | RSS KiB/conn | Pss KiB/conn | Private KiB/conn | fds/conn | kernel Slab KiB/conn (system-wide) | proxy RSS MiB at N | open time s | errors |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|`
+
+// checkOpen reads from every connection for wait, all at once, and counts
+// as errClosed each one that ended or delivered bytes instead of timing
+// out: an idle connection's backend sends nothing.
+func checkOpen(conns []conn, wait time.Duration, errs *errorCount) {
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(wait)
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.SetReadDeadline(deadline)
+			var b [1]byte
+			n, err := c.Read(b[:])
+			switch {
+			case n > 0:
+				errs.add(errClosed, fmt.Errorf("idle connection received %q", b[0]))
+			case !errors.Is(err, os.ErrDeadlineExceeded):
+				errs.add(errClosed, fmt.Errorf("idle connection ended: %w", err))
+			}
+			c.SetReadDeadline(time.Time{})
+		}()
+	}
+	wg.Wait()
+}
 
 // waitFds waits, at most max, until the proxy holds at most fds descriptors.
 func waitFds(pid, fds int, max time.Duration) {

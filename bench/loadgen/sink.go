@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"flag"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 )
 
 // The backend protocol. After the ClientHello the sink writes ackByte, then
@@ -29,11 +31,18 @@ const (
 const bufSize = 256 << 10
 
 // runSink implements "loadgen sink": the backend every proxy routes to.
+// With -tls-listen it also terminates TLS 1.3 mTLS on a second address,
+// for the clients of -tls-ca, and runs the same protocol inside TLS.
 func runSink(args []string) error {
 	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "`address` to listen on")
+	tlsListen := fs.String("tls-listen", "", "`address` to terminate TLS on (needs -tls-ca)")
+	tlsCA := fs.String("tls-ca", "", "CA `dir` (loadgen ca) to issue the TLS sink's SVID from and verify clients against")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if (*tlsListen == "") != (*tlsCA == "") {
+		return fmt.Errorf("-tls-listen and -tls-ca go together")
 	}
 	var lc net.ListenConfig
 	lc.SetMultipathTCP(false)
@@ -41,38 +50,94 @@ func runSink(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("sink listening on %s\n", ln.Addr())
+	lns := []net.Listener{ln}
+	var tlsCfg *tls.Config
+	if *tlsListen != "" {
+		if tlsCfg, err = mtlsConfig(*tlsCA, sinkID, true, "istio"); err != nil {
+			ln.Close()
+			return err
+		}
+		tln, err := lc.Listen(context.Background(), "tcp", *tlsListen)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		lns = append(lns, tln)
+	}
+	for _, l := range lns {
+		fmt.Printf("sink listening on %s\n", l.Addr())
+	}
 	go func() {
 		sig := make(chan os.Signal, 1)
 		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 		<-sig
-		ln.Close()
+		for _, l := range lns {
+			l.Close()
+		}
 	}()
+	errc := make(chan error, len(lns))
+	for i, l := range lns {
+		cfg := tlsCfg
+		if i == 0 {
+			cfg = nil
+		}
+		go func() { errc <- acceptSink(l, cfg) }()
+	}
+	var first error
+	for range lns {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// acceptSink serves every connection of ln, in TLS if cfg is set, until ln
+// is closed.
+func acceptSink(ln net.Listener, cfg *tls.Config) error {
 	for {
 		c, err := ln.Accept()
 		if errors.Is(err, net.ErrClosed) {
 			return nil
 		}
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "sink: accept: %v\n", err)
+			logf("sink: accept: %v", err)
 			continue
 		}
-		go serveSink(c.(*net.TCPConn))
+		go serveSink(c.(*net.TCPConn), cfg)
 	}
 }
 
 // serveSink runs the backend protocol on one connection and closes it.
-func serveSink(c *net.TCPConn) {
-	defer c.Close()
+// Every error it logs is one the report counts (compare.sh counts the
+// lines), so a client closing at a point the protocol allows is not one.
+func serveSink(tc *net.TCPConn, cfg *tls.Config) {
+	var c conn = tc
+	defer func() { c.Close() }()
+	if cfg != nil {
+		tc.SetDeadline(time.Now().Add(10 * time.Second))
+		s := tls.Server(tc, cfg)
+		if err := s.Handshake(); err != nil {
+			logf("sink: %s: TLS handshake: %v", tc.RemoteAddr(), err)
+			return
+		}
+		tc.SetDeadline(time.Time{})
+		c = s
+	} else if n, err := readHello(tc); err != nil {
+		// A connection closed before its first byte is a port probe
+		// (compare.sh's wait for the sink), not a failed client.
+		if n > 0 || !errors.Is(err, io.EOF) {
+			logf("sink: %s: %v", tc.RemoteAddr(), err)
+		}
+		return
+	}
 	if err := sinkConn(c); err != nil && !errors.Is(err, io.EOF) {
-		fmt.Fprintf(os.Stderr, "sink: %s: %v\n", c.RemoteAddr(), err)
+		logf("sink: %s: %v", tc.RemoteAddr(), err)
 	}
 }
 
-func sinkConn(c *net.TCPConn) error {
-	if _, err := readHello(c); err != nil {
-		return err
-	}
+// sinkConn answers the ack and runs the client's command.
+func sinkConn(c conn) error {
 	if _, err := c.Write([]byte{ackByte}); err != nil {
 		return err
 	}
@@ -143,7 +208,7 @@ func source(w io.Writer, n int64) error {
 }
 
 // echo writes back everything it reads from c until EOF.
-func echo(c *net.TCPConn) error {
+func echo(c io.ReadWriter) error {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := c.Read(buf)

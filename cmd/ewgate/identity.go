@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -77,4 +78,19 @@ func watchIdentity(ctx context.Context, src identity.Source, reg *metrics.Regist
 		log.Info("identity loaded", "spiffe_id", svid.ID.String(), "expires", svid.Certificates[0].NotAfter)
 	}
 	go identity.WatchExpiry(ctx, src, identity.ExpiryConfig{Threshold: time.Duration(s.SVIDExpiryWarning), Logger: log})
+}
+
+// workloadTrustDomain returns the trust domain of this network's
+// workloads, of the SPIFFE IDs other networks learn for them: flag
+// (--trust-domain) if set, else svid, the trust domain of the gateway's
+// own SVID ("" without one), since workloads usually share their
+// gateway's and an operator should not have to say it twice. "" leaves
+// discovery.Node's default, DefaultTrustDomain. A flag other than svid is
+// logged, not refused: workloads may live in another trust domain.
+func workloadTrustDomain(flag, svid string, log *slog.Logger) string {
+	if flag != "" && svid != "" && flag != svid {
+		log.Warn("this gateway's SVID is in another trust domain than --trust-domain, which other networks' sidecars use to verify this network's endpoints",
+			"svid_trust_domain", svid, "trust_domain", flag)
+	}
+	return cmp.Or(flag, svid)
 }

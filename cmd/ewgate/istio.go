@@ -10,9 +10,6 @@ import (
 	"os"
 	"time"
 
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-
 	"github.com/ewgate/ewgate/istiopub"
 	"github.com/ewgate/ewgate/metrics"
 )
@@ -73,18 +70,9 @@ func newPublisher(s settings, g *gossip, log *slog.Logger) (*istiopub.Publisher,
 	if g == nil {
 		return nil, errors.New("--publish-to-istio needs gossip (--gossip-address): other networks are learnt from it")
 	}
-	var rc *rest.Config
-	var err error
-	switch {
-	case s.Kubeconfig != "":
-		rc, err = clientcmd.BuildConfigFromFlags("", s.Kubeconfig)
-	case inPod():
-		rc, err = rest.InClusterConfig()
-	default:
-		return nil, errors.New("--publish-to-istio needs this cluster's API server: give --kubeconfig, or run in a pod")
-	}
+	rc, err := processKubeEnv().kubeRESTConfig(s.Kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("--publish-to-istio: kubernetes client config: %w", err)
+		return nil, fmt.Errorf("--publish-to-istio needs this cluster's API server: %w", err)
 	}
 	grace := time.Duration(s.PublishGrace)
 	if grace == 0 {

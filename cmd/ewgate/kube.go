@@ -2,70 +2,45 @@ package main
 
 import (
 	"fmt"
-	"os"
-
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ewgate/ewgate/discovery/kube"
 )
 
-// inClusterToken is where Kubernetes mounts a pod's service account token.
-const inClusterToken = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-
-// inPod reports whether the process runs in a Kubernetes pod with its
-// service account token mounted, as client-go's in-cluster config needs.
-func inPod() bool {
-	if os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
-		return false
-	}
-	_, err := os.Stat(inClusterToken)
-	return err == nil
-}
-
-// kubeMode decides whether the Kubernetes source runs, and whether from
-// in-cluster config: --kubeconfig turns it on; in a pod, with no
-// --kubeconfig, it is on when no -f is given (a gateway with files keeps
-// reading only them, as before, and needs no RBAC), or when --kubernetes
-// on asks for both.
-func kubeMode(s settings, pod bool) (on, inCluster bool, err error) {
+// kubeMode decides whether the Kubernetes source runs: --kubeconfig turns
+// it on; in a pod, with no --kubeconfig, it is on when no -f is given (a
+// gateway with files keeps reading only them, as before, and needs no
+// RBAC), or when --kubernetes on asks for both. $KUBECONFIG alone does
+// not turn it on (a shell that has it set for kubectl should not make a
+// gateway given -f read a cluster), but --kubernetes on may use it. Where
+// the client config comes from is kubeClientFor's precedence.
+func kubeMode(s settings, env kubeEnv) (on bool, err error) {
 	switch s.Kubernetes {
 	case "off":
 		if s.Kubeconfig != "" {
-			return false, false, fmt.Errorf("--kubernetes off (kubernetes) contradicts --kubeconfig %s", s.Kubeconfig)
+			return false, fmt.Errorf("--kubernetes off (kubernetes) contradicts --kubeconfig %s", s.Kubeconfig)
 		}
-		return false, false, nil
+		return false, nil
 	case "on":
-		if s.Kubeconfig == "" && !pod {
-			return false, false, fmt.Errorf("--kubernetes on (kubernetes): give --kubeconfig, or run in a pod with its service account token mounted")
+		if _, err := env.kubeClientFor(s.Kubeconfig); err != nil {
+			return false, fmt.Errorf("--kubernetes on (kubernetes): %w", err)
 		}
-		return true, s.Kubeconfig == "", nil
+		return true, nil
 	case "auto", "":
-		if s.Kubeconfig != "" {
-			return true, false, nil
-		}
-		if pod && len(s.Files) == 0 {
-			return true, true, nil
-		}
-		return false, false, nil
+		return s.Kubeconfig != "" || env.pod && len(s.Files) == 0, nil
 	}
-	return false, false, fmt.Errorf("--kubernetes (kubernetes) %q: want auto, on or off", s.Kubernetes)
+	return false, fmt.Errorf("--kubernetes (kubernetes) %q: want auto, on or off", s.Kubernetes)
 }
 
 // kubeSource builds the Kubernetes source the settings ask for, or nil.
 func kubeSource(s settings, cfg kube.Config) (*kube.Source, error) {
-	on, inCluster, err := kubeMode(s, inPod())
+	env := processKubeEnv()
+	on, err := kubeMode(s, env)
 	if err != nil || !on {
 		return nil, err
 	}
-	var rc *rest.Config
-	if inCluster {
-		rc, err = rest.InClusterConfig()
-	} else {
-		rc, err = clientcmd.BuildConfigFromFlags("", s.Kubeconfig)
-	}
+	rc, err := env.kubeRESTConfig(s.Kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client config: %w", err)
+		return nil, fmt.Errorf("kubernetes source: %w", err)
 	}
 	cfg.REST = rc
 	cfg.ClusterDomain = s.ClusterDomain

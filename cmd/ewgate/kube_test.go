@@ -283,9 +283,10 @@ spec:
 			code, body := readyz(admin)
 			return code == http.StatusServiceUnavailable && strings.Contains(body, want)
 		})
-		if !strings.Contains(p.output(), `is already defined by kubernetes: Service demo/echo`) {
-			t.Errorf("the log does not name both sources:\n%s", p.output())
-		}
+		// The log line can reach the pipe after /readyz turned.
+		await.True(t, 30*time.Second, "the log to name both sources", func() bool {
+			return strings.Contains(p.output(), `is already defined by kubernetes: Service demo/echo`)
+		})
 	})
 	t.Run("not ready", func(t *testing.T) {
 		c.setPodReady("echo-v1", false)

@@ -96,7 +96,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		IdleTimeout:    idleTimeout(s.IdleTimeout),
 		MaxConnections: s.MaxConns,
 		LoopAccept:     s.LoopAccept,
-		Locality:       cmp.Or(s.Locality, gateway.LocalityFromLabels(s.NodeLabels)),
+		Locality:       cmp.Or(s.Locality, discovery.LocalityFromLabels(s.NodeLabels, s.NodeLabels)),
 		Logger:         log,
 		Metrics:        gateway.NewMetrics(reg),
 	})
@@ -105,7 +105,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	reloads := reg.CounterVec("ewgate_config_reloads_total", "Config loads, by result.", "result")
 	reloadOK, reloadFailed := reloads.With("ok"), reloads.With("failed")
 	spec := discovery.Node{Network: s.Network, Labels: s.NodeLabels, AnyTLSMode: s.AnyTLSMode,
-		ExportDefault: discovery.ExportDefault(s.ExportDefault), TrustDomain: cmp.Or(s.TrustDomain, discovery.DefaultTrustDomain)}
+		ExportDefault: discovery.ExportDefault(s.ExportDefault), TrustDomain: s.TrustDomain}
 	serveAPI := s.APISocket != "" || s.APIAddress != ""
 	var leases *api.Leases
 	if serveAPI {
@@ -180,24 +180,10 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 	if id != nil {
 		n.id = id
 		watchIdentity(ctx, id, reg, s, log)
-	}
-	trustDomain := cmp.Or(s.TrustDomain, discovery.DefaultTrustDomain)
-	if n.id != nil {
-		if svid, err := n.id.GetX509SVID(); err == nil {
-			td := svid.ID.TrustDomain().Name()
-			switch {
-			case s.TrustDomain == "":
-				// Workloads usually share their gateway's trust domain:
-				// an operator should not have to say it twice.
-				trustDomain = td
-			case td != s.TrustDomain:
-				// Not an error: workloads may live in another trust domain.
-				log.Warn("this gateway's SVID is in another trust domain than --trust-domain, which other networks' sidecars use to verify this network's endpoints",
-					"svid_trust_domain", td, "trust_domain", s.TrustDomain)
-			}
+		if svid, err := id.GetX509SVID(); err == nil {
+			cs.setTrustDomain(workloadTrustDomain(s.TrustDomain, svid.ID.TrustDomain().Name(), log))
 		}
 	}
-	cs.setTrustDomain(trustDomain)
 	g, err := startGossip(ctx, s, n.id, cs, log)
 	if err != nil {
 		return abort(err)

@@ -293,7 +293,7 @@ func parseSettings(args []string, stderr io.Writer) (settings, error) {
 		return s, err
 	}
 	if len(s.Files) == 0 {
-		if on, _, _ := kubeMode(s, inPod()); !on {
+		if on, _ := kubeMode(s, processKubeEnv()); !on {
 			return s, errors.New("run: at least one -f PATH is required without a Kubernetes source (--kubeconfig)")
 		}
 	}
@@ -323,7 +323,7 @@ func (s *settings) check() error {
 	if _, err := spiffeid.TrustDomainFromString(s.TrustDomain); s.TrustDomain != "" && err != nil {
 		return fmt.Errorf("--trust-domain (trustDomain) %q: %w", s.TrustDomain, err)
 	}
-	if _, _, err := kubeMode(*s, inPod()); err != nil {
+	if _, err := kubeMode(*s, processKubeEnv()); err != nil {
 		return err
 	}
 	if err := s.publishSettings.check(); err != nil {

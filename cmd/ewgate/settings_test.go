@@ -145,27 +145,30 @@ func TestHelpEverywhere(t *testing.T) {
 }
 
 func TestKubeMode(t *testing.T) {
+	pod := kubeEnv{pod: true}
 	for _, tt := range []struct {
-		name          string
-		s             settings
-		pod           bool
-		on, inCluster bool
-		err           bool
+		name string
+		s    settings
+		env  kubeEnv
+		on   bool
+		err  bool
 	}{
-		{"files only", settings{Kubernetes: "auto", Files: []string{"x"}}, false, false, false, false},
-		{"kubeconfig", settings{Kubernetes: "auto", Kubeconfig: "/k"}, false, true, false, false},
-		{"kubeconfig and files", settings{Kubernetes: "auto", Kubeconfig: "/k", Files: []string{"x"}}, true, true, false, false},
-		{"pod without files", settings{Kubernetes: "auto"}, true, true, true, false},
-		{"pod with files keeps to its files", settings{Kubernetes: "auto", Files: []string{"x"}}, true, false, false, false},
-		{"on in a pod with files", settings{Kubernetes: "on", Files: []string{"x"}}, true, true, true, false},
-		{"on outside a pod without kubeconfig", settings{Kubernetes: "on"}, false, false, false, true},
-		{"off", settings{Kubernetes: "off"}, true, false, false, false},
-		{"off with kubeconfig", settings{Kubernetes: "off", Kubeconfig: "/k"}, false, false, false, true},
+		{"files only", settings{Kubernetes: "auto", Files: []string{"x"}}, kubeEnv{}, false, false},
+		{"kubeconfig", settings{Kubernetes: "auto", Kubeconfig: "/k"}, kubeEnv{}, true, false},
+		{"kubeconfig and files", settings{Kubernetes: "auto", Kubeconfig: "/k", Files: []string{"x"}}, pod, true, false},
+		{"pod without files", settings{Kubernetes: "auto"}, pod, true, false},
+		{"pod with files keeps to its files", settings{Kubernetes: "auto", Files: []string{"x"}}, pod, false, false},
+		{"$KUBECONFIG alone does not turn it on", settings{Kubernetes: "auto", Files: []string{"x"}}, kubeEnv{kubeconfig: "/k"}, false, false},
+		{"on in a pod with files", settings{Kubernetes: "on", Files: []string{"x"}}, pod, true, false},
+		{"on with $KUBECONFIG", settings{Kubernetes: "on"}, kubeEnv{kubeconfig: "/k"}, true, false},
+		{"on outside a pod without kubeconfig", settings{Kubernetes: "on"}, kubeEnv{}, false, true},
+		{"off", settings{Kubernetes: "off"}, pod, false, false},
+		{"off with kubeconfig", settings{Kubernetes: "off", Kubeconfig: "/k"}, kubeEnv{}, false, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			on, inCluster, err := kubeMode(tt.s, tt.pod)
-			if (err != nil) != tt.err || on != tt.on || inCluster != tt.inCluster {
-				t.Errorf("kubeMode = %v, %v, %v; want %v, %v, error %v", on, inCluster, err, tt.on, tt.inCluster, tt.err)
+			on, err := kubeMode(tt.s, tt.env)
+			if (err != nil) != tt.err || on != tt.on {
+				t.Errorf("kubeMode = %v, %v; want %v, error %v", on, err, tt.on, tt.err)
 			}
 		})
 	}

@@ -22,11 +22,6 @@ const (
 	// NetworkLabel names the network of a pod, or of every pod when set on
 	// the system namespace.
 	NetworkLabel = "topology.istio.io/network"
-	// SubzoneLabel is the node label of the subzone part of a locality.
-	SubzoneLabel = "topology.istio.io/subzone"
-	// LocalityLabel on a pod overrides its node's locality; Kubernetes
-	// labels cannot hold '/', so it is written "region.zone.subzone".
-	LocalityLabel = "istio-locality"
 	// ExportToAnnotation on a Service is its exportTo list, comma-separated.
 	ExportToAnnotation = "networking.istio.io/exportTo"
 	// ServiceNameLabel ties an EndpointSlice to its Service.
@@ -70,7 +65,7 @@ type translation struct {
 func (t *translation) resources(s *snapshot) (*discovery.Resources, error) {
 	r := &discovery.Resources{ClusterDomain: t.clusterDomain}
 	for _, g := range sorted(s.gateways) {
-		if !labelsMatch(g.Spec.GetSelector(), t.nodeLabels) {
+		if !discovery.SelectorMatches(g.Spec.GetSelector(), t.nodeLabels) {
 			continue
 		}
 		r.Gateways = append(r.Gateways, discovery.Resource[*networking.Gateway]{Source: source("Gateway", g.Namespace, g.Name), Spec: &g.Spec})
@@ -219,7 +214,11 @@ func (t *translation) endpoint(s *snapshot, svc *corev1.Service, e discoveryv1.E
 	if nodeName == "" && e.NodeName != nil {
 		nodeName = *e.NodeName
 	}
-	ep.Locality = locality(pod, s.nodes[nodeName])
+	var nodeLabels map[string]string
+	if n := s.nodes[nodeName]; n != nil {
+		nodeLabels = n.Labels
+	}
+	ep.Locality = discovery.LocalityFromLabels(pod.Labels, nodeLabels)
 	return ep, true
 }
 
@@ -232,24 +231,6 @@ func (t *translation) defaultNetwork(s *snapshot) string {
 		}
 	}
 	return t.network
-}
-
-// locality is Istio's "region/zone/subzone" of a pod: its istio-locality
-// label, else its node's topology labels; "" when none is known.
-func locality(pod *corev1.Pod, node *corev1.Node) string {
-	if l := pod.Labels[LocalityLabel]; l != "" {
-		return strings.ReplaceAll(l, ".", "/")
-	}
-	if node == nil {
-		return ""
-	}
-	region := node.Labels[corev1.LabelTopologyRegion]
-	zone := node.Labels[corev1.LabelTopologyZone]
-	subzone := node.Labels[SubzoneLabel]
-	if region == "" && zone == "" && subzone == "" {
-		return ""
-	}
-	return region + "/" + zone + "/" + subzone
 }
 
 // exportTo parses the exportTo annotation; empty means "*".
@@ -292,16 +273,6 @@ func protocol(p corev1.ServicePort) string {
 
 func source(kind, ns, name string) discovery.Source {
 	return discovery.Source{File: SourceName, Kind: kind, Namespace: ns, Name: name}
-}
-
-// labelsMatch reports whether every selector label is in labels.
-func labelsMatch(selector, labels map[string]string) bool {
-	for k, v := range selector {
-		if got, ok := labels[k]; !ok || got != v {
-			return false
-		}
-	}
-	return true
 }
 
 // object is what sorted needs of an API object.

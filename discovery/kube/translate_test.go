@@ -85,7 +85,7 @@ func baseSnapshot() *snapshot {
 			"demo/net-b": pod("net-b", "10.0.0.7", with(NetworkLabel, "network-b")),
 		},
 		nodes: map[string]*corev1.Node{"node-a": {ObjectMeta: metav1.ObjectMeta{Name: "node-a", Labels: map[string]string{
-			corev1.LabelTopologyRegion: "eu", corev1.LabelTopologyZone: "eu-1", SubzoneLabel: "rack-7"}}}},
+			discovery.RegionLabel: "eu", discovery.ZoneLabel: "eu-1", discovery.SubzoneLabel: "rack-7"}}}},
 		systemNS: &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system", Labels: map[string]string{NetworkLabel: "network-a"}}},
 		gateways: []*istionet.Gateway{
 			{ObjectMeta: metav1.ObjectMeta{Name: "ew", Namespace: "istio-system"}, Spec: networking.Gateway{
@@ -177,7 +177,7 @@ func TestTranslateNetworkAndLocalityDefaults(t *testing.T) {
 	s := baseSnapshot()
 	s.systemNS = nil
 	s.nodes = nil
-	s.pods["demo/v2"].Labels[LocalityLabel] = "us.us-2.r1"
+	s.pods["demo/v2"].Labels[discovery.LocalityLabel] = "us.us-2.r1"
 	c := translate(t, s)
 	for _, e := range c.Services[0].Endpoints {
 		switch e.Address {

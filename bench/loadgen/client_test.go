@@ -1,0 +1,265 @@
+package main
+
+import (
+	"crypto/tls"
+	"flag"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ewgate/ewgate/internal/leakcheck"
+)
+
+// startSink serves the sink protocol on a loopback port (in TLS with cfg)
+// until the test ends, and returns its address.
+func startSink(t *testing.T, cfg *tls.Config) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- acceptSink(ln, cfg) }()
+	t.Cleanup(func() {
+		ln.Close()
+		if err := <-done; err != nil {
+			t.Errorf("acceptSink: %v", err)
+		}
+	})
+	return ln.Addr().String()
+}
+
+// startBackend runs serve on each connection of a loopback listener, after
+// the sink's hello, ack and command, until the test ends.
+func startBackend(t *testing.T, serve func(c *net.TCPConn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				tc := c.(*net.TCPConn)
+				var cmd [1]byte
+				if _, err := readHello(tc); err != nil {
+					return
+				}
+				if _, err := tc.Write([]byte{ackByte}); err != nil {
+					return
+				}
+				if _, err := io.ReadFull(tc, cmd[:]); err != nil {
+					return
+				}
+				serve(tc)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func newTestClient(t *testing.T, addr, caDir string) *client {
+	t.Helper()
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	cf := newClientFlags(fs)
+	args := []string{"-addr", addr}
+	if caDir != "" {
+		args = append(args, "-tls-ca", caDir)
+	}
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := cf.client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.timeout = 5 * time.Second
+	return cl
+}
+
+func writeCA(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := runCA([]string{"-dir", dir}); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func TestOpenTLS(t *testing.T) {
+	leakcheck.Check(t)
+	ca := writeCA(t)
+	sinkCfg, err := mtlsConfig(ca, sinkID, true, "istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := startSink(t, sinkCfg)
+
+	c, err := newTestClient(t, addr, ca).open()
+	if err != nil {
+		t.Fatalf("open with the sink's CA: %v", err)
+	}
+	st := c.(*tls.Conn).ConnectionState()
+	c.Close()
+	if st.Version != tls.VersionTLS13 || st.DidResume || st.NegotiatedProtocol != "istio" {
+		t.Errorf("version %x, resumed %v, ALPN %q; want TLS 1.3, full handshake, istio", st.Version, st.DidResume, st.NegotiatedProtocol)
+	}
+	if got := st.PeerCertificates[0].URIs[0].String(); got != sinkID.String() {
+		t.Errorf("sink presented %s, want %s", got, sinkID)
+	}
+
+	// A second connection is a full handshake again: no tickets.
+	c, err = newTestClient(t, addr, ca).open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	resumed := c.(*tls.Conn).ConnectionState().DidResume
+	c.Close()
+	if resumed {
+		t.Error("second connection resumed a session")
+	}
+
+	// A client of another CA, and a plain ClientHello replay, are refused.
+	if c, err := newTestClient(t, addr, writeCA(t)).open(); err == nil {
+		c.Close()
+		t.Error("open with another CA succeeded")
+	}
+	if c, err := newTestClient(t, addr, "").open(); err == nil {
+		c.Close()
+		t.Error("a replayed ClientHello passed the TLS sink")
+	} else if !strings.Contains(err.Error(), "backend answered") && !strings.Contains(err.Error(), "ack") {
+		t.Errorf("replayed hello: %v, want a wrong or missing ack", err)
+	}
+}
+
+func TestPingPongCountsErrors(t *testing.T) {
+	leakcheck.Check(t)
+	tests := []struct {
+		name  string
+		addr  func(t *testing.T) string
+		kind  errKind
+		count int
+	}{
+		{"the sink's echo", func(t *testing.T) string { return startSink(t, nil) }, 0, 0},
+		{"an echo that flips a byte", func(t *testing.T) string {
+			return startBackend(t, func(c *net.TCPConn) {
+				buf := make([]byte, 64)
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					buf[n-1] ^= 1
+					if _, err := c.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			})
+		}, errMismatch, 1},
+		{"a backend that closes after half a request", func(t *testing.T) string {
+			return startBackend(t, func(c *net.TCPConn) {
+				buf := make([]byte, 32)
+				io.ReadFull(c, buf)
+				c.Write(buf[:16])
+			})
+		}, errRead, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cl := newTestClient(t, tt.addr(t), "")
+			var errs errorCount
+			c, err := cl.open()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			p := newPinger(c, 32, &errs)
+			if p == nil {
+				t.Fatalf("newPinger: %v", &errs)
+			}
+			// Two turns: a pinger that failed stays failed, counted once.
+			p.run(time.Now().Add(100*time.Millisecond), &errs)
+			p.run(time.Now().Add(100*time.Millisecond), &errs)
+			if errs.total() != tt.count || errs.n[tt.kind] != tt.count {
+				t.Fatalf("errors: %v, want %d of kind %s", &errs, tt.count, tt.kind)
+			}
+			if tt.count == 0 && len(p.samples) == 0 {
+				t.Error("no round trips measured")
+			}
+		})
+	}
+}
+
+func TestCheckOpen(t *testing.T) {
+	leakcheck.Check(t)
+	closed := make(chan struct{}, 2)
+	closing := startBackend(t, func(c *net.TCPConn) {
+		c.Close()
+		closed <- struct{}{}
+	})
+	holding := startBackend(t, func(c *net.TCPConn) {
+		io.Copy(io.Discard, c) // until the client closes
+	})
+	var conns []conn
+	var openErrs errorCount
+	for _, addr := range []string{holding, holding, holding, closing, closing} {
+		c := newTestClient(t, addr, "").openMany(1, 1, &openErrs)
+		for _, c := range c {
+			c.Write([]byte{cmdEcho}) // any command: the backends serve it
+		}
+		conns = append(conns, c...)
+	}
+	defer closeAll(conns)
+	if openErrs.total() != 0 || len(conns) != 5 {
+		t.Fatalf("opened %d of 5: %v", len(conns), &openErrs)
+	}
+	<-closed
+	<-closed
+	var errs errorCount
+	checkOpen(conns, 200*time.Millisecond, &errs)
+	if errs.n[errClosed] != 2 || errs.total() != 2 {
+		t.Fatalf("errors %v, want closed 2 (the closing backend's)", &errs)
+	}
+}
+
+func TestInterleaveTakesTurns(t *testing.T) {
+	leakcheck.Check(t)
+	proxy := newRRSet("proxy", newTestClient(t, startSink(t, nil), ""), 2, 64)
+	direct := newRRSet("direct", newTestClient(t, startSink(t, nil), ""), 2, 64)
+	defer proxy.close()
+	defer direct.close()
+	dur := 200 * time.Millisecond
+	interleave([]*rrSet{proxy, direct}, dur, 50*time.Millisecond)
+	for _, s := range []*rrSet{proxy, direct} {
+		n := 0
+		for _, p := range s.pingers {
+			n += len(p.samples)
+		}
+		if n == 0 || s.errs.total() != 0 {
+			t.Errorf("%s: %d round trips, errors %v", s.label, n, &s.errs)
+		}
+	}
+	if proxy.active < dur {
+		t.Errorf("proxy set active %v, want at least %v", proxy.active, dur)
+	}
+	if direct.active <= 0 {
+		t.Errorf("direct set never active")
+	}
+	if row := direct.row(2, 64); !strings.HasPrefix(row, "| direct | 2 | 64 | ") || !strings.HasSuffix(row, " | 0 |") {
+		t.Errorf("row %q", row)
+	}
+}

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// The quic-go baseline of bench/paths.sh: what quic-go itself carries on
+// one stream between two processes, next to the QUIC tunnel. Both ends
+// use mtlsConfig's SVIDs (TLS 1.3 mTLS, as tunnel links), quic-go's
+// default configuration and sockets of quic.ListenAddr / quic.DialAddr
+// (quic-go raises their UDP buffers as it does the tunnel's), and the
+// sink's protocol after the stream opens: cmdDiscard or cmdSource.
+
+// quicALPN is the protocol both baseline ends offer.
+const quicALPN = "loadgen-quic"
+
+// runQUICSink implements "loadgen quicsink": the baseline's server. It
+// serves every stream of every connection until SIGTERM.
+func runQUICSink(args []string) error {
+	fs := flag.NewFlagSet("quicsink", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:0", "UDP `address` to listen on")
+	caDir := fs.String("tls-ca", "", "`directory` of loadgen ca")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	tc, err := mtlsConfig(*caDir, sinkID, true, quicALPN)
+	if err != nil {
+		return err
+	}
+	ln, err := quic.ListenAddr(*listen, tc, &quic.Config{MaxIncomingStreams: 1000})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("quicsink listening on %s\n", ln.Addr())
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	for {
+		c, err := ln.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ln.Close()
+			}
+			return err
+		}
+		go func() {
+			for {
+				s, err := c.AcceptStream(ctx)
+				if err != nil {
+					return
+				}
+				go func() {
+					if err := quicSinkStream(s); err != nil {
+						fmt.Fprintf(os.Stderr, "quicsink: %v\n", err)
+						s.CancelRead(1)
+						s.CancelWrite(1)
+					}
+				}()
+			}
+		}()
+	}
+}
+
+func quicSinkStream(s *quic.Stream) error {
+	var cmd [1]byte
+	if _, err := io.ReadFull(s, cmd[:]); err != nil {
+		return err
+	}
+	switch cmd[0] {
+	case cmdDiscard:
+		n, err := discard(s)
+		if err != nil {
+			return err
+		}
+		if err := binary.Write(s, binary.BigEndian, uint64(n)); err != nil {
+			return err
+		}
+	case cmdSource:
+		var n uint64
+		if err := binary.Read(s, binary.BigEndian, &n); err != nil {
+			return err
+		}
+		if err := source(s, int64(n)); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("unknown command %q", cmd[0])
+	}
+	return s.Close()
+}
+
+// runQUICBase implements "loadgen quicbase": one connection to a
+// quicsink, -mib MiB up on one stream (the sink answers its count), then
+// -mib MiB down on another. It prints the first four columns of a
+// throughput row.
+func runQUICBase(args []string) error {
+	fs := flag.NewFlagSet("quicbase", flag.ContinueOnError)
+	addr := fs.String("addr", "", "quicsink UDP `address`")
+	caDir := fs.String("tls-ca", "", "`directory` of loadgen ca")
+	mib := fs.Int("mib", 1024, "MiB to stream each way")
+	label := fs.String("label", "quic-go", "row `label`")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	tc, err := mtlsConfig(*caDir, clientID, false, quicALPN)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := quic.DialAddr(ctx, *addr, tc, &quic.Config{})
+	if err != nil {
+		return err
+	}
+	defer c.CloseWithError(0, "")
+	size := int64(*mib) << 20
+	up, err := quicUp(ctx, c, size)
+	if err != nil {
+		return fmt.Errorf("up: %w", err)
+	}
+	down, err := quicDown(ctx, c, size)
+	if err != nil {
+		return fmt.Errorf("down: %w", err)
+	}
+	gbps := func(d time.Duration) float64 { return float64(size) * 8 / d.Seconds() / 1e9 }
+	fmt.Printf("| %s | %d | %.2f | %.2f |\n", *label, *mib, gbps(up), gbps(down))
+	return nil
+}
+
+// quicUp sends size bytes on a new stream and returns the time until the
+// sink confirmed all of them.
+func quicUp(ctx context.Context, c *quic.Conn, size int64) (time.Duration, error) {
+	start := time.Now()
+	s, err := c.OpenStreamSync(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := s.Write([]byte{cmdDiscard}); err != nil {
+		return 0, err
+	}
+	if err := source(s, size); err != nil {
+		return 0, err
+	}
+	if err := s.Close(); err != nil {
+		return 0, err
+	}
+	var got uint64
+	if err := binary.Read(s, binary.BigEndian, &got); err != nil {
+		return 0, fmt.Errorf("reading the sink's count: %w", err)
+	}
+	if int64(got) != size {
+		return 0, fmt.Errorf("sink received %d bytes, want %d", got, size)
+	}
+	return time.Since(start), nil
+}
+
+// quicDown asks for size bytes on a new stream and returns the time to
+// read them.
+func quicDown(ctx context.Context, c *quic.Conn, size int64) (time.Duration, error) {
+	start := time.Now()
+	s, err := c.OpenStreamSync(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var req [9]byte
+	req[0] = cmdSource
+	binary.BigEndian.PutUint64(req[1:], uint64(size))
+	if _, err := s.Write(req[:]); err != nil {
+		return 0, err
+	}
+	if err := s.Close(); err != nil {
+		return 0, err
+	}
+	got, err := discard(s)
+	if err != nil {
+		return 0, err
+	}
+	if got != size {
+		return 0, fmt.Errorf("received %d bytes, want %d", got, size)
+	}
+	return time.Since(start), nil
+}

@@ -1,0 +1,121 @@
+package ratelog
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// testClock is a clock the test moves.
+type testClock struct{ t time.Time }
+
+func (c *testClock) now() time.Time { return c.t }
+
+func TestWarn(t *testing.T) {
+	type step struct {
+		advance time.Duration // before the call
+		key     string
+		want    string // the line logged, "" for none
+	}
+	tests := []struct {
+		name     string
+		interval time.Duration
+		steps    []step
+	}{
+		{"first line of a key is logged", 0, []step{
+			{0, "a", `level=WARN msg=m key=a`},
+		}},
+		{"within the interval: counted, then reported", 0, []step{
+			{0, "a", `level=WARN msg=m key=a`},
+			{100 * time.Millisecond, "a", ""},
+			{100 * time.Millisecond, "a", ""},
+			{800 * time.Millisecond, "a", `level=WARN msg=m key=a suppressed_since_last=2`},
+			{time.Second, "a", `level=WARN msg=m key=a`},
+		}},
+		{"keys are independent", 0, []step{
+			{0, "a", `level=WARN msg=m key=a`},
+			{0, "b", `level=WARN msg=m key=b`},
+			{0, "a", ""},
+		}},
+		{"interval", 10 * time.Second, []step{
+			{0, "a", `level=WARN msg=m key=a`},
+			{9 * time.Second, "a", ""},
+			{time.Second, "a", `level=WARN msg=m key=a suppressed_since_last=1`},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := &testClock{t: time.Unix(1e9, 0)}
+			l := &Logger{Interval: tt.interval, now: clock.now}
+			for i, s := range tt.steps {
+				clock.t = clock.t.Add(s.advance)
+				var buf bytes.Buffer
+				log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{
+					ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+						if a.Key == slog.TimeKey {
+							return slog.Attr{}
+						}
+						return a
+					}}))
+				l.Warn(log, s.key, "m", "key", s.key)
+				if got := strings.TrimSpace(buf.String()); got != s.want {
+					t.Errorf("step %d: logged %q, want %q", i, got, s.want)
+				}
+			}
+		})
+	}
+}
+
+// A logger that does not enable warnings gets nothing, and nothing is
+// counted against a logger that does.
+func TestWarnDisabled(t *testing.T) {
+	var l Logger
+	var buf bytes.Buffer
+	quiet := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelError}))
+	l.Warn(quiet, "a", "m")
+	l.Warn(quiet, "a", "m")
+	if buf.Len() != 0 {
+		t.Errorf("logged below its level: %s", buf.String())
+	}
+	loud := slog.New(slog.NewTextHandler(&buf, nil))
+	l.Warn(loud, "a", "m")
+	if out := buf.String(); !strings.Contains(out, "msg=m") || strings.Contains(out, SuppressedKey) {
+		t.Errorf("logged %q, want the line without a count", out)
+	}
+}
+
+// Concurrent lines of one key within an interval: exactly one is logged.
+func TestWarnConcurrent(t *testing.T) {
+	l := &Logger{Interval: time.Hour}
+	var mu sync.Mutex
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, nil))
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 100 {
+				l.Warn(log, "a", "m")
+			}
+		}()
+	}
+	wg.Wait()
+	if n := strings.Count(buf.String(), "msg=m"); n != 1 {
+		t.Errorf("%d lines logged, want 1", n)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
