@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -19,7 +20,9 @@ import (
 // cluster that holds it and kept across config reloads, or of one peer
 // gateway's tunnel address.
 type upstream struct {
-	addr         string
+	addr string
+	ap   netip.AddrPort // addr for a raw connect; invalid for a name
+
 	active       atomic.Int64 // open connections
 	failures     atomic.Int64 // consecutive connect failures
 	ejectedUntil atomic.Int64 // unix nanoseconds; 0 when never ejected
@@ -58,7 +61,10 @@ type routeID struct {
 type cluster struct {
 	route   *discovery.Route
 	members []*upstream
-	cum     []uint64 // cumulative weights, for weighted random choice
+	// raw: every member has an address (not a name), which the event
+	// loops can connect to themselves.
+	raw bool
+	cum []uint64 // cumulative weights, for weighted random choice
 	// policy is the route's traffic policy; nil for tunnel peers, which
 	// the gateway's own rules govern.
 	policy *discovery.Policy

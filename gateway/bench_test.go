@@ -105,6 +105,12 @@ func (rb *rawBackend) count() int {
 // it; it returns the gateway and its listener address.
 func benchGateway(b testing.TB, addr string) (*Gateway, string) {
 	b.Helper()
+	return benchGatewayConfig(b, addr, Config{})
+}
+
+// benchGatewayConfig is benchGateway under cfg.
+func benchGatewayConfig(b testing.TB, addr string, cfg Config) (*Gateway, string) {
+	b.Helper()
 	yaml := workload.IstioConfig("net-a", freePort(b))
 	if addr != "" {
 		host, port, _ := net.SplitHostPort(addr)
@@ -119,7 +125,8 @@ func benchGateway(b testing.TB, addr string) (*Gateway, string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	gw := New(Config{BindAddress: "127.0.0.1", MaxConnections: 100000})
+	cfg.BindAddress, cfg.MaxConnections = "127.0.0.1", 100000
+	gw := New(cfg)
 	if err := gw.Apply(v); err != nil {
 		b.Fatal(err)
 	}
@@ -170,10 +177,16 @@ func BenchmarkIdleConnections(b *testing.B) {
 
 // BenchmarkRoundTrip measures a 1 KiB request and its echo over one
 // established proxied connection.
-func BenchmarkRoundTrip(b *testing.B) {
+func BenchmarkRoundTrip(b *testing.B) { benchRoundTrip(b, Config{}) }
+
+// BenchmarkRoundTripLoopAccept is BenchmarkRoundTrip with
+// Config.LoopAccept.
+func BenchmarkRoundTripLoopAccept(b *testing.B) { benchRoundTrip(b, Config{LoopAccept: true}) }
+
+func benchRoundTrip(b *testing.B, cfg Config) {
 	hello := recordHello(b, echoSNI)
 	be := newRawBackend(b, len(hello), func(c net.Conn) { io.Copy(c, c) })
-	_, gwAddr := benchGateway(b, be.ln.Addr().String())
+	_, gwAddr := benchGatewayConfig(b, be.ln.Addr().String(), cfg)
 	c, err := net.Dial("tcp", gwAddr)
 	if err != nil {
 		b.Fatal(err)
@@ -226,10 +239,15 @@ func BenchmarkThroughput(b *testing.B) {
 
 // BenchmarkConnect measures a whole proxied connection: connect, hello,
 // route, dial, one byte back, close.
-func BenchmarkConnect(b *testing.B) {
+func BenchmarkConnect(b *testing.B) { benchConnect(b, Config{}) }
+
+// BenchmarkConnectLoopAccept is BenchmarkConnect with Config.LoopAccept.
+func BenchmarkConnectLoopAccept(b *testing.B) { benchConnect(b, Config{LoopAccept: true}) }
+
+func benchConnect(b *testing.B, cfg Config) {
 	hello := recordHello(b, echoSNI)
 	be := newRawBackend(b, len(hello), func(c net.Conn) { c.Write([]byte{1}) })
-	_, gwAddr := benchGateway(b, be.ln.Addr().String())
+	_, gwAddr := benchGatewayConfig(b, be.ln.Addr().String(), cfg)
 	buf := make([]byte, 1)
 	b.ReportAllocs()
 	b.ResetTimer()

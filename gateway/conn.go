@@ -15,8 +15,9 @@ const maxPooledHelloSize = 16 << 10
 
 // handle routes one accepted client connection and starts forwarding it;
 // the flow releases itself when forwarding ends. A connection that is not
-// forwarded is released here. dc bounds its dials: the handler's.
-func (g *Gateway) handle(port uint32, f *flow, dc *dialContext) {
+// forwarded is released here. dc bounds its dials: the handler's. pre,
+// if not nil, is what an event loop read of the connection already.
+func (g *Gateway) handle(port uint32, f *flow, dc *dialContext, pre *preread) {
 	c := f.client.tcp
 	forwarding := false
 	defer func() {
@@ -24,20 +25,26 @@ func (g *Gateway) handle(port uint32, f *flow, dc *dialContext) {
 			g.release(f)
 		}
 	}()
-	bp := g.bufs.Get().(*[]byte)
-	start := time.Now()
-	hello, err := g.cfg.Peek.Peek(c, *bp)
-	g.m.PeekSeconds.Observe(time.Since(start).Seconds())
+	var bp *[]byte
+	var hello sni.Hello
+	var err error
+	switch {
+	case pre == nil:
+		bp = g.bufs.Get().(*[]byte)
+		start := time.Now()
+		hello, err = g.cfg.Peek.Peek(c, *bp)
+		g.m.PeekSeconds.Observe(time.Since(start).Seconds())
+	case pre.parsed:
+		bp, hello, err = pre.bp, pre.hello, pre.err
+	default:
+		bp = pre.bp
+		start := time.Now()
+		hello, err = g.cfg.Peek.PeekFrom(c, *bp, pre.n)
+		g.m.PeekSeconds.Observe(time.Since(start).Seconds())
+	}
 	if err != nil {
 		g.bufs.Put(bp)
-		if len(hello.Raw) == 0 && errors.Is(err, io.EOF) {
-			// Connect and close without a byte: a load balancer's TCP
-			// health check, not an attack. Counted, not logged.
-			g.m.reject(RejectNoData)
-			c.Close()
-			return
-		}
-		g.refuse(c, &refusal{reason: rejectPeekPrefix + sni.Reason(err), err: err})
+		g.refuse(c, peekRefusal(hello, err))
 		return
 	}
 	defer func() {
@@ -64,6 +71,17 @@ func (g *Gateway) handle(port uint32, f *flow, dc *dialContext) {
 	if !g.handover(f) {
 		f.forward()
 	}
+}
+
+// peekRefusal is the refusal of a connection whose hello the peek
+// refused with err.
+func peekRefusal(hello sni.Hello, err error) *refusal {
+	if len(hello.Raw) == 0 && errors.Is(err, io.EOF) {
+		// Connect and close without a byte: a load balancer's TCP
+		// health check, not an attack. Counted, not logged.
+		return &refusal{reason: RejectNoData, quiet: true}
+	}
+	return &refusal{reason: rejectPeekPrefix + sni.Reason(err), err: err}
 }
 
 // route decides where a client's connection to port goes, from its

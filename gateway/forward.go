@@ -35,21 +35,40 @@ type stream interface {
 	Abort()
 }
 
-// end is one half-connection of a flow: a TCP socket or a tunnel stream.
+// end is one half-connection of a flow: a TCP socket or a tunnel
+// stream, or a raw socket that only an event loop uses (c nil, raw set).
 type end struct {
 	c   halfConn
 	tcp *net.TCPConn // c as a socket; nil for a stream
+	raw bool         // fd is a socket of the loop's, outside Go's net
+	fd  int
 }
 
 func tcpEnd(c *net.TCPConn) end { return end{c: c, tcp: c} }
 func streamEnd(s stream) end    { return end{c: s} }
+func rawEnd(fd int) end         { return end{raw: true, fd: fd} }
 
 // reset makes the end's close a reset: a TCP RST, or a stream reset.
 func (e *end) reset() {
-	if e.tcp != nil {
+	switch {
+	case e.raw:
+		unix.SetsockoptLinger(e.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	case e.tcp != nil:
 		e.tcp.SetLinger(0)
-	} else if s, ok := e.c.(stream); ok {
-		s.Abort()
+	default:
+		if s, ok := e.c.(stream); ok {
+			s.Abort()
+		}
+	}
+}
+
+// close closes the end, if it is one.
+func (e *end) close() {
+	switch {
+	case e.raw:
+		unix.Close(e.fd)
+	case e.c != nil:
+		e.c.Close()
 	}
 }
 
@@ -167,8 +186,8 @@ func (f *flow) close() {
 		f.client.reset()
 		f.up.reset()
 	}
-	f.client.c.Close()
-	f.up.c.Close()
+	f.client.close()
+	f.up.close()
 	f.g.release(f)
 }
 

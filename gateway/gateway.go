@@ -81,6 +81,14 @@ type Config struct {
 	// DestinationRule locality load balancing is relative to; "" (the
 	// default) turns locality load balancing off.
 	Locality string
+	// LoopAccept makes the event loops accept the listeners'
+	// connections, read and route their ClientHello and dial local
+	// endpoints themselves, with raw non-blocking sockets, rather than
+	// Go's net and a handler goroutine; what they do not dial
+	// themselves (tunneled routes, endpoints named by DNS, hellos that
+	// take more than one read) goes to the handlers as before. Default
+	// false (docs/architecture.md).
+	LoopAccept bool
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 	// Metrics receives counters; nil keeps them unexported.
@@ -159,10 +167,17 @@ type Gateway struct {
 	now func() int64
 }
 
-// listener is one bound port.
+// listener is one bound port: a Go listener that serve accepts on, or,
+// with Config.LoopAccept, a socket the event loops accept on (ln nil).
 type listener struct {
 	port uint32
 	ln   *net.TCPListener
+	addr net.Addr
+	// With the loops' sockets (one per loop, SO_REUSEPORT): the loops
+	// that still poll theirs, and closed, closed once the last closed
+	// its.
+	holders atomic.Int32
+	closed  chan struct{}
 }
 
 // New returns a Gateway with no listeners.
@@ -219,10 +234,22 @@ const chunkSize = 16 << 10
 // connections are untouched. If a port cannot be bound, nothing changes and
 // the error names the port.
 func (g *Gateway) Apply(v *discovery.View) error {
+	closing, err := g.apply(v)
+	for _, l := range closing {
+		if l.closed != nil {
+			<-l.closed
+		}
+	}
+	return err
+}
+
+// apply is Apply under g.mu; it returns the listeners it closes, which
+// the loops may still be letting go.
+func (g *Gateway) apply(v *discovery.View) ([]*listener, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.draining.Load() {
-		return errors.New("gateway is draining")
+		return nil, errors.New("gateway is draining")
 	}
 	want := make(map[uint32]bool)
 	var added []*listener
@@ -232,31 +259,35 @@ func (g *Gateway) Apply(v *discovery.View) error {
 			continue
 		}
 		addr := net.JoinHostPort(g.cfg.BindAddress, strconv.Itoa(int(port)))
-		ln, err := listen(addr)
+		ln, err := listen(addr, g.cfg.LoopAccept)
 		if err != nil {
 			for _, a := range added {
 				a.ln.Close()
 			}
-			return fmt.Errorf("listener for %v port %d: %w", gw.Source, port, err)
+			return nil, fmt.Errorf("listener for %v port %d: %w", gw.Source, port, err)
 		}
-		added = append(added, &listener{port: port, ln: ln})
+		added = append(added, &listener{port: port, ln: ln, addr: ln.Addr()})
 	}
 	g.table.Store(g.buildTable(v))
 	g.startProbing()
 	for _, l := range added {
 		g.listeners[l.port] = l
-		g.wg.Add(1)
-		go g.serve(l)
-		g.log.Info("listening", "address", l.ln.Addr().String())
+		if !g.cfg.LoopAccept || !g.listenInLoops(l) {
+			g.wg.Add(1)
+			go g.serve(l)
+		}
+		g.log.Info("listening", "address", l.addr.String())
 	}
+	var closing []*listener
 	for port, l := range g.listeners {
 		if !want[port] {
-			l.ln.Close()
+			g.closeListener(l)
+			closing = append(closing, l)
 			delete(g.listeners, port)
-			g.log.Info("listener closed", "address", l.ln.Addr().String())
+			g.log.Info("listener closed", "address", l.addr.String())
 		}
 	}
-	return nil
+	return closing, nil
 }
 
 // servedPorts returns every port v serves, AUTO_PASSTHROUGH and
@@ -276,9 +307,13 @@ func servedPorts(v *discovery.View) map[uint32]*discovery.Gateway {
 // splice fast path cannot use, with the options of listenerOptions.
 // KeepAlive -1 keeps Go from setting the keep-alive options again on
 // every accepted socket (4 system calls each): Linux copies them from
-// the listening socket.
-func listen(addr string) (*net.TCPListener, error) {
+// the listening socket. With reusePort, further sockets can bind the
+// same address (listenInLoops).
+func listen(addr string, reusePort bool) (*net.TCPListener, error) {
 	lc := net.ListenConfig{KeepAlive: -1, Control: listenerOptions}
+	if reusePort {
+		lc.Control = reusePortOptions
+	}
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
@@ -293,7 +328,7 @@ func (g *Gateway) Addrs() map[uint32]net.Addr {
 	defer g.mu.Unlock()
 	out := make(map[uint32]net.Addr, len(g.listeners))
 	for p, l := range g.listeners {
-		out[p] = l.ln.Addr()
+		out[p] = l.addr
 	}
 	return out
 }
@@ -340,7 +375,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.mu.Lock()
 	g.draining.Store(true)
 	for port, l := range g.listeners {
-		l.ln.Close()
+		g.closeListener(l)
 		delete(g.listeners, port)
 	}
 	g.mu.Unlock()
@@ -381,22 +416,43 @@ func (g *Gateway) serve(l *listener) {
 			continue
 		}
 		backoff = 0
-		g.m.Accepted.Inc()
-		if n := g.active.Add(1); n > int64(g.cfg.MaxConnections) {
-			g.active.Add(-1)
-			g.answer(c, &refusal{reason: RejectOverLimit, args: []any{"limit", g.cfg.MaxConnections}})
+		if ref := g.admitConn(); ref != nil {
+			g.answer(c, ref)
 			c.SetLinger(0)
 			c.Close()
 			continue
 		}
-		g.m.Active.Add(1)
 		f := &flow{g: g, client: tcpEnd(c)}
-		g.mu.Lock()
-		g.flows[f] = struct{}{}
-		g.mu.Unlock()
-		g.wg.Add(1)
-		g.dispatch(l.port, f)
+		g.track(f)
+		g.dispatch(l.port, f, nil)
 	}
+}
+
+// admitConn counts an accepted connection against MaxConnections, or
+// returns the refusal of one over it, which the caller resets.
+func (g *Gateway) admitConn() *refusal {
+	g.m.Accepted.Inc()
+	if n := g.active.Add(1); n > int64(g.cfg.MaxConnections) {
+		g.active.Add(-1)
+		return &refusal{reason: RejectOverLimit, args: []any{"limit", g.cfg.MaxConnections}}
+	}
+	g.m.Active.Add(1)
+	return nil
+}
+
+// leaveConn lets go of a connection admitConn counted.
+func (g *Gateway) leaveConn() {
+	g.active.Add(-1)
+	g.m.Active.Add(-1)
+}
+
+// track registers f, an admitted connection, with the flows that
+// Shutdown waits for and cuts; release lets it go.
+func (g *Gateway) track(f *flow) {
+	g.mu.Lock()
+	g.flows[f] = struct{}{}
+	g.mu.Unlock()
+	g.wg.Add(1)
 }
 
 // table is an immutable routing snapshot.
@@ -451,7 +507,7 @@ func (g *Gateway) buildTable(v *discovery.View) *table {
 // its policy, taking each endpoint's state from keep or, for one new to
 // keep, from the last table. Called with g.mu held.
 func (g *Gateway) buildCluster(r *discovery.Route, st *routeState, keep map[string]*upstream) *cluster {
-	cl := &cluster{route: r, idle: g.cfg.IdleTimeout}
+	cl := &cluster{route: r, idle: g.cfg.IdleTimeout, raw: true}
 	weights, prio, levels := g.localize(r)
 	for i, tg := range r.Targets {
 		w := uint64(tg.Weight)
@@ -463,11 +519,12 @@ func (g *Gateway) buildCluster(r *discovery.Route, st *routeState, keep map[stri
 		u, ok := keep[tg.Address]
 		if !ok {
 			if u, ok = g.upstreams[tg.Address]; !ok {
-				u = &upstream{addr: tg.Address}
+				u = &upstream{addr: tg.Address, ap: addrPortOf(tg.Address)}
 			}
 			keep[tg.Address] = u
 		}
 		cl.add(u, w)
+		cl.raw = cl.raw && u.ap.IsValid()
 		cl.target = append(cl.target, i)
 		if prio != nil {
 			cl.prio = append(cl.prio, prio[i])

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"sync"
+
+	"github.com/ewgate/ewgate/sni"
 	"sync/atomic"
 )
 
@@ -30,6 +32,18 @@ type handlers struct {
 type handlerJob struct {
 	port uint32
 	f    *flow
+	pre  *preread
+}
+
+// preread is what an event loop read of a connection it hands to a
+// handler (acceptRaw): the first n bytes in *bp, the pooled hello
+// buffer, and, if parsed, the hello or the error they gave.
+type preread struct {
+	bp     *[]byte
+	n      int
+	parsed bool
+	hello  sni.Hello
+	err    error
 }
 
 func newHandlers() *handlers {
@@ -38,19 +52,20 @@ func newHandlers() *handlers {
 
 // dispatch handles f, accepted on port, on a waiting handler, or on a new
 // one if none is waiting.
-func (g *Gateway) dispatch(port uint32, f *flow) {
+func (g *Gateway) dispatch(port uint32, f *flow, pre *preread) {
 	h := g.handlers
+	j := handlerJob{port, f, pre}
 	select {
-	case h.next <- handlerJob{port, f}:
+	case h.next <- j:
 	default:
 		h.wg.Add(1)
-		go g.handler(port, f)
+		go g.handler(j)
 	}
 }
 
 // handler handles f, then the connections dispatch gives it, until more
 // than maxIdleHandlers would wait or the gateway stops them.
-func (g *Gateway) handler(port uint32, f *flow) {
+func (g *Gateway) handler(j handlerJob) {
 	h := g.handlers
 	h.live.Add(1)
 	defer func() {
@@ -59,14 +74,13 @@ func (g *Gateway) handler(port uint32, f *flow) {
 	}()
 	dc := newDialContext()
 	for {
-		g.handle(port, f, dc)
+		g.handle(j.port, j.f, dc, j.pre)
 		if h.idle.Add(1) > maxIdleHandlers {
 			h.idle.Add(-1)
 			return
 		}
 		select {
-		case j := <-h.next:
-			port, f = j.port, j.f
+		case j = <-h.next:
 			h.idle.Add(-1)
 		case <-h.quit:
 			h.idle.Add(-1)

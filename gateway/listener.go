@@ -53,3 +53,22 @@ func listenerOptions(network, address string, c syscall.RawConn) error {
 	}
 	return err
 }
+
+// reusePortOptions is listenerOptions with SO_REUSEPORT, for the loops'
+// sockets of one port, one each, between which the kernel spreads the
+// connections.
+func reusePortOptions(network, address string, c syscall.RawConn) error {
+	var err error
+	cerr := c.Control(func(fd uintptr) {
+		if err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			err = fmt.Errorf("listener %s %s: setting SO_REUSEPORT: %w", network, address, err)
+		}
+	})
+	if cerr != nil {
+		return cerr
+	}
+	if err != nil {
+		return err
+	}
+	return listenerOptions(network, address, c)
+}

@@ -69,6 +69,15 @@ func (ls *loops) pick(g *Gateway) *loop {
 	return ls.all[int(ls.next.Add(1))%len(ls.all)]
 }
 
+// started returns the loops, starting them if need be; nil if they
+// cannot run.
+func (ls *loops) started(g *Gateway) []*loop {
+	if ls.pick(g) == nil {
+		return nil
+	}
+	return ls.all
+}
+
 // stop ends the loops once the flows they pumped are released, and waits
 // for their goroutines. A flow still in a loop is reset.
 func (ls *loops) stop() {
@@ -93,6 +102,10 @@ func (ls *loops) stop() {
 type command struct {
 	f    *flow // end f
 	stop bool
+	// listen and unlisten give the loop a listening socket to accept
+	// on, or take it back (loopaccept.go).
+	listen, unlisten *listener
+	fd               int // the loop's socket of listen
 	// fn, if set, is run by the loop, with nothing else: how a test
 	// reads the loop's state.
 	fn func()
@@ -129,6 +142,16 @@ type loop struct {
 	events  []unix.EpollEvent
 	// stopping is set by the stop command: run returns.
 	stopping bool
+	// lns are the listening sockets the loop accepts on; dials the flows
+	// whose upstream it is connecting; gen the generation of the last
+	// socket it registered (side.gen).
+	lns   []loopListener
+	dials []*loopFlow
+	gen   int32
+	// sa4 and sa6 are the addresses connectRaw passes, reused.
+	sa4 unix.SockaddrInet4
+	sa6 unix.SockaddrInet6
+	rsa unix.RawSockaddrAny // accept4's
 }
 
 // maxPooledPipes bounds the empty pipes a loop keeps: a bulk transfer
@@ -252,6 +275,12 @@ func (l *loop) poll(uintptr) bool {
 				woken = true
 				continue
 			}
+			if ev.Pad == padListener {
+				if ln := l.listenerAt(fd); ln != nil {
+					l.accept(ln)
+				}
+				continue
+			}
 			if fd >= len(l.byFD) || l.byFD[fd] == nil {
 				// A new flow's first edge, or a stale event of a flow
 				// ended earlier in this batch, which left nil at its
@@ -263,7 +292,11 @@ func (l *loop) poll(uintptr) bool {
 					continue
 				}
 			}
-			l.ready(l.byFD[fd], ev.Events)
+			if s := l.byFD[fd]; s.gen == ev.Pad {
+				// Another generation's: a stale event of a socket closed
+				// earlier in this batch, whose number s's reuses.
+				l.ready(s, ev.Events)
+			}
 		}
 		if woken && l.commands() {
 			l.stopping = true
@@ -271,6 +304,9 @@ func (l *loop) poll(uintptr) bool {
 		}
 		if l.minIdle > 0 && l.now >= l.sweepAt {
 			l.sweep()
+		}
+		if len(l.dials) > 0 {
+			l.expireDials()
 		}
 		l.arm()
 		if n == len(l.events) {
@@ -289,6 +325,9 @@ func (l *loop) arm() {
 	at := l.sweepAt
 	if l.minIdle == 0 || len(l.flows) == 0 {
 		at = 0
+	}
+	if d := l.dialDue(); d != 0 && (at == 0 || d < at) {
+		at = d
 	}
 	if at == l.armed {
 		return
@@ -316,6 +355,10 @@ func (l *loop) commands() (stop bool) {
 		switch {
 		case c.stop:
 			stop = true
+		case c.listen != nil:
+			l.listen(c.listen, c.fd)
+		case c.unlisten != nil:
+			l.unlisten(c.unlisten)
 		case c.fn != nil:
 			c.fn()
 		case c.f.lf != nil && !c.f.lf.done:
@@ -330,6 +373,9 @@ func (l *loop) commands() (stop bool) {
 			lf := l.flows[0]
 			lf.f.failed.Store(true)
 			l.finish(lf)
+		}
+		for len(l.dials) > 0 {
+			l.finish(l.dials[0])
 		}
 	}
 	return stop

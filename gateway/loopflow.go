@@ -16,6 +16,9 @@ type loopFlow struct {
 	last int64 // the loop's clock when a byte last moved
 	i    int   // index in the loop's flows; -1 while not in it
 	done bool  // finished: later events and commands are stale
+	// dial, while the loop connects the upstream socket, is the
+	// connect's state (loopaccept.go); the flow is not pumped yet.
+	dial *loopDial
 }
 
 // side is one socket of a loop flow. Both sockets are registered once,
@@ -23,8 +26,11 @@ type loopFlow struct {
 // the edges, cleared by a read or write that comes short, so no chunk
 // costs a system call beyond its read and write.
 type side struct {
-	lf       *loopFlow
-	fd       int
+	lf *loopFlow
+	fd int
+	// gen tags the socket's events (EpollEvent.Pad) for a socket the
+	// loop registered itself (watch); 0 for register's.
+	gen      int32
 	readable bool // read may return bytes: no short read since the last edge
 	writable bool // write may take bytes: no short write since the last edge
 	// hup: the peer's FIN or an error arrived; the reads that follow
@@ -38,6 +44,9 @@ type side struct {
 	// a slow reader costs at most one chunk.
 	pend   *[]byte
 	off, n int
+	// uncounted: the first bytes of pend are the rest of the hello,
+	// which is not counted as forwarded.
+	uncounted int
 	// pipe holds inPipe bytes spliced from this side for the other.
 	pipe   *pipe
 	inPipe int
@@ -135,6 +144,14 @@ func (l *loop) adopt(lf *loopFlow) {
 		}
 		l.byFD[fd] = &lf.side[i]
 	}
+	l.track(lf)
+}
+
+// track adds lf, whose sockets are polled, to the flows the idle sweep
+// looks at.
+func (l *loop) track(lf *loopFlow) {
+	f := lf.f
+	lf.last = l.now
 	lf.i = len(l.flows)
 	l.flows = append(l.flows, lf)
 	if f.idle > 0 && (l.minIdle == 0 || f.idle < l.minIdle) {
@@ -151,6 +168,9 @@ func (l *loop) finish(lf *loopFlow) {
 	lf.done = true
 	f := lf.f
 	f.ended.Store(true)
+	if lf.dial != nil {
+		l.abandonDial(lf)
+	}
 	if lf.i >= 0 {
 		last := l.flows[len(l.flows)-1]
 		l.flows[lf.i], last.i = last, lf.i
@@ -189,6 +209,18 @@ func (l *loop) ready(s *side, ev uint32) {
 		s.writable = true
 	}
 	lf := s.lf
+	if lf.dial != nil {
+		if s == &lf.side[1] {
+			l.dialEvent(lf, ev)
+		}
+		return
+	}
+	l.pumpBoth(lf)
+}
+
+// pumpBoth pumps lf both ways and ends it on an error or once both
+// directions are done.
+func (l *loop) pumpBoth(lf *loopFlow) {
 	err := l.pump(lf, 0)
 	if err == nil {
 		err = l.pump(lf, 1)
@@ -219,8 +251,12 @@ func (l *loop) pump(lf *loopFlow, i int) error {
 		}
 		if s.eof {
 			// As forward's CloseWrite: an error here is the other
-			// direction's to see.
-			unix.Shutdown(t.fd, unix.SHUT_WR)
+			// direction's to see. The last direction to end leaves the
+			// FIN to finish's close: the other read t to its end, so
+			// the close cannot turn into a reset.
+			if !t.shut {
+				unix.Shutdown(t.fd, unix.SHUT_WR)
+			}
 			s.shut = true
 			return nil
 		}
@@ -292,7 +328,9 @@ func (l *loop) flush(lf *loopFlow, i int) error {
 			return os.NewSyscallError("write", err)
 		}
 		s.off += w
-		l.count(i, w)
+		skip := min(w, s.uncounted)
+		s.uncounted -= skip
+		l.count(i, w-skip)
 		lf.last = l.now
 		if s.off < s.n {
 			t.writable = false

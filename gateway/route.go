@@ -48,6 +48,7 @@ type refusal struct {
 	key    sni.Key // the routing key, if it was decoded
 	args   []any   // more log detail
 	err    error   // the cause, if any
+	quiet  bool    // counted, not logged
 }
 
 // plan is what resolve decided for a routable connection: dial cl's
@@ -134,8 +135,7 @@ func (g *Gateway) resolve(t *table, li int, key sni.Key) (plan, *refusal) {
 func (g *Gateway) dial(t *table, p plan, client net.Addr, dc *dialContext) (end, *upstream, *cluster, *refusal) {
 	if p.cl != nil {
 		if !p.cl.admit() {
-			return end{}, nil, nil, &refusal{reason: RejectRouteOverLimit, alert: alertInternalError, key: p.key,
-				args: []any{"max_connections", p.cl.policy.MaxConnections}}
+			return end{}, nil, nil, routeOverLimit(p)
 		}
 		up, u, tried, err := g.dialCluster(p.cl, p.key, nil, client, dc)
 		if err == nil {
@@ -143,7 +143,7 @@ func (g *Gateway) dial(t *table, p plan, client net.Addr, dc *dialContext) (end,
 		}
 		p.cl.leave()
 		if p.tn == nil {
-			return end{}, nil, nil, &refusal{reason: RejectUnavailable, alert: alertInternalError, key: p.key, args: []any{"tried", tried}, err: err}
+			return end{}, nil, nil, unavailable(p, tried, err)
 		}
 		g.rlog.Warn(g.log, "failover", "no endpoint of this network connects: trying other networks through tunnels", "sni", p.key.SNI(), "tried", tried, "err", err)
 	}
@@ -165,31 +165,34 @@ func (g *Gateway) dial(t *table, p plan, client net.Addr, dc *dialContext) (end,
 		args: []any{"via", "tunnel", "tried", tried}, err: err}
 }
 
+// routeOverLimit refuses a connection to p's route, at its
+// MaxConnections.
+func routeOverLimit(p plan) *refusal {
+	return &refusal{reason: RejectRouteOverLimit, alert: alertInternalError, key: p.key,
+		args: []any{"max_connections", p.cl.policy.MaxConnections}}
+}
+
+// unavailable refuses a connection to p's cluster, of which tried
+// members failed to connect, the last with err.
+func unavailable(p plan, tried int, err error) *refusal {
+	return &refusal{reason: RejectUnavailable, alert: alertInternalError, key: p.key, args: []any{"tried", tried}, err: err}
+}
+
 // dialCluster connects to one of cl's members, trying up to DialAttempts
 // of them in the order cluster.pick chooses: endpoints by TCP, or, with
 // tn set, other networks' gateways by tunnel stream. It returns the
 // number tried, and the last error on failure. dc is dial's.
 func (g *Gateway) dialCluster(cl *cluster, key sni.Key, tn *tunnels, client net.Addr, dc *dialContext) (end, *upstream, int, error) {
-	var triedBuf [8]int
-	tried := triedBuf[:0]
-	err := errNoMember
-	var src uint64
-	if cl.addrHash != nil {
-		src = sourceHash(client)
-	}
-	dialer := &g.dialer
-	if cl.dialer != nil {
-		dialer = cl.dialer
-	}
-	for range g.cfg.DialAttempts {
-		i := cl.pick(tried, g.now(), src)
-		if i < 0 {
-			break
+	var a attempts
+	a.begin(cl, client)
+	dialer := cl.dialerOr(&g.dialer)
+	for {
+		u := g.nextMember(cl, &a)
+		if u == nil {
+			return end{}, nil, len(a.tried), a.err
 		}
-		tried = append(tried, i)
-		u := cl.members[i]
-		u.active.Add(1)
 		var up end
+		var err error
 		if tn != nil {
 			up, err = tn.dial(g.cfg.DialTimeout, u, key, client)
 		} else {
@@ -208,15 +211,69 @@ func (g *Gateway) dialCluster(cl *cluster, key sni.Key, tn *tunnels, client net.
 				up = tcpEnd(c.(*net.TCPConn))
 			}
 		}
-		g.result(cl, u, err)
-		if err == nil {
-			return up, u, len(tried), nil
+		if g.dialed(cl, u, &a, key, tn != nil, err) {
+			return up, u, len(a.tried), nil
 		}
-		u.active.Add(-1)
-		g.m.ConnectErrors.Inc()
-		g.rlog.Warn(g.log, "connect", "upstream connect failed", "upstream", u.addr, "tunnel", tn != nil, "sni", key.SNI(), "err", err)
 	}
-	return end{}, nil, len(tried), err
+}
+
+// attempts is the state of one connection's tries at a cluster's
+// members, which dialCluster and the event loops' dial share: the
+// members tried, in order, and the last error.
+type attempts struct {
+	buf   [8]int
+	tried []int
+	src   uint64 // the client's source hash, for cluster.pick
+	err   error
+}
+
+// begin starts the attempts of a connection from client to cl.
+func (a *attempts) begin(cl *cluster, client net.Addr) {
+	a.tried, a.err = a.buf[:0], errNoMember
+	if cl.addrHash != nil {
+		a.src = sourceHash(client)
+	}
+}
+
+// nextMember picks the member of cl to try next, counted as active, or
+// returns nil once DialAttempts were tried or none is left; a.err then
+// says why the last one failed.
+func (g *Gateway) nextMember(cl *cluster, a *attempts) *upstream {
+	if len(a.tried) >= g.cfg.DialAttempts {
+		return nil
+	}
+	i := cl.pick(a.tried, g.now(), a.src)
+	if i < 0 {
+		return nil
+	}
+	a.tried = append(a.tried, i)
+	u := cl.members[i]
+	u.active.Add(1)
+	return u
+}
+
+// dialed records the outcome of a connect to u that nextMember picked,
+// for outlier detection, and reports whether it connected; a failure is
+// counted, logged and no longer active.
+func (g *Gateway) dialed(cl *cluster, u *upstream, a *attempts, key sni.Key, tunnel bool, err error) bool {
+	g.result(cl, u, err)
+	if err == nil {
+		return true
+	}
+	a.err = err
+	u.active.Add(-1)
+	g.m.ConnectErrors.Inc()
+	g.rlog.Warn(g.log, "connect", "upstream connect failed", "upstream", u.addr, "tunnel", tunnel, "sni", key.SNI(), "err", err)
+	return false
+}
+
+// dialerOr returns the dialer of cl's policy (its connect timeout and
+// keep-alive), or def.
+func (cl *cluster) dialerOr(def *net.Dialer) *net.Dialer {
+	if cl.dialer != nil {
+		return cl.dialer
+	}
+	return def
 }
 
 // errNoMember is dialCluster's error when it tried nothing.
@@ -229,8 +286,23 @@ func alertRecord(alert byte) []byte { return []byte{21, 3, 3, 0, 2, 2, alert} }
 // connection under ref's reason and sends c ref's TLS alert, if any. It
 // reports whether an alert was written. The caller closes c.
 func (g *Gateway) answer(c net.Conn, ref *refusal) bool {
+	g.note(c.RemoteAddr().String(), ref)
+	if ref.alert == 0 {
+		return false
+	}
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	_, err := c.Write(alertRecord(ref.alert))
+	return err == nil
+}
+
+// note counts and logs the refusal of client's connection under ref's
+// reason: the part of answer that every path shares.
+func (g *Gateway) note(client string, ref *refusal) {
 	g.m.reject(ref.reason)
-	args := []any{"reason", ref.reason, "client", c.RemoteAddr().String()}
+	if ref.quiet {
+		return
+	}
+	args := []any{"reason", ref.reason, "client", client}
 	if ref.key.Host != "" {
 		args = append(args, "key", ref.key.String())
 	}
@@ -239,12 +311,6 @@ func (g *Gateway) answer(c net.Conn, ref *refusal) bool {
 		args = append(args, "err", ref.err)
 	}
 	g.rlog.Warn(g.log, ref.reason, "connection refused", args...)
-	if ref.alert == 0 {
-		return false
-	}
-	c.SetWriteDeadline(time.Now().Add(time.Second))
-	_, err := c.Write(alertRecord(ref.alert))
-	return err == nil
 }
 
 // refuse answers a client of this gateway that will not be forwarded and

@@ -135,6 +135,14 @@ func (p *Peeker) timeout() time.Duration {
 // error Hello.Raw still holds the bytes read, for logging or for handing the
 // connection to another protocol.
 func (p *Peeker) Peek(conn net.Conn, buf []byte) (Hello, error) {
+	return p.PeekFrom(conn, buf, 0)
+}
+
+// PeekFrom is Peek for a connection of which the first n bytes were
+// read already, into buf[:n] (as Parse found them incomplete), n at most
+// MaxBytes: it reads the rest under the same rule and limits, the
+// timeout counting from the call.
+func (p *Peeker) PeekFrom(conn net.Conn, buf []byte, n int) (Hello, error) {
 	limit := p.maxBytes()
 	if t := p.timeout(); t > 0 {
 		err := conn.SetReadDeadline(time.Now().Add(t))
@@ -154,12 +162,16 @@ func (p *Peeker) Peek(conn net.Conn, buf []byte) (Hello, error) {
 		buf = buf[:limit]
 	}
 	var (
-		n     int
 		a     assembler
 		empty int
 	)
 	a.budget = p.budget()
 	defer func() { a.budget.release(a.held) }()
+	if n > 0 {
+		if h, done, err := a.hello(buf[:n], limit); done {
+			return h, err
+		}
+	}
 	for {
 		if n == len(buf) {
 			if n >= limit {
@@ -184,13 +196,7 @@ func (p *Peeker) Peek(conn net.Conn, buf []byte) (Hello, error) {
 		n += m
 		// Look at the data before the error: a client may send its last
 		// bytes and close at once.
-		msg, err := a.advance(buf[:n], limit)
-		if err != nil {
-			return Hello{Raw: buf[:n]}, err
-		}
-		if msg != nil {
-			h, err := ParseClientHello(msg)
-			h.Raw = buf[:n]
+		if h, done, err := a.hello(buf[:n], limit); done {
 			return h, err
 		}
 		if rerr != nil {
@@ -202,6 +208,50 @@ func (p *Peeker) Peek(conn net.Conn, buf []byte) (Hello, error) {
 			return Hello{Raw: buf[:n]}, fmt.Errorf("%w after %d bytes: %w", ErrTruncated, n, io.ErrNoProgress)
 		}
 	}
+}
+
+// ErrIncomplete is Parse's error for bytes that are the start of an
+// acceptable ClientHello but not all of it.
+var ErrIncomplete = errors.New("sni: ClientHello incomplete")
+
+// Parse applies Peek's rule to raw, the bytes a connection sent so far
+// (read by the caller, as an event loop does): it returns the Hello, as
+// Peek would, once raw holds a complete ClientHello, Peek's error as soon
+// as raw proves the connection cannot carry an acceptable one (ErrTooLarge
+// once raw reaches MaxBytes), or ErrIncomplete while more bytes are
+// needed. A hello split across records is reassembled under the Budget,
+// as Peek does; the Hello aliases raw otherwise.
+func (p *Peeker) Parse(raw []byte) (Hello, error) {
+	limit := p.maxBytes()
+	if len(raw) > limit {
+		raw = raw[:limit]
+	}
+	var a assembler
+	a.budget = p.budget()
+	defer func() { a.budget.release(a.held) }()
+	if h, done, err := a.hello(raw, limit); done {
+		return h, err
+	}
+	if len(raw) >= limit {
+		return Hello{Raw: raw}, fmt.Errorf("%w: no complete ClientHello in %d bytes", ErrTooLarge, len(raw))
+	}
+	return Hello{Raw: raw}, ErrIncomplete
+}
+
+// hello examines raw, the bytes read so far, and reports whether they
+// decide the peek: the ClientHello they hold, or the error that proves
+// they cannot hold an acceptable one.
+func (a *assembler) hello(raw []byte, limit int) (Hello, bool, error) {
+	msg, err := a.advance(raw, limit)
+	if err != nil {
+		return Hello{Raw: raw}, true, err
+	}
+	if msg == nil {
+		return Hello{}, false, nil
+	}
+	h, err := ParseClientHello(msg)
+	h.Raw = raw
+	return h, true, err
 }
 
 func (p *Peeker) budget() *Budget {

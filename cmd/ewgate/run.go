@@ -95,6 +95,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		ProbeInterval:  time.Duration(s.ProbeInterval),
 		IdleTimeout:    idleTimeout(s.IdleTimeout),
 		MaxConnections: s.MaxConns,
+		LoopAccept:     s.LoopAccept,
 		Locality:       cmp.Or(s.Locality, discovery.LocalityFromLabels(s.NodeLabels, s.NodeLabels)),
 		Logger:         log,
 		Metrics:        gateway.NewMetrics(reg),
