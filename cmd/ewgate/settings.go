@@ -134,6 +134,7 @@ type settings struct {
 
 func defaultSettings() settings {
 	return settings{
+		LoopAccept:    true,
 		BindAddress:   "0.0.0.0",
 		AdminAddress:  "127.0.0.1:15446",
 		DrainTimeout:  duration(30 * time.Second),
