@@ -91,7 +91,7 @@ func normalizeEndpoint(i int, re RegisteredEndpoint) (RegisteredEndpoint, error)
 	ep := re.Endpoint
 	for _, name := range slices.Sorted(maps.Keys(ep.Ports)) {
 		f := fmt.Sprintf("endpoints[%d].ports[%q]", i, name)
-		if !isDNSLabel(name) {
+		if !sni.IsDNSLabel(name) {
 			return RegisteredEndpoint{}, fieldErrorf(f, "port name must be a lower-case DNS label of at most %d bytes", maxNameLen)
 		}
 		if p := ep.Ports[name]; p < 1 || p > 65535 {
@@ -138,20 +138,6 @@ func endpointAddress(s string) (string, error) {
 		return "", fmt.Errorf("%s has an IPv6 zone", quote(s))
 	}
 	return ip.Unmap().String(), nil
-}
-
-// isDNSLabel reports whether s is a lower-case RFC 1123 label: what Istio
-// requires of port names.
-func isDNSLabel(s string) bool {
-	if s == "" || len(s) > maxNameLen || s[0] == '-' || s[len(s)-1] == '-' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 // sameEndpoints reports whether two normalized registrations are equal.

@@ -159,7 +159,7 @@ func ParseHost(s string) (string, error) {
 // Istio requires of DestinationRule subset names. Errors satisfy
 // errors.Is(err, [ErrBadName]) and say what is wrong with the subset.
 func CheckSubset(s string) error {
-	if !isDNSLabel(s) {
+	if !IsDNSLabel(s) {
 		return badPart("subset", s, "must be a lower-case DNS-1123 label of at most 63 bytes")
 	}
 	return nil
@@ -217,8 +217,11 @@ func parsePort(s string) (uint16, bool) {
 	return uint16(n), true
 }
 
-// isDNSLabel reports whether s is a DNS-1123 label.
-func isDNSLabel(s string) bool {
+// IsDNSLabel reports whether s is a lower-case RFC 1123 label: 1 to 63
+// bytes of a-z, 0-9 and '-', neither first nor last. It is the one label
+// rule of the project: server names' labels here, namespaces, port and
+// Kubernetes names in discovery and api.
+func IsDNSLabel(s string) bool {
 	if len(s) == 0 || len(s) > maxLabelLen || s[0] == '-' || s[len(s)-1] == '-' {
 		return false
 	}

@@ -253,3 +253,26 @@ func TestKeyClone(t *testing.T) {
 		t.Fatal("the clone shares the key's bytes")
 	}
 }
+
+func TestIsDNSLabel(t *testing.T) {
+	for _, tc := range []struct {
+		s    string
+		want bool
+	}{
+		{"reviews", true},
+		{"a", true},
+		{"v1-2", true},
+		{strings.Repeat("a", 63), true},
+		{strings.Repeat("a", 64), false},
+		{"", false},
+		{"-a", false},
+		{"a-", false},
+		{"Reviews", false},
+		{"a_b", false},
+		{"a.b", false},
+	} {
+		if got := IsDNSLabel(tc.s); got != tc.want {
+			t.Errorf("IsDNSLabel(%q) = %v, want %v", tc.s, got, tc.want)
+		}
+	}
+}
