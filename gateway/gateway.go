@@ -87,7 +87,9 @@ type Config struct {
 	// Go's net and a handler goroutine; what they do not dial
 	// themselves (tunneled routes, endpoints named by DNS, hellos that
 	// take more than one read) goes to the handlers as before. Default
-	// false (docs/architecture.md).
+	// false, so that a Gateway built without it is served by the
+	// handlers alone; ewgate run sets it (--loop-accept, on by default:
+	// docs/architecture.md).
 	LoopAccept bool
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger

@@ -213,7 +213,7 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.BoolVar(&s.AnyALPN, "any-alpn", s.AnyALPN, "do not check the client's ALPN (Istio always does)")
 	fs.BoolVar(&s.AnyTLSMode, "any-tls-mode", s.AnyTLSMode, "route to endpoints without the security.istio.io/tlsMode=istio label")
 	fs.IntVar(&s.MaxConns, "max-connections", s.MaxConns, "concurrent client connections; more are refused")
-	fs.BoolVar(&s.LoopAccept, "loop-accept", s.LoopAccept, "accept, route and dial connections in the event loops with raw sockets (experimental)")
+	fs.BoolVar(&s.LoopAccept, "loop-accept", s.LoopAccept, "accept, route and dial connections in the event loops with raw sockets (false: Go's net and handler goroutines)")
 	fs.Var(&s.IdleTimeout, "idle-timeout", "close connections idle this long both ways (0: never)")
 	fs.Var(&s.ProbeInterval, "endpoint-probe-interval", "probe each ejected endpoint with a TCP connect this often: readmitted when it connects, kept ejected while it does not (0: off, an ejection lasts 30s)")
 	fs.Var(&s.DialTimeout, "dial-timeout", "timeout of each endpoint connect")
