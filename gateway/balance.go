@@ -336,13 +336,21 @@ func hash[T string | []byte](b T) uint64 {
 
 // sourceHash hashes the client's IP address (not its port), for
 // consistentHash.useSourceIp; 0 when unknown.
-func sourceHash(client net.Addr) uint64 {
-	a, ok := client.(*net.TCPAddr)
-	if !ok {
+func sourceHash(client netip.Addr) uint64 {
+	if !client.IsValid() {
 		return 0
 	}
-	ip := a.AddrPort().Addr().Unmap().As16()
+	ip := client.Unmap().As16()
 	return hash(ip[:])
+}
+
+// addrIP is a TCP address's IP, without allocating; the zero Addr for
+// other addresses.
+func addrIP(a net.Addr) netip.Addr {
+	if t, ok := a.(*net.TCPAddr); ok {
+		return t.AddrPort().Addr()
+	}
+	return netip.Addr{}
 }
 
 // less reports whether member i is less loaded than member j, relative to

@@ -28,18 +28,18 @@ func (g *Gateway) handle(port uint32, f *flow, dc *dialContext, pre *preread) {
 	var bp *[]byte
 	var hello sni.Hello
 	var err error
-	switch {
-	case pre == nil:
-		bp = g.bufs.Get().(*[]byte)
-		start := time.Now()
-		hello, err = g.cfg.Peek.Peek(c, *bp)
-		g.m.PeekSeconds.Observe(time.Since(start).Seconds())
-	case pre.parsed:
+	if pre != nil && pre.parsed {
 		bp, hello, err = pre.bp, pre.hello, pre.err
-	default:
-		bp = pre.bp
+	} else {
+		// Peek is PeekFrom with nothing read yet.
+		n := 0
+		if pre != nil {
+			bp, n = pre.bp, pre.n
+		} else {
+			bp = g.bufs.Get().(*[]byte)
+		}
 		start := time.Now()
-		hello, err = g.cfg.Peek.PeekFrom(c, *bp, pre.n)
+		hello, err = g.cfg.Peek.PeekFrom(c, *bp, n)
 		g.m.PeekSeconds.Observe(time.Since(start).Seconds())
 	}
 	if err != nil {

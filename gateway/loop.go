@@ -111,8 +111,9 @@ type command struct {
 	fn func()
 }
 
-// loop is one event loop: a goroutine blocked in epoll_wait on the
-// sockets of its flows and an eventfd that wakes it for commands.
+// loop is one event loop: a goroutine that waits, parked in Go's
+// netpoller on its epoll set, for the sockets of its flows and for an
+// eventfd that wakes it for commands.
 type loop struct {
 	g    *Gateway
 	epfd int
@@ -292,9 +293,9 @@ func (l *loop) poll(uintptr) bool {
 					continue
 				}
 			}
+			// An event of another generation is stale: its socket was
+			// closed earlier in this batch and s reuses its number.
 			if s := l.byFD[fd]; s.gen == ev.Pad {
-				// Another generation's: a stale event of a socket closed
-				// earlier in this batch, whose number s's reuses.
 				l.ready(s, ev.Events)
 			}
 		}

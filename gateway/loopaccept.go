@@ -237,10 +237,7 @@ func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
 	g.track(f)
 	lf := &loopFlow{f: f, i: -1, dial: &loopDial{p: p, bp: bp, n: n, sa: sa, i: -1}}
 	f.lf, lf.side[0].lf, lf.side[1].lf = lf, lf, lf
-	lf.dial.a.begin(p.cl, nil)
-	if p.cl.addrHash != nil {
-		lf.dial.a.src = sourceHash(net.TCPAddrFromAddrPort(sa))
-	}
+	lf.dial.a.begin(p.cl, sa.Addr())
 	if !l.watch(&lf.side[0], fd) {
 		l.finish(lf)
 		return
@@ -469,10 +466,7 @@ func (l *loop) dialEvent(lf *loopFlow, ev uint32) {
 // dialFailed records a failed connect and tries the next member.
 func (l *loop) dialFailed(lf *loopFlow, err error) {
 	d := lf.dial
-	s := &lf.side[1]
-	l.forget(s)
-	unix.Close(s.fd)
-	*s = side{}
+	l.dropUpstream(lf)
 	l.g.dialed(d.p.cl, d.u, &d.a, d.p.key, false, err)
 	d.u = nil
 	l.connectNext(lf)
@@ -522,15 +516,21 @@ func (l *loop) endDial(lf *loopFlow) {
 func (l *loop) abandonDial(lf *loopFlow) {
 	d := lf.dial
 	if d.u != nil {
-		s := &lf.side[1]
-		l.forget(s)
-		unix.Close(s.fd)
-		*s = side{}
+		l.dropUpstream(lf)
 		d.u.active.Add(-1)
 	}
 	d.p.cl.leave()
 	l.g.bufs.Put(d.bp)
 	l.endDial(lf)
+}
+
+// dropUpstream closes the socket of a connect that failed or was
+// abandoned, and forgets it.
+func (l *loop) dropUpstream(lf *loopFlow) {
+	s := &lf.side[1]
+	l.forget(s)
+	unix.Close(s.fd)
+	*s = side{}
 }
 
 // forget clears the descriptor table's entry of s.

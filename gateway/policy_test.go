@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
@@ -593,9 +594,9 @@ func TestHashSourceIP(t *testing.T) {
 			cl.add(&upstream{addr: "10.0.0." + strconv.Itoa(i) + ":80"}, 1)
 		}
 		New(Config{}).applyPolicy(cl, cl.policy, cl.state)
-		src := sourceHash(&net.TCPAddr{IP: net.ParseIP("10.1.2.3"), Port: 1})
+		src := sourceHash(netip.MustParseAddr("10.1.2.3"))
 		first := cl.pick(nil, 0, src)
-		if other := cl.pick(nil, 0, sourceHash(&net.TCPAddr{IP: net.ParseIP("10.1.2.3"), Port: 2})); other != first {
+		if other := cl.pick(nil, 0, sourceHash(addrIP(&net.TCPAddr{IP: net.ParseIP("10.1.2.3"), Port: 2}))); other != first {
 			t.Fatalf("the client's port changed the choice: %d, %d", first, other)
 		}
 		second := cl.pick([]int{first}, 0, src)

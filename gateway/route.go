@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/ewgate/ewgate/discovery"
@@ -184,7 +185,7 @@ func unavailable(p plan, tried int, err error) *refusal {
 // number tried, and the last error on failure. dc is dial's.
 func (g *Gateway) dialCluster(cl *cluster, key sni.Key, tn *tunnels, client net.Addr, dc *dialContext) (end, *upstream, int, error) {
 	var a attempts
-	a.begin(cl, client)
+	a.begin(cl, addrIP(client))
 	dialer := cl.dialerOr(&g.dialer)
 	for {
 		u := g.nextMember(cl, &a)
@@ -228,7 +229,7 @@ type attempts struct {
 }
 
 // begin starts the attempts of a connection from client to cl.
-func (a *attempts) begin(cl *cluster, client net.Addr) {
+func (a *attempts) begin(cl *cluster, client netip.Addr) {
 	a.tried, a.err = a.buf[:0], errNoMember
 	if cl.addrHash != nil {
 		a.src = sourceHash(client)
