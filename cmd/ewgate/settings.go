@@ -173,7 +173,8 @@ func defaultSettings() settings {
 const runUsage = `Usage: ewgate run [-f PATH ...] [--kubeconfig PATH] --network NAME [flags]
 
 Runs a gateway: it listens on bind-address:<port> for each AUTO_PASSTHROUGH
-server of each Istio Gateway whose selector matches the node labels, and
+and PASSTHROUGH server of each Istio Gateway whose selector matches the node
+labels (PASSTHROUGH ones route by VirtualService tls routes), and
 forwards each mTLS connection, by its Istio SNI, to an eligible endpoint of
 its own network. Config files are watched and reloaded on change; with a
 Kubernetes source (--kubeconfig, or in a pod without -f) the cluster's
@@ -196,7 +197,7 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.StringVar(&s.SystemNamespace, "system-namespace", s.SystemNamespace, "Istio's `namespace`: its topology.istio.io/network label is the default network of pods")
 	fs.StringVar(&s.Network, "network", s.Network, "this node's network `name` (required)")
 	fs.Var(labelsFlag{&s.NodeLabels}, "node-labels", "node labels `k=v,...` matched by Gateway selectors")
-	fs.StringVar(&s.Locality, "locality", s.Locality, "the gateway's `region/zone/subzone`, for DestinationRule locality load balancing (default: from --node-labels' topology labels)")
+	fs.StringVar(&s.Locality, "locality", s.Locality, "the gateway's `region/zone/subzone`, for DestinationRule locality load balancing (default: from --node-labels' istio-locality or topology labels)")
 	fs.StringVar(&s.BindAddress, "bind-address", s.BindAddress, "`IP` the gateway listeners bind")
 	fs.StringVar(&s.AdminAddress, "admin-address", s.AdminAddress, "admin HTTP `address` (empty: off); loopback only unless --admin-allow-remote")
 	fs.BoolVar(&s.AdminAllowRemote, "admin-allow-remote", s.AdminAllowRemote, "allow a non-loopback --admin-address: metrics and debug views without authentication")
