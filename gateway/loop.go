@@ -261,7 +261,7 @@ const busyPolls = 4
 func (l *loop) poll(uintptr) bool {
 	polls := 0
 	for {
-		n, err := unix.EpollWait(l.epfd, l.events, 0)
+		n, err := rawEpollPoll(l.epfd, l.events)
 		if err != nil && err != unix.EINTR {
 			// Only a bad epfd fails here: nothing can be polled.
 			l.g.log.Error("epoll_wait failed", "err", err)
@@ -344,7 +344,7 @@ func (l *loop) arm() {
 // commands runs the queued commands; it reports whether one was stop.
 func (l *loop) commands() (stop bool) {
 	var b [8]byte
-	unix.Read(l.wake, b[:])
+	rawRead(l.wake, b[:])
 	l.mu.Lock()
 	cmds := l.cmds
 	l.cmds, l.spare = l.spare[:0], cmds

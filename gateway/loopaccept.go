@@ -189,7 +189,7 @@ func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
 	if m := g.cfg.Peek.MaxBytes; m > 0 && m < len(b) {
 		b = b[:m]
 	}
-	n, err := ignoringEINTR(func() (int, error) { return unix.Read(fd, b) })
+	n, err := rawRead(fd, b)
 	var hello sni.Hello
 	switch {
 	case err == unix.EAGAIN:
@@ -439,7 +439,7 @@ func (l *loop) dialEvent(lf *loopFlow, ev uint32) {
 	// counted as forwarded bytes. A fresh socket's buffer takes it
 	// whole but for a rare short write, whose rest the pump writes.
 	hello := (*d.bp)[:d.n]
-	w, err := ignoringEINTR(func() (int, error) { return unix.Write(s.fd, hello) })
+	w, err := rawWrite(s.fd, hello)
 	if err == unix.EAGAIN {
 		w, err = 0, nil
 	}
@@ -566,7 +566,7 @@ func addrPortOf(addr string) netip.AddrPort {
 // address.
 func (l *loop) accept4(fd int) (int, netip.AddrPort, error) {
 	n := uint32(unsafe.Sizeof(l.rsa))
-	nfd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(&l.rsa)), uintptr(unsafe.Pointer(&n)),
+	nfd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(&l.rsa)), uintptr(unsafe.Pointer(&n)),
 		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
 	if e != 0 {
 		return -1, netip.AddrPort{}, e

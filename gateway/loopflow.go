@@ -269,7 +269,7 @@ func (l *loop) pump(lf *loopFlow, i int) error {
 			}
 			continue
 		}
-		n, err := ignoringEINTR(func() (int, error) { return unix.Read(s.fd, l.buf) })
+		n, err := rawRead(s.fd, l.buf)
 		switch {
 		case err == unix.EAGAIN:
 			s.readable = false
@@ -283,7 +283,7 @@ func (l *loop) pump(lf *loopFlow, i int) error {
 		lf.last = l.now
 		w := 0
 		if t.writable {
-			if w, err = ignoringEINTR(func() (int, error) { return unix.Write(t.fd, l.buf[:n]) }); err == unix.EAGAIN {
+			if w, err = rawWrite(t.fd, l.buf[:n]); err == unix.EAGAIN {
 				w = 0
 			} else if err != nil {
 				return os.NewSyscallError("write", err)
@@ -319,7 +319,7 @@ func (l *loop) pump(lf *loopFlow, i int) error {
 func (l *loop) flush(lf *loopFlow, i int) error {
 	s, t := &lf.side[i], &lf.side[1-i]
 	if s.pend != nil {
-		w, err := ignoringEINTR(func() (int, error) { return unix.Write(t.fd, (*s.pend)[s.off:s.n]) })
+		w, err := rawWrite(t.fd, (*s.pend)[s.off:s.n])
 		if err == unix.EAGAIN {
 			t.writable = false
 			return nil
@@ -359,10 +359,7 @@ func (l *loop) splice(lf *loopFlow, i int) error {
 			}
 			s.pipe = p
 		}
-		n, err := ignoringEINTR(func() (int, error) {
-			n, err := unix.Splice(s.fd, nil, s.pipe.w, nil, maxSplice, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
-			return int(n), err
-		})
+		n, err := rawSplice(s.fd, s.pipe.w, maxSplice, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 		switch {
 		case err == unix.EAGAIN:
 			// The pipe is empty: it is the socket that has nothing.
@@ -397,10 +394,7 @@ func (l *loop) drain(lf *loopFlow, i int) error {
 		if !t.writable {
 			return nil
 		}
-		n, err := ignoringEINTR(func() (int, error) {
-			n, err := unix.Splice(s.pipe.r, nil, t.fd, nil, s.inPipe, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
-			return int(n), err
-		})
+		n, err := rawSplice(s.pipe.r, t.fd, s.inPipe, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 		if err == unix.EAGAIN {
 			// Only EAGAIN clears writable: a short splice may have other
 			// causes, and waiting for an edge that never comes would
@@ -429,15 +423,5 @@ func (l *loop) count(i, n int) {
 		l.g.m.BytesUp.Add(uint64(n))
 	} else {
 		l.g.m.BytesDown.Add(uint64(n))
-	}
-}
-
-// ignoringEINTR calls fn until it is not interrupted.
-func ignoringEINTR(fn func() (int, error)) (int, error) {
-	for {
-		n, err := fn()
-		if err != unix.EINTR {
-			return n, err
-		}
 	}
 }

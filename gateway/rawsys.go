@@ -1,0 +1,67 @@
+package gateway
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The event loops' system calls are raw: made without telling the Go
+// scheduler (no entersyscall and exitsyscall around them), which is safe
+// only because every descriptor a loop calls them on is non-blocking, so
+// none can block the loop's P. Announced calls cost a loop more than their
+// bookkeeping: a syscall made while the whole process was idle wakes
+// sysmon from its deep sleep, which then polls every 20 µs for a
+// millisecond or more, a context switch each time (11 % of the process's
+// CPU under request/response load; docs/benchmarks.md, "Raw system calls
+// in the loops"), and a call that the kernel preempts across two of
+// sysmon's polls gets its P retaken and handed to another thread. A raw
+// call is only ever preempted, like any running code.
+
+// rawRead is read(2) on a non-blocking descriptor, retried on EINTR.
+func rawRead(fd int, p []byte) (int, error) { return rawIO(unix.SYS_READ, fd, p) }
+
+// rawWrite is write(2) on a non-blocking descriptor, retried on EINTR.
+func rawWrite(fd int, p []byte) (int, error) { return rawIO(unix.SYS_WRITE, fd, p) }
+
+// rawIO is read(2) or write(2), as trap says.
+func rawIO(trap uintptr, fd int, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		n, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		if e != unix.EINTR {
+			if e != 0 {
+				return 0, e
+			}
+			return int(n), nil
+		}
+	}
+}
+
+// rawSplice is splice(2) between a non-blocking socket and a pipe, without
+// offsets; flags must include SPLICE_F_NONBLOCK.
+func rawSplice(rfd, wfd, n, flags int) (int, error) {
+	for {
+		m, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(rfd), 0, uintptr(wfd), 0, uintptr(n), uintptr(flags))
+		if e != unix.EINTR {
+			if e != 0 {
+				return 0, e
+			}
+			return int(m), nil
+		}
+	}
+}
+
+// rawEpollPoll takes the ready events of epfd without waiting.
+func rawEpollPoll(epfd int, events []unix.EpollEvent) (int, error) {
+	if len(events) == 0 {
+		return 0, nil
+	}
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
