@@ -66,7 +66,7 @@ func (e *end) reset() {
 func (e *end) close() {
 	switch {
 	case e.raw:
-		unix.Close(e.fd)
+		rawClose(e.fd)
 	case e.c != nil:
 		e.c.Close()
 	}

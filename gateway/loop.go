@@ -149,9 +149,8 @@ type loop struct {
 	lns   []loopListener
 	dials []*loopFlow
 	gen   int32
-	// sa4 and sa6 are the addresses connectRaw passes, reused.
-	sa4 unix.SockaddrInet4
-	sa6 unix.SockaddrInet6
+	// sa is the address connectRaw passes, reused.
+	sa  unix.RawSockaddrInet6
 	rsa unix.RawSockaddrAny // accept4's
 }
 
@@ -214,7 +213,7 @@ func (l *loop) send(c command) {
 	l.mu.Unlock()
 	if wake {
 		var one = [8]byte{1}
-		unix.Write(l.wake, one[:])
+		rawWrite(l.wake, one[:])
 	}
 }
 

@@ -60,7 +60,7 @@ func (g *Gateway) listenInLoops(l *listener) bool {
 	fds := make([]int, 0, len(all))
 	fail := func(err error) bool {
 		for _, fd := range fds {
-			unix.Close(fd)
+			rawClose(fd)
 		}
 		g.log.Warn("listener stays with Go's accept", "port", l.port, "err", err)
 		return false
@@ -131,7 +131,7 @@ func (l *loop) unlisten(ln *listener) {
 	for i, x := range l.lns {
 		if x.l == ln {
 			// Closing removes it from the epoll set.
-			unix.Close(x.fd)
+			rawClose(x.fd)
 			l.lns = append(l.lns[:i], l.lns[i+1:]...)
 			break
 		}
@@ -182,7 +182,7 @@ func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
 		e.close()
 		return
 	}
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	rawSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	bp := g.bufs.Get().(*[]byte)
 	start := time.Now()
 	b := (*bp)[:cap(*bp)]
@@ -253,9 +253,9 @@ func (l *loop) refuse(fd int, sa netip.AddrPort, ref *refusal) {
 	g := l.g
 	g.note(sa.String(), ref)
 	if ref.alert != 0 {
-		unix.Write(fd, alertRecord(ref.alert))
+		rawWrite(fd, alertRecord(ref.alert))
 	}
-	unix.Close(fd)
+	rawClose(fd)
 }
 
 // handOff gives a connection the loop does not dial itself to a handler,
@@ -343,7 +343,7 @@ func (l *loop) connectNext(lf *loopFlow) {
 				}
 				return
 			}
-			unix.Close(fd)
+			rawClose(fd)
 			err = errors.New("epoll_ctl add failed")
 		}
 		g.dialed(cl, u, &d.a, d.p.key, false, err)
@@ -356,15 +356,8 @@ func (l *loop) connectNext(lf *loopFlow) {
 func (l *loop) connectRaw(cl *cluster, u *upstream) (int, error) {
 	g := l.g
 	family, network := unix.AF_INET, "tcp4"
-	var sa unix.Sockaddr
-	// The loop's own sockaddr, which Connect writes into.
-	if a := u.ap.Addr(); a.Is4() {
-		l.sa4.Port, l.sa4.Addr = int(u.ap.Port()), a.As4()
-		sa = &l.sa4
-	} else {
+	if !u.ap.Addr().Is4() {
 		family, network = unix.AF_INET6, "tcp6"
-		l.sa6.Port, l.sa6.Addr = int(u.ap.Port()), a.As16()
-		sa = &l.sa6
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -372,7 +365,7 @@ func (l *loop) connectRaw(cl *cluster, u *upstream) (int, error) {
 	}
 	err = g.rawOptions(fd, network, u.addr, cl.dialerOr(&g.dialer))
 	if err == nil {
-		err = unix.Connect(fd, sa)
+		err = rawConnect(fd, u.ap, &l.sa)
 		if err == unix.EINPROGRESS || err == unix.EINTR {
 			err = nil
 		} else if err != nil {
@@ -380,7 +373,7 @@ func (l *loop) connectRaw(cl *cluster, u *upstream) (int, error) {
 		}
 	}
 	if err != nil {
-		unix.Close(fd)
+		rawClose(fd)
 		return -1, fmt.Errorf("dial tcp %s: %w", u.addr, err)
 	}
 	return fd, nil
@@ -390,7 +383,7 @@ func (l *loop) connectRaw(cl *cluster, u *upstream) (int, error) {
 // connects.
 func (g *Gateway) rawOptions(fd int, network, addr string, d *net.Dialer) error {
 	set := func(level, name, v int) error {
-		return os.NewSyscallError("setsockopt", unix.SetsockoptInt(fd, level, name, v))
+		return os.NewSyscallError("setsockopt", rawSetsockoptInt(fd, level, name, v))
 	}
 	if err := set(unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
 		return err
@@ -422,7 +415,7 @@ func (l *loop) dialEvent(lf *loopFlow, ev uint32) {
 	g, d := l.g, lf.dial
 	s := &lf.side[1]
 	if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
-		errno, err := unix.GetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		errno, err := rawGetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_ERROR)
 		if err == nil {
 			err = unix.Errno(errno)
 			if errno == 0 {
@@ -529,7 +522,7 @@ func (l *loop) abandonDial(lf *loopFlow) {
 func (l *loop) dropUpstream(lf *loopFlow) {
 	s := &lf.side[1]
 	l.forget(s)
-	unix.Close(s.fd)
+	rawClose(s.fd)
 	*s = side{}
 }
 

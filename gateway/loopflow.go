@@ -64,8 +64,8 @@ type pipe struct{ r, w int }
 const maxSplice = 1 << 20
 
 func (p *pipe) close() {
-	unix.Close(p.r)
-	unix.Close(p.w)
+	rawClose(p.r)
+	rawClose(p.w)
 }
 
 // getPipe returns an empty pipe from the loop's pool or a new one.
@@ -255,7 +255,7 @@ func (l *loop) pump(lf *loopFlow, i int) error {
 			// FIN to finish's close: the other read t to its end, so
 			// the close cannot turn into a reset.
 			if !t.shut {
-				unix.Shutdown(t.fd, unix.SHUT_WR)
+				rawShutdown(t.fd, unix.SHUT_WR)
 			}
 			s.shut = true
 			return nil

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"net/netip"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -64,4 +65,62 @@ func rawEpollPoll(epfd int, events []unix.EpollEvent) (int, error) {
 		return 0, e
 	}
 	return int(n), nil
+}
+
+// rawClose is close(2), not retried: Linux releases the descriptor even
+// when close is interrupted.
+func rawClose(fd int) error {
+	_, _, e := unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
+	return errnoErr(e)
+}
+
+// rawShutdown is shutdown(2).
+func rawShutdown(fd, how int) error {
+	_, _, e := unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), uintptr(how), 0)
+	return errnoErr(e)
+}
+
+// rawSetsockoptInt is setsockopt(2) of an int option.
+func rawSetsockoptInt(fd, level, name, v int) error {
+	x := int32(v)
+	_, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(name), uintptr(unsafe.Pointer(&x)), 4, 0)
+	return errnoErr(e)
+}
+
+// rawGetsockoptInt is getsockopt(2) of an int option.
+func rawGetsockoptInt(fd, level, name int) (int, error) {
+	var x int32
+	n := uint32(4)
+	_, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(name), uintptr(unsafe.Pointer(&x)), uintptr(unsafe.Pointer(&n)), 0)
+	return int(x), errnoErr(e)
+}
+
+// rawConnect starts connect(2) of the non-blocking socket fd to ap,
+// which is EINPROGRESS until the socket is writable. sa is the caller's
+// storage for the address, so that nothing is allocated.
+func rawConnect(fd int, ap netip.AddrPort, sa *unix.RawSockaddrInet6) error {
+	var n uintptr
+	port := ap.Port()
+	if a := ap.Addr(); a.Is4() {
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
+		p := (*[2]byte)(unsafe.Pointer(&sa4.Port))
+		p[0], p[1] = byte(port>>8), byte(port)
+		n = unsafe.Sizeof(*sa4)
+	} else {
+		*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		p[0], p[1] = byte(port>>8), byte(port)
+		n = unsafe.Sizeof(*sa)
+	}
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(sa)), n)
+	return errnoErr(e)
+}
+
+// errnoErr returns e as an error, nil for 0.
+func errnoErr(e unix.Errno) error {
+	if e == 0 {
+		return nil
+	}
+	return e
 }
