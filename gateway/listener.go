@@ -26,8 +26,9 @@ const (
 const deferAccept = 1 * time.Second
 
 // listenerOptions sets, on a listening socket before it binds, what its
-// accepted sockets inherit (keep-alive) and TCP_DEFER_ACCEPT; it is a
-// net.ListenConfig.Control.
+// accepted sockets inherit (keep-alive, and TCP_NODELAY, which Linux
+// copies too: the loops' accept sets nothing per connection) and
+// TCP_DEFER_ACCEPT; it is a net.ListenConfig.Control.
 func listenerOptions(network, address string, c syscall.RawConn) error {
 	opts := [...]struct {
 		level, name, value int
@@ -37,6 +38,7 @@ func listenerOptions(network, address string, c syscall.RawConn) error {
 		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(clientKeepAliveIdle / time.Second), "TCP_KEEPIDLE"},
 		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(clientKeepAliveIdle / time.Second), "TCP_KEEPINTVL"},
 		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, clientKeepAliveProbes, "TCP_KEEPCNT"},
+		{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1, "TCP_NODELAY"},
 		{unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, int(deferAccept / time.Second), "TCP_DEFER_ACCEPT"},
 	}
 	var err error

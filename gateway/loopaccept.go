@@ -182,7 +182,6 @@ func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
 		e.close()
 		return
 	}
-	rawSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	bp := g.bufs.Get().(*[]byte)
 	start := time.Now()
 	b := (*bp)[:cap(*bp)]

@@ -363,15 +363,22 @@ func TestLoopAcceptKeepalive(t *testing.T) {
 				}
 				got = append(got, v)
 			}
+			// The client's socket: no delay, inherited from the
+			// listening socket (nothing is set per connection).
+			v, err := unix.GetsockoptInt(lf.side[0].fd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
+			if err != nil {
+				t.Error(err)
+			}
+			got = append(got, v)
 		}
 	})
-	want := []int{1, 7, 3, 4, 1}
+	want := []int{1, 7, 3, 4, 1, 1}
 	if len(got) != len(want) {
 		t.Fatalf("options %v of %d flows, want one flow's %v", got, len(got)/len(want), want)
 	}
 	for i := range want {
 		if got[i] != want[i] {
-			t.Fatalf("SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_NODELAY = %v, want %v", got, want)
+			t.Fatalf("upstream's SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_NODELAY and client's TCP_NODELAY = %v, want %v", got, want)
 		}
 	}
 }
