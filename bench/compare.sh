@@ -92,9 +92,14 @@ ngx_version=$(nginx -v 2>&1 | cut -d' ' -f3)
 # (replayed ClientHello), port 9443 to its TLS 1.3 mTLS listener.
 sni=outbound_.9080_._.echo.demo.svc.cluster.local
 sni_tls=outbound_.9443_._.echo.demo.svc.cluster.local
-"$lg" ca -dir "$work/ca"
+# ewgate's development CA and the SVIDs of the tls mode's two ends, as
+# Istio names them: the client a sidecar of service account "sleep", the
+# sink one of "echo".
+"$work/bin/ewgate" ca init --trust-domain cluster.local --out "$work/ca" >/dev/null
+"$work/bin/ewgate" ca issue --ca "$work/ca" --spiffe-id spiffe://cluster.local/ns/demo/sa/echo --out "$work/svid/sink" >/dev/null
+"$work/bin/ewgate" ca issue --ca "$work/ca" --spiffe-id spiffe://cluster.local/ns/demo/sa/sleep --out "$work/svid/client" >/dev/null
 sink_tls_port=$("$lg" freeport)
-start_sink "$lg" -tls-listen "127.0.0.1:$sink_tls_port" -tls-ca "$work/ca"
+start_sink "$lg" -tls-listen "127.0.0.1:$sink_tls_port" -tls-svid "$work/svid/sink"
 
 # start_<proxy> writes the proxy's config, starts it in the foreground as
 # a child of this script and sets proxy_pid and proxy_port.
@@ -380,7 +385,7 @@ run_traffic() {
 	[[ $DIRECT != 1 || $3 == "$sink_port" ]] || pair=(-paired "127.0.0.1:$sink_port" -paired-label "direct (paired with $1)")
 	[[ $3 == "$sink_port" && $DIRECT == 1 ]] || ! has_mode rr || measure rr "$1" -addr "$addr" -c "$RR_C" -size "$RR_SIZE" -d "${SECS}s" "${pair[@]}"
 	! has_mode connect || measure connect "$1" -addr "$addr" -c "$CONN_C" -d "${SECS}s"
-	! has_mode tls || measure tls "$1" -addr "$2:$4" -sni "$sni_tls" -tls-ca "$work/ca" -c "$CONN_C" -d "${SECS}s"
+	! has_mode tls || measure tls "$1" -addr "$2:$4" -sni "$sni_tls" -tls-svid "$work/svid/client" -c "$CONN_C" -d "${SECS}s"
 	sleep 1 # let TIME_WAIT sockets of connect age before the next target
 }
 

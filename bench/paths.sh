@@ -146,10 +146,11 @@ if [[ -n $BASE ]]; then
 	tunnels+=" a-quic-base a-tcp-base"
 fi
 
-# The quic-go baseline's server, with an SVID of loadgen's own CA.
+# The quic-go baseline's server and client, with SVIDs of the same CA.
 qb_port=$("$lg" freeport)
-"$lg" ca -dir "$work/lgca"
-"$lg" quicsink -listen "127.0.0.1:$qb_port" -tls-ca "$work/lgca" >"$work/quicsink.log" 2>&1 &
+"$ew" ca issue --ca "$work/ca" --spiffe-id spiffe://cluster.local/ns/demo/sa/echo --out "$work/svid/quicsink" >/dev/null
+"$ew" ca issue --ca "$work/ca" --spiffe-id spiffe://cluster.local/ns/demo/sa/sleep --out "$work/svid/quicbase" >/dev/null
+"$lg" quicsink -listen "127.0.0.1:$qb_port" -tls-svid "$work/svid/quicsink" >"$work/quicsink.log" 2>&1 &
 qb_pid=$!
 started+=("$qb_pid")
 
@@ -262,7 +263,7 @@ ratio() {
 for ((round = 1; round <= ROUNDS; round++)); do
 	measure "direct (no gateway)" "" "" "$lg" throughput -addr "127.0.0.1:$sink_port"
 	measure "one gateway hop (B)" "${pid[b]}" "" "$lg" throughput -addr "127.0.0.1:${port[b]}"
-	measure "quic-go, two processes" "$qb_pid client" "" "$lg" quicbase -addr "127.0.0.1:$qb_port" -tls-ca "$work/lgca"
+	measure "quic-go, two processes" "$qb_pid client" "" "$lg" quicbase -addr "127.0.0.1:$qb_port" -tls-svid "$work/svid/quicbase"
 	measure "A, QUIC tunnel, B" "${pid[a-quic]} ${pid[b]}" "a-quic b" "$lg" throughput -addr "127.0.0.1:${port[a-quic]}"
 	measure "A, TCP fallback tunnel, B" "${pid[a-tcp]} ${pid[b]}" "a-tcp b" "$lg" throughput -addr "127.0.0.1:${port[a-tcp]}"
 	if [[ -n $BASE ]]; then

@@ -5,12 +5,16 @@ import (
 	"flag"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/internal/leakcheck"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // startSink serves the sink protocol on a loopback port (in TLS with cfg)
@@ -72,13 +76,13 @@ func startBackend(t *testing.T, serve func(c *net.TCPConn)) string {
 	return ln.Addr().String()
 }
 
-func newTestClient(t *testing.T, addr, caDir string) *client {
+func newTestClient(t *testing.T, addr, svidDir string) *client {
 	t.Helper()
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	cf := newClientFlags(fs)
 	args := []string{"-addr", addr}
-	if caDir != "" {
-		args = append(args, "-tls-ca", caDir)
+	if svidDir != "" {
+		args = append(args, "-tls-svid", svidDir)
 	}
 	if err := fs.Parse(args); err != nil {
 		t.Fatal(err)
@@ -91,10 +95,34 @@ func newTestClient(t *testing.T, addr, caDir string) *client {
 	return cl
 }
 
-func writeCA(t *testing.T) string {
+// The identities of the TLS mode, as compare.sh issues them: the client is
+// a sidecar of service account "sleep", the sink a sidecar of "echo".
+var (
+	benchTrustDomain = spiffeid.RequireTrustDomainFromString("cluster.local")
+	clientID         = spiffeid.RequireFromPath(benchTrustDomain, "/ns/demo/sa/sleep")
+	sinkID           = spiffeid.RequireFromPath(benchTrustDomain, "/ns/demo/sa/echo")
+)
+
+// newTestCA is "ewgate ca init --trust-domain cluster.local".
+func newTestCA(t *testing.T) *identity.DevCA {
 	t.Helper()
+	ca, err := identity.NewDevCA(benchTrustDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// writeSVID is "ewgate ca issue --spiffe-id ID --out DIR": it issues an
+// SVID for id from ca and writes it to a new directory, which it returns.
+func writeSVID(t *testing.T, ca *identity.DevCA, id spiffeid.ID) string {
+	t.Helper()
+	svid, err := ca.Issue(id, identity.IssueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
-	if err := runCA([]string{"-dir", dir}); err != nil {
+	if err := identity.WriteSVIDFiles(dir, svid, ca.Bundle()); err != nil {
 		t.Fatal(err)
 	}
 	return dir
@@ -102,14 +130,15 @@ func writeCA(t *testing.T) string {
 
 func TestOpenTLS(t *testing.T) {
 	leakcheck.Check(t)
-	ca := writeCA(t)
-	sinkCfg, err := mtlsConfig(ca, sinkID, true, "istio")
+	ca := newTestCA(t)
+	sinkCfg, err := mtlsConfig(writeSVID(t, ca, sinkID), true, "istio")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := startSink(t, sinkCfg)
+	svid := writeSVID(t, ca, clientID)
 
-	c, err := newTestClient(t, addr, ca).open()
+	c, err := newTestClient(t, addr, svid).open()
 	if err != nil {
 		t.Fatalf("open with the sink's CA: %v", err)
 	}
@@ -123,7 +152,7 @@ func TestOpenTLS(t *testing.T) {
 	}
 
 	// A second connection is a full handshake again: no tickets.
-	c, err = newTestClient(t, addr, ca).open()
+	c, err = newTestClient(t, addr, svid).open()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +163,7 @@ func TestOpenTLS(t *testing.T) {
 	}
 
 	// A client of another CA, and a plain ClientHello replay, are refused.
-	if c, err := newTestClient(t, addr, writeCA(t)).open(); err == nil {
+	if c, err := newTestClient(t, addr, writeSVID(t, newTestCA(t), clientID)).open(); err == nil {
 		c.Close()
 		t.Error("open with another CA succeeded")
 	}
@@ -143,6 +172,31 @@ func TestOpenTLS(t *testing.T) {
 		t.Error("a replayed ClientHello passed the TLS sink")
 	} else if !strings.Contains(err.Error(), "backend answered") && !strings.Contains(err.Error(), "ack") {
 		t.Errorf("replayed hello: %v, want a wrong or missing ack", err)
+	}
+}
+
+func TestMTLSConfigNeedsAnSVID(t *testing.T) {
+	ca := newTestCA(t)
+	caDir := t.TempDir()
+	if err := ca.WriteFiles(caDir); err != nil {
+		t.Fatal(err)
+	}
+	noBundle := writeSVID(t, ca, clientID)
+	if err := os.Remove(filepath.Join(noBundle, identity.FileBundle)); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ name, dir, want string }{
+		{"no directory", filepath.Join(t.TempDir(), "missing"), "ewgate ca issue"},
+		{"the CA's directory", caDir, "ewgate ca issue"},
+		{"no bundle", noBundle, "trust bundle in " + noBundle},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := mtlsConfig(tt.dir, false, "istio")
+			if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), tt.dir) {
+				t.Fatalf("mtlsConfig(%s) = %v, want an error naming the directory and %q", tt.dir, err, tt.want)
+			}
+		})
 	}
 }
 
