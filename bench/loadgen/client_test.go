@@ -7,12 +7,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/internal/await"
 	"github.com/ewgate/ewgate/internal/leakcheck"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -283,21 +285,55 @@ func TestCheckOpen(t *testing.T) {
 	}
 	<-closed
 	<-closed
-	var errs errorCount
-	checkOpen(conns, 200*time.Millisecond, &errs)
+	// The backend has closed, but its FINs reach the client, and the
+	// reads start, in the machine's own time: check again until both
+	// are seen (a FIN, once there, is seen by every later check).
+	var errs *errorCount
+	await.True(t, 10*time.Second, "checkOpen to see the closing backend's 2 connections end", func() bool {
+		errs = new(errorCount)
+		checkOpen(conns, 100*time.Millisecond, errs)
+		return errs.n[errClosed] >= 2
+	})
 	if errs.n[errClosed] != 2 || errs.total() != 2 {
-		t.Fatalf("errors %v, want closed 2 (the closing backend's)", &errs)
+		t.Fatalf("errors %v, want closed 2 (the closing backend's)", errs)
 	}
+}
+
+// echoLog is the echoes of two test backends, in the order they were
+// served.
+type echoLog struct {
+	mu    sync.Mutex
+	order []string // the serving backend's name, per echo
+}
+
+// startEchoBackend echoes 64-byte requests, each logged in l under name
+// before its echo is written, until the test ends.
+func startEchoBackend(t *testing.T, l *echoLog, name string) string {
+	return startBackend(t, func(c *net.TCPConn) {
+		buf := make([]byte, 64)
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			l.mu.Lock()
+			l.order = append(l.order, name)
+			l.mu.Unlock()
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	})
 }
 
 func TestInterleaveTakesTurns(t *testing.T) {
 	leakcheck.Check(t)
-	proxy := newRRSet("proxy", newTestClient(t, startSink(t, nil), ""), 2, 64)
-	direct := newRRSet("direct", newTestClient(t, startSink(t, nil), ""), 2, 64)
+	var l echoLog
+	proxy := newRRSet("proxy", newTestClient(t, startEchoBackend(t, &l, "proxy"), ""), 2, 64)
+	direct := newRRSet("direct", newTestClient(t, startEchoBackend(t, &l, "direct"), ""), 2, 64)
 	defer proxy.close()
 	defer direct.close()
-	dur := 200 * time.Millisecond
-	interleave([]*rrSet{proxy, direct}, dur, 50*time.Millisecond)
+	dur, slice := 200*time.Millisecond, 50*time.Millisecond
+	interleave([]*rrSet{proxy, direct}, dur, slice)
 	for _, s := range []*rrSet{proxy, direct} {
 		n := 0
 		for _, p := range s.pingers {
@@ -307,11 +343,27 @@ func TestInterleaveTakesTurns(t *testing.T) {
 			t.Errorf("%s: %d round trips, errors %v", s.label, n, &s.errs)
 		}
 	}
-	if proxy.active < dur {
-		t.Errorf("proxy set active %v, want at least %v", proxy.active, dur)
+	// Taking turns: a set's turn ends when its last echo is back, before
+	// the other set's starts, so the backends served runs of one set
+	// alone, the proxy set's first, at most one run per turn. Each turn
+	// of the proxy set lasts at least the slice asked for, so it has at
+	// most dur/slice turns, and the direct set as many; sets running at
+	// once would mix their echoes into hundreds of runs.
+	l.mu.Lock()
+	order := slices.Clone(l.order)
+	l.mu.Unlock()
+	runs := 0
+	for i, name := range order {
+		if i == 0 || name != order[i-1] {
+			runs++
+		}
 	}
-	if direct.active <= 0 {
-		t.Errorf("direct set never active")
+	if maxRuns := 2 * int((dur+slice-1)/slice); len(order) == 0 || order[0] != "proxy" || runs > maxRuns {
+		first := ""
+		if len(order) > 0 {
+			first = order[0]
+		}
+		t.Errorf("%d echoes in %d runs of one set, the first %q's; want the proxy set's first and at most %d runs", len(order), runs, first, maxRuns)
 	}
 	if row := direct.row(2, 64); !strings.HasPrefix(row, "| direct | 2 | 64 | ") || !strings.HasSuffix(row, " | 0 |") {
 		t.Errorf("row %q", row)
