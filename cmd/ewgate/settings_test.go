@@ -16,29 +16,29 @@ import (
 
 func TestParseSettings(t *testing.T) {
 	dir := t.TempDir()
-	config := filepath.Join(dir, "node.yaml")
-	os.WriteFile(config, []byte(`
+	// file writes a --config file into dir and returns its path.
+	file := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	config := file("node.yaml", `
 network: from-file
 nodeLabels: {istio: eastwestgateway, zone: a}
 files: [/etc/a, /etc/b]
 bindAddress: 10.0.0.1
 drainTimeout: 45s
 alpn: [istio]
-`), 0o644)
-	bad := filepath.Join(dir, "bad.yaml")
-	os.WriteFile(bad, []byte("network: x\nnetwrok: y\n"), 0o644)
-	tunnelConfig := filepath.Join(dir, "tunnel.yaml")
-	os.WriteFile(tunnelConfig, []byte("network: n\nfiles: [x]\ntunnelTransport: quic\ngossipReconnectInterval: 30s\ngossipReconnectTimeout: 1h\n"), 0o644)
-	statusOff := filepath.Join(dir, "status-off.yaml")
-	os.WriteFile(statusOff, []byte("network: n\nfiles: [x]\nstatusAddress: \"\"\ndrainDelay: 5s\n"), 0o644)
-	badTransport := filepath.Join(dir, "bad-transport.yaml")
-	os.WriteFile(badTransport, []byte("tunnelTransport: QUIC\n"), 0o644)
-	loopOff := filepath.Join(dir, "loop-off.yaml")
-	os.WriteFile(loopOff, []byte("network: n\nfiles: [x]\nloopAccept: false\n"), 0o644)
-	locality := filepath.Join(dir, "locality.yaml")
-	os.WriteFile(locality, []byte("network: n\nfiles: [x]\nlocality: eu-west/eu-west-1a\n"), 0o644)
-	badLocality := filepath.Join(dir, "bad-locality.yaml")
-	os.WriteFile(badLocality, []byte("network: n\nfiles: [x]\nlocality: eu/west/1a/rack7\n"), 0o644)
+`)
+	bad := file("bad.yaml", "network: x\nnetwrok: y\n")
+	tunnelConfig := file("tunnel.yaml", "network: n\nfiles: [x]\ntunnelTransport: quic\ngossipReconnectInterval: 30s\ngossipReconnectTimeout: 1h\n")
+	statusOff := file("status-off.yaml", "network: n\nfiles: [x]\nstatusAddress: \"\"\ndrainDelay: 5s\n")
+	badTransport := file("bad-transport.yaml", "tunnelTransport: QUIC\n")
+	loopOff := file("loop-off.yaml", "network: n\nfiles: [x]\nloopAccept: false\n")
+	locality := file("locality.yaml", "network: n\nfiles: [x]\nlocality: eu-west/eu-west-1a\n")
+	badLocality := file("bad-locality.yaml", "network: n\nfiles: [x]\nlocality: eu/west/1a/rack7\n")
 
 	tests := []struct {
 		name    string
