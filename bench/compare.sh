@@ -92,9 +92,14 @@ ngx_version=$(nginx -v 2>&1 | cut -d' ' -f3)
 # (replayed ClientHello), port 9443 to its TLS 1.3 mTLS listener.
 sni=outbound_.9080_._.echo.demo.svc.cluster.local
 sni_tls=outbound_.9443_._.echo.demo.svc.cluster.local
-"$lg" ca -dir "$work/ca"
+# ewgate's development CA and the SVIDs of the tls mode's two ends, as
+# Istio names them: the client a sidecar of service account "sleep", the
+# sink one of "echo".
+"$work/bin/ewgate" ca init --trust-domain cluster.local --out "$work/ca" >/dev/null
+"$work/bin/ewgate" ca issue --ca "$work/ca" --spiffe-id spiffe://cluster.local/ns/demo/sa/echo --out "$work/svid/sink" >/dev/null
+"$work/bin/ewgate" ca issue --ca "$work/ca" --spiffe-id spiffe://cluster.local/ns/demo/sa/sleep --out "$work/svid/client" >/dev/null
 sink_tls_port=$("$lg" freeport)
-start_sink "$lg" -tls-listen "127.0.0.1:$sink_tls_port" -tls-ca "$work/ca"
+start_sink "$lg" -tls-listen "127.0.0.1:$sink_tls_port" -tls-svid "$work/svid/sink"
 
 # start_<proxy> writes the proxy's config, starts it in the foreground as
 # a child of this script and sets proxy_pid and proxy_port.
@@ -247,31 +252,21 @@ stop_proxy() {
 	started=("${keep[@]}")
 }
 
-# proc_cpu PID: CPU ticks (user + system) used so far by PID and its
-# children (nginx's workers), 0 for no PID.
-proc_cpu() {
-	local pid t=0 f
-	[[ -n $1 ]] || { echo 0; return; }
-	for pid in "$1" $(pgrep -P "$1" || true); do
-		f=$(cut -d')' -f2- "/proc/$pid/stat" 2>/dev/null) || continue
-		# Fields after "(comm)": state is 1, utime 12, stime 13.
-		t=$((t + $(echo "$f" | awk '{print $12 + $13}')))
-	done
-	echo "$t"
-}
-
 # cpu_figure MODE ROW TICKS: the proxy's CPU per operation from a loadgen
-# row and the CPU ticks the proxy used during it: s per GB moved (both
-# ways) in throughput, µs per round trip in rr, s per 1,000 connections in
-# connect and tls. The operation counts are the row's own (all round trips,
-# all connections), the bytes MIB each way.
+# row and the CPU ticks (proc_ticks) the proxy used during it: s per GB
+# moved (per_gb) in throughput, µs per round trip in rr, s per 1,000
+# connections in connect and tls. The operation counts are the row's own
+# (all round trips, all connections).
 cpu_figure() {
 	local s
-	s=$(echo "$3 / $(getconf CLK_TCK)" | bc -l)
-	echo "$2" | awk -F'|' -v m="$1" -v s="$s" -v mib="$MIB" '{
+	s=$(ticks_s "$3")
+	if [[ $1 == throughput ]]; then
+		per_gb "$s"
+		return
+	fi
+	echo "$2" | awk -F'|' -v m="$1" -v s="$s" '{
 		gsub(/ /, "")
-		if (m == "throughput") printf "%.3f", s / (2 * mib * 1048576 / 1e9)
-		else if (m == "rr" && $5 > 0) printf "%.1f", s * 1e6 / $5
+		if (m == "rr" && $5 > 0) printf "%.1f", s * 1e6 / $5
 		else if ((m == "connect" || m == "tls") && $4 > 0) printf "%.3f", s * 1000 / $4
 		else printf "-"
 	}'
@@ -302,9 +297,9 @@ measure() {
 	shift 2
 	[[ $mode != tls ]] || lgmode=connect
 	log "$mode $label $*"
-	c0=$(proc_cpu "$cpu_pid")
+	c0=$(proc_ticks "$cpu_pid")
 	row=$("$lg" "$lgmode" -label "$label" "$@" 2>"$work/last.err") || log "$mode $label: loadgen exited non-zero (row kept if printed)"
-	c1=$(proc_cpu "$cpu_pid")
+	c1=$(proc_ticks "$cpu_pid")
 	if [[ -s $work/last.err ]]; then
 		cat "$work/last.err" >&2
 		sed "s/^/$mode: /" "$work/last.err" >>"$work/errors.log"
@@ -380,7 +375,7 @@ run_traffic() {
 	[[ $DIRECT != 1 || $3 == "$sink_port" ]] || pair=(-paired "127.0.0.1:$sink_port" -paired-label "direct (paired with $1)")
 	[[ $3 == "$sink_port" && $DIRECT == 1 ]] || ! has_mode rr || measure rr "$1" -addr "$addr" -c "$RR_C" -size "$RR_SIZE" -d "${SECS}s" "${pair[@]}"
 	! has_mode connect || measure connect "$1" -addr "$addr" -c "$CONN_C" -d "${SECS}s"
-	! has_mode tls || measure tls "$1" -addr "$2:$4" -sni "$sni_tls" -tls-ca "$work/ca" -c "$CONN_C" -d "${SECS}s"
+	! has_mode tls || measure tls "$1" -addr "$2:$4" -sni "$sni_tls" -tls-svid "$work/svid/client" -c "$CONN_C" -d "${SECS}s"
 	sleep 1 # let TIME_WAIT sockets of connect age before the next target
 }
 

@@ -1,7 +1,8 @@
-# lib.sh: process and work-directory handling shared by the benchmark
-# scripts. Source it after setting $work (the scratch directory) and $KEEP
-# (1: keep $work at exit); record every PID you start in the array
-# "started", and they are all stopped on exit, Ctrl-C included.
+# lib.sh: process and work-directory handling, and CPU accounting, shared
+# by the benchmark scripts. Source it after setting $work (the scratch
+# directory), $KEEP (1: keep $work at exit) and, for per_gb, $MIB; record
+# every PID you start in the array "started", and they are all stopped on
+# exit, Ctrl-C included.
 
 started=() # PIDs of every process the script started
 
@@ -50,3 +51,26 @@ start_sink() {
 	started+=($!)
 	wait_port "$sink_port" "$!" || { log "sink did not start"; cat "$work/sink.log" >&2; exit 1; }
 }
+
+# proc_ticks PID...: the CPU ticks (user + system, in CLK_TCK units) the
+# processes and their children (nginx's workers) used so far. Empty
+# arguments and processes that have gone count 0.
+proc_ticks() {
+	local p c f t=0
+	for p in "$@"; do
+		[[ -n $p ]] || continue
+		for c in "$p" $(pgrep -P "$p" || true); do
+			f=$(cut -d')' -f2- "/proc/$c/stat" 2>/dev/null) || continue
+			# Fields after "(comm)": state is 1, utime 12, stime 13.
+			t=$((t + $(awk '{print $12 + $13}' <<<"$f")))
+		done
+	done
+	echo "$t"
+}
+
+# ticks_s TICKS: proc_ticks' ticks in seconds.
+ticks_s() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.6f", t / hz}'; }
+
+# per_gb SECONDS: CPU seconds per GB moved, MIB MiB each way (both
+# directions count).
+per_gb() { awk -v s="$1" -v mib="$MIB" 'BEGIN {printf "%.3f", s / (2 * mib * 1048576 / 1e9)}'; }

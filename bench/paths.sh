@@ -146,10 +146,11 @@ if [[ -n $BASE ]]; then
 	tunnels+=" a-quic-base a-tcp-base"
 fi
 
-# The quic-go baseline's server, with an SVID of loadgen's own CA.
+# The quic-go baseline's server and client, with SVIDs of the same CA.
 qb_port=$("$lg" freeport)
-"$lg" ca -dir "$work/lgca"
-"$lg" quicsink -listen "127.0.0.1:$qb_port" -tls-ca "$work/lgca" >"$work/quicsink.log" 2>&1 &
+"$ew" ca issue --ca "$work/ca" --spiffe-id spiffe://cluster.local/ns/demo/sa/echo --out "$work/svid/quicsink" >/dev/null
+"$ew" ca issue --ca "$work/ca" --spiffe-id spiffe://cluster.local/ns/demo/sa/sleep --out "$work/svid/quicbase" >/dev/null
+"$lg" quicsink -listen "127.0.0.1:$qb_port" -tls-svid "$work/svid/quicsink" >"$work/quicsink.log" 2>&1 &
 qb_pid=$!
 started+=("$qb_pid")
 
@@ -163,18 +164,6 @@ for name in $tunnels; do
 	done
 done
 
-# proc_ticks PID...: CPU ticks (utime + stime) the processes used so far.
-proc_ticks() {
-	local p t=0
-	for p in "$@"; do
-		t=$((t + $(cut -d')' -f2- "/proc/$p/stat" | awk '{print $12 + $13}')))
-	done
-	echo "$t"
-}
-
-# per_gb SECONDS: CPU seconds per GB moved (MIB MiB each way).
-per_gb() { echo "$1" | awk -v mib="$MIB" '{printf "%.2f", $1 / (2 * mib * 1048576 / 1e9)}'; }
-
 load=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' '/')
 when=$(date -u '+%Y-%m-%d %H:%M UTC')
 rows=""
@@ -185,7 +174,7 @@ declare -A gbps # "LABEL up" and "LABEL down": a row's figures, for the ratios
 # client is one of them; every process is the relays, the client and the
 # sink. PROFILED names the gateways to profile with PROFILE.
 measure() {
-	local label=$1 relays=$2 profiled=$3 name pids=() with_client=0 r0 r1 s0 s1 client hz rel all row curls=()
+	local label=$1 relays=$2 profiled=$3 name pids=() with_client=0 r0 r1 s0 s1 client rel all row curls=()
 	shift 3
 	for name in $relays; do
 		if [[ $name == client ]]; then with_client=1; else pids+=("$name"); fi
@@ -219,10 +208,9 @@ measure() {
 		wait "$perf_pid" || true
 	fi
 	((${#curls[@]} == 0)) || wait "${curls[@]}"
-	hz=$(getconf CLK_TCK)
 	client=$(awk '{print $1 + $2}' "$work/client.time")
-	rel=$(awk -v d=$((r1 - r0)) -v hz="$hz" -v c="$client" -v w=$with_client 'BEGIN {print d / hz + w * c}')
-	all=$(awk -v d=$((r1 - r0 + s1 - s0)) -v hz="$hz" -v c="$client" 'BEGIN {print d / hz + c}')
+	rel=$(awk -v d="$(ticks_s $((r1 - r0)))" -v c="$client" -v w=$with_client 'BEGIN {print d + w * c}')
+	all=$(awk -v d="$(ticks_s $((r1 - r0 + s1 - s0)))" -v c="$client" 'BEGIN {print d + c}')
 	# loadgen's first four columns are this table's; it exits non-zero
 	# on any error, which ended the script above.
 	row=$(awk -F'|' '{printf "|%s|%s|%s|%s|", $2, $3, $4, $5}' "$work/row")
@@ -262,7 +250,7 @@ ratio() {
 for ((round = 1; round <= ROUNDS; round++)); do
 	measure "direct (no gateway)" "" "" "$lg" throughput -addr "127.0.0.1:$sink_port"
 	measure "one gateway hop (B)" "${pid[b]}" "" "$lg" throughput -addr "127.0.0.1:${port[b]}"
-	measure "quic-go, two processes" "$qb_pid client" "" "$lg" quicbase -addr "127.0.0.1:$qb_port" -tls-ca "$work/lgca"
+	measure "quic-go, two processes" "$qb_pid client" "" "$lg" quicbase -addr "127.0.0.1:$qb_port" -tls-svid "$work/svid/quicbase"
 	measure "A, QUIC tunnel, B" "${pid[a-quic]} ${pid[b]}" "a-quic b" "$lg" throughput -addr "127.0.0.1:${port[a-quic]}"
 	measure "A, TCP fallback tunnel, B" "${pid[a-tcp]} ${pid[b]}" "a-tcp b" "$lg" throughput -addr "127.0.0.1:${port[a-tcp]}"
 	if [[ -n $BASE ]]; then

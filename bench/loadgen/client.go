@@ -38,16 +38,16 @@ type client struct {
 // clientFlags registers the flags every client mode shares; call client
 // after parsing.
 type clientFlags struct {
-	addr, sni, alpn, label, tlsCA *string
+	addr, sni, alpn, label, tlsSVID *string
 }
 
 func newClientFlags(fs *flag.FlagSet) clientFlags {
 	return clientFlags{
-		addr:  fs.String("addr", "", "proxy (or sink) `address` to connect to"),
-		sni:   fs.String("sni", defaultSNI, "server `name` of the ClientHello"),
-		alpn:  fs.String("alpn", "istio", "ALPN `protocol` of the ClientHello"),
-		label: fs.String("label", "", "row `label` in the output table (default: addr)"),
-		tlsCA: fs.String("tls-ca", "", "complete a TLS 1.3 mTLS handshake, with an SVID from the CA in `dir` (loadgen ca), instead of replaying a ClientHello; the address must lead to a sink with the same -tls-ca"),
+		addr:    fs.String("addr", "", "proxy (or sink) `address` to connect to"),
+		sni:     fs.String("sni", defaultSNI, "server `name` of the ClientHello"),
+		alpn:    fs.String("alpn", "istio", "ALPN `protocol` of the ClientHello"),
+		label:   fs.String("label", "", "row `label` in the output table (default: addr)"),
+		tlsSVID: fs.String("tls-svid", "", "complete a TLS 1.3 mTLS handshake with the SVID in `dir` (ewgate ca issue --out), instead of replaying a ClientHello; the address must lead to a sink whose -tls-svid the same CA issued"),
 	}
 }
 
@@ -66,8 +66,8 @@ func (f clientFlags) client() (*client, error) {
 		// No keepalive probes: they would wake idle connections.
 		dialer: net.Dialer{Timeout: 10 * time.Second, KeepAlive: -1},
 	}
-	if *f.tlsCA != "" {
-		cfg, err := mtlsConfig(*f.tlsCA, clientID, false, *f.alpn)
+	if *f.tlsSVID != "" {
+		cfg, err := mtlsConfig(*f.tlsSVID, false, *f.alpn)
 		if err != nil {
 			return nil, err
 		}

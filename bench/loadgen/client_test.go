@@ -5,12 +5,18 @@ import (
 	"flag"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/internal/await"
 	"github.com/ewgate/ewgate/internal/leakcheck"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // startSink serves the sink protocol on a loopback port (in TLS with cfg)
@@ -72,13 +78,13 @@ func startBackend(t *testing.T, serve func(c *net.TCPConn)) string {
 	return ln.Addr().String()
 }
 
-func newTestClient(t *testing.T, addr, caDir string) *client {
+func newTestClient(t *testing.T, addr, svidDir string) *client {
 	t.Helper()
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	cf := newClientFlags(fs)
 	args := []string{"-addr", addr}
-	if caDir != "" {
-		args = append(args, "-tls-ca", caDir)
+	if svidDir != "" {
+		args = append(args, "-tls-svid", svidDir)
 	}
 	if err := fs.Parse(args); err != nil {
 		t.Fatal(err)
@@ -91,10 +97,34 @@ func newTestClient(t *testing.T, addr, caDir string) *client {
 	return cl
 }
 
-func writeCA(t *testing.T) string {
+// The identities of the TLS mode, as compare.sh issues them: the client is
+// a sidecar of service account "sleep", the sink a sidecar of "echo".
+var (
+	benchTrustDomain = spiffeid.RequireTrustDomainFromString("cluster.local")
+	clientID         = spiffeid.RequireFromPath(benchTrustDomain, "/ns/demo/sa/sleep")
+	sinkID           = spiffeid.RequireFromPath(benchTrustDomain, "/ns/demo/sa/echo")
+)
+
+// newTestCA is "ewgate ca init --trust-domain cluster.local".
+func newTestCA(t *testing.T) *identity.DevCA {
 	t.Helper()
+	ca, err := identity.NewDevCA(benchTrustDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// writeSVID is "ewgate ca issue --spiffe-id ID --out DIR": it issues an
+// SVID for id from ca and writes it to a new directory, which it returns.
+func writeSVID(t *testing.T, ca *identity.DevCA, id spiffeid.ID) string {
+	t.Helper()
+	svid, err := ca.Issue(id, identity.IssueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
-	if err := runCA([]string{"-dir", dir}); err != nil {
+	if err := identity.WriteSVIDFiles(dir, svid, ca.Bundle()); err != nil {
 		t.Fatal(err)
 	}
 	return dir
@@ -102,14 +132,15 @@ func writeCA(t *testing.T) string {
 
 func TestOpenTLS(t *testing.T) {
 	leakcheck.Check(t)
-	ca := writeCA(t)
-	sinkCfg, err := mtlsConfig(ca, sinkID, true, "istio")
+	ca := newTestCA(t)
+	sinkCfg, err := mtlsConfig(writeSVID(t, ca, sinkID), true, "istio")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := startSink(t, sinkCfg)
+	svid := writeSVID(t, ca, clientID)
 
-	c, err := newTestClient(t, addr, ca).open()
+	c, err := newTestClient(t, addr, svid).open()
 	if err != nil {
 		t.Fatalf("open with the sink's CA: %v", err)
 	}
@@ -123,7 +154,7 @@ func TestOpenTLS(t *testing.T) {
 	}
 
 	// A second connection is a full handshake again: no tickets.
-	c, err = newTestClient(t, addr, ca).open()
+	c, err = newTestClient(t, addr, svid).open()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +165,7 @@ func TestOpenTLS(t *testing.T) {
 	}
 
 	// A client of another CA, and a plain ClientHello replay, are refused.
-	if c, err := newTestClient(t, addr, writeCA(t)).open(); err == nil {
+	if c, err := newTestClient(t, addr, writeSVID(t, newTestCA(t), clientID)).open(); err == nil {
 		c.Close()
 		t.Error("open with another CA succeeded")
 	}
@@ -143,6 +174,31 @@ func TestOpenTLS(t *testing.T) {
 		t.Error("a replayed ClientHello passed the TLS sink")
 	} else if !strings.Contains(err.Error(), "backend answered") && !strings.Contains(err.Error(), "ack") {
 		t.Errorf("replayed hello: %v, want a wrong or missing ack", err)
+	}
+}
+
+func TestMTLSConfigNeedsAnSVID(t *testing.T) {
+	ca := newTestCA(t)
+	caDir := t.TempDir()
+	if err := ca.WriteFiles(caDir); err != nil {
+		t.Fatal(err)
+	}
+	noBundle := writeSVID(t, ca, clientID)
+	if err := os.Remove(filepath.Join(noBundle, identity.FileBundle)); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ name, dir, want string }{
+		{"no directory", filepath.Join(t.TempDir(), "missing"), "ewgate ca issue"},
+		{"the CA's directory", caDir, "ewgate ca issue"},
+		{"no bundle", noBundle, "trust bundle in " + noBundle},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := mtlsConfig(tt.dir, false, "istio")
+			if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), tt.dir) {
+				t.Fatalf("mtlsConfig(%s) = %v, want an error naming the directory and %q", tt.dir, err, tt.want)
+			}
+		})
 	}
 }
 
@@ -229,21 +285,55 @@ func TestCheckOpen(t *testing.T) {
 	}
 	<-closed
 	<-closed
-	var errs errorCount
-	checkOpen(conns, 200*time.Millisecond, &errs)
+	// The backend has closed, but its FINs reach the client, and the
+	// reads start, in the machine's own time: check again until both
+	// are seen (a FIN, once there, is seen by every later check).
+	var errs *errorCount
+	await.True(t, 10*time.Second, "checkOpen to see the closing backend's 2 connections end", func() bool {
+		errs = new(errorCount)
+		checkOpen(conns, 100*time.Millisecond, errs)
+		return errs.n[errClosed] >= 2
+	})
 	if errs.n[errClosed] != 2 || errs.total() != 2 {
-		t.Fatalf("errors %v, want closed 2 (the closing backend's)", &errs)
+		t.Fatalf("errors %v, want closed 2 (the closing backend's)", errs)
 	}
+}
+
+// echoLog is the echoes of two test backends, in the order they were
+// served.
+type echoLog struct {
+	mu    sync.Mutex
+	order []string // the serving backend's name, per echo
+}
+
+// startEchoBackend echoes 64-byte requests, each logged in l under name
+// before its echo is written, until the test ends.
+func startEchoBackend(t *testing.T, l *echoLog, name string) string {
+	return startBackend(t, func(c *net.TCPConn) {
+		buf := make([]byte, 64)
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			l.mu.Lock()
+			l.order = append(l.order, name)
+			l.mu.Unlock()
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	})
 }
 
 func TestInterleaveTakesTurns(t *testing.T) {
 	leakcheck.Check(t)
-	proxy := newRRSet("proxy", newTestClient(t, startSink(t, nil), ""), 2, 64)
-	direct := newRRSet("direct", newTestClient(t, startSink(t, nil), ""), 2, 64)
+	var l echoLog
+	proxy := newRRSet("proxy", newTestClient(t, startEchoBackend(t, &l, "proxy"), ""), 2, 64)
+	direct := newRRSet("direct", newTestClient(t, startEchoBackend(t, &l, "direct"), ""), 2, 64)
 	defer proxy.close()
 	defer direct.close()
-	dur := 200 * time.Millisecond
-	interleave([]*rrSet{proxy, direct}, dur, 50*time.Millisecond)
+	dur, slice := 200*time.Millisecond, 50*time.Millisecond
+	interleave([]*rrSet{proxy, direct}, dur, slice)
 	for _, s := range []*rrSet{proxy, direct} {
 		n := 0
 		for _, p := range s.pingers {
@@ -253,11 +343,27 @@ func TestInterleaveTakesTurns(t *testing.T) {
 			t.Errorf("%s: %d round trips, errors %v", s.label, n, &s.errs)
 		}
 	}
-	if proxy.active < dur {
-		t.Errorf("proxy set active %v, want at least %v", proxy.active, dur)
+	// Taking turns: a set's turn ends when its last echo is back, before
+	// the other set's starts, so the backends served runs of one set
+	// alone, the proxy set's first, at most one run per turn. Each turn
+	// of the proxy set lasts at least the slice asked for, so it has at
+	// most dur/slice turns, and the direct set as many; sets running at
+	// once would mix their echoes into hundreds of runs.
+	l.mu.Lock()
+	order := slices.Clone(l.order)
+	l.mu.Unlock()
+	runs := 0
+	for i, name := range order {
+		if i == 0 || name != order[i-1] {
+			runs++
+		}
 	}
-	if direct.active <= 0 {
-		t.Errorf("direct set never active")
+	if maxRuns := 2 * int((dur+slice-1)/slice); len(order) == 0 || order[0] != "proxy" || runs > maxRuns {
+		first := ""
+		if len(order) > 0 {
+			first = order[0]
+		}
+		t.Errorf("%d echoes in %d runs of one set, the first %q's; want the proxy set's first and at most %d runs", len(order), runs, first, maxRuns)
 	}
 	if row := direct.row(2, 64); !strings.HasPrefix(row, "| direct | 2 | 64 | ") || !strings.HasSuffix(row, " | 0 |") {
 		t.Errorf("row %q", row)

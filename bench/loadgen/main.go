@@ -1,25 +1,27 @@
 // Command loadgen drives the comparison of ewgate with HAProxy and nginx
 // (bench/compare.sh). It plays both ends of a proxied connection:
 //
-//	loadgen ca -dir D                  a CA for the TLS modes (-tls-ca D)
 //	loadgen sink -listen ADDR          the backend every proxy routes to
-//	                  [-tls-listen ADDR -tls-ca D]  and one terminating mTLS
+//	                  [-tls-listen ADDR -tls-svid D]  and one terminating mTLS
 //	loadgen idle -addr A -pid P -n N   memory and fds per idle connection
 //	loadgen throughput -addr A -c C    C connections, bulk up, then down
 //	loadgen rr -addr A -c C -d T       ping-pong on C connections, checked
 //	                  [-paired ADDR]   taking turns with C more to ADDR
 //	loadgen connect -addr A -c C -d T  a new connection per operation
-//	                  [-tls-ca D]      with a full TLS 1.3 mTLS handshake
-//	loadgen quicsink -listen ADDR -tls-ca D   quic-go alone: the server
-//	loadgen quicbase -addr A -tls-ca D        and one stream up, then down
+//	                  [-tls-svid D]    with a full TLS 1.3 mTLS handshake
+//	loadgen quicsink -listen ADDR -tls-svid D   quic-go alone: the server
+//	loadgen quicbase -addr A -tls-svid D        and one stream up, then down
 //	loadgen header MODE                the markdown header of MODE's rows
 //	loadgen freeport                   print a free loopback TCP port
 //
 // Every client connection starts with a real crypto/tls ClientHello carrying
 // an Istio SNI and ALPN "istio", recorded once and replayed; the sink reads
 // it and acknowledges with one byte, which proves the proxy routed it. With
-// -tls-ca the client completes a TLS 1.3 handshake with SPIFFE SVIDs
-// (ECDSA P-256) instead, with the sink's TLS listener behind the proxy.
+// -tls-svid the client completes a TLS 1.3 handshake with SPIFFE SVIDs
+// instead, with the sink's TLS listener behind the proxy. The SVIDs are
+// directories written by "ewgate ca issue" (ECDSA P-256, from the CA of
+// "ewgate ca init"): the benchmarks use ewgate's development CA, not one
+// of their own.
 // Client modes print one markdown table row on stdout, whose last column
 // counts the errors (failed connections, short reads, wrong bytes); their
 // detail goes to stderr.
@@ -35,7 +37,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: loadgen ca|sink|idle|throughput|rr|connect|quicsink|quicbase|header|freeport [flags]")
+		fmt.Fprintln(os.Stderr, "usage: loadgen sink|idle|throughput|rr|connect|quicsink|quicbase|header|freeport [flags]")
 		os.Exit(2)
 	}
 	err := run(os.Args[1], os.Args[2:])
@@ -50,8 +52,6 @@ func main() {
 
 func run(mode string, args []string) error {
 	switch mode {
-	case "ca":
-		return runCA(args)
 	case "sink":
 		return runSink(args)
 	case "idle":

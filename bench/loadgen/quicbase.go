@@ -29,11 +29,11 @@ const quicALPN = "loadgen-quic"
 func runQUICSink(args []string) error {
 	fs := flag.NewFlagSet("quicsink", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "UDP `address` to listen on")
-	caDir := fs.String("tls-ca", "", "`directory` of loadgen ca")
+	svidDir := fs.String("tls-svid", "", "SVID `directory` (ewgate ca issue --out)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	tc, err := mtlsConfig(*caDir, sinkID, true, quicALPN)
+	tc, err := mtlsConfig(*svidDir, true, quicALPN)
 	if err != nil {
 		return err
 	}
@@ -105,13 +105,13 @@ func quicSinkStream(s *quic.Stream) error {
 func runQUICBase(args []string) error {
 	fs := flag.NewFlagSet("quicbase", flag.ContinueOnError)
 	addr := fs.String("addr", "", "quicsink UDP `address`")
-	caDir := fs.String("tls-ca", "", "`directory` of loadgen ca")
+	svidDir := fs.String("tls-svid", "", "SVID `directory` (ewgate ca issue --out)")
 	mib := fs.Int("mib", 1024, "MiB to stream each way")
 	label := fs.String("label", "quic-go", "row `label`")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	tc, err := mtlsConfig(*caDir, clientID, false, quicALPN)
+	tc, err := mtlsConfig(*svidDir, false, quicALPN)
 	if err != nil {
 		return err
 	}

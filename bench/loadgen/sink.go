@@ -32,17 +32,17 @@ const bufSize = 256 << 10
 
 // runSink implements "loadgen sink": the backend every proxy routes to.
 // With -tls-listen it also terminates TLS 1.3 mTLS on a second address,
-// for the clients of -tls-ca, and runs the same protocol inside TLS.
+// for the clients of -tls-svid, and runs the same protocol inside TLS.
 func runSink(args []string) error {
 	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "`address` to listen on")
-	tlsListen := fs.String("tls-listen", "", "`address` to terminate TLS on (needs -tls-ca)")
-	tlsCA := fs.String("tls-ca", "", "CA `dir` (loadgen ca) to issue the TLS sink's SVID from and verify clients against")
+	tlsListen := fs.String("tls-listen", "", "`address` to terminate TLS on (needs -tls-svid)")
+	tlsSVID := fs.String("tls-svid", "", "SVID `dir` (ewgate ca issue --out) the TLS sink presents and verifies clients with")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if (*tlsListen == "") != (*tlsCA == "") {
-		return fmt.Errorf("-tls-listen and -tls-ca go together")
+	if (*tlsListen == "") != (*tlsSVID == "") {
+		return fmt.Errorf("-tls-listen and -tls-svid go together")
 	}
 	var lc net.ListenConfig
 	lc.SetMultipathTCP(false)
@@ -53,7 +53,7 @@ func runSink(args []string) error {
 	lns := []net.Listener{ln}
 	var tlsCfg *tls.Config
 	if *tlsListen != "" {
-		if tlsCfg, err = mtlsConfig(*tlsCA, sinkID, true, "istio"); err != nil {
+		if tlsCfg, err = mtlsConfig(*tlsSVID, true, "istio"); err != nil {
 			ln.Close()
 			return err
 		}

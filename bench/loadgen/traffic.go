@@ -118,7 +118,7 @@ func streamDown(cl *client, size int64, errs *errorCount) {
 }
 
 // runConnect implements "loadgen connect": -c workers each open a
-// connection (ClientHello and the backend's byte, or with -tls-ca a full
+// connection (ClientHello and the backend's byte, or with -tls-svid a full
 // TLS handshake and the byte), and close it, over and over for -d.
 func runConnect(args []string) error {
 	fs := flag.NewFlagSet("connect", flag.ContinueOnError)

@@ -16,23 +16,29 @@ import (
 
 func TestParseSettings(t *testing.T) {
 	dir := t.TempDir()
-	config := filepath.Join(dir, "node.yaml")
-	os.WriteFile(config, []byte(`
+	// file writes a --config file into dir and returns its path.
+	file := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	config := file("node.yaml", `
 network: from-file
 nodeLabels: {istio: eastwestgateway, zone: a}
 files: [/etc/a, /etc/b]
 bindAddress: 10.0.0.1
 drainTimeout: 45s
 alpn: [istio]
-`), 0o644)
-	bad := filepath.Join(dir, "bad.yaml")
-	os.WriteFile(bad, []byte("network: x\nnetwrok: y\n"), 0o644)
-	tunnelConfig := filepath.Join(dir, "tunnel.yaml")
-	os.WriteFile(tunnelConfig, []byte("network: n\nfiles: [x]\ntunnelTransport: quic\ngossipReconnectInterval: 30s\ngossipReconnectTimeout: 1h\n"), 0o644)
-	statusOff := filepath.Join(dir, "status-off.yaml")
-	os.WriteFile(statusOff, []byte("network: n\nfiles: [x]\nstatusAddress: \"\"\ndrainDelay: 5s\n"), 0o644)
-	badTransport := filepath.Join(dir, "bad-transport.yaml")
-	os.WriteFile(badTransport, []byte("tunnelTransport: QUIC\n"), 0o644)
+`)
+	bad := file("bad.yaml", "network: x\nnetwrok: y\n")
+	tunnelConfig := file("tunnel.yaml", "network: n\nfiles: [x]\ntunnelTransport: quic\ngossipReconnectInterval: 30s\ngossipReconnectTimeout: 1h\n")
+	statusOff := file("status-off.yaml", "network: n\nfiles: [x]\nstatusAddress: \"\"\ndrainDelay: 5s\n")
+	badTransport := file("bad-transport.yaml", "tunnelTransport: QUIC\n")
+	loopOff := file("loop-off.yaml", "network: n\nfiles: [x]\nloopAccept: false\n")
+	locality := file("locality.yaml", "network: n\nfiles: [x]\nlocality: eu-west/eu-west-1a\n")
+	badLocality := file("bad-locality.yaml", "network: n\nfiles: [x]\nlocality: eu/west/1a/rack7\n")
 
 	tests := []struct {
 		name    string
@@ -106,6 +112,33 @@ alpn: [istio]
 			}, ""},
 		{"bad kubernetes mode", []string{"--network", "n", "-f", "x", "--kubernetes", "yes"}, nil, `--kubernetes (kubernetes) "yes": want auto, on or off`},
 		{"zero reconnect timeout", []string{"-f", "x", "--network", "n", "--gossip-reconnect-timeout", "0"}, nil, "gossip-reconnect-timeout (gossipReconnectTimeout) 0s: want more than 0"},
+		// The loops accept unless told not to (the default since de69a09;
+		// gateway.Config's zero value is off), in a file without the key
+		// too.
+		{"loop accept on by default", []string{"-f", "x", "--network", "n"},
+			func(s settings) bool { return s.LoopAccept }, ""},
+		{"loop accept on with a file that does not name it", []string{"--config", config},
+			func(s settings) bool { return s.LoopAccept }, ""},
+		{"loop accept off by flag", []string{"-f", "x", "--network", "n", "--loop-accept=false"},
+			func(s settings) bool { return !s.LoopAccept }, ""},
+		{"loop accept off in the file", []string{"--config", loopOff},
+			func(s settings) bool { return !s.LoopAccept }, ""},
+		{"loop accept flag wins over the file", []string{"--config", loopOff, "--loop-accept"},
+			func(s settings) bool { return s.LoopAccept }, ""},
+		{"no locality by default", []string{"-f", "x", "--network", "n"},
+			func(s settings) bool { return s.Locality == "" }, ""},
+		{"locality region", []string{"-f", "x", "--network", "n", "--locality", "eu-west"},
+			func(s settings) bool { return s.Locality == "eu-west" }, ""},
+		{"locality region/zone/subzone", []string{"-f", "x", "--network", "n", "--locality", "eu-west/eu-west-1a/rack7"},
+			func(s settings) bool { return s.Locality == "eu-west/eu-west-1a/rack7" }, ""},
+		{"locality in the file", []string{"--config", locality},
+			func(s settings) bool { return s.Locality == "eu-west/eu-west-1a" }, ""},
+		{"locality of four parts", []string{"-f", "x", "--network", "n", "--locality", "eu/west/1a/rack7"}, nil,
+			`--locality (locality) "eu/west/1a/rack7": want region[/zone[/subzone]]`},
+		{"locality without a region", []string{"-f", "x", "--network", "n", "--locality", "/eu-west-1a"}, nil,
+			`--locality (locality) "/eu-west-1a": want region[/zone[/subzone]]`},
+		{"locality of four parts in the file", []string{"--config", badLocality}, nil,
+			`--locality (locality) "eu/west/1a/rack7": want region[/zone[/subzone]]`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
