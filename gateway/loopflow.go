@@ -17,7 +17,7 @@ type loopFlow struct {
 	i    int   // index in the loop's flows; -1 while not in it
 	done bool  // finished: later events and commands are stale
 	// dial, while the loop connects the upstream socket, is the
-	// connect's state (loopaccept.go); the flow is not pumped yet.
+	// connect's state (loopdial.go); the flow is not pumped yet.
 	dial *loopDial
 }
 

@@ -1,0 +1,119 @@
+package gateway
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ewgate/ewgate/sni"
+)
+
+// serve is a connection's path from accept to dial: what serve and
+// handle do for a connection Go accepted, with the same rules, shared.
+func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
+	g := l.g
+	if ref := g.admitConn(); ref != nil {
+		g.note(sa.String(), ref)
+		e := rawEnd(fd)
+		e.reset()
+		e.close()
+		return
+	}
+	bp := g.bufs.Get().(*[]byte)
+	start := time.Now()
+	b := (*bp)[:cap(*bp)]
+	if m := g.cfg.Peek.MaxBytes; m > 0 && m < len(b) {
+		b = b[:m]
+	}
+	n, err := rawRead(fd, b)
+	var hello sni.Hello
+	switch {
+	case err == unix.EAGAIN:
+		// Sent nothing yet (after the deferral): the handler waits.
+		l.handOff(port, fd, sa, &preread{bp: bp})
+		return
+	case err != nil:
+		err = fmt.Errorf("%w after 0 bytes: %w", sni.ErrTruncated, os.NewSyscallError("read", err))
+	case n == 0:
+		err = fmt.Errorf("%w after 0 bytes: %w", sni.ErrTruncated, io.EOF)
+	default:
+		hello, err = g.cfg.Peek.Parse(b[:n])
+		if err == sni.ErrIncomplete {
+			l.handOff(port, fd, sa, &preread{bp: bp, n: n})
+			return
+		}
+	}
+	g.m.PeekSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		g.bufs.Put(bp)
+		l.refuse(fd, sa, peekRefusal(hello, err))
+		g.leaveConn()
+		return
+	}
+	t := g.table.Load()
+	p, ref := g.route(t, port, hello)
+	if ref != nil {
+		g.bufs.Put(bp)
+		l.refuse(fd, sa, ref)
+		g.leaveConn()
+		return
+	}
+	if p.cl == nil || p.tn != nil || !p.cl.raw {
+		l.handOff(port, fd, sa, &preread{bp: bp, n: n, parsed: true, hello: hello})
+		return
+	}
+	if !p.cl.admit() {
+		g.bufs.Put(bp)
+		l.refuse(fd, sa, routeOverLimit(p))
+		g.leaveConn()
+		return
+	}
+	f := &flow{g: g, client: rawEnd(fd)}
+	f.loop.Store(l)
+	g.track(f)
+	lf := &loopFlow{f: f, i: -1, dial: &loopDial{p: p, bp: bp, n: n, sa: sa, i: -1}}
+	f.lf, lf.side[0].lf, lf.side[1].lf = lf, lf, lf
+	lf.dial.a.begin(p.cl, sa.Addr())
+	if !l.watch(&lf.side[0], fd) {
+		l.finish(lf)
+		return
+	}
+	l.connectNext(lf)
+}
+
+// refuse answers a refused client of the loop's, as Gateway.refuse
+// does: counted and logged by note, the alert written (the socket's
+// buffer is empty: a few bytes always fit) and the socket closed. The
+// caller lets the connection's count go.
+func (l *loop) refuse(fd int, sa netip.AddrPort, ref *refusal) {
+	g := l.g
+	g.note(sa.String(), ref)
+	if ref.alert != 0 {
+		rawWrite(fd, alertRecord(ref.alert))
+	}
+	rawClose(fd)
+}
+
+// handOff gives a connection the loop does not dial itself to a handler,
+// with what was read of it: a *net.TCPConn of its own (a duplicate; the
+// loop's descriptor is closed), registered with the flows as serve does.
+func (l *loop) handOff(port uint32, fd int, sa netip.AddrPort, pre *preread) {
+	g := l.g
+	file := os.NewFile(uintptr(fd), "")
+	c, err := net.FileConn(file)
+	file.Close()
+	if err != nil {
+		g.bufs.Put(pre.bp)
+		g.log.Warn("connection not handed to a handler", "client", sa.String(), "err", err)
+		g.leaveConn()
+		return
+	}
+	f := &flow{g: g, client: tcpEnd(c.(*net.TCPConn))}
+	g.track(f)
+	g.dispatch(port, f, pre)
+}

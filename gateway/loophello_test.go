@@ -1,0 +1,149 @@
+package gateway
+
+import (
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ewgate/ewgate/internal/await"
+)
+
+// splitConn writes its first Write in two parts: head bytes, then,
+// once between returns, the rest.
+type splitConn struct {
+	net.Conn
+	head    int
+	between func()
+	once    sync.Once
+}
+
+func (c *splitConn) Write(p []byte) (int, error) {
+	n := 0
+	var err error
+	split := false
+	c.once.Do(func() {
+		split = true
+		if n, err = c.Conn.Write(p[:c.head]); err != nil {
+			return
+		}
+		c.between()
+		var m int
+		m, err = c.Conn.Write(p[c.head:])
+		n += m
+	})
+	if split {
+		return n, err
+	}
+	return c.Conn.Write(p)
+}
+
+// Which connections the loops dial themselves and which they hand to a
+// handler (with what they read), each forwarded byte for byte.
+func TestLoopAcceptPaths(t *testing.T) {
+	tests := []struct {
+		name    string
+		path    string
+		split   bool // the hello comes in two reads
+		handler bool // handed to a handler
+	}{
+		{"hello in one read: the loop dials", pathLocal, false, false},
+		{"hello in two reads: handed off with its first bytes", pathLocal, true, true},
+		{"tunneled route: handed off with the parsed hello", pathQUIC, false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := loopAcceptMesh(t, tt.path)
+			b := m.backend("v1")
+			m.start(echoYAML(freePort(t), b))
+			wrap := func(c net.Conn) net.Conn { return c }
+			if tt.split {
+				wrap = func(c net.Conn) net.Conn {
+					return &splitConn{Conn: c, head: 5, between: func() {
+						await.True(t, 5*time.Second, "the loop to hand the connection off", func() bool { return m.gw.handlers.live.Load() == 1 })
+					}}
+				}
+			}
+			c, err := m.dialVia(wrap, echoSNI, "istio")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if c.Server != "v1" {
+				t.Fatalf("routed to %q", c.Server)
+			}
+			if _, err := c.Write([]byte("over the loop's path\n")); err != nil {
+				t.Fatal(err)
+			}
+			if line, err := c.ReadLine(); err != nil || line != "over the loop's path" {
+				t.Fatalf("echo %q, %v", line, err)
+			}
+			if got := m.gw.handlers.live.Load() == 1; got != tt.handler {
+				t.Errorf("handed to a handler: %v, want %v", got, tt.handler)
+			}
+			if !tt.handler {
+				if n := loopsState(t, m.gw).flows; n != 1 {
+					t.Errorf("%d flows in the loops, want 1", n)
+				}
+			}
+		})
+	}
+}
+
+// Refusals the loops make themselves are counted under the same reasons
+// and answered with the same alerts as the handlers'.
+func TestLoopAcceptRefusals(t *testing.T) {
+	m := loopAcceptMesh(t, pathLocal)
+	b := m.backend("v1")
+	m.start(echoYAML(freePort(t), b))
+	tests := []struct {
+		name   string
+		sni    string // a TLS client's; "" sends raw
+		send   []byte
+		reason string
+		alert  string
+	}{
+		{"not an Istio name", "echo.demo.svc.cluster.local", nil, RejectBadSNI, "unrecognized name"},
+		{"unknown service", "outbound_.9080_._.nope.demo.svc.cluster.local", nil, "unknown_service", "unrecognized name"},
+		{"garbage", "", []byte("\x00\x01garbage\xff"), "hello_not_tls", ""},
+		{"SSLv2 hello", "", []byte{0x80, 0x2e, 0x01, 0x00, 0x02}, "hello_sslv2", ""},
+		{"health check: connect and close", "", nil, RejectNoData, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := m.gw.m.Rejected(tt.reason)
+			if tt.sni != "" {
+				c, err := m.dial(tt.sni, "istio")
+				if err == nil {
+					c.Close()
+					t.Fatal("handshake succeeded; want refusal")
+				}
+				if !strings.Contains(err.Error(), tt.alert) {
+					t.Errorf("client error %q, want TLS alert %q", err, tt.alert)
+				}
+			} else {
+				c, err := net.Dial("tcp", m.addr())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				c.Write(tt.send)
+				c.(*net.TCPConn).CloseWrite()
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) {
+					t.Fatalf("want the gateway to close the connection, got %v", err)
+				}
+			}
+			await.True(t, 5*time.Second, "reject counter "+tt.reason, func() bool { return m.gw.m.Rejected(tt.reason) == before+1 })
+			if n := m.gw.handlers.live.Load(); n != 0 {
+				t.Errorf("%d handlers: the loop should refuse itself", n)
+			}
+			await.True(t, 5*time.Second, "the connection's count released", func() bool { return m.gw.Active() == 0 })
+		})
+	}
+	if n := b.Accepted(); n != 0 {
+		t.Fatalf("backend accepted %d connections; refusals must not dial", n)
+	}
+}
