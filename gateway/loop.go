@@ -305,10 +305,7 @@ func (l *loop) poll(uintptr) bool {
 		if l.minIdle > 0 && l.now >= l.sweepAt {
 			l.sweep()
 		}
-		if len(l.dials) > 0 {
-			l.expireDials()
-		}
-		l.arm()
+		l.arm(l.expireDials())
 		if n == len(l.events) {
 			continue
 		}
@@ -320,14 +317,15 @@ func (l *loop) poll(uintptr) bool {
 	}
 }
 
-// arm sets the wait's deadline to the next sweep, or none.
-func (l *loop) arm() {
+// arm sets the wait's deadline to the next sweep or dialAt, the
+// earliest connect deadline (0 for none), whichever comes first; or none.
+func (l *loop) arm(dialAt int64) {
 	at := l.sweepAt
 	if l.minIdle == 0 || len(l.flows) == 0 {
 		at = 0
 	}
-	if d := l.dialDue(); d != 0 && (at == 0 || d < at) {
-		at = d
+	if dialAt != 0 && (at == 0 || dialAt < at) {
+		at = dialAt
 	}
 	if at == l.armed {
 		return

@@ -200,30 +200,24 @@ func (l *loop) dialFailed(lf *loopFlow, err error) {
 	l.connectNext(lf)
 }
 
-// expireDials fails the connects whose deadline passed.
-func (l *loop) expireDials() {
+// expireDials fails the connects whose deadline passed and returns the
+// earliest deadline of those left, or 0: one scan of the dials per poll
+// pass does both.
+func (l *loop) expireDials() (next int64) {
 	for i := 0; i < len(l.dials); {
 		lf := l.dials[i]
 		if d := lf.dial; l.now >= d.due {
 			l.dialFailed(lf, fmt.Errorf("dial tcp %s: %w", d.u.addr, os.ErrDeadlineExceeded))
-			if i < len(l.dials) && l.dials[i] == lf {
-				i++
+			if i >= len(l.dials) || l.dials[i] != lf {
+				continue // lf left the dials: the last one took its place
 			}
-			continue
+		}
+		if due := lf.dial.due; next == 0 || due < next {
+			next = due
 		}
 		i++
 	}
-}
-
-// dialDue returns the earliest connect deadline, or 0.
-func (l *loop) dialDue() int64 {
-	var at int64
-	for _, lf := range l.dials {
-		if at == 0 || lf.dial.due < at {
-			at = lf.dial.due
-		}
-	}
-	return at
+	return next
 }
 
 // endDial takes lf out of the dials.
