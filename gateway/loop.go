@@ -26,9 +26,7 @@ type loops struct {
 	err     error // why the loops could not start: flows fall back to forward
 	next    atomic.Uint32
 	wg      sync.WaitGroup // the loops' goroutines
-	mu      sync.Mutex
-	done    bool        // stopping: the loops must not start
-	stopped atomic.Bool // a later pick gets no loop
+	stopped atomic.Bool    // Shutdown stopped the loops: a later pick gets none, nor starts them
 }
 
 // pick returns the loop for a new flow, starting the loops on first use:
@@ -36,9 +34,7 @@ type loops struct {
 // or are stopped.
 func (ls *loops) pick(g *Gateway) *loop {
 	ls.once.Do(func() {
-		ls.mu.Lock()
-		defer ls.mu.Unlock()
-		if ls.done {
+		if ls.stopped.Load() {
 			ls.err = errors.New("loops stopped")
 			return
 		}
@@ -81,13 +77,11 @@ func (ls *loops) started(g *Gateway) []*loop {
 // stop ends the loops once the flows they pumped are released, and waits
 // for their goroutines. A flow still in a loop is reset.
 func (ls *loops) stop() {
-	ls.mu.Lock()
-	ls.done = true
-	ls.mu.Unlock()
 	if ls.stopped.Swap(true) {
 		return // a second Shutdown
 	}
-	// Waits for a pick that is starting the loops; none starts after.
+	// Waits for a pick that is starting the loops, whose loops are then
+	// all in ls.all; none starts after.
 	ls.once.Do(func() { ls.err = errors.New("loops stopped") })
 	for _, l := range ls.all {
 		l.send(command{stop: true})

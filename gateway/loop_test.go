@@ -40,9 +40,7 @@ type loopState struct {
 
 func loopsState(t testing.TB, g *Gateway) loopState {
 	t.Helper()
-	g.loops.mu.Lock() // under which pick starts the loops
-	all := g.loops.all
-	g.loops.mu.Unlock()
+	all := g.loops.started(g) // after pick, which may be starting them
 	st := loopState{loops: len(all)}
 	for _, l := range all {
 		done := make(chan struct{})
