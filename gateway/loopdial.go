@@ -224,14 +224,14 @@ func (l *loop) expireDials() (next int64) {
 func (l *loop) endDial(lf *loopFlow) {
 	d := lf.dial
 	if d.i >= 0 {
-		last := l.dials[len(l.dials)-1]
-		l.dials[d.i], last.dial.i = last, d.i
-		l.dials[len(l.dials)-1] = nil
-		l.dials = l.dials[:len(l.dials)-1]
+		l.dials = swapRemove(l.dials, d.i, dialIndex)
 		d.i = -1
 	}
 	lf.dial = nil
 }
+
+// dialIndex is lf's index in the loop's dials, for swapRemove.
+func dialIndex(lf *loopFlow) *int { return &lf.dial.i }
 
 // abandonDial undoes what a flow ended while dialing holds: the member
 // being dialed, its socket, the route's count and the hello buffer.
@@ -253,13 +253,6 @@ func (l *loop) dropUpstream(lf *loopFlow) {
 	l.forget(s)
 	rawClose(s.fd)
 	*s = side{}
-}
-
-// forget clears the descriptor table's entry of s.
-func (l *loop) forget(s *side) {
-	if s.lf != nil && s.fd < len(l.byFD) && l.byFD[s.fd] == s {
-		l.byFD[s.fd] = nil
-	}
 }
 
 // rawConn is a socket of the loop's as DialControl sees it: Control

@@ -172,17 +172,12 @@ func (l *loop) finish(lf *loopFlow) {
 		l.abandonDial(lf)
 	}
 	if lf.i >= 0 {
-		last := l.flows[len(l.flows)-1]
-		l.flows[lf.i], last.i = last, lf.i
-		l.flows[len(l.flows)-1] = nil
-		l.flows = l.flows[:len(l.flows)-1]
+		l.flows = swapRemove(l.flows, lf.i, flowIndex)
 		lf.i = -1
 	}
 	for i := range lf.side {
 		s := &lf.side[i]
-		if s.fd < len(l.byFD) && l.byFD[s.fd] == s {
-			l.byFD[s.fd] = nil
-		}
+		l.forget(s)
 		if s.pend != nil {
 			l.g.chunks.Put(s.pend)
 			s.pend = nil
@@ -196,6 +191,26 @@ func (l *loop) finish(lf *loopFlow) {
 	// descriptor is duplicated, so these are the last references.
 	f.close()
 }
+
+// forget clears the descriptor table's entry of s.
+func (l *loop) forget(s *side) {
+	if s.lf != nil && s.fd < len(l.byFD) && l.byFD[s.fd] == s {
+		l.byFD[s.fd] = nil
+	}
+}
+
+// swapRemove removes the flow at index i of list by moving the last
+// one into its place: at returns the field in which a flow keeps its
+// index in list, which the moved one's becomes i.
+func swapRemove(list []*loopFlow, i int, at func(*loopFlow) *int) []*loopFlow {
+	last := list[len(list)-1]
+	list[i], *at(last) = last, i
+	list[len(list)-1] = nil
+	return list[:len(list)-1]
+}
+
+// flowIndex is lf's index in the loop's flows, for swapRemove.
+func flowIndex(lf *loopFlow) *int { return &lf.i }
 
 // ready takes an event on s's socket and pumps its flow both ways.
 func (l *loop) ready(s *side, ev uint32) {
