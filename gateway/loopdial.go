@@ -60,7 +60,7 @@ func (l *loop) connectNext(lf *loopFlow) {
 			lf.done = true
 			f.ended.Store(true)
 			l.forget(&lf.side[0])
-			l.refuse(f.client.fd, d.sa, ref) // before the hello's buffer, which ref's key views, goes
+			l.answer(f.client.fd, d.sa, ref) // before the hello's buffer, which ref's key views, goes
 			l.abandonDial(lf)
 			f.client = end{}
 			g.release(f)

@@ -50,17 +50,13 @@ func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
 	}
 	g.m.PeekSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
-		g.bufs.Put(bp)
-		l.refuse(fd, sa, peekRefusal(hello, err))
-		g.leaveConn()
+		l.refuse(fd, sa, peekRefusal(hello, err), bp)
 		return
 	}
 	t := g.table.Load()
 	p, ref := g.route(t, port, hello)
 	if ref != nil {
-		g.bufs.Put(bp)
-		l.refuse(fd, sa, ref)
-		g.leaveConn()
+		l.refuse(fd, sa, ref, bp)
 		return
 	}
 	if p.cl == nil || p.tn != nil || !p.cl.raw {
@@ -68,9 +64,7 @@ func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
 		return
 	}
 	if !p.cl.admit() {
-		g.bufs.Put(bp)
-		l.refuse(fd, sa, routeOverLimit(p))
-		g.leaveConn()
+		l.refuse(fd, sa, routeOverLimit(p), bp)
 		return
 	}
 	f := &flow{g: g, client: rawEnd(fd)}
@@ -86,11 +80,19 @@ func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
 	l.connectNext(lf)
 }
 
-// refuse answers a refused client of the loop's, as Gateway.refuse
+// refuse turns away a client serve admitted: answered, then bp, the
+// hello's buffer, which ref's key may view, and the connection's count
+// go.
+func (l *loop) refuse(fd int, sa netip.AddrPort, ref *refusal, bp *[]byte) {
+	l.answer(fd, sa, ref)
+	l.g.bufs.Put(bp)
+	l.g.leaveConn()
+}
+
+// answer answers a refused client of the loop's, as Gateway.refuse
 // does: counted and logged by note, the alert written (the socket's
-// buffer is empty: a few bytes always fit) and the socket closed. The
-// caller lets the connection's count go.
-func (l *loop) refuse(fd int, sa netip.AddrPort, ref *refusal) {
+// buffer is empty: a few bytes always fit) and the socket closed.
+func (l *loop) answer(fd int, sa netip.AddrPort, ref *refusal) {
 	g := l.g
 	g.note(sa.String(), ref)
 	if ref.alert != 0 {
