@@ -18,7 +18,7 @@ import (
 func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
 	g := l.g
 	if ref := g.admitConn(); ref != nil {
-		g.note(sa.String(), ref)
+		g.note(sa.String, ref)
 		e := rawEnd(fd)
 		e.reset()
 		e.close()
@@ -94,7 +94,7 @@ func (l *loop) refuse(fd int, sa netip.AddrPort, ref *refusal, bp *[]byte) {
 // buffer is empty: a few bytes always fit) and the socket closed.
 func (l *loop) answer(fd int, sa netip.AddrPort, ref *refusal) {
 	g := l.g
-	g.note(sa.String(), ref)
+	g.note(sa.String, ref)
 	if ref.alert != 0 {
 		rawWrite(fd, alertRecord(ref.alert))
 	}

@@ -3,12 +3,14 @@ package gateway
 import (
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ewgate/ewgate/internal/await"
+	"golang.org/x/sys/unix"
 )
 
 // splitConn writes its first Write in two parts: head bytes, then,
@@ -145,5 +147,60 @@ func TestLoopAcceptRefusals(t *testing.T) {
 	}
 	if n := b.Accepted(); n != 0 {
 		t.Fatalf("backend accepted %d connections; refusals must not dial", n)
+	}
+}
+
+// A quiet refusal (a health check: connect and close) is counted
+// without formatting the client's address, which only its log would
+// show: neither the loop's answer nor handle's allocates.
+func TestQuietRefusalAllocatesNothing(t *testing.T) {
+	g := New(Config{})
+	ref := &refusal{reason: RejectNoData, quiet: true}
+	const runs = 100
+	t.Run("loop", func(t *testing.T) {
+		l := &loop{g: g}
+		// AllocsPerRun calls its function runs+1 times, each answer
+		// closing a socket of its own.
+		fds := make([]int, runs+1)
+		for i := range fds {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fds[i] = fd
+		}
+		sa := netip.MustParseAddrPort("192.0.2.1:40000")
+		next := 0
+		allocs := testing.AllocsPerRun(runs, func() {
+			l.answer(fds[next], sa, ref)
+			next++
+		})
+		if allocs != 0 {
+			t.Errorf("%v allocations per quiet refusal", allocs)
+		}
+	})
+	t.Run("handle", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		allocs := testing.AllocsPerRun(runs, func() { g.answer(s, ref) })
+		if allocs != 0 {
+			t.Errorf("%v allocations per quiet refusal", allocs)
+		}
+	})
+	if n := g.m.Rejected(RejectNoData); n != 2*(runs+1) {
+		t.Errorf("%d refusals counted, want %d", n, 2*(runs+1))
 	}
 }

@@ -287,7 +287,7 @@ func alertRecord(alert byte) []byte { return []byte{21, 3, 3, 0, 2, 2, alert} }
 // connection under ref's reason and sends c ref's TLS alert, if any. It
 // reports whether an alert was written. The caller closes c.
 func (g *Gateway) answer(c net.Conn, ref *refusal) bool {
-	g.note(c.RemoteAddr().String(), ref)
+	g.note(c.RemoteAddr().String, ref)
 	if ref.alert == 0 {
 		return false
 	}
@@ -297,13 +297,15 @@ func (g *Gateway) answer(c net.Conn, ref *refusal) bool {
 }
 
 // note counts and logs the refusal of client's connection under ref's
-// reason: the part of answer that every path shares.
-func (g *Gateway) note(client string, ref *refusal) {
+// reason: the part of answer that every path shares. client formats the
+// client's address, only if the refusal is logged: a quiet one (a health
+// check) allocates nothing.
+func (g *Gateway) note(client func() string, ref *refusal) {
 	g.m.reject(ref.reason)
 	if ref.quiet {
 		return
 	}
-	args := []any{"reason", ref.reason, "client", client}
+	args := []any{"reason", ref.reason, "client", client()}
 	if ref.key.Host != "" {
 		args = append(args, "key", ref.key.String())
 	}
