@@ -16,7 +16,8 @@ const maxPooledHelloSize = 16 << 10
 // handle routes one accepted client connection and starts forwarding it;
 // the flow releases itself when forwarding ends. A connection that is not
 // forwarded is released here. dc bounds its dials: the handler's. pre,
-// if not nil, is what an event loop read of the connection already.
+// if not nil, is what an event loop read of the connection already, and
+// the route it decided, if it did.
 func (g *Gateway) handle(port uint32, f *flow, dc *dialContext, pre *preread) {
 	c := f.client.tcp
 	forwarding := false
@@ -27,9 +28,11 @@ func (g *Gateway) handle(port uint32, f *flow, dc *dialContext, pre *preread) {
 	}()
 	var bp *[]byte
 	var hello sni.Hello
-	var err error
-	if pre != nil && pre.parsed {
-		bp, hello, err = pre.bp, pre.hello, pre.err
+	var t *table
+	var p plan
+	routed := pre != nil && pre.routed
+	if routed {
+		bp, hello, t, p = pre.bp, pre.hello, pre.t, pre.p
 	} else {
 		// Peek is PeekFrom with nothing read yet.
 		n := 0
@@ -39,13 +42,14 @@ func (g *Gateway) handle(port uint32, f *flow, dc *dialContext, pre *preread) {
 			bp = g.bufs.Get().(*[]byte)
 		}
 		start := time.Now()
+		var err error
 		hello, err = g.cfg.Peek.PeekFrom(c, *bp, n)
 		g.m.PeekSeconds.Observe(time.Since(start).Seconds())
-	}
-	if err != nil {
-		g.bufs.Put(bp)
-		g.refuse(c, peekRefusal(hello, err))
-		return
+		if err != nil {
+			g.bufs.Put(bp)
+			g.refuse(c, peekRefusal(hello, err))
+			return
+		}
 	}
 	defer func() {
 		if cap(hello.Raw) <= maxPooledHelloSize {
@@ -53,11 +57,13 @@ func (g *Gateway) handle(port uint32, f *flow, dc *dialContext, pre *preread) {
 		}
 		g.bufs.Put(bp)
 	}()
-	t := g.table.Load()
-	p, ref := g.route(t, port, hello)
-	if ref != nil {
-		g.refuse(c, ref)
-		return
+	if !routed {
+		t = g.table.Load()
+		var ref *refusal
+		if p, ref = g.route(t, port, hello); ref != nil {
+			g.refuse(c, ref)
+			return
+		}
 	}
 	up, u, cl, ref := g.dial(t, p, c.RemoteAddr(), dc)
 	if ref != nil {

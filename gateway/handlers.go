@@ -36,14 +36,17 @@ type handlerJob struct {
 }
 
 // preread is what an event loop read of a connection it hands to a
-// handler (acceptRaw): the first n bytes in *bp, the pooled hello
-// buffer, and, if parsed, the hello or the error they gave.
+// handler (loop.serve): the first n bytes in *bp, the pooled hello
+// buffer, and, if routed, the hello they hold and the loop's routing
+// decision, plan p by table t, which handle carries out rather than
+// route again.
 type preread struct {
 	bp     *[]byte
 	n      int
-	parsed bool
+	routed bool
 	hello  sni.Hello
-	err    error
+	t      *table
+	p      plan
 }
 
 func newHandlers() *handlers {

@@ -205,6 +205,14 @@ func (m *mesh) apply(yaml string) {
 
 func (m *mesh) applyTo(g *Gateway, network, yaml string) {
 	m.t.Helper()
+	if err := g.Apply(m.view(network, yaml)); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
+// view returns the view of network's gateway from the catalog of YAML.
+func (m *mesh) view(network, yaml string) *discovery.View {
+	m.t.Helper()
 	c, err := discovery.Parse("test.yaml", []byte(yaml), nil)
 	if err != nil {
 		m.t.Fatal(err)
@@ -213,9 +221,7 @@ func (m *mesh) applyTo(g *Gateway, network, yaml string) {
 	if err != nil {
 		m.t.Fatal(err)
 	}
-	if err := g.Apply(v); err != nil {
-		m.t.Fatal(err)
-	}
+	return v
 }
 
 // last is the gateway that dials the endpoints: far on a tunneled path.

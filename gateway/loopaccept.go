@@ -16,7 +16,8 @@ import (
 // nor a handler goroutine). What the loops do not do themselves (a hello
 // that did not arrive whole in the first read, a tunneled route, an
 // endpoint named by DNS) is handed to the handlers with what was read
-// (preread), where handle carries on after its peek. This file accepts;
+// (preread), where handle carries on after its peek or, for a hello the
+// loop routed, with the loop's plan. This file accepts;
 // loophello.go reads, routes and hands off; loopdial.go connects.
 
 // padListener tags a listening socket's events (EpollEvent.Pad); a

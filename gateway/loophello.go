@@ -60,7 +60,7 @@ func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
 		return
 	}
 	if p.cl == nil || p.tn != nil || !p.cl.raw {
-		l.handOff(port, fd, sa, &preread{bp: bp, n: n, parsed: true, hello: hello})
+		l.handOff(port, fd, sa, &preread{bp: bp, n: n, routed: true, hello: hello, t: t, p: p})
 		return
 	}
 	if !p.cl.admit() {

@@ -1,15 +1,19 @@
 package gateway
 
 import (
+	"bytes"
+	"context"
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ewgate/ewgate/internal/await"
+	"github.com/ewgate/ewgate/workload"
 	"golang.org/x/sys/unix"
 )
 
@@ -92,6 +96,65 @@ func TestLoopAcceptPaths(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A connection the loop routed and hands to a handler (here, to an
+// endpoint named by DNS, which only net's dialer resolves) is dialed by
+// the loop's plan, not routed again: a table swapped in between the
+// loop's routing and the handler's dial does not move it.
+func TestLoopHandOffRoutedOnce(t *testing.T) {
+	m := loopAcceptMesh(t, pathLocal)
+	v1, v2 := m.backend("v1"), m.backend("v2")
+	port := freePort(t)
+	byName := func(b *workload.EchoServer) string {
+		return strings.ReplaceAll(echoYAML(port, b), "address: 127.0.0.1", "address: localhost")
+	}
+	m.start(byName(v1))
+	g := m.gw
+	addr := m.addr()
+	cl := workload.Client{Source: m.source("spiffe://cluster.local/ns/demo/sa/client"), ALPN: []string{"istio"}}
+	// After routing, the loop registers the handed-off flow (track)
+	// under g.mu, held here until the table routes to v2 instead.
+	g.mu.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			g.mu.Unlock()
+		}
+	}()
+	type dialed struct {
+		c   *workload.Conn
+		err error
+	}
+	res := make(chan dialed, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := cl.DialName(ctx, addr, echoSNI)
+		res <- dialed{c, err}
+	}()
+	await.True(t, 10*time.Second, "the loop to hand the connection off", func() bool { return inStack("gateway.(*loop).handOff(") })
+	g.table.Store(g.buildTable(m.view("net-a", byName(v2))))
+	g.mu.Unlock()
+	locked = false
+	r := <-res
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	defer r.c.Close()
+	if r.c.Server != "v1" {
+		t.Fatalf("routed to %q, by the table of after the loop's routing: the handler routed it again", r.c.Server)
+	}
+	if n := g.handlers.live.Load(); n != 1 {
+		t.Errorf("%d handlers: the connection should have been handed off", n)
+	}
+}
+
+// inStack reports whether a goroutine's stack holds a call of fn, a
+// frame as runtime.Stack prints it.
+func inStack(fn string) bool {
+	buf := make([]byte, 1<<20)
+	return bytes.Contains(buf[:runtime.Stack(buf, true)], []byte(fn))
 }
 
 // Refusals the loops make themselves are counted under the same reasons
