@@ -104,6 +104,8 @@ func (l *loop) answer(fd int, sa netip.AddrPort, ref *refusal) {
 // handOff gives a connection the loop does not dial itself to a handler,
 // with what was read of it: a *net.TCPConn of its own (a duplicate; the
 // loop's descriptor is closed), registered with the flows as serve does.
+// net adopts no descriptor without FileConn's dup, and the handlers need
+// a *net.TCPConn (docs/architecture.md).
 func (l *loop) handOff(port uint32, fd int, sa netip.AddrPort, pre *preread) {
 	g := l.g
 	file := os.NewFile(uintptr(fd), "")
