@@ -74,9 +74,29 @@ func (g *Gateway) handle(port uint32, f *flow, dc *dialContext, pre *preread) {
 		return
 	}
 	forwarding = true
-	if !g.handover(f) {
-		f.forward()
+	g.pump(f)
+}
+
+// pump forwards f, started: in an event loop if both its ends are
+// sockets (handover), whose sweep ends it at its route's
+// MaxConnectionDuration, otherwise with forward's goroutines and a
+// timer for that.
+func (g *Gateway) pump(f *flow) {
+	if g.handover(f) {
+		return
 	}
+	if d := f.maxAge(); d > 0 {
+		f.expiry = time.AfterFunc(d, f.expire)
+	}
+	f.forward()
+}
+
+// maxAge returns f's route's MaxConnectionDuration, 0 for none.
+func (f *flow) maxAge() time.Duration {
+	if f.cl == nil {
+		return 0
+	}
+	return f.cl.policy.MaxConnectionDuration
 }
 
 // peekRefusal is the refusal of a connection whose hello the peek
@@ -169,9 +189,6 @@ func (g *Gateway) start(f *flow, up end, u *upstream, cl *cluster, first []byte)
 		// Shutdown may have cut the flows before this one had its
 		// upstream.
 		f.cut()
-	}
-	if cl != nil && cl.policy.MaxConnectionDuration > 0 {
-		f.expiry = time.AfterFunc(cl.policy.MaxConnectionDuration, f.expire)
 	}
 	g.m.Forwarded.Inc()
 	return true

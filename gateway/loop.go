@@ -123,7 +123,7 @@ type loop struct {
 
 	// The rest is the loop goroutine's alone.
 	byFD  []*side     // the flow side polled at each descriptor
-	flows []*loopFlow // every flow, for the idle sweep
+	flows []*loopFlow // every flow, for the sweep
 	buf   []byte      // the chunk read and written at once
 	pipes []*pipe     // empty splice pipes for reuse
 	base  time.Time
@@ -131,7 +131,9 @@ type loop struct {
 	// minIdle is the shortest idle timeout among the flows, which sets
 	// how often the sweep runs; 0 for none.
 	minIdle time.Duration
-	sweepAt int64 // when the next sweep is due, on the coarse clock
+	// sweepAt is when the next sweep is due, on the coarse clock: the
+	// next idle check or the flows' earliest max duration; 0 for none.
+	sweepAt int64
 	armed   int64 // sweepAt as the wait's deadline; 0 for none
 	spare   []command
 	events  []unix.EpollEvent
@@ -296,7 +298,7 @@ func (l *loop) poll(uintptr) bool {
 			l.stopping = true
 			return true
 		}
-		if l.minIdle > 0 && l.now >= l.sweepAt {
+		if l.sweepAt != 0 && l.now >= l.sweepAt {
 			l.sweep()
 		}
 		l.arm(l.expireDials())
@@ -315,12 +317,10 @@ func (l *loop) poll(uintptr) bool {
 // earliest connect deadline (0 for none), whichever comes first; or none.
 func (l *loop) arm(dialAt int64) {
 	at := l.sweepAt
-	if l.minIdle == 0 || len(l.flows) == 0 {
+	if len(l.flows) == 0 {
 		at = 0
 	}
-	if dialAt != 0 && (at == 0 || dialAt < at) {
-		at = dialAt
-	}
+	at = earliest(at, dialAt)
 	if at == l.armed {
 		return
 	}
@@ -380,16 +380,22 @@ func sweepPeriod(idle time.Duration) int64 {
 	return int64(min(max(idle/4, time.Millisecond), time.Second))
 }
 
-// sweep ends the flows that moved no byte for their idle timeout and
-// schedules the next sweep.
+// sweep ends the flows that moved no byte for their idle timeout or
+// are as old as their route's MaxConnectionDuration (closed, not reset,
+// as forward's abort closes them), and schedules the next sweep.
 func (l *loop) sweep() {
-	l.minIdle = 0
+	l.minIdle, l.sweepAt = 0, 0
 	for i := 0; i < len(l.flows); {
 		lf := l.flows[i]
 		idle := lf.f.idle
-		if idle > 0 && l.now-lf.last >= int64(idle) {
+		idled := idle > 0 && l.now-lf.last >= int64(idle)
+		if idled || (lf.expires != 0 && l.now >= lf.expires) {
 			if lf.f.ended.CompareAndSwap(false, true) {
-				l.g.m.IdleClosed.Inc()
+				if idled {
+					l.g.m.IdleClosed.Inc()
+				} else {
+					l.g.m.DurationClosed.Inc()
+				}
 			}
 			l.finish(lf) // moves the last flow to i
 			continue
@@ -397,11 +403,21 @@ func (l *loop) sweep() {
 		if idle > 0 && (l.minIdle == 0 || idle < l.minIdle) {
 			l.minIdle = idle
 		}
+		l.sweepAt = earliest(l.sweepAt, lf.expires)
 		i++
 	}
 	if l.minIdle > 0 {
-		l.sweepAt = l.now + sweepPeriod(l.minIdle)
+		l.sweepAt = earliest(l.sweepAt, l.now+sweepPeriod(l.minIdle))
 	}
+}
+
+// earliest returns the earlier of two deadlines on the loop's clock, 0
+// being none.
+func earliest(a, b int64) int64 {
+	if a == 0 || (b != 0 && b < a) {
+		return b
+	}
+	return a
 }
 
 // handover gives f, whose upstream is dialed, to an event loop if both
@@ -433,7 +449,7 @@ func (g *Gateway) handover(f *flow) bool {
 	}
 	f.loop.Store(l)
 	g.mu.Unlock()
-	lf := &loopFlow{f: f, i: -1}
+	lf := &loopFlow{f: f, i: -1, expires: expiresAt(f, int64(time.Since(l.base)))}
 	lf.side[0].lf, lf.side[0].fd = lf, cfd
 	lf.side[1].lf, lf.side[1].fd = lf, ufd
 	l.register(lf)

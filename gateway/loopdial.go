@@ -187,6 +187,7 @@ func (l *loop) dialEvent(lf *loopFlow, ev uint32) {
 	l.endDial(lf)
 	g.bufs.Put(d.bp)
 	g.start(lf.f, rawEnd(s.fd), u, cl, nil)
+	lf.expires = expiresAt(lf.f, l.now)
 	l.track(lf)
 	l.pumpBoth(lf)
 }

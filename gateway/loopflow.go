@@ -16,6 +16,9 @@ type loopFlow struct {
 	last int64 // the loop's clock when a byte last moved
 	i    int   // index in the loop's flows; -1 while not in it
 	done bool  // finished: later events and commands are stale
+	// expires is when, on the loop's clock, the flow is as old as its
+	// route's MaxConnectionDuration, which the sweep checks; 0 for none.
+	expires int64
 	// dial, while the loop connects the upstream socket, is the
 	// connect's state (loopdial.go); the flow is not pumped yet.
 	dial *loopDial
@@ -147,19 +150,27 @@ func (l *loop) adopt(lf *loopFlow) {
 	l.track(lf)
 }
 
-// track adds lf, whose sockets are polled, to the flows the idle sweep
-// looks at.
+// track adds lf, whose sockets are polled, to the flows the sweep looks
+// at.
 func (l *loop) track(lf *loopFlow) {
 	f := lf.f
 	lf.last = l.now
 	lf.i = len(l.flows)
 	l.flows = append(l.flows, lf)
 	if f.idle > 0 && (l.minIdle == 0 || f.idle < l.minIdle) {
-		if l.minIdle == 0 || l.now+sweepPeriod(f.idle) < l.sweepAt {
-			l.sweepAt = l.now + sweepPeriod(f.idle)
-		}
+		l.sweepAt = earliest(l.sweepAt, l.now+sweepPeriod(f.idle))
 		l.minIdle = f.idle
 	}
+	l.sweepAt = earliest(l.sweepAt, lf.expires)
+}
+
+// expiresAt returns when, on a loop's clock, f, started at now, is as
+// old as its route's MaxConnectionDuration; 0 for none.
+func expiresAt(f *flow, now int64) int64 {
+	if d := f.maxAge(); d > 0 {
+		return now + int64(d)
+	}
+	return 0
 }
 
 // finish ends lf: it forgets the flow's sockets and what it held, then

@@ -48,7 +48,7 @@ func (g *Gateway) ServeTunnel(ctx context.Context, h tunnel.Header, s *tunnel.St
 		g.release(f)
 		return
 	}
-	f.forward()
+	g.pump(f)
 	stop := context.AfterFunc(ctx, func() {
 		g.mu.Lock()
 		f.cut()
