@@ -52,7 +52,7 @@ func rawEnd(fd int) end         { return end{raw: true, fd: fd} }
 func (e *end) reset() {
 	switch {
 	case e.raw:
-		unix.SetsockoptLinger(e.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		rawLingerZero(e.fd)
 	case e.tcp != nil:
 		e.tcp.SetLinger(0)
 	default:

@@ -87,6 +87,14 @@ func rawSetsockoptInt(fd, level, name, v int) error {
 	return errnoErr(e)
 }
 
+// rawLingerZero sets SO_LINGER to zero seconds, so that closing fd
+// resets the connection.
+func rawLingerZero(fd int) error {
+	l := unix.Linger{Onoff: 1}
+	_, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_LINGER, uintptr(unsafe.Pointer(&l)), unsafe.Sizeof(l), 0)
+	return errnoErr(e)
+}
+
 // rawGetsockoptInt is getsockopt(2) of an int option.
 func rawGetsockoptInt(fd, level, name int) (int, error) {
 	var x int32
