@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# perfstat.sh: what one proxy's CPU per operation is made of, counted by
+# the kernel: runs compare.sh with that proxy and mode alone, and for 3 s
+# of the mode's window counts, with perf stat, the proxy's task clock,
+# context switches and system calls by kind, printed per operation (per
+# round trip for rr: writes / 2; per connection for connect and tls:
+# connects). Counts do not depend on the machine's load the way times do.
+#
+#   bench/perfstat.sh PROXY MODE    PROXY: ewgate, haproxy or nginx;
+#                                   MODE: rr, connect or tls
+#
+# ewgate is built from this tree, as compare.sh does. Needs perf (Debian's
+# linux-perf) and root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+proxy=${1:?usage: bench/perfstat.sh PROXY MODE}
+mode=${2:?usage: bench/perfstat.sh PROXY MODE}
+work=$(mktemp -d /tmp/perfstat.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+PROXIES=$proxy MODES=$mode SECS=6 DIRECT=0 OUT=$work/report.md bench/compare.sh >"$work/log" 2>&1 &
+runner=$!
+# The mode's window starts when compare.sh logs it; 1.5 s in, the
+# connections are open and the proxy warm.
+for ((i = 0; i < 600; i++)); do
+	grep -q "$mode $proxy" "$work/log" 2>/dev/null && break
+	kill -0 "$runner" 2>/dev/null || { cat "$work/log" >&2; exit 1; }
+	sleep 0.2
+done
+sleep 1.5
+case $proxy in
+ewgate) pids=$(pgrep -f "ewgate run -f /tmp/ewgate-bench" | head -1) ;;
+nginx) pids=$(pgrep -P "$(pgrep -f 'nginx: master' -n)" | paste -sd,) ;;
+haproxy) pids=$(pgrep -x haproxy -n) ;;
+*) echo "perfstat.sh: unknown proxy $proxy" >&2; exit 2 ;;
+esac
+events=task-clock,context-switches,raw_syscalls:sys_enter
+for s in futex nanosleep epoll_pwait epoll_wait epoll_ctl accept4 connect read recvfrom write writev setsockopt; do
+	events+=,syscalls:sys_enter_$s
+done
+perf stat -x, -e "$events" -p "$pids" -- sleep 3 2>"$work/stat" || true
+wait "$runner" || true
+awk -F, -v mode="$mode" -v proxy="$proxy" '
+	{ v[$3] = $1 }
+	END {
+		w = v["syscalls:sys_enter_write"] + v["syscalls:sys_enter_writev"]
+		n = (mode == "rr") ? w / 2 : v["syscalls:sys_enter_connect"]
+		if (n <= 0) { print "perfstat.sh: no operations counted" > "/dev/stderr"; exit 1 }
+		printf "%s %s, per %s (%d counted): CPU %.1f µs, context switches %.2f, system calls %.2f", proxy, mode, (mode == "rr") ? "round trip" : "connection", n, v["task-clock"] * 1000 / n, v["context-switches"] / n, v["raw_syscalls:sys_enter"] / n
+		for (k in v) if (k ~ /^syscalls:/ && v[k] > 0) { s = k; sub(/^syscalls:sys_enter_/, "", s); printf ", %s %.2f", s, v[k] / n }
+		print ""
+	}' "$work/stat"
