@@ -33,6 +33,10 @@ type stream interface {
 	halfConn
 	// Abort resets both directions, the tunnel's TCP RST.
 	Abort()
+	// Wait waits until a read would not block, holding no buffer, and
+	// returns the read's error, where Waits reports it can.
+	Wait() error
+	Waits() bool
 }
 
 // end is one half-connection of a flow: a TCP socket or a tunnel
@@ -134,8 +138,12 @@ type direction struct {
 	moved int64      // bytes moved since the deadlines were armed
 	pool  *sync.Pool // of *[]byte buffers for the next read
 	// raw is the source socket, whose readiness is awaited before a
-	// buffer is taken; nil for a stream, read by blocking reads.
-	raw    syscall.RawConn
+	// buffer is taken; nil for a stream.
+	raw syscall.RawConn
+	// wait is the source stream, if it can be awaited as a socket is
+	// (stream.Wait: the TCP fallback); nil for a socket or a stream read
+	// by blocking reads.
+	wait   stream
 	splice bool                  // both ends are sockets: backlogs are spliced
 	ready  func(fd uintptr) bool // d.poll, bound once
 	buf    *[]byte               // chunk read and not yet all written
@@ -213,6 +221,10 @@ func (f *flow) pipe(d *direction) {
 		if !d.splice {
 			d.pool = &f.g.relays
 		}
+	} else if s, ok := d.src.c.(stream); ok && s.Waits() {
+		// Waiting without a buffer, as on a socket: a read takes a
+		// relay buffer.
+		d.wait, d.pool = s, &f.g.relays
 	}
 	d.arm(f.idle)
 	if f.ended.Load() {
@@ -230,6 +242,12 @@ func (f *flow) pipe(d *direction) {
 			// pipe's: move's and read's would double its stack.
 			if err = d.raw.Read(d.ready); err == nil {
 				eof, err = d.took()
+			}
+		} else if d.wait != nil && d.buf == nil && d.err == nil {
+			// A stream that can be awaited is, as a socket: a direction
+			// parked on an idle stream holds no buffer.
+			if err = d.wait.Wait(); err == io.EOF {
+				eof, err = true, nil
 			}
 		}
 		if !eof && err == nil {
@@ -286,13 +304,15 @@ func isTimeout(err error) bool {
 // until src is readable before it takes a buffer; a chunk that fits a
 // buffer is read and written (two system calls, as small messages want);
 // a full buffer between two sockets means a stream, whose backlog is then
-// spliced without entering user space. While it waits on a socket it
-// holds no buffer and no splice pipe: an idle connection costs its two
-// sockets and its goroutines, where a plain io.Copy would keep a pipe
-// (two more descriptors and kernel buffers) per direction. A stream is
-// read with a small buffer until a read fills one, then with relay-sized
-// ones, as io.Copy's throughput needs. From a socket, pipe has waited
-// and d.buf holds the chunk.
+// spliced without entering user space. While it waits on a socket, or on
+// a stream that can be awaited (the TCP fallback's), it holds no buffer
+// and no splice pipe: an idle connection costs its two sockets and its
+// goroutines, where a plain io.Copy would keep a pipe (two more
+// descriptors and kernel buffers) per direction. Any other stream (QUIC)
+// is read with a small buffer until a read fills one, then with
+// relay-sized ones, as io.Copy's throughput needs. From a socket, pipe
+// has waited and d.buf holds the chunk; from an awaited stream, read
+// takes a relay buffer once bytes are there.
 func (d *direction) move(g *Gateway) (n int64, eof bool, err error) {
 	if d.buf == nil {
 		if eof, err := d.read(g); eof || err != nil {
@@ -311,7 +331,7 @@ func (d *direction) move(g *Gateway) (n int64, eof bool, err error) {
 	full := d.n == len(*d.buf)
 	d.drop()
 	if !full {
-		if d.raw == nil {
+		if d.raw == nil && d.wait == nil {
 			d.pool = &g.bufs
 		}
 		return n, false, nil

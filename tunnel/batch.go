@@ -76,15 +76,23 @@ func (b *batchConn) flush() error {
 	return err
 }
 
+// recordPayload is the most plaintext crypto/tls puts in one record.
+const recordPayload = 16 << 10
+
 // frameConn is a link's TLS connection as yamux uses it: each Write, one
 // frame from yamux's send loop, reaches the socket as one batch of
-// records.
+// records. A frame of one record (window updates, pings, small writes)
+// goes straight through: a link that carries only those never takes the
+// batch buffer.
 type frameConn struct {
 	*tls.Conn
 	b *batchConn
 }
 
 func (c *frameConn) Write(p []byte) (int, error) {
+	if len(p) <= recordPayload {
+		return c.Conn.Write(p)
+	}
 	c.b.begin()
 	n, err := c.Conn.Write(p)
 	if ferr := c.b.end(); err == nil && ferr != nil {

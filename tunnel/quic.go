@@ -70,6 +70,11 @@ func (s *quicStream) Read(p []byte) (int, error) {
 	return n, quicStreamError(err)
 }
 
+// A QUIC stream cannot wait: quic-go's Read returns at once for an empty
+// buffer, and nothing else of its waits for bytes without taking them.
+func (s *quicStream) waits() bool { return false }
+func (s *quicStream) wait() error { return nil }
+
 func (s *quicStream) Write(p []byte) (int, error) {
 	n, err := s.Stream.Write(p)
 	return n, quicStreamError(err)

@@ -306,6 +306,15 @@ func (s *tcpStream) Read(p []byte) (int, error) {
 	return n, yamuxError(err)
 }
 
+// wait is a Read of nothing: yamux's waits until the stream has bytes
+// (returning none of them), EOF, a reset or the read deadline.
+func (s *tcpStream) wait() error {
+	_, err := s.Read(nil)
+	return err
+}
+
+func (s *tcpStream) waits() bool { return true }
+
 func (s *tcpStream) Write(p []byte) (int, error) {
 	n, err := s.Stream.Write(p)
 	return n, yamuxError(err)
