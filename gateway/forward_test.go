@@ -24,13 +24,18 @@ func parked(frame string) int {
 	}
 }
 
-// TestTCPFallbackStreamParksWithoutBuffer: over the TCP fallback, a
-// direction that reads a tunnel stream waits for bytes in Stream.Wait,
-// holding no buffer, as one reading a socket waits for readiness; and a
-// connection that parks and wakes many times, with messages of every
-// size around the buffers', arrives byte-exact both ways.
-func TestTCPFallbackStreamParksWithoutBuffer(t *testing.T) {
-	m := newMeshPath(t, pathTCP)
+// TestStreamParksWithoutBuffer: over both tunnel transports, a direction
+// that reads a tunnel stream waits for bytes in Stream.Wait, holding no
+// buffer, as one reading a socket waits for readiness; and a connection
+// that parks and wakes many times, with messages of every size around
+// the buffers', arrives byte-exact both ways.
+func TestStreamParksWithoutBuffer(t *testing.T) {
+	for _, path := range []string{pathQUIC, pathTCP} {
+		t.Run(path, func(t *testing.T) { testStreamParks(t, newMeshPath(t, path)) })
+	}
+}
+
+func testStreamParks(t *testing.T, m *mesh) {
 	hello := recordHello(t, echoSNI)
 	b := newRawBackend(t, len(hello), func(c net.Conn) { io.Copy(c, c) })
 	m.start(rawYAML(freePort(t), b.ln.Addr().String()))

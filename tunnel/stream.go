@@ -56,13 +56,8 @@ func (s *Stream) Read(p []byte) (int, error) {
 // then returns (nil when there are bytes). It takes no bytes and needs no
 // buffer, so that a relay waiting on an idle stream holds none, as one
 // waiting on a socket's readiness does. It must not be called while a
-// Read runs, and only where [Stream.Waits] reports true; elsewhere it
-// returns nil at once.
+// Read runs. After it returned io.EOF or a reset, Read returns the same.
 func (s *Stream) Wait() error { return s.rs.wait() }
-
-// Waits reports whether Wait can wait: over the TCP fallback. Over QUIC it
-// cannot (quic-go reads only into a buffer), and readers read as usual.
-func (s *Stream) Waits() bool { return s.rs.waits() }
 
 // Write writes to the stream. It fails with an error wrapping ErrReset if
 // the peer stopped reading or either side reset the stream.

@@ -9,10 +9,10 @@ import (
 	"time"
 )
 
-// TestStreamWait: over the TCP fallback, Wait returns once the stream
-// has bytes (taking none), then io.EOF once they are read and the peer
-// half-closed, a reset's error after a reset, and the deadline's error;
-// over QUIC it cannot wait and says so.
+// TestStreamWait: Wait returns once the stream has bytes (taking none),
+// then io.EOF once they are read and the peer half-closed, a reset's
+// error after a reset, and the deadline's error; after its io.EOF or
+// reset, Read returns the same.
 func TestStreamWait(t *testing.T) {
 	// The handler obeys one command byte: 'w' writes "hello" and
 	// half-closes; 'r' resets.
@@ -38,15 +38,6 @@ func TestStreamWait(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer s.Close()
-		if tr == TransportQUIC {
-			if s.Waits() {
-				t.Fatal("a QUIC stream says it can wait")
-			}
-			return
-		}
-		if !s.Waits() {
-			t.Fatal("a TCP-fallback stream says it cannot wait")
-		}
 		s.SetReadDeadline(time.Now())
 		if err := s.Wait(); !errors.Is(err, os.ErrDeadlineExceeded) && !isTimeout(err) {
 			t.Fatalf("Wait past the deadline = %v, want a timeout", err)
@@ -55,8 +46,10 @@ func TestStreamWait(t *testing.T) {
 		if _, err := s.Write([]byte("w")); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Wait(); err != nil {
-			t.Fatalf("Wait with bytes coming = %v", err)
+		for range 3 {
+			if err := s.Wait(); err != nil {
+				t.Fatalf("Wait with bytes coming = %v", err)
+			}
 		}
 		got, err := io.ReadAll(s)
 		if err != nil || string(got) != "hello" {
@@ -64,6 +57,9 @@ func TestStreamWait(t *testing.T) {
 		}
 		if err := s.Wait(); err != io.EOF {
 			t.Fatalf("Wait after the peer's half-close = %v, want io.EOF", err)
+		}
+		if n, err := s.Read(make([]byte, 8)); n != 0 || err != io.EOF {
+			t.Fatalf("Read after Wait's io.EOF = %d, %v", n, err)
 		}
 
 		r, err := p.client.Dial(ctx, p.addr(), key("wait.example"))
@@ -76,6 +72,9 @@ func TestStreamWait(t *testing.T) {
 		}
 		if err := r.Wait(); !errors.Is(err, ErrReset) {
 			t.Fatalf("Wait on a reset stream = %v, want ErrReset", err)
+		}
+		if _, err := r.Read(make([]byte, 8)); !errors.Is(err, ErrReset) {
+			t.Fatalf("Read after Wait's reset = %v, want ErrReset", err)
 		}
 	})
 }

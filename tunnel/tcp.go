@@ -313,8 +313,6 @@ func (s *tcpStream) wait() error {
 	return err
 }
 
-func (s *tcpStream) waits() bool { return true }
-
 func (s *tcpStream) Write(p []byte) (int, error) {
 	n, err := s.Stream.Write(p)
 	return n, yamuxError(err)

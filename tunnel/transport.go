@@ -75,8 +75,6 @@ type rawStream interface {
 	abort(code uint64)
 	// release ends the stream as Stream.Close documents.
 	release()
-	// waits reports whether wait can wait (Stream.Waits).
-	waits() bool
 	// wait waits, holding no buffer, until Read would not block, and
 	// returns what Read would return but the bytes (Stream.Wait).
 	wait() error
