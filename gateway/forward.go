@@ -33,6 +33,9 @@ type stream interface {
 	halfConn
 	// Abort resets both directions, the tunnel's TCP RST.
 	Abort()
+	// Wait waits until a read would not block, holding no buffer, and
+	// returns the read's error.
+	Wait() error
 }
 
 // end is one half-connection of a flow: a TCP socket or a tunnel
@@ -132,14 +135,16 @@ type direction struct {
 	other *direction
 	bytes counter
 	moved int64      // bytes moved since the deadlines were armed
-	pool  *sync.Pool // of *[]byte buffers for the next read
+	pool  *sync.Pool // of *[]byte buffers of the direction's reads
 	// raw is the source socket, whose readiness is awaited before a
-	// buffer is taken; nil for a stream, read by blocking reads.
-	raw    syscall.RawConn
+	// buffer is taken; nil for a stream.
+	raw syscall.RawConn
+	// wait is the source stream, awaited (stream.Wait) as a socket is
+	// before a buffer is taken; nil for a socket.
+	wait   stream
 	splice bool                  // both ends are sockets: backlogs are spliced
 	ready  func(fd uintptr) bool // d.poll, bound once
 	buf    *[]byte               // chunk read and not yet all written
-	from   *sync.Pool            // buf's pool
 	off, n int                   // (*buf)[off:n] is still to write
 	err    error                 // read error seen with the last chunk
 	lr     io.LimitedReader
@@ -198,7 +203,10 @@ type counter interface{ Add(uint64) }
 // bytes marks this direction idle, and the connection ends once the other
 // direction is idle too.
 func (f *flow) pipe(d *direction) {
-	d.pool = &f.g.bufs
+	// Readiness is awaited without a buffer, so the read may take a
+	// large one: a chunk size for splicing, relay's where a stream is an
+	// end.
+	d.pool = &f.g.relays
 	if src := d.src.tcp; src != nil {
 		rc, err := src.SyscallConn()
 		if err != nil {
@@ -207,12 +215,11 @@ func (f *flow) pipe(d *direction) {
 		}
 		d.raw, d.ready = rc, d.poll
 		d.splice = d.dst.tcp != nil
-		// Readiness is awaited without a buffer, so the read may take a
-		// large one: a chunk size for splicing, relay's for streams.
-		d.pool = &f.g.chunks
-		if !d.splice {
-			d.pool = &f.g.relays
+		if d.splice {
+			d.pool = &f.g.chunks
 		}
+	} else if s, ok := d.src.c.(stream); ok {
+		d.wait = s
 	}
 	d.arm(f.idle)
 	if f.ended.Load() {
@@ -231,9 +238,15 @@ func (f *flow) pipe(d *direction) {
 			if err = d.raw.Read(d.ready); err == nil {
 				eof, err = d.took()
 			}
+		} else if d.wait != nil && d.buf == nil && d.err == nil {
+			// A stream is awaited as a socket is: a direction parked on
+			// an idle stream holds no buffer.
+			if err = d.wait.Wait(); err == io.EOF {
+				eof, err = true, nil
+			}
 		}
 		if !eof && err == nil {
-			n, eof, err = d.move(f.g)
+			n, eof, err = d.move()
 		}
 		d.moved += n
 		d.bytes.Add(uint64(n))
@@ -286,16 +299,16 @@ func isTimeout(err error) bool {
 // until src is readable before it takes a buffer; a chunk that fits a
 // buffer is read and written (two system calls, as small messages want);
 // a full buffer between two sockets means a stream, whose backlog is then
-// spliced without entering user space. While it waits on a socket it
-// holds no buffer and no splice pipe: an idle connection costs its two
-// sockets and its goroutines, where a plain io.Copy would keep a pipe
-// (two more descriptors and kernel buffers) per direction. A stream is
-// read with a small buffer until a read fills one, then with relay-sized
-// ones, as io.Copy's throughput needs. From a socket, pipe has waited
-// and d.buf holds the chunk.
-func (d *direction) move(g *Gateway) (n int64, eof bool, err error) {
+// spliced without entering user space. While it waits on a socket or a
+// stream it holds no buffer and no splice pipe: an idle connection costs
+// its two sockets or streams and its goroutines, where a plain io.Copy
+// would keep a pipe (two more descriptors and kernel buffers) per
+// direction. From a socket, pipe has waited and d.buf holds the chunk;
+// from a stream, pipe has waited (stream.Wait) and read takes a relay
+// buffer, which the bytes there are written from at once.
+func (d *direction) move() (n int64, eof bool, err error) {
 	if d.buf == nil {
-		if eof, err := d.read(g); eof || err != nil {
+		if eof, err := d.read(); eof || err != nil {
 			return 0, eof, err
 		}
 	}
@@ -310,16 +323,7 @@ func (d *direction) move(g *Gateway) (n int64, eof bool, err error) {
 	}
 	full := d.n == len(*d.buf)
 	d.drop()
-	if !full {
-		if d.raw == nil {
-			d.pool = &g.bufs
-		}
-		return n, false, nil
-	}
-	if !d.splice {
-		if d.raw == nil {
-			d.pool = &g.relays
-		}
+	if !full || !d.splice {
 		return n, false, nil
 	}
 	var avail int
@@ -351,7 +355,7 @@ func (d *direction) took() (eof bool, err error) {
 
 // read fills d.buf with the next chunk of a stream. A read error that
 // came with bytes is kept for the next read, after the bytes are written.
-func (d *direction) read(g *Gateway) (eof bool, err error) {
+func (d *direction) read() (eof bool, err error) {
 	if err := d.err; err != nil {
 		d.err = nil
 		return err == io.EOF, ignoreEOF(err)
@@ -365,7 +369,7 @@ func (d *direction) read(g *Gateway) (eof bool, err error) {
 		}
 		return err == io.EOF, ignoreEOF(err)
 	}
-	d.buf, d.from, d.off, d.n, d.err = bp, d.pool, 0, n, err
+	d.buf, d.off, d.n, d.err = bp, 0, n, err
 	return false, nil
 }
 
@@ -379,7 +383,7 @@ func ignoreEOF(err error) error {
 // drop returns the chunk buffer, if any, to its pool.
 func (d *direction) drop() {
 	if d.buf != nil {
-		d.from.Put(d.buf)
+		d.pool.Put(d.buf)
 		d.buf = nil
 	}
 }
@@ -394,7 +398,7 @@ func (d *direction) poll(fd uintptr) bool {
 		d.pool.Put(bp)
 		return false
 	}
-	d.buf, d.from, d.off, d.n, d.err = bp, d.pool, 0, max(n, 0), err
+	d.buf, d.off, d.n, d.err = bp, 0, max(n, 0), err
 	return true
 }
 

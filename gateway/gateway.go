@@ -222,9 +222,8 @@ func New(cfg Config) *Gateway {
 // fallback, four times io.Copy's 32 KiB, for 10-16% (QUIC) to 31-35%
 // (TCP fallback) fewer system calls per MiB through a tunnel
 // (docs/benchmarks.md, "Tunnels"); 256 KiB did no better. Only
-// directions moving bulk hold one: a direction waiting on a socket holds
-// no buffer, one waiting on a stream a 4 KiB one unless its last read
-// filled a relay buffer (see move).
+// directions moving bulk hold one: a direction waiting on a socket or a
+// stream (Stream.Wait) holds no buffer (see move).
 const relayChunkSize = 128 << 10
 
 // chunkSize is the forwarding buffer: messages up to this size are copied

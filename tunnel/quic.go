@@ -63,11 +63,29 @@ func (c *quicConn) tlsState() tls.ConnectionState { return c.ConnectionState().T
 type quicStream struct {
 	*quic.Stream
 	open *atomic.Int64
+	peek [1]byte // wait's
 }
 
 func (s *quicStream) Read(p []byte) (int, error) {
 	n, err := s.Stream.Read(p)
 	return n, quicStreamError(err)
+}
+
+// wait peeks one byte: quic-go's Peek blocks until the stream has that
+// many, without taking them (its Read returns at once for an empty
+// buffer). When Peek sees the end instead, a Read of nothing, which then
+// returns at once, consumes it as a Read would: quic-go completes a
+// stream whose end was read, and Close would otherwise send STOP_SENDING
+// for a stream that finished.
+func (s *quicStream) wait() error {
+	_, err := s.Stream.Peek(s.peek[:])
+	if err == nil {
+		return nil
+	}
+	if _, rerr := s.Stream.Read(nil); rerr != nil {
+		err = rerr
+	}
+	return quicStreamError(err)
 }
 
 func (s *quicStream) Write(p []byte) (int, error) {

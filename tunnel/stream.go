@@ -51,6 +51,14 @@ func (s *Stream) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Wait waits until a Read would not block: the stream has bytes to read,
+// or Read would return io.EOF, a reset or a deadline's error, which Wait
+// then returns (nil when there are bytes). It takes no bytes and needs no
+// buffer, so that a relay waiting on an idle stream holds none, as one
+// waiting on a socket's readiness does. It must not be called while a
+// Read runs. After it returned io.EOF or a reset, Read returns the same.
+func (s *Stream) Wait() error { return s.rs.wait() }
+
 // Write writes to the stream. It fails with an error wrapping ErrReset if
 // the peer stopped reading or either side reset the stream.
 func (s *Stream) Write(p []byte) (int, error) {

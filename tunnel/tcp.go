@@ -61,7 +61,8 @@ func (e *Endpoint) dialTCP(ctx context.Context, addr string) (conn, Member, erro
 		return nil, Member{}, err
 	}
 	counted := &countingConn{Conn: raw}
-	tc := tls.Client(counted, e.clientTLS)
+	batch := &batchConn{Conn: counted}
+	tc := tls.Client(batch, e.clientTLS)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()
 		return nil, Member{}, tlsError(err)
@@ -84,7 +85,7 @@ func (e *Endpoint) dialTCP(ctx context.Context, addr string) (conn, Member, erro
 	}
 	_ = raw.SetDeadline(time.Time{})
 	budget := newLinkBudget(e.cfg.MaxTCPLinkMemory)
-	sess, err := yamux.Client(tc, e.cfg.yamuxConfig(e.log), budget.span)
+	sess, err := yamux.Client(&frameConn{Conn: tc, b: batch}, e.cfg.yamuxConfig(e.log), budget.span)
 	if err != nil {
 		_ = tc.Close()
 		return nil, Member{}, fmt.Errorf("starting yamux: %w", err)
@@ -155,7 +156,8 @@ func (e *Endpoint) serveTCP(raw net.Conn, done func()) {
 	defer e.wg.Done()
 	log := e.log.With("peer", raw.RemoteAddr().String(), "transport", TransportTCP)
 	counted := &countingConn{Conn: raw}
-	tc := tls.Server(counted, e.serverTLS)
+	batch := &batchConn{Conn: counted}
+	tc := tls.Server(batch, e.serverTLS)
 	peer, err := e.tcpAdmit(tc, log)
 	done()
 	if err != nil {
@@ -169,7 +171,7 @@ func (e *Endpoint) serveTCP(raw net.Conn, done func()) {
 	}
 	_ = raw.SetDeadline(time.Time{})
 	budget := newLinkBudget(e.cfg.MaxTCPLinkMemory)
-	sess, err := yamux.Server(tc, e.cfg.yamuxConfig(e.log), budget.span)
+	sess, err := yamux.Server(&frameConn{Conn: tc, b: batch}, e.cfg.yamuxConfig(e.log), budget.span)
 	if err != nil {
 		log.Error("inbound link failed", "err", err)
 		e.unadmit(peer)
@@ -302,6 +304,13 @@ func (s *tcpStream) Read(p []byte) (int, error) {
 		s.eof.Store(true)
 	}
 	return n, yamuxError(err)
+}
+
+// wait is a Read of nothing: yamux's waits until the stream has bytes
+// (returning none of them), EOF, a reset or the read deadline.
+func (s *tcpStream) wait() error {
+	_, err := s.Read(nil)
+	return err
 }
 
 func (s *tcpStream) Write(p []byte) (int, error) {

@@ -75,6 +75,9 @@ type rawStream interface {
 	abort(code uint64)
 	// release ends the stream as Stream.Close documents.
 	release()
+	// wait waits, holding no buffer, until Read would not block, and
+	// returns what Read would return but the bytes (Stream.Wait).
+	wait() error
 	SetDeadline(t time.Time) error
 	SetReadDeadline(t time.Time) error
 	SetWriteDeadline(t time.Time) error

@@ -1,0 +1,102 @@
+package tunnel
+
+import (
+	"crypto/tls"
+	"net"
+	"sync"
+)
+
+// batchSize bounds what a TCP link gathers for one write(2): a 128 KiB
+// relay write of the gateway (one yamux frame with its 12-byte header)
+// is nine TLS records of at most 16 KiB + 22 bytes each, 131,282 bytes,
+// which fit.
+const batchSize = 132 << 10
+
+// batchConn is a TCP link's socket as its TLS connection writes to it.
+// crypto/tls makes one write(2) per record, at most 16 KiB of plaintext;
+// while a yamux frame is being written ([frameConn]), batchConn gathers
+// the frame's records and hands them to the socket in one write, so that
+// a 128 KiB frame costs one system call, not nine, and reaches the peer
+// in larger segments (fewer reads there too). What TLS writes outside a
+// frame (the handshake, alerts) goes straight through, after anything
+// gathered: all writes pass mu in the order TLS made them.
+type batchConn struct {
+	net.Conn // the socket; reads and the rest pass through
+	mu       sync.Mutex
+	frames   int    // frames being written
+	buf      []byte // records gathered; allocated at the link's first frame
+}
+
+// Write takes one TLS record.
+func (b *batchConn) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.frames == 0 {
+		return b.Conn.Write(p)
+	}
+	if len(b.buf)+len(p) > cap(b.buf) {
+		if err := b.flush(); err != nil {
+			return 0, err
+		}
+		if len(p) > cap(b.buf) {
+			return b.Conn.Write(p)
+		}
+	}
+	b.buf = append(b.buf, p...)
+	return len(p), nil
+}
+
+// begin starts gathering the records of a frame.
+func (b *batchConn) begin() {
+	b.mu.Lock()
+	if b.buf == nil {
+		b.buf = make([]byte, 0, batchSize)
+	}
+	b.frames++
+	b.mu.Unlock()
+}
+
+// end writes out what a frame's records left gathered. A write error is
+// the frame's: yamux ends the session on it.
+func (b *batchConn) end() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.frames--
+	return b.flush()
+}
+
+// flush writes the gathered records; b.mu is held. They are dropped on
+// an error, which ends the link.
+func (b *batchConn) flush() error {
+	if len(b.buf) == 0 {
+		return nil
+	}
+	_, err := b.Conn.Write(b.buf)
+	b.buf = b.buf[:0]
+	return err
+}
+
+// recordPayload is the most plaintext crypto/tls puts in one record.
+const recordPayload = 16 << 10
+
+// frameConn is a link's TLS connection as yamux uses it: each Write, one
+// frame from yamux's send loop, reaches the socket as one batch of
+// records. A frame of one record (window updates, pings, small writes)
+// goes straight through: a link that carries only those never takes the
+// batch buffer.
+type frameConn struct {
+	*tls.Conn
+	b *batchConn
+}
+
+func (c *frameConn) Write(p []byte) (int, error) {
+	if len(p) <= recordPayload {
+		return c.Conn.Write(p)
+	}
+	c.b.begin()
+	n, err := c.Conn.Write(p)
+	if ferr := c.b.end(); err == nil && ferr != nil {
+		return 0, ferr
+	}
+	return n, err
+}

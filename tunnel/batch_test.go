@@ -1,0 +1,162 @@
+package tunnel
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+
+	"github.com/ewgate/ewgate/identity"
+)
+
+// writeRecorder counts the writes that reach a socket, and fails them
+// once told to.
+type writeRecorder struct {
+	net.Conn
+	mu     sync.Mutex
+	writes int
+	fail   error
+}
+
+func (w *writeRecorder) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	w.writes++
+	fail := w.fail
+	w.mu.Unlock()
+	if fail != nil {
+		return 0, fail
+	}
+	return w.Conn.Write(p)
+}
+
+func (w *writeRecorder) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.writes
+}
+
+// tlsOverBatch connects a TLS 1.3 client whose socket is a batchConn (over
+// a writeRecorder) to a TLS server over real loopback TCP, with SVIDs of
+// one development CA, and returns the client side as a link gives it to
+// yamux, the recorder, and the server connection.
+func tlsOverBatch(t *testing.T) (*frameConn, *writeRecorder, *tls.Conn) {
+	t.Helper()
+	ca := newCA(t, "a.test")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sraw, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	rec := &writeRecorder{Conn: raw}
+	batch := &batchConn{Conn: rec}
+	tc := tls.Client(batch, identity.ClientTLSConfig(newSource(t, ca, "/gw/client"), nil))
+	sc := tls.Server(sraw, identity.ServerTLSConfig(newSource(t, ca, "/gw/server"), nil))
+	t.Cleanup(func() { tc.Close(); sc.Close() })
+	errc := make(chan error, 1)
+	go func() { errc <- sc.HandshakeContext(testContext(t)) }()
+	if err := tc.HandshakeContext(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	return &frameConn{Conn: tc, b: batch}, rec, sc
+}
+
+// TestFrameConnBatchesRecords: each frame yamux writes reaches the socket
+// in one write(2) while its records fit batchSize (crypto/tls alone makes
+// one per 16 KiB record), in more only past that; writes outside frames
+// pass straight through; and the peer reads every byte, in order, then
+// the close_notify.
+func TestFrameConnBatchesRecords(t *testing.T) {
+	fc, rec, sc := tlsOverBatch(t)
+	got := new(bytes.Buffer)
+	readDone := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(got, sc)
+		readDone <- err
+	}()
+	var sent bytes.Buffer
+	send := func(p []byte, w io.Writer) {
+		t.Helper()
+		if n, err := w.Write(p); err != nil || n != len(p) {
+			t.Fatalf("Write(%d bytes) = %d, %v", len(p), n, err)
+		}
+		sent.Write(p)
+	}
+	chunk := func(n int, seed uint64) []byte {
+		b, err := io.ReadAll(data(seed, int64(n)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	// crypto/tls sends small records until 128 KiB have gone: past
+	// them, records are 16 KiB, as on a link that has carried traffic.
+	send(chunk(256<<10, 0), fc)
+	for i, tc := range []struct {
+		name   string
+		size   int
+		writes int
+		frame  bool
+	}{
+		{"one byte", 1, 1, true},
+		{"one record", 16 << 10, 1, true},
+		{"a relay write as one frame", 128<<10 + 12, 1, true},
+		{"a largest frame", yamuxMaxFrame, 2, true},
+		{"outside a frame, one write per record", 64 << 10, 4, false},
+	} {
+		before := rec.count()
+		var w io.Writer = fc
+		if !tc.frame {
+			w = fc.Conn
+		}
+		send(chunk(tc.size, uint64(i+1)), w)
+		if n := rec.count() - before; n != tc.writes {
+			t.Errorf("%s (%d bytes): %d writes to the socket, want %d", tc.name, tc.size, n, tc.writes)
+		}
+	}
+	if err := fc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-readDone; err != nil {
+		t.Fatalf("peer's read: %v", err)
+	}
+	if !bytes.Equal(got.Bytes(), sent.Bytes()) {
+		t.Fatalf("peer read %d bytes that differ from the %d sent", got.Len(), sent.Len())
+	}
+}
+
+// TestFrameConnWriteError: a socket error met while writing a frame's
+// batch is the frame's error, so that yamux ends the link.
+func TestFrameConnWriteError(t *testing.T) {
+	fc, rec, _ := tlsOverBatch(t)
+	broken := errors.New("socket broke")
+	rec.mu.Lock()
+	rec.fail = broken
+	rec.mu.Unlock()
+	n, err := fc.Write(make([]byte, 32<<10))
+	if !errors.Is(err, broken) || n != 0 {
+		t.Fatalf("Write = %d, %v; want 0 and the socket's error", n, err)
+	}
+}
