@@ -432,7 +432,8 @@ func (f *flow) abort(err error) {
 }
 
 // expire ends the flow at its route's MaxConnectionDuration: a
-// time.AfterFunc callback, which start arms after f.up is set.
+// time.AfterFunc callback, which pump arms for a flow the goroutines
+// forward (a loop's flow has a deadline its sweep checks instead).
 func (f *flow) expire() { f.abort(errMaxDuration) }
 
 // cut resets and closes the flow's sides at once, for a drain that ran
