@@ -97,19 +97,65 @@ const maxPushStateBytes = 20 << 20
 // membership included, and one large entry must not stop anti-entropy
 // for the others. The bytes are cached until an entry or the membership
 // changes.
+//
+// One state is built at a time. memberlist calls LocalState within the
+// push/pull's TCP deadline (TCPTimeout), and a large catalog can take
+// longer to build than that on a busy machine: the peer then gives up
+// and retries, and if every attempt started a build of its own, the
+// builds would share the CPU and each take longer, so that none
+// finished within any attempt's deadline (seen: 15 builds of one
+// 10,000-service state at once, each over 15 s). A caller instead
+// waits for the build in progress when it started after the caller's
+// last change, and the next attempt finds the state cached.
 func (d *delegate) LocalState(join bool) []byte {
 	n := d.node()
 	n.mu.Lock()
-	if n.stateCached && n.stateGen == n.gen {
-		b := n.stateCache
+	want := n.gen // the state returned reflects every change up to here
+	for {
+		if n.stateCached && n.stateGen == n.gen {
+			b := n.stateCache
+			n.mu.Unlock()
+			return b
+		}
+		sb := n.stateBuild
+		if sb == nil {
+			break
+		}
 		n.mu.Unlock()
-		return b
+		<-sb.done
+		if sb.gen >= want {
+			return sb.state
+		}
+		n.mu.Lock() // that build predates a change the caller must see
 	}
-	gen := n.gen
+	sb := &stateBuild{gen: n.gen, done: make(chan struct{})}
+	n.stateBuild = sb
 	live := n.liveEntriesLocked()
 	n.mu.Unlock()
 
 	// Entries are immutable once stored: encode and compress outside the lock.
+	sb.state = n.buildState(live)
+	n.mu.Lock()
+	if n.gen == sb.gen {
+		n.stateCache, n.stateGen, n.stateCached = sb.state, sb.gen, true
+	}
+	n.stateBuild = nil
+	n.mu.Unlock()
+	close(sb.done)
+	return sb.state
+}
+
+// stateBuild is a push/pull state being built by one LocalState call,
+// for the others to wait for.
+type stateBuild struct {
+	gen   uint64        // Node.gen the state is built from
+	done  chan struct{} // closed when state is set
+	state []byte
+}
+
+// buildState encodes and compresses live for LocalState, trimming it to
+// what peers accept (nil if nothing fits).
+func (n *Node) buildState(live []*entry) []byte {
 	var b []byte
 	for range 8 {
 		body := encodeSharedState(live)
@@ -129,11 +175,6 @@ func (d *delegate) LocalState(join bool) []byte {
 		}
 		live, b = trimmed, nil
 	}
-	n.mu.Lock()
-	if n.gen == gen {
-		n.stateCache, n.stateGen, n.stateCached = b, gen, true
-	}
-	n.mu.Unlock()
 	return b
 }
 

@@ -70,9 +70,10 @@ type Node struct {
 	gen             uint64 // bumped when what LocalState sends changes
 	stateCache      []byte
 	stateGen        uint64
-	stateCached     bool   // stateCache (nil when too large) is for stateGen
-	pendingReliable []byte // the message for reliableLoop: a whole entry, or a delta on pendingBase
-	pendingBase     *entry // the entry the pending delta is based on; nil for a whole entry
+	stateCached     bool        // stateCache (nil when too large) is for stateGen
+	stateBuild      *stateBuild // the state LocalState is building, if any
+	pendingReliable []byte      // the message for reliableLoop: a whole entry, or a delta on pendingBase
+	pendingBase     *entry      // the entry the pending delta is based on; nil for a whole entry
 	reconnects      *reconnectSet
 	introduce       map[string]bool // members to send our entry and chain to
 

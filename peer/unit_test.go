@@ -232,6 +232,47 @@ func TestDelegateRejectsGarbage(t *testing.T) {
 	})
 }
 
+// TestLocalStateBuiltOnce checks that push/pulls asking for the state
+// at once share one build: memberlist asks within each exchange's
+// deadline, and builds of a large catalog in parallel shared the CPU
+// until none finished within one (TestLargeCatalogSyncs under load).
+func TestLocalStateBuiltOnce(t *testing.T) {
+	leakcheck.Check(t)
+	n := testNode(t, nil)
+	d := (*delegate)(n)
+	// Let the node's own join event, which changes the state, pass.
+	await.True(t, 5*time.Second, "the local state to settle", func() bool {
+		s0 := d.LocalState(false)
+		builds := n.Stats().StateBuilds
+		s1 := d.LocalState(true)
+		return &s0[0] == &s1[0] && n.Stats().StateBuilds == builds
+	})
+	if err := n.Publish(bigSummary("a", 10_000)); err != nil {
+		t.Fatal(err)
+	}
+	builds := n.Stats().StateBuilds
+
+	const callers = 8
+	states := make(chan []byte, callers)
+	n.mu.Lock() // the callers find the cache stale together
+	for range callers {
+		go func() { states <- d.LocalState(false) }()
+	}
+	n.mu.Unlock()
+	first := <-states
+	for range callers - 1 {
+		if s := <-states; &s[0] != &first[0] {
+			t.Error("callers got states of different builds")
+		}
+	}
+	if got := n.Stats().StateBuilds - builds; got != 1 {
+		t.Errorf("%d callers at once built the state %d times, want 1", callers, got)
+	}
+	if _, body, err := decodeMessage(first, 1<<30); err != nil || len(body) < 10_000 {
+		t.Errorf("state of %d bytes: %v", len(body), err)
+	}
+}
+
 func TestPublish(t *testing.T) {
 	leakcheck.Check(t)
 	n := testNode(t, nil)

@@ -157,32 +157,39 @@ func New(addr string, cfg Config) (*Endpoint, error) {
 }
 
 // listen opens the UDP socket and, if withTCP, a TCP listener on the same
-// port number. Port 0 picks a port free for both.
+// port number. Port 0 picks a port free for both: the TCP port first,
+// which the kernel picks among those no TCP socket holds, then UDP on
+// its number. The other order failed on hosts with many TCP connections:
+// a port the kernel picks for UDP knows nothing of TCP, and each outbound
+// connection (and its TIME-WAIT for a minute after) holds its local port,
+// so that most ports picked for UDP were taken on TCP. UDP sockets are
+// few; a port taken on UDP is retried with another.
 func listen(addr string, withTCP bool) (*net.UDPConn, net.Listener, error) {
 	udpAddr, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("tunnel: resolving %q: %w", addr, err)
 	}
-	for attempt := 0; ; attempt++ {
+	if !withTCP {
 		pc, err := net.ListenUDP("udp", udpAddr)
 		if err != nil {
 			return nil, nil, fmt.Errorf("tunnel: listening on %q: %w", addr, err)
 		}
-		if !withTCP {
-			return pc, nil, nil
+		return pc, nil, nil
+	}
+	tcpAddr := &net.TCPAddr{IP: udpAddr.IP, Port: udpAddr.Port, Zone: udpAddr.Zone}
+	for attempt := 1; ; attempt++ {
+		ln, err := net.ListenTCP("tcp", tcpAddr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("tunnel: listening on TCP %q for the fallback: %w", addr, err)
 		}
-		local := pc.LocalAddr().(*net.UDPAddr)
-		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: local.IP, Port: local.Port, Zone: local.Zone})
+		local := ln.Addr().(*net.TCPAddr)
+		pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: local.IP, Port: local.Port, Zone: local.Zone})
 		if err == nil {
 			return pc, ln, nil
 		}
-		_ = pc.Close()
-		// A port picked for UDP may be taken on TCP: pick another. On a
-		// host whose ephemeral TCP ports are mostly in use (tens of
-		// thousands of TIME-WAIT sockets of busy clients), ten tries were
-		// seen to fail.
-		if udpAddr.Port != 0 || attempt == 100 {
-			return nil, nil, fmt.Errorf("tunnel: listening on TCP %s for the fallback: %w", local, err)
+		_ = ln.Close()
+		if udpAddr.Port != 0 || attempt == 10 {
+			return nil, nil, fmt.Errorf("tunnel: listening on %s: %w", local, err)
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/internal/lowports"
 	"github.com/ewgate/ewgate/sni"
 	"github.com/ewgate/ewgate/workload"
 )
@@ -259,11 +260,16 @@ func demoGateway(dir string, ca *identity.DevCA, nw *demoNetwork, seed string, p
 	return s, nil
 }
 
-// loopbackPorts hands out ports that were free on 127.0.0.1 a moment ago,
-// never the same one twice: ports picked before any is bound (a gateway's
-// passthrough, gossip and tunnel ports) would otherwise collide whenever
-// the kernel hands the same free port out again. The zero value is ready;
-// it is safe for concurrent use.
+// loopbackPorts hands out loopback ports for gateways to bind later
+// (their passthrough, admin, gossip and tunnel ports), never the same one
+// twice. They are free on TCP and UDP when picked, below the kernel's
+// ephemeral range (the upper half of it that internal/lowports leaves to
+// ewgate), where no connection of any process and no listener on port 0
+// can take them before the gateway binds them; a port picked from those
+// net.Listen on port 0 reported free was seen taken meanwhile, on a busy
+// machine. A custom ephemeral range that leaves nothing below it falls
+// back to such ports. The zero value is ready; it is safe for concurrent
+// use.
 type loopbackPorts struct {
 	mu    sync.Mutex
 	given map[int]bool
@@ -273,6 +279,23 @@ type loopbackPorts struct {
 func (lp *loopbackPorts) pick() (int, error) {
 	lp.mu.Lock()
 	defer lp.mu.Unlock()
+	if lp.given == nil {
+		lp.given = make(map[int]bool)
+	}
+	lo, hi, err := lowports.Range(1)
+	if err != nil {
+		return lp.pickEphemeral()
+	}
+	p, err := lowports.Pick(lo, hi, func(p int) bool { return lp.given[p] })
+	if err != nil {
+		return 0, err
+	}
+	lp.given[p] = true
+	return p, nil
+}
+
+// pickEphemeral is pick among the ports the kernel hands out for port 0.
+func (lp *loopbackPorts) pickEphemeral() (int, error) {
 	for range 100 {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -281,9 +304,6 @@ func (lp *loopbackPorts) pick() (int, error) {
 		p := ln.Addr().(*net.TCPAddr).Port
 		ln.Close()
 		if !lp.given[p] {
-			if lp.given == nil {
-				lp.given = make(map[int]bool)
-			}
 			lp.given[p] = true
 			return p, nil
 		}
