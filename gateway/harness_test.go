@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ewgate/ewgate/internal/leakcheck"
+	"github.com/ewgate/ewgate/internal/lowports"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -273,11 +274,23 @@ func echoYAML(port int, backends ...*workload.EchoServer) string {
 // freePort returns a loopback TCP port that was free a moment ago and that
 // no test of the package was given before: two ports a test picks before
 // binding either (a gateway's two listeners) must differ even when the
-// kernel hands the same free port out twice.
+// kernel hands the same free port out twice. The port is below the
+// ephemeral range (internal/lowports), so that no connection a test makes
+// meanwhile can take it; with a custom range that leaves no room there,
+// one the kernel hands out for port 0.
 func freePort(t testing.TB) int {
 	t.Helper()
 	givenPorts.Lock()
 	defer givenPorts.Unlock()
+	given := func(p int) bool { return givenPorts.m[p] }
+	if lo, hi, err := lowports.Range(1); err == nil {
+		p, err := lowports.Pick(lo, hi, given)
+		if err != nil {
+			t.Fatal(err)
+		}
+		givenPorts.m[p] = true
+		return p
+	}
 	for range 100 {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -285,7 +298,7 @@ func freePort(t testing.TB) int {
 		}
 		p := ln.Addr().(*net.TCPAddr).Port
 		ln.Close()
-		if !givenPorts.m[p] {
+		if !given(p) {
 			givenPorts.m[p] = true
 			return p
 		}

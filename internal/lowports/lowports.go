@@ -25,7 +25,7 @@ var ErrNoRange = errors.New("lowports: fewer than 2,000 ports below the ephemera
 // Range returns the ports [lo, hi) from 10000 up to the ephemeral range,
 // cut into two halves: half 0 is the lower, half 1 the upper (the
 // in-repository users: internal/kubetest takes half 0, ewgate's demo and
-// its tests half 1).
+// the tests of cmd/ewgate and gateway half 1).
 func Range(half int) (lo, hi int, err error) {
 	lo, hi = 10000, ephemeralLow()
 	if hi-lo < 2000 {
