@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"math"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -165,12 +166,19 @@ func (l *loop) track(lf *loopFlow) {
 }
 
 // expiresAt returns when, on a loop's clock, f, started at now, is as
-// old as its route's MaxConnectionDuration; 0 for none.
+// old as its route's MaxConnectionDuration; 0 for none. A duration
+// beyond the clock's range (Istio's largest saturates to the longest
+// time.Duration) is the clock's end, not a sum wrapped into the past,
+// which the sweep would take for expired at once.
 func expiresAt(f *flow, now int64) int64 {
-	if d := f.maxAge(); d > 0 {
-		return now + int64(d)
+	d := int64(f.maxAge())
+	if d <= 0 {
+		return 0
 	}
-	return 0
+	if d > math.MaxInt64-now {
+		return math.MaxInt64
+	}
+	return now + d
 }
 
 // finish ends lf: it forgets the flow's sockets and what it held, then
