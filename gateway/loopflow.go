@@ -3,6 +3,7 @@ package gateway
 import (
 	"math"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -166,19 +167,23 @@ func (l *loop) track(lf *loopFlow) {
 }
 
 // expiresAt returns when, on a loop's clock, f, started at now, is as
-// old as its route's MaxConnectionDuration; 0 for none. A duration
-// beyond the clock's range (Istio's largest saturates to the longest
-// time.Duration) is the clock's end, not a sum wrapped into the past,
-// which the sweep would take for expired at once.
+// old as its route's MaxConnectionDuration; 0 for none.
 func expiresAt(f *flow, now int64) int64 {
-	d := int64(f.maxAge())
-	if d <= 0 {
-		return 0
+	if d := f.maxAge(); d > 0 {
+		return after(now, d)
 	}
-	if d > math.MaxInt64-now {
+	return 0
+}
+
+// after returns the loop's clock d after now. A d beyond the clock's
+// range (Istio's largest durations saturate to the longest
+// time.Duration) gives the clock's end, not a sum wrapped into the past,
+// which the sweep or expireDials would take for passed at once.
+func after(now int64, d time.Duration) int64 {
+	if int64(d) > math.MaxInt64-now {
 		return math.MaxInt64
 	}
-	return now + d
+	return now + int64(d)
 }
 
 // finish ends lf: it forgets the flow's sockets and what it held, then
