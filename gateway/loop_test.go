@@ -477,3 +477,32 @@ func TestLoopMaxConnectionDuration(t *testing.T) {
 		})
 	}
 }
+
+// A MaxConnectionDuration too long to add to a loop's clock (the
+// longest time.Duration, which AsDuration saturates Istio's largest to)
+// never ends a loop's flow, as it never fires forward's timer: the
+// deadline saturates rather than wrapping into the past.
+func TestLoopMaxConnectionDurationSaturates(t *testing.T) {
+	for _, loopAccept := range []bool{false, true} {
+		t.Run(map[bool]string{false: "handed over", true: "loop dial"}[loopAccept], func(t *testing.T) {
+			m := newMesh(t)
+			m.cfg.LoopAccept = loopAccept
+			b := m.backend("v1")
+			m.start(policyYAML(freePort(t), "connectionPool: {tcp: {maxConnectionDuration: 2562047h47m16.854775807s}}", b))
+			c, err := m.dial(echoSNI, "istio")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			await.True(t, 5*time.Second, "the flow to reach a loop", func() bool { return loopsState(t, m.gw).flows == 1 })
+			// A loop has swept since it took the flow: loopsState's
+			// command ran after the sweep of the poll that adopted it.
+			if err := c.Exchange(64 << 10); err != nil {
+				t.Fatalf("exchange after the flow reached a loop: %v", err)
+			}
+			if n := m.gw.m.DurationClosed.Value(); n != 0 {
+				t.Errorf("%d flows closed at a max duration of ~10,000 years", n)
+			}
+		})
+	}
+}

@@ -71,7 +71,7 @@ func (l *loop) connectNext(lf *loopFlow) {
 			lf.side[1].lf = lf
 			if l.watch(&lf.side[1], fd) {
 				d.u = u
-				d.due = l.now + int64(cl.dialerOr(&g.dialer).Timeout)
+				d.due = after(l.now, cl.dialerOr(&g.dialer).Timeout)
 				if d.i < 0 {
 					d.i = len(l.dials)
 					l.dials = append(l.dials, lf)

@@ -189,3 +189,21 @@ func TestLoopAcceptDrainCutsDials(t *testing.T) {
 		t.Errorf("client read %v, want a reset", err)
 	}
 }
+
+// A connectTimeout too long to add to the loop's clock (the longest
+// time.Duration) bounds no loop dial, as it bounds no net.Dialer: the
+// deadline saturates rather than wrapping into the past, which failed
+// every connect at the first poll.
+func TestLoopAcceptDialTimeoutSaturates(t *testing.T) {
+	m := loopAcceptMesh(t, pathLocal)
+	b := m.backend("v1")
+	m.start(policyYAML(freePort(t), "connectionPool: {tcp: {connectTimeout: 2562047h47m16.854775807s}}", b))
+	c, err := m.dial(echoSNI, "istio")
+	if err != nil {
+		t.Fatalf("connection over a route whose connectTimeout is the longest: %v", err)
+	}
+	c.Close()
+	if n := m.gw.m.ConnectErrors.Value(); n != 0 {
+		t.Errorf("%d connect errors", n)
+	}
+}

@@ -1,7 +1,9 @@
 package gateway
 
 import (
+	"math"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -168,9 +170,20 @@ func (l *loop) track(lf *loopFlow) {
 // old as its route's MaxConnectionDuration; 0 for none.
 func expiresAt(f *flow, now int64) int64 {
 	if d := f.maxAge(); d > 0 {
-		return now + int64(d)
+		return after(now, d)
 	}
 	return 0
+}
+
+// after returns the loop's clock d after now. A d beyond the clock's
+// range (Istio's largest durations saturate to the longest
+// time.Duration) gives the clock's end, not a sum wrapped into the past,
+// which the sweep or expireDials would take for passed at once.
+func after(now int64, d time.Duration) int64 {
+	if int64(d) > math.MaxInt64-now {
+		return math.MaxInt64
+	}
+	return now + int64(d)
 }
 
 // finish ends lf: it forgets the flow's sockets and what it held, then

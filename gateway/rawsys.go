@@ -7,10 +7,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The event loops' system calls are raw: made without telling the Go
-// scheduler (no entersyscall and exitsyscall around them), which is safe
-// only because every descriptor a loop calls them on is non-blocking, so
-// none can block the loop's P. Announced calls cost a loop more than their
+// The event loops' system calls per event are raw (these, and accept4
+// in loopaccept.go; epoll_ctl, socket and pipe2, once per socket or
+// pipe, are not yet): made without telling the Go scheduler (no
+// entersyscall and exitsyscall around them), which is safe only because
+// every descriptor a loop calls them on is non-blocking, so none can
+// block the loop's P. Announced calls cost a loop more than their
 // bookkeeping: a syscall made while the whole process was idle wakes
 // sysmon from its deep sleep, which then polls every 20 µs for a
 // millisecond or more, a context switch each time (11 % of the process's

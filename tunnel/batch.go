@@ -89,6 +89,9 @@ type frameConn struct {
 	b *batchConn
 }
 
+// Write writes p, one yamux frame, through TLS: as one batch of records
+// if it takes more than one. An error writing the batch is the frame's,
+// although TLS took every record.
 func (c *frameConn) Write(p []byte) (int, error) {
 	if len(p) <= recordPayload {
 		return c.Conn.Write(p)
