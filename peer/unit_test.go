@@ -232,6 +232,23 @@ func TestDelegateRejectsGarbage(t *testing.T) {
 	})
 }
 
+// settledState waits until n's local state settles, as it does
+// asynchronously after Start (the node's own join event changes
+// membership, and so the state): until two reads share one build. It
+// returns that state.
+func settledState(t *testing.T, n *Node) []byte {
+	t.Helper()
+	d := (*delegate)(n)
+	var s0 []byte
+	await.True(t, 5*time.Second, "the local state to settle", func() bool {
+		s0 = d.LocalState(false)
+		builds := n.Stats().StateBuilds
+		s1 := d.LocalState(true)
+		return &s0[0] == &s1[0] && n.Stats().StateBuilds == builds
+	})
+	return s0
+}
+
 // TestLocalStateBuiltOnce checks that push/pulls asking for the state
 // at once share one build: memberlist asks within each exchange's
 // deadline, and builds of a large catalog in parallel shared the CPU
@@ -240,13 +257,7 @@ func TestLocalStateBuiltOnce(t *testing.T) {
 	leakcheck.Check(t)
 	n := testNode(t, nil)
 	d := (*delegate)(n)
-	// Let the node's own join event, which changes the state, pass.
-	await.True(t, 5*time.Second, "the local state to settle", func() bool {
-		s0 := d.LocalState(false)
-		builds := n.Stats().StateBuilds
-		s1 := d.LocalState(true)
-		return &s0[0] == &s1[0] && n.Stats().StateBuilds == builds
-	})
+	settledState(t, n)
 	if err := n.Publish(bigSummary("a", 10_000)); err != nil {
 		t.Fatal(err)
 	}
@@ -279,15 +290,7 @@ func TestPublish(t *testing.T) {
 	d := (*delegate)(n)
 	version := func() Version { s, _ := summaryFrom(n, "self"); return s.Version }
 
-	// The node's own join event changes membership, and so the state,
-	// asynchronously after Start: wait until two reads share one build.
-	var s0 []byte
-	await.True(t, 5*time.Second, "the local state to settle", func() bool {
-		s0 = d.LocalState(false)
-		builds := n.Stats().StateBuilds
-		s1 := d.LocalState(true)
-		return &s0[0] == &s1[0] && n.Stats().StateBuilds == builds
-	})
+	s0 := settledState(t, n)
 	builds := n.Stats().StateBuilds
 
 	v0 := version()
