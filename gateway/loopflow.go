@@ -136,7 +136,7 @@ func (l *loop) adoptIncoming() {
 // adopt starts pumping lf in this loop.
 func (l *loop) adopt(lf *loopFlow) {
 	f := lf.f
-	f.lf, lf.last = lf, l.now
+	f.lf = lf
 	if f.ended.Load() {
 		// Aborted before the loop had it: its abort found no flow.
 		l.finish(lf)
