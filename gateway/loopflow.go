@@ -224,9 +224,17 @@ func (l *loop) setFD(s *side) {
 	l.byFD[s.fd] = s
 }
 
+// sideAt returns the flow side polled at fd, or nil.
+func (l *loop) sideAt(fd int) *side {
+	if fd < len(l.byFD) {
+		return l.byFD[fd]
+	}
+	return nil
+}
+
 // forget clears the descriptor table's entry of s.
 func (l *loop) forget(s *side) {
-	if s.lf != nil && s.fd < len(l.byFD) && l.byFD[s.fd] == s {
+	if s.lf != nil && l.sideAt(s.fd) == s {
 		l.byFD[s.fd] = nil
 	}
 }
