@@ -2,9 +2,9 @@ package gateway
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/ewgate/ewgate/sni"
-	"sync/atomic"
 )
 
 // maxIdleHandlers bounds the handler goroutines kept waiting for the

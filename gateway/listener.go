@@ -30,10 +30,22 @@ const deferAccept = 1 * time.Second
 // copies too: the loops' accept sets nothing per connection) and
 // TCP_DEFER_ACCEPT; it is a net.ListenConfig.Control.
 func listenerOptions(network, address string, c syscall.RawConn) error {
+	return setListenerOptions(network, address, c, false)
+}
+
+// reusePortOptions is listenerOptions with SO_REUSEPORT, for the loops'
+// sockets of one port, one each, between which the kernel spreads the
+// connections.
+func reusePortOptions(network, address string, c syscall.RawConn) error {
+	return setListenerOptions(network, address, c, true)
+}
+
+func setListenerOptions(network, address string, c syscall.RawConn, reusePort bool) error {
 	opts := [...]struct {
 		level, name, value int
 		what               string
 	}{
+		{unix.SOL_SOCKET, unix.SO_REUSEPORT, 1, "SO_REUSEPORT"},
 		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
 		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(clientKeepAliveIdle / time.Second), "TCP_KEEPIDLE"},
 		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(clientKeepAliveIdle / time.Second), "TCP_KEEPINTVL"},
@@ -41,9 +53,13 @@ func listenerOptions(network, address string, c syscall.RawConn) error {
 		{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1, "TCP_NODELAY"},
 		{unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, int(deferAccept / time.Second), "TCP_DEFER_ACCEPT"},
 	}
+	set := opts[:]
+	if !reusePort {
+		set = opts[1:]
+	}
 	var err error
 	cerr := c.Control(func(fd uintptr) {
-		for _, o := range opts {
+		for _, o := range set {
 			if err = unix.SetsockoptInt(int(fd), o.level, o.name, o.value); err != nil {
 				err = fmt.Errorf("listener %s %s: setting %s: %w", network, address, o.what, err)
 				return
@@ -54,23 +70,4 @@ func listenerOptions(network, address string, c syscall.RawConn) error {
 		return cerr
 	}
 	return err
-}
-
-// reusePortOptions is listenerOptions with SO_REUSEPORT, for the loops'
-// sockets of one port, one each, between which the kernel spreads the
-// connections.
-func reusePortOptions(network, address string, c syscall.RawConn) error {
-	var err error
-	cerr := c.Control(func(fd uintptr) {
-		if err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
-			err = fmt.Errorf("listener %s %s: setting SO_REUSEPORT: %w", network, address, err)
-		}
-	})
-	if cerr != nil {
-		return cerr
-	}
-	if err != nil {
-		return err
-	}
-	return listenerOptions(network, address, c)
 }

@@ -19,19 +19,26 @@ func sockopts(t *testing.T, c syscall.Conn, opts ...[2]int) []int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vals := make([]int, len(opts))
-	errs := make([]error, len(opts))
-	if err := rc.Control(func(fd uintptr) {
-		for i, o := range opts {
-			vals[i], errs[i] = unix.GetsockoptInt(int(fd), o[0], o[1])
-		}
-	}); err != nil {
+	var vals []int
+	var optErr error
+	if err := rc.Control(func(fd uintptr) { vals, optErr = fdopts(int(fd), opts...) }); err != nil {
 		t.Fatal(err)
 	}
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
+	if optErr != nil {
+		t.Fatal(optErr)
 	}
 	return vals
+}
+
+// fdopts reads the integer options of socket fd: sockopts for a loop's
+// raw socket, and safe off the test's goroutine.
+func fdopts(fd int, opts ...[2]int) ([]int, error) {
+	vals := make([]int, len(opts))
+	errs := make([]error, len(opts))
+	for i, o := range opts {
+		vals[i], errs[i] = unix.GetsockoptInt(fd, o[0], o[1])
+	}
+	return vals, errors.Join(errs...)
 }
 
 // clientSocket returns the gateway's socket to the client of its one

@@ -277,20 +277,21 @@ func (l *loop) poll(uintptr) bool {
 				}
 				continue
 			}
-			if fd >= len(l.byFD) || l.byFD[fd] == nil {
+			s := l.sideAt(fd)
+			if s == nil {
 				// A new flow's first edge, or a stale event of a flow
 				// ended earlier in this batch, which left nil at its
 				// descriptors (a new flow that reuses one takes the
 				// stale event's flags: a read or write that finds
 				// nothing).
 				l.adoptIncoming()
-				if fd >= len(l.byFD) || l.byFD[fd] == nil {
+				if s = l.sideAt(fd); s == nil {
 					continue
 				}
 			}
 			// An event of another generation is stale: its socket was
 			// closed earlier in this batch and s reuses its number.
-			if s := l.byFD[fd]; s.gen == ev.Pad {
+			if s.gen == ev.Pad {
 				l.ready(s, ev.Events)
 			}
 		}

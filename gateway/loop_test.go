@@ -437,45 +437,54 @@ func TestLoopCut(t *testing.T) {
 	}
 }
 
+// forEachLoopPath runs test, as a subtest, on a mesh of each way a flow
+// reaches a loop: handed over by a handler that dialed, or dialed by the
+// loop (LoopAccept).
+func forEachLoopPath(t *testing.T, test func(t *testing.T, m *mesh)) {
+	for _, loopAccept := range []bool{false, true} {
+		t.Run(map[bool]string{false: "handed over", true: "loop dial"}[loopAccept], func(t *testing.T) {
+			m := newMesh(t)
+			m.cfg.LoopAccept = loopAccept
+			test(t, m)
+		})
+	}
+}
+
 // A loop's flow ends at its route's MaxConnectionDuration by the loop's
 // sweep, with no timer of its own, however it reached the loop: handed
 // over by a handler that dialed, or dialed by the loop (LoopAccept). It
 // is closed, not reset, and counted as such.
 func TestLoopMaxConnectionDuration(t *testing.T) {
-	for _, loopAccept := range []bool{false, true} {
-		t.Run(map[bool]string{false: "handed over", true: "loop dial"}[loopAccept], func(t *testing.T) {
-			m := newMesh(t)
-			m.cfg.LoopAccept = loopAccept
-			m.cfg.IdleTimeout = time.Hour
-			b := m.backend("v1")
-			m.start(policyYAML(freePort(t), "connectionPool: {tcp: {maxConnectionDuration: 1s}}", b))
-			c, err := m.dial(echoSNI, "istio")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			await.True(t, 5*time.Second, "the flow to reach a loop", func() bool { return loopsState(t, m.gw).flows == 1 })
-			onLoops(t, m.gw, func(l *loop) {
-				for _, lf := range l.flows {
-					if lf.f.expiry != nil {
-						t.Error("the loop's flow has a timer of its own")
-					}
-					if lf.expires == 0 {
-						t.Error("the loop's flow has no max duration")
-					}
+	forEachLoopPath(t, func(t *testing.T, m *mesh) {
+		m.cfg.IdleTimeout = time.Hour
+		b := m.backend("v1")
+		m.start(policyYAML(freePort(t), "connectionPool: {tcp: {maxConnectionDuration: 1s}}", b))
+		c, err := m.dial(echoSNI, "istio")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		await.True(t, 5*time.Second, "the flow to reach a loop", func() bool { return loopsState(t, m.gw).flows == 1 })
+		onLoops(t, m.gw, func(l *loop) {
+			for _, lf := range l.flows {
+				if lf.f.expiry != nil {
+					t.Error("the loop's flow has a timer of its own")
 				}
-			})
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			_, err = io.Copy(io.Discard, c)
-			if isTimeout(err) || isReset(err) {
-				t.Fatalf("read %v, want the gateway to close the connection", err)
-			}
-			await.True(t, 5*time.Second, "closed counted", func() bool { return m.gw.m.DurationClosed.Value() == 1 })
-			if n := m.gw.m.IdleClosed.Value(); n != 0 {
-				t.Errorf("%d counted as idle", n)
+				if lf.expires == 0 {
+					t.Error("the loop's flow has no max duration")
+				}
 			}
 		})
-	}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.Copy(io.Discard, c)
+		if isTimeout(err) || isReset(err) {
+			t.Fatalf("read %v, want the gateway to close the connection", err)
+		}
+		await.True(t, 5*time.Second, "closed counted", func() bool { return m.gw.m.DurationClosed.Value() == 1 })
+		if n := m.gw.m.IdleClosed.Value(); n != 0 {
+			t.Errorf("%d counted as idle", n)
+		}
+	})
 }
 
 // A MaxConnectionDuration too long to add to a loop's clock (the
@@ -483,26 +492,22 @@ func TestLoopMaxConnectionDuration(t *testing.T) {
 // never ends a loop's flow, as it never fires forward's timer: the
 // deadline saturates rather than wrapping into the past.
 func TestLoopMaxConnectionDurationSaturates(t *testing.T) {
-	for _, loopAccept := range []bool{false, true} {
-		t.Run(map[bool]string{false: "handed over", true: "loop dial"}[loopAccept], func(t *testing.T) {
-			m := newMesh(t)
-			m.cfg.LoopAccept = loopAccept
-			b := m.backend("v1")
-			m.start(policyYAML(freePort(t), "connectionPool: {tcp: {maxConnectionDuration: 2562047h47m16.854775807s}}", b))
-			c, err := m.dial(echoSNI, "istio")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			await.True(t, 5*time.Second, "the flow to reach a loop", func() bool { return loopsState(t, m.gw).flows == 1 })
-			// A loop has swept since it took the flow: loopsState's
-			// command ran after the sweep of the poll that adopted it.
-			if err := c.Exchange(64 << 10); err != nil {
-				t.Fatalf("exchange after the flow reached a loop: %v", err)
-			}
-			if n := m.gw.m.DurationClosed.Value(); n != 0 {
-				t.Errorf("%d flows closed at a max duration of ~10,000 years", n)
-			}
-		})
-	}
+	forEachLoopPath(t, func(t *testing.T, m *mesh) {
+		b := m.backend("v1")
+		m.start(policyYAML(freePort(t), "connectionPool: {tcp: {maxConnectionDuration: 2562047h47m16.854775807s}}", b))
+		c, err := m.dial(echoSNI, "istio")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		await.True(t, 5*time.Second, "the flow to reach a loop", func() bool { return loopsState(t, m.gw).flows == 1 })
+		// A loop has swept since it took the flow: loopsState's
+		// command ran after the sweep of the poll that adopted it.
+		if err := c.Exchange(64 << 10); err != nil {
+			t.Fatalf("exchange after the flow reached a loop: %v", err)
+		}
+		if n := m.gw.m.DurationClosed.Value(); n != 0 {
+			t.Errorf("%d flows closed at a max duration of ~10,000 years", n)
+		}
+	})
 }

@@ -181,16 +181,10 @@ func (l *loop) accept4(fd int) (int, netip.AddrPort, error) {
 	switch l.rsa.Addr.Family {
 	case unix.AF_INET:
 		a := (*unix.RawSockaddrInet4)(unsafe.Pointer(&l.rsa))
-		ap = netip.AddrPortFrom(netip.AddrFrom4(a.Addr), ntohs(a.Port))
+		ap = netip.AddrPortFrom(netip.AddrFrom4(a.Addr), netOrder(a.Port))
 	case unix.AF_INET6:
 		a := (*unix.RawSockaddrInet6)(unsafe.Pointer(&l.rsa))
-		ap = netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), ntohs(a.Port))
+		ap = netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), netOrder(a.Port))
 	}
 	return int(nfd), ap, nil
-}
-
-// ntohs reads a port in network byte order.
-func ntohs(p uint16) uint16 {
-	b := (*[2]byte)(unsafe.Pointer(&p))
-	return uint16(b[0])<<8 | uint16(b[1])
 }

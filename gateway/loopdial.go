@@ -34,15 +34,12 @@ func (l *loop) watch(s *side, fd int) bool {
 		l.gen = 1
 	}
 	s.fd, s.gen = fd, l.gen
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd), Pad: s.gen}
+	ev := unix.EpollEvent{Events: flowEvents, Fd: int32(fd), Pad: s.gen}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		l.g.log.Warn("epoll_ctl add failed", "err", err)
 		return false
 	}
-	for fd >= len(l.byFD) {
-		l.byFD = append(l.byFD, nil)
-	}
-	l.byFD[fd] = s
+	l.setFD(s)
 	return true
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -131,32 +132,19 @@ func TestLoopAcceptKeepalive(t *testing.T) {
 	var got []int
 	onLoops(t, m.gw, func(l *loop) {
 		for _, lf := range l.flows {
-			fd := lf.side[1].fd
-			for _, o := range [][2]int{{unix.SOL_SOCKET, unix.SO_KEEPALIVE}, {unix.IPPROTO_TCP, unix.TCP_KEEPIDLE},
-				{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL}, {unix.IPPROTO_TCP, unix.TCP_KEEPCNT}, {unix.IPPROTO_TCP, unix.TCP_NODELAY}} {
-				v, err := unix.GetsockoptInt(fd, o[0], o[1])
-				if err != nil {
-					t.Error(err)
-				}
-				got = append(got, v)
-			}
+			up, err := fdopts(lf.side[1].fd, [2]int{unix.SOL_SOCKET, unix.SO_KEEPALIVE}, [2]int{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE},
+				[2]int{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL}, [2]int{unix.IPPROTO_TCP, unix.TCP_KEEPCNT}, [2]int{unix.IPPROTO_TCP, unix.TCP_NODELAY})
 			// The client's socket: no delay, inherited from the
 			// listening socket (nothing is set per connection).
-			v, err := unix.GetsockoptInt(lf.side[0].fd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
-			if err != nil {
+			client, cerr := fdopts(lf.side[0].fd, [2]int{unix.IPPROTO_TCP, unix.TCP_NODELAY})
+			if err := errors.Join(err, cerr); err != nil {
 				t.Error(err)
 			}
-			got = append(got, v)
+			got = append(append(got, up...), client...)
 		}
 	})
-	want := []int{1, 7, 3, 4, 1, 1}
-	if len(got) != len(want) {
-		t.Fatalf("options %v of %d flows, want one flow's %v", got, len(got)/len(want), want)
-	}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("upstream's SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_NODELAY and client's TCP_NODELAY = %v, want %v", got, want)
-		}
+	if want := []int{1, 7, 3, 4, 1, 1}; !slices.Equal(got, want) {
+		t.Fatalf("upstream's SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_NODELAY and client's TCP_NODELAY of each flow = %v, want one flow's %v", got, want)
 	}
 }
 

@@ -99,6 +99,10 @@ func (l *loop) putPipe(p *pipe, empty bool) {
 	p.close()
 }
 
+// flowEvents are the events a flow's sockets are registered for, once,
+// edge-triggered (side).
+const flowEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+
 // register hands lf to the loop from the goroutine that dialed: it
 // queues lf, then adds its sockets to the epoll set itself, so that the
 // loop needs no wake-up of its own for a new flow. Registering a
@@ -111,7 +115,7 @@ func (l *loop) register(lf *loopFlow) {
 	l.mu.Unlock()
 	for i := range lf.side {
 		fd := lf.side[i].fd
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+		ev := unix.EpollEvent{Events: flowEvents, Fd: int32(fd)}
 		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 			// No edge may come: the loop must be asked to end it.
 			l.g.log.Warn("epoll_ctl add failed", "err", err)
@@ -136,18 +140,14 @@ func (l *loop) adoptIncoming() {
 // adopt starts pumping lf in this loop.
 func (l *loop) adopt(lf *loopFlow) {
 	f := lf.f
-	f.lf, lf.last = lf, l.now
+	f.lf = lf
 	if f.ended.Load() {
 		// Aborted before the loop had it: its abort found no flow.
 		l.finish(lf)
 		return
 	}
 	for i := range lf.side {
-		fd := lf.side[i].fd
-		for fd >= len(l.byFD) {
-			l.byFD = append(l.byFD, nil)
-		}
-		l.byFD[fd] = &lf.side[i]
+		l.setFD(&lf.side[i])
 	}
 	l.track(lf)
 }
@@ -216,9 +216,25 @@ func (l *loop) finish(lf *loopFlow) {
 	f.close()
 }
 
+// setFD makes s the side polled at its descriptor.
+func (l *loop) setFD(s *side) {
+	for s.fd >= len(l.byFD) {
+		l.byFD = append(l.byFD, nil)
+	}
+	l.byFD[s.fd] = s
+}
+
+// sideAt returns the flow side polled at fd, or nil.
+func (l *loop) sideAt(fd int) *side {
+	if fd < len(l.byFD) {
+		return l.byFD[fd]
+	}
+	return nil
+}
+
 // forget clears the descriptor table's entry of s.
 func (l *loop) forget(s *side) {
-	if s.lf != nil && s.fd < len(l.byFD) && l.byFD[s.fd] == s {
+	if s.lf != nil && l.sideAt(s.fd) == s {
 		l.byFD[s.fd] = nil
 	}
 }

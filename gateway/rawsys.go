@@ -110,21 +110,23 @@ func rawGetsockoptInt(fd, level, name int) (int, error) {
 // storage for the address, so that nothing is allocated.
 func rawConnect(fd int, ap netip.AddrPort, sa *unix.RawSockaddrInet6) error {
 	var n uintptr
-	port := ap.Port()
 	if a := ap.Addr(); a.Is4() {
 		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
-		p := (*[2]byte)(unsafe.Pointer(&sa4.Port))
-		p[0], p[1] = byte(port>>8), byte(port)
+		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Port: netOrder(ap.Port()), Addr: a.As4()}
 		n = unsafe.Sizeof(*sa4)
 	} else {
-		*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
-		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
-		p[0], p[1] = byte(port>>8), byte(port)
+		*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Port: netOrder(ap.Port()), Addr: a.As16()}
 		n = unsafe.Sizeof(*sa)
 	}
 	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(sa)), n)
 	return errnoErr(e)
+}
+
+// netOrder converts a port between host and network byte order, either
+// way: the sockaddr's port field is stored in network order.
+func netOrder(p uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(&p))
+	return uint16(b[0])<<8 | uint16(b[1])
 }
 
 // errnoErr returns e as an error, nil for 0.
