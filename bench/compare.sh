@@ -67,22 +67,13 @@ hap_maxconn=$((max_n + 500))
 hap_maxpipes=250
 ngx_conns=$((2 * max_n + 1000)) # per worker: client and upstream sides, all on one worker at worst
 
-log "building ewgate and loadgen into $work"
-mkdir "$work/bin"
-(cd "$repo" && go build -o "$work/bin/ewgate" ./cmd/ewgate && go build -o "$work/bin/loadgen" ./bench/loadgen)
+build
 lg=$work/bin/loadgen
-# What was built: the commit, whether the tree differs from it, and a hash
-# of the data-plane sources (others may be editing them).
-commit=$(cd "$repo" && git rev-parse --short HEAD)
-built="$commit$(cd "$repo" && git diff --quiet HEAD -- . ':!bench' ':!docs' || echo ' + uncommitted changes'), gateway/ and sni/ sources sha256 $(cat "$repo"/gateway/*.go "$repo"/sni/*.go | sha256sum | cut -c1-12)"
+# What was built, and a hash of the data-plane sources (others may be
+# editing them).
+built+=", gateway/ and sni/ sources sha256 $(cat "$repo"/gateway/*.go "$repo"/sni/*.go | sha256sum | cut -c1-12)"
 command="${BASE:+BASE=$BASE }PROXIES=\"$PROXIES\" MODES=\"$MODES\" IDLE_N=\"$IDLE_N\" MIB=$MIB THR_C=$THR_C RR_C=$RR_C RR_SIZE=$RR_SIZE CONN_C=$CONN_C SECS=$SECS DIRECT=$DIRECT bench/compare.sh"
-if [[ -n $BASE ]]; then
-	log "building ewgate@$BASE"
-	mkdir "$work/base"
-	(cd "$repo" && git archive "$BASE") | tar -x -C "$work/base"
-	(cd "$work/base" && go build -o "$work/bin/ewgate@$BASE" ./cmd/ewgate)
-	PROXIES="ewgate@$BASE $PROXIES"
-fi
+[[ -z $BASE ]] || PROXIES="ewgate@$BASE $PROXIES"
 # sed, not head: head would exit early, haproxy get SIGPIPE, and pipefail
 # end the script.
 hap_version=$(haproxy -v | sed -n '1s/^\([^ ]* [^ ]* [^ ]*\).*/\1/p')
