@@ -284,12 +284,12 @@ record() {
 # (cpu_figure), for the proxy started last (cpu_pid; "-" for none).
 # loadgen's error detail goes to stderr and to the report.
 measure() {
-	local mode=$1 label=$2 row c0 c1 fig lgmode=$1
+	local mode=$1 label=$2 row c0 c1 fig
 	shift 2
-	[[ $mode != tls ]] || lgmode=connect
+	# Mode tls is loadgen connect with -tls-svid.
 	log "$mode $label $*"
 	c0=$(proc_ticks "$cpu_pid")
-	row=$("$lg" "$lgmode" -label "$label" "$@" 2>"$work/last.err") || log "$mode $label: loadgen exited non-zero (row kept if printed)"
+	row=$("$lg" "${mode/#tls/connect}" -label "$label" "$@" 2>"$work/last.err") || log "$mode $label: loadgen exited non-zero (row kept if printed)"
 	c1=$(proc_ticks "$cpu_pid")
 	if [[ -s $work/last.err ]]; then
 		cat "$work/last.err" >&2
@@ -535,8 +535,7 @@ report() {
 		printf '\n### %s\n\n' "$title"
 		case $mode in
 		idle) "$lg" header "$mode" | sed '1s/$/ Pss ratio to best peer |/; 2s/$/---:|/' ;;
-		tls) "$lg" header connect | sed "1s#\$# proxy CPU $(cpu_unit "$mode") | ratio to best peer |#; 2s#\$#---:|---:|#" ;;
-		*) "$lg" header "$mode" | sed "1s#\$# proxy CPU $(cpu_unit "$mode") | ratio to best peer |#; 2s#\$#---:|---:|#" ;;
+		*) "$lg" header "${mode/#tls/connect}" | sed "1s#\$# proxy CPU $(cpu_unit "$mode") | ratio to best peer |#; 2s#\$#---:|---:|#" ;;
 		esac
 		with_ratio "$mode"
 		if [[ $mode == rr ]]; then
