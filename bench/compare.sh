@@ -359,12 +359,13 @@ fi
 # DIRECT=1, rr takes turns of 250 ms with as many connections straight to
 # the sink ("direct (paired with PROXY)"), each set active SECS: the load
 # of the moment (the machine is shared) then weighs on both alike, and
-# their difference is the latency the proxy adds.
+# their difference is the latency the proxy adds. The direct target (run
+# only with DIRECT=1) has no rr row of its own, then.
 run_traffic() {
 	local addr=$2:$3 pair=()
 	! has_mode throughput || measure throughput "$1" -addr "$addr" -mib "$MIB" -c "$THR_C"
 	[[ $DIRECT != 1 || $3 == "$sink_port" ]] || pair=(-paired "127.0.0.1:$sink_port" -paired-label "direct (paired with $1)")
-	[[ $3 == "$sink_port" && $DIRECT == 1 ]] || ! has_mode rr || measure rr "$1" -addr "$addr" -c "$RR_C" -size "$RR_SIZE" -d "${SECS}s" "${pair[@]}"
+	[[ $3 == "$sink_port" ]] || ! has_mode rr || measure rr "$1" -addr "$addr" -c "$RR_C" -size "$RR_SIZE" -d "${SECS}s" "${pair[@]}"
 	! has_mode connect || measure connect "$1" -addr "$addr" -c "$CONN_C" -d "${SECS}s"
 	! has_mode tls || measure tls "$1" -addr "$2:$4" -sni "$sni_tls" -tls-svid "$work/svid/client" -c "$CONN_C" -d "${SECS}s"
 	sleep 1 # let TIME_WAIT sockets of connect age before the next target
