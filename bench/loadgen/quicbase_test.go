@@ -30,9 +30,7 @@ func TestQUICBaseStreams(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	var wg sync.WaitGroup
 	defer func() { cancel(); ln.Close(); wg.Wait() }()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		c, err := ln.Accept(ctx)
 		if err != nil {
 			return
@@ -47,7 +45,7 @@ func TestQUICBaseStreams(t *testing.T) {
 				t.Errorf("quicSinkStream: %v", err)
 			}
 		}
-	}()
+	})
 	c, err := quic.DialAddr(ctx, ln.Addr().String(), ccfg, &quic.Config{})
 	if err != nil {
 		t.Fatal(err)

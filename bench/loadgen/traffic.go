@@ -52,11 +52,9 @@ func parallel(n int, f func()) time.Duration {
 	var wg sync.WaitGroup
 	start := time.Now()
 	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			f()
-		}()
+		})
 	}
 	wg.Wait()
 	return time.Since(start)
@@ -162,9 +160,7 @@ func runConnect(args []string) error {
 	start := time.Now()
 	end := start.Add(*dur)
 	for i := range *conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for time.Now().Before(end) {
 				t := time.Now()
 				c, err := cl.open()
@@ -176,7 +172,7 @@ func runConnect(args []string) error {
 				c.Close()
 				parts[i] = append(parts[i], time.Since(t))
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
