@@ -104,11 +104,11 @@ func runQUICBase(args []string) error {
 	}
 	defer c.CloseWithError(0, "")
 	size := int64(*mib) << 20
-	up, err := quicUp(ctx, c, size)
+	up, err := quicTimed(ctx, c, func(s *quic.Stream) (errKind, error) { return sendUp(s, s.Close, size) })
 	if err != nil {
 		return fmt.Errorf("up: %w", err)
 	}
-	down, err := quicDown(ctx, c, size)
+	down, err := quicTimed(ctx, c, func(s *quic.Stream) (errKind, error) { return receiveDown(s, s.Close, size) })
 	if err != nil {
 		return fmt.Errorf("down: %w", err)
 	}
@@ -117,29 +117,16 @@ func runQUICBase(args []string) error {
 	return nil
 }
 
-// quicUp sends size bytes on a new stream and returns the time until the
-// sink confirmed all of them.
-func quicUp(ctx context.Context, c *quic.Conn, size int64) (time.Duration, error) {
+// quicTimed opens a new stream on c, runs xfer (sendUp or receiveDown)
+// on it and returns the time from the opening until xfer checked every
+// byte.
+func quicTimed(ctx context.Context, c *quic.Conn, xfer func(s *quic.Stream) (errKind, error)) (time.Duration, error) {
 	start := time.Now()
 	s, err := c.OpenStreamSync(ctx)
 	if err != nil {
 		return 0, err
 	}
-	if _, err := sendUp(s, s.Close, size); err != nil {
-		return 0, err
-	}
-	return time.Since(start), nil
-}
-
-// quicDown asks for size bytes on a new stream and returns the time to
-// read them.
-func quicDown(ctx context.Context, c *quic.Conn, size int64) (time.Duration, error) {
-	start := time.Now()
-	s, err := c.OpenStreamSync(ctx)
-	if err != nil {
-		return 0, err
-	}
-	if _, err := receiveDown(s, s.Close, size); err != nil {
+	if _, err := xfer(s); err != nil {
 		return 0, err
 	}
 	return time.Since(start), nil

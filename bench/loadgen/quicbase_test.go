@@ -52,10 +52,10 @@ func TestQUICBaseStreams(t *testing.T) {
 	}
 	defer c.CloseWithError(0, "")
 	const size = 1 << 20
-	if _, err := quicUp(ctx, c, size); err != nil {
-		t.Fatalf("quicUp: %v", err)
+	if _, err := quicTimed(ctx, c, func(s *quic.Stream) (errKind, error) { return sendUp(s, s.Close, size) }); err != nil {
+		t.Fatalf("up: %v", err)
 	}
-	if _, err := quicDown(ctx, c, size); err != nil {
-		t.Fatalf("quicDown: %v", err)
+	if _, err := quicTimed(ctx, c, func(s *quic.Stream) (errKind, error) { return receiveDown(s, s.Close, size) }); err != nil {
+		t.Fatalf("down: %v", err)
 	}
 }
