@@ -67,22 +67,13 @@ hap_maxconn=$((max_n + 500))
 hap_maxpipes=250
 ngx_conns=$((2 * max_n + 1000)) # per worker: client and upstream sides, all on one worker at worst
 
-log "building ewgate and loadgen into $work"
-mkdir "$work/bin"
-(cd "$repo" && go build -o "$work/bin/ewgate" ./cmd/ewgate && go build -o "$work/bin/loadgen" ./bench/loadgen)
+build
 lg=$work/bin/loadgen
-# What was built: the commit, whether the tree differs from it, and a hash
-# of the data-plane sources (others may be editing them).
-commit=$(cd "$repo" && git rev-parse --short HEAD)
-built="$commit$(cd "$repo" && git diff --quiet HEAD -- . ':!bench' ':!docs' || echo ' + uncommitted changes'), gateway/ and sni/ sources sha256 $(cat "$repo"/gateway/*.go "$repo"/sni/*.go | sha256sum | cut -c1-12)"
+# What was built, and a hash of the data-plane sources (others may be
+# editing them).
+built+=", gateway/ and sni/ sources sha256 $(cat "$repo"/gateway/*.go "$repo"/sni/*.go | sha256sum | cut -c1-12)"
 command="${BASE:+BASE=$BASE }PROXIES=\"$PROXIES\" MODES=\"$MODES\" IDLE_N=\"$IDLE_N\" MIB=$MIB THR_C=$THR_C RR_C=$RR_C RR_SIZE=$RR_SIZE CONN_C=$CONN_C SECS=$SECS DIRECT=$DIRECT bench/compare.sh"
-if [[ -n $BASE ]]; then
-	log "building ewgate@$BASE"
-	mkdir "$work/base"
-	(cd "$repo" && git archive "$BASE") | tar -x -C "$work/base"
-	(cd "$work/base" && go build -o "$work/bin/ewgate@$BASE" ./cmd/ewgate)
-	PROXIES="ewgate@$BASE $PROXIES"
-fi
+[[ -z $BASE ]] || PROXIES="ewgate@$BASE $PROXIES"
 # sed, not head: head would exit early, haproxy get SIGPIPE, and pipefail
 # end the script.
 hap_version=$(haproxy -v | sed -n '1s/^\([^ ]* [^ ]* [^ ]*\).*/\1/p')
@@ -293,12 +284,12 @@ record() {
 # (cpu_figure), for the proxy started last (cpu_pid; "-" for none).
 # loadgen's error detail goes to stderr and to the report.
 measure() {
-	local mode=$1 label=$2 row c0 c1 fig lgmode=$1
+	local mode=$1 label=$2 row c0 c1 fig
 	shift 2
-	[[ $mode != tls ]] || lgmode=connect
+	# Mode tls is loadgen connect with -tls-svid.
 	log "$mode $label $*"
 	c0=$(proc_ticks "$cpu_pid")
-	row=$("$lg" "$lgmode" -label "$label" "$@" 2>"$work/last.err") || log "$mode $label: loadgen exited non-zero (row kept if printed)"
+	row=$("$lg" "${mode/#tls/connect}" -label "$label" "$@" 2>"$work/last.err") || log "$mode $label: loadgen exited non-zero (row kept if printed)"
 	c1=$(proc_ticks "$cpu_pid")
 	if [[ -s $work/last.err ]]; then
 		cat "$work/last.err" >&2
@@ -368,12 +359,13 @@ fi
 # DIRECT=1, rr takes turns of 250 ms with as many connections straight to
 # the sink ("direct (paired with PROXY)"), each set active SECS: the load
 # of the moment (the machine is shared) then weighs on both alike, and
-# their difference is the latency the proxy adds.
+# their difference is the latency the proxy adds. The direct target (run
+# only with DIRECT=1) has no rr row of its own, then.
 run_traffic() {
 	local addr=$2:$3 pair=()
 	! has_mode throughput || measure throughput "$1" -addr "$addr" -mib "$MIB" -c "$THR_C"
 	[[ $DIRECT != 1 || $3 == "$sink_port" ]] || pair=(-paired "127.0.0.1:$sink_port" -paired-label "direct (paired with $1)")
-	[[ $3 == "$sink_port" && $DIRECT == 1 ]] || ! has_mode rr || measure rr "$1" -addr "$addr" -c "$RR_C" -size "$RR_SIZE" -d "${SECS}s" "${pair[@]}"
+	[[ $3 == "$sink_port" ]] || ! has_mode rr || measure rr "$1" -addr "$addr" -c "$RR_C" -size "$RR_SIZE" -d "${SECS}s" "${pair[@]}"
 	! has_mode connect || measure connect "$1" -addr "$addr" -c "$CONN_C" -d "${SECS}s"
 	! has_mode tls || measure tls "$1" -addr "$2:$4" -sni "$sni_tls" -tls-svid "$work/svid/client" -c "$CONN_C" -d "${SECS}s"
 	sleep 1 # let TIME_WAIT sockets of connect age before the next target
@@ -544,8 +536,7 @@ report() {
 		printf '\n### %s\n\n' "$title"
 		case $mode in
 		idle) "$lg" header "$mode" | sed '1s/$/ Pss ratio to best peer |/; 2s/$/---:|/' ;;
-		tls) "$lg" header connect | sed "1s#\$# proxy CPU $(cpu_unit "$mode") | ratio to best peer |#; 2s#\$#---:|---:|#" ;;
-		*) "$lg" header "$mode" | sed "1s#\$# proxy CPU $(cpu_unit "$mode") | ratio to best peer |#; 2s#\$#---:|---:|#" ;;
+		*) "$lg" header "${mode/#tls/connect}" | sed "1s#\$# proxy CPU $(cpu_unit "$mode") | ratio to best peer |#; 2s#\$#---:|---:|#" ;;
 		esac
 		with_ratio "$mode"
 		if [[ $mode == rr ]]; then

@@ -1,6 +1,7 @@
-# lib.sh: process and work-directory handling, and CPU accounting, shared
-# by the benchmark scripts. Source it after setting $work (the scratch
-# directory), $KEEP (1: keep $work at exit) and, for per_gb, $MIB; record
+# lib.sh: building, process and work-directory handling, and CPU
+# accounting, shared by the benchmark scripts. Source it after setting
+# $repo (the repository's root), $work (the scratch directory), $KEEP (1:
+# keep $work at exit), for build, $BASE and, for per_gb, $MIB; record
 # every PID you start in the array "started", and they are all stopped on
 # exit, Ctrl-C included.
 
@@ -27,6 +28,23 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# build builds ewgate and loadgen from $repo into $work/bin and, if $BASE
+# (a git ref) is set, ewgate from it as $work/bin/ewgate@$BASE (git
+# archive, read-only). It sets built: the commit, and whether the tree
+# differs from it outside bench/ and docs/.
+build() {
+	log "building ewgate and loadgen into $work"
+	mkdir "$work/bin"
+	(cd "$repo" && go build -o "$work/bin/ewgate" ./cmd/ewgate && go build -o "$work/bin/loadgen" ./bench/loadgen)
+	if [[ -n $BASE ]]; then
+		log "building ewgate@$BASE"
+		mkdir "$work/base"
+		(cd "$repo" && git archive "$BASE") | tar -x -C "$work/base"
+		(cd "$work/base" && go build -o "$work/bin/ewgate@$BASE" ./cmd/ewgate)
+	fi
+	built="$(cd "$repo" && git rev-parse --short HEAD)$(cd "$repo" && git diff --quiet HEAD -- . ':!bench' ':!docs' || echo ' + uncommitted changes')"
+}
 
 # wait_port waits up to 10 s for 127.0.0.1:$1 to accept, while $2 lives.
 wait_port() {

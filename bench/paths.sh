@@ -58,19 +58,10 @@ work=$(mktemp -d /tmp/ewgate-paths.XXXXXX)
 # shellcheck source=lib.sh
 source "$repo/bench/lib.sh"
 
-log "building ewgate and loadgen into $work"
-mkdir "$work/bin"
-(cd "$repo" && go build -o "$work/bin/ewgate" ./cmd/ewgate && go build -o "$work/bin/loadgen" ./bench/loadgen)
+build
 ew=$work/bin/ewgate
 lg=$work/bin/loadgen
-if [[ -n $BASE ]]; then
-	log "building ewgate@$BASE"
-	mkdir "$work/base"
-	(cd "$repo" && git archive "$BASE") | tar -x -C "$work/base"
-	(cd "$work/base" && go build -o "$work/bin/ewgate@$BASE" ./cmd/ewgate)
-fi
 [[ -z $PROFILE ]] || mkdir -p "$PROFILE"
-built="$(cd "$repo" && git rev-parse --short HEAD)$(cd "$repo" && git diff --quiet HEAD -- . ':!bench' ':!docs' || echo ' + uncommitted changes')"
 
 # A development CA and one SVID per gateway; a gossip key.
 "$ew" ca init --trust-domain cluster.local --out "$work/ca" >/dev/null

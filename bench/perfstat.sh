@@ -12,15 +12,18 @@
 # ewgate is built from this tree, as compare.sh does. Needs perf (Debian's
 # linux-perf) and root.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 proxy=${1:?usage: bench/perfstat.sh PROXY MODE}
 mode=${2:?usage: bench/perfstat.sh PROXY MODE}
+repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/perfstat.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+KEEP=0
+# shellcheck source=lib.sh
+source "$repo/bench/lib.sh"
 
-PROXIES=$proxy MODES=$mode SECS=6 DIRECT=0 OUT=$work/report.md bench/compare.sh >"$work/log" 2>&1 &
+PROXIES=$proxy MODES=$mode SECS=6 DIRECT=0 OUT=$work/report.md "$repo/bench/compare.sh" >"$work/log" 2>&1 &
 runner=$!
+started+=("$runner")
 # The mode's window starts when compare.sh logs it; 1.5 s in, the
 # connections are open and the proxy warm.
 for ((i = 0; i < 600; i++)); do
@@ -33,7 +36,7 @@ case $proxy in
 ewgate) pids=$(pgrep -f "ewgate run -f /tmp/ewgate-bench" | head -1) ;;
 nginx) pids=$(pgrep -P "$(pgrep -f 'nginx: master' -n)" | paste -sd,) ;;
 haproxy) pids=$(pgrep -x haproxy -n) ;;
-*) echo "perfstat.sh: unknown proxy $proxy" >&2; exit 2 ;;
+*) log "unknown proxy $proxy"; exit 2 ;;
 esac
 events=task-clock,context-switches,raw_syscalls:sys_enter
 for s in futex nanosleep epoll_pwait epoll_wait epoll_ctl accept4 connect read recvfrom write writev setsockopt; do
@@ -41,6 +44,7 @@ for s in futex nanosleep epoll_pwait epoll_wait epoll_ctl accept4 connect read r
 done
 perf stat -x, -e "$events" -p "$pids" -- sleep 3 2>"$work/stat" || true
 wait "$runner" || true
+started=()
 awk -F, -v mode="$mode" -v proxy="$proxy" '
 	{ v[$3] = $1 }
 	END {

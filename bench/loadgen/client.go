@@ -125,9 +125,8 @@ func (cl *client) openMany(n, conc int, errs *errorCount) []conn {
 	sem := make(chan struct{}, conc)
 	for range n {
 		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
+		wg.Go(func() {
+			defer func() { <-sem }()
 			c, err := cl.open()
 			if err != nil {
 				errs.add(errConnect, err)
@@ -136,7 +135,7 @@ func (cl *client) openMany(n, conc int, errs *errorCount) []conn {
 			mu.Lock()
 			conns = append(conns, c)
 			mu.Unlock()
-		}()
+		})
 	}
 	wg.Wait()
 	return conns

@@ -48,17 +48,13 @@ func startBackend(t *testing.T, serve func(c *net.TCPConn)) string {
 	}
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				defer c.Close()
 				tc := c.(*net.TCPConn)
 				var cmd [1]byte
@@ -72,9 +68,9 @@ func startBackend(t *testing.T, serve func(c *net.TCPConn)) string {
 					return
 				}
 				serve(tc)
-			}()
+			})
 		}
-	}()
+	})
 	return ln.Addr().String()
 }
 

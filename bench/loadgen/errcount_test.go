@@ -44,13 +44,11 @@ func TestErrorCountConcurrent(t *testing.T) {
 	var e errorCount
 	var wg sync.WaitGroup
 	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for range 1000 {
 				e.add(errRead, errors.New("short read"))
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	if got := e.total(); got != 8000 {

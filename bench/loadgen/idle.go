@@ -93,9 +93,7 @@ func checkOpen(conns []conn, wait time.Duration, errs *errorCount) {
 	var wg sync.WaitGroup
 	deadline := time.Now().Add(wait)
 	for _, c := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			c.SetReadDeadline(deadline)
 			var b [1]byte
 			n, err := c.Read(b[:])
@@ -106,7 +104,7 @@ func checkOpen(conns []conn, wait time.Duration, errs *errorCount) {
 				errs.add(errClosed, fmt.Errorf("idle connection ended: %w", err))
 			}
 			c.SetReadDeadline(time.Time{})
-		}()
+		})
 	}
 	wg.Wait()
 }

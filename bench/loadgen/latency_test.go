@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -47,13 +48,8 @@ func TestLatenciesMergesAndSorts(t *testing.T) {
 	us := time.Microsecond
 	got := latencies([][]time.Duration{{5 * us, 1 * us}, nil, {3 * us}, {2 * us, 4 * us}})
 	want := []time.Duration{1 * us, 2 * us, 3 * us, 4 * us, 5 * us}
-	if len(got) != len(want) {
+	if !slices.Equal(got, want) {
 		t.Fatalf("latencies = %v, want %v", got, want)
-	}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("latencies = %v, want %v", got, want)
-		}
 	}
 }
 

@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -60,7 +58,7 @@ func runQUICSink(args []string) error {
 				}
 				go func() {
 					if err := quicSinkStream(s); err != nil {
-						fmt.Fprintf(os.Stderr, "quicsink: %v\n", err)
+						logf("quicsink: %v", err)
 						s.CancelRead(1)
 						s.CancelWrite(1)
 					}
@@ -75,25 +73,8 @@ func quicSinkStream(s *quic.Stream) error {
 	if _, err := io.ReadFull(s, cmd[:]); err != nil {
 		return err
 	}
-	switch cmd[0] {
-	case cmdDiscard:
-		n, err := discard(s)
-		if err != nil {
-			return err
-		}
-		if err := binary.Write(s, binary.BigEndian, uint64(n)); err != nil {
-			return err
-		}
-	case cmdSource:
-		var n uint64
-		if err := binary.Read(s, binary.BigEndian, &n); err != nil {
-			return err
-		}
-		if err := source(s, int64(n)); err != nil {
-			return err
-		}
-	default:
-		return fmt.Errorf("unknown command %q", cmd[0])
+	if err := serveBulk(s, cmd[0]); err != nil {
+		return err
 	}
 	return s.Close()
 }
@@ -123,11 +104,11 @@ func runQUICBase(args []string) error {
 	}
 	defer c.CloseWithError(0, "")
 	size := int64(*mib) << 20
-	up, err := quicUp(ctx, c, size)
+	up, err := quicTimed(ctx, c, func(s *quic.Stream) (errKind, error) { return sendUp(s, s.Close, size) })
 	if err != nil {
 		return fmt.Errorf("up: %w", err)
 	}
-	down, err := quicDown(ctx, c, size)
+	down, err := quicTimed(ctx, c, func(s *quic.Stream) (errKind, error) { return receiveDown(s, s.Close, size) })
 	if err != nil {
 		return fmt.Errorf("down: %w", err)
 	}
@@ -136,56 +117,17 @@ func runQUICBase(args []string) error {
 	return nil
 }
 
-// quicUp sends size bytes on a new stream and returns the time until the
-// sink confirmed all of them.
-func quicUp(ctx context.Context, c *quic.Conn, size int64) (time.Duration, error) {
+// quicTimed opens a new stream on c, runs xfer (sendUp or receiveDown)
+// on it and returns the time from the opening until xfer checked every
+// byte.
+func quicTimed(ctx context.Context, c *quic.Conn, xfer func(s *quic.Stream) (errKind, error)) (time.Duration, error) {
 	start := time.Now()
 	s, err := c.OpenStreamSync(ctx)
 	if err != nil {
 		return 0, err
 	}
-	if _, err := s.Write([]byte{cmdDiscard}); err != nil {
+	if _, err := xfer(s); err != nil {
 		return 0, err
-	}
-	if err := source(s, size); err != nil {
-		return 0, err
-	}
-	if err := s.Close(); err != nil {
-		return 0, err
-	}
-	var got uint64
-	if err := binary.Read(s, binary.BigEndian, &got); err != nil {
-		return 0, fmt.Errorf("reading the sink's count: %w", err)
-	}
-	if int64(got) != size {
-		return 0, fmt.Errorf("sink received %d bytes, want %d", got, size)
-	}
-	return time.Since(start), nil
-}
-
-// quicDown asks for size bytes on a new stream and returns the time to
-// read them.
-func quicDown(ctx context.Context, c *quic.Conn, size int64) (time.Duration, error) {
-	start := time.Now()
-	s, err := c.OpenStreamSync(ctx)
-	if err != nil {
-		return 0, err
-	}
-	var req [9]byte
-	req[0] = cmdSource
-	binary.BigEndian.PutUint64(req[1:], uint64(size))
-	if _, err := s.Write(req[:]); err != nil {
-		return 0, err
-	}
-	if err := s.Close(); err != nil {
-		return 0, err
-	}
-	got, err := discard(s)
-	if err != nil {
-		return 0, err
-	}
-	if got != size {
-		return 0, fmt.Errorf("received %d bytes, want %d", got, size)
 	}
 	return time.Since(start), nil
 }

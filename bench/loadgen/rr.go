@@ -106,11 +106,9 @@ func (s *rrSet) turn(d time.Duration) {
 	end := start.Add(d)
 	var wg sync.WaitGroup
 	for _, p := range s.pingers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			p.run(end, &s.errs)
-		}()
+		})
 	}
 	wg.Wait()
 	s.active += time.Since(start)

@@ -146,21 +146,8 @@ func sinkConn(c conn) error {
 		return err // io.EOF: the client closed after the ack (connect mode)
 	}
 	switch cmd[0] {
-	case cmdDiscard:
-		n, err := discard(c)
-		if err != nil {
-			return err
-		}
-		if err := binary.Write(c, binary.BigEndian, uint64(n)); err != nil {
-			return err
-		}
-		return c.CloseWrite()
-	case cmdSource:
-		var n uint64
-		if err := binary.Read(c, binary.BigEndian, &n); err != nil {
-			return err
-		}
-		if err := source(c, int64(n)); err != nil {
+	case cmdDiscard, cmdSource:
+		if err := serveBulk(c, cmd[0]); err != nil {
 			return err
 		}
 		return c.CloseWrite()
@@ -171,6 +158,28 @@ func sinkConn(c conn) error {
 		return c.CloseWrite()
 	default:
 		return fmt.Errorf("unknown command %q", cmd[0])
+	}
+}
+
+// serveBulk runs the sink's side of cmdDiscard or cmdSource, whose byte
+// was read from s; the caller then closes s's write side. The QUIC
+// baseline's sink serves its streams with it too.
+func serveBulk(s io.ReadWriter, cmd byte) error {
+	switch cmd {
+	case cmdDiscard:
+		n, err := discard(s)
+		if err != nil {
+			return err
+		}
+		return binary.Write(s, binary.BigEndian, uint64(n))
+	case cmdSource:
+		var n uint64
+		if err := binary.Read(s, binary.BigEndian, &n); err != nil {
+			return err
+		}
+		return source(s, int64(n))
+	default:
+		return fmt.Errorf("unknown command %q", cmd)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"flag"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 )
@@ -51,11 +52,9 @@ func parallel(n int, f func()) time.Duration {
 	var wg sync.WaitGroup
 	start := time.Now()
 	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			f()
-		}()
+		})
 	}
 	wg.Wait()
 	return time.Since(start)
@@ -70,25 +69,8 @@ func streamUp(cl *client, size int64, errs *errorCount) {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
-	if _, err := c.Write([]byte{cmdDiscard}); err != nil {
-		errs.add(errWrite, err)
-		return
-	}
-	if err := source(c, size); err != nil {
-		errs.add(errWrite, fmt.Errorf("streaming up: %w", err))
-		return
-	}
-	if err := c.CloseWrite(); err != nil {
-		errs.add(errWrite, err)
-		return
-	}
-	var got uint64
-	if err := binary.Read(c, binary.BigEndian, &got); err != nil {
-		errs.add(errRead, fmt.Errorf("reading the sink's count: %w", err))
-		return
-	}
-	if int64(got) != size {
-		errs.add(errMismatch, fmt.Errorf("sink received %d bytes, want %d", got, size))
+	if kind, err := sendUp(c, c.CloseWrite, size); err != nil {
+		errs.add(kind, err)
 	}
 }
 
@@ -101,20 +83,59 @@ func streamDown(cl *client, size int64, errs *errorCount) {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	// The write side stays open: a proxy need not see a half-close
+	// before the download.
+	if kind, err := receiveDown(c, nil, size); err != nil {
+		errs.add(kind, err)
+	}
+}
+
+// sendUp is the client's side of cmdDiscard on s: it streams size bytes,
+// closes s's write side with closeWrite and checks the sink's count. A
+// failure comes with its kind.
+func sendUp(s io.ReadWriter, closeWrite func() error, size int64) (errKind, error) {
+	if _, err := s.Write([]byte{cmdDiscard}); err != nil {
+		return errWrite, err
+	}
+	if err := source(s, size); err != nil {
+		return errWrite, fmt.Errorf("streaming up: %w", err)
+	}
+	if err := closeWrite(); err != nil {
+		return errWrite, err
+	}
+	var got uint64
+	if err := binary.Read(s, binary.BigEndian, &got); err != nil {
+		return errRead, fmt.Errorf("reading the sink's count: %w", err)
+	}
+	if int64(got) != size {
+		return errMismatch, fmt.Errorf("sink received %d bytes, want %d", got, size)
+	}
+	return 0, nil
+}
+
+// receiveDown is the client's side of cmdSource on s: it asks for size
+// bytes, closes s's write side with closeWrite unless that is nil, and
+// reads them to EOF. A failure comes with its kind.
+func receiveDown(s io.ReadWriter, closeWrite func() error, size int64) (errKind, error) {
 	var req [9]byte
 	req[0] = cmdSource
 	binary.BigEndian.PutUint64(req[1:], uint64(size))
-	if _, err := c.Write(req[:]); err != nil {
-		errs.add(errWrite, err)
-		return
+	if _, err := s.Write(req[:]); err != nil {
+		return errWrite, err
 	}
-	got, err := discard(c)
+	if closeWrite != nil {
+		if err := closeWrite(); err != nil {
+			return errWrite, err
+		}
+	}
+	got, err := discard(s)
 	switch {
 	case err != nil:
-		errs.add(errRead, fmt.Errorf("streaming down: %w", err))
+		return errRead, fmt.Errorf("streaming down: %w", err)
 	case got != size:
-		errs.add(errMismatch, fmt.Errorf("received %d bytes, want %d", got, size))
+		return errMismatch, fmt.Errorf("received %d bytes, want %d", got, size)
 	}
+	return 0, nil
 }
 
 // runConnect implements "loadgen connect": -c workers each open a
@@ -139,9 +160,7 @@ func runConnect(args []string) error {
 	start := time.Now()
 	end := start.Add(*dur)
 	for i := range *conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for time.Now().Before(end) {
 				t := time.Now()
 				c, err := cl.open()
@@ -153,7 +172,7 @@ func runConnect(args []string) error {
 				c.Close()
 				parts[i] = append(parts[i], time.Since(t))
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
