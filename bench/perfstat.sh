@@ -9,6 +9,10 @@
 #   bench/perfstat.sh PROXY MODE    PROXY: ewgate, haproxy or nginx;
 #                                   MODE: rr, connect or tls
 #
+# With PERF_RECORD=FILE it records a call-graph profile of the same 3 s
+# into FILE instead (perf record -e cpu-clock -g: this VM has no hardware
+# counters), for `perf report -i FILE`.
+#
 # ewgate is built from this tree, as compare.sh does. Needs perf (Debian's
 # linux-perf) and root.
 set -euo pipefail
@@ -42,6 +46,13 @@ events=task-clock,context-switches,raw_syscalls:sys_enter
 for s in futex nanosleep epoll_pwait epoll_wait epoll_ctl accept4 connect read recvfrom write writev setsockopt; do
 	events+=,syscalls:sys_enter_$s
 done
+if [[ -n ${PERF_RECORD:-} ]]; then
+	perf record -q -F 2000 -e cpu-clock -g -o "$PERF_RECORD" -p "$pids" -- sleep 3 2>"$work/stat" || { cat "$work/stat" >&2; exit 1; }
+	wait "$runner" || true
+	started=()
+	echo "$proxy $mode: profile in $PERF_RECORD (perf report -i $PERF_RECORD --no-children --sort sym)"
+	exit 0
+fi
 perf stat -x, -e "$events" -p "$pids" -- sleep 3 2>"$work/stat" || true
 wait "$runner" || true
 started=()

@@ -63,3 +63,37 @@ func TestRawConnect(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkRawCall is what a loop's system call costs before it does
+// any work: the bound on what batching the loops' calls (io_uring, say)
+// could save per call, against a round trip's whole CPU
+// (docs/benchmarks.md "CPU per request: the floor").
+func BenchmarkRawCall(b *testing.B) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Close(epfd)
+	var buf [128]byte
+	events := make([]unix.EpollEvent, 8)
+	b.Run("read-EAGAIN", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := rawRead(fds[0], buf[:]); err != unix.EAGAIN {
+				b.Fatalf("read of an empty socket: %v", err)
+			}
+		}
+	})
+	b.Run("epoll-empty", func(b *testing.B) {
+		for b.Loop() {
+			if n, err := rawEpollPoll(epfd, events); n != 0 || err != nil {
+				b.Fatalf("poll of an empty set: %d, %v", n, err)
+			}
+		}
+	})
+}
