@@ -59,7 +59,7 @@ func (ls *loops) pick(g *Gateway) *loop {
 			}()
 		}
 	})
-	if ls.err != nil || len(ls.all) == 0 || ls.stopped.Load() {
+	if ls.err != nil || ls.stopped.Load() {
 		return nil
 	}
 	return ls.all[int(ls.next.Add(1))%len(ls.all)]
