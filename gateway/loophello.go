@@ -19,9 +19,8 @@ func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
 	g := l.g
 	if ref := g.admitConn(); ref != nil {
 		g.note(sa.String, ref)
-		e := rawEnd(fd)
-		e.reset()
-		e.close()
+		rawLingerZero(fd)
+		rawClose(fd)
 		return
 	}
 	bp := g.bufs.Get().(*[]byte)
