@@ -1,12 +1,10 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net"
 	"net/netip"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -68,7 +66,7 @@ func TestLoopAcceptPaths(t *testing.T) {
 			if tt.split {
 				wrap = func(c net.Conn) net.Conn {
 					return &splitConn{Conn: c, head: 5, between: func() {
-						await.True(t, 5*time.Second, "the loop to hand the connection off", func() bool { return m.gw.handlers.live.Load() == 1 })
+						await.True(t, 5*time.Second, "the loop to hand the connection off", func() bool { return handlerGoroutines() == 1 })
 					}}
 				}
 			}
@@ -86,7 +84,7 @@ func TestLoopAcceptPaths(t *testing.T) {
 			if line, err := c.ReadLine(); err != nil || line != "over the loop's path" {
 				t.Fatalf("echo %q, %v", line, err)
 			}
-			if got := m.gw.handlers.live.Load() == 1; got != tt.handler {
+			if got := handlerGoroutines() == 1; got != tt.handler {
 				t.Errorf("handed to a handler: %v, want %v", got, tt.handler)
 			}
 			if !tt.handler {
@@ -133,7 +131,7 @@ func TestLoopHandOffRoutedOnce(t *testing.T) {
 		c, err := cl.DialName(ctx, addr, echoSNI)
 		res <- dialed{c, err}
 	}()
-	await.True(t, 10*time.Second, "the loop to hand the connection off", func() bool { return inStack("gateway.(*loop).handOff(") })
+	await.True(t, 10*time.Second, "the loop to hand the connection off", func() bool { return goroutines("gateway.(*loop).handOff(") > 0 })
 	g.table.Store(g.buildTable(m.view("net-a", byName(v2))))
 	g.mu.Unlock()
 	locked = false
@@ -145,16 +143,9 @@ func TestLoopHandOffRoutedOnce(t *testing.T) {
 	if r.c.Server != "v1" {
 		t.Fatalf("routed to %q, by the table of after the loop's routing: the handler routed it again", r.c.Server)
 	}
-	if n := g.handlers.live.Load(); n != 1 {
+	if n := handlerGoroutines(); n != 1 {
 		t.Errorf("%d handlers: the connection should have been handed off", n)
 	}
-}
-
-// inStack reports whether a goroutine's stack holds a call of fn, a
-// frame as runtime.Stack prints it.
-func inStack(fn string) bool {
-	buf := make([]byte, 1<<20)
-	return bytes.Contains(buf[:runtime.Stack(buf, true)], []byte(fn))
 }
 
 // Refusals the loops make themselves are counted under the same reasons
@@ -202,7 +193,7 @@ func TestLoopAcceptRefusals(t *testing.T) {
 				}
 			}
 			await.True(t, 5*time.Second, "reject counter "+tt.reason, func() bool { return m.gw.m.Rejected(tt.reason) == before+1 })
-			if n := m.gw.handlers.live.Load(); n != 0 {
+			if n := handlerGoroutines(); n != 0 {
 				t.Errorf("%d handlers: the loop should refuse itself", n)
 			}
 			await.True(t, 5*time.Second, "the connection's count released", func() bool { return m.gw.Active() == 0 })
