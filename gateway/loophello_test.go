@@ -258,3 +258,38 @@ func TestQuietRefusalAllocatesNothing(t *testing.T) {
 		t.Errorf("%d refusals counted, want %d", n, 2*(runs+1))
 	}
 }
+
+// A health check (connect and close) that a loop accepted is refused,
+// from its read to its close, without an allocation: no error and no
+// refusal of its own, the commonest refusal being the cheapest.
+func TestLoopHealthCheckAllocatesNothing(t *testing.T) {
+	g := New(Config{})
+	l := &loop{g: g}
+	const runs = 100
+	// AllocsPerRun calls its function runs+1 times, each serving a
+	// socket of its own whose peer has closed.
+	fds := make([]int, runs+1)
+	for i := range fds {
+		pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(pair[1])
+		fds[i] = pair[0]
+	}
+	sa := netip.MustParseAddrPort("192.0.2.1:40000")
+	next := 0
+	allocs := testing.AllocsPerRun(runs, func() {
+		l.serve(15443, fds[next], sa)
+		next++
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per health check", allocs)
+	}
+	if n := g.m.Rejected(RejectNoData); n != runs+1 {
+		t.Errorf("%d refusals counted as %s, want %d", n, RejectNoData, runs+1)
+	}
+	if n := g.Active(); n != 0 {
+		t.Errorf("%d connections still counted", n)
+	}
+}
