@@ -13,15 +13,11 @@ import (
 // new goroutine each.
 func TestHandlersServeOneConnectionAfterAnother(t *testing.T) {
 	m := newMesh(t)
-	b := m.backend("v1")
-	m.start(echoYAML(freePort(t), b))
+	m.startEcho()
 	h := m.gw.handlers
 	const n = 20
 	for i := range n {
-		c, err := m.dial(echoSNI, "istio")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := m.mustDial(t, echoSNI, "istio")
 		c.Close()
 		await.True(t, 5*time.Second, "the handler to wait for the next connection", func() bool { return h.idle.Load() >= 1 })
 		if i == 0 && handlerGoroutines() != 1 {
@@ -40,8 +36,7 @@ func TestHandlersServeOneConnectionAfterAnother(t *testing.T) {
 // handler, only maxIdleHandlers handlers stay waiting; Shutdown ends them.
 func TestHandlersIdleBound(t *testing.T) {
 	m := newMesh(t)
-	b := m.backend("v1")
-	m.start(echoYAML(freePort(t), b))
+	m.startEcho()
 	h := m.gw.handlers
 	const n = maxIdleHandlers + 10
 	var clients []net.Conn

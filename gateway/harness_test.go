@@ -244,6 +244,29 @@ func (m *mesh) addr() string {
 	return ""
 }
 
+// startEcho starts the mesh in front of one echo backend, v1, the
+// endpoint of subset v1 on a free port (echoYAML), and returns it: the
+// world most tests need.
+func (m *mesh) startEcho() *workload.EchoServer {
+	m.t.Helper()
+	b := m.backend("v1")
+	m.start(echoYAML(freePort(m.t), b))
+	return b
+}
+
+// mustDial is dial for a connection the test needs: it fails t if the
+// dial fails, and closes the connection when t ends (again, if the test
+// closed it: harmless).
+func (m *mesh) mustDial(t testing.TB, serverName string, alpn ...string) *workload.Conn {
+	t.Helper()
+	c, err := m.dial(serverName, alpn...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // dial connects a sidecar-like client through the gateway and reads the
 // backend's greeting.
 func (m *mesh) dial(serverName string, alpn ...string) (*workload.Conn, error) {

@@ -60,8 +60,7 @@ func TestLoopAcceptPaths(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := loopAcceptMesh(t, tt.path)
-			b := m.backend("v1")
-			m.start(echoYAML(freePort(t), b))
+			m.startEcho()
 			wrap := func(c net.Conn) net.Conn { return c }
 			if tt.split {
 				wrap = func(c net.Conn) net.Conn {
@@ -152,8 +151,7 @@ func TestLoopHandOffRoutedOnce(t *testing.T) {
 // and answered with the same alerts as the handlers'.
 func TestLoopAcceptRefusals(t *testing.T) {
 	m := loopAcceptMesh(t, pathLocal)
-	b := m.backend("v1")
-	m.start(echoYAML(freePort(t), b))
+	b := m.startEcho()
 	tests := []struct {
 		name   string
 		sni    string // a TLS client's; "" sends raw
