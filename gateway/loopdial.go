@@ -95,7 +95,7 @@ func (l *loop) connectRaw(cl *cluster, u *upstream) (int, error) {
 	if err != nil {
 		return -1, os.NewSyscallError("socket", err)
 	}
-	err = g.rawOptions(fd, network, u.addr, cl.dialerOr(&g.dialer))
+	err = rawOptions(fd, network, u.addr, cl.dialerOr(&g.dialer))
 	if err == nil {
 		err = rawConnect(fd, u.ap, &l.sa)
 		if err == unix.EINPROGRESS || err == unix.EINTR {
@@ -113,7 +113,7 @@ func (l *loop) connectRaw(cl *cluster, u *upstream) (int, error) {
 
 // rawOptions sets what net.Dialer d would on a socket before it
 // connects.
-func (g *Gateway) rawOptions(fd int, network, addr string, d *net.Dialer) error {
+func rawOptions(fd int, network, addr string, d *net.Dialer) error {
 	set := func(level, name, v int) error {
 		return os.NewSyscallError("setsockopt", rawSetsockoptInt(fd, level, name, v))
 	}
