@@ -173,7 +173,6 @@ func (l *loop) dialEvent(lf *loopFlow, ev uint32) {
 		return
 	}
 	g.dialed(d.p.cl, d.u, &d.a, d.p.key, false, nil)
-	u, cl := d.u, d.p.cl
 	if w < len(hello) {
 		c := &lf.side[0]
 		c.pend = g.chunks.Get().(*[]byte)
@@ -181,9 +180,10 @@ func (l *loop) dialEvent(lf *loopFlow, ev uint32) {
 		c.uncounted = c.n
 		s.writable = false
 	}
+	// d outlives endDial, which only takes it from lf.
 	l.endDial(lf)
 	g.bufs.Put(d.bp)
-	g.start(lf.f, rawEnd(s.fd), u, cl, nil)
+	g.start(lf.f, rawEnd(s.fd), d.u, d.p.cl, nil)
 	lf.expires = expiresAt(lf.f, l.now)
 	l.track(lf)
 	l.pumpBoth(lf)
