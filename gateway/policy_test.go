@@ -43,9 +43,8 @@ func newFakeClock() *fakeClock {
 	return c
 }
 
-func (c *fakeClock) now() int64               { return c.ns.Load() }
-func (c *fakeClock) add(d time.Duration)      { c.ns.Add(int64(d)) }
-func (c *fakeClock) in(d time.Duration) int64 { return c.now() + int64(d) }
+func (c *fakeClock) now() int64          { return c.ns.Load() }
+func (c *fakeClock) add(d time.Duration) { c.ns.Add(int64(d)) }
 
 // upstreamOf returns the gateway's state of the endpoint at addr.
 func upstreamOf(t *testing.T, g *Gateway, addr string) *upstream {
