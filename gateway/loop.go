@@ -208,7 +208,7 @@ func (l *loop) send(c command) {
 	l.woken = true
 	l.mu.Unlock()
 	if wake {
-		var one = [8]byte{1}
+		one := [8]byte{1}
 		rawWrite(l.wake, one[:])
 	}
 }
