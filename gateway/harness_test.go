@@ -1,11 +1,9 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -283,23 +281,11 @@ func (m *mesh) dialVia(wrap func(net.Conn) net.Conn, serverName string, alpn ...
 	return cl.DialName(ctx, m.addr(), serverName)
 }
 
-// goroutines counts the goroutines whose stacks hold frame, a call as
-// runtime.Stack prints it ("gateway.(*flow).run("). The package's tests
-// do not run in parallel (leakcheck), so these are the test's own.
-func goroutines(frame string) int {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			return bytes.Count(buf[:n], []byte(frame))
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-}
-
 // handlerGoroutines counts the gateways' handler goroutines (handlers):
-// the tests' count of them, which the gateway itself does not keep.
-func handlerGoroutines() int { return goroutines("gateway.(*Gateway).handler(") }
+// the tests' count of them, which the gateway itself does not keep. The
+// package's tests do not run in parallel (leakcheck), so these are the
+// test's own.
+func handlerGoroutines() int { return parked("gateway.(*Gateway).handler(") }
 
 type testWriter struct{ t *testing.T }
 

@@ -79,7 +79,7 @@ func loopsState(t testing.TB, g *Gateway) loopState {
 
 // flowGoroutines counts the goroutines of forward's pump: none while
 // every flow is in a loop.
-func flowGoroutines() int { return goroutines("gateway.(*flow).run(") }
+func flowGoroutines() int { return parked("gateway.(*flow).run(") }
 
 // loopMesh starts a local gateway under cfg to a raw backend that serves
 // each connection with serve, and returns the mesh, the backend and the

@@ -130,7 +130,7 @@ func TestLoopHandOffRoutedOnce(t *testing.T) {
 		c, err := cl.DialName(ctx, addr, echoSNI)
 		res <- dialed{c, err}
 	}()
-	await.True(t, 10*time.Second, "the loop to hand the connection off", func() bool { return goroutines("gateway.(*loop).handOff(") > 0 })
+	await.True(t, 10*time.Second, "the loop to hand the connection off", func() bool { return parked("gateway.(*loop).handOff(") > 0 })
 	g.table.Store(g.buildTable(m.view("net-a", byName(v2))))
 	g.mu.Unlock()
 	locked = false
