@@ -207,7 +207,7 @@ func TestLoopAcceptRefusals(t *testing.T) {
 // show: neither the loop's answer nor handle's allocates.
 func TestQuietRefusalAllocatesNothing(t *testing.T) {
 	g := New(Config{})
-	ref := &refusal{reason: RejectNoData, quiet: true}
+	ref := &healthCheck
 	const runs = 100
 	t.Run("loop", func(t *testing.T) {
 		l := &loop{g: g}
