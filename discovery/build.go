@@ -524,7 +524,7 @@ func (t *translator) attachSubsets(svcs []*Service) {
 			continue
 		}
 		// Refused, or "*foo.local" would match "barfoo.local".
-		host, err := parseHost(resolveShortName(strings.ToLower(dr.Spec.GetHost()), dr.Source.Namespace, t.domain))
+		host, err := parseHost(resolveShortName(dr.Spec.GetHost(), dr.Source.Namespace, t.domain))
 		if err != nil {
 			t.errorf(dr.Source, "spec.host: %v", err)
 			continue

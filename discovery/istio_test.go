@@ -554,6 +554,9 @@ func TestDestinationRuleSubsets(t *testing.T) {
 			"reviews.other.svc.cluster.local":    {"svc"},
 			"api.example.com":                    {"star"},
 		}},
+		// parseHost lower-cases the completed name, short part and all.
+		{"upper-case short host", []string{dr("bookinfo", "r", "Reviews", subset("v1"))},
+			map[string][]string{"reviews.bookinfo.svc.cluster.local": {"v1"}}},
 		{"wildcard does not match its own suffix", []string{dr("ext", "w", "*.api.example.com", subset("v1"))},
 			map[string][]string{}},
 		{"no rule", nil, map[string][]string{}},

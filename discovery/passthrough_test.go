@@ -85,11 +85,11 @@ func TestPassthroughRouting(t *testing.T) {
 			{15017, "anything.example", "a.example.com:443 [10.0.0.1:443 10.0.0.2:443] w1"},
 		},
 	}, {
-		name:        "exact beats wildcard, longest wildcard beats shorter, then *",
+		name:        "exact beats wildcard, longest wildcard beats shorter, then *; destination hosts fold case",
 		serverHosts: `["*"]`,
 		vs: []string{doc("VirtualService", "istio-system", "v", `{hosts: ["*"], gateways: [istio-system/pass], tls: [
   {match: [{sniHosts: ["*"]}], route: [{destination: {host: c.istio-system.svc.cluster.local}}]},
-  {match: [{sniHosts: ["*.example.com"]}], route: [{destination: {host: b.example.com}}]},
+  {match: [{sniHosts: ["*.example.com"]}], route: [{destination: {host: B.Example.COM}}]},
   {match: [{sniHosts: ["*.x.example.com"]}], route: [{destination: {host: a.example.com, port: {number: 8443}}}]},
   {match: [{sniHosts: [a.x.example.com]}], route: [{destination: {host: a.example.com, port: {number: 443}, subset: one}}]}]}`)},
 		conns: []conn{

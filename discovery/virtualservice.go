@@ -138,7 +138,7 @@ func (t *translator) buildVirtualService(r Resource[*networking.VirtualService],
 				fail("%s.host: required", df)
 				continue
 			}
-			host, err := sni.ParseHost(resolveShortName(strings.ToLower(dst.GetHost()), ns, t.domain))
+			host, err := sni.ParseHost(resolveShortName(dst.GetHost(), ns, t.domain))
 			if err != nil {
 				fail("%s.host: %v", df, err)
 				continue

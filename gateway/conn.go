@@ -103,12 +103,17 @@ func (f *flow) maxAge() time.Duration {
 // refused with err.
 func peekRefusal(hello sni.Hello, err error) *refusal {
 	if len(hello.Raw) == 0 && errors.Is(err, io.EOF) {
-		// Connect and close without a byte: a load balancer's TCP
-		// health check, not an attack. Counted, not logged.
-		return &refusal{reason: RejectNoData, quiet: true}
+		return &healthCheck
 	}
 	return &refusal{reason: rejectPeekPrefix + sni.Reason(err), err: err}
 }
+
+// healthCheck is the refusal of a connection that closed without a byte:
+// a load balancer's TCP health check, not an attack, counted and not
+// logged. The commonest refusal, it is one value that every such check
+// shares, never modified (no peek refusal goes to refuseStream, which
+// adds to a refusal's args).
+var healthCheck = refusal{reason: RejectNoData, quiet: true}
 
 // route decides where a client's connection to port goes, from its
 // hello: by the VirtualService tls routes of a PASSTHROUGH listener, or,

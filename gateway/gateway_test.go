@@ -17,13 +17,8 @@ const echoSNI = "outbound_.9080_._.echo.demo.svc.cluster.local"
 
 func TestClientIdentityReachesBackend(t *testing.T) {
 	m := newMesh(t)
-	b := m.backend("v1")
-	m.start(echoYAML(freePort(t), b))
-	c, err := m.dial(echoSNI, "istio")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	m.startEcho()
+	c := m.mustDial(t, echoSNI, "istio")
 	if c.Server != "v1" || c.SeenAs != "spiffe://cluster.local/ns/demo/sa/client" {
 		t.Fatalf("backend %q saw peer %q; want v1 and the client's own SPIFFE ID", c.Server, c.SeenAs)
 	}
@@ -38,10 +33,7 @@ func TestSubsetRouting(t *testing.T) {
 	m.start(echoYAML(freePort(t), v1, v2))
 	for _, subset := range []string{"v1", "v2"} {
 		for range 5 {
-			c, err := m.dial(sni.Key{Host: "echo.demo.svc.cluster.local", Port: 9080, Subset: subset}.SNI(), "istio")
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := m.mustDial(t, sni.Key{Host: "echo.demo.svc.cluster.local", Port: 9080, Subset: subset}.SNI(), "istio")
 			if name := c.Server; name != subset {
 				t.Errorf("subset %s routed to %s", subset, name)
 			}
@@ -51,10 +43,7 @@ func TestSubsetRouting(t *testing.T) {
 	// Without a subset, load spreads over both.
 	seen := map[string]bool{}
 	for i := 0; i < 40 && len(seen) < 2; i++ {
-		c, err := m.dial(echoSNI, "istio")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := m.mustDial(t, echoSNI, "istio")
 		seen[c.Server] = true
 		c.Close()
 	}
@@ -145,8 +134,7 @@ spec:
 
 func TestHelloSplitAcrossSegmentsAndRecords(t *testing.T) {
 	m := newMesh(t)
-	b := m.backend("v1")
-	m.start(echoYAML(freePort(t), b))
+	m.startEcho()
 	tests := []struct {
 		name string
 		wrap func(net.Conn) net.Conn
@@ -170,9 +158,8 @@ func TestHelloSplitAcrossSegmentsAndRecords(t *testing.T) {
 
 func TestBadClients(t *testing.T) {
 	m := newMesh(t)
-	b := m.backend("v1")
 	m.cfg.Peek = sni.Peeker{Timeout: 300 * time.Millisecond}
-	m.start(echoYAML(freePort(t), b))
+	b := m.startEcho()
 	tests := []struct {
 		name   string
 		send   []byte
@@ -220,19 +207,12 @@ func TestReloadKeepsOpenConnections(t *testing.T) {
 	v1, v2 := m.backend("v1"), m.backend("v2")
 	port := freePort(t)
 	m.start(echoYAML(port, v1))
-	open, err := m.dial(echoSNI, "istio")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer open.Close()
+	open := m.mustDial(t, echoSNI, "istio")
 	if name := open.Server; name != "v1" {
 		t.Fatalf("before reload: routed to %s", name)
 	}
 	m.apply(echoYAML(port, v2))
-	c, err := m.dial(echoSNI, "istio")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := m.mustDial(t, echoSNI, "istio")
 	if name := c.Server; name != "v2" {
 		t.Fatalf("after reload: routed to %s, want v2", name)
 	}

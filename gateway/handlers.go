@@ -23,7 +23,6 @@ const maxIdleHandlers = 16
 type handlers struct {
 	next chan handlerJob
 	idle atomic.Int32 // handlers waiting on next, or about to
-	live atomic.Int32 // handler goroutines
 	quit chan struct{}
 	once sync.Once
 	wg   sync.WaitGroup
@@ -70,11 +69,7 @@ func (g *Gateway) dispatch(port uint32, f *flow, pre *preread) {
 // than maxIdleHandlers would wait or the gateway stops them.
 func (g *Gateway) handler(j handlerJob) {
 	h := g.handlers
-	h.live.Add(1)
-	defer func() {
-		h.live.Add(-1)
-		h.wg.Done()
-	}()
+	defer h.wg.Done()
 	dc := newDialContext()
 	for {
 		g.handle(j.port, j.f, dc, j.pre)

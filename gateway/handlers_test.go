@@ -13,25 +13,21 @@ import (
 // new goroutine each.
 func TestHandlersServeOneConnectionAfterAnother(t *testing.T) {
 	m := newMesh(t)
-	b := m.backend("v1")
-	m.start(echoYAML(freePort(t), b))
+	m.startEcho()
 	h := m.gw.handlers
 	const n = 20
 	for i := range n {
-		c, err := m.dial(echoSNI, "istio")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := m.mustDial(t, echoSNI, "istio")
 		c.Close()
 		await.True(t, 5*time.Second, "the handler to wait for the next connection", func() bool { return h.idle.Load() >= 1 })
-		if i == 0 && h.live.Load() != 1 {
-			t.Fatalf("%d handlers after one connection, want 1", h.live.Load())
+		if i == 0 && handlerGoroutines() != 1 {
+			t.Fatalf("%d handlers after one connection, want 1", handlerGoroutines())
 		}
 	}
 	// A connection may come before the last handler waits (between its
 	// count and its receive): then a second one starts. Not one per
 	// connection.
-	if l := h.live.Load(); l > 2 {
+	if l := handlerGoroutines(); l > 2 {
 		t.Fatalf("%d handlers for %d connections one after another, want 1 (2 at most)", l, n)
 	}
 }
@@ -40,8 +36,7 @@ func TestHandlersServeOneConnectionAfterAnother(t *testing.T) {
 // handler, only maxIdleHandlers handlers stay waiting; Shutdown ends them.
 func TestHandlersIdleBound(t *testing.T) {
 	m := newMesh(t)
-	b := m.backend("v1")
-	m.start(echoYAML(freePort(t), b))
+	m.startEcho()
 	h := m.gw.handlers
 	const n = maxIdleHandlers + 10
 	var clients []net.Conn
@@ -61,18 +56,22 @@ func TestHandlersIdleBound(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	await.True(t, 10*time.Second, "a handler per connection in its peek", func() bool { return h.live.Load() == n })
+	await.True(t, 10*time.Second, "a handler per connection in its peek", func() bool { return handlerGoroutines() == n })
 	for _, c := range clients {
 		c.Close()
 	}
 	await.True(t, 10*time.Second, "the handlers beyond the bound to exit", func() bool {
-		return h.live.Load() == maxIdleHandlers && h.idle.Load() == maxIdleHandlers
+		return handlerGoroutines() == maxIdleHandlers && h.idle.Load() == maxIdleHandlers
 	})
 	if got := m.gw.m.Rejected("hello_truncated"); got != n {
 		t.Fatalf("%d connections refused as hello_truncated, want %d", got, n)
 	}
 	shutdown(m.gw)
-	if l := h.live.Load(); l != 0 {
-		t.Fatalf("%d handlers after Shutdown, want 0", l)
+	// A waiting handler leaves idle before it returns: Shutdown waited
+	// for them all. Their goroutines are gone a moment later, past the
+	// deferred Done.
+	if n := h.idle.Load(); n != 0 {
+		t.Fatalf("%d handlers waiting after Shutdown, want 0", n)
 	}
+	await.True(t, 5*time.Second, "the handler goroutines to end", func() bool { return handlerGoroutines() == 0 })
 }

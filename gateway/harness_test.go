@@ -242,6 +242,29 @@ func (m *mesh) addr() string {
 	return ""
 }
 
+// startEcho starts the mesh in front of one echo backend, v1, the
+// endpoint of subset v1 on a free port (echoYAML), and returns it: the
+// world most tests need.
+func (m *mesh) startEcho() *workload.EchoServer {
+	m.t.Helper()
+	b := m.backend("v1")
+	m.start(echoYAML(freePort(m.t), b))
+	return b
+}
+
+// mustDial is dial for a connection the test needs: it fails t if the
+// dial fails, and closes the connection when t ends (again, if the test
+// closed it: harmless).
+func (m *mesh) mustDial(t testing.TB, serverName string, alpn ...string) *workload.Conn {
+	t.Helper()
+	c, err := m.dial(serverName, alpn...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // dial connects a sidecar-like client through the gateway and reads the
 // backend's greeting.
 func (m *mesh) dial(serverName string, alpn ...string) (*workload.Conn, error) {
@@ -257,6 +280,12 @@ func (m *mesh) dialVia(wrap func(net.Conn) net.Conn, serverName string, alpn ...
 	}
 	return cl.DialName(ctx, m.addr(), serverName)
 }
+
+// handlerGoroutines counts the gateways' handler goroutines (handlers):
+// the tests' count of them, which the gateway itself does not keep. The
+// package's tests do not run in parallel (leakcheck), so these are the
+// test's own.
+func handlerGoroutines() int { return parked("gateway.(*Gateway).handler(") }
 
 type testWriter struct{ t *testing.T }
 

@@ -60,13 +60,8 @@ func clientSocket(t *testing.T, g *Gateway) *net.TCPConn {
 // accepted socket), TCP_NODELAY, and the listener defers accepts.
 func TestClientSocketOptions(t *testing.T) {
 	m := newMesh(t)
-	b := m.backend("v1")
-	m.start(echoYAML(freePort(t), b))
-	c, err := m.dial(echoSNI, "istio")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	m.startEcho()
+	m.mustDial(t, echoSNI, "istio")
 
 	got := sockopts(t, clientSocket(t, m.gw),
 		[2]int{unix.SOL_SOCKET, unix.SO_KEEPALIVE}, [2]int{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE},
@@ -113,8 +108,7 @@ func (c *slowStart) Write(p []byte) (int, error) {
 // then.
 func TestDeferredAcceptSlowClient(t *testing.T) {
 	m := newMesh(t)
-	b := m.backend("v1")
-	m.start(echoYAML(freePort(t), b))
+	m.startEcho()
 	before := m.gw.m.Accepted.Value()
 	c, err := m.dialVia(func(c net.Conn) net.Conn {
 		return &slowStart{Conn: c, t: t, accepted: func() bool { return m.gw.m.Accepted.Value() > before }}

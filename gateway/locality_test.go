@@ -86,10 +86,7 @@ loadBalancer: {localityLbSetting: {failover: [{from: r1, to: r3}]}}`, near, zone
 		down *workload.EchoServer
 	}{{"v1", near}, {"v2", zone}, {"v4", failover}, {"v3", nil}} {
 		for range 8 {
-			c, err := m.dial(echoSNI, "istio")
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := m.mustDial(t, echoSNI, "istio")
 			c.Close()
 			if c.Server != step.want {
 				t.Fatalf("connection went to %s, want %s", c.Server, step.want)
@@ -98,10 +95,7 @@ loadBalancer: {localityLbSetting: {failover: [{from: r1, to: r3}]}}`, near, zone
 		if step.down != nil {
 			step.down.Close()
 			// The next connection fails over on its retry and ejects it.
-			c, err := m.dial(echoSNI, "istio")
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := m.mustDial(t, echoSNI, "istio")
 			c.Close()
 		}
 	}

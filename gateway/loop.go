@@ -59,7 +59,7 @@ func (ls *loops) pick(g *Gateway) *loop {
 			}()
 		}
 	})
-	if ls.err != nil || len(ls.all) == 0 || ls.stopped.Load() {
+	if ls.err != nil || ls.stopped.Load() {
 		return nil
 	}
 	return ls.all[int(ls.next.Add(1))%len(ls.all)]
@@ -208,7 +208,7 @@ func (l *loop) send(c command) {
 	l.woken = true
 	l.mu.Unlock()
 	if wake {
-		var one = [8]byte{1}
+		one := [8]byte{1}
 		rawWrite(l.wake, one[:])
 	}
 }
@@ -401,15 +401,21 @@ func (l *loop) sweep() {
 			l.finish(lf) // moves the last flow to i
 			continue
 		}
-		if idle > 0 && (l.minIdle == 0 || idle < l.minIdle) {
-			l.minIdle = idle
-		}
-		l.sweepAt = earliest(l.sweepAt, lf.expires)
+		l.schedule(lf)
 		i++
 	}
-	if l.minIdle > 0 {
-		l.sweepAt = earliest(l.sweepAt, l.now+sweepPeriod(l.minIdle))
+}
+
+// schedule brings the next sweep forward for lf, a flow the sweep will
+// look at: to its max duration, and to the next idle check if its idle
+// timeout is the shortest. Scheduling each flow in turn gives what one
+// pass over them all would, as a shorter idle timeout never checks later.
+func (l *loop) schedule(lf *loopFlow) {
+	if idle := lf.f.idle; idle > 0 && (l.minIdle == 0 || idle < l.minIdle) {
+		l.minIdle = idle
+		l.sweepAt = earliest(l.sweepAt, l.now+sweepPeriod(idle))
 	}
+	l.sweepAt = earliest(l.sweepAt, lf.expires)
 }
 
 // earliest returns the earlier of two deadlines on the loop's clock, 0

@@ -79,10 +79,7 @@ func loopsState(t testing.TB, g *Gateway) loopState {
 
 // flowGoroutines counts the goroutines of forward's pump: none while
 // every flow is in a loop.
-func flowGoroutines() int {
-	buf := make([]byte, 4<<20)
-	return strings.Count(string(buf[:runtime.Stack(buf, true)]), "gateway.(*flow).run(")
-}
+func flowGoroutines() int { return parked("gateway.(*flow).run(") }
 
 // loopMesh starts a local gateway under cfg to a raw backend that serves
 // each connection with serve, and returns the mesh, the backend and the
@@ -459,11 +456,7 @@ func TestLoopMaxConnectionDuration(t *testing.T) {
 		m.cfg.IdleTimeout = time.Hour
 		b := m.backend("v1")
 		m.start(policyYAML(freePort(t), "connectionPool: {tcp: {maxConnectionDuration: 1s}}", b))
-		c, err := m.dial(echoSNI, "istio")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := m.mustDial(t, echoSNI, "istio")
 		await.True(t, 5*time.Second, "the flow to reach a loop", func() bool { return loopsState(t, m.gw).flows == 1 })
 		onLoops(t, m.gw, func(l *loop) {
 			for _, lf := range l.flows {
@@ -476,7 +469,7 @@ func TestLoopMaxConnectionDuration(t *testing.T) {
 			}
 		})
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		_, err = io.Copy(io.Discard, c)
+		_, err := io.Copy(io.Discard, c)
 		if isTimeout(err) || isReset(err) {
 			t.Fatalf("read %v, want the gateway to close the connection", err)
 		}
@@ -495,11 +488,7 @@ func TestLoopMaxConnectionDurationSaturates(t *testing.T) {
 	forEachLoopPath(t, func(t *testing.T, m *mesh) {
 		b := m.backend("v1")
 		m.start(policyYAML(freePort(t), "connectionPool: {tcp: {maxConnectionDuration: 2562047h47m16.854775807s}}", b))
-		c, err := m.dial(echoSNI, "istio")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := m.mustDial(t, echoSNI, "istio")
 		await.True(t, 5*time.Second, "the flow to reach a loop", func() bool { return loopsState(t, m.gw).flows == 1 })
 		// A loop has swept since it took the flow: loopsState's
 		// command ran after the sweep of the poll that adopted it.

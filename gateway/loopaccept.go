@@ -157,6 +157,8 @@ func (l *loop) accept(ln *loopListener) {
 		case nil:
 			l.serve(ln.l.port, fd, sa)
 		case unix.EINTR, unix.ECONNABORTED:
+			// A signal, or a connection reset while it was queued: the
+			// rest of the backlog is still there.
 		case unix.EAGAIN:
 			return
 		default:

@@ -42,12 +42,8 @@ func onLoops(t *testing.T, g *Gateway, fn func(l *loop)) {
 func TestLoopAcceptConnectionLimit(t *testing.T) {
 	m := loopAcceptMesh(t, pathLocal)
 	m.cfg.MaxConnections = 1
-	b := m.backend("v1")
-	m.start(echoYAML(freePort(t), b))
-	first, err := m.dial(echoSNI, "istio")
-	if err != nil {
-		t.Fatal(err)
-	}
+	m.startEcho()
+	first := m.mustDial(t, echoSNI, "istio")
 	if _, err := m.dial(echoSNI, "istio"); err == nil {
 		t.Fatal("second connection forwarded over the limit of 1")
 	}
@@ -71,10 +67,7 @@ func TestLoopAcceptListenerReload(t *testing.T) {
 	old := freePort(t)
 	m.start(echoYAML(old, b))
 	oldAddr := m.addr()
-	c, err := m.dial(echoSNI, "istio")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := m.mustDial(t, echoSNI, "istio")
 	c.Close()
 	m.apply(echoYAML(freePort(t), b))
 	if c, err := net.Dial("tcp", oldAddr); err == nil {
@@ -88,7 +81,7 @@ func TestLoopAcceptListenerReload(t *testing.T) {
 			t.Errorf("a loop polls %d listeners, want 1", len(l.lns))
 		}
 	})
-	c, err = m.dial(echoSNI, "istio")
+	c, err := m.dial(echoSNI, "istio")
 	if err != nil {
 		t.Fatalf("the new listener: %v", err)
 	}

@@ -95,7 +95,7 @@ func (l *loop) connectRaw(cl *cluster, u *upstream) (int, error) {
 	if err != nil {
 		return -1, os.NewSyscallError("socket", err)
 	}
-	err = g.rawOptions(fd, network, u.addr, cl.dialerOr(&g.dialer))
+	err = rawOptions(fd, network, u.addr, cl.dialerOr(&g.dialer))
 	if err == nil {
 		err = rawConnect(fd, u.ap, &l.sa)
 		if err == unix.EINPROGRESS || err == unix.EINTR {
@@ -113,7 +113,7 @@ func (l *loop) connectRaw(cl *cluster, u *upstream) (int, error) {
 
 // rawOptions sets what net.Dialer d would on a socket before it
 // connects.
-func (g *Gateway) rawOptions(fd int, network, addr string, d *net.Dialer) error {
+func rawOptions(fd int, network, addr string, d *net.Dialer) error {
 	set := func(level, name, v int) error {
 		return os.NewSyscallError("setsockopt", rawSetsockoptInt(fd, level, name, v))
 	}
@@ -173,7 +173,6 @@ func (l *loop) dialEvent(lf *loopFlow, ev uint32) {
 		return
 	}
 	g.dialed(d.p.cl, d.u, &d.a, d.p.key, false, nil)
-	u, cl := d.u, d.p.cl
 	if w < len(hello) {
 		c := &lf.side[0]
 		c.pend = g.chunks.Get().(*[]byte)
@@ -181,9 +180,10 @@ func (l *loop) dialEvent(lf *loopFlow, ev uint32) {
 		c.uncounted = c.n
 		s.writable = false
 	}
+	// d outlives endDial, which only takes it from lf.
 	l.endDial(lf)
 	g.bufs.Put(d.bp)
-	g.start(lf.f, rawEnd(s.fd), u, cl, nil)
+	g.start(lf.f, rawEnd(s.fd), d.u, d.p.cl, nil)
 	lf.expires = expiresAt(lf.f, l.now)
 	l.track(lf)
 	l.pumpBoth(lf)

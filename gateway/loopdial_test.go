@@ -124,11 +124,7 @@ func TestLoopAcceptKeepalive(t *testing.T) {
 	m := loopAcceptMesh(t, pathLocal)
 	b := m.backend("v1")
 	m.start(policyYAML(freePort(t), "connectionPool: {tcp: {tcpKeepalive: {time: 7s, interval: 3s, probes: 4}}}", b))
-	c, err := m.dial(echoSNI, "istio")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	m.mustDial(t, echoSNI, "istio")
 	var got []int
 	onLoops(t, m.gw, func(l *loop) {
 		for _, lf := range l.flows {

@@ -155,15 +155,10 @@ func (l *loop) adopt(lf *loopFlow) {
 // track adds lf, whose sockets are polled, to the flows the sweep looks
 // at.
 func (l *loop) track(lf *loopFlow) {
-	f := lf.f
 	lf.last = l.now
 	lf.i = len(l.flows)
 	l.flows = append(l.flows, lf)
-	if f.idle > 0 && (l.minIdle == 0 || f.idle < l.minIdle) {
-		l.sweepAt = earliest(l.sweepAt, l.now+sweepPeriod(f.idle))
-		l.minIdle = f.idle
-	}
-	l.sweepAt = earliest(l.sweepAt, lf.expires)
+	l.schedule(lf)
 }
 
 // expiresAt returns when, on a loop's clock, f, started at now, is as

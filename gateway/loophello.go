@@ -19,9 +19,8 @@ func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
 	g := l.g
 	if ref := g.admitConn(); ref != nil {
 		g.note(sa.String, ref)
-		e := rawEnd(fd)
-		e.reset()
-		e.close()
+		rawLingerZero(fd)
+		rawClose(fd)
 		return
 	}
 	bp := g.bufs.Get().(*[]byte)
@@ -40,7 +39,7 @@ func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
 	case err != nil:
 		err = fmt.Errorf("%w after 0 bytes: %w", sni.ErrTruncated, os.NewSyscallError("read", err))
 	case n == 0:
-		err = fmt.Errorf("%w after 0 bytes: %w", sni.ErrTruncated, io.EOF)
+		err = errNoData
 	default:
 		hello, err = g.cfg.Peek.Parse(b[:n])
 		if err == sni.ErrIncomplete {
@@ -79,6 +78,11 @@ func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
 	}
 	l.connectNext(lf)
 }
+
+// errNoData is the peek's error for a connection that closed without a
+// byte, as sni's peek words it, made once: serve reads the connection
+// itself, and a health check is the commonest refusal.
+var errNoData = fmt.Errorf("%w after 0 bytes: %w", sni.ErrTruncated, io.EOF)
 
 // refuse turns away a client serve admitted: answered, then bp, the
 // hello's buffer, which ref's key may view, and the connection's count

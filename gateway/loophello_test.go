@@ -1,12 +1,10 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net"
 	"net/netip"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -62,13 +60,12 @@ func TestLoopAcceptPaths(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := loopAcceptMesh(t, tt.path)
-			b := m.backend("v1")
-			m.start(echoYAML(freePort(t), b))
+			m.startEcho()
 			wrap := func(c net.Conn) net.Conn { return c }
 			if tt.split {
 				wrap = func(c net.Conn) net.Conn {
 					return &splitConn{Conn: c, head: 5, between: func() {
-						await.True(t, 5*time.Second, "the loop to hand the connection off", func() bool { return m.gw.handlers.live.Load() == 1 })
+						await.True(t, 5*time.Second, "the loop to hand the connection off", func() bool { return handlerGoroutines() == 1 })
 					}}
 				}
 			}
@@ -86,7 +83,7 @@ func TestLoopAcceptPaths(t *testing.T) {
 			if line, err := c.ReadLine(); err != nil || line != "over the loop's path" {
 				t.Fatalf("echo %q, %v", line, err)
 			}
-			if got := m.gw.handlers.live.Load() == 1; got != tt.handler {
+			if got := handlerGoroutines() == 1; got != tt.handler {
 				t.Errorf("handed to a handler: %v, want %v", got, tt.handler)
 			}
 			if !tt.handler {
@@ -133,7 +130,7 @@ func TestLoopHandOffRoutedOnce(t *testing.T) {
 		c, err := cl.DialName(ctx, addr, echoSNI)
 		res <- dialed{c, err}
 	}()
-	await.True(t, 10*time.Second, "the loop to hand the connection off", func() bool { return inStack("gateway.(*loop).handOff(") })
+	await.True(t, 10*time.Second, "the loop to hand the connection off", func() bool { return parked("gateway.(*loop).handOff(") > 0 })
 	g.table.Store(g.buildTable(m.view("net-a", byName(v2))))
 	g.mu.Unlock()
 	locked = false
@@ -145,24 +142,16 @@ func TestLoopHandOffRoutedOnce(t *testing.T) {
 	if r.c.Server != "v1" {
 		t.Fatalf("routed to %q, by the table of after the loop's routing: the handler routed it again", r.c.Server)
 	}
-	if n := g.handlers.live.Load(); n != 1 {
+	if n := handlerGoroutines(); n != 1 {
 		t.Errorf("%d handlers: the connection should have been handed off", n)
 	}
-}
-
-// inStack reports whether a goroutine's stack holds a call of fn, a
-// frame as runtime.Stack prints it.
-func inStack(fn string) bool {
-	buf := make([]byte, 1<<20)
-	return bytes.Contains(buf[:runtime.Stack(buf, true)], []byte(fn))
 }
 
 // Refusals the loops make themselves are counted under the same reasons
 // and answered with the same alerts as the handlers'.
 func TestLoopAcceptRefusals(t *testing.T) {
 	m := loopAcceptMesh(t, pathLocal)
-	b := m.backend("v1")
-	m.start(echoYAML(freePort(t), b))
+	b := m.startEcho()
 	tests := []struct {
 		name   string
 		sni    string // a TLS client's; "" sends raw
@@ -202,7 +191,7 @@ func TestLoopAcceptRefusals(t *testing.T) {
 				}
 			}
 			await.True(t, 5*time.Second, "reject counter "+tt.reason, func() bool { return m.gw.m.Rejected(tt.reason) == before+1 })
-			if n := m.gw.handlers.live.Load(); n != 0 {
+			if n := handlerGoroutines(); n != 0 {
 				t.Errorf("%d handlers: the loop should refuse itself", n)
 			}
 			await.True(t, 5*time.Second, "the connection's count released", func() bool { return m.gw.Active() == 0 })
@@ -218,7 +207,7 @@ func TestLoopAcceptRefusals(t *testing.T) {
 // show: neither the loop's answer nor handle's allocates.
 func TestQuietRefusalAllocatesNothing(t *testing.T) {
 	g := New(Config{})
-	ref := &refusal{reason: RejectNoData, quiet: true}
+	ref := &healthCheck
 	const runs = 100
 	t.Run("loop", func(t *testing.T) {
 		l := &loop{g: g}
@@ -265,5 +254,40 @@ func TestQuietRefusalAllocatesNothing(t *testing.T) {
 	})
 	if n := g.m.Rejected(RejectNoData); n != 2*(runs+1) {
 		t.Errorf("%d refusals counted, want %d", n, 2*(runs+1))
+	}
+}
+
+// A health check (connect and close) that a loop accepted is refused,
+// from its read to its close, without an allocation: no error and no
+// refusal of its own, the commonest refusal being the cheapest.
+func TestLoopHealthCheckAllocatesNothing(t *testing.T) {
+	g := New(Config{})
+	l := &loop{g: g}
+	const runs = 100
+	// AllocsPerRun calls its function runs+1 times, each serving a
+	// socket of its own whose peer has closed.
+	fds := make([]int, runs+1)
+	for i := range fds {
+		pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(pair[1])
+		fds[i] = pair[0]
+	}
+	sa := netip.MustParseAddrPort("192.0.2.1:40000")
+	next := 0
+	allocs := testing.AllocsPerRun(runs, func() {
+		l.serve(15443, fds[next], sa)
+		next++
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per health check", allocs)
+	}
+	if n := g.m.Rejected(RejectNoData); n != runs+1 {
+		t.Errorf("%d refusals counted as %s, want %d", n, RejectNoData, runs+1)
+	}
+	if n := g.Active(); n != 0 {
+		t.Errorf("%d connections still counted", n)
 	}
 }

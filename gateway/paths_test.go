@@ -22,12 +22,8 @@ import (
 
 func TestForwardByteExact(t *testing.T) {
 	forPaths(t, func(t *testing.T, m *mesh) {
-		b := m.backend("v1")
-		m.start(echoYAML(freePort(t), b))
-		c, err := m.dial(echoSNI, "istio")
-		if err != nil {
-			t.Fatal(err)
-		}
+		m.startEcho()
+		c := m.mustDial(t, echoSNI, "istio")
 		if err := c.Exchange(8 << 20); err != nil {
 			t.Fatal(err)
 		}
@@ -150,19 +146,14 @@ func TestResetPropagates(t *testing.T) {
 // whichever gateway it is set: a tunneled flow is idle on both.
 func TestIdleTimeout(t *testing.T) {
 	forSides(t, func(t *testing.T, m *mesh, far bool) {
-		b := m.backend("v1")
 		idle := Config{IdleTimeout: 200 * time.Millisecond}
 		if far {
 			m.farCfg = &idle
 		} else {
 			m.cfg, m.farCfg = idle, &Config{}
 		}
-		m.start(echoYAML(freePort(t), b))
-		c, err := m.dial(echoSNI, "istio")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		m.startEcho()
+		c := m.mustDial(t, echoSNI, "istio")
 		c.SetReadDeadline(time.Now().Add(time.Minute))
 		if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) {
 			t.Fatalf("idle connection: %v, want closed by the gateway", err)
@@ -183,7 +174,6 @@ func TestIdleTimeout(t *testing.T) {
 // set: the far gateway counts the streams other networks carry to it.
 func TestConnectionLimit(t *testing.T) {
 	forPaths(t, func(t *testing.T, m *mesh) {
-		b := m.backend("v1")
 		limited := func() *Gateway { return m.gw }
 		if m.path == pathLocal {
 			m.cfg.MaxConnections = 1
@@ -191,12 +181,8 @@ func TestConnectionLimit(t *testing.T) {
 			m.farCfg = &Config{MaxConnections: 1}
 			limited = func() *Gateway { return m.far }
 		}
-		m.start(echoYAML(freePort(t), b))
-		c, err := m.dial(echoSNI, "istio")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		b := m.startEcho()
+		c := m.mustDial(t, echoSNI, "istio")
 		if _, err := m.dial(echoSNI, "istio"); err == nil {
 			t.Fatal("second connection accepted over a limit of 1")
 		}
@@ -215,17 +201,13 @@ func TestConnectionLimit(t *testing.T) {
 // connection, and returns once the last one closed.
 func TestDrain(t *testing.T) {
 	forSides(t, func(t *testing.T, m *mesh, far bool) {
-		b := m.backend("v1")
-		m.start(echoYAML(freePort(t), b))
+		m.startEcho()
 		g := m.side(far)
 		var addr string
 		for _, a := range g.Addrs() {
 			addr = a.String()
 		}
-		c, err := m.dial(echoSNI, "istio")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := m.mustDial(t, echoSNI, "istio")
 		shut := make(chan error, 1)
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -43,9 +43,8 @@ func newFakeClock() *fakeClock {
 	return c
 }
 
-func (c *fakeClock) now() int64               { return c.ns.Load() }
-func (c *fakeClock) add(d time.Duration)      { c.ns.Add(int64(d)) }
-func (c *fakeClock) in(d time.Duration) int64 { return c.now() + int64(d) }
+func (c *fakeClock) now() int64          { return c.ns.Load() }
+func (c *fakeClock) add(d time.Duration) { c.ns.Add(int64(d)) }
 
 // upstreamOf returns the gateway's state of the endpoint at addr.
 func upstreamOf(t *testing.T, g *Gateway, addr string) *upstream {
@@ -87,10 +86,7 @@ func TestRouteMaxConnections(t *testing.T) {
 			}
 		}()
 		for range 2 {
-			c, err := m.dial(echoSNI, "istio")
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := m.mustDial(t, echoSNI, "istio")
 			open = append(open, c)
 		}
 		// A reload keeps the count, as it keeps endpoints' state: the
@@ -216,11 +212,7 @@ func TestRouteKeepalive(t *testing.T) {
 			m := newMesh(t)
 			b := m.backend("v1")
 			m.start(policyYAML(freePort(t), tt.policy, b))
-			c, err := m.dial(echoSNI, "istio")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			m.mustDial(t, echoSNI, "istio")
 			got := sockopts(t, upstreamSocket(t, m.gw),
 				[2]int{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE}, [2]int{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE},
 				[2]int{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL}, [2]int{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT})
@@ -268,11 +260,7 @@ func TestRouteIdleTimeoutAndMaxDuration(t *testing.T) {
 				b := m.backend("v1")
 				m.cfg.IdleTimeout = time.Hour
 				m.start(policyYAML(freePort(t), tt.policy, b))
-				c, err := m.dial(echoSNI, "istio")
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer c.Close()
+				c := m.mustDial(t, echoSNI, "istio")
 				if tt.talk {
 					go func() {
 						for {
@@ -502,10 +490,7 @@ func TestOutlierEjectsAndReadmits(t *testing.T) {
 	}
 	defer back.Close()
 	for range 10 {
-		c, err := m.dial(echoSNI, "istio")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := m.mustDial(t, echoSNI, "istio")
 		c.Close()
 		if c.Server != "v1" {
 			t.Fatalf("ejected endpoint got a connection")
@@ -513,10 +498,7 @@ func TestOutlierEjectsAndReadmits(t *testing.T) {
 	}
 	clock.add(time.Hour)
 	await.True(t, 10*time.Second, "readmitted endpoint takes connections", func() bool {
-		c, err := m.dial(echoSNI, "istio")
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := m.mustDial(t, echoSNI, "istio")
 		c.Close()
 		return c.Server == "v2"
 	})
@@ -550,10 +532,7 @@ func TestRoundRobin(t *testing.T) {
 		m.start(policyYAML(freePort(t), "loadBalancer: {simple: ROUND_ROBIN}", bs...))
 		var got []string
 		for range 6 {
-			c, err := m.dial(echoSNI, "istio")
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := m.mustDial(t, echoSNI, "istio")
 			c.Close()
 			got = append(got, c.Server)
 		}

@@ -24,9 +24,8 @@ func halfHello() []byte {
 // an ordinary hello, which fits the pooled buffer, is still served.
 func TestHelloMemoryBudget(t *testing.T) {
 	m := newMesh(t)
-	v1 := m.backend("v1")
 	m.cfg.HelloMemory = 8192 // one buffer grown from 4 KiB
-	m.start(echoYAML(freePort(t), v1))
+	m.startEcho()
 
 	first, err := net.Dial("tcp", m.addr())
 	if err != nil {

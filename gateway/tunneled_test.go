@@ -42,7 +42,7 @@ func withCounts(s discovery.Summary, n uint32) discovery.Summary {
 // address and endpoints for the key are members.
 func TestTunnelClusterWeights(t *testing.T) {
 	m := newMeshPath(t, pathTCP)
-	m.start(echoYAML(freePort(t), m.backend("v1")))
+	m.startEcho()
 	far := func() discovery.Summary { return discovery.Summarize(m.far.table.Load().view, nil) }
 	sums := []peer.NodeSummary{
 		{Node: "b1", Meta: peer.Meta{Network: "net-b", TunnelAddr: "10.0.0.1:15008"}, Summary: withCounts(far(), 3)},
@@ -80,7 +80,7 @@ func TestTunnelClusterWeights(t *testing.T) {
 func TestTunnelRetriesAcrossGateways(t *testing.T) {
 	m := newMeshPath(t, pathTCP)
 	m.cfg.EjectAfter = 2
-	m.start(echoYAML(freePort(t), m.backend("v1")))
+	m.startEcho()
 	closed, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -198,8 +198,7 @@ func TestServeTunnelRefusals(t *testing.T) {
 // first listener alone.
 func TestServeTunnelRoutesByExposingListener(t *testing.T) {
 	m := newMeshPath(t, pathQUIC)
-	b := m.backend("v1")
-	m.start(echoYAML(freePort(t), b))
+	b := m.startEcho()
 	p1, p2 := freePort(t), freePort(t)
 	if p1 > p2 {
 		p1, p2 = p2, p1
@@ -243,10 +242,7 @@ func TestNotExportedGoesTunneledOnly(t *testing.T) {
 	m.start(echoYAML(port) + secret("net-a", local, false))
 	m.applyTo(m.far, "net-b", workload.IstioConfig("net-b", port)+secret("net-b", far, true))
 	const secretSNI = "outbound_.9080_._.secret.demo.svc.cluster.local"
-	c, err := m.dial(secretSNI, "istio")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := m.mustDial(t, secretSNI, "istio")
 	if c.Server != "far" {
 		t.Errorf("reached %s, want the other network's endpoint", c.Server)
 	}

@@ -131,8 +131,12 @@ func (d *delegate) LocalState(join bool) []byte {
 	sb := &stateBuild{gen: n.gen, done: make(chan struct{})}
 	n.stateBuild = sb
 	live := n.liveEntriesLocked()
+	hold := n.buildingState
 	n.mu.Unlock()
 
+	if hold != nil {
+		hold()
+	}
 	// Entries are immutable once stored: encode and compress outside the lock.
 	sb.state = n.buildState(live)
 	n.mu.Lock()

@@ -72,6 +72,7 @@ type Node struct {
 	stateGen        uint64
 	stateCached     bool        // stateCache (nil when too large) is for stateGen
 	stateBuild      *stateBuild // the state LocalState is building, if any
+	buildingState   func()      // if set, LocalState calls it before a build, outside mu: a test's hold; nil but in tests
 	pendingReliable []byte      // the message for reliableLoop: a whole entry, or a delta on pendingBase
 	pendingBase     *entry      // the entry the pending delta is based on; nil for a whole entry
 	reconnects      *reconnectSet

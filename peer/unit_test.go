@@ -11,8 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -264,12 +266,24 @@ func TestLocalStateBuiltOnce(t *testing.T) {
 	builds := n.Stats().StateBuilds
 
 	const callers = 8
+	// The first build is held until every caller waits, for it or, had
+	// each its own build, in the hold too: the callers find the cache
+	// stale together however the scheduler runs them.
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	releaseAll := func() { releaseOnce.Do(func() { close(release) }) }
+	defer releaseAll()
+	n.mu.Lock()
+	n.buildingState = func() { <-release }
+	n.mu.Unlock()
 	states := make(chan []byte, callers)
-	n.mu.Lock() // the callers find the cache stale together
 	for range callers {
 		go func() { states <- d.LocalState(false) }()
 	}
-	n.mu.Unlock()
+	await.True(t, 10*time.Second, "every caller to wait for a build", func() bool {
+		return blockedIn("peer.(*delegate).LocalState(") == callers
+	})
+	releaseAll()
 	first := <-states
 	for range callers - 1 {
 		if s := <-states; &s[0] != &first[0] {
@@ -282,6 +296,28 @@ func TestLocalStateBuiltOnce(t *testing.T) {
 	if _, body, err := decodeMessage(first, 1<<30); err != nil || len(body) < 10_000 {
 		t.Errorf("state of %d bytes: %v", len(body), err)
 	}
+}
+
+// blockedIn counts the goroutines blocked on a channel receive with a
+// call of fn on their stacks, frames as runtime.Stack prints them.
+func blockedIn(fn string) int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	count := 0
+	for _, g := range bytes.Split(buf, []byte("\n\n")) {
+		header, _, _ := bytes.Cut(g, []byte("\n"))
+		if bytes.Contains(header, []byte("[chan receive")) && bytes.Contains(g, []byte(fn)) {
+			count++
+		}
+	}
+	return count
 }
 
 func TestPublish(t *testing.T) {
