@@ -42,8 +42,10 @@
 #            quicbase), by default the tunnel's flow-control windows
 #            [-stream-window 8388608 -conn-window 67108864]
 #   GATEWAY_PROCS GOMAXPROCS of the gateways ([] : Go's default, the cores)
-#   ROWS     the rows to measure, of: direct hop quic-go quic tcp (the
-#            tunnel rows include their BASE rows)         [all five]
+#   ROWS     the rows to measure, of: direct hop quic-go quic-go-default
+#            quic tcp (quic-go-default: the baseline as quic-go's defaults
+#            leave it, GOMAXPROCS and quic.Config; the tunnel rows include
+#            their BASE rows)                   [direct hop quic-go quic tcp]
 set -euo pipefail
 
 MIB=${MIB:-1024}
@@ -158,6 +160,12 @@ qb_port=$("$lg" freeport)
 GOMAXPROCS=$QUICGO_PROCS "$lg" quicsink -listen "127.0.0.1:$qb_port" -tls-svid "$work/svid/quicsink" $QUICGO_FLAGS >"$work/quicsink.log" 2>&1 &
 qb_pid=$!
 started+=("$qb_pid")
+if [[ $ROWS == *" quic-go-default "* ]]; then
+	qd_port=$("$lg" freeport)
+	"$lg" quicsink -listen "127.0.0.1:$qd_port" -tls-svid "$work/svid/quicsink" >"$work/quicsink-default.log" 2>&1 &
+	qd_pid=$!
+	started+=("$qd_pid")
+fi
 
 # Each gateway of network-a routes through B once gossip has told it about
 # network-b's endpoint.
@@ -258,6 +266,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
 	[[ $ROWS != *" direct "* ]] || measure "direct (no gateway)" "" "" "$lg" throughput -addr "127.0.0.1:$sink_port"
 	[[ $ROWS != *" hop "* ]] || measure "one gateway hop (B)" "${pid[b]}" "" "$lg" throughput -addr "127.0.0.1:${port[b]}"
 	[[ $ROWS != *" quic-go "* ]] || measure "quic-go, two processes" "$qb_pid client" "" env GOMAXPROCS="$QUICGO_PROCS" "$lg" quicbase -addr "127.0.0.1:$qb_port" -tls-svid "$work/svid/quicbase" $QUICGO_FLAGS
+	[[ $ROWS != *" quic-go-default "* ]] || measure "quic-go, two processes, quic-go's defaults" "$qd_pid client" "" "$lg" quicbase -addr "127.0.0.1:$qd_port" -tls-svid "$work/svid/quicbase"
 	[[ $ROWS != *" quic "* ]] || measure "A, QUIC tunnel, B" "${pid[a-quic]} ${pid[b]}" "a-quic b" "$lg" throughput -addr "127.0.0.1:${port[a-quic]}"
 	[[ -z $BASE || $ROWS != *" quic "* ]] || measure "A, QUIC tunnel, B (ewgate@$BASE)" "${pid[a-quic-base]} ${pid[b-base]}" "a-quic-base b-base" "$lg" throughput -addr "127.0.0.1:${port[a-quic-base]}"
 	[[ $ROWS != *" tcp "* ]] || measure "A, TCP fallback tunnel, B" "${pid[a-tcp]} ${pid[b]}" "a-tcp b" "$lg" throughput -addr "127.0.0.1:${port[a-tcp]}"
