@@ -35,6 +35,17 @@
 #            the ratios use the means                        [1]
 #   PERF     1: also the relays' system calls and context switches per
 #            MiB, from perf stat        [1 where perf stat works, else 0]
+#   QUICGO_PROCS  GOMAXPROCS of each quic-go baseline process: its best
+#            here, one per core for two processes on two cores (see
+#            docs/benchmarks.md, "Why quic-go carries 1.5 Gbit/s here")  [1]
+#   QUICGO_FLAGS  the baseline's quic.Config flags (loadgen quicsink and
+#            quicbase), by default the tunnel's flow-control windows
+#            [-stream-window 8388608 -conn-window 67108864]
+#   GATEWAY_PROCS GOMAXPROCS of the gateways ([] : Go's default, the cores)
+#   ROWS     the rows to measure, of: direct hop quic-go quic-go-default
+#            quic tcp (quic-go-default: the baseline as quic-go's defaults
+#            leave it, GOMAXPROCS and quic.Config; the tunnel rows include
+#            their BASE rows)                   [direct hop quic-go quic tcp]
 set -euo pipefail
 
 MIB=${MIB:-1024}
@@ -44,6 +55,10 @@ BASE=${BASE:-}
 PROFILE=${PROFILE:-}
 PROFILE_SECS=${PROFILE_SECS:-10}
 ROUNDS=${ROUNDS:-1}
+QUICGO_PROCS=${QUICGO_PROCS:-1}
+QUICGO_FLAGS=${QUICGO_FLAGS:--stream-window 8388608 -conn-window 67108864}
+GATEWAY_PROCS=${GATEWAY_PROCS:-}
+ROWS=" ${ROWS:-direct hop quic-go quic tcp} "
 # PERF=1 (the default where perf works) adds the relays' system calls and
 # context switches per MiB (perf stat software events: they count what the
 # relays asked of the kernel, whatever else loads the machine).
@@ -107,7 +122,7 @@ spec:
   endpoints: $endpoints
 EOF
 	"$ew" ca issue --ca "$work/ca" --spiffe-id "spiffe://cluster.local/ns/istio-system/sa/eastwest-$name" --out "$dir/svid" >/dev/null
-	"$bin" run -f "$dir/mesh.yaml" --network "$network" --node-name "$name" --node-labels istio=eastwestgateway \
+	env ${GATEWAY_PROCS:+GOMAXPROCS=$GATEWAY_PROCS} "$bin" run -f "$dir/mesh.yaml" --network "$network" --node-name "$name" --node-labels istio=eastwestgateway \
 		--bind-address 127.0.0.1 --admin-address "127.0.0.1:${admin[$name]}" --status-address "" --log-level warn --drain-timeout 1s \
 		--endpoint-allow-loopback --peer-ids "$peer_ids" \
 		--svid-cert "$dir/svid/cert.pem" --svid-key "$dir/svid/key.pem" --trust-bundle "$dir/svid/bundle.pem" \
@@ -141,9 +156,16 @@ fi
 qb_port=$("$lg" freeport)
 "$ew" ca issue --ca "$work/ca" --spiffe-id spiffe://cluster.local/ns/demo/sa/echo --out "$work/svid/quicsink" >/dev/null
 "$ew" ca issue --ca "$work/ca" --spiffe-id spiffe://cluster.local/ns/demo/sa/sleep --out "$work/svid/quicbase" >/dev/null
-"$lg" quicsink -listen "127.0.0.1:$qb_port" -tls-svid "$work/svid/quicsink" >"$work/quicsink.log" 2>&1 &
+# shellcheck disable=SC2086 # QUICGO_FLAGS are words
+GOMAXPROCS=$QUICGO_PROCS "$lg" quicsink -listen "127.0.0.1:$qb_port" -tls-svid "$work/svid/quicsink" $QUICGO_FLAGS >"$work/quicsink.log" 2>&1 &
 qb_pid=$!
 started+=("$qb_pid")
+if [[ $ROWS == *" quic-go-default "* ]]; then
+	qd_port=$("$lg" freeport)
+	"$lg" quicsink -listen "127.0.0.1:$qd_port" -tls-svid "$work/svid/quicsink" >"$work/quicsink-default.log" 2>&1 &
+	qd_pid=$!
+	started+=("$qd_pid")
+fi
 
 # Each gateway of network-a routes through B once gossip has told it about
 # network-b's endpoint.
@@ -231,23 +253,24 @@ dump_logs() {
 	done
 }
 
-# ratio A B: the mean of A's up and down figures over B's.
+# ratio A B: the mean of A's up and down figures over B's ("not
+# measured" if ROWS left either out).
 ratio() {
+	[[ -n ${gbps[$1 up]:-} && -n ${gbps[$2 up]:-} ]] || { echo "not measured"; return; }
 	awk -v a="${gbps[$1 up]}" -v b="${gbps[$2 up]}" -v c="${gbps[$1 down]}" -v d="${gbps[$2 down]}" '
 	function mean(s, f, n, i, t) { n = split(s, f, " "); for (i = 1; i <= n; i++) t += f[i]; return t / n }
 	BEGIN {printf "up %.2f×, down %.2f×", mean(a) / mean(b), mean(c) / mean(d)}'
 }
 
 for ((round = 1; round <= ROUNDS; round++)); do
-	measure "direct (no gateway)" "" "" "$lg" throughput -addr "127.0.0.1:$sink_port"
-	measure "one gateway hop (B)" "${pid[b]}" "" "$lg" throughput -addr "127.0.0.1:${port[b]}"
-	measure "quic-go, two processes" "$qb_pid client" "" "$lg" quicbase -addr "127.0.0.1:$qb_port" -tls-svid "$work/svid/quicbase"
-	measure "A, QUIC tunnel, B" "${pid[a-quic]} ${pid[b]}" "a-quic b" "$lg" throughput -addr "127.0.0.1:${port[a-quic]}"
-	measure "A, TCP fallback tunnel, B" "${pid[a-tcp]} ${pid[b]}" "a-tcp b" "$lg" throughput -addr "127.0.0.1:${port[a-tcp]}"
-	if [[ -n $BASE ]]; then
-		measure "A, QUIC tunnel, B (ewgate@$BASE)" "${pid[a-quic-base]} ${pid[b-base]}" "a-quic-base b-base" "$lg" throughput -addr "127.0.0.1:${port[a-quic-base]}"
-		measure "A, TCP fallback tunnel, B (ewgate@$BASE)" "${pid[a-tcp-base]} ${pid[b-base]}" "a-tcp-base b-base" "$lg" throughput -addr "127.0.0.1:${port[a-tcp-base]}"
-	fi
+	[[ $ROWS != *" direct "* ]] || measure "direct (no gateway)" "" "" "$lg" throughput -addr "127.0.0.1:$sink_port"
+	[[ $ROWS != *" hop "* ]] || measure "one gateway hop (B)" "${pid[b]}" "" "$lg" throughput -addr "127.0.0.1:${port[b]}"
+	[[ $ROWS != *" quic-go "* ]] || measure "quic-go, two processes" "$qb_pid client" "" env GOMAXPROCS="$QUICGO_PROCS" "$lg" quicbase -addr "127.0.0.1:$qb_port" -tls-svid "$work/svid/quicbase" $QUICGO_FLAGS
+	[[ $ROWS != *" quic-go-default "* ]] || measure "quic-go, two processes, quic-go's defaults" "$qd_pid client" "" "$lg" quicbase -addr "127.0.0.1:$qd_port" -tls-svid "$work/svid/quicbase"
+	[[ $ROWS != *" quic "* ]] || measure "A, QUIC tunnel, B" "${pid[a-quic]} ${pid[b]}" "a-quic b" "$lg" throughput -addr "127.0.0.1:${port[a-quic]}"
+	[[ -z $BASE || $ROWS != *" quic "* ]] || measure "A, QUIC tunnel, B (ewgate@$BASE)" "${pid[a-quic-base]} ${pid[b-base]}" "a-quic-base b-base" "$lg" throughput -addr "127.0.0.1:${port[a-quic-base]}"
+	[[ $ROWS != *" tcp "* ]] || measure "A, TCP fallback tunnel, B" "${pid[a-tcp]} ${pid[b]}" "a-tcp b" "$lg" throughput -addr "127.0.0.1:${port[a-tcp]}"
+	[[ -z $BASE || $ROWS != *" tcp "* ]] || measure "A, TCP fallback tunnel, B (ewgate@$BASE)" "${pid[a-tcp-base]} ${pid[b-base]}" "a-tcp-base b-base" "$lg" throughput -addr "127.0.0.1:${port[a-tcp-base]}"
 done
 
 # The links must have run over the transport each row names.
@@ -268,6 +291,7 @@ udp_bufs=${udp_bufs%, }
 report=$(
 	echo "Command: \`${BASE:+BASE=$BASE }${PROFILE:+PROFILE=$PROFILE PROFILE_SECS=$PROFILE_SECS }$( ((ROUNDS == 1)) || echo "ROUNDS=$ROUNDS ")MIB=$MIB bench/paths.sh\`; $when; ewgate at $built;"
 	echo "$(nproc) cores, load average before the traffic $load, $(go version | cut -d' ' -f3)."
+	echo "quic-go baseline: GOMAXPROCS=$QUICGO_PROCS in each process, \`$QUICGO_FLAGS\`; gateways: GOMAXPROCS=${GATEWAY_PROCS:-the default, $(nproc)}."
 	echo
 	if [[ $PERF == 1 ]]; then
 		echo "| path | MiB each way | up Gbit/s | down Gbit/s | relays' CPU s/GB | all processes' CPU s/GB | relays' syscalls/MiB | relays' context switches/MiB |"

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"sync"
 	"testing"
 	"time"
@@ -57,5 +58,32 @@ func TestQUICBaseStreams(t *testing.T) {
 	}
 	if _, err := quicTimed(ctx, c, func(s *quic.Stream) (errKind, error) { return receiveDown(s, s.Close, size) }); err != nil {
 		t.Fatalf("down: %v", err)
+	}
+}
+
+// The window flags set quic-go's maxima, and its starting windows never
+// exceed them; unset, quic-go's defaults stand.
+func TestQUICFlagsConfig(t *testing.T) {
+	tests := []struct {
+		args                                     []string
+		initStream, maxStream, initConn, maxConn uint64
+	}{
+		{nil, 0, 0, 0, 0},
+		{[]string{"-stream-window", "8388608", "-conn-window", "67108864"}, 512 << 10, 8 << 20, 768 << 10, 64 << 20},
+		{[]string{"-stream-window", "262144", "-conn-window", "393216"}, 256 << 10, 256 << 10, 384 << 10, 384 << 10},
+	}
+	for _, tt := range tests {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		qf := newQUICFlags(fs)
+		if err := fs.Parse(tt.args); err != nil {
+			t.Fatal(err)
+		}
+		c := qf.config()
+		if c.InitialStreamReceiveWindow != tt.initStream || c.MaxStreamReceiveWindow != tt.maxStream ||
+			c.InitialConnectionReceiveWindow != tt.initConn || c.MaxConnectionReceiveWindow != tt.maxConn {
+			t.Errorf("%q: stream %d/%d, connection %d/%d; want %d/%d, %d/%d", tt.args,
+				c.InitialStreamReceiveWindow, c.MaxStreamReceiveWindow, c.InitialConnectionReceiveWindow, c.MaxConnectionReceiveWindow,
+				tt.initStream, tt.maxStream, tt.initConn, tt.maxConn)
+		}
 	}
 }
