@@ -108,3 +108,30 @@ func TestWarnConcurrent(t *testing.T) {
 		t.Errorf("%d lines logged, want 1", n)
 	}
 }
+
+// WarnFunc builds a line's attributes only for a line it logs, and logs
+// them as Warn would.
+func TestWarnFunc(t *testing.T) {
+	l := &Logger{Interval: time.Hour}
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}}))
+	built := 0
+	args := func() []any { built++; return []any{"peer", "p"} }
+	for range 3 {
+		l.WarnFunc(log, "a", "m", args)
+	}
+	if got, want := strings.TrimSpace(buf.String()), `level=WARN msg=m peer=p`; got != want || built != 1 {
+		t.Errorf("logged %q, attributes built %d times; want %q, once", got, built, want)
+	}
+	quiet := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelError}))
+	l.WarnFunc(quiet, "b", "m", args)
+	if built != 1 {
+		t.Errorf("attributes built for a logger that does not enable warnings")
+	}
+}
