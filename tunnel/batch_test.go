@@ -71,6 +71,17 @@ func (r *readTap) lastRecordLen() int {
 	return last
 }
 
+// readAll reads c until EOF into got, then sends the read's error.
+func readAll(c io.Reader) (got *bytes.Buffer, done <-chan error) {
+	got = new(bytes.Buffer)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(got, c)
+		errc <- err
+	}()
+	return got, errc
+}
+
 // closeNotifyLen is the length of an encrypted TLS 1.3 close_notify
 // record: the alert's two bytes, the inner content type, and the AEAD
 // tag of AES-GCM or ChaCha20-Poly1305. No record of the tests' data is as
@@ -130,12 +141,7 @@ func tlsOverBatch(t *testing.T) (*frameConn, *writeRecorder, *tls.Conn, *readTap
 // the close_notify.
 func TestFrameConnBatchesRecords(t *testing.T) {
 	fc, rec, sc, tap := tlsOverBatch(t)
-	got := new(bytes.Buffer)
-	readDone := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(got, sc)
-		readDone <- err
-	}()
+	got, readDone := readAll(sc)
 	var sent bytes.Buffer
 	send := func(p []byte, w io.Writer) {
 		t.Helper()
@@ -206,12 +212,7 @@ func TestFrameConnCloseInBatch(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fc, _, sc, tap := tlsOverBatch(t)
-			got := new(bytes.Buffer)
-			readDone := make(chan error, 1)
-			go func() {
-				_, err := io.Copy(got, sc)
-				readDone <- err
-			}()
+			got, readDone := readAll(sc)
 			frame, err := io.ReadAll(data(1, 128<<10+12))
 			if err != nil {
 				t.Fatal(err)
