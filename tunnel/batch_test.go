@@ -11,6 +11,7 @@ import (
 
 	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/internal/await"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 )
 
 // writeRecorder counts the writes that reach a socket, and fails them
@@ -211,6 +212,7 @@ func TestFrameConnCloseInBatch(t *testing.T) {
 		{"before the frame's records", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			leakcheck.Check(t)
 			fc, _, sc, tap := tlsOverBatch(t)
 			got, readDone := readAll(sc)
 			frame, err := io.ReadAll(data(1, 128<<10+12))
@@ -253,6 +255,7 @@ func TestFrameConnCloseInBatch(t *testing.T) {
 // that cannot finish (a peer that stopped reading): it cuts it short, as
 // closing the socket alone would.
 func TestBatchConnCloseBreaksWrite(t *testing.T) {
+	leakcheck.Check(t)
 	fc, _, _, _ := tlsOverBatch(t) // the peer never reads
 	werr := make(chan error, 1)
 	go func() {
