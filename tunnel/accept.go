@@ -47,7 +47,9 @@ func (e *Endpoint) startHandshake(addr net.Addr, t Transport) (done func(), ok b
 	select {
 	case e.handshakes <- struct{}{}:
 	default:
-		e.refuseInbound(e.log, ReasonTooManyHandshakes, "refused inbound tunnel connection: too many handshakes in progress", "peer", addr.String(), "transport", t, "limit", e.cfg.MaxHandshakes)
+		e.refuseInbound(e.log, ReasonTooManyHandshakes, "refused inbound tunnel connection: too many handshakes in progress", func() []any {
+			return []any{"peer", addr.String(), "transport", t, "limit", e.cfg.MaxHandshakes}
+		})
 		return nil, false
 	}
 	return sync.OnceFunc(func() { <-e.handshakes }), true
@@ -55,17 +57,19 @@ func (e *Endpoint) startHandshake(addr net.Addr, t Transport) (done func(), ok b
 
 // refuseInbound counts an inbound refusal and logs it at warn level, at
 // most once a second per reason (with the number left unlogged), so that
-// a flood of refusals does not flood the log.
-func (e *Endpoint) refuseInbound(log *slog.Logger, reason, msg string, args ...any) {
+// a flood of refusals does not flood the log. args builds the line's
+// attributes; it is called only for a line logged, so that a refusal
+// left out of the log allocates nothing.
+func (e *Endpoint) refuseInbound(log *slog.Logger, reason, msg string, args func() []any) {
 	e.mu.Lock()
 	e.inReject[reason]++
 	e.mu.Unlock()
-	e.rejectLogged.Warn(log, reason, msg, append(args, "reason", reason)...)
+	e.rejectLogged.WarnFunc(log, reason, msg, func() []any { return append(args(), "reason", reason) })
 }
 
 // badHello refuses a link whose dialer sent no valid hello in time.
 func (e *Endpoint) badHello(log *slog.Logger, err error) error {
-	e.refuseInbound(log, ReasonBadHello, "rejected inbound link: no valid hello", "err", err)
+	e.refuseInbound(log, ReasonBadHello, "rejected inbound link: no valid hello", func() []any { return []any{"err", err} })
 	return &refusal{code: codeBadHello, msg: fmt.Sprintf("no valid link hello: %v", err)}
 }
 
@@ -85,11 +89,15 @@ func (e *Endpoint) admit(state tls.ConnectionState, name string, log *slog.Logge
 	if e.cfg.Members != nil {
 		m, ok := e.cfg.Members.Member(name)
 		if !ok {
-			e.refuseInbound(log, ReasonNotMember, "rejected inbound link: not a live member", "peer_id", peer.ID, "member", name)
+			e.refuseInbound(log, ReasonNotMember, "rejected inbound link: not a live member", func() []any {
+				return []any{"peer_id", peer.ID, "member", name}
+			})
 			return Member{}, &refusal{code: codeNotMember, msg: fmt.Sprintf("%q is not a live gateway member", name)}
 		}
 		if m.ID != peer.ID {
-			e.refuseInbound(log, ReasonIDMismatch, "rejected inbound link: the member announces another SPIFFE ID", "peer_id", peer.ID, "member", name, "announced_id", m.ID)
+			e.refuseInbound(log, ReasonIDMismatch, "rejected inbound link: the member announces another SPIFFE ID", func() []any {
+				return []any{"peer_id", peer.ID, "member", name, "announced_id", m.ID}
+			})
 			return Member{}, &refusal{code: codeIDMismatch, msg: fmt.Sprintf("member %q announces %s, not %s", name, m.ID, peer.ID)}
 		}
 		peer = m
@@ -101,7 +109,9 @@ func (e *Endpoint) admit(state tls.ConnectionState, name string, log *slog.Logge
 	}
 	e.mu.Unlock()
 	if n >= e.cfg.MaxLinksPerPeer {
-		e.refuseInbound(log, ReasonTooManyLinks, "rejected inbound link: the peer holds too many links", "peer_id", peer.ID, "member", peer.Name, "limit", e.cfg.MaxLinksPerPeer)
+		e.refuseInbound(log, ReasonTooManyLinks, "rejected inbound link: the peer holds too many links", func() []any {
+			return []any{"peer_id", peer.ID, "member", peer.Name, "limit", e.cfg.MaxLinksPerPeer}
+		})
 		return Member{}, &refusal{code: codeTooManyLinks, msg: fmt.Sprintf("%d links from this peer already", n)}
 	}
 	return peer, nil

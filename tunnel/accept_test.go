@@ -1,10 +1,15 @@
 package tunnel
 
 import (
+	"bytes"
+	"log/slog"
+	"net"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ewgate/ewgate/internal/await"
 	"github.com/ewgate/ewgate/internal/leakcheck"
@@ -91,5 +96,39 @@ func exhaustFDs(t *testing.T) []int {
 			t.Fatalf("filling descriptors: %v", err)
 		}
 		fds = append(fds, fd)
+	}
+}
+
+// TestRefusalSuppressedAllocatesNothing: a refusal the rate-limited log
+// leaves out (a flood of connections over MaxHandshakes) only counts: it
+// builds none of the log line's attributes (the peer's address string,
+// the boxed values), so it allocates nothing.
+func TestRefusalSuppressedAllocatesNothing(t *testing.T) {
+	var logged bytes.Buffer
+	e := &Endpoint{
+		log:        slog.New(slog.NewTextHandler(&logged, nil)),
+		inReject:   make(map[string]uint64),
+		handshakes: make(chan struct{}), // none free
+		cfg:        Config{MaxHandshakes: 1},
+	}
+	e.rejectLogged.Interval = time.Hour // every refusal after the first is left out
+	addr := &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 4433}
+	refuse := func() {
+		if _, ok := e.startHandshake(addr, TransportTCP); ok {
+			t.Fatal("a handshake slot was taken, want a refusal")
+		}
+	}
+	refuse()
+	if !strings.Contains(logged.String(), "peer=192.0.2.1:4433") {
+		t.Fatalf("the first refusal logged %q, want its peer", logged.String())
+	}
+	if n := testing.AllocsPerRun(100, refuse); n != 0 {
+		t.Errorf("a suppressed refusal allocates %.1f times, want 0", n)
+	}
+	if got := e.Stats().InboundRejections[ReasonTooManyHandshakes]; got != 102 {
+		t.Errorf("%d refusals counted, want 102", got)
+	}
+	if strings.Count(logged.String(), "\n") != 1 {
+		t.Errorf("logged %q, want one line", logged.String())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"net"
 	"sync"
+	"time"
 )
 
 // batchSize bounds what a TCP link gathers for one write(2): a 128 KiB
@@ -25,21 +26,29 @@ type batchConn struct {
 	mu       sync.Mutex
 	frames   int    // frames being written
 	buf      []byte // records gathered; allocated at the link's first frame
+	err      error  // the first socket write error: nothing is written after it
 }
+
+// closeFlushTimeout bounds how long Close writes the records gathered
+// when it came: crypto/tls gives its close_notify as long.
+const closeFlushTimeout = 5 * time.Second
 
 // Write takes one TLS record.
 func (b *batchConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.err != nil {
+		return 0, b.err
+	}
 	if b.frames == 0 {
-		return b.Conn.Write(p)
+		return b.write(p)
 	}
 	if len(b.buf)+len(p) > cap(b.buf) {
 		if err := b.flush(); err != nil {
 			return 0, err
 		}
 		if len(p) > cap(b.buf) {
-			return b.Conn.Write(p)
+			return b.write(p)
 		}
 	}
 	b.buf = append(b.buf, p...)
@@ -68,12 +77,46 @@ func (b *batchConn) end() error {
 // flush writes the gathered records; b.mu is held. They are dropped on
 // an error, which ends the link.
 func (b *batchConn) flush() error {
-	if len(b.buf) == 0 {
-		return nil
+	if len(b.buf) == 0 || b.err != nil {
+		return b.err
 	}
-	_, err := b.Conn.Write(b.buf)
+	_, err := b.write(b.buf)
 	b.buf = b.buf[:0]
 	return err
+}
+
+// write writes p to the socket; b.mu is held. After an error, which may
+// have left part of a record written, nothing more is: the peer would
+// read garbage.
+func (b *batchConn) write(p []byte) (int, error) {
+	n, err := b.Conn.Write(p)
+	if err != nil {
+		b.err = err
+	}
+	return n, err
+}
+
+// Close writes out what was gathered, then closes the socket. crypto/tls
+// closes its connection while a frame may be being gathered (yamux ends a
+// session from another goroutine than its send loop): its close_notify,
+// and the frame's records before it, are then in buf, and closing the
+// socket at once would drop them, the peer reading a plain EOF. A socket
+// write under way (a peer that stopped reading) is cut short, as closing
+// the socket would, rather than waited for.
+func (b *batchConn) Close() error {
+	// TryLock tells whether a writer holds the socket: then its write
+	// ends now, and Close takes mu as soon as it returns.
+	if !b.mu.TryLock() {
+		_ = b.Conn.SetWriteDeadline(time.Now())
+		b.mu.Lock()
+	}
+	defer b.mu.Unlock()
+	if len(b.buf) > 0 && b.err == nil {
+		// TLS set a deadline of now after its close_notify.
+		_ = b.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
+		_ = b.flush()
+	}
+	return b.Conn.Close()
 }
 
 // recordPayload is the most plaintext crypto/tls puts in one record.

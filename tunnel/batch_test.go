@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/ewgate/ewgate/identity"
+	"github.com/ewgate/ewgate/internal/await"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 )
 
 // writeRecorder counts the writes that reach a socket, and fails them
@@ -38,11 +40,60 @@ func (w *writeRecorder) count() int {
 	return w.writes
 }
 
+// readTap keeps a copy of what is read from a socket: the TLS records a
+// peer received.
+type readTap struct {
+	net.Conn
+	mu  sync.Mutex
+	got []byte
+}
+
+func (r *readTap) Read(p []byte) (int, error) {
+	n, err := r.Conn.Read(p)
+	r.mu.Lock()
+	r.got = append(r.got, p[:n]...)
+	r.mu.Unlock()
+	return n, err
+}
+
+// lastRecordLen returns the length of the last TLS record read, -1 if
+// none was: an encrypted TLS 1.3 close_notify is closeNotifyLen long.
+func (r *readTap) lastRecordLen() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	last := -1
+	for b := r.got; len(b) >= 5; {
+		n := int(b[3])<<8 | int(b[4])
+		if len(b) < 5+n {
+			return -2 // a record cut short
+		}
+		last, b = n, b[5+n:]
+	}
+	return last
+}
+
+// readAll reads c until EOF into got, then sends the read's error.
+func readAll(c io.Reader) (got *bytes.Buffer, done <-chan error) {
+	got = new(bytes.Buffer)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(got, c)
+		errc <- err
+	}()
+	return got, errc
+}
+
+// closeNotifyLen is the length of an encrypted TLS 1.3 close_notify
+// record: the alert's two bytes, the inner content type, and the AEAD
+// tag of AES-GCM or ChaCha20-Poly1305. No record of the tests' data is as
+// short.
+const closeNotifyLen = 2 + 1 + 16
+
 // tlsOverBatch connects a TLS 1.3 client whose socket is a batchConn (over
 // a writeRecorder) to a TLS server over real loopback TCP, with SVIDs of
 // one development CA, and returns the client side as a link gives it to
-// yamux, the recorder, and the server connection.
-func tlsOverBatch(t *testing.T) (*frameConn, *writeRecorder, *tls.Conn) {
+// yamux, the recorder, the server connection and what its socket read.
+func tlsOverBatch(t *testing.T) (*frameConn, *writeRecorder, *tls.Conn, *readTap) {
 	t.Helper()
 	ca := newCA(t, "a.test")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -69,8 +120,9 @@ func tlsOverBatch(t *testing.T) (*frameConn, *writeRecorder, *tls.Conn) {
 	}
 	rec := &writeRecorder{Conn: raw}
 	batch := &batchConn{Conn: rec}
+	tap := &readTap{Conn: sraw}
 	tc := tls.Client(batch, identity.ClientTLSConfig(newSource(t, ca, "/gw/client"), nil))
-	sc := tls.Server(sraw, identity.ServerTLSConfig(newSource(t, ca, "/gw/server"), nil))
+	sc := tls.Server(tap, identity.ServerTLSConfig(newSource(t, ca, "/gw/server"), nil))
 	t.Cleanup(func() { tc.Close(); sc.Close() })
 	errc := make(chan error, 1)
 	go func() { errc <- sc.HandshakeContext(testContext(t)) }()
@@ -80,7 +132,7 @@ func tlsOverBatch(t *testing.T) (*frameConn, *writeRecorder, *tls.Conn) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	return &frameConn{Conn: tc, b: batch}, rec, sc
+	return &frameConn{Conn: tc, b: batch}, rec, sc, tap
 }
 
 // TestFrameConnBatchesRecords: each frame yamux writes reaches the socket
@@ -89,13 +141,8 @@ func tlsOverBatch(t *testing.T) (*frameConn, *writeRecorder, *tls.Conn) {
 // pass straight through; and the peer reads every byte, in order, then
 // the close_notify.
 func TestFrameConnBatchesRecords(t *testing.T) {
-	fc, rec, sc := tlsOverBatch(t)
-	got := new(bytes.Buffer)
-	readDone := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(got, sc)
-		readDone <- err
-	}()
+	fc, rec, sc, tap := tlsOverBatch(t)
+	got, readDone := readAll(sc)
 	var sent bytes.Buffer
 	send := func(p []byte, w io.Writer) {
 		t.Helper()
@@ -145,12 +192,97 @@ func TestFrameConnBatchesRecords(t *testing.T) {
 	if !bytes.Equal(got.Bytes(), sent.Bytes()) {
 		t.Fatalf("peer read %d bytes that differ from the %d sent", got.Len(), sent.Len())
 	}
+	if n := tap.lastRecordLen(); n != closeNotifyLen {
+		t.Errorf("the peer's last record is %d bytes long, want a close_notify's %d", n, closeNotifyLen)
+	}
+}
+
+// TestFrameConnCloseInBatch: a TLS Close that comes while a frame's
+// records are being gathered (yamux closes a session from another
+// goroutine than the send loop that writes frames) still sends them and
+// the close_notify, in order, before the socket closes: the peer reads
+// the frame and then the close_notify, not a plain EOF. The steps are
+// frameConn.Write's, with the Close between them.
+func TestFrameConnCloseInBatch(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		before bool // Close before the frame's records, or after them
+	}{
+		{"after the frame's records", false},
+		{"before the frame's records", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			leakcheck.Check(t)
+			fc, _, sc, tap := tlsOverBatch(t)
+			got, readDone := readAll(sc)
+			frame, err := io.ReadAll(data(1, 128<<10+12))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []byte
+			fc.b.begin()
+			if tc.before {
+				if err := fc.Close(); err != nil {
+					t.Fatalf("Close: %v", err)
+				}
+				if _, err := fc.Conn.Write(frame); err == nil {
+					t.Fatal("a Write after Close succeeded")
+				}
+			} else {
+				if _, err := fc.Conn.Write(frame); err != nil {
+					t.Fatal(err)
+				}
+				want = frame
+				if err := fc.Close(); err != nil {
+					t.Fatalf("Close: %v", err)
+				}
+			}
+			_ = fc.b.end()
+			if err := <-readDone; err != nil {
+				t.Fatalf("peer's read: %v", err)
+			}
+			if !bytes.Equal(got.Bytes(), want) {
+				t.Errorf("peer read %d bytes, want the %d of the frame", got.Len(), len(want))
+			}
+			if n := tap.lastRecordLen(); n != closeNotifyLen {
+				t.Errorf("the peer's last record is %d bytes long, want a close_notify's %d", n, closeNotifyLen)
+			}
+		})
+	}
+}
+
+// TestBatchConnCloseBreaksWrite: Close does not wait for a socket write
+// that cannot finish (a peer that stopped reading): it cuts it short, as
+// closing the socket alone would.
+func TestBatchConnCloseBreaksWrite(t *testing.T) {
+	leakcheck.Check(t)
+	fc, _, _, _ := tlsOverBatch(t) // the peer never reads
+	werr := make(chan error, 1)
+	go func() {
+		// Far more than the socket buffers hold.
+		_, err := fc.Write(make([]byte, yamuxMaxFrame))
+		for err == nil {
+			_, err = fc.Write(make([]byte, yamuxMaxFrame))
+		}
+		werr <- err
+	}()
+	await.True(t, testTimeout, "a write blocked on the socket", func() bool {
+		if !fc.b.mu.TryLock() {
+			return true
+		}
+		fc.b.mu.Unlock()
+		return false
+	})
+	_ = fc.Close()
+	if err := <-werr; err == nil {
+		t.Fatal("the blocked write succeeded")
+	}
 }
 
 // TestFrameConnWriteError: a socket error met while writing a frame's
 // batch is the frame's error, so that yamux ends the link.
 func TestFrameConnWriteError(t *testing.T) {
-	fc, rec, _ := tlsOverBatch(t)
+	fc, rec, _, _ := tlsOverBatch(t)
 	broken := errors.New("socket broke")
 	rec.mu.Lock()
 	rec.fail = broken

@@ -42,8 +42,26 @@ type keyState struct {
 // line of key it logs carries the count as SuppressedKey. When log does
 // not enable warn level, Warn neither logs nor counts.
 func (l *Logger) Warn(log *slog.Logger, key, msg string, args ...any) {
+	if suppressed, ok := l.allow(log, key); ok {
+		logWarn(log, msg, args, suppressed)
+	}
+}
+
+// WarnFunc is Warn with the line's attributes built by args, which it
+// calls only for a line it logs: a suppressed line builds nothing (no
+// String of an address, no boxing into the variadic slice), so that a
+// flood it keeps out of the log costs no allocations either.
+func (l *Logger) WarnFunc(log *slog.Logger, key, msg string, args func() []any) {
+	if suppressed, ok := l.allow(log, key); ok {
+		logWarn(log, msg, args(), suppressed)
+	}
+}
+
+// allow tells whether a line of key is to be logged now, and how many
+// were left out since the last; it counts one left out.
+func (l *Logger) allow(log *slog.Logger, key string) (suppressed int, ok bool) {
 	if !log.Enabled(context.Background(), slog.LevelWarn) {
-		return
+		return 0, false
 	}
 	now := time.Now()
 	if l.now != nil {
@@ -54,22 +72,25 @@ func (l *Logger) Warn(log *slog.Logger, key, msg string, args ...any) {
 		interval = DefaultInterval
 	}
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.keys == nil {
 		l.keys = make(map[string]*keyState)
 	}
-	s, ok := l.keys[key]
-	if !ok {
+	s, seen := l.keys[key]
+	if !seen {
 		s = &keyState{}
 		l.keys[key] = s
 	}
-	if ok && now.Sub(s.last) < interval {
+	if seen && now.Sub(s.last) < interval {
 		s.suppressed++
-		l.mu.Unlock()
-		return
+		return 0, false
 	}
-	suppressed := s.suppressed
+	suppressed = s.suppressed
 	s.last, s.suppressed = now, 0
-	l.mu.Unlock()
+	return suppressed, true
+}
+
+func logWarn(log *slog.Logger, msg string, args []any, suppressed int) {
 	if suppressed > 0 {
 		args = append(args, SuppressedKey, suppressed)
 	}

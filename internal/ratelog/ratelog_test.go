@@ -2,12 +2,25 @@ package ratelog
 
 import (
 	"bytes"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 )
+
+// timeless returns a text logger to w whose lines carry no time, so
+// that tests can compare them.
+func timeless(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}}))
+}
 
 // testClock is a clock the test moves.
 type testClock struct{ t time.Time }
@@ -53,13 +66,7 @@ func TestWarn(t *testing.T) {
 			for i, s := range tt.steps {
 				clock.t = clock.t.Add(s.advance)
 				var buf bytes.Buffer
-				log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{
-					ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
-						if a.Key == slog.TimeKey {
-							return slog.Attr{}
-						}
-						return a
-					}}))
+				log := timeless(&buf)
 				l.Warn(log, s.key, "m", "key", s.key)
 				if got := strings.TrimSpace(buf.String()); got != s.want {
 					t.Errorf("step %d: logged %q, want %q", i, got, s.want)
@@ -106,5 +113,26 @@ func TestWarnConcurrent(t *testing.T) {
 	wg.Wait()
 	if n := strings.Count(buf.String(), "msg=m"); n != 1 {
 		t.Errorf("%d lines logged, want 1", n)
+	}
+}
+
+// WarnFunc builds a line's attributes only for a line it logs, and logs
+// them as Warn would.
+func TestWarnFunc(t *testing.T) {
+	l := &Logger{Interval: time.Hour}
+	var buf bytes.Buffer
+	log := timeless(&buf)
+	built := 0
+	args := func() []any { built++; return []any{"peer", "p"} }
+	for range 3 {
+		l.WarnFunc(log, "a", "m", args)
+	}
+	if got, want := strings.TrimSpace(buf.String()), `level=WARN msg=m peer=p`; got != want || built != 1 {
+		t.Errorf("logged %q, attributes built %d times; want %q, once", got, built, want)
+	}
+	quiet := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelError}))
+	l.WarnFunc(quiet, "b", "m", args)
+	if built != 1 {
+		t.Errorf("attributes built for a logger that does not enable warnings")
 	}
 }
