@@ -3,11 +3,13 @@
 # the kernel: runs compare.sh with that proxy and mode alone, and for 3 s
 # of the mode's window counts, with perf stat, the proxy's task clock,
 # context switches and system calls by kind, printed per operation (per
-# round trip for rr: writes / 2; per connection for connect and tls:
-# connects). Counts do not depend on the machine's load the way times do.
+# round trip for rr and lat: writes, that is write, writev and sendto
+# (HAProxy's), / 2; per connection for connect and tls: connects). Counts
+# do not depend on the machine's load the way times do.
 #
 #   bench/perfstat.sh PROXY MODE    PROXY: ewgate, haproxy or nginx;
-#                                   MODE: rr, connect or tls
+#                                   MODE: rr, lat (alone, at LAT_RATE),
+#                                   connect or tls
 #
 # With PERF_RECORD=FILE it records a call-graph profile of the same 3 s
 # into FILE instead (perf record -e cpu-clock -g: this VM has no hardware
@@ -43,7 +45,7 @@ haproxy) pids=$(pgrep -x haproxy -n) ;;
 *) log "unknown proxy $proxy"; exit 2 ;;
 esac
 events=task-clock,context-switches,raw_syscalls:sys_enter
-for s in futex nanosleep epoll_pwait epoll_wait epoll_ctl accept4 connect read recvfrom write writev setsockopt; do
+for s in futex nanosleep epoll_pwait epoll_wait epoll_ctl accept4 connect read recvfrom write writev sendto setsockopt splice; do
 	events+=,syscalls:sys_enter_$s
 done
 if [[ -n ${PERF_RECORD:-} ]]; then
@@ -59,10 +61,11 @@ started=()
 awk -F, -v mode="$mode" -v proxy="$proxy" '
 	{ v[$3] = $1 }
 	END {
-		w = v["syscalls:sys_enter_write"] + v["syscalls:sys_enter_writev"]
-		n = (mode == "rr") ? w / 2 : v["syscalls:sys_enter_connect"]
+		w = v["syscalls:sys_enter_write"] + v["syscalls:sys_enter_writev"] + v["syscalls:sys_enter_sendto"]
+		rt = (mode == "rr" || mode == "lat")
+		n = rt ? w / 2 : v["syscalls:sys_enter_connect"]
 		if (n <= 0) { print "perfstat.sh: no operations counted" > "/dev/stderr"; exit 1 }
-		printf "%s %s, per %s (%d counted): CPU %.1f µs, context switches %.2f, system calls %.2f", proxy, mode, (mode == "rr") ? "round trip" : "connection", n, v["task-clock"] * 1000 / n, v["context-switches"] / n, v["raw_syscalls:sys_enter"] / n
+		printf "%s %s, per %s (%d counted): CPU %.1f µs, context switches %.2f, system calls %.2f", proxy, mode, rt ? "round trip" : "connection", n, v["task-clock"] * 1000 / n, v["context-switches"] / n, v["raw_syscalls:sys_enter"] / n
 		for (k in v) if (k ~ /^syscalls:/ && v[k] > 0) { s = k; sub(/^syscalls:sys_enter_/, "", s); printf ", %s %.2f", s, v[k] / n }
 		print ""
 	}' "$work/stat"

@@ -244,8 +244,10 @@ func TestPingPongCountsErrors(t *testing.T) {
 				t.Fatalf("newPinger: %v", &errs)
 			}
 			// Two turns: a pinger that failed stays failed, counted once.
-			p.run(time.Now().Add(100*time.Millisecond), &errs)
-			p.run(time.Now().Add(100*time.Millisecond), &errs)
+			for range 2 {
+				now := time.Now()
+				p.run(now, now.Add(100*time.Millisecond), &errs)
+			}
 			if errs.total() != tt.count || errs.n[tt.kind] != tt.count {
 				t.Fatalf("errors: %v, want %d of kind %s", &errs, tt.count, tt.kind)
 			}

@@ -15,10 +15,11 @@ const (
 	errRead                    // a short read, EOF or reset where data was due
 	errMismatch                // bytes (or a byte count) other than those sent
 	errClosed                  // an idle connection the proxy closed
+	errPace                    // the client's own pacing timer failed (rr -rate)
 	numErrKinds
 )
 
-var errKindNames = [numErrKinds]string{"connect", "write", "read", "mismatch", "closed"}
+var errKindNames = [numErrKinds]string{"connect", "write", "read", "mismatch", "closed", "pace"}
 
 func (k errKind) String() string { return errKindNames[k] }
 

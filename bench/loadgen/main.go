@@ -7,6 +7,7 @@
 //	loadgen throughput -addr A -c C    C connections, bulk up, then down
 //	loadgen rr -addr A -c C -d T       ping-pong on C connections, checked
 //	                  [-paired ADDR]   taking turns with C more to ADDR
+//	                  [-rate R]        R round trips/s in all, paced
 //	loadgen connect -addr A -c C -d T  a new connection per operation
 //	                  [-tls-svid D]    with a full TLS 1.3 mTLS handshake
 //	loadgen quicsink -listen ADDR -tls-svid D   quic-go alone: the server
@@ -81,10 +82,11 @@ func printHeader(args []string) error {
 		"idle":       idleHeader,
 		"throughput": throughputHeader,
 		"rr":         rrHeader,
+		"rr-rate":    rrRateHeader,
 		"connect":    connectHeader,
 	}
 	if len(args) != 1 || headers[args[0]] == "" {
-		return fmt.Errorf("usage: loadgen header idle|throughput|rr|connect")
+		return fmt.Errorf("usage: loadgen header idle|throughput|rr|rr-rate|connect")
 	}
 	fmt.Println(headers[args[0]])
 	return nil

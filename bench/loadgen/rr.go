@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 	"time"
 )
@@ -20,6 +21,11 @@ import (
 // for -d: the load of the moment, on a shared machine, then weighs on
 // both alike, and the difference of their percentiles is the latency the
 // proxy adds. The paired set's row follows the proxy's.
+//
+// With -rate R each set's round trips are paced at R per second in all
+// (schedule), R×d in all; its row then also says the rate asked for and
+// how many requests left more than one interval late. Without it every
+// connection sends its next request as soon as the echo of the last is in.
 func runRR(args []string) error {
 	fs := flag.NewFlagSet("rr", flag.ContinueOnError)
 	cf := newClientFlags(fs)
@@ -29,11 +35,21 @@ func runRR(args []string) error {
 	paired := fs.String("paired", "", "`address` (of the sink) to interleave with -addr")
 	pairedLabel := fs.String("paired-label", "", "row `label` of the paired set (default: direct (paired with LABEL))")
 	slice := fs.Duration("slice", 250*time.Millisecond, "length of each set's turn with -paired")
+	rate := fs.Float64("rate", 0, "pace each set's round trips at `R` per second in all, spread over its connections (0: as fast as they go)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *size < 1 || *conc < 1 || *slice <= 0 {
 		return fmt.Errorf("-size, -c and -slice must be positive")
+	}
+	// !(x >= 0) is also true of NaN.
+	if !(*rate >= 0) || math.IsInf(*rate, 1) {
+		return fmt.Errorf("-rate %v: want a finite number of round trips per second, or 0 for no pacing", *rate)
+	}
+	// Each connection's interval, -c / -rate, at most -d: a request per
+	// connection at least, and no schedule beyond time.Duration's range.
+	if *rate > 0 && float64(*conc) / *rate > dur.Seconds() {
+		return fmt.Errorf("-rate %v with -c %d is one request per connection every %.3g s, longer than -d %v", *rate, *conc, float64(*conc) / *rate, *dur)
 	}
 	cl, err := cf.client()
 	if err != nil {
@@ -55,6 +71,13 @@ func runRR(args []string) error {
 	} else {
 		*slice = *dur
 	}
+	if *rate > 0 {
+		for _, s := range sets {
+			if err := s.pace(*rate); err != nil {
+				return err
+			}
+		}
+	}
 	interleave(sets, *dur, *slice)
 	var errs []error
 	for _, s := range sets {
@@ -67,12 +90,19 @@ func runRR(args []string) error {
 const rrHeader = `| proxy | connections | bytes | round trips | round trips/s | p50 µs | p99 µs | p99.9 µs | errors |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|`
 
+// rrRateHeader is the header of the rows of rr -rate: the rate asked for
+// comes before the rate done, and "sent late" counts the requests that
+// left more than one interval (connections / rate) after their time.
+const rrRateHeader = `| proxy | connections | bytes | round trips/s asked | round trips | round trips/s | p50 µs | p99 µs | p99.9 µs | sent late | errors |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|`
+
 // rrSet is the connections of one rr row.
 type rrSet struct {
 	label   string
 	pingers []*pinger
 	errs    errorCount
 	active  time.Duration // time its connections were doing round trips
+	rate    float64       // round trips per second asked for; 0: unpaced
 }
 
 // newRRSet opens conc connections and asks the sink to echo on each; the
@@ -85,6 +115,20 @@ func newRRSet(label string, cl *client, conc, size int) *rrSet {
 		}
 	}
 	return s
+}
+
+// pace makes the set's connections send rate round trips per second in
+// all, each on its own schedule.
+func (s *rrSet) pace(rate float64) error {
+	s.rate = rate
+	for i, p := range s.pingers {
+		t, err := newWakeTimer()
+		if err != nil {
+			return fmt.Errorf("pacing %s: %w", s.label, err)
+		}
+		p.sched, p.timer = newSchedule(i, len(s.pingers), rate), t
+	}
+	return nil
 }
 
 // interleave gives each set turns of slice, in order, until the first has
@@ -107,7 +151,7 @@ func (s *rrSet) turn(d time.Duration) {
 	var wg sync.WaitGroup
 	for _, p := range s.pingers {
 		wg.Go(func() {
-			p.run(end, &s.errs)
+			p.run(start, end, &s.errs)
 		})
 	}
 	wg.Wait()
@@ -126,6 +170,14 @@ func (s *rrSet) row(conc, size int) string {
 	if s.active > 0 {
 		rate = float64(len(lat)) / s.active.Seconds()
 	}
+	if s.rate > 0 {
+		late := 0
+		for _, p := range s.pingers {
+			late += p.late
+		}
+		return fmt.Sprintf("| %s | %d | %d | %.0f | %d | %.0f | %s | %s | %s | %d | %d |", s.label, conc, size, s.rate,
+			len(lat), rate, micros(percentile(lat, 50)), micros(percentile(lat, 99)), micros(percentile(lat, 99.9)), late, s.errs.total())
+	}
 	return fmt.Sprintf("| %s | %d | %d | %d | %.0f | %s | %s | %s | %d |", s.label, conc, size,
 		len(lat), rate, micros(percentile(lat, 50)), micros(percentile(lat, 99)), micros(percentile(lat, 99.9)), s.errs.total())
 }
@@ -133,18 +185,25 @@ func (s *rrSet) row(conc, size int) string {
 func (s *rrSet) close() {
 	for _, p := range s.pingers {
 		p.c.Close()
+		if p.timer != nil {
+			p.timer.Close()
+		}
 	}
 }
 
 // pinger is one rr connection: its requests' sequence, its buffers and the
 // time of every round trip. A request carries its sequence number, so a
-// stale or misrouted echo is a mismatch.
+// stale or misrouted echo is a mismatch. A paced pinger (timer set) sends
+// on its schedule and counts the requests it sent late.
 type pinger struct {
 	c       conn
 	seq     uint64
 	out, in []byte
 	samples []time.Duration
 	failed  bool
+	sched   schedule
+	timer   *wakeTimer // nil: unpaced
+	late    int        // requests sent more than sched.every after their time
 }
 
 // newPinger asks the sink to echo on c; nil (the failure counted, c
@@ -158,16 +217,47 @@ func newPinger(c conn, size int, errs *errorCount) *pinger {
 	return &pinger{c: c, out: make([]byte, size), in: make([]byte, size)}
 }
 
-// run writes requests and reads their echoes until end. It stops at the
-// first failure, which it counts, and does nothing after one.
-func (p *pinger) run(end time.Time, errs *errorCount) {
+// run writes requests and reads their echoes until end, in a turn that
+// started at start: unpaced, each as soon as the last echo is in; paced,
+// request k of the turn at its time on the schedule if the connection is
+// ready by then, else at once (and late if by more than an interval). It
+// stops at the first failure, which it counts, and does nothing after one.
+func (p *pinger) run(start, end time.Time, errs *errorCount) {
 	if p.failed {
 		return
 	}
 	p.c.SetDeadline(end.Add(10 * time.Second))
-	for time.Now().Before(end) {
+	for k := 0; ; k++ {
+		// A connection behind schedule stops at end too, with the
+		// requests it owes unsent: a turn lasts its length.
+		if !time.Now().Before(end) {
+			return
+		}
+		var due time.Time
+		if p.timer != nil {
+			if due = p.sched.at(start, k); !due.Before(end) {
+				return
+			}
+			if err := p.timer.sleepUntil(due); err != nil {
+				p.fail(errs, errPace, err)
+				return
+			}
+		}
 		stamp(p.out, p.seq)
+		// The round trip is timed from the write, not from the request's
+		// time on the schedule, and that hides no queueing (coordinated
+		// omission) here: a connection has one request outstanding, and
+		// its interval (connections / rate, 3.2 ms at compare.sh's 32 and
+		// 10,000/s) is many times a round trip (about 0.1 ms), so it is
+		// almost always waiting on its timer, not on an echo, when its
+		// next request is due. The rare request that a stall made late
+		// is counted (late), so a run that could not hold the rate shows
+		// it; timing from the schedule would add the client's own timer
+		// wake-up (tens of µs, more under load) to every sample.
 		t := time.Now()
+		if p.timer != nil && t.Sub(due) > p.sched.every {
+			p.late++
+		}
 		if _, err := p.c.Write(p.out); err != nil {
 			p.fail(errs, errWrite, err)
 			return
