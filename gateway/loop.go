@@ -145,6 +145,9 @@ type loop struct {
 	lns   []loopListener
 	dials []*loopFlow
 	gen   int32
+	// acceptMore: an accept of this poll pass took a connection from a
+	// level-triggered listening socket, whose backlog may not be empty.
+	acceptMore bool
 	// sa is the address connectRaw passes, reused.
 	sa  unix.RawSockaddrInet6
 	rsa unix.RawSockaddrAny // accept4's
@@ -265,6 +268,7 @@ func (l *loop) poll(uintptr) bool {
 		}
 		l.now = int64(time.Since(l.base))
 		woken := false
+		l.acceptMore = false
 		for _, ev := range l.events[:max(n, 0)] {
 			fd := int(ev.Fd)
 			if fd == l.wake {
@@ -306,7 +310,9 @@ func (l *loop) poll(uintptr) bool {
 		if n == len(l.events) {
 			continue
 		}
-		if n > 0 && polls < busyPolls {
+		// A backlog that accept may have left is polled for even past
+		// busyPolls: no further edge announces it.
+		if n > 0 && (polls < busyPolls || l.acceptMore) {
 			polls++
 			continue
 		}

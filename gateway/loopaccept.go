@@ -105,19 +105,27 @@ func (g *Gateway) closeListener(l *listener) {
 type loopListener struct {
 	l  *listener
 	fd int
+	// edge: the socket is polled edge-triggered, as it is after an
+	// accept failed (accept), until its backlog is drained again.
+	edge bool
 }
 
-// listen registers fd, the loop's socket of ln, in its epoll set,
-// edge-triggered: accept takes every connection queued.
+// listenEvents are the events a listening socket is polled for:
+// level-triggered, so that accept takes one connection per event, as
+// nginx's workers do, and no accept4 that finds the backlog empty is
+// made per connection; the next poll reports a backlog not yet empty.
+const listenEvents = unix.EPOLLIN
+
+// listen registers fd, the loop's socket of ln, in its epoll set.
 func (l *loop) listen(ln *listener, fd int) {
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(fd), Pad: padListener}
+	ev := unix.EpollEvent{Events: listenEvents, Fd: int32(fd), Pad: padListener}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		// Kept in lns all the same, for unlisten to close. Its
 		// connections wait in its backlog until then: the kernel
 		// spreads them by hash.
 		l.g.log.Error("listener not polled by an event loop", "port", ln.port, "err", err)
 	}
-	l.lns = append(l.lns, loopListener{ln, fd})
+	l.lns = append(l.lns, loopListener{l: ln, fd: fd})
 }
 
 // unlisten closes the loop's socket of ln; the last loop to do so
@@ -147,25 +155,58 @@ func (l *loop) listenerAt(fd int) *loopListener {
 	return nil
 }
 
-// accept takes every connection queued on ln. A failure (out of
-// descriptors) is logged and left for the next connection's edge, by
-// which the backlog is retried.
+// accept takes a connection queued on ln, one per event. One that may
+// leave others queued sets acceptMore: poll then polls again before it
+// parks, since a level-triggered socket that stays ready signals no new
+// edge to the netpoller, which waits for the loop's epoll set. A failure
+// (out of descriptors), after which the socket would stay ready and
+// every poll fail again, turns the socket edge-triggered: the backlog is
+// retried at the next connection's edge, and the socket is
+// level-triggered again once an accept drained it.
 func (l *loop) accept(ln *loopListener) {
 	for {
 		fd, sa, err := l.accept4(ln.fd)
 		switch err {
 		case nil:
 			l.serve(ln.l.port, fd, sa)
+			if !ln.edge {
+				l.acceptMore = true
+				return
+			}
 		case unix.EINTR, unix.ECONNABORTED:
 			// A signal, or a connection reset while it was queued: the
 			// rest of the backlog is still there.
+			if !ln.edge {
+				l.acceptMore = true
+				return
+			}
 		case unix.EAGAIN:
+			if ln.edge {
+				l.pollListener(ln, false)
+			}
 			return
 		default:
 			l.g.rlog.Warn(l.g.log, "accept", "accept failed", "port", ln.l.port, "err", os.NewSyscallError("accept4", err))
+			if !ln.edge {
+				l.pollListener(ln, true)
+			}
 			return
 		}
 	}
+}
+
+// pollListener makes the epoll set poll ln edge-triggered or, for
+// !edge, level-triggered.
+func (l *loop) pollListener(ln *loopListener, edge bool) {
+	ev := unix.EpollEvent{Events: listenEvents, Fd: int32(ln.fd), Pad: padListener}
+	if edge {
+		ev.Events |= unix.EPOLLET
+	}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, ln.fd, &ev); err != nil {
+		l.g.log.Error("listener's polling not changed", "port", ln.l.port, "edge", edge, "err", err)
+		return
+	}
+	ln.edge = edge
 }
 
 // accept4 accepts a connection on the listening socket fd, non-blocking,

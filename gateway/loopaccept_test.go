@@ -2,14 +2,19 @@ package gateway
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ewgate/ewgate/internal/await"
+	"golang.org/x/sys/unix"
 )
 
 // The tests of this file are about Config.LoopAccept: what the loops
@@ -125,6 +130,122 @@ func TestLoopAcceptSpread(t *testing.T) {
 		got := make([]byte, len(msg))
 		if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
 			t.Fatalf("echo %q, %v", got, err)
+		}
+	}
+}
+
+// polledEvents returns the events fd is registered for in the epoll set
+// epfd, as the kernel reports them in /proc/self/fdinfo.
+func polledEvents(epfd, fd int) (uint32, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", epfd))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		// tfd: FD events: HEX data: ...
+		if len(f) >= 4 && f[0] == "tfd:" && f[1] == strconv.Itoa(fd) && f[2] == "events:" {
+			ev, err := strconv.ParseUint(f[3], 16, 32)
+			return uint32(ev), err
+		}
+	}
+	return 0, fmt.Errorf("descriptor %d not in epoll set %d", fd, epfd)
+}
+
+// listenerPolling reports, for each of g's loops, whether its listening
+// sockets are polled edge-triggered, read from the kernel.
+func listenerPolling(t *testing.T, g *Gateway) (edge, level int) {
+	t.Helper()
+	onLoops(t, g, func(l *loop) {
+		for _, ln := range l.lns {
+			ev, err := polledEvents(l.epfd, ln.fd)
+			switch {
+			case err != nil:
+				t.Error(err)
+			case ev&unix.EPOLLIN == 0:
+				t.Errorf("listening socket polled for %#x, not for EPOLLIN", ev)
+			case ev&unix.EPOLLET != 0:
+				edge++
+			default:
+				level++
+			}
+		}
+	})
+	return edge, level
+}
+
+// The loops poll their listening sockets level-triggered, and accept one
+// connection per event: a burst queued at once is served all the same,
+// each connection byte for byte.
+func TestLoopAcceptLevelTriggered(t *testing.T) {
+	m, _, hello := loopMesh(t, Config{LoopAccept: true}, echo)
+	m.rawConn(hello).Close() // the loops started, their listeners polled
+	if edge, level := listenerPolling(t, m.gw); edge != 0 || level != len(m.gw.loops.all) {
+		t.Fatalf("%d listening sockets edge-triggered, %d level-triggered; want every loop's level-triggered", edge, level)
+	}
+	// Hold the loops busy while the burst queues, so that a loop finds
+	// several connections in its backlog at its next poll.
+	release := make(chan struct{})
+	for _, l := range m.gw.loops.all {
+		l.send(command{fn: func() { <-release }})
+	}
+	const conns = 24
+	cs := make(chan *net.TCPConn, conns)
+	var wg sync.WaitGroup
+	for range conns {
+		wg.Go(func() { cs <- m.rawConn(hello) })
+	}
+	close(release)
+	wg.Wait()
+	close(cs)
+	for c := range cs {
+		checkEcho(t, c, "burst\n")
+	}
+}
+
+// checkEcho writes msg on c, a connection to an echo backend, reads it
+// back and closes c.
+func checkEcho(t *testing.T, c *net.TCPConn, msg string) {
+	t.Helper()
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != msg {
+		t.Fatalf("echo %q, %v", got, err)
+	}
+}
+
+// After an accept failure a listening socket is polled edge-triggered
+// (so that a backlog the loop cannot accept does not wake it at every
+// poll): the next connections are served, and once an accept drained the
+// backlog the socket is level-triggered again.
+func TestLoopAcceptEdgeAfterFailure(t *testing.T) {
+	m, _, hello := loopMesh(t, Config{LoopAccept: true}, echo)
+	m.rawConn(hello).Close()
+	// Read back in the same command: a connection still queued (the
+	// first one's) may be accepted, and the socket drained, at the
+	// loop's next poll.
+	onLoops(t, m.gw, func(l *loop) {
+		for i := range l.lns {
+			ln := &l.lns[i]
+			l.pollListener(ln, true) // as accept does after a failure
+			if ev, err := polledEvents(l.epfd, ln.fd); err != nil || ev&unix.EPOLLET == 0 {
+				t.Errorf("listening socket polled for %#x (%v) after a failure, want edge-triggered", ev, err)
+			}
+		}
+	})
+	// Enough connections that each loop's socket gets some (the kernel
+	// spreads them by hash).
+	for i := 0; ; i++ {
+		checkEcho(t, m.rawConn(hello), "after failure\n")
+		if edge, _ := listenerPolling(t, m.gw); edge == 0 {
+			break
+		}
+		if i == 200 {
+			t.Fatal("a listening socket still edge-triggered after 200 connections")
 		}
 	}
 }
