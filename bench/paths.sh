@@ -302,10 +302,12 @@ for name in $tunnels b; do
 done
 udp_bufs=${udp_bufs%, }
 
+qf_words="quic-go's own windows"
+[[ -z $QUICGO_FLAGS ]] || qf_words="\`$QUICGO_FLAGS\`"
 report=$(
 	echo "Command: \`${BASE:+BASE=$BASE }${PROFILE:+PROFILE=$PROFILE PROFILE_SECS=$PROFILE_SECS }$( ((ROUNDS == 1)) || echo "ROUNDS=$ROUNDS ")${rows_given:+ROWS=\"$rows_given\" }MIB=$MIB bench/paths.sh\`; $when; ewgate at $built;"
 	echo "$(nproc) cores, load average before the traffic $load, $(go version | cut -d' ' -f3)."
-	echo "quic-go baseline: GOMAXPROCS=$QUICGO_PROCS in each process, ${QUICGO_FLAGS:+\`$QUICGO_FLAGS\`}${QUICGO_FLAGS:-quic-go's own windows}; gateways: GOMAXPROCS=${GATEWAY_PROCS:-the default, $(nproc)}."
+	echo "quic-go baseline: GOMAXPROCS=$QUICGO_PROCS in each process, $qf_words; gateways: GOMAXPROCS=${GATEWAY_PROCS:-the default, $(nproc)}."
 	echo
 	if [[ $PERF == 1 ]]; then
 		echo "| path | MiB each way | up Gbit/s | down Gbit/s | relays' CPU s/GB | all processes' CPU s/GB | relays' syscalls/MiB | relays' context switches/MiB |"
