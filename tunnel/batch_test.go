@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/internal/await"
@@ -248,6 +249,55 @@ func TestFrameConnCloseInBatch(t *testing.T) {
 				t.Errorf("the peer's last record is %d bytes long, want a close_notify's %d", n, closeNotifyLen)
 			}
 		})
+	}
+}
+
+// deadlineHook runs then once, when a deadline already past is set for
+// the socket's writes: where crypto/tls's Close has sent its close_notify
+// and bars further writes, before it closes the socket.
+type deadlineHook struct {
+	net.Conn
+	then func()
+}
+
+func (d *deadlineHook) SetWriteDeadline(t time.Time) error {
+	err := d.Conn.SetWriteDeadline(t)
+	if then := d.then; then != nil && !t.After(time.Now()) {
+		d.then = nil
+		then()
+	}
+	return err
+}
+
+// TestFrameConnEndAfterCloseNotify: when the frame's end comes after a
+// TLS Close gathered its close_notify but before the socket closes (the
+// send loop's end racing yamux's Close), the deadline crypto/tls sets to
+// bar later writes fails end's write, which writes nothing; Close still
+// sends the frame and the close_notify, as when it came first.
+func TestFrameConnEndAfterCloseNotify(t *testing.T) {
+	leakcheck.Check(t)
+	fc, _, sc, tap := tlsOverBatch(t)
+	got, readDone := readAll(sc)
+	frame, err := io.ReadAll(data(1, 128<<10+12))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc.b.begin()
+	if _, err := fc.Conn.Write(frame); err != nil {
+		t.Fatal(err)
+	}
+	fc.b.Conn = &deadlineHook{Conn: fc.b.Conn, then: func() { _ = fc.b.end() }}
+	if err := fc.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := <-readDone; err != nil {
+		t.Fatalf("peer's read: %v", err)
+	}
+	if !bytes.Equal(got.Bytes(), frame) {
+		t.Errorf("peer read %d bytes, want the %d of the frame", got.Len(), len(frame))
+	}
+	if n := tap.lastRecordLen(); n != closeNotifyLen {
+		t.Errorf("the peer's last record is %d bytes long, want a close_notify's %d", n, closeNotifyLen)
 	}
 }
 
