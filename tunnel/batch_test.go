@@ -198,60 +198,6 @@ func TestFrameConnBatchesRecords(t *testing.T) {
 	}
 }
 
-// TestFrameConnCloseInBatch: a TLS Close that comes while a frame's
-// records are being gathered (yamux closes a session from another
-// goroutine than the send loop that writes frames) still sends them and
-// the close_notify, in order, before the socket closes: the peer reads
-// the frame and then the close_notify, not a plain EOF. The steps are
-// frameConn.Write's, with the Close between them.
-func TestFrameConnCloseInBatch(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		before bool // Close before the frame's records, or after them
-	}{
-		{"after the frame's records", false},
-		{"before the frame's records", true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			leakcheck.Check(t)
-			fc, _, sc, tap := tlsOverBatch(t)
-			got, readDone := readAll(sc)
-			frame, err := io.ReadAll(data(1, 128<<10+12))
-			if err != nil {
-				t.Fatal(err)
-			}
-			var want []byte
-			fc.b.begin()
-			if tc.before {
-				if err := fc.Close(); err != nil {
-					t.Fatalf("Close: %v", err)
-				}
-				if _, err := fc.Conn.Write(frame); err == nil {
-					t.Fatal("a Write after Close succeeded")
-				}
-			} else {
-				if _, err := fc.Conn.Write(frame); err != nil {
-					t.Fatal(err)
-				}
-				want = frame
-				if err := fc.Close(); err != nil {
-					t.Fatalf("Close: %v", err)
-				}
-			}
-			_ = fc.b.end()
-			if err := <-readDone; err != nil {
-				t.Fatalf("peer's read: %v", err)
-			}
-			if !bytes.Equal(got.Bytes(), want) {
-				t.Errorf("peer read %d bytes, want the %d of the frame", got.Len(), len(want))
-			}
-			if n := tap.lastRecordLen(); n != closeNotifyLen {
-				t.Errorf("the peer's last record is %d bytes long, want a close_notify's %d", n, closeNotifyLen)
-			}
-		})
-	}
-}
-
 // deadlineHook runs then once, when a deadline already past is set for
 // the socket's writes: where crypto/tls's Close has sent its close_notify
 // and bars further writes, before it closes the socket.
@@ -269,32 +215,76 @@ func (d *deadlineHook) SetWriteDeadline(t time.Time) error {
 	return err
 }
 
-// TestFrameConnEndAfterCloseNotify: when the frame's end comes after a
-// TLS Close gathered its close_notify but before the socket closes (the
-// send loop's end racing yamux's Close), the deadline crypto/tls sets to
-// bar later writes fails end's write, which writes nothing; Close still
-// sends the frame and the close_notify, as when it came first.
-func TestFrameConnEndAfterCloseNotify(t *testing.T) {
-	leakcheck.Check(t)
-	fc, _, sc, tap := tlsOverBatch(t)
-	got, readDone := readAll(sc)
-	frame, err := io.ReadAll(data(1, 128<<10+12))
-	if err != nil {
-		t.Fatal(err)
+// TestFrameConnCloseInBatch: a TLS Close that comes while a frame's
+// records are being gathered (yamux closes a session from another
+// goroutine than the send loop that writes frames) still sends them and
+// the close_notify, in order, before the socket closes: the peer reads
+// the frame and then the close_notify, not a plain EOF. The steps are
+// frameConn.Write's, with the Close between them; in the last case the
+// frame's end comes inside Close, after crypto/tls gathered its
+// close_notify and set a deadline of now to bar later writes, which
+// fails end's write before a byte goes.
+func TestFrameConnCloseInBatch(t *testing.T) {
+	const (
+		closeBefore    = iota // Close before the frame's records
+		closeAfter            // Close after them, then the frame's end
+		endInCloseNote        // the frame's end between close_notify and the socket's Close
+	)
+	for _, tc := range []struct {
+		name string
+		when int
+	}{
+		{"after the frame's records", closeAfter},
+		{"before the frame's records", closeBefore},
+		{"end between close_notify and socket close", endInCloseNote},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			leakcheck.Check(t)
+			fc, _, sc, tap := tlsOverBatch(t)
+			got, readDone := readAll(sc)
+			frame, err := io.ReadAll(data(1, 128<<10+12))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := frame
+			fc.b.begin()
+			if tc.when == closeBefore {
+				if err := fc.Close(); err != nil {
+					t.Fatalf("Close: %v", err)
+				}
+				if _, err := fc.Conn.Write(frame); err == nil {
+					t.Fatal("a Write after Close succeeded")
+				}
+				want = nil
+				_ = fc.b.end()
+			} else {
+				if _, err := fc.Conn.Write(frame); err != nil {
+					t.Fatal(err)
+				}
+				if tc.when == endInCloseNote {
+					fc.b.Conn = &deadlineHook{Conn: fc.b.Conn, then: func() { _ = fc.b.end() }}
+				}
+				if err := fc.Close(); err != nil {
+					t.Fatalf("Close: %v", err)
+				}
+				if tc.when == closeAfter {
+					_ = fc.b.end()
+				}
+			}
+			wantThenCloseNotify(t, got, readDone, tap, want)
+		})
 	}
-	fc.b.begin()
-	if _, err := fc.Conn.Write(frame); err != nil {
-		t.Fatal(err)
-	}
-	fc.b.Conn = &deadlineHook{Conn: fc.b.Conn, then: func() { _ = fc.b.end() }}
-	if err := fc.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+}
+
+// wantThenCloseNotify checks that the peer, reading into got until
+// readDone, read want and then a close_notify, its last record.
+func wantThenCloseNotify(t *testing.T, got *bytes.Buffer, readDone <-chan error, tap *readTap, want []byte) {
+	t.Helper()
 	if err := <-readDone; err != nil {
 		t.Fatalf("peer's read: %v", err)
 	}
-	if !bytes.Equal(got.Bytes(), frame) {
-		t.Errorf("peer read %d bytes, want the %d of the frame", got.Len(), len(frame))
+	if !bytes.Equal(got.Bytes(), want) {
+		t.Errorf("peer read %d bytes, want the %d of the frame", got.Len(), len(want))
 	}
 	if n := tap.lastRecordLen(); n != closeNotifyLen {
 		t.Errorf("the peer's last record is %d bytes long, want a close_notify's %d", n, closeNotifyLen)
