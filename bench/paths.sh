@@ -37,9 +37,11 @@
 #            MiB, from perf stat        [1 where perf stat works, else 0]
 #   QUICGO_PROCS  GOMAXPROCS of each quic-go baseline process: its best
 #            here, one per core for two processes on two cores (see
-#            docs/benchmarks.md, "Why quic-go carries 1.5 Gbit/s here")  [1]
+#            docs/benchmarks.md, "Why quic-go carries about 2 Gbit/s
+#            here, not 3.1")                                  [1]
 #   QUICGO_FLAGS  the baseline's quic.Config flags (loadgen quicsink and
-#            quicbase), by default the tunnel's flow-control windows
+#            quicbase), by default the tunnel's flow-control windows;
+#            set and empty, none: quic-go's own windows
 #            [-stream-window 8388608 -conn-window 67108864]
 #   GATEWAY_PROCS GOMAXPROCS of the gateways ([] : Go's default, the cores)
 #   ROWS     the rows to measure, of: direct hop quic-go quic-go-default
@@ -56,9 +58,21 @@ PROFILE=${PROFILE:-}
 PROFILE_SECS=${PROFILE_SECS:-10}
 ROUNDS=${ROUNDS:-1}
 QUICGO_PROCS=${QUICGO_PROCS:-1}
-QUICGO_FLAGS=${QUICGO_FLAGS:--stream-window 8388608 -conn-window 67108864}
+# Unset, not empty: QUICGO_FLAGS= asks for quic-go's own windows.
+QUICGO_FLAGS=${QUICGO_FLAGS--stream-window 8388608 -conn-window 67108864}
 GATEWAY_PROCS=${GATEWAY_PROCS:-}
+rows_given=${ROWS:-} # for the report's command line
 ROWS=" ${ROWS:-direct hop quic-go quic tcp} "
+# A misspelt row would be left out without a word.
+for r in $ROWS; do
+	case $r in
+	direct | hop | quic-go | quic-go-default | quic | tcp) ;;
+	*)
+		echo "paths.sh: ROWS: unknown row \"$r\" (rows: direct hop quic-go quic-go-default quic tcp)" >&2
+		exit 2
+		;;
+	esac
+done
 # PERF=1 (the default where perf works) adds the relays' system calls and
 # context switches per MiB (perf stat software events: they count what the
 # relays asked of the kernel, whatever else loads the machine).
@@ -288,10 +302,12 @@ for name in $tunnels b; do
 done
 udp_bufs=${udp_bufs%, }
 
+qf_words="quic-go's own windows"
+[[ -z $QUICGO_FLAGS ]] || qf_words="\`$QUICGO_FLAGS\`"
 report=$(
-	echo "Command: \`${BASE:+BASE=$BASE }${PROFILE:+PROFILE=$PROFILE PROFILE_SECS=$PROFILE_SECS }$( ((ROUNDS == 1)) || echo "ROUNDS=$ROUNDS ")MIB=$MIB bench/paths.sh\`; $when; ewgate at $built;"
+	echo "Command: \`${BASE:+BASE=$BASE }${PROFILE:+PROFILE=$PROFILE PROFILE_SECS=$PROFILE_SECS }$( ((ROUNDS == 1)) || echo "ROUNDS=$ROUNDS ")${rows_given:+ROWS=\"$rows_given\" }MIB=$MIB bench/paths.sh\`; $when; ewgate at $built;"
 	echo "$(nproc) cores, load average before the traffic $load, $(go version | cut -d' ' -f3)."
-	echo "quic-go baseline: GOMAXPROCS=$QUICGO_PROCS in each process, \`$QUICGO_FLAGS\`; gateways: GOMAXPROCS=${GATEWAY_PROCS:-the default, $(nproc)}."
+	echo "quic-go baseline: GOMAXPROCS=$QUICGO_PROCS in each process, $qf_words; gateways: GOMAXPROCS=${GATEWAY_PROCS:-the default, $(nproc)}."
 	echo
 	if [[ $PERF == 1 ]]; then
 		echo "| path | MiB each way | up Gbit/s | down Gbit/s | relays' CPU s/GB | all processes' CPU s/GB | relays' syscalls/MiB | relays' context switches/MiB |"

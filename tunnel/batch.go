@@ -2,8 +2,11 @@ package tunnel
 
 import (
 	"crypto/tls"
+	"errors"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,9 +27,10 @@ const batchSize = 132 << 10
 type batchConn struct {
 	net.Conn // the socket; reads and the rest pass through
 	mu       sync.Mutex
-	frames   int    // frames being written
-	buf      []byte // records gathered; allocated at the link's first frame
-	err      error  // the first socket write error: nothing is written after it
+	frames   int         // frames being written
+	buf      []byte      // records gathered; allocated at the link's first frame
+	err      error       // the first socket write error: nothing is written after it
+	cut      atomic.Bool // Close is cutting a write short: its error is final
 }
 
 // closeFlushTimeout bounds how long Close writes the records gathered
@@ -41,6 +45,10 @@ func (b *batchConn) Write(p []byte) (int, error) {
 		return 0, b.err
 	}
 	if b.frames == 0 {
+		// Records a frame's end could not write may still be gathered.
+		if err := b.flush(); err != nil {
+			return 0, err
+		}
 		return b.write(p)
 	}
 	if len(b.buf)+len(p) > cap(b.buf) {
@@ -75,22 +83,28 @@ func (b *batchConn) end() error {
 }
 
 // flush writes the gathered records; b.mu is held. They are dropped on
-// an error, which ends the link.
+// an error, which ends the link, but for a deadline that let nothing be
+// written: they stay for Close.
 func (b *batchConn) flush() error {
 	if len(b.buf) == 0 || b.err != nil {
 		return b.err
 	}
 	_, err := b.write(b.buf)
-	b.buf = b.buf[:0]
+	if err == nil || b.err != nil {
+		b.buf = b.buf[:0]
+	}
 	return err
 }
 
 // write writes p to the socket; b.mu is held. After an error, which may
 // have left part of a record written, nothing more is: the peer would
-// read garbage.
+// read garbage. A deadline that passed before a byte went is not final,
+// unless Close set it: crypto/tls's Close bars writes with a deadline of
+// now once its close_notify is gathered, and a frame's end that comes
+// then, before the socket closes, must leave the records to Close.
 func (b *batchConn) write(p []byte) (int, error) {
 	n, err := b.Conn.Write(p)
-	if err != nil {
+	if err != nil && (n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) || b.cut.Load()) {
 		b.err = err
 	}
 	return n, err
@@ -107,6 +121,7 @@ func (b *batchConn) Close() error {
 	// TryLock tells whether a writer holds the socket: then its write
 	// ends now, and Close takes mu as soon as it returns.
 	if !b.mu.TryLock() {
+		b.cut.Store(true)
 		_ = b.Conn.SetWriteDeadline(time.Now())
 		b.mu.Lock()
 	}

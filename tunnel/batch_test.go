@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ewgate/ewgate/identity"
 	"github.com/ewgate/ewgate/internal/await"
@@ -197,19 +198,45 @@ func TestFrameConnBatchesRecords(t *testing.T) {
 	}
 }
 
+// deadlineHook runs then once, when a deadline already past is set for
+// the socket's writes: where crypto/tls's Close has sent its close_notify
+// and bars further writes, before it closes the socket.
+type deadlineHook struct {
+	net.Conn
+	then func()
+}
+
+func (d *deadlineHook) SetWriteDeadline(t time.Time) error {
+	err := d.Conn.SetWriteDeadline(t)
+	if then := d.then; then != nil && !t.After(time.Now()) {
+		d.then = nil
+		then()
+	}
+	return err
+}
+
 // TestFrameConnCloseInBatch: a TLS Close that comes while a frame's
 // records are being gathered (yamux closes a session from another
 // goroutine than the send loop that writes frames) still sends them and
 // the close_notify, in order, before the socket closes: the peer reads
 // the frame and then the close_notify, not a plain EOF. The steps are
-// frameConn.Write's, with the Close between them.
+// frameConn.Write's, with the Close between them; in the last case the
+// frame's end comes inside Close, after crypto/tls gathered its
+// close_notify and set a deadline of now to bar later writes, which
+// fails end's write before a byte goes.
 func TestFrameConnCloseInBatch(t *testing.T) {
+	const (
+		closeBefore    = iota // Close before the frame's records
+		closeAfter            // Close after them, then the frame's end
+		endInCloseNote        // the frame's end between close_notify and the socket's Close
+	)
 	for _, tc := range []struct {
-		name   string
-		before bool // Close before the frame's records, or after them
+		name string
+		when int
 	}{
-		{"after the frame's records", false},
-		{"before the frame's records", true},
+		{"after the frame's records", closeAfter},
+		{"before the frame's records", closeBefore},
+		{"end between close_notify and socket close", endInCloseNote},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			leakcheck.Check(t)
@@ -219,35 +246,48 @@ func TestFrameConnCloseInBatch(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var want []byte
+			want := frame
 			fc.b.begin()
-			if tc.before {
+			if tc.when == closeBefore {
 				if err := fc.Close(); err != nil {
 					t.Fatalf("Close: %v", err)
 				}
 				if _, err := fc.Conn.Write(frame); err == nil {
 					t.Fatal("a Write after Close succeeded")
 				}
+				want = nil
+				_ = fc.b.end()
 			} else {
 				if _, err := fc.Conn.Write(frame); err != nil {
 					t.Fatal(err)
 				}
-				want = frame
+				if tc.when == endInCloseNote {
+					fc.b.Conn = &deadlineHook{Conn: fc.b.Conn, then: func() { _ = fc.b.end() }}
+				}
 				if err := fc.Close(); err != nil {
 					t.Fatalf("Close: %v", err)
 				}
+				if tc.when == closeAfter {
+					_ = fc.b.end()
+				}
 			}
-			_ = fc.b.end()
-			if err := <-readDone; err != nil {
-				t.Fatalf("peer's read: %v", err)
-			}
-			if !bytes.Equal(got.Bytes(), want) {
-				t.Errorf("peer read %d bytes, want the %d of the frame", got.Len(), len(want))
-			}
-			if n := tap.lastRecordLen(); n != closeNotifyLen {
-				t.Errorf("the peer's last record is %d bytes long, want a close_notify's %d", n, closeNotifyLen)
-			}
+			wantThenCloseNotify(t, got, readDone, tap, want)
 		})
+	}
+}
+
+// wantThenCloseNotify checks that the peer, reading into got until
+// readDone, read want and then a close_notify, its last record.
+func wantThenCloseNotify(t *testing.T, got *bytes.Buffer, readDone <-chan error, tap *readTap, want []byte) {
+	t.Helper()
+	if err := <-readDone; err != nil {
+		t.Fatalf("peer's read: %v", err)
+	}
+	if !bytes.Equal(got.Bytes(), want) {
+		t.Errorf("peer read %d bytes, want the %d of the frame", got.Len(), len(want))
+	}
+	if n := tap.lastRecordLen(); n != closeNotifyLen {
+		t.Errorf("the peer's last record is %d bytes long, want a close_notify's %d", n, closeNotifyLen)
 	}
 }
 
