@@ -111,8 +111,8 @@ func peekRefusal(hello sni.Hello, err error) *refusal {
 // healthCheck is the refusal of a connection that closed without a byte:
 // a load balancer's TCP health check, not an attack, counted and not
 // logged. The commonest refusal, it is one value that every such check
-// shares, never modified (no peek refusal goes to refuseStream, which
-// adds to a refusal's args).
+// shares, never modified (refuseStream, which adds to a refusal's args,
+// adds them to a copy).
 var healthCheck = refusal{reason: RejectNoData, quiet: true}
 
 // route decides where a client's connection to port goes, from its

@@ -291,3 +291,36 @@ func TestLoopHealthCheckAllocatesNothing(t *testing.T) {
 		t.Errorf("%d connections still counted", n)
 	}
 }
+
+// refuseStream adds its "via tunnel" to a copy of the refusal: a shared
+// one (healthCheck) must come out as it went in, even when its args have
+// room to grow in place.
+func TestRefuseStreamLeavesRefusal(t *testing.T) {
+	g := New(Config{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c.Close() // the far side gone: refuseStream's wait ends at once
+	args := make([]any, 2, 8)
+	args[0], args[1] = "route", "r"
+	ref := &refusal{reason: RejectUnavailable, alert: alertInternalError, args: args}
+	g.refuseStream(s.(*net.TCPConn), ref)
+	if len(ref.args) != 2 {
+		t.Errorf("refusal's args %v after refuseStream, want the 2 it had", ref.args)
+	}
+	if extra := args[:4]; extra[2] != nil || extra[3] != nil {
+		t.Errorf("refuseStream wrote %v into the refusal's backing array", extra[2:])
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/ewgate/ewgate/discovery"
@@ -339,7 +340,11 @@ func (g *Gateway) refuseFlow(f *flow, ref *refusal) {
 // gateway to close its side too, so that closing the stream (the tunnel
 // handler's job) does not reset it before the alert has been read there.
 func (g *Gateway) refuseStream(s halfConn, ref *refusal) {
-	ref.args = append(ref.args, "via", "tunnel")
+	// A copy: refusals may be shared (healthCheck), and appending to
+	// args in place would write into their backing array.
+	r := *ref
+	r.args = append(slices.Clip(r.args), "via", "tunnel")
+	ref = &r
 	if !g.answer(s, ref) || s.CloseWrite() != nil {
 		return
 	}
