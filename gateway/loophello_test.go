@@ -232,21 +232,7 @@ func TestQuietRefusalAllocatesNothing(t *testing.T) {
 		}
 	})
 	t.Run("handle", func(t *testing.T) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
+		_, s := tcpPair(t)
 		allocs := testing.AllocsPerRun(runs, func() { g.answer(s, ref) })
 		if allocs != 0 {
 			t.Errorf("%v allocations per quiet refusal", allocs)
@@ -297,6 +283,24 @@ func TestLoopHealthCheckAllocatesNothing(t *testing.T) {
 // room to grow in place.
 func TestRefuseStreamLeavesRefusal(t *testing.T) {
 	g := New(Config{})
+	c, s := tcpPair(t)
+	c.Close() // the far side gone: refuseStream's wait ends at once
+	args := make([]any, 2, 8)
+	args[0], args[1] = "route", "r"
+	ref := &refusal{reason: RejectUnavailable, alert: alertInternalError, args: args}
+	g.refuseStream(s, ref)
+	if len(ref.args) != 2 {
+		t.Errorf("refusal's args %v after refuseStream, want the 2 it had", ref.args)
+	}
+	if extra := args[:4]; extra[2] != nil || extra[3] != nil {
+		t.Errorf("refuseStream wrote %v into the refusal's backing array", extra[2:])
+	}
+}
+
+// tcpPair returns the two ends of a loopback TCP connection, closed when
+// the test ends.
+func tcpPair(t *testing.T) (client, server *net.TCPConn) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -306,21 +310,11 @@ func TestRefuseStreamLeavesRefusal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	s, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	c.Close() // the far side gone: refuseStream's wait ends at once
-	args := make([]any, 2, 8)
-	args[0], args[1] = "route", "r"
-	ref := &refusal{reason: RejectUnavailable, alert: alertInternalError, args: args}
-	g.refuseStream(s.(*net.TCPConn), ref)
-	if len(ref.args) != 2 {
-		t.Errorf("refusal's args %v after refuseStream, want the 2 it had", ref.args)
-	}
-	if extra := args[:4]; extra[2] != nil || extra[3] != nil {
-		t.Errorf("refuseStream wrote %v into the refusal's backing array", extra[2:])
-	}
+	t.Cleanup(func() { s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
