@@ -4,24 +4,17 @@ import (
 	"bytes"
 	"io"
 	"net"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ewgate/ewgate/internal/await"
+	"github.com/ewgate/ewgate/internal/leakcheck"
 )
 
 // parked counts the goroutines whose stacks contain frame.
 func parked(frame string) int {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			return strings.Count(string(buf[:n]), frame)
-		}
-		buf = make([]byte, 2*len(buf))
-	}
+	return strings.Count(string(leakcheck.Stacks()), frame)
 }
 
 // TestStreamParksWithoutBuffer: over both tunnel transports, a direction

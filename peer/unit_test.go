@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -301,17 +300,8 @@ func TestLocalStateBuiltOnce(t *testing.T) {
 // blockedIn counts the goroutines blocked on a channel receive with a
 // call of fn on their stacks, frames as runtime.Stack prints them.
 func blockedIn(fn string) int {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
 	count := 0
-	for _, g := range bytes.Split(buf, []byte("\n\n")) {
+	for _, g := range bytes.Split(leakcheck.Stacks(), []byte("\n\n")) {
 		header, _, _ := bytes.Cut(g, []byte("\n"))
 		if bytes.Contains(header, []byte("[chan receive")) && bytes.Contains(g, []byte(fn)) {
 			count++

@@ -33,9 +33,7 @@ func Check(t testing.TB) {
 				return
 			}
 			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Errorf("leak: goroutines %d -> %d, file descriptors %d -> %d\n%s", g0, g, f0, f, buf)
+				t.Errorf("leak: goroutines %d -> %d, file descriptors %d -> %d\n%s", g0, g, f0, f, Stacks())
 				return
 			}
 			time.Sleep(10 * time.Millisecond)
@@ -51,4 +49,17 @@ func OpenFDs() int {
 		return 0
 	}
 	return len(ents)
+}
+
+// Stacks returns the stacks of all goroutines, whole, as runtime.Stack
+// formats them: tests count the goroutines parked in a function by them.
+func Stacks() []byte {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return buf[:n]
+		}
+		buf = make([]byte, 2*len(buf))
+	}
 }
