@@ -167,15 +167,12 @@ func (l *loop) accept(ln *loopListener) {
 	for {
 		fd, sa, err := l.accept4(ln.fd)
 		switch err {
-		case nil:
-			l.serve(ln.l.port, fd, sa)
-			if !ln.edge {
-				l.acceptMore = true
-				return
+		case nil, unix.EINTR, unix.ECONNABORTED:
+			// A connection, or a signal or a connection reset while it
+			// was queued: the rest of the backlog is still there.
+			if err == nil {
+				l.serve(ln.l.port, fd, sa)
 			}
-		case unix.EINTR, unix.ECONNABORTED:
-			// A signal, or a connection reset while it was queued: the
-			// rest of the backlog is still there.
 			if !ln.edge {
 				l.acceptMore = true
 				return
