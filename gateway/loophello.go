@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -37,9 +36,9 @@ func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
 		l.handOff(port, fd, sa, &preread{bp: bp})
 		return
 	case err != nil:
-		err = fmt.Errorf("%w after 0 bytes: %w", sni.ErrTruncated, os.NewSyscallError("read", err))
+		err = sni.ReadError(os.NewSyscallError("read", err), 0)
 	case n == 0:
-		err = errNoData
+		err = sni.ReadError(io.EOF, 0)
 	default:
 		hello, err = g.cfg.Peek.Parse(b[:n])
 		if err == sni.ErrIncomplete {
@@ -78,11 +77,6 @@ func (l *loop) serve(port uint32, fd int, sa netip.AddrPort) {
 	}
 	l.connectNext(lf)
 }
-
-// errNoData is the peek's error for a connection that closed without a
-// byte, as sni's peek words it, made once: serve reads the connection
-// itself, and a health check is the commonest refusal.
-var errNoData = fmt.Errorf("%w after 0 bytes: %w", sni.ErrTruncated, io.EOF)
 
 // refuse turns away a client serve admitted: answered, then bp, the
 // hello's buffer, which ref's key may view, and the connection's count

@@ -200,7 +200,7 @@ func (p *Peeker) PeekFrom(conn net.Conn, buf []byte, n int) (Hello, error) {
 			return h, err
 		}
 		if rerr != nil {
-			return Hello{Raw: buf[:n]}, readError(rerr, n)
+			return Hello{Raw: buf[:n]}, ReadError(rerr, n)
 		}
 		if m > 0 {
 			empty = 0
@@ -261,9 +261,20 @@ func (p *Peeker) budget() *Budget {
 	return p.Budget
 }
 
-// readError maps an error from reading the connection to the package's
-// errors, keeping the original in the chain.
-func readError(err error, n int) error {
+// ErrNoData is the error of a peek whose connection ended before its
+// first byte (io.EOF after 0 bytes): a load balancer's TCP health check.
+// It is one value, not made per connection, the commonest refusal being
+// the cheapest.
+var ErrNoData = fmt.Errorf("%w after 0 bytes: %w", ErrTruncated, io.EOF)
+
+// ReadError maps err, from reading a connection's first n bytes for a
+// peek, to the package's errors (ErrTimeout, ErrTruncated, ErrNoData),
+// keeping err in the chain: for a caller that reads the bytes itself and
+// parses them with Parse.
+func ReadError(err error, n int) error {
+	if n == 0 && err == io.EOF {
+		return ErrNoData
+	}
 	var ne net.Error
 	if errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
 		return fmt.Errorf("%w after %d bytes: %w", ErrTimeout, n, err)

@@ -494,6 +494,29 @@ func TestPeekAllocs(t *testing.T) {
 	}
 }
 
+// A connection that ends before its first byte (a TCP health check)
+// costs Peek no allocation: its error is ErrNoData, one value.
+func TestPeekNoDataAllocs(t *testing.T) {
+	if testing.CoverMode() != "" || raceEnabled {
+		t.Skip("instrumentation allocates")
+	}
+	buf := make([]byte, DefaultMaxBytes)
+	c := newMemConn(nil, 0)
+	var p Peeker
+	allocs := testing.AllocsPerRun(100, func() {
+		c.r.Reset(nil)
+		if _, err := p.Peek(c, buf); err != ErrNoData {
+			t.Fatalf("Peek of an empty connection: %v, want ErrNoData", err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("Peek of an empty connection allocates %v times, want 0", allocs)
+	}
+	if !errors.Is(ErrNoData, ErrTruncated) || !errors.Is(ErrNoData, io.EOF) || Reason(ErrNoData) != Reason(ErrTruncated) {
+		t.Errorf("ErrNoData %v: want ErrTruncated and io.EOF in its chain, and truncated's reason", ErrNoData)
+	}
+}
+
 // TestPeekReasons checks that PeekReasons lists each label once, none
 // that is not a peek error's; TestPeekErrors checks that every peek error
 // has one of them.
