@@ -367,3 +367,52 @@ func TestInterleaveTakesTurns(t *testing.T) {
 		t.Errorf("row %q", row)
 	}
 }
+
+func TestRRSetsTakeTurnsInOrder(t *testing.T) {
+	leakcheck.Check(t)
+	var l echoLog
+	cl := newTestClient(t, startEchoBackend(t, &l, "a"), "")
+	more := []labeledAddr{{"b", startEchoBackend(t, &l, "b")}, {"c", startEchoBackend(t, &l, "c")}}
+	sets := newRRSets("a", cl, more, 2, 64)
+	defer func() {
+		for _, s := range sets {
+			s.close()
+		}
+	}()
+	var labels []string
+	for _, s := range sets {
+		labels = append(labels, s.label)
+	}
+	if !slices.Equal(labels, []string{"a", "b", "c"}) {
+		t.Fatalf("sets %q, want a, b, c", labels)
+	}
+	interleave(sets, 150*time.Millisecond, 30*time.Millisecond)
+	// Each backend serves runs of its own set alone, in the sets' order,
+	// round after round.
+	l.mu.Lock()
+	order := slices.Clone(l.order)
+	l.mu.Unlock()
+	var runs []string
+	for i, name := range order {
+		if i == 0 || name != order[i-1] {
+			runs = append(runs, name)
+		}
+	}
+	if len(runs) < 6 {
+		t.Fatalf("runs %q: want at least two rounds of a, b, c", runs)
+	}
+	for i, name := range runs {
+		if want := labels[i%3]; name != want {
+			t.Fatalf("run %d of %q is %s's, want %s's", i, runs, name, want)
+		}
+	}
+}
+
+func TestRRSetFlag(t *testing.T) {
+	for _, v := range []string{"noequals", "=127.0.0.1:1", "label="} {
+		err := runRR([]string{"-addr", "127.0.0.1:1", "-set", v})
+		if err == nil || !strings.Contains(err.Error(), "want LABEL=ADDR") {
+			t.Errorf("rr -set %q: %v, want LABEL=ADDR asked for", v, err)
+		}
+	}
+}

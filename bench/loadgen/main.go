@@ -7,6 +7,7 @@
 //	loadgen throughput -addr A -c C    C connections, bulk up, then down
 //	loadgen rr -addr A -c C -d T       ping-pong on C connections, checked
 //	                  [-paired ADDR]   taking turns with C more to ADDR
+//	                  [-set L=ADDR]... and with C more to each ADDR, row L
 //	                  [-rate R]        R round trips/s in all, paced
 //	loadgen connect -addr A -c C -d T  a new connection per operation
 //	                  [-tls-svid D]    with a full TLS 1.3 mTLS handshake

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strings"
 	"sync"
 	"time"
 )
@@ -20,7 +21,9 @@ import (
 // and the two sets take turns in slices of -slice until each was active
 // for -d: the load of the moment, on a shared machine, then weighs on
 // both alike, and the difference of their percentiles is the latency the
-// proxy adds. The paired set's row follows the proxy's.
+// proxy adds. The paired set's row follows the proxy's. Each -set adds
+// one more set that takes its turn after those, with a row of its own: how
+// several proxies and the sink share the same slices of the machine's load.
 //
 // With -rate R each set's round trips are paced at R per second in all
 // (schedule), R×d in all; its row then also says the rate asked for and
@@ -34,8 +37,17 @@ func runRR(args []string) error {
 	size := fs.Int("size", 1024, "message size in bytes")
 	paired := fs.String("paired", "", "`address` (of the sink) to interleave with -addr")
 	pairedLabel := fs.String("paired-label", "", "row `label` of the paired set (default: direct (paired with LABEL))")
-	slice := fs.Duration("slice", 250*time.Millisecond, "length of each set's turn with -paired")
+	slice := fs.Duration("slice", 250*time.Millisecond, "length of each set's turn with -paired or -set")
 	rate := fs.Float64("rate", 0, "pace each set's round trips at `R` per second in all, spread over its connections (0: as fast as they go)")
+	var more []labeledAddr
+	fs.Func("set", "`LABEL=ADDR` of one more set taking turns with -addr's (repeatable; its row follows -paired's)", func(v string) error {
+		label, addr, ok := strings.Cut(v, "=")
+		if !ok || label == "" || addr == "" {
+			return fmt.Errorf("want LABEL=ADDR, not %q", v)
+		}
+		more = append(more, labeledAddr{label, addr})
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -55,20 +67,19 @@ func runRR(args []string) error {
 	if err != nil {
 		return err
 	}
-	sets := []*rrSet{newRRSet(*cf.label, cl, *conc, *size)}
+	if *paired != "" {
+		if *pairedLabel == "" {
+			*pairedLabel = "direct (paired with " + *cf.label + ")"
+		}
+		more = append([]labeledAddr{{*pairedLabel, *paired}}, more...)
+	}
+	sets := newRRSets(*cf.label, cl, more, *conc, *size)
 	defer func() {
 		for _, s := range sets {
 			s.close()
 		}
 	}()
-	if *paired != "" {
-		pcl := *cl
-		pcl.addr = *paired
-		if *pairedLabel == "" {
-			*pairedLabel = "direct (paired with " + *cf.label + ")"
-		}
-		sets = append(sets, newRRSet(*pairedLabel, &pcl, *conc, *size))
-	} else {
+	if len(sets) == 1 {
 		*slice = *dur
 	}
 	if *rate > 0 {
@@ -86,6 +97,22 @@ func runRR(args []string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// newRRSets opens conc connections of label through cl, and as many to
+// each of more, in that order.
+func newRRSets(label string, cl *client, more []labeledAddr, conc, size int) []*rrSet {
+	sets := []*rrSet{newRRSet(label, cl, conc, size)}
+	for _, m := range more {
+		mcl := *cl
+		mcl.addr = m.addr
+		sets = append(sets, newRRSet(m.label, &mcl, conc, size))
+	}
+	return sets
+}
+
+// labeledAddr is one -set flag: a set of connections to addr whose row
+// is labeled label.
+type labeledAddr struct{ label, addr string }
 
 const rrHeader = `| proxy | connections | bytes | round trips | round trips/s | p50 µs | p99 µs | p99.9 µs | errors |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|`
