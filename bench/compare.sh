@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # compare.sh: ewgate against HAProxy and nginx as SNI-routing TCP proxies,
-# on loopback, one proxy at a time, with each figure's ratio to the best
-# peer and issue 15's targets checked at the end. See bench/README.md.
+# on loopback, one proxy at a time (but in lat, where all take turns), with
+# each figure's ratio to the best peer and issue 15's targets checked at
+# the end. See bench/README.md.
 #
 # Environment (defaults in brackets):
 #   PROXIES    proxies to measure                     [ewgate haproxy nginx]
@@ -13,8 +14,11 @@
 #   RR_SIZE    rr request (and echo) size in bytes    [128]
 #   LAT_RATE   lat: round trips/s of each set, paced, on RR_C
 #              connections of RR_SIZE (rr at a fixed load) [10000]
+#   LAT_SLICE  lat: each set's turn (a Go duration)   [100ms]
+#   LAT_SECS   lat: seconds each set is active: 150,000 round trips at
+#              the default rate, 150 beyond its p99.9 [15]
 #   CONN_C     connect and tls workers                [16]
-#   SECS       seconds of each rr, lat, connect and tls run [5]
+#   SECS       seconds of each rr, connect and tls run  [5]
 #   DIRECT     1: add a "direct (no proxy)" row       [1]
 #   OUT        also write the report to this file     []
 #   KEEP       1: keep the work directory (configs, logs) [0]
@@ -30,6 +34,8 @@ THR_C=${THR_C:-4}
 RR_C=${RR_C:-32}
 RR_SIZE=${RR_SIZE:-128}
 LAT_RATE=${LAT_RATE:-10000}
+LAT_SLICE=${LAT_SLICE:-100ms}
+LAT_SECS=${LAT_SECS:-15}
 CONN_C=${CONN_C:-16}
 SECS=${SECS:-5}
 DIRECT=${DIRECT:-1}
@@ -45,6 +51,8 @@ source "$repo/bench/lib.sh"
 t_start=$(date +%s)
 date_start=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+ticks_start=$(cpu_ticks)
+lat_steal=
 
 for bin in haproxy nginx go; do
 	command -v "$bin" >/dev/null || { log "$bin not found (apt-get install -y haproxy nginx libnginx-mod-stream)"; exit 1; }
@@ -75,7 +83,7 @@ lg=$work/bin/loadgen
 # What was built, and a hash of the data-plane sources (others may be
 # editing them).
 built+=", gateway/ and sni/ sources sha256 $(cat "$repo"/gateway/*.go "$repo"/sni/*.go | sha256sum | cut -c1-12)"
-command="${BASE:+BASE=$BASE }PROXIES=\"$PROXIES\" MODES=\"$MODES\" IDLE_N=\"$IDLE_N\" MIB=$MIB THR_C=$THR_C RR_C=$RR_C RR_SIZE=$RR_SIZE LAT_RATE=$LAT_RATE CONN_C=$CONN_C SECS=$SECS DIRECT=$DIRECT bench/compare.sh"
+command="${BASE:+BASE=$BASE }PROXIES=\"$PROXIES\" MODES=\"$MODES\" IDLE_N=\"$IDLE_N\" MIB=$MIB THR_C=$THR_C RR_C=$RR_C RR_SIZE=$RR_SIZE LAT_RATE=$LAT_RATE LAT_SLICE=$LAT_SLICE LAT_SECS=$LAT_SECS CONN_C=$CONN_C SECS=$SECS DIRECT=$DIRECT bench/compare.sh"
 [[ -z $BASE ]] || PROXIES="ewgate@$BASE $PROXIES"
 # sed, not head: head would exit early, haproxy get SIGPIPE, and pipefail
 # end the script.
@@ -100,7 +108,8 @@ start_sink "$lg" -tls-listen "127.0.0.1:$sink_tls_port" -tls-svid "$work/svid/si
 
 # start_ewgate BINARY
 start_ewgate() {
-	local dir=$work/ewgate admin
+	# A directory per binary: with BASE two ewgates run at once in lat.
+	local dir=$work/${1##*/} admin
 	mkdir -p "$dir"
 	proxy_port=$("$lg" freeport)
 	admin=$("$lg" freeport)
@@ -294,40 +303,35 @@ loadgen_mode() {
 	esac
 }
 
-# measure MODE LABEL ARGS...: one loadgen row, or a row saying it failed.
-# In the traffic modes the row gets the proxy's CPU per operation
-# (cpu_figure), for the proxy started last (cpu_pid; "-" for none).
+# measure MODE LABEL ARGS...: loadgen's rows for one measurement (one,
+# or with -paired and -set one per set), or a row saying it failed. In the
+# traffic modes each row gets the CPU per operation (cpu_figure) of the
+# process cpu_of names for its label, over the whole measurement; "-" for
+# a label it does not name (direct sets, and the proxies in idle).
 # loadgen's error detail goes to stderr and to the report.
+declare -A cpu_of
 measure() {
-	local mode=$1 label=$2 row c0 c1 fig
+	local mode=$1 label=$2 rows row l fig
+	local -A c0
 	shift 2
 	log "$mode $label $*"
-	c0=$(proc_ticks "$cpu_pid")
-	row=$("$lg" "$(loadgen_mode "$mode")" -label "$label" "$@" 2>"$work/last.err") || log "$mode $label: loadgen exited non-zero (row kept if printed)"
-	c1=$(proc_ticks "$cpu_pid")
+	for l in "${!cpu_of[@]}"; do c0[$l]=$(proc_ticks "${cpu_of[$l]}"); done
+	rows=$("$lg" "$(loadgen_mode "$mode")" -label "$label" "$@" 2>"$work/last.err") || log "$mode $label: loadgen exited non-zero (rows kept if printed)"
 	if [[ -s $work/last.err ]]; then
 		cat "$work/last.err" >&2
 		sed "s/^/$mode: /" "$work/last.err" >>"$work/errors.log"
 	fi
-	row=${row:-| $label | failed, see stderr |}
-	# rr -paired (lat too) prints the paired direct set's row after the
-	# proxy's.
-	local paired=
-	if [[ $row == *$'\n'* ]]; then
-		paired="${row#*$'\n'} - |"
-		row=${row%%$'\n'*}
-	fi
-	if [[ $mode != idle ]]; then
-		fig=-
-		[[ -z $cpu_pid ]] || fig=$(cpu_figure "$mode" "$row" $((c1 - c0)))
-		row="$row $fig |"
-	fi
-	echo "$row" >>"$work/$mode.md"
-	record "$mode" "$row"
-	if [[ -n $paired ]]; then
-		echo "$paired" >>"$work/$mode.md"
-		record "$mode" "$paired"
-	fi
+	rows=${rows:-| $label | failed, see stderr |}
+	while IFS= read -r row; do
+		if [[ $mode != idle ]]; then
+			l=$(awk -F'|' '{ gsub(/^ +| +$/, "", $2); print $2 }' <<<"$row")
+			fig=-
+			[[ -z ${cpu_of[$l]:-} ]] || fig=$(cpu_figure "$mode" "$row" $(($(proc_ticks "${cpu_of[$l]}") - c0[$l])))
+			row="$row $fig |"
+		fi
+		echo "$row" >>"$work/$mode.md"
+		record "$mode" "$row"
+	done <<<"$rows"
 }
 
 # with_ratio MODE: the rows of MODE with a last column, each figure's ratio
@@ -350,7 +354,6 @@ with_ratio() {
 # while that is set).
 has_mode() { [[ " $MODES " == *" $1 "* && (-z ${only_modes:-} || " $only_modes " == *" $1 "*) ]]; }
 
-cpu_pid= # the proxy whose CPU measure counts; none for idle and direct
 
 if has_mode idle; then
 	# A fresh proxy for each N, so that each baseline is a warmed-up but
@@ -368,28 +371,25 @@ if has_mode idle; then
 	done
 fi
 
-# run_traffic LABEL HOST PORT TLSPORT: the traffic modes against one
-# address (TLSPORT: the port whose connections reach the TLS sink; the
+# run_traffic LABEL HOST PORT TLSPORT: the traffic modes but lat against
+# one address (TLSPORT: the port whose connections reach the TLS sink; the
 # same as PORT behind a proxy, which routes by SNI). Behind a proxy, with
-# DIRECT=1, rr and lat take turns of 250 ms with as many connections
-# straight to the sink ("direct (paired with PROXY)"), each set active
-# SECS (in lat both at LAT_RATE): the load of the moment (the machine is
-# shared) then weighs on both alike, and their difference is the latency
-# the proxy adds. The direct target (run only with DIRECT=1) has no rr or
-# lat row of its own, then.
+# DIRECT=1, rr takes turns of 250 ms with as many connections straight to
+# the sink ("direct (paired with PROXY)"), each set active SECS: the load
+# of the moment (the machine is shared) then weighs on both alike, and
+# their difference is the latency the proxy adds. The direct target (run
+# only with DIRECT=1) has no rr row of its own, then.
 run_traffic() {
 	local addr=$2:$3 pair=()
 	! has_mode throughput || measure throughput "$1" -addr "$addr" -mib "$MIB" -c "$THR_C"
 	[[ $DIRECT != 1 || $3 == "$sink_port" ]] || pair=(-paired "127.0.0.1:$sink_port" -paired-label "direct (paired with $1)")
 	[[ $3 == "$sink_port" ]] || ! has_mode rr || measure rr "$1" -addr "$addr" -c "$RR_C" -size "$RR_SIZE" -d "${SECS}s" "${pair[@]}"
-	[[ $3 == "$sink_port" ]] || ! has_mode lat || measure lat "$1" -addr "$addr" -c "$RR_C" -size "$RR_SIZE" -rate "$LAT_RATE" -d "${SECS}s" "${pair[@]}"
 	! has_mode connect || measure connect "$1" -addr "$addr" -c "$CONN_C" -d "${SECS}s"
 	! has_mode tls || measure tls "$1" -addr "$2:$4" -sni "$sni_tls" -tls-svid "$work/svid/client" -c "$CONN_C" -d "${SECS}s"
 	sleep 1 # let TIME_WAIT sockets of connect age before the next target
 }
 
-if has_mode throughput || has_mode rr || has_mode lat || has_mode connect || has_mode tls; then
-	cpu_pid=
+if has_mode throughput || has_mode rr || has_mode connect || has_mode tls; then
 	[[ $DIRECT != 1 ]] || run_traffic "direct (no proxy)" 127.0.0.1 "$sink_port" "$sink_tls_port"
 	for p in $PROXIES; do
 		# HAProxy gets its best setting for each mode: splicing forced
@@ -401,7 +401,7 @@ if has_mode throughput || has_mode rr || has_mode lat || has_mode connect || has
 		runs=("all")
 		if [[ $p == haproxy ]] && has_mode throughput; then
 			runs=("throughput")
-			! { has_mode rr || has_mode lat || has_mode connect || has_mode tls; } || runs+=("rr lat connect tls")
+			! { has_mode rr || has_mode connect || has_mode tls; } || runs+=("rr connect tls")
 		fi
 		for only_modes in "${runs[@]}"; do
 			[[ $only_modes != all ]] || only_modes=
@@ -411,16 +411,50 @@ if has_mode throughput || has_mode rr || has_mode lat || has_mode connect || has
 				echo -e "errors\t$p\tfailed" >>"$work/figures"
 				continue
 			fi
-			cpu_pid=$proxy_pid
+			cpu_of=(["$p"]=$proxy_pid)
 			run_traffic "$p" 127.0.0.1 "$proxy_port" "$proxy_port"
 			stop_proxy
-			cpu_pid=
+			cpu_of=()
 		done
 		only_modes=
 	done
 fi
 
+# lat, issue 15's latency targets: every proxy runs at once, idle but in
+# its turns, and their sets take turns of LAT_SLICE with one set straight
+# to the sink (DIRECT=1), each set active SECS at LAT_RATE. This VM's host
+# takes its cores away for milliseconds at a time (steal, counted below),
+# and those stalls are the tails at this rate: sets measured one after
+# another, or paired two by two, met different stalls and their p99.9s
+# changed order from run to run. Taking turns in short slices, all sets
+# meet the same stalls alike, and the shared direct set is the one
+# baseline every proxy's added latency is measured against.
+lat_direct="direct (took turns with the proxies)"
+if has_mode lat; then
+	lat_args=()
+	for p in $PROXIES; do
+		hap_splice=auto
+		if ! start_proxy "$p"; then
+			echo -e "errors\t$p\tfailed" >>"$work/figures"
+			continue
+		fi
+		cpu_of[$p]=$proxy_pid
+		lat_args+=(-set "$p=127.0.0.1:$proxy_port")
+	done
+	[[ $DIRECT != 1 ]] || lat_args+=(-set "$lat_direct=127.0.0.1:$sink_port")
+	if ((${#lat_args[@]} > 0)); then
+		# The first set is -addr's: the first -set's, whose flag goes.
+		first=${lat_args[1]}
+		steal0=$(cpu_ticks)
+		measure lat "${first%%=*}" -addr "${first#*=}" "${lat_args[@]:2}" -c "$RR_C" -size "$RR_SIZE" -rate "$LAT_RATE" -d "${LAT_SECS}s" -slice "$LAT_SLICE"
+		lat_steal=$(steal_share "$steal0" "$(cpu_ticks)")
+	fi
+	for proxy_pid in "${cpu_of[@]}"; do stop_proxy; done
+	cpu_of=()
+fi
+
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+run_steal=$(steal_share "$ticks_start" "$(cpu_ticks)")
 date_end=$(date -u '+%H:%M:%S UTC')
 took=$(($(date +%s) - t_start))
 # The sink logs every connection it could not serve to the end of its
@@ -436,14 +470,15 @@ cpu_unit() {
 }
 
 # added_latency MODE (rr or lat) prints MODE's percentiles of each proxy
-# minus those of the direct set paired with it, with the ratio of each to
-# the best peer's.
+# minus those of the direct set paired with it (rr) or shared by all (lat),
+# with the ratio of each to the best peer's.
 added_latency() {
-	awk -F'\t' -v m="$1" '
+	awk -F'\t' -v m="$1" -v shared="$lat_direct" '
 	$1 ~ "^" m "_p(50|99|999)$" { p = substr($1, length(m) + 2); v[p, $2] = $3; if ($2 !~ /^direct/ && !($2 in seen)) { seen[$2] = 1; order[++n] = $2 } }
 	END {
 		split("p50 p99 p999", ps, " ")
 		for (j = 1; j <= 3; j++) { p = ps[j]; for (i = 1; i <= n; i++) { l = order[i]; d = "direct (paired with " l ")"
+			if (!((p, d) in v)) d = shared
 			if (!((p, l) in v) || !((p, d) in v)) continue
 			add[p, l] = v[p, l] - v[p, d]
 			if ((l == "haproxy" || l == "nginx") && (!(p in best) || add[p, l] < best[p])) { best[p] = add[p, l]; who[p] = l } } }
@@ -485,7 +520,7 @@ errors_line() {
 # summary prints issue 15's targets with ewgate's figure, the reference
 # peer's, the ratio and whether the target is met in this run.
 summary() {
-	awk -F'\t' -v rr_size="$RR_SIZE" -v rr_c="$RR_C" -v lat_rate="$LAT_RATE" -v conn_c="$CONN_C" -v thr_c="$THR_C" -v idle_n="$IDLE_N" -v sink_errors="$sink_errors" '
+	awk -F'\t' -v shared="$lat_direct" -v rr_size="$RR_SIZE" -v rr_c="$RR_C" -v lat_rate="$LAT_RATE" -v conn_c="$CONN_C" -v thr_c="$THR_C" -v idle_n="$IDLE_N" -v sink_errors="$sink_errors" '
 	# First error_totals, then the figures.
 	FNR == NR { errs[$1] = $2; labels[++nl] = $1; next }
 	{ v[$1, $2] = $3 }
@@ -500,10 +535,10 @@ summary() {
 		ratio = (ref + 0 > 0) ? sprintf("%.2f×", e / ref) : "-"
 		printf "| %s | %s | %s %s | %s | ≤ %.2f× | %s |\n", what, fmt(e, unit), who, fmt(ref, unit), ratio, goal, ok ? "met" : "**not met**"
 	}
-	function added(p, l,   d) { d = "direct (paired with " l ")"; return (("lat_" p, l) in v && ("lat_" p, d) in v) ? v["lat_" p, l] - v["lat_" p, d] : "" }
-	# late: the share of the lat requests of l and of its paired direct
-	# set that left more than one interval late, whichever is larger.
-	function late(l,   d, a, b) { d = "direct (paired with " l ")"
+	function added(p, l,   d) { d = shared; return (("lat_" p, l) in v && ("lat_" p, d) in v) ? v["lat_" p, l] - v["lat_" p, d] : "" }
+	# late: the share of the lat requests of l and of the direct set that
+	# left more than one interval late, whichever is larger.
+	function late(l,   d, a, b) { d = shared
 		a = (v["lat_n", l] + 0 > 0) ? v["lat_late", l] / v["lat_n", l] : 0
 		b = (v["lat_n", d] + 0 > 0) ? v["lat_late", d] / v["lat_n", d] : 0
 		return a > b ? a : b }
@@ -519,7 +554,7 @@ summary() {
 			bw = ""; bv = ""
 			for (k = 1; k <= 2; k++) { l = (k == 1) ? "haproxy" : "nginx"; a = added(p, l); if (a != "" && (bv == "" || a < bv)) { bw = l; bv = a } }
 			e = added(p, "ewgate")
-			what = sprintf("%s added latency (lat, %d round trips/s, minus the paired direct set)", (p == "p99" ? "p99" : "p99.9"), lat_rate)
+			what = sprintf("%s added latency (lat, %d round trips/s, minus the direct set)", (p == "p99" ? "p99" : "p99.9"), lat_rate)
 			lw = (bw == "") ? 0 : late(bw); le = late("ewgate")
 			lmax = (lw > le) ? lw : le
 			# An added latency of 0 or below is noise (a stall in the direct
@@ -562,6 +597,7 @@ report() {
 	echo "ewgate built from: $built"
 	echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), Linux $(uname -r), $(go version | cut -d' ' -f3), open-file limit $nofile"
 	echo "Load average (1, 5, 15 min): $load_start at the start, $load_end at the end"
+	echo "Host steal (time this VM's host took from its cores): $run_steal of the run${lat_steal:+, $lat_steal during lat}"
 	echo "Peers: $hap_version (nbthread 2, option splice-request and splice-response in throughput, option splice-auto otherwise, maxconn $hap_maxconn, maxpipes $hap_maxpipes); nginx $ngx_version (worker_processes 2, listen reuseport, worker_connections $ngx_conns, worker_rlimit_nofile $nofile)"
 	if [[ $errs == none && $sink_errors == 0 ]]; then
 		echo "Errors: none"
@@ -575,7 +611,7 @@ report() {
 		idle) title="Idle connections: per-connection cost to the proxy process(es)" ;;
 		throughput) title="Throughput: $THR_C connections at once, $MIB MiB each way in all" ;;
 		rr) title="Request/response: $RR_C connections, $RR_SIZE B ping-pong, ${SECS}s" ;;
-		lat) title="Latency at a fixed rate: $RR_C connections, $RR_SIZE B ping-pong, $LAT_RATE round trips/s in all, ${SECS}s" ;;
+		lat) title="Latency at a fixed rate: $RR_C connections, $RR_SIZE B ping-pong, $LAT_RATE round trips/s in all, ${LAT_SECS}s; every proxy and the direct set in turns of $LAT_SLICE" ;;
 		connect) title="Connection rate, replayed ClientHello (no handshake), 1-byte answer, close; $CONN_C workers, ${SECS}s" ;;
 		tls) title="New TLS connections: full TLS 1.3 mTLS handshake (ECDSA P-256 SVIDs) with the sink through the proxy, 1-byte answer, close; $CONN_C workers, ${SECS}s" ;;
 		esac
@@ -594,7 +630,7 @@ report() {
 			added_latency rr
 			;;
 		lat)
-			printf '\nAdded latency at a fixed rate (issue 15'"'"'s p99 and p99.9 targets): each proxy'"'"'s percentiles minus those of the direct set that took turns with it (250 ms each), both sets at %s round trips/s.\n\n' "$LAT_RATE"
+			printf '\nAdded latency at a fixed rate (issue 15'"'"'s p99 and p99.9 targets): each proxy'"'"'s percentiles minus those of the direct set. All the sets, at %s round trips/s each, took turns of %s, so that the host'"'"'s stalls (steal: %s during lat) weighed on each alike.\n\n' "$LAT_RATE" "$LAT_SLICE" "${lat_steal:-not measured}"
 			added_latency lat
 			;;
 		esac
@@ -616,7 +652,7 @@ settings() {
 	local p
 	for p in $PROXIES; do
 		case $p in
-		ewgate*) printf '%s: `%s`, on\n\n```yaml\n%s\n```\n\n' "$p" "$ewgate_cmd" "$(cat "$work/ewgate/mesh.yaml")" ;;
+		ewgate*) printf '%s: `%s`, on\n\n```yaml\n%s\n```\n\n' "$p" "$ewgate_cmd" "$(cat "$work/$p/mesh.yaml")" ;;
 		haproxy)
 			printf 'haproxy (%s):\n\n```\n%s\n```\n\n' "$hap_version" "$(cat "$work/haproxy/haproxy.cfg")"
 			[[ ! -f $work/haproxy/haproxy-forced.cfg ]] || printf 'haproxy in throughput:\n\n```\n%s\n```\n\n' "$(cat "$work/haproxy/haproxy-forced.cfg")"

@@ -92,3 +92,11 @@ ticks_s() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.6f", t / 
 # per_gb SECONDS: CPU seconds per GB moved, MIB MiB each way (both
 # directions count).
 per_gb() { awk -v s="$1" -v mib="$MIB" 'BEGIN {printf "%.3f", s / (2 * mib * 1048576 / 1e9)}'; }
+
+# cpu_ticks: "STEAL TOTAL", the CPU ticks of all cores so far that this
+# VM's host took from it (steal, /proc/stat's 8th figure) and in all.
+cpu_ticks() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t; exit }' /proc/stat; }
+
+# steal_share "STEAL0 TOTAL0" "STEAL1 TOTAL1": the share of the machine's
+# time between two cpu_ticks that the host took, as "N.N %".
+steal_share() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[2] - x[2]; printf "%.1f %%", (t > 0) ? 100 * (y[1] - x[1]) / t : 0 }'; }
