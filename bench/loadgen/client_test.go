@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"crypto/tls"
 	"flag"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -229,32 +231,45 @@ func TestPingPongCountsErrors(t *testing.T) {
 				c.Write(buf[:16])
 			})
 		}, errRead, 1},
+		{"a backend that writes before any request", func(t *testing.T) string {
+			return startBackend(t, func(c *net.TCPConn) {
+				c.Write(bytes.Repeat([]byte{0xff}, 32)) // no request's stamp
+				io.Copy(io.Discard, c)
+			})
+		}, errMismatch, 1},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cl := newTestClient(t, tt.addr(t), "")
-			var errs errorCount
-			c, err := cl.open()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			p := newPinger(c, 32, &errs)
-			if p == nil {
-				t.Fatalf("newPinger: %v", &errs)
-			}
-			// Two turns: a pinger that failed stays failed, counted once.
-			for range 2 {
-				now := time.Now()
-				p.run(now, now.Add(100*time.Millisecond), &errs)
-			}
-			if errs.total() != tt.count || errs.n[tt.kind] != tt.count {
-				t.Fatalf("errors: %v, want %d of kind %s", &errs, tt.count, tt.kind)
-			}
-			if tt.count == 0 && len(p.samples) == 0 {
-				t.Error("no round trips measured")
-			}
-		})
+		for _, paced := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/paced=%v", tt.name, paced), func(t *testing.T) {
+				cl := newTestClient(t, tt.addr(t), "")
+				s := &rrSet{label: "test"}
+				c, err := cl.open()
+				if err != nil {
+					t.Fatal(err)
+				}
+				p := newPinger(c, 32, &s.errs)
+				if p == nil {
+					t.Fatalf("newPinger: %v", &s.errs)
+				}
+				s.pingers = []*pinger{p}
+				defer s.close()
+				if paced {
+					if err := s.pace(1000); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// Two turns: a pinger that failed stays failed, counted once.
+				for range 2 {
+					s.turn(100 * time.Millisecond)
+				}
+				if s.errs.total() != tt.count || s.errs.n[tt.kind] != tt.count {
+					t.Fatalf("errors: %v, want %d of kind %s", &s.errs, tt.count, tt.kind)
+				}
+				if tt.count == 0 && len(p.samples) == 0 {
+					t.Error("no round trips measured")
+				}
+			})
+		}
 	}
 }
 

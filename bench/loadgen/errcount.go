@@ -15,7 +15,7 @@ const (
 	errRead                    // a short read, EOF or reset where data was due
 	errMismatch                // bytes (or a byte count) other than those sent
 	errClosed                  // an idle connection the proxy closed
-	errPace                    // the client's own pacing timer failed (rr -rate)
+	errPace                    // the client's own pacing failed: its epoll wait (rr -rate)
 	numErrKinds
 )
 

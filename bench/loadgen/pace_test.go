@@ -49,56 +49,46 @@ func TestScheduleSpreadsTheSetEvenly(t *testing.T) {
 	}
 }
 
-func TestWakeTimerNeverWakesEarly(t *testing.T) {
-	leakcheck.Check(t)
-	w, err := newWakeTimer()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	for _, d := range []time.Duration{-time.Millisecond, 0, 50 * time.Microsecond, 300 * time.Microsecond, 2 * time.Millisecond} {
-		at := time.Now().Add(d)
-		if err := w.sleepUntil(at); err != nil {
-			t.Fatalf("sleepUntil(now%+v): %v", d, err)
-		}
-		if now := time.Now(); now.Before(at) {
-			t.Errorf("sleepUntil(now%+v) returned %v early", d, at.Sub(now))
-		}
-	}
-}
-
-// writeLog is a conn that records when each of its writes began.
-type writeLog struct {
-	conn
+// receipts is when an echo backend read each request, by the client's
+// port: a request leaves the client before it is read, so one read before
+// its time on the schedule left early.
+type receipts struct {
 	mu     sync.Mutex
-	writes []time.Time
+	byPort map[int][]time.Time
 }
 
-func (w *writeLog) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	w.writes = append(w.writes, time.Now())
-	w.mu.Unlock()
-	return w.conn.Write(b)
+// startTimedEcho echoes 64-byte requests, logging in r when each was read.
+func startTimedEcho(t *testing.T, r *receipts) string {
+	r.byPort = make(map[int][]time.Time)
+	return startBackend(t, func(c *net.TCPConn) {
+		port := c.RemoteAddr().(*net.TCPAddr).Port
+		buf := make([]byte, 64)
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			r.mu.Lock()
+			r.byPort[port] = append(r.byPort[port], time.Now())
+			r.mu.Unlock()
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	})
 }
 
-// pacedSet opens a set of conc connections to addr, paced at rate, each
-// conn recorded in a writeLog.
-func pacedSet(t *testing.T, label, addr string, conc int, rate float64) (*rrSet, []*writeLog) {
+// pacedSet opens a set of conc connections to addr, paced at rate.
+func pacedSet(t *testing.T, label, addr string, conc int, rate float64) *rrSet {
 	t.Helper()
 	s := newRRSet(label, newTestClient(t, addr, ""), conc, 64)
 	t.Cleanup(s.close)
 	if len(s.pingers) != conc {
 		t.Fatalf("%s: opened %d of %d connections: %v", label, len(s.pingers), conc, &s.errs)
 	}
-	logs := make([]*writeLog, conc)
-	for i, p := range s.pingers {
-		logs[i] = &writeLog{conn: p.c}
-		p.c = logs[i]
-	}
 	if err := s.pace(rate); err != nil {
 		t.Fatal(err)
 	}
-	return s, logs
+	return s
 }
 
 func roundTrips(s *rrSet) (n, late int) {
@@ -112,14 +102,11 @@ func roundTrips(s *rrSet) (n, late int) {
 func TestPacedTurnKeepsItsSchedule(t *testing.T) {
 	leakcheck.Check(t)
 	const conc, rate, d = 4, 2000.0, 300 * time.Millisecond
-	s, logs := pacedSet(t, "paced", startSink(t, nil), conc, rate)
+	var r receipts
+	s := pacedSet(t, "paced", startTimedEcho(t, &r), conc, rate)
 	start := time.Now()
 	end := start.Add(d)
-	var wg sync.WaitGroup
-	for _, p := range s.pingers {
-		wg.Go(func() { p.run(start, end, &s.errs) })
-	}
-	wg.Wait()
+	s.pacedTurn(start, end)
 	if s.errs.total() != 0 {
 		t.Fatalf("errors: %v", &s.errs)
 	}
@@ -128,21 +115,24 @@ func TestPacedTurnKeepsItsSchedule(t *testing.T) {
 	// and none is sent whose time is at or after the end. (When a write
 	// due before the end happens is up to the scheduler, so its moment is
 	// not checked against the end.)
-	for i, l := range logs {
-		if len(l.writes) == 0 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, p := range s.pingers {
+		got := r.byPort[p.c.LocalAddr().(*net.TCPAddr).Port]
+		if len(got) == 0 {
 			t.Fatalf("connection %d sent nothing", i)
 		}
-		for k, w := range l.writes {
-			due := s.pingers[i].sched.at(start, k)
+		for k, w := range got {
+			due := p.sched.at(start, k)
 			if w.Before(due) {
-				t.Errorf("connection %d sent request %d %v before its time", i, k, due.Sub(w))
+				t.Errorf("connection %d: request %d read %v before its time", i, k, due.Sub(w))
 			}
 			if !due.Before(end) {
 				t.Errorf("connection %d sent request %d, due %v after the end", i, k, due.Sub(end))
 			}
 		}
-		if got := len(s.pingers[i].samples); got != len(l.writes) {
-			t.Errorf("connection %d: %d round trips for %d writes", i, got, len(l.writes))
+		if len(p.samples) != len(got) {
+			t.Errorf("connection %d: %d round trips for %d requests", i, len(p.samples), len(got))
 		}
 	}
 	// d×rate requests are due; a generous range (a quarter of them up), as the machine is
@@ -159,8 +149,8 @@ func TestPacedTurnKeepsItsSchedule(t *testing.T) {
 func TestPacedSetsTakeTurnsAtTheRate(t *testing.T) {
 	leakcheck.Check(t)
 	const conc, rate, d, slice = 4, 1000.0, 400 * time.Millisecond, 100 * time.Millisecond
-	proxy, _ := pacedSet(t, "proxy", startSink(t, nil), conc, rate)
-	direct, _ := pacedSet(t, "direct", startSink(t, nil), conc, rate)
+	proxy := pacedSet(t, "proxy", startSink(t, nil), conc, rate)
+	direct := pacedSet(t, "direct", startSink(t, nil), conc, rate)
 	interleave([]*rrSet{proxy, direct}, d, slice)
 	for _, s := range []*rrSet{proxy, direct} {
 		// Each set is at rate while active, for d: about rate × d round
@@ -189,7 +179,7 @@ func TestPacedSetCountsLateRequests(t *testing.T) {
 			}
 		}
 	})
-	s, _ := pacedSet(t, "slow", slow, conc, rate)
+	s := pacedSet(t, "slow", slow, conc, rate)
 	interleave([]*rrSet{s}, d, d)
 	n, late := roundTrips(s)
 	if s.errs.total() != 0 {

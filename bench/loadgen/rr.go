@@ -130,6 +130,7 @@ type rrSet struct {
 	errs    errorCount
 	active  time.Duration // time its connections were doing round trips
 	rate    float64       // round trips per second asked for; 0: unpaced
+	poller  *poller       // of the paced connections; nil: unpaced
 }
 
 // newRRSet opens conc connections and asks the sink to echo on each; the
@@ -145,15 +146,23 @@ func newRRSet(label string, cl *client, conc, size int) *rrSet {
 }
 
 // pace makes the set's connections send rate round trips per second in
-// all, each on its own schedule.
+// all, each on its own schedule, served by one thread (pacedTurn). The
+// connections must be plain TCP.
 func (s *rrSet) pace(rate float64) error {
-	s.rate = rate
+	pl, err := newPoller()
+	if err != nil {
+		return fmt.Errorf("pacing %s: %w", s.label, err)
+	}
+	s.rate, s.poller = rate, pl
 	for i, p := range s.pingers {
-		t, err := newWakeTimer()
+		fd, err := rawFD(p.c)
+		if err == nil {
+			err = pl.add(fd, int32(i))
+		}
 		if err != nil {
 			return fmt.Errorf("pacing %s: %w", s.label, err)
 		}
-		p.sched, p.timer = newSchedule(i, len(s.pingers), rate), t
+		p.fd, p.sched = fd, newSchedule(i, len(s.pingers), rate)
 	}
 	return nil
 }
@@ -168,17 +177,23 @@ func interleave(sets []*rrSet, dur, slice time.Duration) {
 	}
 }
 
-// turn runs the set's round trips, all connections at once, for d.
+// turn runs the set's round trips, all connections at once, for d: a
+// goroutine each, or paced on one thread.
 func (s *rrSet) turn(d time.Duration) {
 	if d <= 0 {
 		return
 	}
 	start := time.Now()
 	end := start.Add(d)
+	if s.poller != nil {
+		s.pacedTurn(start, end)
+		s.active += time.Since(start)
+		return
+	}
 	var wg sync.WaitGroup
 	for _, p := range s.pingers {
 		wg.Go(func() {
-			p.run(start, end, &s.errs)
+			p.run(end, &s.errs)
 		})
 	}
 	wg.Wait()
@@ -212,25 +227,34 @@ func (s *rrSet) row(conc, size int) string {
 func (s *rrSet) close() {
 	for _, p := range s.pingers {
 		p.c.Close()
-		if p.timer != nil {
-			p.timer.Close()
-		}
+	}
+	if s.poller != nil {
+		s.poller.close()
 	}
 }
 
 // pinger is one rr connection: its requests' sequence, its buffers and the
 // time of every round trip. A request carries its sequence number, so a
-// stale or misrouted echo is a mismatch. A paced pinger (timer set) sends
-// on its schedule and counts the requests it sent late.
+// stale or misrouted echo is a mismatch. A paced pinger sends on its
+// schedule and counts the requests it sent late (pacedTurn).
 type pinger struct {
 	c       conn
 	seq     uint64
 	out, in []byte
 	samples []time.Duration
 	failed  bool
-	sched   schedule
-	timer   *wakeTimer // nil: unpaced
-	late    int        // requests sent more than sched.every after their time
+	// Paced: the descriptor of c, the schedule, and the requests sent
+	// more than sched.every after their time.
+	fd    int
+	sched schedule
+	late  int
+	// A paced turn's state: the next request's number and time, whether
+	// it is out (since sent, got bytes of its echo in), and whether the
+	// connection is done for the turn.
+	k          int
+	due, sent  time.Time
+	out1, done bool
+	got        int
 }
 
 // newPinger asks the sink to echo on c; nil (the failure counted, c
@@ -244,47 +268,17 @@ func newPinger(c conn, size int, errs *errorCount) *pinger {
 	return &pinger{c: c, out: make([]byte, size), in: make([]byte, size)}
 }
 
-// run writes requests and reads their echoes until end, in a turn that
-// started at start: unpaced, each as soon as the last echo is in; paced,
-// request k of the turn at its time on the schedule if the connection is
-// ready by then, else at once (and late if by more than an interval). It
-// stops at the first failure, which it counts, and does nothing after one.
-func (p *pinger) run(start, end time.Time, errs *errorCount) {
+// run writes requests and reads their echoes until end, each as soon as
+// the last echo is in. It stops at the first failure, which it counts,
+// and does nothing after one.
+func (p *pinger) run(end time.Time, errs *errorCount) {
 	if p.failed {
 		return
 	}
 	p.c.SetDeadline(end.Add(10 * time.Second))
-	for k := 0; ; k++ {
-		// A connection behind schedule stops at end too, with the
-		// requests it owes unsent: a turn lasts its length.
-		if !time.Now().Before(end) {
-			return
-		}
-		var due time.Time
-		if p.timer != nil {
-			if due = p.sched.at(start, k); !due.Before(end) {
-				return
-			}
-			if err := p.timer.sleepUntil(due); err != nil {
-				p.fail(errs, errPace, err)
-				return
-			}
-		}
+	for time.Now().Before(end) {
 		stamp(p.out, p.seq)
-		// The round trip is timed from the write, not from the request's
-		// time on the schedule, and that hides no queueing (coordinated
-		// omission) here: a connection has one request outstanding, and
-		// its interval (connections / rate, 3.2 ms at compare.sh's 32 and
-		// 10,000/s) is many times a round trip (about 0.1 ms), so it is
-		// almost always waiting on its timer, not on an echo, when its
-		// next request is due. The rare request that a stall made late
-		// is counted (late), so a run that could not hold the rate shows
-		// it; timing from the schedule would add the client's own timer
-		// wake-up (tens of µs, more under load) to every sample.
 		t := time.Now()
-		if p.timer != nil && t.Sub(due) > p.sched.every {
-			p.late++
-		}
 		if _, err := p.c.Write(p.out); err != nil {
 			p.fail(errs, errWrite, err)
 			return
