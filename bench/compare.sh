@@ -354,7 +354,6 @@ with_ratio() {
 # while that is set).
 has_mode() { [[ " $MODES " == *" $1 "* && (-z ${only_modes:-} || " $only_modes " == *" $1 "*) ]]; }
 
-
 if has_mode idle; then
 	# A fresh proxy for each N, so that each baseline is a warmed-up but
 	# otherwise unused process.
@@ -422,7 +421,7 @@ fi
 
 # lat, issue 15's latency targets: every proxy runs at once, idle but in
 # its turns, and their sets take turns of LAT_SLICE with one set straight
-# to the sink (DIRECT=1), each set active SECS at LAT_RATE. This VM's host
+# to the sink (DIRECT=1), each set active LAT_SECS at LAT_RATE. This VM's host
 # takes its cores away for milliseconds at a time (steal, counted below),
 # and those stalls are the tails at this rate: sets measured one after
 # another, or paired two by two, met different stalls and their p99.9s
@@ -445,9 +444,9 @@ if has_mode lat; then
 	if ((${#lat_args[@]} > 0)); then
 		# The first set is -addr's: the first -set's, whose flag goes.
 		first=${lat_args[1]}
-		steal0=$(cpu_ticks)
+		lat_ticks0=$(cpu_ticks)
 		measure lat "${first%%=*}" -addr "${first#*=}" "${lat_args[@]:2}" -c "$RR_C" -size "$RR_SIZE" -rate "$LAT_RATE" -d "${LAT_SECS}s" -slice "$LAT_SLICE"
-		lat_steal=$(steal_share "$steal0" "$(cpu_ticks)")
+		lat_steal=$(steal_share "$lat_ticks0" "$(cpu_ticks)")
 	fi
 	for proxy_pid in "${cpu_of[@]}"; do stop_proxy; done
 	cpu_of=()
