@@ -60,9 +60,8 @@ func (e *Endpoint) dialTCP(ctx context.Context, addr string) (conn, Member, erro
 	if err != nil {
 		return nil, Member{}, err
 	}
-	counted := &countingConn{Conn: raw}
-	batch := &batchConn{Conn: counted}
-	tc := tls.Client(batch, e.clientTLS)
+	l := newTCPLayers(raw, tls.Client, e.clientTLS)
+	tc := l.tc
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()
 		return nil, Member{}, tlsError(err)
@@ -84,15 +83,44 @@ func (e *Endpoint) dialTCP(ctx context.Context, addr string) (conn, Member, erro
 		return nil, Member{}, err
 	}
 	_ = raw.SetDeadline(time.Time{})
-	budget := newLinkBudget(e.cfg.MaxTCPLinkMemory)
-	sess, err := yamux.Client(&frameConn{Conn: tc, b: batch}, e.cfg.yamuxConfig(e.log), budget.span)
-	if err != nil {
-		_ = tc.Close()
-		return nil, Member{}, fmt.Errorf("starting yamux: %w", err)
-	}
 	// Open no more streams than the peer accepts, or than our own budget
 	// holds the answers of: past that, openStream waits as QUIC does.
-	return newTCPConn(sess, tc, counted, min(streams, e.cfg.tcpStreams())), peer, nil
+	c, err := e.startYamux(l, yamux.Client, min(streams, e.cfg.tcpStreams()))
+	if err != nil {
+		_ = tc.Close()
+		return nil, Member{}, err
+	}
+	return c, peer, nil
+}
+
+// tcpLayers is a TCP link's stack below yamux: the socket, counted for
+// liveness (countingConn); the batch that gathers the TLS records of one
+// yamux frame into one write (batchConn); and TLS 1.3 over the batch.
+type tcpLayers struct {
+	counted *countingConn
+	batch   *batchConn
+	tc      *tls.Conn
+}
+
+// newTCPLayers stacks the layers on raw, with TLS as side (tls.Client or
+// tls.Server) with cfg; the handshake is the caller's.
+func newTCPLayers(raw net.Conn, side func(net.Conn, *tls.Config) *tls.Conn, cfg *tls.Config) tcpLayers {
+	counted := &countingConn{Conn: raw}
+	batch := &batchConn{Conn: counted}
+	return tcpLayers{counted: counted, batch: batch, tc: side(batch, cfg)}
+}
+
+// startYamux runs yamux as side (yamux.Client or yamux.Server) over the
+// layers, each frame one batch (frameConn), with a fresh memory budget
+// for the link; streams is how many streams the dialing side may open (0
+// on the accepting side).
+func (e *Endpoint) startYamux(l tcpLayers, side func(net.Conn, *yamux.Config, func() (yamux.MemoryManager, error)) (*yamux.Session, error), streams int64) (*tcpConn, error) {
+	budget := newLinkBudget(e.cfg.MaxTCPLinkMemory)
+	sess, err := side(&frameConn{Conn: l.tc, b: l.batch}, e.cfg.yamuxConfig(e.log), budget.span)
+	if err != nil {
+		return nil, fmt.Errorf("starting yamux: %w", err)
+	}
+	return newTCPConn(sess, l.tc, l.counted, streams), nil
 }
 
 // tcpSetup sends the hello and reads the verdict: the number of streams
@@ -155,9 +183,8 @@ func (e *Endpoint) acceptTCP() {
 func (e *Endpoint) serveTCP(raw net.Conn, done func()) {
 	defer e.wg.Done()
 	log := e.log.With("peer", raw.RemoteAddr().String(), "transport", TransportTCP)
-	counted := &countingConn{Conn: raw}
-	batch := &batchConn{Conn: counted}
-	tc := tls.Server(batch, e.serverTLS)
+	l := newTCPLayers(raw, tls.Server, e.serverTLS)
+	tc := l.tc
 	peer, err := e.tcpAdmit(tc, log)
 	done()
 	if err != nil {
@@ -170,15 +197,14 @@ func (e *Endpoint) serveTCP(raw net.Conn, done func()) {
 		return
 	}
 	_ = raw.SetDeadline(time.Time{})
-	budget := newLinkBudget(e.cfg.MaxTCPLinkMemory)
-	sess, err := yamux.Server(&frameConn{Conn: tc, b: batch}, e.cfg.yamuxConfig(e.log), budget.span)
+	c, err := e.startYamux(l, yamux.Server, 0)
 	if err != nil {
 		log.Error("inbound link failed", "err", err)
 		e.unadmit(peer)
 		_ = raw.Close()
 		return
 	}
-	e.serveConn(newTCPConn(sess, tc, counted, 0), peer, log.With("peer_id", peer.ID, "member", peer.Name))
+	e.serveConn(c, peer, log.With("peer_id", peer.ID, "member", peer.Name))
 }
 
 // tcpAdmit runs the handshake, reads the hello, admits the peer and sends
