@@ -24,6 +24,10 @@
 #   KEEP       1: keep the work directory (configs, logs) [0]
 #   BASE       a git ref: also measure ewgate built from it, as
 #              "ewgate@REF" (git archive, read-only)  []
+#   EWGATE_ARGS more flags for every ewgate, split on spaces
+#              (--admin-pprof, to take a trace)       []
+#   EWGATE_ENV  NAME=VALUE words for every ewgate's environment only
+#              (GOMAXPROCS=1: the client's stays)     []
 set -euo pipefail
 
 PROXIES=${PROXIES:-ewgate haproxy nginx}
@@ -83,7 +87,7 @@ lg=$work/bin/loadgen
 # What was built, and a hash of the data-plane sources (others may be
 # editing them).
 built+=", gateway/ and sni/ sources sha256 $(cat "$repo"/gateway/*.go "$repo"/sni/*.go | sha256sum | cut -c1-12)"
-command="${BASE:+BASE=$BASE }PROXIES=\"$PROXIES\" MODES=\"$MODES\" IDLE_N=\"$IDLE_N\" MIB=$MIB THR_C=$THR_C RR_C=$RR_C RR_SIZE=$RR_SIZE LAT_RATE=$LAT_RATE LAT_SLICE=$LAT_SLICE LAT_SECS=$LAT_SECS CONN_C=$CONN_C SECS=$SECS DIRECT=$DIRECT bench/compare.sh"
+command="${BASE:+BASE=$BASE }${EWGATE_ARGS:+EWGATE_ARGS=\"$EWGATE_ARGS\" }${EWGATE_ENV:+EWGATE_ENV=\"$EWGATE_ENV\" }PROXIES=\"$PROXIES\" MODES=\"$MODES\" IDLE_N=\"$IDLE_N\" MIB=$MIB THR_C=$THR_C RR_C=$RR_C RR_SIZE=$RR_SIZE LAT_RATE=$LAT_RATE LAT_SLICE=$LAT_SLICE LAT_SECS=$LAT_SECS CONN_C=$CONN_C SECS=$SECS DIRECT=$DIRECT bench/compare.sh"
 [[ -z $BASE ]] || PROXIES="ewgate@$BASE $PROXIES"
 # sed, not head: head would exit early, haproxy get SIGPIPE, and pipefail
 # end the script.
@@ -145,8 +149,11 @@ EOF
 	local args=(run -f "$dir/mesh.yaml" --network bench --node-labels istio=eastwestgateway
 		--bind-address 127.0.0.1 --endpoint-allow-loopback --admin-address "127.0.0.1:$admin" --status-address ""
 		--log-level warn --drain-timeout 1s)
+	# shellcheck disable=SC2206 # split on spaces, as documented
+	args+=(${EWGATE_ARGS:-})
 	ewgate_cmd="ewgate ${args[*]}"
-	"$1" "${args[@]}" >>"$work/ewgate.log" 2>&1 &
+	# shellcheck disable=SC2086 # NAME=VALUE words
+	env ${EWGATE_ENV:-} "$1" "${args[@]}" >>"$work/ewgate.log" 2>&1 &
 	proxy_pid=$!
 	started+=($proxy_pid)
 }
