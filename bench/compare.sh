@@ -149,11 +149,12 @@ EOF
 	local args=(run -f "$dir/mesh.yaml" --network bench --node-labels istio=eastwestgateway
 		--bind-address 127.0.0.1 --endpoint-allow-loopback --admin-address "127.0.0.1:$admin" --status-address ""
 		--log-level warn --drain-timeout 1s)
-	# shellcheck disable=SC2206 # split on spaces, as documented
-	args+=(${EWGATE_ARGS:-})
+	local extra env
+	read -r -a extra <<<"${EWGATE_ARGS:-}"
+	read -r -a env <<<"${EWGATE_ENV:-}"
+	args+=("${extra[@]}")
 	ewgate_cmd="ewgate ${args[*]}"
-	# shellcheck disable=SC2086 # NAME=VALUE words
-	env ${EWGATE_ENV:-} "$1" "${args[@]}" >>"$work/ewgate.log" 2>&1 &
+	env "${env[@]}" "$1" "${args[@]}" >>"$work/ewgate.log" 2>&1 &
 	proxy_pid=$!
 	started+=($proxy_pid)
 }
