@@ -100,3 +100,24 @@ cpu_ticks() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print
 # steal_share "STEAL0 TOTAL0" "STEAL1 TOTAL1": the share of the machine's
 # time between two cpu_ticks that the host took, as "N.N %".
 steal_share() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[2] - x[2]; printf "%.1f %%", (t > 0) ? 100 * (y[1] - x[1]) / t : 0 }'; }
+
+# compare_in_background PATTERN NAME=VALUE...: starts compare.sh with
+# those variables, its log in $work/log, as $runner (in "started"), and
+# returns once the log has a line matching PATTERN (the start of the mode
+# to observe); it exits the script with the log if compare.sh ends, or
+# 4 minutes pass, first.
+compare_in_background() {
+	local pattern=$1 i
+	shift
+	env "$@" "$repo/bench/compare.sh" >"$work/log" 2>&1 &
+	runner=$!
+	started+=("$runner")
+	for ((i = 0; i < 1200; i++)); do
+		grep -q -- "$pattern" "$work/log" 2>/dev/null && return 0
+		kill -0 "$runner" 2>/dev/null || break
+		sleep 0.2
+	done
+	log "compare.sh did not reach \"$pattern\""
+	cat "$work/log" >&2
+	exit 1
+}

@@ -27,16 +27,9 @@ KEEP=0
 # shellcheck source=lib.sh
 source "$repo/bench/lib.sh"
 
-PROXIES=$proxy MODES=$mode SECS=6 DIRECT=0 OUT=$work/report.md "$repo/bench/compare.sh" >"$work/log" 2>&1 &
-runner=$!
-started+=("$runner")
 # The mode's window starts when compare.sh logs it; 1.5 s in, the
 # connections are open and the proxy warm.
-for ((i = 0; i < 600; i++)); do
-	grep -q "$mode $proxy" "$work/log" 2>/dev/null && break
-	kill -0 "$runner" 2>/dev/null || { cat "$work/log" >&2; exit 1; }
-	sleep 0.2
-done
+compare_in_background "$mode $proxy" PROXIES="$proxy" MODES="$mode" SECS=6 DIRECT=0 OUT="$work/report.md"
 sleep 1.5
 case $proxy in
 ewgate) pids=$(pgrep -f "ewgate run -f /tmp/ewgate-bench" | head -1) ;;
