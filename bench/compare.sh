@@ -17,6 +17,9 @@
 #   LAT_SLICE  lat: each set's turn (a Go duration)   [100ms]
 #   LAT_SECS   lat: seconds each set is active: 150,000 round trips at
 #              the default rate, 150 beyond its p99.9 [15]
+#   LAT_TURNS  lat: write a line per turn to this file (loadgen rr
+#              -turns: when each set's turn ran, its p99, largest,
+#              sent late)                             []
 #   CONN_C     connect and tls workers                [16]
 #   SECS       seconds of each rr, connect and tls run  [5]
 #   DIRECT     1: add a "direct (no proxy)" row       [1]
@@ -40,6 +43,7 @@ RR_SIZE=${RR_SIZE:-128}
 LAT_RATE=${LAT_RATE:-10000}
 LAT_SLICE=${LAT_SLICE:-100ms}
 LAT_SECS=${LAT_SECS:-15}
+LAT_TURNS=${LAT_TURNS:-}
 CONN_C=${CONN_C:-16}
 SECS=${SECS:-5}
 DIRECT=${DIRECT:-1}
@@ -452,6 +456,7 @@ if has_mode lat; then
 	if ((${#lat_args[@]} > 0)); then
 		# The first set is -addr's: the first -set's, whose flag goes.
 		first=${lat_args[1]}
+		[[ -z $LAT_TURNS ]] || lat_args+=(-turns "$LAT_TURNS")
 		lat_ticks0=$(cpu_ticks)
 		measure lat "${first%%=*}" -addr "${first#*=}" "${lat_args[@]:2}" -c "$RR_C" -size "$RR_SIZE" -rate "$LAT_RATE" -d "${LAT_SECS}s" -slice "$LAT_SLICE"
 		lat_steal=$(steal_share "$lat_ticks0" "$(cpu_ticks)")

@@ -346,7 +346,7 @@ func TestInterleaveTakesTurns(t *testing.T) {
 	defer proxy.close()
 	defer direct.close()
 	dur, slice := 200*time.Millisecond, 50*time.Millisecond
-	interleave([]*rrSet{proxy, direct}, dur, slice)
+	interleave([]*rrSet{proxy, direct}, dur, slice, nil)
 	for _, s := range []*rrSet{proxy, direct} {
 		n := 0
 		for _, p := range s.pingers {
@@ -401,7 +401,13 @@ func TestRRSetsTakeTurnsInOrder(t *testing.T) {
 	if !slices.Equal(labels, []string{"a", "b", "c"}) {
 		t.Fatalf("sets %q, want a, b, c", labels)
 	}
-	interleave(sets, 150*time.Millisecond, 30*time.Millisecond)
+	var turns bytes.Buffer
+	tl := newTurnLog(&turns)
+	interleave(sets, 150*time.Millisecond, 30*time.Millisecond, tl)
+	if err := tl.flush(); err != nil {
+		t.Fatal(err)
+	}
+	checkTurnLog(t, turns.String(), sets)
 	// Each backend serves runs of its own set alone, in the sets' order,
 	// round after round.
 	l.mu.Lock()
@@ -419,6 +425,47 @@ func TestRRSetsTakeTurnsInOrder(t *testing.T) {
 	for i, name := range runs {
 		if want := labels[i%3]; name != want {
 			t.Fatalf("run %d of %q is %s's, want %s's", i, runs, name, want)
+		}
+	}
+}
+
+// checkTurnLog checks that log has a line per turn of sets, in their
+// order round after round, each turn after the last, and that each set's
+// lines count its round trips.
+func checkTurnLog(t *testing.T, log string, sets []*rrSet) {
+	t.Helper()
+	lines := strings.Split(strings.TrimSuffix(log, "\n"), "\n")
+	if len(lines) < 2*len(sets) {
+		t.Fatalf("turn log has %d lines, want at least two rounds of %d sets:\n%s", len(lines), len(sets), log)
+	}
+	counted := map[string]int{}
+	lastEnd := 0.0
+	for i, line := range lines {
+		var label string
+		var start, end, p50, p99, largest float64
+		var n, late int
+		if _, err := fmt.Sscanf(strings.ReplaceAll(line, "\t", " "), "%s %f %f %d %f %f %f %d", &label, &start, &end, &n, &p50, &p99, &largest, &late); err != nil {
+			t.Fatalf("turn log line %q: %v", line, err)
+		}
+		if want := sets[i%len(sets)].label; label != want {
+			t.Fatalf("turn %d is %s's, want %s's:\n%s", i, label, want, log)
+		}
+		if start < lastEnd || end <= start {
+			t.Fatalf("turn %d from %.6f to %.6f, after a turn that ended at %.6f", i, start, end, lastEnd)
+		}
+		if n > 0 && !(p50 <= p99 && p99 <= largest && largest > 0) {
+			t.Errorf("turn %d: p50 %.1f, p99 %.1f, largest %.1f µs out of order", i, p50, p99, largest)
+		}
+		lastEnd = end
+		counted[label] += n
+	}
+	for _, s := range sets {
+		all := 0
+		for _, p := range s.pingers {
+			all += len(p.samples)
+		}
+		if all == 0 || counted[s.label] != all {
+			t.Errorf("set %s: the turn log counts %d round trips, its samples %d", s.label, counted[s.label], all)
 		}
 	}
 }

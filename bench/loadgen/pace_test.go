@@ -151,7 +151,7 @@ func TestPacedSetsTakeTurnsAtTheRate(t *testing.T) {
 	const conc, rate, d, slice = 4, 1000.0, 400 * time.Millisecond, 100 * time.Millisecond
 	proxy := pacedSet(t, "proxy", startSink(t, nil), conc, rate)
 	direct := pacedSet(t, "direct", startSink(t, nil), conc, rate)
-	interleave([]*rrSet{proxy, direct}, d, slice)
+	interleave([]*rrSet{proxy, direct}, d, slice, nil)
 	for _, s := range []*rrSet{proxy, direct} {
 		// Each set is at rate while active, for d: about rate × d round
 		// trips each, whatever the other set did.
@@ -180,7 +180,7 @@ func TestPacedSetCountsLateRequests(t *testing.T) {
 		}
 	})
 	s := pacedSet(t, "slow", slow, conc, rate)
-	interleave([]*rrSet{s}, d, d)
+	interleave([]*rrSet{s}, d, d, nil)
 	n, late := roundTrips(s)
 	if s.errs.total() != 0 {
 		t.Fatalf("errors: %v", &s.errs)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -39,6 +40,7 @@ func runRR(args []string) error {
 	pairedLabel := fs.String("paired-label", "", "row `label` of the paired set (default: direct (paired with LABEL))")
 	slice := fs.Duration("slice", 250*time.Millisecond, "length of each set's turn with -paired or -set")
 	rate := fs.Float64("rate", 0, "pace each set's round trips at `R` per second in all, spread over its connections (0: as fast as they go)")
+	turns := fs.String("turns", "", "write a line per turn to `FILE`: label, start and end (CLOCK_MONOTONIC s), round trips, p50, p99 and largest µs, sent late")
 	var more []labeledAddr
 	fs.Func("set", "`LABEL=ADDR` of one more set taking turns with -addr's (repeatable; its row follows -paired's)", func(v string) error {
 		label, addr, ok := strings.Cut(v, "=")
@@ -89,8 +91,20 @@ func runRR(args []string) error {
 			}
 		}
 	}
-	interleave(sets, *dur, *slice)
+	var tl *turnLog
+	if *turns != "" {
+		f, err := os.Create(*turns)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		tl = newTurnLog(f)
+	}
+	interleave(sets, *dur, *slice, tl)
 	var errs []error
+	if tl != nil {
+		errs = append(errs, tl.flush())
+	}
 	for _, s := range sets {
 		fmt.Println(s.row(*conc, *size))
 		errs = append(errs, s.errs.result(s.label))
@@ -168,11 +182,22 @@ func (s *rrSet) pace(rate float64) error {
 }
 
 // interleave gives each set turns of slice, in order, until the first has
-// been active for dur; the last turn of each is shortened to dur.
-func interleave(sets []*rrSet, dur, slice time.Duration) {
+// been active for dur; the last turn of each is shortened to dur. Each
+// turn gets a line in tl unless it is nil.
+func interleave(sets []*rrSet, dur, slice time.Duration, tl *turnLog) {
 	for sets[0].active < dur {
 		for _, s := range sets {
-			s.turn(min(slice, dur-s.active))
+			d := min(slice, dur-s.active)
+			if d <= 0 {
+				continue
+			}
+			if tl == nil {
+				s.turn(d)
+				continue
+			}
+			m := tl.mark(s)
+			s.turn(d)
+			tl.record(s, m)
 		}
 	}
 }
