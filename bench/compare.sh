@@ -17,9 +17,9 @@
 #   LAT_SLICE  lat: each set's turn (a Go duration)   [100ms]
 #   LAT_SECS   lat: seconds each set is active: 150,000 round trips at
 #              the default rate, 150 beyond its p99.9 [15]
-#   LAT_TURNS  lat: write a line per turn to this file (loadgen rr
+#   LAT_TURNS  lat: keep the turn log, a line per turn (loadgen rr
 #              -turns: when each set's turn ran, its p99, largest,
-#              sent late)                             []
+#              sent late), in this file               []
 #   CONN_C     connect and tls workers                [16]
 #   SECS       seconds of each rr, connect and tls run  [5]
 #   DIRECT     1: add a "direct (no proxy)" row       [1]
@@ -456,7 +456,7 @@ if has_mode lat; then
 	if ((${#lat_args[@]} > 0)); then
 		# The first set is -addr's: the first -set's, whose flag goes.
 		first=${lat_args[1]}
-		[[ -z $LAT_TURNS ]] || lat_args+=(-turns "$LAT_TURNS")
+		lat_args+=(-turns "${LAT_TURNS:-$work/lat-turns}")
 		lat_ticks0=$(cpu_ticks)
 		measure lat "${first%%=*}" -addr "${first#*=}" "${lat_args[@]:2}" -c "$RR_C" -size "$RR_SIZE" -rate "$LAT_RATE" -d "${LAT_SECS}s" -slice "$LAT_SLICE"
 		lat_steal=$(steal_share "$lat_ticks0" "$(cpu_ticks)")
@@ -504,6 +504,34 @@ added_latency() {
 			r999 = ("p999" in best && best["p999"] > 0) ? sprintf("%.2f× %s", add["p999", l] / best["p999"], who["p999"]) : "-"
 			printf "| %s | %.1f | %.1f | %.1f | %s | %s |\n", l, add["p50", l], add["p99", l], add["p999", l], r99, r999 }
 	}' "$work/figures"
+}
+
+# turn_table FILE: from lat's turn log, each set's turns compared one by
+# one: the median and p90 of its turns' own p99s, and the share of pairs
+# of a turn of its and a turn of each peer's in which its p99 was the
+# lower (ties count half; 0.50 is level).
+turn_table() {
+	[[ -s $1 ]] || return 0
+	printf '\nTurn by turn (not a target): each set'"'"'s %s turns have a p99 of their own. A set'"'"'s p99 over the whole run counts how many of the host'"'"'s stalls of a few ms fell in its turns, a draw that moves its ratio from run to run; its turns compared with a peer'"'"'s one by one tell which proxy is faster when no stall decides. A share of 0.50 is level, above it the set'"'"'s turns had the lower p99 more often.\n\n' "$LAT_SLICE"
+	awk -F'\t' '
+	{ if (!($1 in n)) order[++k] = $1; n[$1]++; v[$1, n[$1]] = $6 + 0 }
+	# sorted L: the p99s of set L in ascending order, in s[1..n[L]].
+	function sorted(l,   i, j, x) {
+		for (i = 1; i <= n[l]; i++) s[i] = v[l, i]
+		for (i = 2; i <= n[l]; i++) { x = s[i]; for (j = i - 1; j >= 1 && s[j] > x; j--) s[j + 1] = s[j]; s[j + 1] = x }
+	}
+	function below(a, b,   i, j, w) {
+		if (!(b in n) || a == b) return "-"
+		w = 0
+		for (i = 1; i <= n[a]; i++) for (j = 1; j <= n[b]; j++) w += (v[a, i] < v[b, j]) ? 1 : (v[a, i] == v[b, j]) ? 0.5 : 0
+		return sprintf("%.2f", w / (n[a] * n[b]))
+	}
+	END {
+		print "| set | turns | median turn p99 µs | p90 of turn p99s µs | turn p99 below HAProxy'"'"'s | below nginx'"'"'s |"
+		print "|---|---:|---:|---:|---:|---:|"
+		for (i = 1; i <= k; i++) { l = order[i]; sorted(l)
+			printf "| %s | %d | %.0f | %.0f | %s | %s |\n", l, n[l], s[int((n[l] + 1) / 2)], s[int(0.9 * n[l] + 0.5)], below(l, "haproxy"), below(l, "nginx") }
+	}' "$1"
 }
 
 # direct_tail KEY: the range of figure KEY (rr_p999, say) over the paired
@@ -647,6 +675,7 @@ report() {
 		lat)
 			printf '\nAdded latency at a fixed rate (issue 15'"'"'s p99 and p99.9 targets): each proxy'"'"'s percentiles minus those of the direct set. All the sets, at %s round trips/s each, took turns of %s, so that the host'"'"'s stalls (steal: %s during lat) weighed on each alike.\n\n' "$LAT_RATE" "$LAT_SLICE" "${lat_steal:-not measured}"
 			added_latency lat
+			turn_table "${LAT_TURNS:-$work/lat-turns}"
 			;;
 		esac
 	done
