@@ -91,6 +91,14 @@ type Config struct {
 	// handlers alone; ewgate run sets it (--loop-accept, on by default:
 	// docs/architecture.md).
 	LoopAccept bool
+	// EventLoops is how many event loops pump the flows (and, with
+	// LoopAccept, accept them); 0 (the default) or less is GOMAXPROCS, a
+	// loop per core Go runs on. Fewer loops than GOMAXPROCS cost less CPU per
+	// request where the gateway shares few cores with busy processes: two
+	// loops made ready at once make Go wake a second thread, which
+	// preempts the first (docs/benchmarks.md, "ewgate's threads preempt
+	// each other"). One loop caps the spliced data plane at one core.
+	EventLoops int
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 	// Metrics receives counters; nil keeps them unexported.

@@ -30,15 +30,15 @@ type loops struct {
 }
 
 // pick returns the loop for a new flow, starting the loops on first use:
-// GOMAXPROCS of them, round robin. It returns nil if they could not start
-// or are stopped.
+// Config.EventLoops of them (GOMAXPROCS by default), round robin. It
+// returns nil if they could not start or are stopped.
 func (ls *loops) pick(g *Gateway) *loop {
 	ls.once.Do(func() {
 		if ls.stopped.Load() {
 			ls.err = errors.New("loops stopped")
 			return
 		}
-		for range max(1, runtime.GOMAXPROCS(0)) {
+		for range g.eventLoops() {
 			l, err := newLoop(g)
 			if err != nil {
 				ls.err = err
@@ -63,6 +63,15 @@ func (ls *loops) pick(g *Gateway) *loop {
 		return nil
 	}
 	return ls.all[int(ls.next.Add(1))%len(ls.all)]
+}
+
+// eventLoops is how many loops the gateway runs: Config.EventLoops, or
+// GOMAXPROCS.
+func (g *Gateway) eventLoops() int {
+	if g.cfg.EventLoops > 0 {
+		return g.cfg.EventLoops
+	}
+	return max(1, runtime.GOMAXPROCS(0))
 }
 
 // started returns the loops, starting them if need be; nil if they

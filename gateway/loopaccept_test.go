@@ -93,6 +93,49 @@ func TestLoopAcceptListenerReload(t *testing.T) {
 	c.Close()
 }
 
+// Config.EventLoops sets how many loops run, whatever GOMAXPROCS is, and
+// with LoopAccept as many listening sockets; every flow of the loops
+// carries its bytes.
+func TestEventLoops(t *testing.T) {
+	for _, tc := range []struct {
+		loops      int
+		loopAccept bool
+	}{{1, true}, {3, true}, {1, false}, {3, false}} {
+		t.Run(fmt.Sprintf("%d loops, loop accept %v", tc.loops, tc.loopAccept), func(t *testing.T) {
+			m, _, hello := loopMesh(t, Config{LoopAccept: tc.loopAccept, EventLoops: tc.loops}, echo)
+			const conns = 8
+			var cs []*net.TCPConn
+			for range conns {
+				cs = append(cs, m.rawConn(hello))
+			}
+			await.True(t, 5*time.Second, "every flow in a loop", func() bool { return loopsState(t, m.gw).flows == conns })
+			if got := len(m.gw.loops.all); got != tc.loops {
+				t.Fatalf("%d loops, want %d", got, tc.loops)
+			}
+			fds := map[int]bool{}
+			onLoops(t, m.gw, func(l *loop) {
+				for _, ln := range l.lns {
+					fds[ln.fd] = true
+				}
+			})
+			if want := map[bool]int{true: tc.loops, false: 0}[tc.loopAccept]; len(fds) != want {
+				t.Errorf("%d listening sockets in the loops, want %d", len(fds), want)
+			}
+			for i, c := range cs {
+				msg := []byte(fmt.Sprintf("flow %d\n", i))
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				if _, err := c.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				got := make([]byte, len(msg))
+				if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
+					t.Fatalf("echo %q, %v", got, err)
+				}
+			}
+		})
+	}
+}
+
 // Each loop accepts on a socket of its own (SO_REUSEPORT), between
 // which the kernel spreads connections by hash: a burst of connections,
 // which one socket polled by every loop would give to the loop that

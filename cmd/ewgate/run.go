@@ -96,6 +96,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		IdleTimeout:    idleTimeout(s.IdleTimeout),
 		MaxConnections: s.MaxConns,
 		LoopAccept:     s.LoopAccept,
+		EventLoops:     s.EventLoops,
 		Locality:       cmp.Or(s.Locality, discovery.LocalityFromLabels(s.NodeLabels, s.NodeLabels)),
 		Logger:         log,
 		Metrics:        gateway.NewMetrics(reg),

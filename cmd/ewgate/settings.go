@@ -52,6 +52,7 @@ type settings struct {
 	AnyTLSMode  bool     `json:"anyTLSMode"`
 	MaxConns    int      `json:"maxConnections"`
 	LoopAccept  bool     `json:"loopAccept"`
+	EventLoops  int      `json:"eventLoops"`
 	IdleTimeout duration `json:"idleTimeout"`
 	DialTimeout duration `json:"dialTimeout"`
 	// ProbeInterval is gateway.Config.ProbeInterval: 0, no probes.
@@ -215,6 +216,7 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.BoolVar(&s.AnyTLSMode, "any-tls-mode", s.AnyTLSMode, "route to endpoints without the security.istio.io/tlsMode=istio label")
 	fs.IntVar(&s.MaxConns, "max-connections", s.MaxConns, "concurrent client connections; more are refused")
 	fs.BoolVar(&s.LoopAccept, "loop-accept", s.LoopAccept, "accept, route and dial connections in the event loops with raw sockets (false: Go's net and handler goroutines)")
+	fs.IntVar(&s.EventLoops, "event-loops", s.EventLoops, "event loops that pump the connections (0: one per GOMAXPROCS; fewer cost less CPU where the gateway shares few cores with busy processes)")
 	fs.Var(&s.IdleTimeout, "idle-timeout", "close connections idle this long both ways (0: never)")
 	fs.Var(&s.ProbeInterval, "endpoint-probe-interval", "probe each ejected endpoint with a TCP connect this often: readmitted when it connects, kept ejected while it does not (0: off, an ejection lasts 30s)")
 	fs.Var(&s.DialTimeout, "dial-timeout", "timeout of each endpoint connect")
@@ -336,6 +338,9 @@ func (s *settings) check() error {
 	}
 	if strings.Count(s.Locality, "/") > 2 || strings.HasPrefix(s.Locality, "/") {
 		return fmt.Errorf("--locality (locality) %q: want region[/zone[/subzone]]", s.Locality)
+	}
+	if s.EventLoops < 0 {
+		return fmt.Errorf("--event-loops (eventLoops) %d: want 0 (one per GOMAXPROCS) or more", s.EventLoops)
 	}
 	if s.TunnelIdleTimeout <= 0 {
 		return fmt.Errorf("--tunnel-idle-timeout (tunnelIdleTimeout) %v: want more than 0", time.Duration(s.TunnelIdleTimeout))

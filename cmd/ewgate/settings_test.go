@@ -38,6 +38,7 @@ alpn: [istio]
 	badTransport := file("bad-transport.yaml", "tunnelTransport: QUIC\n")
 	loopOff := file("loop-off.yaml", "network: n\nfiles: [x]\nloopAccept: false\n")
 	locality := file("locality.yaml", "network: n\nfiles: [x]\nlocality: eu-west/eu-west-1a\n")
+	oneLoop := file("one-loop.yaml", "network: n\nfiles: [x]\neventLoops: 1\n")
 	badLocality := file("bad-locality.yaml", "network: n\nfiles: [x]\nlocality: eu/west/1a/rack7\n")
 
 	tests := []struct {
@@ -125,6 +126,13 @@ alpn: [istio]
 			func(s settings) bool { return !s.LoopAccept }, ""},
 		{"loop accept flag wins over the file", []string{"--config", loopOff, "--loop-accept"},
 			func(s settings) bool { return s.LoopAccept }, ""},
+		{"event loops per GOMAXPROCS by default", []string{"-f", "x", "--network", "n"},
+			func(s settings) bool { return s.EventLoops == 0 }, ""},
+		{"event loops by flag", []string{"-f", "x", "--network", "n", "--event-loops", "3"},
+			func(s settings) bool { return s.EventLoops == 3 }, ""},
+		{"event loops in the file", []string{"--config", oneLoop},
+			func(s settings) bool { return s.EventLoops == 1 }, ""},
+		{"negative event loops", []string{"-f", "x", "--network", "n", "--event-loops", "-1"}, nil, "--event-loops (eventLoops) -1: want 0 (one per GOMAXPROCS) or more"},
 		{"no locality by default", []string{"-f", "x", "--network", "n"},
 			func(s settings) bool { return s.Locality == "" }, ""},
 		{"locality region", []string{"-f", "x", "--network", "n", "--locality", "eu-west"},
