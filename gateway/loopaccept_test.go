@@ -122,15 +122,7 @@ func TestEventLoops(t *testing.T) {
 				t.Errorf("%d listening sockets in the loops, want %d", len(fds), want)
 			}
 			for i, c := range cs {
-				msg := []byte(fmt.Sprintf("flow %d\n", i))
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				if _, err := c.Write(msg); err != nil {
-					t.Fatal(err)
-				}
-				got := make([]byte, len(msg))
-				if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
-					t.Fatalf("echo %q, %v", got, err)
-				}
+				checkEcho(t, c, fmt.Sprintf("flow %d\n", i))
 			}
 		})
 	}
@@ -165,15 +157,7 @@ func TestLoopAcceptSpread(t *testing.T) {
 		t.Errorf("%d listening sockets for %d loops", len(fds), want)
 	}
 	for c := range cs {
-		msg := []byte("spread\n")
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		if _, err := c.Write(msg); err != nil {
-			t.Fatal(err)
-		}
-		got := make([]byte, len(msg))
-		if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
-			t.Fatalf("echo %q, %v", got, err)
-		}
+		checkEcho(t, c, "spread\n")
 	}
 }
 
