@@ -29,17 +29,26 @@ type loops struct {
 	stopped atomic.Bool    // Shutdown stopped the loops: a later pick gets none, nor starts them
 }
 
-// pick returns the loop for a new flow, starting the loops on first use:
-// Config.EventLoops of them (GOMAXPROCS by default), round robin. It
-// returns nil if they could not start or are stopped.
+// pick returns the loop for a new flow, round robin, starting the loops
+// on first use. It returns nil if they could not start or are stopped.
 func (ls *loops) pick(g *Gateway) *loop {
+	if !ls.start(g) {
+		return nil
+	}
+	return ls.all[int(ls.next.Add(1))%len(ls.all)]
+}
+
+// start starts the loops, Config.EventLoops of them (GOMAXPROCS by
+// default), if they are not yet, and reports whether they run.
+func (ls *loops) start(g *Gateway) bool {
 	ls.once.Do(func() {
 		if ls.stopped.Load() {
 			ls.err = errors.New("loops stopped")
 			return
 		}
+		base := time.Now()
 		for range g.eventLoops() {
-			l, err := newLoop(g)
+			l, err := newLoop(g, base)
 			if err != nil {
 				ls.err = err
 				for _, l := range ls.all {
@@ -51,6 +60,10 @@ func (ls *loops) pick(g *Gateway) *loop {
 			}
 			ls.all = append(ls.all, l)
 		}
+		ls.all[0].peers = ls.all[1:]
+		for _, l := range ls.all {
+			l.first = ls.all[0]
+		}
 		for _, l := range ls.all {
 			ls.wg.Add(1)
 			go func() {
@@ -59,10 +72,7 @@ func (ls *loops) pick(g *Gateway) *loop {
 			}()
 		}
 	})
-	if ls.err != nil || ls.stopped.Load() {
-		return nil
-	}
-	return ls.all[int(ls.next.Add(1))%len(ls.all)]
+	return ls.err == nil && !ls.stopped.Load()
 }
 
 // eventLoops is how many loops the gateway runs: Config.EventLoops, or
@@ -77,7 +87,7 @@ func (g *Gateway) eventLoops() int {
 // started returns the loops, starting them if need be; nil if they
 // cannot run.
 func (ls *loops) started(g *Gateway) []*loop {
-	if ls.pick(g) == nil {
+	if !ls.start(g) {
 		return nil
 	}
 	return ls.all
@@ -112,6 +122,10 @@ type command struct {
 	// fn, if set, is run by the loop, with nothing else: how a test
 	// reads the loop's state.
 	fn func()
+	// pack asks a loop to hand its work to the first loop's goroutine;
+	// adopt is how it does, sent to the first loop (looppack.go).
+	pack  bool
+	adopt *loop
 }
 
 // loop is one event loop: a goroutine that waits, parked in Go's
@@ -143,9 +157,12 @@ type loop struct {
 	// sweepAt is when the next sweep is due, on the coarse clock: the
 	// next idle check or the flows' earliest max duration; 0 for none.
 	sweepAt int64
-	armed   int64 // sweepAt as the wait's deadline; 0 for none
-	spare   []command
-	events  []unix.EpollEvent
+	// due is when the loop next needs to run without an event: the
+	// next sweep or connect deadline, on the coarse clock; 0 for none.
+	// armed is the wait's deadline, due or a packed loop's.
+	due, armed int64
+	spare      []command
+	events     []unix.EpollEvent
 	// stopping is set by the stop command: run returns.
 	stopping bool
 	// lns are the listening sockets the loop accepts on; dials the flows
@@ -160,13 +177,17 @@ type loop struct {
 	// sa is the address connectRaw passes, reused.
 	sa  unix.RawSockaddrInet6
 	rsa unix.RawSockaddrAny // accept4's
+	packState
 }
 
 // maxPooledPipes bounds the empty pipes a loop keeps: a bulk transfer
 // holds one pipe per direction only while it has bytes in it.
 const maxPooledPipes = 16
 
-func newLoop(g *Gateway) (*loop, error) {
+// newLoop makes a loop whose clock starts at base, which all the
+// gateway's loops share, so that the first loop can keep the deadlines
+// of the loops packed into it.
+func newLoop(g *Gateway, base time.Time) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
@@ -189,7 +210,8 @@ func newLoop(g *Gateway) (*loop, error) {
 		return nil, fmt.Errorf("epoll set non-blocking: %w", err)
 	}
 	return &loop{g: g, epfd: epfd, file: os.NewFile(uintptr(epfd), "epoll"), wake: wake,
-		buf: make([]byte, chunkSize), base: time.Now(), events: make([]unix.EpollEvent, 128)}, nil
+		buf: make([]byte, chunkSize), base: base, events: make([]unix.EpollEvent, 128),
+		packState: packState{resume: make(chan struct{}, 1), done: make(chan struct{})}}, nil
 }
 
 // close releases the loop's descriptors; its goroutine has returned or
@@ -230,8 +252,10 @@ func (l *loop) send(c command) {
 // blocking a thread in epoll_wait: a thread blocked in a system call
 // keeps its P from every other goroutine until sysmon takes it back (up
 // to 10ms), which with a loop per P starved the accept and dial paths.
-// One wake-up serves every flow that has events.
+// One wake-up serves every flow that has events. While the loop is
+// packed, its goroutine waits for the first loop to give its work back.
 func (l *loop) run() {
+	defer close(l.done)
 	defer l.close()
 	rc, err := l.file.SyscallConn()
 	if err != nil {
@@ -239,17 +263,23 @@ func (l *loop) run() {
 		return
 	}
 	for !l.stopping {
+		if l.packing {
+			l.packing = false
+			l.park()
+			continue
+		}
 		if err := rc.Read(l.poll); err != nil {
 			if !isTimeout(err) {
 				l.g.log.Error("event loop cannot wait", "err", err)
 				return
 			}
-			// The sweep is due: prepareRead refuses to call poll with
-			// the deadline passed, so poll here, which sweeps and sets
-			// the next deadline.
+			// A deadline is due: prepareRead refuses to call poll with
+			// the deadline passed, so poll here, which runs what is due
+			// and sets the next deadline.
 			l.poll(0)
 		}
 	}
+	l.spread() // the first loop's stop gives the others back their work
 }
 
 // busyPolls is how many more times poll takes the ready events, while
@@ -261,61 +291,19 @@ func (l *loop) run() {
 const busyPolls = 4
 
 // poll is the loop's work, as a RawConn.Read callback: it takes the
-// ready events without waiting, pumps the flows they concern, then runs
-// the commands and, when due, the idle sweep. It reports true once the
-// loop is stopped; false waits for the epoll set to be readable again,
-// which any event that arrived since epoll_wait has already made it.
+// ready events without waiting, and does what step does for them, until
+// it finds none, then runs what is due of the loops packed into this
+// one. It reports true once the loop is stopped or to be packed; false
+// waits for the epoll set to be readable again, which any event that
+// arrived since epoll_wait has already made it.
 func (l *loop) poll(uintptr) bool {
+	start := int64(time.Since(l.base))
 	polls := 0
 	for {
-		n, err := rawEpollPoll(l.epfd, l.events)
-		if err != nil && err != unix.EINTR {
-			// Only a bad epfd fails here: nothing can be polled.
-			l.g.log.Error("epoll_wait failed", "err", err)
-			l.stopping = true
+		n := l.step()
+		if l.stopping || l.packing {
 			return true
 		}
-		l.now = int64(time.Since(l.base))
-		woken := false
-		l.acceptMore = false
-		for _, ev := range l.events[:max(n, 0)] {
-			fd := int(ev.Fd)
-			if fd == l.wake {
-				woken = true
-				continue
-			}
-			if ev.Pad == padListener {
-				if ln := l.listenerAt(fd); ln != nil {
-					l.accept(ln)
-				}
-				continue
-			}
-			s := l.sideAt(fd)
-			if s == nil {
-				// A new flow's first edge, or a stale event of a flow
-				// ended earlier in this batch, which left nil at its
-				// descriptors (a new flow that reuses one takes the
-				// stale event's flags: a read or write that finds
-				// nothing).
-				l.adoptIncoming()
-				if s = l.sideAt(fd); s == nil {
-					continue
-				}
-			}
-			// An event of another generation is stale: its socket was
-			// closed earlier in this batch and s reuses its number.
-			if s.gen == ev.Pad {
-				l.ready(s, ev.Events)
-			}
-		}
-		if woken && l.commands() {
-			l.stopping = true
-			return true
-		}
-		if l.sweepAt != 0 && l.now >= l.sweepAt {
-			l.sweep()
-		}
-		l.arm(l.expireDials())
 		if n == len(l.events) {
 			continue
 		}
@@ -325,18 +313,88 @@ func (l *loop) poll(uintptr) bool {
 			polls++
 			continue
 		}
-		return false
+		break
 	}
+	l.runDue()
+	end := int64(time.Since(l.base))
+	l.busy += end - start
+	l.weigh(end)
+	l.arm()
+	return false
 }
 
-// arm sets the wait's deadline to the next sweep or dialAt, the
-// earliest connect deadline (0 for none), whichever comes first; or none.
-func (l *loop) arm(dialAt int64) {
+// step takes the ready events once, without waiting, pumps the flows
+// they concern, steps the packed loops that have events, then runs the
+// commands and, when due, the idle sweep. It returns how many events it
+// took; a stop command, or an epoll set that cannot be polled, sets
+// l.stopping.
+func (l *loop) step() int {
+	n, err := rawEpollPoll(l.epfd, l.events)
+	if err != nil && err != unix.EINTR {
+		// Only a bad epfd fails here: nothing can be polled.
+		l.g.log.Error("epoll_wait failed", "err", err)
+		l.stopping = true
+		return 0
+	}
+	l.now = int64(time.Since(l.base))
+	woken := false
+	l.acceptMore = false
+	for _, ev := range l.events[:max(n, 0)] {
+		fd := int(ev.Fd)
+		if fd == l.wake {
+			woken = true
+			continue
+		}
+		switch ev.Pad {
+		case padListener:
+			if ln := l.listenerAt(fd); ln != nil {
+				l.accept(ln)
+			}
+			continue
+		case padLoop:
+			l.stepPacked(fd)
+			continue
+		}
+		s := l.sideAt(fd)
+		if s == nil {
+			// A new flow's first edge, or a stale event of a flow
+			// ended earlier in this batch, which left nil at its
+			// descriptors (a new flow that reuses one takes the
+			// stale event's flags: a read or write that finds
+			// nothing).
+			l.adoptIncoming()
+			if s = l.sideAt(fd); s == nil {
+				continue
+			}
+		}
+		// An event of another generation is stale: its socket was
+		// closed earlier in this batch and s reuses its number.
+		if s.gen == ev.Pad {
+			l.ready(s, ev.Events)
+		}
+	}
+	if woken && l.commands() {
+		l.stopping = true
+		return n
+	}
+	if l.sweepAt != 0 && l.now >= l.sweepAt {
+		l.sweep()
+	}
 	at := l.sweepAt
 	if len(l.flows) == 0 {
 		at = 0
 	}
-	at = earliest(at, dialAt)
+	l.due = earliest(at, l.expireDials())
+	return n
+}
+
+// arm sets the wait's deadline to the earliest of the loop's due and
+// those of the loops packed into it; or none.
+func (l *loop) arm() {
+	at := l.due
+	for _, p := range l.packed {
+		at = earliest(at, p.due)
+	}
 	if at == l.armed {
 		return
 	}
@@ -369,6 +427,10 @@ func (l *loop) commands() (stop bool) {
 			l.unlisten(c.unlisten)
 		case c.fn != nil:
 			c.fn()
+		case c.pack:
+			l.packing = l != l.first
+		case c.adopt != nil:
+			l.adoptLoop(c.adopt)
 		case c.f.lf != nil && !c.f.lf.done:
 			l.finish(c.f.lf)
 		}

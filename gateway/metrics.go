@@ -25,7 +25,10 @@ type Metrics struct {
 	Readmitted       *metrics.Counter // ejected endpoints a probe readmitted
 	ProbeFailures    *metrics.Counter
 	PeekSeconds      *metrics.Histogram
-	rejected         metrics.CounterVec
+	// LoopsPacked is how many event loops the first loop's goroutine
+	// runs now, besides its own (Config.SpreadLoops).
+	LoopsPacked *metrics.Gauge
+	rejected    metrics.CounterVec
 	// byReason caches the counters of known reasons so that a refusal
 	// takes no lock.
 	byReason map[string]*metrics.Counter
@@ -56,7 +59,8 @@ func NewMetrics(r *metrics.Registry) *Metrics {
 		ProbeFailures: r.Counter("ewgate_upstream_probe_failures_total", "Probes of ejected endpoints that did not connect; each extends the ejection."),
 		PeekSeconds: r.Histogram("ewgate_hello_peek_seconds", "Time to read a ClientHello.",
 			[]float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}),
-		byReason: make(map[string]*metrics.Counter),
+		LoopsPacked: r.Gauge("ewgate_event_loops_packed", "Event loops whose work the first loop's goroutine does at low load, besides its own."),
+		byReason:    make(map[string]*metrics.Counter),
 	}
 	// The packages that refuse list their reasons, so that a new one is
 	// registered (and cached) without an edit here.

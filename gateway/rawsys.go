@@ -69,6 +69,14 @@ func rawEpollPoll(epfd int, events []unix.EpollEvent) (int, error) {
 	return int(n), nil
 }
 
+// rawGetrusage is getrusage(2) of the whole process.
+func rawGetrusage(ru *unix.Rusage) error {
+	if _, _, e := unix.RawSyscall(unix.SYS_GETRUSAGE, uintptr(unix.RUSAGE_SELF), uintptr(unsafe.Pointer(ru)), 0); e != 0 {
+		return e
+	}
+	return nil
+}
+
 // rawClose is close(2), not retried: Linux releases the descriptor even
 // when close is interrupted.
 func rawClose(fd int) error {

@@ -97,6 +97,7 @@ func startNode(ctx context.Context, s settings, log *slog.Logger) (*node, error)
 		MaxConnections: s.MaxConns,
 		LoopAccept:     s.LoopAccept,
 		EventLoops:     s.EventLoops,
+		SpreadLoops:    s.SpreadLoops,
 		Locality:       cmp.Or(s.Locality, discovery.LocalityFromLabels(s.NodeLabels, s.NodeLabels)),
 		Logger:         log,
 		Metrics:        gateway.NewMetrics(reg),

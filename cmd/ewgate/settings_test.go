@@ -39,6 +39,7 @@ alpn: [istio]
 	loopOff := file("loop-off.yaml", "network: n\nfiles: [x]\nloopAccept: false\n")
 	locality := file("locality.yaml", "network: n\nfiles: [x]\nlocality: eu-west/eu-west-1a\n")
 	oneLoop := file("one-loop.yaml", "network: n\nfiles: [x]\neventLoops: 1\n")
+	spread := file("spread.yaml", "network: n\nfiles: [x]\nspreadLoops: true\n")
 	badLocality := file("bad-locality.yaml", "network: n\nfiles: [x]\nlocality: eu/west/1a/rack7\n")
 
 	tests := []struct {
@@ -132,6 +133,12 @@ alpn: [istio]
 			func(s settings) bool { return s.EventLoops == 3 }, ""},
 		{"event loops in the file", []string{"--config", oneLoop},
 			func(s settings) bool { return s.EventLoops == 1 }, ""},
+		{"loops pack at low load by default", []string{"-f", "x", "--network", "n"},
+			func(s settings) bool { return !s.SpreadLoops }, ""},
+		{"spread loops by flag", []string{"-f", "x", "--network", "n", "--spread-loops"},
+			func(s settings) bool { return s.SpreadLoops }, ""},
+		{"spread loops in the file", []string{"--config", spread},
+			func(s settings) bool { return s.SpreadLoops }, ""},
 		{"negative event loops", []string{"-f", "x", "--network", "n", "--event-loops", "-1"}, nil, "--event-loops (eventLoops) -1: want 0 (one per GOMAXPROCS) or more"},
 		{"no locality by default", []string{"-f", "x", "--network", "n"},
 			func(s settings) bool { return s.Locality == "" }, ""},
