@@ -127,21 +127,8 @@ func TestLoopIdleAndWake(t *testing.T) {
 			await.True(t, 5*time.Second, "the flow to reach a loop", func() bool { return loopsState(t, m.gw).flows == 1 })
 			const wakes = 20
 			for i := range wakes {
-				p := payload(tc.size, uint64(i))
-				errc := make(chan error, 1)
-				go func() {
-					_, err := c.Write(p)
-					errc <- err
-				}()
-				got := make([]byte, len(p))
-				if _, err := io.ReadFull(c, got); err != nil {
+				if err := exchange(c, payload(tc.size, uint64(i))); err != nil {
 					t.Fatalf("wake %d: %v", i, err)
-				}
-				if err := <-errc; err != nil {
-					t.Fatalf("wake %d: write: %v", i, err)
-				}
-				if !bytes.Equal(got, p) {
-					t.Fatalf("wake %d: echo differs from the %d bytes sent", i, len(p))
 				}
 				await.True(t, 5*time.Second, "the flow to go idle", func() bool {
 					st := loopsState(t, m.gw)

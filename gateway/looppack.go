@@ -38,7 +38,7 @@ const padLoop = -2
 const (
 	packWindow  = int64(25 * time.Millisecond)
 	packCalm    = 8
-	packBelow   = 0.75
+	packBelow   = 0.85
 	spreadHot   = 2
 	spreadAbove = 0.95
 )
