@@ -31,8 +31,9 @@ const padLoop = -2
 // which bounds what the loops do). Packed, they spread after spreadHot
 // windows in a row in which the first loop's goroutine spent at least
 // spreadAbove of the wall time polling: it is close to not keeping up.
-// Packed loops cost less CPU for the same work (about a fifth at 45,000
-// round trips a second, docs/benchmarks.md "Packing the loops"), so a
+// Packed loops cost less CPU for the same work (8-14 % less per round
+// trip under request/response load, docs/benchmarks.md "Packing the
+// loops"), so a
 // load that packed stays packed, and one that spread needs to fall
 // before it packs again.
 const (

@@ -218,7 +218,7 @@ func (s *settings) flags(stderr io.Writer, config *string) *flag.FlagSet {
 	fs.IntVar(&s.MaxConns, "max-connections", s.MaxConns, "concurrent client connections; more are refused")
 	fs.BoolVar(&s.LoopAccept, "loop-accept", s.LoopAccept, "accept, route and dial connections in the event loops with raw sockets (false: Go's net and handler goroutines)")
 	fs.IntVar(&s.EventLoops, "event-loops", s.EventLoops, "event loops that pump the connections (0: one per GOMAXPROCS; fewer cost less CPU where the gateway shares few cores with busy processes)")
-	fs.BoolVar(&s.SpreadLoops, "spread-loops", s.SpreadLoops, "keep every event loop on a thread of its own at any load (default: under 0.75 of a core the first loop's goroutine runs them all, which costs less CPU)")
+	fs.BoolVar(&s.SpreadLoops, "spread-loops", s.SpreadLoops, "keep every event loop on a thread of its own at any load (default: under 0.85 of a core the first loop's goroutine runs them all, which costs less CPU)")
 	fs.Var(&s.IdleTimeout, "idle-timeout", "close connections idle this long both ways (0: never)")
 	fs.Var(&s.ProbeInterval, "endpoint-probe-interval", "probe each ejected endpoint with a TCP connect this often: readmitted when it connects, kept ejected while it does not (0: off, an ejection lasts 30s)")
 	fs.Var(&s.DialTimeout, "dial-timeout", "timeout of each endpoint connect")
