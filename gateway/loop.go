@@ -388,10 +388,11 @@ func (l *loop) step() int {
 	return n
 }
 
-// arm sets the wait's deadline to the earliest of the loop's due and
-// those of the loops packed into it; or none.
+// arm sets the wait's deadline to the earliest of the loop's due, those
+// of the loops packed into it and, in the first loop, the end of the
+// load window while it may pack the others; or none.
 func (l *loop) arm() {
-	at := l.due
+	at := earliest(l.due, l.weighAt())
 	for _, p := range l.packed {
 		at = earliest(at, p.due)
 	}

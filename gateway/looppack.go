@@ -180,6 +180,18 @@ func (l *loop) weigh(now int64) {
 	}
 }
 
+// weighAt is when the first loop must wake to weigh the load, if no
+// event wakes it first: the end of the window while the loops could
+// pack and the gateway holds connections, which may all be the other
+// loops'; 0 otherwise. An idle gateway is not woken, and packed loops
+// wake the first for every event.
+func (l *loop) weighAt() int64 {
+	if len(l.peers) == 0 || l.wantPacked || l.g.cfg.SpreadLoops || l.g.Active() == 0 {
+		return 0
+	}
+	return l.winStart + packWindow
+}
+
 // judge takes a window's load, busy the share of it that the first
 // loop's goroutine spent polling and used the process's CPU over it in
 // cores, and says whether to pack the loops or spread them now.

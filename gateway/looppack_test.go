@@ -217,29 +217,46 @@ func TestLoopPackJudge(t *testing.T) {
 }
 
 // Without SpreadLoops, a gateway whose loops carry a light load packs
-// them by itself. (It weighs the load in the first loop, which two flows
-// handed over round robin reach; a first loop with no flow leaves the
-// others spread, which costs nothing while only one of them is busy.)
+// them by itself: with flows in the first loop, which weighs the load
+// when it polls, and with its only flow in another loop, for which the
+// first loop wakes at the end of each window to weigh it.
 func TestLoopPackOnLightLoad(t *testing.T) {
-	m, _, hello := loopMesh(t, Config{EventLoops: 2}, echo)
-	cs := []*net.TCPConn{m.rawConn(hello), m.rawConn(hello)}
-	for _, c := range cs {
-		c.SetDeadline(time.Now().Add(time.Minute))
-	}
-	await.True(t, 5*time.Second, "both flows in a loop", func() bool { return loopsState(t, m.gw).flows == 2 })
-	// Each poll exchanges messages, so that the first loop wakes and
-	// weighs the windows.
-	await.True(t, 10*time.Second, "the loops packed", func() bool {
-		for _, c := range cs {
-			if err := exchange(c, []byte("light\n")); err != nil {
-				t.Fatal(err)
+	for _, tc := range []struct {
+		name  string
+		flows int // handed to the loops round robin, the second loop first
+	}{{"a flow in each loop", 2}, {"the only flow in the second loop", 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, _, hello := loopMesh(t, Config{EventLoops: 2}, echo)
+			var cs []*net.TCPConn
+			for range tc.flows {
+				c := m.rawConn(hello)
+				c.SetDeadline(time.Now().Add(time.Minute))
+				cs = append(cs, c)
 			}
-		}
-		return m.gw.m.LoopsPacked.Value() == 1
-	})
-	for i, c := range cs {
-		if err := exchange(c, payload(1<<20, uint64(i))); err != nil {
-			t.Fatalf("flow %d after packing: %v", i, err)
-		}
+			await.True(t, 5*time.Second, "the flows in a loop", func() bool { return loopsState(t, m.gw).flows == tc.flows })
+			inFirst := -1
+			onLoops(t, m.gw, func(l *loop) {
+				if l == l.first {
+					inFirst = len(l.flows)
+				}
+			})
+			if want := tc.flows - 1; inFirst != want {
+				t.Fatalf("the first loop holds %d flows, want %d", inFirst, want)
+			}
+			// Each poll exchanges messages: a light load, not none.
+			await.True(t, 10*time.Second, "the loops packed", func() bool {
+				for _, c := range cs {
+					if err := exchange(c, []byte("light\n")); err != nil {
+						t.Fatal(err)
+					}
+				}
+				return m.gw.m.LoopsPacked.Value() == 1
+			})
+			for i, c := range cs {
+				if err := exchange(c, payload(1<<20, uint64(i))); err != nil {
+					t.Fatalf("flow %d after packing: %v", i, err)
+				}
+			}
+		})
 	}
 }
