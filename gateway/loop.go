@@ -297,10 +297,13 @@ const busyPolls = 4
 // waits for the epoll set to be readable again, which any event that
 // arrived since epoll_wait has already made it.
 func (l *loop) poll(uintptr) bool {
-	start := int64(time.Since(l.base))
+	start := int64(-1)
 	polls := 0
 	for {
 		n := l.step()
+		if start < 0 {
+			start = l.now
+		}
 		if l.stopping || l.packing {
 			return true
 		}
@@ -316,9 +319,7 @@ func (l *loop) poll(uintptr) bool {
 		break
 	}
 	l.runDue()
-	end := int64(time.Since(l.base))
-	l.busy += end - start
-	l.weigh(end)
+	l.weigh(start)
 	l.arm()
 	return false
 }

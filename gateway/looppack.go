@@ -33,9 +33,8 @@ const padLoop = -2
 // spreadAbove of the wall time polling: it is close to not keeping up.
 // Packed loops cost less CPU for the same work (8-14 % less per round
 // trip under request/response load, docs/benchmarks.md "Packing the
-// loops"), so a
-// load that packed stays packed, and one that spread needs to fall
-// before it packs again.
+// loops"), so a load that packed stays packed, and one that spread
+// needs to fall before it packs again.
 const (
 	packWindow  = int64(25 * time.Millisecond)
 	packCalm    = 8
@@ -61,8 +60,8 @@ type packState struct {
 	// resume gives a packed loop's work back to its goroutine; done is
 	// closed when the loop's goroutine has returned.
 	resume, done chan struct{}
-	// busy is the wall time, in nanoseconds, that the loop's goroutine
-	// has spent in poll.
+	// busy, in the first loop only, is the wall time in nanoseconds
+	// that its goroutine has spent in poll.
 	busy int64
 	// The first loop's window: when it began, busy and the process's
 	// CPU time then, and how many windows in a row were calm or hot.
@@ -160,10 +159,16 @@ func (l *loop) pack() {
 	}
 }
 
-// weigh, in the first loop, ends the load window if it is over, at now,
-// and packs or spreads the loops as the window's load says.
-func (l *loop) weigh(now int64) {
-	if len(l.peers) == 0 || l.g.cfg.SpreadLoops || now-l.winStart < packWindow {
+// weigh, in the first loop, counts the poll that began at start as
+// busy time, ends the load window if it is over, and packs or spreads
+// the loops as the window's load says.
+func (l *loop) weigh(start int64) {
+	if len(l.peers) == 0 || l.g.cfg.SpreadLoops {
+		return
+	}
+	now := int64(time.Since(l.base))
+	l.busy += now - start
+	if now-l.winStart < packWindow {
 		return
 	}
 	cpu := processCPU()
@@ -198,26 +203,24 @@ func (l *loop) weighAt() int64 {
 func (p *packState) judge(busy, used float64) (pack, spread bool) {
 	if p.wantPacked {
 		p.calm = 0
-		if busy < spreadAbove {
-			p.hot = 0
-			return false, false
-		}
-		if p.hot++; p.hot < spreadHot {
-			return false, false
-		}
-		p.hot = 0
-		return false, true
+		return false, streak(&p.hot, busy >= spreadAbove, spreadHot)
 	}
 	p.hot = 0
-	if used >= packBelow {
-		p.calm = 0
-		return false, false
+	return streak(&p.calm, used < packBelow, packCalm), false
+}
+
+// streak counts in *n the windows in a row for which held was true, and
+// reports true, starting the count again, at the need-th.
+func streak(n *int, held bool, need int) bool {
+	if !held {
+		*n = 0
+		return false
 	}
-	if p.calm++; p.calm < packCalm {
-		return false, false
+	if *n++; *n < need {
+		return false
 	}
-	p.calm = 0
-	return true, false
+	*n = 0
+	return true
 }
 
 // processCPU is the CPU time, user and system, that the process has
